@@ -1,0 +1,25 @@
+"""keras_dnas: differentiable channel search for Keras 3 models that must fit a microcontroller.
+
+Example:
+
+>>> import keras_dnas as kd
+>>> search = kd.prepare(kd.zoo.resnet8())      # masked clone, tied channel masks
+>>> slim = kd.freeze(search)                   # plain Keras model, kept channels only
+"""
+
+from keras_dnas import graph, layers, masks
+from keras_dnas import freeze as freeze_lib
+from keras_dnas.convert import SearchableModel, prepare
+from keras_dnas.freeze import freeze
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SearchableModel",
+    "freeze",
+    "freeze_lib",
+    "graph",
+    "layers",
+    "masks",
+    "prepare",
+]

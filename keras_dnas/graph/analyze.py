@@ -1,0 +1,250 @@
+"""Graph analysis: union-find over tensors -> ChannelPlan; binding masks to groups."""
+
+from keras_dnas.graph import roles, walk
+from keras_dnas.graph.plan import ChannelPlan, Group, LayerInfo, View
+from keras_dnas.layers.masked import _Link, is_masked
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent = []
+        self.size = []
+
+    def new(self, size):
+        self.parent.append(len(self.parent))
+        self.size.append(int(size))
+        return len(self.parent) - 1
+
+    def find(self, g):
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def union(self, a, b):
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            if self.size[a] != self.size[b]:  # callers check sizes first
+                raise RuntimeError(f"internal: joining groups of {self.size[a]} and {self.size[b]}")
+            self.parent[max(a, b)] = min(a, b)
+
+
+def _same_layout(uf, views):
+    first = views[0]
+    return all(
+        v[1] == first[1] and [uf.size[g] for g in v[0]] == [uf.size[g] for g in first[0]]
+        for v in views
+    )
+
+
+def analyze(model, exclude=None, masked_only=False):
+    """Find the channel groups of a Functional or Sequential Keras model.
+
+    Walks the graph once: Conv/Dense start groups, BN/activations/pooling/
+    padding/dropout/depthwise propagate them, Add-like layers join them,
+    channel Concatenate concatenates them and Flatten tiles them. Groups that
+    reach a model output, a model input or an opaque layer are frozen.
+
+    Args:
+        model: a Functional or Sequential ``keras.Model`` (not modified).
+        exclude: names of layers to leave untouched: the channels of every
+            tensor they read or write are frozen.
+        masked_only: treat plain Conv/Dense layers like excluded ones (used
+            on searchable models, where only ``kd.layers.Masked*`` search).
+
+    Returns:
+        A :class:`ChannelPlan`.
+
+    Raises:
+        ValueError: for a subclassed model, an unbuilt Sequential, or an
+            ``exclude`` name that is not a layer of the model.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> x = keras.Input((16, 16, 3))
+    >>> a = keras.layers.Conv2D(8, 3, padding="same")(x)
+    >>> b = keras.layers.Conv2D(8, 3, padding="same")(a)
+    >>> y = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b])))
+    >>> plan = kd.graph.analyze(keras.Model(x, y))
+    >>> plan.searchable_groups()[0].defined_by   # the residual add ties both convs
+    ['conv2d', 'conv2d_1']
+    """
+    exclude = set(exclude or ())
+    graph_nodes = walk.nodes(model)
+    known = {n.operation.name for n in graph_nodes if hasattr(n.operation, "name")}
+    unknown = sorted(exclude - known)
+    if unknown:
+        raise ValueError(
+            f"exclude= names layers that are not in model '{model.name}': {unknown}. "
+            f"Known layers: {sorted(known)}"
+        )
+
+    uf = _UnionFind()
+    view_of = {}
+    frozen = []  # (gid, reason)
+    defined = {}  # gid -> [layer names]
+    inputs = []
+    for x in walk.model_inputs(model):
+        g = uf.new(x.shape[-1] or 0)
+        frozen.append((g, f"model input '{walk.input_layer_name(x)}'"))
+        view_of[id(x)] = ([g], 1)
+        inputs.append(([g], 1))
+
+    layer_out = {}  # id(layer) -> gid, so that shared layers keep one group
+    layer_in = {}
+    records = []
+    for node in graph_nodes:
+        layer = node.operation
+        name = getattr(layer, "name", type(layer).__name__)
+        in_shapes = [tuple(t.shape) for t in node.inputs]
+        out_shape = tuple(node.outputs[0].shape) if node.outputs else ()
+        role, op, reason = roles.role_of(layer, in_shapes, out_shape)
+        in_views = [view_of[id(t)] for t in node.inputs]
+        if name in exclude:
+            role, reason = "opaque", "excluded by the user (exclude=)"
+        elif role == "defining" and masked_only and not is_masked(layer):
+            role, reason = "opaque", "plain layer in a searchable model (not kd.layers.Masked*)"
+        if role != "opaque" and (len(node.outputs) != 1 or not in_views):
+            role, reason = "opaque", "multiple outputs"
+        if role in ("joining", "propagating") and not _same_layout(uf, in_views):
+            role, reason = "opaque", "inputs have different channel layouts"
+        if role == "concatenating" and any(v[1] != 1 for v in in_views):
+            role, reason = "opaque", "concatenates flattened tensors"
+
+        if role == "defining":
+            if id(layer) in layer_out:
+                g = layer_out[id(layer)]
+                prev = layer_in[id(layer)]
+                if not _same_layout(uf, [prev, in_views[0]]):
+                    role, reason = "opaque", "shared layer called on different channel layouts"
+                else:
+                    for a, b in zip(prev[0], in_views[0][0]):
+                        uf.union(a, b)
+            else:
+                g = uf.new(out_shape[-1])
+                layer_out[id(layer)] = g
+                layer_in[id(layer)] = in_views[0]
+                defined.setdefault(g, []).append(name)
+                act = getattr(layer, "activation", None)
+                act_name = getattr(act, "__name__", "")
+                if act_name in roles.CHANNEL_MIXING_ACTIVATIONS:
+                    frozen.append((g, f"layer '{name}' applies '{act_name}' across channels"))
+            out_views = [([g], 1)]
+        if role == "propagating":
+            out_views = [in_views[0]]
+        elif role == "joining":
+            for v in in_views[1:]:
+                for a, b in zip(in_views[0][0], v[0]):
+                    uf.union(a, b)
+            out_views = [in_views[0]]
+        elif role == "concatenating":
+            out_views = [([g for v in in_views for g in v[0]], 1)]
+        elif role == "flattening":
+            positions = 1
+            for d in in_shapes[0][1:-1]:
+                positions *= d
+            out_views = [(in_views[0][0], in_views[0][1] * positions)]
+        elif role == "opaque":
+            for v in in_views:
+                for g in v[0]:
+                    frozen.append((g, f"touches layer '{name}': {reason}"))
+            out_views = []
+            for t in node.outputs:
+                g = uf.new(t.shape[-1] if t.shape and t.shape[-1] else 0)
+                frozen.append((g, f"output of layer '{name}': {reason}"))
+                out_views.append(([g], 1))
+        for t, v in zip(node.outputs, out_views):
+            view_of[id(t)] = v
+        geo = roles.geometry(layer, op, in_shapes, out_shape)
+        records.append((name, type(layer).__name__, role, op, in_views, out_views[0], geo, reason))
+
+    outputs = []
+    for t in walk.model_outputs(model):
+        v = view_of[id(t)]
+        outputs.append(v)
+        for g in v[0]:
+            frozen.append((g, f"reaches the model output '{t._keras_history.operation.name}'"))
+
+    # Resolve union-find roots and renumber groups in order of appearance.
+    number = {}
+
+    def gid(g):
+        r = uf.find(g)
+        if r not in number:
+            number[r] = len(number)
+        return number[r]
+
+    def view(v):
+        return View([gid(g) for g in v[0]], int(v[1]))
+
+    plan_inputs = [view(v) for v in inputs]
+    plan_layers = [
+        LayerInfo(name, cls, role, op, [view(v) for v in ins], view(out), geo, reason)
+        for name, cls, role, op, ins, out, geo, reason in records
+    ]
+    plan_outputs = [view(v) for v in outputs]
+    groups = [None] * len(number)
+    for root, n in number.items():
+        groups[n] = Group(id=n, size=uf.size[root])
+    for g, names in defined.items():
+        groups[gid(g)].defined_by.extend(names)
+    for g, reason in frozen:
+        grp = groups[gid(g)]
+        if not grp.frozen:
+            grp.frozen, grp.reason = True, reason
+    for grp in groups:
+        grp.leader = grp.defined_by[0] if grp.defined_by else None
+        if not grp.frozen and grp.leader is None:  # defensive: nothing owns a mask
+            grp.frozen, grp.reason = True, "no Conv/Dense layer defines it"
+    return ChannelPlan(model.name, groups, plan_layers, plan_inputs, plan_outputs)
+
+
+def bind(model, plan=None):
+    """Tie the masked layers of ``model`` to their channel groups.
+
+    Every ``kd.layers.Masked*`` layer learns which mask variable gates its
+    output and its input: the variable of the group's leader (the first
+    Conv/Dense defining the group); frozen groups get no gate. Other defining
+    layers of a group keep their own ``dnas_alpha`` but it becomes
+    non-trainable. Idempotent; derived from the graph only, so a reloaded
+    model binds exactly as before.
+
+    Args:
+        model: a Functional/Sequential model containing masked layers.
+        plan: its plan from ``analyze(model, masked_only=True)`` (computed if
+            omitted).
+
+    Returns:
+        The plan used.
+    """
+    plan = plan or analyze(model, masked_only=True)
+    by_name = {layer.name: layer for layer in walk.functional_of(model).layers}
+
+    def owner(g):
+        grp = plan.groups[g]
+        return None if grp.frozen else by_name[grp.leader]
+
+    def segments(view):
+        return [(owner(g), plan.groups[g].size) for g in view.segments]
+
+    seen = set()
+    for info in plan.layers:
+        layer = by_name.get(info.name)
+        if layer is None or not is_masked(layer) or info.name in seen:
+            continue
+        seen.add(info.name)
+        if info.role == "opaque":
+            layer._dnas_set_link(_Link())
+        elif layer._dnas_role == "defining":
+            layer._dnas_set_link(_Link(segments(info.output), 1, segments(info.inputs[0]),
+                                       info.inputs[0].repeat))
+        else:
+            layer._dnas_set_link(_Link(segments(info.output), info.output.repeat))
+        if layer._dnas_role == "defining" and hasattr(layer, "dnas_alpha"):
+            g = plan.groups[info.output.segments[0]]
+            layer.dnas_alpha.trainable = (not g.frozen) and g.leader == info.name
+    for kind in ("train", "test", "predict"):
+        if getattr(model, f"{kind}_function", None) is not None:
+            getattr(model, f"make_{kind}_function")(force=True)
+    return plan

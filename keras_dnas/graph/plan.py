@@ -1,0 +1,132 @@
+"""ChannelPlan: plain data describing channel groups and layer geometry.
+
+Single source of truth for prepare, costs, freeze and reports. It holds no
+Keras objects and round-trips through JSON.
+"""
+
+import dataclasses
+import json
+
+
+@dataclasses.dataclass
+class Group:
+    """A set of tensors whose channels are pruned together.
+
+    Attributes:
+        id: group id (index in ``ChannelPlan.groups``).
+        size: number of channels.
+        frozen: ``True`` when the channels cannot be searched.
+        reason: why the group is frozen.
+        defined_by: names of the Conv/Dense layers whose outputs are in the group.
+        leader: the layer whose mask variable the group uses (first of ``defined_by``).
+    """
+
+    id: int
+    size: int
+    frozen: bool = False
+    reason: str = None
+    defined_by: list = dataclasses.field(default_factory=list)
+    leader: str = None
+
+
+@dataclasses.dataclass
+class View:
+    """Channel layout of a tensor: concatenated groups, tiled ``repeat`` times."""
+
+    segments: list
+    repeat: int = 1
+
+
+@dataclasses.dataclass
+class LayerInfo:
+    """One layer call in execution order (see ``PLAN_FORMAT``)."""
+
+    name: str
+    class_name: str
+    role: str
+    op: str
+    inputs: list
+    output: View
+    geometry: dict
+    reason: str = None
+
+
+@dataclasses.dataclass
+class ChannelPlan:
+    """Result of :func:`keras_dnas.graph.analyze`.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> x = keras.Input((8, 8, 3))
+    >>> y = keras.layers.Conv2D(8, 3)(x)
+    >>> y = keras.layers.Dense(2)(keras.layers.Flatten()(y))
+    >>> plan = kd.graph.analyze(keras.Model(x, y))
+    >>> [g.size for g in plan.searchable_groups()]
+    [8]
+    >>> kd.graph.ChannelPlan.from_json(plan.to_json()) == plan
+    True
+    """
+
+    model_name: str
+    groups: list
+    layers: list
+    inputs: list
+    outputs: list
+
+    def searchable_groups(self):
+        """Groups whose channels the search may prune."""
+        return [g for g in self.groups if not g.frozen]
+
+    def layer(self, name):
+        """The first call of layer ``name``."""
+        for info in self.layers:
+            if info.name == name:
+                return info
+        raise ValueError(f"No layer named '{name}' in plan of model '{self.model_name}'.")
+
+    def groups_of(self, view):
+        return [self.groups[g] for g in view.segments]
+
+    def view_size(self, view):
+        """Full channel count of a view."""
+        return view.repeat * sum(self.groups[g].size for g in view.segments)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self, **kwargs):
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, d):
+        def view(v):
+            return View(list(v["segments"]), int(v["repeat"]))
+
+        return cls(
+            model_name=d["model_name"],
+            groups=[Group(**g) for g in d["groups"]],
+            layers=[
+                LayerInfo(
+                    name=li["name"], class_name=li["class_name"], role=li["role"], op=li["op"],
+                    inputs=[view(v) for v in li["inputs"]], output=view(li["output"]),
+                    geometry=dict(li["geometry"]), reason=li.get("reason"),
+                )
+                for li in d["layers"]
+            ],
+            inputs=[view(v) for v in d["inputs"]],
+            outputs=[view(v) for v in d["outputs"]],
+        )
+
+    @classmethod
+    def from_json(cls, s):
+        return cls.from_dict(json.loads(s))
+
+    def describe(self):
+        """A short human-readable listing of the groups."""
+        lines = [f"ChannelPlan of '{self.model_name}': {len(self.groups)} groups, "
+                 f"{len(self.searchable_groups())} searchable"]
+        for g in self.groups:
+            state = f"frozen ({g.reason})" if g.frozen else "searchable"
+            lines.append(f"  group {g.id}: {g.size} ch, {state}, defined by {g.defined_by}")
+        return "\n".join(lines)

@@ -1,0 +1,23 @@
+"""Masked drop-in replacements for Keras layers (see :mod:`keras_dnas.layers.masked`)."""
+
+from keras_dnas.layers.masked import (
+    MaskedBatchNormalization,
+    MaskedConv1D,
+    MaskedConv2D,
+    MaskedDense,
+    MaskedDepthwiseConv1D,
+    MaskedDepthwiseConv2D,
+    is_masked,
+    plain_class,
+)
+
+__all__ = [
+    "MaskedBatchNormalization",
+    "MaskedConv1D",
+    "MaskedConv2D",
+    "MaskedDense",
+    "MaskedDepthwiseConv1D",
+    "MaskedDepthwiseConv2D",
+    "is_masked",
+    "plain_class",
+]

@@ -1,0 +1,245 @@
+"""Masked drop-in subclasses of Keras layers.
+
+Each class keeps its Keras parent's constructor signature verbatim and only
+adds behaviour in ``build`` (the mask variable) and ``call`` (the gates):
+
+* **defining** layers (``MaskedConv1D``, ``MaskedConv2D``, ``MaskedDense``)
+  own a ``dnas_alpha`` variable with one entry per output channel, multiply
+  their output by the gate of their channel group, and multiply their input by
+  the gate of the tensor they read (so a channel pruned upstream never reaches
+  them, whatever BatchNormalization or a bias did to it on the way);
+* **following** layers (``MaskedDepthwiseConv2D``, ``MaskedDepthwiseConv1D``,
+  ``MaskedBatchNormalization``) own no mask: they re-apply the gate of the group
+  they sit in, so a pruned channel is exactly zero after a bias or BN shift.
+
+Which gate a layer uses is decided by graph analysis (:func:`keras_dnas.graph.bind`),
+which ties every layer of a channel group to one leader's variable. An unbound
+defining layer uses its own mask; an unbound following layer behaves exactly
+like its parent.
+"""
+
+import keras
+from keras import ops
+
+from keras_dnas import masks
+
+_PACKAGE = "keras_dnas"
+
+
+class _Link:
+    """Where a masked layer reads its gates (set by graph binding; not tracked by Keras).
+
+    A view is a list of ``(owner_or_None, size)`` segments, tiled ``repeat``
+    times; ``owner`` is the layer holding that group's mask, ``None`` for a
+    frozen group.
+
+    Attributes:
+        out, out_repeat: view of the layer's output.
+        inputs, in_repeat: view of the layer's (first) input.
+    """
+
+    __slots__ = ("out", "out_repeat", "inputs", "in_repeat")
+
+    def __init__(self, out=None, out_repeat=1, inputs=None, in_repeat=1):
+        self.out = out or []
+        self.out_repeat = out_repeat
+        self.inputs = inputs or []
+        self.in_repeat = in_repeat
+
+
+def _view_gate(segments, repeat):
+    if all(owner is None for owner, _ in segments):
+        return None
+    parts = [size if owner is None else masks.gate(owner.dnas_alpha) for owner, size in segments]
+    return masks.view_mask(parts, repeat)
+
+
+class _GateMixin:
+    """Common plumbing: the link, and applying a gate on the last axis."""
+
+    _dnas_role = None  # "defining" | "following"
+
+    def _dnas_set_link(self, link):
+        # object.__setattr__ keeps Keras from tracking the leader as a sub-layer.
+        object.__setattr__(self, "_dnas_link", link)
+
+    @property
+    def dnas_link(self):
+        return self.__dict__.get("_dnas_link")
+
+    def _dnas_out_gate(self):
+        link = self.dnas_link
+        if link is None:
+            return masks.gate(self.dnas_alpha) if self._dnas_role == "defining" else None
+        return _view_gate(link.out, link.out_repeat)
+
+    def _dnas_in_gate(self):
+        link = self.dnas_link
+        return None if link is None else _view_gate(link.inputs, link.in_repeat)
+
+    @staticmethod
+    def _dnas_apply(x, g):
+        if g is None:
+            return x
+        return x * ops.cast(g, x.dtype)
+
+
+class _DefiningMixin(_GateMixin):
+    _dnas_role = "defining"
+
+    @property
+    def dnas_channels(self):
+        return self.units if hasattr(self, "units") else self.filters
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.dnas_alpha = self.add_weight(
+            name=masks.ALPHA_NAME,
+            shape=(self.dnas_channels,),
+            initializer="ones",
+            trainable=True,
+            autocast=False,
+        )
+
+
+class _FollowingMixin(_GateMixin):
+    _dnas_role = "following"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedConv1D(_DefiningMixin, keras.layers.Conv1D):
+    """``keras.layers.Conv1D`` with a searchable mask over its output channels.
+
+    Same constructor as ``keras.layers.Conv1D``.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> x = keras.Input((128, 6))
+    >>> y = kd.layers.MaskedConv1D(16, 5, padding="causal")(x)
+    >>> tuple(y.shape)
+    (None, 128, 16)
+    """
+
+    def call(self, inputs):
+        inputs = self._dnas_apply(inputs, self._dnas_in_gate())
+        return self._dnas_apply(super().call(inputs), self._dnas_out_gate())
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedConv2D(_DefiningMixin, keras.layers.Conv2D):
+    """``keras.layers.Conv2D`` with a searchable mask over its output channels.
+
+    Same constructor as ``keras.layers.Conv2D``.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> x = keras.Input((32, 32, 3))
+    >>> y = kd.layers.MaskedConv2D(16, 3, padding="same")(x)
+    >>> tuple(y.shape)
+    (None, 32, 32, 16)
+    """
+
+    def call(self, inputs):
+        inputs = self._dnas_apply(inputs, self._dnas_in_gate())
+        return self._dnas_apply(super().call(inputs), self._dnas_out_gate())
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedDense(_DefiningMixin, keras.layers.Dense):
+    """``keras.layers.Dense`` with a searchable mask over its units.
+
+    Same constructor as ``keras.layers.Dense``.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> y = kd.layers.MaskedDense(32, activation="relu")(keras.Input((64,)))
+    >>> tuple(y.shape)
+    (None, 32)
+    """
+
+    def call(self, inputs, training=None):
+        inputs = self._dnas_apply(inputs, self._dnas_in_gate())
+        return self._dnas_apply(super().call(inputs, training=training), self._dnas_out_gate())
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedDepthwiseConv2D(_FollowingMixin, keras.layers.DepthwiseConv2D):
+    """``keras.layers.DepthwiseConv2D`` that re-masks its output (bias included).
+
+    Same constructor as ``keras.layers.DepthwiseConv2D``; channels follow the
+    input's group (``depth_multiplier=1``).
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> y = kd.layers.MaskedDepthwiseConv2D(3, padding="same")(keras.Input((8, 8, 4)))
+    >>> tuple(y.shape)
+    (None, 8, 8, 4)
+    """
+
+    def call(self, inputs):
+        return self._dnas_apply(super().call(inputs), self._dnas_out_gate())
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedDepthwiseConv1D(_FollowingMixin, keras.layers.DepthwiseConv1D):
+    """``keras.layers.DepthwiseConv1D`` that re-masks its output (bias included).
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> y = kd.layers.MaskedDepthwiseConv1D(3, padding="same")(keras.Input((16, 4)))
+    >>> tuple(y.shape)
+    (None, 16, 4)
+    """
+
+    def call(self, inputs):
+        return self._dnas_apply(super().call(inputs), self._dnas_out_gate())
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedBatchNormalization(_FollowingMixin, keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` that re-masks its output.
+
+    BN shifts a zero channel to ``beta - gamma * mean / sqrt(var + eps)``;
+    re-masking keeps pruned channels exactly zero. Same constructor as
+    ``keras.layers.BatchNormalization``.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> y = kd.layers.MaskedBatchNormalization()(keras.Input((8, 8, 4)))
+    >>> tuple(y.shape)
+    (None, 8, 8, 4)
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        out = super().call(inputs, training=training, mask=mask)
+        return self._dnas_apply(out, self._dnas_out_gate())
+
+
+MASKED_CLASSES = (
+    MaskedConv1D,
+    MaskedConv2D,
+    MaskedDense,
+    MaskedDepthwiseConv2D,
+    MaskedDepthwiseConv1D,
+    MaskedBatchNormalization,
+)
+
+# Keras parent -> masked subclass, and back.
+MASKED_OF = {cls.__bases__[-1]: cls for cls in MASKED_CLASSES}
+PLAIN_OF = {cls: parent for parent, cls in MASKED_OF.items()}
+
+
+def plain_class(layer):
+    """The standard Keras class a (possibly masked) layer stands for."""
+    return PLAIN_OF.get(type(layer), type(layer))
+
+
+def is_masked(layer):
+    """Whether ``layer`` is one of the ``kd.layers.Masked*`` classes."""
+    return isinstance(layer, MASKED_CLASSES)

@@ -1,0 +1,171 @@
+"""Channel gates: trainable masks, straight-through binarisation, views.
+
+A searchable channel group owns one real parameter ``alpha_c`` per channel
+(initialised to 1.0). The gate is ``theta_c = |alpha_c|`` binarised at 0.5; the
+backward pass is straight-through (identity), so
+
+    b = theta + stop_gradient(step(theta) - theta)
+
+is exactly 0/1 in the forward pass and has the gradient of ``theta``. The
+channel with the largest ``theta`` is always kept, so no layer can vanish.
+
+Mask variables are ordinary Keras weights named ``dnas_alpha`` (see
+:data:`ALPHA_NAME`); :func:`mask_variables` finds them in a model, and
+:func:`exclude_from_weight_decay` keeps an optimizer's weight decay off them.
+"""
+
+import numpy as np
+from keras import ops
+
+ALPHA_NAME = "dnas_alpha"
+"""Name of every channel-mask variable (``layer_name/dnas_alpha``)."""
+
+THRESHOLD = 0.5
+"""A channel is kept while ``|alpha| > THRESHOLD``."""
+
+
+def gate(alpha, keep_alive=True):
+    """Binary channel gate with a straight-through gradient.
+
+    Args:
+        alpha: 1-D tensor or variable of real mask parameters.
+        keep_alive: force the channel with the largest ``|alpha|`` on, so
+            at least one channel always survives.
+
+    Returns:
+        A tensor of the same shape holding exactly 0.0 or 1.0, whose
+        gradient with respect to ``alpha`` is ``sign(alpha)``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_dnas import masks
+    >>> np.asarray(masks.gate(np.array([0.9, -0.7, 0.2], "float32"))).tolist()
+    [1.0, 1.0, 0.0]
+    """
+    alpha = ops.convert_to_tensor(alpha)
+    theta = ops.abs(alpha)
+    hard = ops.cast(ops.greater(theta, THRESHOLD), theta.dtype)
+    if keep_alive:
+        best = ops.one_hot(ops.argmax(theta), ops.shape(theta)[0], dtype=theta.dtype)
+        hard = ops.maximum(hard, best)
+    return theta + ops.stop_gradient(hard - theta)
+
+
+def hard_gate(alpha, keep_alive=True):
+    """NumPy boolean keep-mask of ``alpha`` (the forward value of :func:`gate`).
+
+    Example:
+
+    >>> from keras_dnas import masks
+    >>> masks.hard_gate([0.1, 0.3]).tolist()   # keep-alive saves the largest
+    [False, True]
+    """
+    theta = np.abs(np.asarray(ops.convert_to_numpy(alpha), dtype="float64")).reshape(-1)
+    keep = theta > THRESHOLD
+    if keep_alive and theta.size and not keep.any():
+        keep[int(np.argmax(theta))] = True
+    return keep
+
+
+def view_mask(segments, repeat=1):
+    """Gate of a tensor whose channels concatenate and tile several groups.
+
+    Args:
+        segments: list of 1-D gates (tensors) or ``None`` for an always-on
+            segment given by its size as an int.
+        repeat: how many times the concatenation is tiled (``Flatten`` of an
+            ``H x W x C`` tensor tiles ``H * W`` times).
+
+    Returns:
+        A 1-D tensor of length ``repeat * sum(sizes)``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_dnas import masks
+    >>> m = masks.view_mask([np.array([1.0, 0.0]), 1], repeat=2)
+    >>> np.asarray(m).tolist()
+    [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    """
+    parts = [
+        ops.ones((seg,), dtype="float32") if isinstance(seg, (int, np.integer))
+        else ops.cast(ops.convert_to_tensor(seg), "float32")
+        for seg in segments
+    ]
+    mask = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=0)
+    if repeat != 1:
+        mask = ops.tile(mask, [int(repeat)])
+    return mask
+
+
+def hard_view_mask(segments, repeat=1):
+    """NumPy boolean version of :func:`view_mask` (``segments`` of bool arrays or ints).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_dnas import masks
+    >>> masks.hard_view_mask([np.array([True, False])], repeat=2).tolist()
+    [True, False, True, False]
+    """
+    parts = [
+        np.ones(int(seg), dtype=bool) if isinstance(seg, (int, np.integer))
+        else np.asarray(seg, dtype=bool)
+        for seg in segments
+    ]
+    return np.tile(np.concatenate(parts), int(repeat))
+
+
+def mask_variables(model, trainable_only=True):
+    """The channel-mask variables of a model (``dnas_alpha`` weights).
+
+    Args:
+        model: a Keras model or layer.
+        trainable_only: return only masks that the search updates (the
+            leader of each channel group); followers tied to a leader are
+            non-trainable.
+
+    Returns:
+        A list of Keras variables, without duplicates.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> m = keras.Sequential([keras.Input((8,)), kd.layers.MaskedDense(4), keras.layers.Dense(2)])
+    >>> [v.path for v in kd.masks.mask_variables(m)]
+    ['masked_dense/dnas_alpha']
+    """
+    seen, out = set(), []
+    for v in model.weights:
+        if v.name == ALPHA_NAME and id(v) not in seen:
+            if trainable_only and not v.trainable:
+                continue
+            seen.add(id(v))
+            out.append(v)
+    return out
+
+
+def exclude_from_weight_decay(optimizer):
+    """Keep ``optimizer``'s weight decay off every mask variable.
+
+    Must be called before the optimizer is built (``kd.SearchableModel``
+    does it in ``compile``). Returns the optimizer.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> opt = kd.masks.exclude_from_weight_decay(keras.optimizers.AdamW())
+    """
+    if getattr(optimizer, "_built", False):
+        raise ValueError(
+            "exclude_from_weight_decay() must be called before the optimizer is "
+            "built (before the first training step). Received a built optimizer: "
+            f"{optimizer.name}"
+        )
+    pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
+    names = [ALPHA_NAME]
+    if pattern is not None:
+        names.append(pattern.pattern)
+    optimizer.exclude_from_weight_decay(var_names=names)
+    return optimizer
