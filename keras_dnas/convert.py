@@ -40,9 +40,7 @@ class SearchableModel(keras.Model):
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
-        if getattr(self, "optimizer", None) is not None and not getattr(
-            self.optimizer, "_built", False
-        ):
+        if getattr(self, "optimizer", None) is not None:
             masks.exclude_from_weight_decay(self.optimizer)
 
 
@@ -137,7 +135,7 @@ def _warn_frozen(plan):
             msgs.append(f"channels of {g.defined_by} are frozen: {g.reason}")
     if msgs:
         warnings.warn(
-            "keras_dnas.prepare: " + "; ".join(msgs) + ". Replace such layers by ones with a "
-            "channel rule (see keras_dnas.graph.roles.ROLES) to search them.",
+            "keras_dnas.prepare: " + "; ".join(msgs) + ". To search them, use layers that "
+            "have a channel rule (keras_dnas.graph.ROLES) or drop them from exclude=.",
             stacklevel=3,
         )

@@ -149,23 +149,20 @@ def mask_variables(model, trainable_only=True):
 def exclude_from_weight_decay(optimizer):
     """Keep ``optimizer``'s weight decay off every mask variable.
 
-    Must be called before the optimizer is built (``kd.SearchableModel``
-    does it in ``compile``). Returns the optimizer.
+    Keeps any exclusions the user configured before. ``kd.SearchableModel``
+    calls it in ``compile`` and ``kd.DNASCallback`` at the start of training.
+    Returns the optimizer.
 
     Example:
 
     >>> import keras, keras_dnas as kd
     >>> opt = kd.masks.exclude_from_weight_decay(keras.optimizers.AdamW())
+    >>> bool(opt._exclude_from_weight_decay_pattern.search("dnas_alpha"))
+    True
     """
-    if getattr(optimizer, "_built", False):
-        raise ValueError(
-            "exclude_from_weight_decay() must be called before the optimizer is "
-            "built (before the first training step). Received a built optimizer: "
-            f"{optimizer.name}"
-        )
+    previous_ids = set(getattr(optimizer, "_exclude_from_weight_decay", set()) or set())
     pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
-    names = [ALPHA_NAME]
-    if pattern is not None:
-        names.append(pattern.pattern)
+    names = [ALPHA_NAME] if pattern is None else [ALPHA_NAME, pattern.pattern]
     optimizer.exclude_from_weight_decay(var_names=names)
+    optimizer._exclude_from_weight_decay = previous_ids
     return optimizer

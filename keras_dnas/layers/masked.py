@@ -101,6 +101,21 @@ class _DefiningMixin(_GateMixin):
             autocast=False,
         )
 
+    # Keras' Conv and Dense save only kernel and bias under keys "0", "1";
+    # the mask follows them.
+    def _dnas_alpha_key(self):
+        return str(2 if self.use_bias else 1)
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.built:
+            store[self._dnas_alpha_key()] = self.dnas_alpha
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built:
+            self.dnas_alpha.assign(store[self._dnas_alpha_key()])
+
 
 class _FollowingMixin(_GateMixin):
     _dnas_role = "following"

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import keras_dnas as kd
+from keras_dnas import masks
+
+
+def test_gate_is_binary_with_threshold_and_keep_alive():
+    g = masks.gate(np.array([0.9, -0.7, 0.2, 0.5, -0.51], "float32"))
+    assert np.asarray(g).tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
+    # all below the threshold: only the largest |alpha| survives
+    g = masks.gate(np.array([0.1, -0.4, 0.3], "float32"))
+    assert np.asarray(g).tolist() == [0.0, 1.0, 0.0]
+    assert np.asarray(masks.gate(np.array([0.1, 0.4], "float32"), keep_alive=False)).sum() == 0
+    assert masks.hard_gate([0.1, -0.4, 0.3]).tolist() == [False, True, False]
+    assert masks.hard_gate([0.6, 0.7]).tolist() == [True, True]
+
+
+def test_gate_gradient_is_straight_through():
+    alpha = tf.Variable([0.9, -0.7, 0.2])
+    weights = tf.constant([1.0, 2.0, 3.0])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(masks.gate(alpha) * weights)
+    # d loss / d alpha = weights * sign(alpha), also for the closed channel
+    np.testing.assert_allclose(tape.gradient(loss, alpha).numpy(), [1.0, -2.0, 3.0])
+
+
+def test_views_concatenate_and_tile():
+    m = masks.view_mask([np.array([1.0, 0.0], "float32"), 2, np.array([0.0], "float32")], 2)
+    assert np.asarray(m).tolist() == [1, 0, 1, 1, 0] * 2
+    h = masks.hard_view_mask([np.array([True, False]), 1], repeat=3)
+    assert h.tolist() == [True, False, True] * 3
+
+
+def test_mask_variables_are_found_and_only_leaders_train():
+    x = keras.Input((6, 6, 2))
+    a = kd.layers.MaskedConv2D(4, 3, padding="same", name="a")(x)
+    b = kd.layers.MaskedConv2D(4, 3, padding="same", name="b")(a)
+    c = keras.layers.Add()([a, b])
+    y = kd.layers.MaskedDense(3, name="fc")(keras.layers.GlobalAveragePooling2D()(c))
+    model = kd.SearchableModel(x, y)
+    assert [v.path for v in masks.mask_variables(model)] == ["a/dnas_alpha"]
+    assert len(masks.mask_variables(model, trainable_only=False)) == 3
+    assert all(v.name == masks.ALPHA_NAME for v in masks.mask_variables(model, False))
+
+
+def test_masks_get_no_weight_decay():
+    x = keras.Input((4,))
+    h = kd.layers.MaskedDense(4, name="h")(x)
+    model = kd.SearchableModel(x, kd.layers.MaskedDense(1, name="out")(h))
+    model.compile(keras.optimizers.AdamW(learning_rate=0.1, weight_decay=0.5), "mse")
+    kernel_before = model.get_layer("h").kernel.numpy().copy()
+    # Zero inputs and targets: no gradient reaches the hidden layer's kernel or
+    # the mask, so only weight decay could change them.
+    model.fit(np.zeros((8, 4)), np.zeros((8, 1)), epochs=1, verbose=0)
+    np.testing.assert_array_equal(model.get_layer("h").dnas_alpha.numpy(), np.ones(4))
+    assert not np.allclose(model.get_layer("h").kernel.numpy(), kernel_before)
+
+
+def test_exclude_from_weight_decay_keeps_user_exclusions():
+    bias = keras.Variable(np.zeros(2), name="bias")
+    opt = keras.optimizers.AdamW()
+    opt.exclude_from_weight_decay(var_list=[bias], var_names=["gamma"])
+    masks.exclude_from_weight_decay(opt)
+    alpha = keras.Variable(np.ones(2), name=masks.ALPHA_NAME)
+    gamma = keras.Variable(np.ones(2), name="gamma")
+    kernel = keras.Variable(np.ones(2), name="kernel")
+    assert not opt._use_weight_decay(alpha)
+    assert not opt._use_weight_decay(gamma)
+    assert not opt._use_weight_decay(bias)
+    assert opt._use_weight_decay(kernel)

@@ -1,0 +1,178 @@
+"""prepare() and freeze() invariants (DESIGN.md invariants 1, 2 and 5)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import keras
+import keras_dnas as kd
+from keras_dnas import zoo
+from keras_dnas.freeze import kept_channels
+
+from tests import toys
+
+MODELS = dict(toys.TOYS)
+MODELS.update({
+    "resnet8": zoo.resnet8,
+    "ds_cnn": zoo.ds_cnn,
+    "mobilenet_v1": zoo.mobilenet_v1,
+    "fc_autoencoder": zoo.fc_autoencoder,
+    "tcn": zoo.tcn,
+})
+
+
+def _weights(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_prepare_with_open_masks_reproduces_the_model(name):
+    model = toys.randomize_bn(MODELS[name]())
+    before = _weights(model)
+    search = kd.prepare(model)
+    x = toys.sample(model)
+    np.testing.assert_allclose(search(x, training=False), model(x, training=False), atol=1e-5)
+    assert isinstance(search, kd.SearchableModel)
+    assert any(kd.layers.is_masked(layer) for layer in search.layers)
+    # the search model owns its weights: changing them leaves the input untouched
+    for v in search.weights:
+        v.assign(v.numpy() * 0.5)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def predicted_params(plan, keep, model):
+    """Parameter count of the frozen model, from the masks alone."""
+    total, seen = 0, set()
+    for info in plan.layers:
+        if info.name in seen:
+            continue
+        seen.add(info.name)
+        layer = model.get_layer(info.name)
+        weights = [w for w in layer.weights if w.name != kd.masks.ALPHA_NAME]
+        if not weights:
+            continue
+        cin = int(kd.masks.hard_view_mask([keep[g] for g in info.inputs[0].segments],
+                                          info.inputs[0].repeat).sum())
+        cout = int(kd.masks.hard_view_mask([keep[g] for g in info.output.segments],
+                                           info.output.repeat).sum())
+        geo, bias = info.geometry, int(info.geometry["use_bias"])
+        if info.role == "opaque":
+            total += sum(int(np.prod(w.shape)) for w in weights)
+        elif info.op in ("conv", "dense"):
+            total += geo["taps"] * cin * cout + bias * cout
+        elif info.op == "depthwise":
+            total += geo["taps"] * cout + bias * cout
+        elif info.op == "batchnorm":
+            total += len(weights) * cout
+        else:
+            raise AssertionError(f"unexpected weights in {info.name}")
+    return total
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_freeze_equals_masked_model_and_params_follow_the_masks(name, seed):
+    model = toys.randomize_bn(MODELS[name](), seed)
+    search = kd.prepare(model)
+    toys.close_random_masks(search, seed=seed, keep=0.4)
+    x = toys.sample(model, seed=seed)
+    slim = kd.freeze(search)
+    np.testing.assert_allclose(slim(x, training=False), search(x, training=False), atol=1e-5)
+    plan, keep = kept_channels(search)
+    assert slim.count_params() == predicted_params(plan, keep, search)
+    assert slim.count_params() < model.count_params()
+    for layer in slim.layers:  # standard Keras layers only
+        assert type(layer).__module__.startswith("keras."), type(layer)
+    assert not kd.masks.mask_variables(slim, trainable_only=False)
+
+
+def test_freeze_keeps_at_least_one_channel_per_group():
+    search = kd.prepare(toys.residual())
+    for v in kd.masks.mask_variables(search):
+        v.assign(np.full(v.shape, 0.1, "float32"))
+    slim = kd.freeze(search)
+    assert slim.get_layer("stem").filters == 1 and slim.get_layer("b1").filters == 1
+    x = toys.sample(search)
+    np.testing.assert_allclose(slim(x), search(x), atol=1e-5)
+
+
+def test_prepare_accepts_sequential_and_excludes():
+    model = toys.sequential_mlp()
+    search = kd.prepare(model, exclude=[model.layers[0].name])
+    names = [type(layer).__name__ for layer in search.layers[1:]]
+    assert names == ["Dense", "MaskedDense", "MaskedDense"]
+    x = toys.sample(model)
+    np.testing.assert_allclose(search(x), model(x), atol=1e-6)
+
+
+def test_lambda_is_kept_and_warned_about():
+    x = keras.Input((6, 6, 2))
+    a = keras.layers.Conv2D(4, 3, name="a")(x)
+    b = keras.layers.Lambda(lambda t: t * 2.0, name="double")(a)
+    y = keras.layers.Dense(2, name="fc")(keras.layers.Flatten()(keras.layers.Conv2D(3, 1)(b)))
+    model = keras.Model(x, y)
+    with pytest.warns(UserWarning, match=r"\['a'\] are frozen: touches layer 'double'"):
+        search = kd.prepare(model)
+    assert type(search.get_layer("a")) is keras.layers.Conv2D
+    xs = toys.sample(model)
+    np.testing.assert_allclose(search(xs), model(xs), atol=1e-6)
+
+
+def test_nested_model_needs_exclude():
+    inner_in = keras.Input((8,))
+    inner = keras.Model(inner_in, keras.layers.Dense(6)(inner_in), name="inner")
+    x = keras.Input((4,))
+    y = keras.layers.Dense(2)(inner(keras.layers.Dense(8, name="pre")(x)))
+    model = keras.Model(x, y)
+    with pytest.raises(ValueError, match=r"'inner' is a nested model.*exclude=\['inner'\]"):
+        kd.prepare(model)
+    with pytest.warns(UserWarning):
+        search = kd.prepare(model, exclude=["inner"])
+    xs = toys.sample(model)
+    np.testing.assert_allclose(search(xs), model(xs), atol=1e-6)
+    assert search.get_layer("inner") is not inner
+
+
+def test_searchable_model_round_trips_with_ties(tmp_path):
+    search = kd.prepare(toys.randomize_bn(toys.residual()))
+    toys.close_random_masks(search, seed=3)
+    path = tmp_path / "search.keras"
+    search.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, kd.SearchableModel)
+    x = toys.sample(search)
+    np.testing.assert_allclose(loaded(x), search(x), atol=1e-6)
+    assert [v.path for v in kd.masks.mask_variables(loaded)] == \
+        [v.path for v in kd.masks.mask_variables(search)]
+    np.testing.assert_allclose(kd.freeze(loaded)(x), kd.freeze(search)(x), atol=1e-6)
+
+
+RELOAD = textwrap.dedent(
+    """
+    import sys, numpy as np, keras
+    model = keras.models.load_model(sys.argv[1])   # no custom_objects, keras_dnas not imported
+    assert "keras_dnas" not in sys.modules
+    x = np.load(sys.argv[2])
+    np.save(sys.argv[3], np.asarray(model(x)))
+    """
+)
+
+
+def test_frozen_model_reloads_in_a_fresh_process_without_custom_objects(tmp_path):
+    search = kd.prepare(toys.randomize_bn(toys.concat_branch()))
+    toys.close_random_masks(search, seed=5)
+    slim = kd.freeze(search)
+    slim.save(tmp_path / "slim.keras")
+    x = toys.sample(search)
+    np.save(tmp_path / "x.npy", x)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-c", RELOAD, str(tmp_path / "slim.keras"), str(tmp_path / "x.npy"),
+         str(tmp_path / "y.npy")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), slim(x), atol=1e-6)
