@@ -1,0 +1,99 @@
+"""Argument checks and layer helpers shared by the zoo builders.
+
+Every builder follows the same conventions, so the channel-search graph analysis sees one pattern:
+
+- a convolution or dense layer that is followed by ``BatchNormalization`` has ``use_bias=False``: after
+  folding the normalisation into the layer (what the TFLite converter does) the layer gets exactly one bias
+  per output channel, as the MLPerf Tiny reference ``.tflite`` files have;
+- a layer that is *not* followed by a normalisation (residual projections, classifiers, the auto-encoder
+  output) keeps ``use_bias=True``;
+- normalisation and activation are separate layers (``BatchNormalization`` then ``ReLU``);
+- every spatial layer is ``channels_last`` regardless of the user's ``keras.config.image_data_format()``.
+"""
+
+import numbers
+
+import keras
+
+DATA_FORMAT = "channels_last"
+
+
+def check_positive_int(value, arg_name, builder):
+    """Return ``value`` as an ``int`` or raise a ``ValueError`` naming the builder and the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(
+            f"`{builder}()` needs `{arg_name}` to be a positive integer. Received: {arg_name}={value!r}"
+        )
+    return int(value)
+
+
+def check_input_shape(input_shape, dims, builder):
+    """Return ``input_shape`` as a tuple of ints with ``len(dims)`` entries.
+
+    Args:
+        input_shape: The shape of one sample, without the batch dimension.
+        dims: Names of the expected dimensions, e.g. ``("height", "width", "channels")``.
+        builder: Name of the calling builder, used in the error message.
+
+    Returns:
+        The shape as a tuple of Python ints.
+
+    Raises:
+        ValueError: If the shape has the wrong rank or an entry that is not a positive integer (the zoo
+            models need static shapes: pooling windows, MACs and the TFLite Micro arena depend on them).
+    """
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    valid = shape is not None and len(shape) == len(dims)
+    if valid:
+        valid = all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in shape
+        )
+    if not valid:
+        raise ValueError(
+            f"`{builder}()` needs `input_shape` to be a tuple of {len(dims)} positive integers "
+            f"({', '.join(dims)}), channels last, without the batch dimension. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    return tuple(int(d) for d in shape)
+
+
+def check_weight_decay(weight_decay, builder):
+    """Return ``weight_decay`` as a float, or ``None`` when it is ``None`` or 0 (no regulariser)."""
+    if weight_decay is None:
+        return None
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, numbers.Real)
+        or not weight_decay >= 0  # also rejects NaN
+    ):
+        raise ValueError(
+            f"`{builder}()` needs `weight_decay` to be None or a non-negative number. "
+            f"Received: weight_decay={weight_decay!r}"
+        )
+    return float(weight_decay) if weight_decay > 0 else None
+
+
+def l2(weight_decay):
+    """A fresh ``keras.regularizers.L2`` for one layer, or ``None`` when ``weight_decay`` is ``None``."""
+    return None if weight_decay is None else keras.regularizers.L2(weight_decay)
+
+
+def add_classifier(x, num_classes, classifier_activation, kernel_initializer="glorot_uniform"):
+    """Append the classification head: ``Dense(num_classes)`` and an optional activation layer.
+
+    The dense layer keeps its bias (nothing normalises it). The activation is a separate layer named
+    ``"predictions"`` so the dense layer's outputs stay linear logits in the graph.
+    """
+    x = keras.layers.Dense(num_classes, kernel_initializer=kernel_initializer, name="classifier")(x)
+    if classifier_activation is not None:
+        x = keras.layers.Activation(classifier_activation, name="predictions")(x)
+    return x
+
+
+def bn_relu(x, name):
+    """``BatchNormalization`` followed by ``ReLU``, named ``{name}_bn`` and ``{name}_relu``."""
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
