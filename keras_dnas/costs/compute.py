@@ -1,0 +1,244 @@
+"""Parameter and MAC counts of one layer, from plain geometry and channel counts.
+
+Every function has the cost signature ``fn(op, geometry, cin, cout, target=None)``
+(``target`` is unused here; it is accepted so that all cost functions are
+interchangeable). ``cin`` / ``cout`` may be Python numbers (exact integer
+results for a frozen model) or Keras tensors (differentiable effective channel
+counts during the search); only ``+`` and ``*`` are used, so the result has
+the type of the inputs.
+
+``op`` and ``geometry`` follow the ChannelPlan format (``notes/PLAN_FORMAT.md``):
+``geometry["taps"]`` is the number of kernel taps ``K``,
+``geometry["out_positions"]`` the output spatial size ``S_out``.
+
+| op | weights | biases | MACs |
+|---|---|---|---|
+| conv | ``K * Cin * Cout`` | ``Cout`` | ``K * Cin * Cout * S_out`` |
+| depthwise | ``K * C * dm`` | ``C * dm`` | ``K * C * dm * S_out`` |
+| dense | ``Cin * Cout`` | ``Cout`` | ``Cin * Cout * S_out`` (``S_out = 1`` for 1-D inputs) |
+| any other op | 0 | 0 | 0 |
+
+(``dm`` is the depth multiplier; biases only when ``geometry["use_bias"]``.)
+"""
+
+import collections.abc
+
+
+def _taps(geometry):
+    taps = geometry.get("taps")
+    if taps is None:
+        taps = 1
+        for k in geometry.get("kernel_size") or ():
+            taps *= int(k)
+    return taps
+
+
+def _dm(geometry):
+    return geometry.get("depth_multiplier") or 1
+
+
+def _positions(geometry, key="out_positions"):
+    value = geometry.get(key)
+    return 1 if value is None else value
+
+
+_WEIGHT_RULES = {
+    "conv": lambda g, cin, cout: _taps(g) * cin * cout,
+    "depthwise": lambda g, cin, cout: _taps(g) * cin * _dm(g),
+    "dense": lambda g, cin, cout: cin * cout,
+}
+
+_BIAS_RULES = {
+    "conv": lambda g, cin, cout: cout,
+    "depthwise": lambda g, cin, cout: cin * _dm(g),
+    "dense": lambda g, cin, cout: cout,
+}
+
+#: Ops that carry weights (the keys of the weight rule table).
+WEIGHTED_OPS = tuple(_WEIGHT_RULES)
+
+
+def weights(op, geometry, cin, cout, target=None):
+    """Number of kernel weights of one layer (int8 bytes once quantised).
+
+    Args:
+        op: plan op name (``"conv"``, ``"depthwise"``, ``"dense"``, ...).
+        geometry: the layer's plan geometry dict.
+        cin: (effective) input channels.
+        cout: (effective) output channels (ignored for depthwise).
+        target: unused.
+
+    Returns:
+        ``K*Cin*Cout`` (conv), ``K*C*dm`` (depthwise), ``Cin*Cout`` (dense), else 0.
+
+    Example:
+
+    >>> from keras_dnas.costs import compute
+    >>> compute.weights("conv", {"taps": 9}, 16, 32)
+    4608
+    >>> compute.weights("add", {}, 16, 16)
+    0
+    """
+    rule = _WEIGHT_RULES.get(op)
+    return 0 if rule is None else rule(geometry, cin, cout)
+
+
+def biases(op, geometry, cin, cout, target=None):
+    """Number of biases (``Cout``, or ``C*dm`` for depthwise) if ``geometry["use_bias"]``.
+
+    Example:
+
+    >>> from keras_dnas.costs import compute
+    >>> compute.biases("dense", {"use_bias": True}, 64, 10)
+    10
+    >>> compute.biases("dense", {"use_bias": False}, 64, 10)
+    0
+    """
+    rule = _BIAS_RULES.get(op)
+    if rule is None or not geometry.get("use_bias", True):
+        return 0
+    return rule(geometry, cin, cout)
+
+
+def params(op, geometry, cin, cout, target=None, include_bias=True):
+    """Weights plus (optionally) biases of one layer.
+
+    Example:
+
+    >>> from keras_dnas.costs import compute
+    >>> compute.params("depthwise", {"taps": 9, "use_bias": True}, 64, 64)
+    640
+    """
+    total = weights(op, geometry, cin, cout)
+    if include_bias:
+        total = total + biases(op, geometry, cin, cout)
+    return total
+
+
+def macs(op, geometry, cin, cout, target=None):
+    """Multiply-accumulates of one layer: weights times output positions.
+
+    Example:
+
+    >>> from keras_dnas.costs import compute
+    >>> g = {"taps": 9, "out_positions": 32 * 32}
+    >>> compute.macs("conv", g, 3, 16)
+    442368
+    >>> compute.macs("dense", {}, 64, 10)
+    640
+    """
+    w = weights(op, geometry, cin, cout)
+    if op not in _WEIGHT_RULES:
+        return 0
+    return w * _positions(geometry)
+
+
+def layer_fields(record):
+    """``(name, op, geometry, cin, cout)`` of one layer record.
+
+    A record is a dict with keys ``op``, ``geometry`` and optionally ``cin``,
+    ``cout``, ``name``; an object with those attributes (a ChannelPlan
+    ``LayerInfo``); or a tuple ``(op, geometry, cin, cout)``. Missing counts
+    default to the full channel counts of the geometry (``in_channels``,
+    ``out_channels``).
+
+    Example:
+
+    >>> from keras_dnas.costs import compute
+    >>> compute.layer_fields(("dense", {"in_channels": 8, "out_channels": 2}, 4, 2))
+    (None, 'dense', {'in_channels': 8, 'out_channels': 2}, 4, 2)
+    >>> compute.layer_fields({"op": "dense", "geometry": {"in_channels": 8, "out_channels": 2}})[3:]
+    (8, 2)
+    """
+    if isinstance(record, (tuple, list)):
+        if len(record) != 4:
+            raise ValueError(
+                "A layer record tuple must be (op, geometry, cin, cout). "
+                f"Received: record={record!r}"
+            )
+        op, geometry, cin, cout = record
+        name = None
+    elif isinstance(record, collections.abc.Mapping):
+        if "op" not in record or "geometry" not in record:
+            raise ValueError(
+                "A layer record dict needs the keys 'op' and 'geometry'. "
+                f"Received: keys={sorted(record)}"
+            )
+        op, geometry = record["op"], record["geometry"]
+        cin, cout, name = record.get("cin"), record.get("cout"), record.get("name")
+    elif hasattr(record, "op") and hasattr(record, "geometry"):
+        op, geometry = record.op, record.geometry
+        cin, cout = getattr(record, "cin", None), getattr(record, "cout", None)
+        name = getattr(record, "name", None)
+    else:
+        raise ValueError(
+            "A layer record must be a dict, an object with 'op' and 'geometry' attributes "
+            f"or a tuple (op, geometry, cin, cout). Received: record={record!r}"
+        )
+    geometry = geometry or {}
+    if cin is None:
+        cin = geometry.get("in_channels") or 0
+    if cout is None:
+        cout = geometry.get("out_channels") or 0
+    return name, op, geometry, cin, cout
+
+
+def layer_records(layers):
+    """Normalise a list of layer records, a ChannelPlan (``.layers``) or a
+    single record list into a list of ``(name, op, geometry, cin, cout)``.
+
+    Example:
+
+    >>> from keras_dnas.costs import compute
+    >>> len(compute.layer_records([("dense", {}, 4, 2), ("add", {}, 2, 2)]))
+    2
+    """
+    if hasattr(layers, "layers") and not isinstance(layers, collections.abc.Sequence):
+        layers = layers.layers
+    return [layer_fields(r) for r in layers]
+
+
+def _model_total(fn, layers, **kwargs):
+    total = 0
+    for _, op, geometry, cin, cout in layer_records(layers):
+        total = total + fn(op, geometry, cin, cout, **kwargs)
+    return total
+
+
+def model_params(layers, include_bias=True):
+    """Sum of :func:`params` over layer records (see :func:`layer_fields`).
+
+    Example:
+
+    >>> from keras_dnas.costs import compute
+    >>> from keras_dnas.targets import mlperf
+    >>> compute.model_params(mlperf.reference_layers("ic"), include_bias=False)
+    77360
+    """
+    return _model_total(params, layers, include_bias=include_bias)
+
+
+def model_weights(layers):
+    """Sum of :func:`weights` over layer records.
+
+    Example:
+
+    >>> from keras_dnas.costs import compute
+    >>> from keras_dnas.targets import mlperf
+    >>> compute.model_weights(mlperf.reference_layers("kws"))
+    22016
+    """
+    return _model_total(weights, layers)
+
+
+def model_macs(layers):
+    """Sum of :func:`macs` over layer records.
+
+    Example:
+
+    >>> from keras_dnas.costs import compute
+    >>> from keras_dnas.targets import mlperf
+    >>> compute.model_macs(mlperf.reference_layers("vww"))
+    7489664
+    """
+    return _model_total(macs, layers)
