@@ -7,19 +7,27 @@ Example:
 >>> slim = kd.freeze(search)                   # plain Keras model, kept channels only
 """
 
-from keras_dnas import graph, layers, masks
+from keras_dnas import costs, graph, layers, masks, search, targets, zoo
 from keras_dnas import freeze as freeze_lib
 from keras_dnas.convert import SearchableModel, prepare
 from keras_dnas.freeze import freeze
+from keras_dnas.search import Budget, DNASCallback, Minimize
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Budget",
+    "DNASCallback",
+    "Minimize",
     "SearchableModel",
+    "costs",
     "freeze",
     "freeze_lib",
     "graph",
     "layers",
     "masks",
     "prepare",
+    "search",
+    "targets",
+    "zoo",
 ]

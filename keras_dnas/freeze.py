@@ -58,7 +58,70 @@ def _slice(op, name, value, in_keep, out_keep):
     return value
 
 
-def freeze(model):
+def project(model, cost_model, budgets, plan=None, keep=None):
+    """Remove channels until every budget holds under exact costs.
+
+    Greedy: at each step, among searchable groups with more than one kept
+    channel, close the channel with the smallest ``|alpha|`` in the group
+    where ``|alpha| / (relative violation removed)`` is smallest, i.e. the
+    least important channel per unit of budget saved.
+
+    Returns:
+        ``(keep, removed, costs)``: the new keep-masks, a list of
+        ``(layer, channel)`` closed, and the exact costs after projection.
+
+    Raises:
+        ValueError: if the budgets cannot hold even with one channel per group.
+    """
+    if keep is None:
+        plan, keep = kept_channels(model, plan)
+    keep = [k.copy() for k in keep]
+    metrics = [b.metric for b in budgets]
+    owners = {layer.name: layer for layer in walk.functional_of(model).layers}
+    theta = {g.id: np.abs(keras.ops.convert_to_numpy(owners[g.leader].dnas_alpha))
+             for g in plan.groups if not g.frozen}
+
+    def evaluate(k):
+        values = cost_model.evaluate([int(x.sum()) for x in k], metrics, exact=True)
+        return {m: float(_number(v)) for m, v in values.items()}
+
+    def violation(values):
+        return sum(b.violation(values[b.metric]) for b in budgets)
+
+    removed = []
+    costs = evaluate(keep)
+    while violation(costs) > 0:
+        best = None
+        for g, th in theta.items():
+            if keep[g].sum() <= 1:
+                continue
+            c = int(np.argmin(np.where(keep[g], th, np.inf)))
+            trial = list(keep)
+            trial[g] = keep[g].copy()
+            trial[g][c] = False
+            saved = violation(costs) - violation(evaluate(trial))
+            score = (th[c] + 1e-9) / saved if saved > 0 else np.inf
+            if best is None or score < best[0]:
+                best = (score, g, c, trial)
+        if best is None or not np.isfinite(best[0]):
+            minimum = evaluate([np.ones(1, bool) if not grp.frozen else keep[grp.id]
+                                for grp in plan.groups])
+            failing = [f"{b.metric}: limit {b.limit:g}, smallest reachable {minimum[b.metric]:g}"
+                       for b in budgets if not b.holds(minimum[b.metric])]
+            raise ValueError("Budgets cannot hold even with one channel per group: "
+                             + "; ".join(failing or [str(costs)]))
+        _, g, c, keep = best
+        removed.append((plan.groups[g].leader, c))
+        costs = evaluate(keep)
+    return keep, removed, costs
+
+
+def _number(v):
+    return np.asarray(keras.ops.convert_to_numpy(v)).item() if not isinstance(v, (int, float)) \
+        else v
+
+
+def freeze(model, target=None, budgets=None, memory=None, verbose=1):
     """A plain Keras model with only the channels the masks keep.
 
     Conv/Dense filters shrink to the kept channels; kernels, biases, BN
@@ -67,12 +130,25 @@ def freeze(model):
     standard Keras layers only (loads without custom objects) and computes
     the same outputs as ``model`` in inference mode. ``model`` is not modified.
 
+    With ``target`` and ``budgets`` it also certifies each budget with the
+    exact costs (TFLite Micro planner replay for RAM, flash model for flash);
+    if one is exceeded it first closes the channels that cost least per unit
+    of budget saved (see :func:`project`) and reports what it removed. The
+    certificate is ``frozen.dnas_certificate``.
+
     Args:
         model: a searchable model (from ``kd.prepare`` or built from
             ``kd.layers.Masked*``).
+        target: a :class:`~keras_dnas.targets.HardwareTarget` or its name.
+        budgets: ``{metric: limit}`` (see ``kd.DNASCallback``).
+        memory: flash/RAM model (built from ``model`` when needed).
+        verbose: print the certificate.
 
     Returns:
         A plain functional ``keras.Model``.
+
+    Raises:
+        ValueError: if the budgets cannot hold with one channel per group.
 
     Example:
 
@@ -85,6 +161,9 @@ def freeze(model):
     3
     """
     plan, keep = kept_channels(model)
+    certificate = None
+    if budgets:
+        keep, certificate = _certify(model, plan, keep, target, budgets, memory, verbose)
     first = {}
     for info in plan.layers:
         first.setdefault(info.name, info)
@@ -117,4 +196,35 @@ def freeze(model):
         for w in new.weights:
             value = keras.ops.convert_to_numpy(src[w.name])
             w.assign(_slice(op, w.name, value, in_keep, out_keep))
+    if certificate is not None:
+        object.__setattr__(frozen, "dnas_certificate", certificate)
     return frozen
+
+
+def _certify(model, plan, keep, target, budgets, memory, verbose):
+    from keras_dnas.costs.model import CostModel
+    from keras_dnas.search.objectives import METRICS, Budget
+
+    if target is None:
+        raise ValueError("freeze(..., budgets=...) needs target= to evaluate the budgets.")
+    budgets = [b if isinstance(b, Budget) else Budget(m, b) for m, b in budgets.items()]
+    if memory is None and {b.metric for b in budgets} & {"flash", "ram"}:
+        from keras_dnas.costs import memory as memory_lib
+
+        memory = memory_lib.MemoryModel.from_model(model, plan)
+    cost_model = CostModel(plan, target, memory=memory)
+    keep, removed, costs = project(model, cost_model, budgets, plan=plan, keep=keep)
+    rows = [{"metric": b.metric, "limit": b.limit, "value": costs[b.metric],
+             "unit": METRICS[b.metric], "holds": b.holds(costs[b.metric])} for b in budgets]
+    certificate = {"target": cost_model.target.name, "budgets": rows,
+                   "removed_channels": [{"layer": n, "channel": c} for n, c in removed],
+                   "all_hold": all(r["holds"] for r in rows)}
+    if verbose:
+        if removed:
+            print(f"keras_dnas.freeze: closed {len(removed)} more channel(s) to meet the budgets: "
+                  + ", ".join(f"{n}[{c}]" for n, c in removed[:12])
+                  + (" ..." if len(removed) > 12 else ""))
+        for r in rows:
+            print(f"  {r['metric']:>14}: {r['value']:>12,.4g} <= {r['limit']:>12,.4g} {r['unit']}"
+                  f"  {'OK' if r['holds'] else 'EXCEEDED'}")
+    return keep, certificate

@@ -24,13 +24,16 @@ THRESHOLD = 0.5
 """A channel is kept while ``|alpha| > THRESHOLD``."""
 
 
-def gate(alpha, keep_alive=True):
+def gate(alpha, keep_alive=True, grad_scale=None):
     """Binary channel gate with a straight-through gradient.
 
     Args:
         alpha: 1-D tensor or variable of real mask parameters.
         keep_alive: force the channel with the largest ``|alpha|`` on, so
             at least one channel always survives.
+        grad_scale: optional scalar (a variable, so it can change without
+            retracing) multiplying the gradient that reaches ``alpha``; 0
+            freezes the masks during warm-up, the forward value is unchanged.
 
     Returns:
         A tensor of the same shape holding exactly 0.0 or 1.0, whose
@@ -44,12 +47,20 @@ def gate(alpha, keep_alive=True):
     [1.0, 1.0, 0.0]
     """
     alpha = ops.convert_to_tensor(alpha)
+    if grad_scale is not None:
+        scale = ops.cast(grad_scale, alpha.dtype)
+        alpha = alpha * scale + ops.stop_gradient(alpha * (1.0 - scale))
     theta = ops.abs(alpha)
     hard = ops.cast(ops.greater(theta, THRESHOLD), theta.dtype)
     if keep_alive:
         best = ops.one_hot(ops.argmax(theta), ops.shape(theta)[0], dtype=theta.dtype)
         hard = ops.maximum(hard, best)
     return theta + ops.stop_gradient(hard - theta)
+
+
+def owner_gate(owner):
+    """Gate of the group whose mask ``owner`` (a masked layer) holds."""
+    return gate(owner.dnas_alpha, grad_scale=owner.__dict__.get("_dnas_grad_scale"))
 
 
 def hard_gate(alpha, keep_alive=True):

@@ -1,0 +1,338 @@
+"""DNASCallback: hardware budgets as differentiable penalties inside ``model.fit``."""
+
+import math
+import warnings
+
+import numpy as np
+
+import keras
+from keras import ops
+
+from keras_dnas import masks, targets
+from keras_dnas.costs import model as cost_model
+from keras_dnas.graph import analyze, bind
+from keras_dnas.search.objectives import METRICS, Budget, Minimize, base_strength, ramp
+
+
+def _as_objectives(budgets, objectives):
+    out = []
+    for metric, limit in (budgets or {}).items():
+        out.append(limit if isinstance(limit, Budget) else Budget(metric, limit))
+    for obj in objectives or ():
+        if isinstance(obj, str):
+            obj = Minimize(obj)
+        if not isinstance(obj, Minimize):
+            raise ValueError(f"objectives= takes Minimize objects or metric names. "
+                             f"Received: {obj!r}")
+        out.append(obj)
+    return out
+
+
+class DNASCallback(keras.callbacks.Callback):
+    """Search channel counts that meet hardware budgets, in one ``model.fit``.
+
+    Adds ``sum_i lambda_i * max(0, C_i / T_i - 1)`` (paper B) plus optional
+    ``lambda * C / C_seed`` objectives (paper A) to the training loss of a
+    searchable model, through a regularizer on the mask variables, so any
+    ordinary ``fit`` works. Strengths follow paper B: normalised by the
+    warm-up task loss and the seed's distance to each budget, ramped from 1 %
+    to 100 % over the first half of the search, then raised further each
+    epoch a budget is still exceeded. Strengths are variables: changing them
+    never retraces the train step.
+
+    Every epoch it writes ``dnas/<metric>`` (exact value of the current hard
+    masks) and ``dnas/feasible`` into ``logs`` (progress bar, History,
+    CSVLogger, EarlyStopping and TensorBoard see them) and keeps the weights of
+    the best feasible epoch by ``monitor``, restored at the end of training.
+
+    Args:
+        target: a :class:`~keras_dnas.targets.HardwareTarget` or a built-in
+            name (``"stm32h743"``, ``"nrf52840"``, ...).
+        budgets: ``{metric: limit}`` with metrics from
+            :data:`keras_dnas.search.METRICS` (``flash``, ``ram`` in bytes,
+            ``latency_ms``, ``latency_cycles``, ``energy_uj``, ``params``,
+            ``macs``). Default: the target's flash and RAM.
+        objectives: ``Minimize`` objects (or metric names) to reduce beyond
+            the budgets.
+        warmup_epochs: epochs at the start of ``fit`` that train the weights
+            only (masks frozen, no penalty).
+        monitor: log key ranking feasible epochs (default ``val_loss`` when
+            validation data is given, else ``loss``).
+        restore_best_weights: restore the best feasible epoch at the end.
+        stop_when_feasible: stop after this many consecutive feasible epochs
+            with unchanged channel counts once the ramp is complete
+            (``None``: never).
+        margin: the hinge aims this fraction below each limit, so masks that
+            hover at the limit land on the feasible side.
+        mask_lr_multiplier: the masks' learning rate relative to the
+            optimizer's. Masks start at 1.0 and close at 0.5; with Adam each
+            step moves them by about the learning rate, so at 1e-3 a channel
+            needs ~500 steps to close. The papers afford hundreds of GPU
+            epochs; the default 10 suits searches of tens of epochs.
+        memory: a flash/RAM model (built from the model if omitted).
+        verbose: 1 prints a line when the search starts and when budgets first hold.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_dnas as kd
+    >>> x = np.random.rand(64, 16).astype("float32"); y = (x.sum(1) > 8).astype("int32")
+    >>> seed = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, activation="relu"),
+    ...                          keras.layers.Dense(2)])
+    >>> search = kd.prepare(seed)
+    >>> search.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> cb = kd.DNASCallback("stm32h743", budgets={"params": 300})
+    >>> _ = search.fit(x, y, epochs=2, verbose=0, callbacks=[cb])
+    >>> sorted(k for k in cb.history[-1] if k.startswith("dnas/"))
+    ['dnas/feasible', 'dnas/params']
+    """
+
+    def __init__(self, target, budgets=None, objectives=None, warmup_epochs=0, monitor=None,
+                 restore_best_weights=True, stop_when_feasible=None, margin=0.02,
+                 mask_lr_multiplier=10.0, memory=None, verbose=1):
+        super().__init__()
+        self.target = targets.get(target)
+        self._budgets_arg = budgets
+        self.objectives = _as_objectives(budgets, objectives)
+        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an int >= 0. Received: "
+                             f"warmup_epochs={warmup_epochs!r}")
+        if not 0.0 <= margin < 0.5:
+            raise ValueError(f"margin must be in [0, 0.5). Received: margin={margin!r}")
+        if stop_when_feasible is not None and (not isinstance(stop_when_feasible, int)
+                                               or stop_when_feasible < 1):
+            raise ValueError("stop_when_feasible must be None or an int >= 1. Received: "
+                             f"stop_when_feasible={stop_when_feasible!r}")
+        self.warmup_epochs = warmup_epochs
+        self.monitor = monitor
+        self.restore_best_weights = restore_best_weights
+        self.stop_when_feasible = stop_when_feasible
+        self.margin = margin
+        if not isinstance(mask_lr_multiplier, (int, float)) or mask_lr_multiplier <= 0:
+            raise ValueError("mask_lr_multiplier must be a positive number. Received: "
+                             f"mask_lr_multiplier={mask_lr_multiplier!r}")
+        self.mask_lr_multiplier = float(mask_lr_multiplier)
+        self.memory = memory
+        self.verbose = verbose
+        self.history = []
+        self.cost_model = None
+        self._bound_model = None
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def budgets(self):
+        return [o for o in self.objectives if isinstance(o, Budget)]
+
+    def bind(self, model):
+        """Tie masks, build the cost model and check budgets (before any training).
+
+        ``fit`` calls it in ``on_train_begin``; call it yourself to use
+        :meth:`penalty` in a custom training loop.
+
+        Raises:
+            ValueError: no searchable channels, an unknown metric, or a budget
+                below the smallest reachable model (naming the metric and the
+                minimum reachable value).
+        """
+        if keras.backend.backend() == "jax":
+            raise ValueError(
+                "DNASCallback changes penalty strengths between epochs through variables that "
+                "jit-compiled JAX steps would bake in as constants; use the TensorFlow (or "
+                "torch) backend for the search. Masked layers themselves work on JAX."
+            )
+        plan = model.rebind() if hasattr(model, "rebind") else bind(model)
+        if not plan.searchable_groups():
+            raise ValueError(
+                f"Model '{model.name}' has no searchable channels. Use kd.prepare(model) or build "
+                "it from kd.layers.Masked* layers (see the warnings of kd.prepare for frozen "
+                "groups)."
+            )
+        memory = self.memory
+        if memory is None and self._needs_memory():
+            from keras_dnas.costs import memory as memory_lib
+
+            memory = memory_lib.MemoryModel.from_model(model, plan)
+        self.cost_model = cost_model.CostModel(plan, self.target, memory=memory)
+        if self._budgets_arg is None:
+            self.objectives = [Budget("flash", self.target.flash_bytes),
+                               Budget("ram", self.target.ram_bytes)] + self.objectives
+        available = self.cost_model.available()
+        for o in self.objectives:
+            if o.metric not in available:
+                raise ValueError(f"Metric '{o.metric}' is not available. Available: {available}")
+        self.metrics = list(dict.fromkeys(o.metric for o in self.objectives))
+        minimum = self.cost_model.evaluate(self.cost_model.min_counts(), self.metrics)
+        for b in self.budgets:
+            if not b.holds(minimum[b.metric]):
+                raise ValueError(
+                    f"Budget {b.metric}={b.limit:g} {METRICS[b.metric]} cannot be met on "
+                    f"'{self.target.name}': the smallest reachable model (one channel per "
+                    f"searchable group) needs {b.metric}={minimum[b.metric]:g} "
+                    f"{METRICS[b.metric]}. Raise the budget, or shrink the frozen layers "
+                    "(input, output, excluded)."
+                )
+        self.seed_costs = self.costs()
+        self._owners = [o for o in cost_model.group_owners(model, plan) if o is not None]
+        self._grad_scale = keras.Variable(0.0, trainable=False, name="dnas_grad_scale")
+        for owner in self._owners:
+            object.__setattr__(owner, "_dnas_grad_scale", self._grad_scale)
+        self._strengths = [keras.Variable(0.0, trainable=False, name=f"dnas_strength_{i}")
+                           for i in range(len(self.objectives))]
+        self._boost = [1.0] * len(self.objectives)
+        self._base = None
+        self._bound_model = model
+        return plan
+
+    def _needs_memory(self):
+        metrics = {o.metric for o in self.objectives}
+        return self._budgets_arg is None or bool(metrics & {"flash", "ram"})
+
+    def costs(self, exact=True):
+        """Exact costs of the current hard masks, ``{metric: number}``."""
+        counts = cost_model.hard_counts(self._model_for_costs(), self.cost_model.plan)
+        values = self.cost_model.evaluate(counts, self.metrics, exact=exact)
+        return {k: cost_model.to_python(v) for k, v in values.items()}
+
+    def _model_for_costs(self):
+        return self._bound_model if self._bound_model is not None else self.model
+
+    def penalty(self):
+        """The penalty tensor (differentiable in the masks), for custom loops."""
+        model = self._model_for_costs()
+        counts = cost_model.soft_counts(model, self.cost_model.plan)
+        values = self.cost_model.evaluate(counts, self.metrics, exact=False)
+        total = 0.0
+        for obj, strength in zip(self.objectives, self._strengths):
+            value = ops.cast(values[obj.metric], "float32")
+            if isinstance(obj, Budget):
+                term = ops.relu(value / (obj.limit * (1.0 - self.margin)) - 1.0)
+            else:
+                term = value / float(max(self.seed_costs[obj.metric], 1e-12))
+            total = total + strength * term
+        return total
+
+    # -------------------------------------------------------------- callbacks
+    def on_train_begin(self, logs=None):
+        self.bind(self.model)
+        self._epochs = self.params.get("epochs") or 1
+        self._search_epochs = max(self._epochs - self.warmup_epochs, 1)
+        self._best = None
+        self._best_value = None
+        self._feasible_streak = 0
+        self._last_counts = None
+        self._first_feasible = None
+        self._regularized = self._owners[0].dnas_alpha
+        self._regularized.regularizer = lambda _v: self.penalty()
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:
+            masks.exclude_from_weight_decay(optimizer)
+            self._patch_optimizer(optimizer)
+        self.model.make_train_function(force=True)
+        if getattr(self.model, "test_function", None) is not None:
+            self.model.make_test_function(force=True)
+        if self.verbose:
+            seed = ", ".join(f"{k}={v:,.4g}" for k, v in self.seed_costs.items())
+            limits = ", ".join(f"{b.metric}<={b.limit:,.4g}" for b in self.budgets)
+            print(f"keras_dnas: search on {self.target.name}: seed {seed}; budgets {limits}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        searching = epoch >= self.warmup_epochs
+        self._grad_scale.assign(1.0 if searching else 0.0)
+        self._assign_strengths(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Without warm-up, the first batch's task loss (no penalty yet) sets the strengths.
+        if self._base is None and self._epoch >= self.warmup_epochs and logs and "loss" in logs:
+            self._set_base(float(logs["loss"]))
+            self._assign_strengths(self._epoch)
+
+    def _set_base(self, task_loss):
+        task_loss = task_loss if math.isfinite(task_loss) and task_loss > 0 else 1.0
+        self._base = []
+        for obj in self.objectives:
+            if isinstance(obj, Budget):
+                self._base.append(base_strength(task_loss, self.seed_costs[obj.metric],
+                                                obj.limit))
+            else:
+                self._base.append(task_loss * obj.strength)
+
+    def _assign_strengths(self, epoch):
+        self._epoch = epoch
+        e = epoch - self.warmup_epochs
+        for i, var in enumerate(self._strengths):
+            if self._base is None or e < 0:
+                var.assign(0.0)
+            else:
+                var.assign(ramp(self._base[i], e, self._search_epochs) * self._boost[i])
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        if epoch == self.warmup_epochs - 1 and "loss" in logs:
+            self._set_base(float(logs["loss"]))
+        values = self.costs()
+        feasible = all(b.holds(values[b.metric]) for b in self.budgets)
+        for metric, value in values.items():
+            logs[f"dnas/{metric}"] = float(value)
+        logs["dnas/feasible"] = float(feasible)
+        self.history.append(dict(logs, epoch=epoch))
+        searching = epoch >= self.warmup_epochs
+        ramp_done = epoch - self.warmup_epochs + 1 >= self._search_epochs / 2.0
+        if searching and ramp_done:  # after the ramp, raise what still fails
+            for i, obj in enumerate(self.objectives):
+                if isinstance(obj, Budget) and not obj.holds(values[obj.metric]):
+                    self._boost[i] *= 2.0
+        if searching and feasible:
+            if self._first_feasible is None:
+                self._first_feasible = epoch
+                if self.verbose:
+                    print(f"\nkeras_dnas: every budget holds from epoch {epoch + 1}")
+            self._keep_if_best(logs)
+        counts = tuple(cost_model.hard_counts(self.model, self.cost_model.plan))
+        stable = counts == self._last_counts
+        self._last_counts = counts
+        self._feasible_streak = self._feasible_streak + 1 if (feasible and stable and ramp_done) \
+            else (1 if feasible and ramp_done else 0)
+        if self.stop_when_feasible and self._feasible_streak >= self.stop_when_feasible:
+            self.model.stop_training = True
+
+    def _keep_if_best(self, logs):
+        monitor = self.monitor or ("val_loss" if "val_loss" in logs else "loss")
+        value = logs.get(monitor)
+        if value is None:
+            warnings.warn(f"DNASCallback: monitor '{monitor}' is not in the logs "
+                          f"({sorted(logs)}); keeping the latest feasible epoch.")
+            value = 0.0
+        higher_is_better = "acc" in monitor or "auc" in monitor
+        score = -float(value) if not higher_is_better else float(value)
+        if self._best_value is None or score >= self._best_value:
+            self._best_value = score
+            self._best = [np.array(w) for w in self.model.get_weights()]
+
+    def _patch_optimizer(self, optimizer):
+        """Scale the learning rate of mask variables inside ``optimizer.update_step``."""
+        self._patched = None
+        if self.mask_lr_multiplier == 1.0:
+            return
+        original = optimizer.update_step
+        multiplier = self.mask_lr_multiplier
+
+        def update_step(gradient, variable, learning_rate):
+            if masks.ALPHA_NAME in getattr(variable, "name", ""):
+                learning_rate = learning_rate * multiplier
+            return original(gradient, variable, learning_rate)
+
+        optimizer.update_step = update_step
+        self._patched = optimizer
+
+    def on_train_end(self, logs=None):
+        if self._patched is not None:
+            self._patched.__dict__.pop("update_step", None)
+        self._regularized.regularizer = None
+        for owner in self._owners:
+            owner.__dict__.pop("_dnas_grad_scale", None)
+        self.model.make_train_function(force=True)
+        if self._best is not None and self.restore_best_weights:
+            self.model.set_weights(self._best)
+        elif self._best is None:
+            warnings.warn(
+                "DNASCallback: no search epoch met every budget. kd.freeze(model, target=..., "
+                "budgets=...) removes channels until they hold; consider more search epochs.")

@@ -1,0 +1,139 @@
+"""Search objectives: hard budgets and soft minimisation terms, and their strengths."""
+
+import dataclasses
+import math
+
+from keras import ops
+
+#: Metric name -> unit. Budgets and logs use these names (units in the names).
+METRICS = {
+    "flash": "bytes",
+    "ram": "bytes",
+    "params": "parameters",
+    "macs": "MACs",
+    "latency_ms": "ms",
+    "latency_cycles": "cycles",
+    "energy_uj": "uJ",
+}
+
+
+def _check_metric(metric):
+    if metric not in METRICS:
+        raise ValueError(
+            f"Unknown metric '{metric}'. Known metrics: {sorted(METRICS)}. Received: "
+            f"metric={metric!r}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """A hard limit ``cost(metric) <= limit``, penalised by ``max(0, C / T - 1)``.
+
+    The hinge is normalised by the limit, so strengths are unitless: a model
+    10 % over its flash budget pays the same as one 10 % over its latency.
+
+    Args:
+        metric: one of :data:`METRICS` (``"flash"``, ``"ram"``, ``"latency_ms"``, ...).
+        limit: the budget, in the metric's unit (bytes, ms, ...).
+
+    Example:
+
+    >>> from keras_dnas.search import Budget
+    >>> b = Budget("flash", 48_000)
+    >>> float(b.penalty(60_000.0))
+    0.25
+    """
+
+    metric: str
+    limit: float
+
+    def __post_init__(self):
+        _check_metric(self.metric)
+        if not isinstance(self.limit, (int, float)) or not math.isfinite(self.limit) \
+                or self.limit <= 0:
+            raise ValueError(f"A budget needs a positive finite limit. Received: "
+                             f"{self.metric}={self.limit!r}")
+
+    def penalty(self, value):
+        """Normalised hinge ``max(0, value / limit - 1)`` (keras.ops)."""
+        return ops.relu(ops.cast(value, "float32") / float(self.limit) - 1.0)
+
+    def violation(self, value):
+        """Exact relative violation of a number (0.0 when the budget holds)."""
+        return max(0.0, float(value) / float(self.limit) - 1.0)
+
+    def holds(self, value):
+        return float(value) <= float(self.limit)
+
+    def to_dict(self):
+        return {"type": "Budget", **dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Minimize:
+    """A soft objective ``strength * cost / cost(seed)`` (paper A's energy/latency term).
+
+    Args:
+        metric: one of :data:`METRICS`.
+        strength: weight relative to the warm-up task loss: ``1.0`` makes the
+            seed's own cost worth one task loss.
+
+    Example:
+
+    >>> from keras_dnas.search import Minimize
+    >>> Minimize("energy_uj", strength=0.5).metric
+    'energy_uj'
+    """
+
+    metric: str
+    strength: float = 1.0
+
+    def __post_init__(self):
+        _check_metric(self.metric)
+        if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength) \
+                or self.strength < 0:
+            raise ValueError(f"Minimize needs a finite strength >= 0. Received: "
+                             f"strength={self.strength!r}")
+
+    def to_dict(self):
+        return {"type": "Minimize", **dataclasses.asdict(self)}
+
+
+def objective_from_dict(d):
+    """Inverse of ``Budget.to_dict`` / ``Minimize.to_dict``."""
+    d = dict(d)
+    kind = d.pop("type")
+    return {"Budget": Budget, "Minimize": Minimize}[kind](**d)
+
+
+def base_strength(task_loss, seed_cost, limit, min_distance=0.05):
+    """Paper B's normalisation for a normalised hinge.
+
+    ``lambda = L_task / (C_seed / T - 1)``: a violation as large as the seed's
+    own costs about one warm-up task loss. A seed within ``min_distance`` of
+    its limit (or under it) is treated as ``min_distance`` away.
+
+    Example:
+
+    >>> from keras_dnas.search.objectives import base_strength
+    >>> base_strength(2.0, seed_cost=200.0, limit=100.0)
+    2.0
+    """
+    distance = max(float(seed_cost) / float(limit) - 1.0, min_distance)
+    return float(task_loss) / distance
+
+
+def ramp(strength, epoch, search_epochs):
+    """Paper B's schedule: 1 % to 100 % over the first half of the search, then flat.
+
+    ``min(lambda/100 + e * 0.99 * lambda / (E/2), lambda)`` for search epoch ``e``
+    (0-based) of ``E``.
+
+    Example:
+
+    >>> from keras_dnas.search.objectives import ramp
+    >>> [round(ramp(1.0, e, 4), 3) for e in range(4)]
+    [0.01, 0.505, 1.0, 1.0]
+    """
+    half = max(search_epochs / 2.0, 1e-9)
+    return min(strength / 100.0 + epoch * 0.99 * strength / half, strength)

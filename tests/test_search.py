@@ -1,0 +1,219 @@
+"""Budgets, strength schedules, DNASCallback and the freeze-time guarantee."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import keras
+import keras_dnas as kd
+from keras_dnas.costs.model import CostModel, hard_counts
+from keras_dnas.search import Budget, Minimize, base_strength, ramp
+
+from tests import toys
+
+L = keras.layers
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def digits():
+    """8x8 handwritten digits shipped with scikit-learn (1,797 real samples)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images[..., None] / 16.0).astype("float32")
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(x))
+    x, y = x[idx], d.target[idx].astype("int32")
+    return (x[:1400], y[:1400]), (x[1400:], y[1400:])
+
+
+def digit_cnn():
+    inp = keras.Input((8, 8, 1))
+    h = L.Conv2D(24, 3, padding="same", use_bias=False)(inp)
+    h = L.BatchNormalization(momentum=0.9)(h)
+    h = L.ReLU()(h)
+    h = L.Conv2D(32, 3, padding="same", use_bias=False)(h)
+    h = L.BatchNormalization(momentum=0.9)(h)
+    h = L.ReLU()(h)
+    h = L.MaxPooling2D()(h)
+    h = L.Conv2D(48, 3, padding="same", use_bias=False)(h)
+    h = L.BatchNormalization(momentum=0.9)(h)
+    h = L.ReLU()(h)
+    return keras.Model(inp, L.Dense(10)(L.GlobalAveragePooling2D()(h)), name="digit_cnn")
+
+
+@pytest.fixture(scope="module")
+def trained_seed():
+    keras.utils.set_random_seed(0)
+    (x, y), (xv, yv) = digits()
+    seed = digit_cnn()
+    seed.compile("adam", LOSS, metrics=["accuracy"])
+    seed.fit(x, y, epochs=4, batch_size=64, verbose=0)
+    return seed
+
+
+def seed_costs(model, metrics, target="stm32h743"):
+    plan = kd.graph.analyze(model)
+    cm = CostModel(plan, target)
+    return cm.evaluate(cm.full_counts(), metrics)
+
+
+# ------------------------------------------------------------ objectives
+
+
+def test_budget_hinge_and_validation():
+    b = Budget("latency_ms", 2.0)
+    assert float(b.penalty(3.0)) == pytest.approx(0.5)
+    assert float(b.penalty(1.0)) == 0.0
+    assert b.violation(2.5) == pytest.approx(0.25) and b.holds(2.0)
+    with pytest.raises(ValueError, match="Unknown metric 'flash_kb'.*Known metrics"):
+        Budget("flash_kb", 10)
+    with pytest.raises(ValueError, match="positive finite limit"):
+        Budget("ram", 0)
+    with pytest.raises(ValueError, match="strength >= 0"):
+        Minimize("energy_uj", -1.0)
+    assert kd.search.objectives.objective_from_dict(b.to_dict()) == b
+
+
+def test_strength_schedule_matches_method():
+    # lambda_i = L_task / (C_seed / T - 1) for the normalised hinge
+    assert base_strength(1.2, seed_cost=300.0, limit=100.0) == pytest.approx(0.6)
+    # seed already within its budget: treated as 5 % away
+    assert base_strength(1.0, seed_cost=90.0, limit=100.0) == pytest.approx(20.0)
+    # 1 % to 100 % over the first half of E search epochs, then flat
+    lam, epochs = 2.0, 10
+    expected = [min(lam / 100 + e * 0.99 * lam / (epochs / 2), lam) for e in range(epochs)]
+    assert [ramp(lam, e, epochs) for e in range(epochs)] == pytest.approx(expected)
+    assert ramp(lam, 0, epochs) == pytest.approx(0.02)
+    assert ramp(lam, 5, epochs) == pytest.approx(lam)
+
+
+# ------------------------------------------------------------ the callback
+
+
+def test_search_meets_budgets_and_freeze_certifies_them(trained_seed, tmp_path):
+    (x, y), (xv, yv) = digits()
+    full = seed_costs(trained_seed, ["params", "latency_ms", "macs"])
+    budgets = {"params": 0.4 * full["params"], "latency_ms": 0.5 * full["latency_ms"],
+               "macs": 0.4 * full["macs"]}
+    search = kd.prepare(trained_seed)
+    search.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
+    cb = kd.DNASCallback("stm32h743", budgets=budgets, verbose=0)
+    log = tmp_path / "log.csv"
+    hist = search.fit(x, y, validation_data=(xv, yv), epochs=8, batch_size=64, verbose=0,
+                      callbacks=[cb, keras.callbacks.CSVLogger(str(log))])
+    for key in ("dnas/params", "dnas/latency_ms", "dnas/macs", "dnas/feasible"):
+        assert key in hist.history and len(hist.history[key]) == 8
+    with open(log) as f:
+        assert "dnas/feasible" in next(csv.reader(f))
+    assert hist.history["dnas/feasible"][-1] == 1.0
+    # the logged costs are the exact costs of the masks
+    plan = search.dnas_plan
+    exact = CostModel(plan, "stm32h743").evaluate(hard_counts(search, plan), list(budgets))
+    for m, limit in budgets.items():
+        assert exact[m] <= limit
+    slim = kd.freeze(search, target="stm32h743", budgets=budgets, verbose=0)
+    assert slim.dnas_certificate["all_hold"] and not slim.dnas_certificate["removed_channels"]
+    frozen_costs = seed_costs(slim, list(budgets))
+    assert frozen_costs == pytest.approx(exact)  # invariant 3: hard costs == frozen costs
+    bn_weights = sum(w.numpy().size for layer in slim.layers
+                     if isinstance(layer, L.BatchNormalization) for w in layer.weights)
+    assert slim.count_params() == exact["params"] + bn_weights  # params = conv/dense + bias
+    slim.compile("adam", LOSS, metrics=["accuracy"])
+    slim.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    assert slim.evaluate(xv, yv, verbose=0)[1] > 0.8
+
+
+def test_strengths_change_without_retracing(trained_seed):
+    (x, y), _ = digits()
+    traces = []
+    for epochs in (2, 5):
+        search = kd.prepare(trained_seed)
+        search.compile("adam", LOSS)
+        cb = kd.DNASCallback("stm32h743", budgets={"macs": 1e5}, verbose=0)
+        original = cb.penalty
+        calls = []
+
+        def counting_penalty(original=original, calls=calls):
+            calls.append(1)  # runs in Python only while a step is traced
+            return original()
+
+        cb.penalty = counting_penalty
+        search.fit(x[:256], y[:256], epochs=epochs, batch_size=64, verbose=0, callbacks=[cb])
+        strengths = [float(v.numpy()) for v in cb._strengths]
+        assert strengths[0] > 0
+        traces.append(len(calls))
+    assert traces[0] == traces[1] and traces[0] >= 1
+
+
+def test_warmup_keeps_masks_frozen_and_no_callback_means_no_penalty(trained_seed):
+    (x, y), _ = digits()
+    search = kd.prepare(trained_seed)
+    search.compile("adam", LOSS)
+    before = [v.numpy().copy() for v in kd.masks.mask_variables(search)]
+    kernel = search.layers[1].kernel.numpy().copy()
+    cb = kd.DNASCallback("stm32h743", budgets={"macs": 1e5}, warmup_epochs=2, verbose=0)
+    search.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0, callbacks=[cb])
+    for a, b in zip(before, kd.masks.mask_variables(search)):
+        np.testing.assert_array_equal(a, b.numpy())
+    assert not np.allclose(kernel, search.layers[1].kernel.numpy())
+    assert not any(float(v.numpy()) for v in cb._strengths)
+    # afterwards the model trains without the callback: no penalty term remains
+    assert not search.losses
+    hist = search.fit(x[:256], y[:256], epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"][0])
+
+
+def test_impossible_budget_fails_before_training(trained_seed):
+    (x, y), _ = digits()
+    search = kd.prepare(trained_seed)
+    search.compile("adam", LOSS)
+    weights = [w.copy() for w in search.get_weights()]
+    cm = CostModel(search.dnas_plan, "stm32h743")
+    smallest = cm.evaluate(cm.min_counts(), ["latency_ms"])["latency_ms"]
+    cb = kd.DNASCallback("stm32h743", budgets={"latency_ms": smallest * 0.9}, verbose=0)
+    with pytest.raises(ValueError, match=r"latency_ms=.*cannot be met.*smallest reachable"):
+        search.fit(x[:64], y[:64], epochs=1, verbose=0, callbacks=[cb])
+    for a, b in zip(weights, search.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="Unknown target|known"):
+        kd.DNASCallback("stm32h7", budgets={"macs": 1e5})
+    with pytest.raises(ValueError, match="Unknown metric"):
+        kd.DNASCallback("stm32h743", budgets={"latency": 1.0})
+
+
+def test_callback_ties_masks_of_a_hand_built_model():
+    (x, y), _ = digits()
+    inp = keras.Input((8, 8, 1))
+    a = kd.layers.MaskedConv2D(8, 3, padding="same", activation="relu", name="a")(inp)
+    b = kd.layers.MaskedConv2D(8, 3, padding="same", name="b")(a)
+    h = L.Add()([a, b])
+    out = kd.layers.MaskedDense(10, name="fc")(L.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)  # a plain functional model, not SearchableModel
+    model.compile("adam", LOSS)
+    cb = kd.DNASCallback("stm32h743", budgets={"macs": 3000}, verbose=0)
+    model.fit(x[:256], y[:256], epochs=3, batch_size=32, verbose=0, callbacks=[cb])
+    assert model.get_layer("a").dnas_alpha.trainable
+    assert not model.get_layer("b").dnas_alpha.trainable  # tied to "a"
+    assert not model.get_layer("fc").dnas_alpha.trainable  # output group frozen
+    slim = kd.freeze(model)
+    xs = x[:8]
+    np.testing.assert_allclose(slim(xs), model(xs), atol=1e-5)
+    assert slim.get_layer("a").filters == slim.get_layer("b").filters
+
+
+def test_freeze_projects_onto_budgets_and_reports():
+    search = kd.prepare(toys.randomize_bn(toys.plain_cnn()))
+    plan = search.dnas_plan
+    cm = CostModel(plan, "stm32h743")
+    full = cm.evaluate(cm.full_counts(), ["macs"])["macs"]
+    slim = kd.freeze(search, target="stm32h743", budgets={"macs": 0.5 * full}, verbose=0)
+    cert = slim.dnas_certificate
+    assert cert["all_hold"] and cert["removed_channels"]
+    assert seed_costs(slim, ["macs"])["macs"] <= 0.5 * full
+    # the channels closed are gone from the frozen model, nothing else changed
+    closed = len(cert["removed_channels"])
+    assert sum(layer.filters for layer in slim.layers if isinstance(layer, L.Conv2D)) == 8 + 12 - closed
+    with pytest.raises(ValueError, match="cannot hold even with one channel"):
+        kd.freeze(search, target="stm32h743", budgets={"macs": 10}, verbose=0)
