@@ -113,7 +113,6 @@ def test_lambda_and_unknown_layers_freeze_their_groups():
         (L.Conv2D(4, 3, groups=2, name="odd"), "grouped"),
         (L.DepthwiseConv2D(3, depth_multiplier=2, name="odd"), "depth_multiplier"),
         (L.Reshape((6, 6, 4), name="odd"), "reshapes"),
-        (L.Activation("softmax", name="odd"), "mixes channels"),
     ],
 )
 def test_layers_without_a_channel_rule_are_opaque(layer, reason):
@@ -124,6 +123,21 @@ def test_layers_without_a_channel_rule_are_opaque(layer, reason):
     plan = analyze(keras.Model(x, y))
     assert plan.layer("odd").role == "opaque" and reason in plan.layer("odd").reason
     assert plan.groups[group_of(plan, "pre")[0]].frozen
+
+
+def test_softmax_keeps_the_layout_but_freezes_the_group():
+    x = keras.Input((6, 6, 4))
+    h = L.Conv2D(5, 1, name="pre")(x)
+    h = L.Activation("softmax", name="mix")(h)
+    h = L.Conv2D(3, 1, name="post")(h)
+    y = L.Softmax(name="probs")(L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(h)))
+    plan = analyze(keras.Model(x, y))
+    pre = plan.groups[group_of(plan, "pre")[0]]
+    assert pre.frozen and "'mix' applies 'softmax'" in pre.reason
+    assert group_of(plan, "mix") == group_of(plan, "pre")
+    assert not plan.groups[group_of(plan, "post")[0]].frozen
+    fc = plan.groups[group_of(plan, "fc")[0]]
+    assert fc.frozen and "model output" in fc.reason  # the better explanation wins
 
 
 def test_exclude_freezes_the_layer_channels_and_validates_names():

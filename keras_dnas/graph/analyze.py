@@ -126,11 +126,11 @@ def analyze(model, exclude=None, masked_only=False):
                 layer_out[id(layer)] = g
                 layer_in[id(layer)] = in_views[0]
                 defined.setdefault(g, []).append(name)
-                act = getattr(layer, "activation", None)
-                act_name = getattr(act, "__name__", "")
-                if act_name in roles.CHANNEL_MIXING_ACTIVATIONS:
-                    frozen.append((g, f"layer '{name}' applies '{act_name}' across channels"))
             out_views = [([g], 1)]
+        if role in ("defining", "propagating") and roles.mixes_channels(layer):
+            for g in out_views[0][0] if role == "defining" else in_views[0][0]:
+                frozen.append((g, f"layer '{name}' applies '{roles.mixes_channels(layer)}' "
+                                  "across channels"))
         if role == "propagating":
             out_views = [in_views[0]]
         elif role == "joining":
@@ -189,6 +189,8 @@ def analyze(model, exclude=None, masked_only=False):
         groups[n] = Group(id=n, size=uf.size[root])
     for g, names in defined.items():
         groups[gid(g)].defined_by.extend(names)
+    # Reaching a model output explains a frozen group best; otherwise the first reason.
+    frozen.sort(key=lambda item: "model output" not in item[1])
     for g, reason in frozen:
         grp = groups[gid(g)]
         if not grp.frozen:

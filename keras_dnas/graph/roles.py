@@ -41,11 +41,16 @@ def _batchnorm(layer, in_shapes, out_shape):
     return None
 
 
-def _activation(layer, in_shapes, out_shape):
-    name = getattr(layer.activation, "__name__", str(layer.activation))
-    if name in CHANNEL_MIXING_ACTIVATIONS:
-        return f"activation '{name}' mixes channels"
-    return None
+def mixes_channels(layer):
+    """Name of a channel-mixing activation the layer applies, else ``None``.
+
+    Such a layer keeps the channel layout (it propagates the group) but a
+    pruned channel would change the kept ones, so its group is frozen.
+    """
+    if isinstance(layer, L.Softmax):
+        return "softmax"
+    name = getattr(getattr(layer, "activation", None), "__name__", None)
+    return name if name in CHANNEL_MIXING_ACTIVATIONS else None
 
 
 def _concat(layer, in_shapes, out_shape):
@@ -77,8 +82,8 @@ ROLES = {
     L.DepthwiseConv1D: ("propagating", "depthwise", _depthwise),
     L.DepthwiseConv2D: ("propagating", "depthwise", _depthwise),
     L.BatchNormalization: ("propagating", "batchnorm", _batchnorm),
-    L.Activation: ("propagating", "activation", _activation),
-    **_entries([L.ReLU, L.LeakyReLU, L.ELU], "propagating", "activation"),
+    **_entries([L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax], "propagating",
+               "activation"),
     **_entries(
         [L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.GaussianNoise,
          L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization, L.Identity],
