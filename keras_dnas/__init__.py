@@ -7,10 +7,11 @@ Example:
 >>> slim = kd.freeze(search)                   # plain Keras model, kept channels only
 """
 
-from keras_dnas import costs, graph, layers, masks, search, targets, zoo
+from keras_dnas import costs, export, graph, layers, masks, report, search, targets, zoo
 from keras_dnas import freeze as freeze_lib
 from keras_dnas.convert import SearchableModel, prepare
 from keras_dnas.freeze import freeze
+from keras_dnas.report import summary
 from keras_dnas.search import Budget, DNASCallback, Minimize
 
 __version__ = "0.1.0"
@@ -21,13 +22,16 @@ __all__ = [
     "Minimize",
     "SearchableModel",
     "costs",
+    "export",
     "freeze",
     "freeze_lib",
     "graph",
     "layers",
     "masks",
     "prepare",
+    "report",
     "search",
+    "summary",
     "targets",
     "zoo",
 ]

@@ -1,0 +1,31 @@
+"""Export to TFLite and measurement in TensorFlow Lite Micro.
+
+The only part of keras_dnas that uses TensorFlow, and only inside `to_tflite` (imported on
+first use, so `import keras_dnas` stays light). Measuring needs `tflite_micro` only; the LiteRT
+cross-check needs `ai_edge_litert`.
+
+- `to_tflite(model, representative_data, quantization="int8")`: full-integer `.tflite` bytes,
+  TFLite Micro operators only.
+- `measure(tflite, target=None, data=None)`: flash, tensor arena (head / tail), operators,
+  quantisation, accuracy in TFLite Micro.
+- `run_tflm` / `run_litert`: run a model sample by sample (raw or dequantised outputs).
+- `arena_usage`, `op_names`, `tflm_problems`, `TFLM_BUILTIN_OPS`: the pieces.
+"""
+
+from keras_dnas.export.convert import to_tflite
+from keras_dnas.export.measure import MeasureResult, measure
+from keras_dnas.export.ops import TFLM_BUILTIN_OPS, op_names, tflm_problems
+from keras_dnas.export.runtime import arena_usage, parse_allocations, run_litert, run_tflm
+
+__all__ = [
+    "MeasureResult",
+    "TFLM_BUILTIN_OPS",
+    "arena_usage",
+    "measure",
+    "op_names",
+    "parse_allocations",
+    "run_litert",
+    "run_tflm",
+    "tflm_problems",
+    "to_tflite",
+]

@@ -1,0 +1,252 @@
+"""Read the parts of a `.tflite` flatbuffer that export needs, without importing TensorFlow.
+
+Uses the generated flatbuffer schema shipped with `tflite_micro` (falling back to the copy in
+`ai_edge_litert`). Everything is returned as plain Python data.
+"""
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+
+_FILE_IDENTIFIER = b"TFL3"
+
+
+def schema():
+    """The generated `schema_py_generated` module (TFLite Micro's copy, else LiteRT's)."""
+    try:
+        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
+    except ImportError:  # pragma: no cover - tflite_micro is a hard dependency
+        from ai_edge_litert import schema_py_generated
+    return schema_py_generated
+
+
+def _enum_names(enum_cls):
+    return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_")}
+
+
+# TensorType name -> numpy dtype (types TFLite Micro can hold in an arena).
+_NUMPY_DTYPES = {
+    "FLOAT32": np.float32,
+    "FLOAT16": np.float16,
+    "FLOAT64": np.float64,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "INT16": np.int16,
+    "UINT16": np.uint16,
+    "INT32": np.int32,
+    "UINT32": np.uint32,
+    "INT64": np.int64,
+    "UINT64": np.uint64,
+    "BOOL": np.bool_,
+    "INT4": np.int8,  # unpacked to one byte per element by TFLite Micro
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    index: int
+    name: str
+    shape: tuple
+    dtype: str  # TensorType name, e.g. "INT8"
+    scales: tuple
+    zero_points: tuple
+    quantized_dimension: int
+    is_constant: bool
+
+    @property
+    def numpy_dtype(self):
+        return _NUMPY_DTYPES.get(self.dtype)
+
+    @property
+    def nbytes(self):
+        itemsize = np.dtype(self.numpy_dtype).itemsize if self.numpy_dtype else 8
+        return int(np.prod([max(int(d), 1) for d in self.shape], dtype=np.int64)) * itemsize
+
+    def to_dict(self):
+        """Plain JSON-able description (name, shape, dtype and quantisation)."""
+        return {
+            "name": self.name,
+            "shape": [int(d) for d in self.shape],
+            "dtype": self.dtype.lower(),
+            "scale": float(self.scales[0]) if len(self.scales) == 1 else None,
+            "zero_point": int(self.zero_points[0]) if len(self.zero_points) == 1 else None,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class OpInfo:
+    index: int
+    name: str  # builtin name, or "CUSTOM:<code>"
+    inputs: tuple
+    outputs: tuple
+    subgraph: int
+    fused_activation: str = "NONE"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    ops: tuple  # OpInfo of every subgraph, main subgraph first
+    tensors: tuple  # TensorInfo of the main subgraph
+    inputs: tuple  # TensorInfo of the main subgraph's inputs, in user order
+    outputs: tuple  # TensorInfo of the outputs, in user order
+    input_positions: tuple  # position of each user-order input in the subgraph's input list
+    output_positions: tuple
+    num_tensors: int  # all subgraphs
+    activation_bytes: int  # bytes of every non-constant tensor (all subgraphs)
+    num_channel_params: int  # total number of quantisation scales
+
+    @property
+    def main_ops(self):
+        return tuple(op for op in self.ops if op.subgraph == 0)
+
+
+def as_model_bytes(tflite_bytes):
+    """`bytes` of a TFLite model given as bytes-like or as a path to a `.tflite` file."""
+    if isinstance(tflite_bytes, (str, os.PathLike)):
+        with open(tflite_bytes, "rb") as f:
+            data = f.read()
+    elif isinstance(tflite_bytes, (bytes, bytearray, memoryview)):
+        data = bytes(tflite_bytes)
+    else:
+        raise ValueError(
+            "Expected the TFLite model as bytes (the result of `to_tflite`) or a path to a "
+            f".tflite file. Received: tflite_bytes of type {type(tflite_bytes).__name__}"
+        )
+    if len(data) < 8 or data[4:8] != _FILE_IDENTIFIER:
+        raise ValueError(
+            "The data is not a TFLite flatbuffer (missing the 'TFL3' file identifier). "
+            f"Received: {len(data)} bytes starting with {data[:8]!r}"
+        )
+    return data
+
+
+def _natural_key(name):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _tensor_info(sch, tensor, index, buffers):
+    q = tensor.Quantization()
+    scales, zero_points, qdim = (), (), 0
+    if q is not None and q.ScaleLength():
+        scales = tuple(float(s) for s in q.ScaleAsNumpy())
+        zero_points = tuple(int(z) for z in q.ZeroPointAsNumpy()) if q.ZeroPointLength() else ()
+        qdim = int(q.QuantizedDimension())
+    buf = tensor.Buffer()
+    is_constant = False
+    if 0 < buf < len(buffers):
+        b = buffers[buf]
+        is_constant = b.DataLength() > 0 or b.Offset() > 1
+    return TensorInfo(
+        index=index,
+        name=tensor.Name().decode("utf-8", errors="replace"),
+        shape=tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else (),
+        dtype=_enum_names(sch.TensorType).get(tensor.Type(), str(tensor.Type())),
+        scales=scales,
+        zero_points=zero_points,
+        quantized_dimension=qdim,
+        is_constant=is_constant,
+    )
+
+
+def _fused_activation(sch, op, op_name):
+    options_cls = {
+        "CONV_2D": "Conv2DOptions",
+        "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions",
+        "FULLY_CONNECTED": "FullyConnectedOptions",
+        "ADD": "AddOptions",
+        "SUB": "SubOptions",
+        "MUL": "MulOptions",
+        "CONCATENATION": "ConcatenationOptions",
+        "AVERAGE_POOL_2D": "Pool2DOptions",
+        "MAX_POOL_2D": "Pool2DOptions",
+    }.get(op_name)
+    table = op.BuiltinOptions()
+    if options_cls is None or table is None:
+        return "NONE"
+    options = getattr(sch, options_cls)()
+    options.Init(table.Bytes, table.Pos)
+    return _enum_names(sch.ActivationFunctionType).get(options.FusedActivationFunction(), "NONE")
+
+
+def read_model(tflite_bytes):
+    """Parse operators, tensors, inputs and outputs of a TFLite model into a `ModelInfo`."""
+    data = as_model_bytes(tflite_bytes)
+    sch = schema()
+    model = sch.Model.GetRootAs(data, 0)
+    op_names = _enum_names(sch.BuiltinOperator)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        name = op_names.get(code, f"BUILTIN_{code}")
+        if name == "CUSTOM":
+            custom = oc.CustomCode()
+            name = "CUSTOM:" + (custom.decode("utf-8", errors="replace") if custom else "?")
+        codes.append(name)
+    buffers = [model.Buffers(i) for i in range(model.BuffersLength())]
+
+    ops, num_tensors, activation_bytes, num_channel_params = [], 0, 0, 0
+    main_tensors = ()
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        tensors = tuple(
+            _tensor_info(sch, sg.Tensors(t), t, buffers) for t in range(sg.TensorsLength())
+        )
+        if s == 0:
+            main_tensors = tensors
+        num_tensors += len(tensors)
+        activation_bytes += sum(t.nbytes for t in tensors if not t.is_constant)
+        num_channel_params += sum(len(t.scales) for t in tensors)
+        for k in range(sg.OperatorsLength()):
+            op = sg.Operators(k)
+            name = codes[op.OpcodeIndex()]
+            ops.append(
+                OpInfo(
+                    index=k,
+                    name=name,
+                    inputs=tuple(int(i) for i in op.InputsAsNumpy()) if op.InputsLength() else (),
+                    outputs=tuple(int(i) for i in op.OutputsAsNumpy())
+                    if op.OutputsLength()
+                    else (),
+                    subgraph=s,
+                    fused_activation=_fused_activation(sch, op, name),
+                )
+            )
+
+    sg = model.Subgraphs(0)
+    sub_inputs = [int(i) for i in sg.InputsAsNumpy()] if sg.InputsLength() else []
+    sub_outputs = [int(i) for i in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
+    in_pos = list(range(len(sub_inputs)))
+    out_pos = list(range(len(sub_outputs)))
+    # With a signature (every converted Keras model has one), user order is the natural order
+    # of the signature names: to_tflite names inputs input_000, input_001, ... in model order.
+    for k in range(model.SignatureDefsLength()):
+        sig = model.SignatureDefs(k)
+        if sig.SubgraphIndex() != 0:
+            continue
+        ins = [(sig.Inputs(i).Name().decode(), sig.Inputs(i).TensorIndex())
+               for i in range(sig.InputsLength())]
+        outs = [(sig.Outputs(i).Name().decode(), sig.Outputs(i).TensorIndex())
+                for i in range(sig.OutputsLength())]
+        if sorted(t for _, t in ins) == sorted(sub_inputs) and sorted(
+            t for _, t in outs
+        ) == sorted(sub_outputs):
+            in_pos = [sub_inputs.index(t) for _, t in sorted(ins, key=lambda p: _natural_key(p[0]))]
+            out_pos = [
+                sub_outputs.index(t) for _, t in sorted(outs, key=lambda p: _natural_key(p[0]))
+            ]
+        break
+
+    return ModelInfo(
+        ops=tuple(ops),
+        tensors=main_tensors,
+        inputs=tuple(main_tensors[sub_inputs[p]] for p in in_pos),
+        outputs=tuple(main_tensors[sub_outputs[p]] for p in out_pos),
+        input_positions=tuple(in_pos),
+        output_positions=tuple(out_pos),
+        num_tensors=num_tensors,
+        activation_bytes=int(activation_bytes),
+        num_channel_params=int(num_channel_params),
+    )

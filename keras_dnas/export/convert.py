@@ -1,0 +1,365 @@
+"""Keras model -> TFLite flatbuffer for TensorFlow Lite Micro (full int8 or float32)."""
+
+import dataclasses
+import re
+import tempfile
+import warnings
+
+import numpy as np
+
+from keras_dnas.export import ops as _ops
+from keras_dnas.export._quiet import captured_fds
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mode:
+    ops_set: str  # name of the tf.lite.OpsSet member
+    integer_io: bool
+    needs_data: bool
+
+
+# quantization= value -> converter settings.
+_MODES = {
+    "int8": _Mode(ops_set="TFLITE_BUILTINS_INT8", integer_io=True, needs_data=True),
+    "float32": _Mode(ops_set="TFLITE_BUILTINS", integer_io=False, needs_data=False),
+}
+
+_INPUT_NAME = "input_{:03d}"  # signature names; natural order = model order
+
+
+def _mode(quantization):
+    if not isinstance(quantization, str) or quantization not in _MODES:
+        raise ValueError(
+            f"Unknown quantization. Expected one of {sorted(_MODES)}. "
+            f"Received: quantization={quantization!r}"
+        )
+    return _MODES[quantization]
+
+
+def _model_inputs(model):
+    """(structure of Keras input tensors, flat list) or (None, None) for subclassed models."""
+    try:
+        flat = list(model.inputs or [])
+    except AttributeError:
+        flat = []
+    if not flat:
+        return None, None
+    if len(flat) == 1:
+        return flat[0], flat
+    try:
+        structure = model.input  # list or dict for a multi-input functional model
+    except (AttributeError, ValueError):
+        structure = flat
+    return structure, flat
+
+
+def _input_signature(model):
+    """Batch-1 input specs named input_000, ... (TFLite Micro runs one sample at a time)."""
+    import keras
+
+    structure, flat = _model_inputs(model)
+    if flat is None:
+        return None, None
+    for t in flat:
+        if any(d is None for d in t.shape[1:]):
+            raise ValueError(
+                "TensorFlow Lite Micro needs static shapes, but model input "
+                f"{t.name!r} has shape {tuple(t.shape)}. Build the model with a fixed "
+                "`keras.Input(shape=...)`."
+            )
+    position = {id(t): i for i, t in enumerate(flat)}
+
+    def spec(t):
+        return keras.InputSpec(
+            shape=(1,) + tuple(t.shape[1:]),
+            dtype=t.dtype,
+            name=_INPUT_NAME.format(position[id(t)]),
+        )
+
+    return [keras.tree.map_structure(spec, structure)], flat
+
+
+def _as_float_array(data, what):
+    try:
+        arr = np.asarray(data, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"Could not read {what} as a float array. Received: {type(data).__name__}"
+        ) from e
+    return arr
+
+
+def _collect_batches(data, n_inputs):
+    """An iterable of batches (tf.data.Dataset, generator, PyDataset) -> per-input arrays."""
+    per_input = [[] for _ in range(n_inputs)]
+    for element in data:
+        if isinstance(element, tuple) and n_inputs == 1:
+            element = element[0]  # (x, y) or (x, y, sample_weight)
+        elif isinstance(element, tuple) and len(element) in (2, 3) and n_inputs > 1:
+            element = element[0]
+        parts = list(element) if n_inputs > 1 else [element]
+        if len(parts) != n_inputs:
+            raise ValueError(
+                f"Each batch of representative_data must hold {n_inputs} inputs. "
+                f"Received: {len(parts)}"
+            )
+        for k, part in enumerate(parts):
+            per_input[k].append(_as_float_array(part, "a representative_data batch"))
+    return [np.concatenate(p, axis=0) if p else np.zeros((0,)) for p in per_input]
+
+
+def _calibration_arrays(representative_data, flat_inputs):
+    """representative_data -> list of float32 arrays (one per model input, samples first)."""
+    if representative_data is None:
+        raise ValueError(
+            "Full-integer (int8) quantisation needs a representative dataset to calibrate the "
+            "activation ranges: pass a few hundred typical input samples, e.g. "
+            "`to_tflite(model, representative_data=x_train[:256])` (an array of inputs, one "
+            "array per input for a multi-input model), or use quantization='float32'. "
+            "Received: representative_data=None"
+        )
+    n_inputs = len(flat_inputs) if flat_inputs else 1
+    names = [t.name for t in flat_inputs] if flat_inputs else []
+    if isinstance(representative_data, dict):
+        missing = [n for n in names if n not in representative_data]
+        if missing or not names:
+            raise ValueError(
+                f"representative_data as a dict must map every model input name {names} to "
+                f"an array. Received: keys {sorted(representative_data)}"
+            )
+        arrays = [_as_float_array(representative_data[n], f"input {n!r}") for n in names]
+    elif isinstance(representative_data, (list, tuple)) and n_inputs > 1:
+        if len(representative_data) != n_inputs:
+            raise ValueError(
+                f"The model has {n_inputs} inputs; pass representative_data as a list of "
+                f"{n_inputs} arrays. Received: {len(representative_data)} arrays"
+            )
+        arrays = [_as_float_array(a, "representative_data") for a in representative_data]
+    elif hasattr(representative_data, "__array__") or isinstance(
+        representative_data, (list, tuple)
+    ):
+        arrays = [_as_float_array(representative_data, "representative_data")]
+    elif hasattr(representative_data, "__iter__"):
+        arrays = _collect_batches(representative_data, n_inputs)
+    else:
+        raise ValueError(
+            "representative_data must be an array of input samples (samples first), a list "
+            "of arrays for a multi-input model, or an iterable of batches. Received: "
+            f"{type(representative_data).__name__}"
+        )
+    if len(arrays) != n_inputs:
+        raise ValueError(
+            f"The model has {n_inputs} inputs; pass one array of samples per input. "
+            f"Received: {len(arrays)}"
+        )
+    for k, arr in enumerate(arrays):
+        if arr.ndim == 0 or arr.shape[0] == 0:
+            raise ValueError(
+                "representative_data is empty; int8 calibration needs at least one sample "
+                "(a few hundred are typical), e.g. `representative_data=x_train[:256]`. "
+                f"Received: an array of shape {arr.shape}"
+            )
+        if flat_inputs:
+            expected = tuple(flat_inputs[k].shape[1:])
+            got = tuple(arr.shape[1:])
+            if len(got) != len(expected) or any(
+                e is not None and e != g for e, g in zip(expected, got)
+            ):
+                raise ValueError(
+                    f"representative_data for input {k} ({names[k]!r}) must have samples of shape "
+                    f"{expected} (batch first). Received: shape {arr.shape}"
+                )
+    if flat_inputs:  # the signature's dtype (float32 unless the model says otherwise)
+        arrays = [arr.astype(t.dtype, copy=False) for arr, t in zip(arrays, flat_inputs)]
+    if len({arr.shape[0] for arr in arrays}) != 1:
+        raise ValueError(
+            "Every input of representative_data needs the same number of samples. "
+            f"Received: {[arr.shape[0] for arr in arrays]}"
+        )
+    return arrays
+
+
+def _layer_names(model):
+    names, stack = [], [model]
+    while stack:
+        layer = stack.pop()
+        for sub in getattr(layer, "layers", None) or []:
+            names.append(sub.name)
+            stack.append(sub)
+    return names
+
+
+def _backend_export_kwargs():
+    """Export options per Keras backend: JAX must trace a static function to plain TF ops."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        # Weights become constants (BN folds, no READ_VARIABLE), no XLA-only TF ops.
+        return {
+            "is_static": True,
+            "jax2tf_kwargs": {"enable_xla": False, "native_serialization": False},
+        }
+    return {}
+
+
+def _output_layers(model):
+    """Names of the layers that produce the model outputs, in output order (best effort)."""
+    try:
+        return [t._keras_history.operation.name for t in model.outputs]
+    except (AttributeError, TypeError):
+        layers = getattr(model, "layers", None)
+        return [layers[-1].name] if layers else []
+
+
+def _conversion_error(error, log_text, layer_names):
+    """Summarise a converter failure: the TF ops and the layers involved."""
+    text = f"{error}\n{log_text}"
+    tf_ops = sorted(set(re.findall(r"'(tf\.\w+)' op", text)))
+    select = re.findall(r"TF Select ops: ([^\n]+)", text)
+    places = []
+    for loc in re.findall(r'fused\["[^"]*", "([^"@]+)@', text):
+        if loc not in places and "StatefulPartitionedCall" not in loc:
+            places.append(loc)
+    layers = []
+    for place in places:
+        layer = _ops._layer_hint(place, set(layer_names))
+        if layer and layer not in layers:
+            layers.append(layer)
+    parts = ["Converting the model to TFLite failed."]
+    if tf_ops or select:
+        ops_text = ", ".join(tf_ops) if tf_ops else select[0]
+        parts.append(
+            f"TensorFlow ops without a TFLite builtin kernel: {ops_text} (TensorFlow Lite "
+            "Micro cannot run Flex/SELECT_TF_OPS)."
+        )
+    if layers:
+        parts.append(f"Layer(s) involved: {', '.join(repr(n) for n in layers)}.")
+    elif places:
+        parts.append(f"Graph location(s): {', '.join(places[:5])}.")
+    errors = [line.strip() for line in str(error).splitlines() if "error:" in line]
+    parts.append(f"Converter error: {errors[0] if errors else str(error).strip()[:1000]}")
+    log_lines = [
+        line for line in log_text.splitlines()
+        if line.strip() and not re.match(r"^[IW]\d{4} ", line)  # absl INFO / WARNING lines
+    ]
+    if log_lines:
+        tail = "\n".join(log_lines)[-3000:]
+        parts.append(f"Converter log (end):\n{tail}")
+    return "\n".join(parts)
+
+
+def to_tflite(model, representative_data=None, quantization="int8", *, allow_float_ops=False):
+    """Convert a Keras model to a TFLite flatbuffer that TensorFlow Lite Micro can run.
+
+    With `quantization="int8"` (default) the model is fully integer quantised: int8 weights
+    (per channel) and activations, int8 input and output, only `TFLITE_BUILTINS_INT8`
+    operators (never Flex / SELECT_TF_OPS). BatchNormalization is folded into the preceding
+    convolution and ReLU / ReLU6 are fused by the converter. The batch size is fixed to 1, as
+    TensorFlow Lite Micro runs one sample at a time. The converter's log (C++ / MLIR output
+    on stdout and stderr) is swallowed and shown only if the conversion fails. Afterwards every
+    operator is checked against `TFLM_BUILTIN_OPS`.
+
+    Args:
+        model: A built Keras 3 model (Functional or Sequential; a subclassed model works if
+            it has been called once).
+        representative_data: Typical inputs to calibrate activation ranges (needed for int8):
+            an array with samples first (a few hundred samples are plenty), a list of arrays
+            or a dict keyed by input name for a multi-input model, or an iterable of batches
+            (e.g. a `tf.data.Dataset` of `x` or `(x, y)`). Ignored for float32.
+        quantization: `"int8"` (full integer) or `"float32"` (no quantisation).
+        allow_float_ops: With int8, accept layers that only have a float kernel (the
+            converter then wraps them in DEQUANTIZE / QUANTIZE). Default `False`: such layers
+            raise an error naming them.
+
+    Returns:
+        The `.tflite` flatbuffer as `bytes`.
+
+    Raises:
+        ValueError: For an unknown `quantization`, missing or malformed representative data,
+            a conversion failure (naming the TensorFlow ops and layers involved), or an
+            operator TensorFlow Lite Micro does not support.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_dnas.export import to_tflite
+    >>> model = keras.Sequential([
+    ...     keras.Input((16, 16, 3)),
+    ...     keras.layers.Conv2D(4, 3, activation="relu"),
+    ...     keras.layers.GlobalAveragePooling2D(),
+    ...     keras.layers.Dense(2),
+    ... ])
+    >>> x = np.random.rand(32, 16, 16, 3).astype("float32")
+    >>> tflite = to_tflite(model, representative_data=x)
+    >>> tflite[4:8]
+    b'TFL3'
+    """
+    mode = _mode(quantization)
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"Expected a Keras 3 model (`keras.Model`). Received: model of type "
+            f"{type(model).__name__}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"The model {model.name!r} is not built yet; give it a `keras.Input` or call "
+            "it on a batch of data before converting."
+        )
+    signature, flat_inputs = _input_signature(model)
+    arrays = _calibration_arrays(representative_data, flat_inputs) if mode.needs_data else None
+    if signature is None and arrays is not None and len(arrays) == 1:
+        # Subclassed model: take the (batch-1) input shape from the calibration samples.
+        signature = [
+            keras.InputSpec(shape=(1,) + arrays[0].shape[1:], dtype="float32",
+                            name=_INPUT_NAME.format(0))
+        ]
+    layer_names = _layer_names(model)
+
+    def representative_dataset():
+        for i in range(arrays[0].shape[0]):
+            if signature is None:
+                yield [arr[i : i + 1] for arr in arrays]
+            else:
+                yield {_INPUT_NAME.format(k): arr[i : i + 1] for k, arr in enumerate(arrays)}
+
+    error, tflite = None, None
+    with tempfile.TemporaryDirectory(prefix="keras_dnas_export_") as tmp:
+        with captured_fds() as log, warnings.catch_warnings():
+            # TF's calibrator still uses tf.lite.Interpreter and warns about it: not actionable.
+            warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+            try:
+                import tensorflow as tf
+
+                model.export(tmp, format="tf_saved_model", verbose=False,
+                             input_signature=signature, **_backend_export_kwargs())
+                converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+                converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, mode.ops_set)]
+                if mode.integer_io:
+                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                    converter.representative_dataset = representative_dataset
+                    converter.inference_input_type = tf.int8
+                    converter.inference_output_type = tf.int8
+                tflite = converter.convert()
+            except Exception as e:  # noqa: BLE001 - re-raised below with the converter log
+                error = e
+    if error is not None:
+        raise ValueError(_conversion_error(error, log.text, layer_names)) from error
+
+    problems = _ops.tflm_problems(
+        tflite,
+        quantization,
+        layer_names=layer_names,
+        allow_float_ops=allow_float_ops,
+        output_layers=_output_layers(model),
+    )
+    if problems:
+        raise ValueError(
+            f"The converted model {model.name!r} (quantization={quantization!r}) cannot run "
+            "as is on TensorFlow Lite Micro:\n  - " + "\n  - ".join(problems) + "\nReplace these "
+            "layers with TFLite Micro-friendly ones (see keras_dnas.export.TFLM_BUILTIN_OPS)"
+            + ("" if allow_float_ops or quantization != "int8"
+               else ", or pass allow_float_ops=True to keep float layers") + "."
+        )
+    return bytes(tflite)

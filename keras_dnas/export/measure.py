@@ -1,0 +1,279 @@
+"""Measure a `.tflite` model in TensorFlow Lite Micro: flash, arena, operators, accuracy."""
+
+import json
+
+import numpy as np
+
+from keras_dnas.export import _flatbuffer
+from keras_dnas.export import runtime as _runtime
+
+_TASKS = ("classification", "regression")
+
+# Keys of a MeasureResult, in display order (all present; None when not measured).
+_KEYS = (
+    "flash_bytes",
+    "arena_bytes",
+    "arena_head_bytes",
+    "arena_tail_bytes",
+    "arena_breakdown",
+    "ops",
+    "inputs",
+    "outputs",
+    "quantization",
+    "target",
+    "target_flash_bytes",
+    "target_ram_bytes",
+    "fits_flash",
+    "fits_ram",
+    "task",
+    "num_samples",
+    "accuracy",
+    "mse",
+    "float_accuracy",
+    "float_mse",
+    "agreement",
+)
+
+
+class MeasureResult(dict):
+    """What `measure` found: a plain `dict` (JSON-serialisable) with attribute access.
+
+    Keys: `flash_bytes` (= `len(tflite)`), `arena_bytes` / `arena_head_bytes` /
+    `arena_tail_bytes` and `arena_breakdown` (TFLite Micro's recording allocator), `ops`
+    (operator names in execution order), `inputs` / `outputs` (name, shape, dtype, scale,
+    zero_point), `quantization`, the target fields (`target`, `target_flash_bytes`,
+    `target_ram_bytes`, `fits_flash`, `fits_ram`) and the data fields (`task`,
+    `num_samples`, `accuracy`, `mse`, `float_accuracy`, `float_mse`, `agreement`). Fields
+    that were not measured are `None`.
+
+    Example:
+
+    >>> r = MeasureResult(flash_bytes=1000, arena_bytes=400)
+    >>> r.flash_bytes, r["arena_bytes"], r.accuracy
+    (1000, 400, None)
+    """
+
+    def __init__(self, **fields):
+        unknown = set(fields) - set(_KEYS)
+        if unknown:
+            raise ValueError(f"Unknown MeasureResult fields {sorted(unknown)}.")
+        super().__init__({k: fields.get(k) for k in _KEYS})
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to_dict(self):
+        """A plain `dict` copy (what `json.dumps` writes)."""
+        return json.loads(json.dumps(dict(self)))
+
+    def to_json(self, **kwargs):
+        """The result as a JSON string (`kwargs` go to `json.dumps`)."""
+        return json.dumps(dict(self), **kwargs)
+
+    def __str__(self):
+        lines = ["TFLite Micro measurement"]
+        fmt = {
+            "flash_bytes": "{:,} B",
+            "arena_bytes": "{:,} B",
+            "arena_head_bytes": "{:,} B",
+            "arena_tail_bytes": "{:,} B",
+            "target_flash_bytes": "{:,} B",
+            "target_ram_bytes": "{:,} B",
+            "accuracy": "{:.4f}",
+            "float_accuracy": "{:.4f}",
+            "agreement": "{:.4f}",
+            "mse": "{:.6g}",
+            "float_mse": "{:.6g}",
+        }
+        for key in _KEYS:
+            value = self[key]
+            if value is None or key in ("arena_breakdown", "inputs", "outputs"):
+                continue
+            if key == "ops":
+                value = ", ".join(value)
+            elif key in fmt:
+                value = fmt[key].format(value)
+            lines.append(f"  {key:<19} {value}")
+        for key in ("inputs", "outputs"):
+            for t in self[key] or ():
+                lines.append(
+                    f"  {key[:-1]:<19} {t['name']} {t['dtype']}{t['shape']} "
+                    f"scale={t['scale']} zero_point={t['zero_point']}"
+                )
+        return "\n".join(lines)
+
+
+def _resolve_target(target):
+    """None, a HardwareTarget-like object, a mapping or a registered name -> (name, flash, ram)."""
+    if target is None:
+        return None
+    if isinstance(target, str):
+        from keras_dnas import targets as registry
+
+        getter = next(
+            (getattr(registry, n) for n in ("get", "get_target") if hasattr(registry, n)),
+            None,
+        )
+        if getter is None:
+            raise ValueError(
+                "Pass the target as a HardwareTarget object (keras_dnas.targets). "
+                f"Received: target={target!r}"
+            )
+        target = getter(target)
+    get = target.get if isinstance(target, dict) else lambda k, d=None: getattr(target, k, d)
+    flash, ram = get("flash_bytes"), get("ram_bytes")
+    if flash is None and ram is None:
+        raise ValueError(
+            "target must have `flash_bytes` and `ram_bytes` (a keras_dnas HardwareTarget). "
+            f"Received: target={target!r}"
+        )
+    return str(get("name", "custom")), flash, ram
+
+
+def _is_one_hot(y):
+    return (
+        y.ndim >= 2
+        and y.shape[-1] > 1
+        and np.isin(y, (0, 1)).all()
+        and np.allclose(y.sum(axis=-1), 1)
+    )
+
+
+def _predictions(out):
+    """Class predictions: argmax over the last axis, or a 0.5 threshold for one sigmoid unit."""
+    if out.shape[-1] == 1:
+        return (out[..., 0] > 0.5).astype(np.int64)
+    return np.argmax(out, axis=-1)
+
+
+def _labels(y, out):
+    if y.shape == out.shape and _is_one_hot(y):
+        return np.argmax(y, axis=-1)
+    labels = y.reshape(y.shape[:-1]) if y.ndim == out.ndim and y.shape[-1] == 1 else y
+    if labels.shape != out.shape[:-1]:
+        raise ValueError(
+            f"Cannot compare labels of shape {y.shape} with model outputs of shape "
+            f"{out.shape}: give class indices of shape {out.shape[:-1]} or one-hot labels of "
+            "the output's shape."
+        )
+    return labels.astype(np.int64)
+
+
+def _evaluate(info, data_bytes, data, keras_model, task, arena_size):
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(
+            "data must be a pair (x, y) of inputs and labels (or targets). "
+            f"Received: {type(data).__name__}"
+            + (f" of length {len(data)}" if hasattr(data, "__len__") else "")
+        )
+    x, y = data
+    out = _runtime.run_tflm(data_bytes, x, dequantize=True, arena_size=arena_size)
+    if isinstance(out, list):  # several outputs: evaluate the first
+        out = out[0]
+    y = np.asarray(y)
+    if y.shape[0] != out.shape[0]:
+        raise ValueError(
+            f"x and y must have the same number of samples. Received: {out.shape[0]} inputs "
+            f"and {y.shape[0]} labels"
+        )
+    if task is None:
+        task = "regression" if y.shape == out.shape and not _is_one_hot(y) else "classification"
+    elif task not in _TASKS:
+        raise ValueError(f"task must be one of {_TASKS} or None. Received: task={task!r}")
+    fields = {"task": task, "num_samples": int(out.shape[0])}
+    reference = None
+    if keras_model is not None:
+        reference = keras_model.predict(x, verbose=0, batch_size=256)
+        if isinstance(reference, (list, tuple)):
+            reference = reference[0]
+        elif isinstance(reference, dict):
+            reference = next(iter(reference.values()))
+        reference = np.asarray(reference, dtype=np.float32).reshape(out.shape)
+    if task == "regression":
+        target = y.astype(np.float32).reshape(out.shape)
+        fields["mse"] = float(np.mean((out - target) ** 2))
+        if reference is not None:
+            fields["float_mse"] = float(np.mean((reference - target) ** 2))
+    else:
+        labels = _labels(y, out)
+        pred = _predictions(out)
+        fields["accuracy"] = float(np.mean(pred == labels))
+        if reference is not None:
+            ref_pred = _predictions(reference)
+            fields["float_accuracy"] = float(np.mean(ref_pred == labels))
+            fields["agreement"] = float(np.mean(ref_pred == pred))
+    return fields
+
+
+def measure(
+    tflite_bytes, target=None, data=None, *, keras_model=None, task=None, arena_size=None
+):
+    """Measure a TFLite model as TensorFlow Lite Micro runs it.
+
+    Flash is the flatbuffer size. RAM is the tensor arena reported by TFLite Micro's
+    recording allocator (`print_allocations()`): the head (activations and scratch, as laid
+    out by the memory planner) plus the tail (persistent tensor structs, per-channel
+    quantisation data, op data). With `data=(x, y)` the model runs in TFLite Micro on `x`
+    (float inputs are quantised with the input scale / zero point; outputs are dequantised)
+    and is scored against `y`: top-1 accuracy for class indices or one-hot labels (a single
+    output unit is thresholded at 0.5), mean squared error when `y` has the output's shape.
+
+    Args:
+        tflite_bytes: The model as `bytes` (e.g. from `to_tflite`) or a path to a `.tflite`.
+        target: Optional hardware target with `name`, `flash_bytes` and `ram_bytes` (a
+            `keras_dnas.targets.HardwareTarget`, a registered target name, or a dict); adds
+            `fits_flash` (flatbuffer size <= flash) and `fits_ram` (arena <= RAM).
+        data: Optional `(x, y)` to score the quantised model on.
+        keras_model: Optional float Keras model; with `data`, adds its accuracy (or MSE) and
+            the top-1 `agreement` between it and the TFLite Micro model.
+        task: `"classification"`, `"regression"` or `None` (decide from the shape of `y`).
+        arena_size: Arena handed to the interpreter (default: generous, model-derived).
+
+    Returns:
+        A `MeasureResult` (a JSON-serialisable `dict` with attribute access).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_dnas.export import to_tflite, measure
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    >>> x = np.random.rand(64, 8).astype("float32")
+    >>> y = np.random.randint(0, 3, 64)
+    >>> tflite = to_tflite(model, representative_data=x)
+    >>> r = measure(tflite, data=(x, y), keras_model=model)
+    >>> r.flash_bytes == len(tflite), r.ops
+    (True, ['FULLY_CONNECTED'])
+    >>> 0.0 <= r.accuracy <= 1.0
+    True
+    """
+    data_bytes = _flatbuffer.as_model_bytes(tflite_bytes)
+    info = _flatbuffer.read_model(data_bytes)
+    io_types = {t.dtype for t in info.inputs + info.outputs}
+    fields = {
+        "flash_bytes": len(data_bytes),
+        "ops": [op.name for op in info.main_ops],
+        "inputs": [t.to_dict() for t in info.inputs],
+        "outputs": [t.to_dict() for t in info.outputs],
+        "quantization": next(iter(io_types)).lower() if len(io_types) == 1 else "mixed",
+    }
+    fields.update(_runtime.arena_usage(data_bytes, arena_size=arena_size))
+    resolved = _resolve_target(target)
+    if resolved is not None:
+        name, flash, ram = resolved
+        fields.update(
+            target=name,
+            target_flash_bytes=None if flash is None else int(flash),
+            target_ram_bytes=None if ram is None else int(ram),
+            fits_flash=None if flash is None else bool(fields["flash_bytes"] <= flash),
+            fits_ram=None if ram is None else bool(fields["arena_bytes"] <= ram),
+        )
+    if data is not None:
+        fields.update(_evaluate(info, data_bytes, data, keras_model, task, arena_size))
+    elif keras_model is not None or task is not None:
+        raise ValueError(
+            "keras_model= and task= need data=(x, y) to evaluate on. Received: data=None"
+        )
+    return MeasureResult(**fields)

@@ -1,0 +1,504 @@
+"""Export: int8 TFLite conversion, TFLite Micro execution and measurement.
+
+Oracles: LiteRT's reference kernels (bit for bit), a NumPy re-implementation of TFLite's integer
+FULLY_CONNECTED, TFLite Micro's own `print_allocations()` text and NumPy metrics.
+"""
+
+import functools
+import json
+import math
+import re
+import types
+
+import numpy as np
+import pytest
+
+import keras
+from keras_dnas import export as kx
+from keras_dnas.export import _flatbuffer
+
+L = keras.layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Toy models. The "conv" family has no Dense layer (see test_litert_fully_connected_rounding):
+# their heads are a 1x1 convolution followed by global average pooling.
+
+
+def _head(h, classes=3, pool=L.GlobalAveragePooling2D):
+    conv = L.Conv2D if pool is L.GlobalAveragePooling2D else L.Conv1D
+    h = conv(classes, 1, name="head")(h)
+    return L.Softmax(name="softmax")(pool(name="gap")(h))
+
+
+def conv2d():
+    x = keras.Input((10, 10, 3))
+    h = L.Conv2D(8, 3, padding="same", name="c1")(x)
+    h = L.BatchNormalization(name="bn1")(h)
+    h = L.ReLU(name="r1")(h)
+    h = L.MaxPooling2D(name="pool")(h)
+    h = L.Conv2D(8, 3, padding="same", activation="relu", name="c2")(h)
+    return keras.Model(x, _head(h), name="conv2d")
+
+
+def conv1d():
+    x = keras.Input((24, 2))
+    h = L.Conv1D(6, 5, padding="causal", name="c1")(x)
+    h = L.BatchNormalization(name="bn1")(h)
+    h = L.ReLU(name="r1")(h)
+    r = L.Conv1D(6, 3, padding="causal", dilation_rate=2, name="c2")(h)
+    h = L.ReLU(name="r2")(L.Add(name="add")([h, r]))
+    return keras.Model(x, _head(h, pool=L.GlobalAveragePooling1D), name="conv1d")
+
+
+def residual():
+    x = keras.Input((8, 8, 4))
+    a = L.Conv2D(8, 3, padding="same", activation="relu", name="stem")(x)
+    b = L.Conv2D(8, 3, padding="same", name="b1")(a)
+    b = L.BatchNormalization(name="b1_bn")(b)
+    b = L.ReLU(name="b1_relu")(b)
+    b = L.Conv2D(8, 3, padding="same", name="b2")(b)
+    b = L.BatchNormalization(name="b2_bn")(b)
+    s = L.ReLU(name="add_relu")(L.Add(name="add")([a, b]))
+    return keras.Model(x, _head(s), name="residual")
+
+
+def depthwise():
+    x = keras.Input((10, 10, 3))
+    h = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="stem")(x)
+    h = L.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = L.BatchNormalization(name="dw_bn")(h)
+    h = L.ReLU(6.0, name="dw_relu")(h)
+    h = L.Conv2D(12, 1, name="pw")(h)
+    h = L.BatchNormalization(name="pw_bn")(h)
+    h = L.ReLU(name="pw_relu")(h)
+    h = L.AveragePooling2D(2, name="avg")(h)
+    return keras.Model(x, _head(h), name="depthwise")
+
+
+def concat():
+    x = keras.Input((8, 8, 3))
+    s = L.Conv2D(6, 3, padding="same", activation="relu", name="stem")(x)
+    a = L.Conv2D(4, 1, name="branch_a")(s)
+    b = L.Conv2D(5, 3, padding="same", name="branch_b")(s)
+    c = L.Concatenate(name="cat")([a, L.ReLU(name="b_relu")(b), s])
+    return keras.Model(x, _head(c), name="concat")
+
+
+def flatten_dense():
+    x = keras.Input((8, 8, 1))
+    h = L.Conv2D(4, 3, activation="relu", name="c1")(x)
+    h = L.MaxPooling2D(name="pool")(h)
+    h = L.Flatten(name="flat")(h)
+    return keras.Model(x, L.Dense(3, name="fc")(h), name="flatten_dense")
+
+
+def dense():
+    return keras.Sequential(
+        [keras.Input((12,)), L.Dense(16, activation="relu"), L.Dense(8, activation="relu"),
+         L.Dense(3)],
+        name="dense",
+    )
+
+
+CONV_TOYS = {f.__name__: f for f in (conv2d, conv1d, residual, depthwise, concat)}
+DENSE_TOYS = {f.__name__: f for f in (flatten_dense, dense)}
+TOYS = {**CONV_TOYS, **DENSE_TOYS}
+
+EXPECTED_OPS = {  # operator types each toy must convert to (BN folded, ReLU fused)
+    "conv2d": {"CONV_2D", "MAX_POOL_2D", "MEAN", "SOFTMAX"},
+    "conv1d": {"CONV_2D", "ADD", "MEAN", "SOFTMAX"},
+    "residual": {"CONV_2D", "ADD", "MEAN", "SOFTMAX"},
+    "depthwise": {"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MEAN", "SOFTMAX"},
+    "concat": {"CONV_2D", "CONCATENATION", "MEAN", "SOFTMAX"},
+    "flatten_dense": {"CONV_2D", "MAX_POOL_2D", "RESHAPE", "FULLY_CONNECTED"},
+    "dense": {"FULLY_CONNECTED"},
+}
+
+
+def _randomize(model, seed=0):
+    """Non-trivial BN statistics and biases (a zero bias would be dropped by the converter)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
+                rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 1.5, var.shape),
+            ])
+        elif getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape).astype("float32"))
+    return model
+
+
+def _data(model, n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n,) + tuple(model.inputs[0].shape[1:])).astype("float32")
+
+
+@functools.lru_cache(maxsize=None)
+def converted(name):
+    """(model, calibration inputs, test inputs, int8 bytes), built once per session."""
+    keras.utils.set_random_seed(7)
+    model = _randomize(TOYS[name]())
+    calibration = _data(model, 48, 0)
+    return model, calibration, _data(model, 24, 1), kx.to_tflite(model, calibration)
+
+
+def _op_types(tflite):
+    return set(kx.op_names(tflite))
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion
+
+
+@pytest.mark.parametrize("name", sorted(TOYS))
+def test_toy_converts_to_int8_with_tflm_ops_only(name):
+    model, _, _, tflite = converted(name)
+    ops = kx.op_names(tflite)
+    assert set(ops) <= kx.TFLM_BUILTIN_OPS
+    assert EXPECTED_OPS[name] <= set(ops)
+    assert not {"RELU", "RELU6", "MUL", "DEQUANTIZE", "QUANTIZE"} & set(ops)  # folded / fused
+    assert kx.tflm_problems(tflite) == []
+    info = _flatbuffer.read_model(tflite)
+    assert [t.dtype for t in info.inputs + info.outputs] == ["INT8", "INT8"]
+    assert info.inputs[0].shape == (1,) + tuple(model.inputs[0].shape[1:])
+    assert info.outputs[0].shape == (1,) + tuple(model.outputs[0].shape[1:])
+    activation_types = {t.dtype for t in info.tensors if not t.is_constant}
+    assert activation_types == {"INT8"}
+
+
+def test_conv1d_becomes_conv2d_between_reshapes():
+    ops = kx.op_names(converted("conv1d")[3])
+    first = ops.index("CONV_2D")
+    assert ops[first - 1] in ("EXPAND_DIMS", "RESHAPE") and ops[first + 1] == "RESHAPE"
+    assert "FULLY_CONNECTED" not in ops
+
+
+def test_flatten_dense_has_static_reshape():
+    # The batch is fixed to 1, so Flatten is one RESHAPE (no SHAPE / STRIDED_SLICE / PACK).
+    assert kx.op_names(converted("flatten_dense")[3]) == [
+        "CONV_2D", "MAX_POOL_2D", "RESHAPE", "FULLY_CONNECTED"
+    ]
+
+
+SHARED_TOYS = ("plain_cnn", "residual", "depthwise_separable", "concat_branch", "flatten_dense",
+               "conv1d", "sequential_mlp")
+
+
+@pytest.mark.parametrize("name", SHARED_TOYS)
+def test_shared_toy_zoo_converts_and_tracks_float(name):
+    toys = pytest.importorskip("tests.toys")
+    model = toys.randomize_bn(toys.TOYS[name]())
+    x = toys.sample(model, n=32, seed=0)
+    tflite = kx.to_tflite(model, x)
+    assert set(kx.op_names(tflite)) <= kx.TFLM_BUILTIN_OPS
+    out = kx.run_tflm(tflite, x, dequantize=True)
+    ref = np.asarray(model.predict(x, verbose=0))
+    assert out.shape == ref.shape
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.95
+
+
+def test_float32_conversion():
+    model, _, x, _ = converted("residual")
+    tflite = kx.to_tflite(model, quantization="float32")
+    info = _flatbuffer.read_model(tflite)
+    assert [t.dtype for t in info.inputs + info.outputs] == ["FLOAT32", "FLOAT32"]
+    assert set(kx.op_names(tflite)) <= kx.TFLM_BUILTIN_OPS
+    np.testing.assert_allclose(
+        kx.run_tflm(tflite, x), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5
+    )
+    assert kx.measure(tflite).quantization == "float32"
+
+
+def test_multi_input_model_keeps_input_order():
+    keras.utils.set_random_seed(3)
+    a, b = keras.Input((6,), name="zeta"), keras.Input((3,), name="alpha")
+    h = L.Concatenate()([L.Dense(4, activation="relu")(a), b])
+    model = keras.Model([a, b], L.Dense(2)(h))
+    rng = np.random.default_rng(0)
+    xa, xb = rng.normal(size=(32, 6)).astype("f"), rng.normal(size=(32, 3)).astype("f")
+    tflite = kx.to_tflite(model, {"zeta": xa, "alpha": xb})
+    assert [t.shape for t in _flatbuffer.read_model(tflite).inputs] == [(1, 6), (1, 3)]
+    out = kx.run_tflm(tflite, [xa, xb], dequantize=True)
+    ref = model.predict([xa, xb], verbose=0)
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
+
+
+class SubclassedNet(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.flat, self.fc = L.Conv2D(4, 3), L.Flatten(), L.Dense(2)
+
+    def call(self, x):
+        return self.fc(self.flat(self.conv(x)))
+
+
+def test_subclassed_model_takes_batch_one_shape_from_data():
+    model = SubclassedNet()
+    x = np.random.default_rng(0).normal(size=(16, 6, 6, 2)).astype("float32")
+    model(x[:1])
+    tflite = kx.to_tflite(model, x)
+    assert kx.op_names(tflite) == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+    assert kx.run_tflm(tflite, x).shape == (16, 2)
+
+
+def test_conversion_prints_nothing(capfd):
+    keras.utils.set_random_seed(5)
+    model = conv2d()
+    capfd.readouterr()
+    kx.to_tflite(model, _data(model, 8, 0))
+    kx.run_tflm(converted("conv2d")[3], converted("conv2d")[2][:2])
+    out, err = capfd.readouterr()
+    assert out.strip() == ""
+    assert len(err.strip().splitlines()) <= 2, err
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_missing_representative_data():
+    model = dense()
+    with pytest.raises(ValueError, match=r"representative_data=x_train\[:256\]"):
+        kx.to_tflite(model)
+    with pytest.raises(ValueError, match="representative_data is empty"):
+        kx.to_tflite(model, np.zeros((0, 12), "float32"))
+    with pytest.raises(ValueError, match=r"samples of shape \(12,\)"):
+        kx.to_tflite(model, np.zeros((4, 11), "float32"))
+
+
+def test_unknown_quantization():
+    with pytest.raises(ValueError, match=r"Received: quantization='int4'"):
+        kx.to_tflite(dense(), np.zeros((4, 12), "float32"), quantization="int4")
+
+
+def test_op_without_tflm_kernel_is_named():
+    x = keras.Input((8,))
+    model = keras.Model(x, L.Activation("gelu", name="my_gelu")(L.Dense(4)(x)))
+    with pytest.raises(ValueError, match=r"GELU .*layer 'my_gelu'.*not supported"):
+        kx.to_tflite(model, np.random.default_rng(0).normal(size=(8, 8)).astype("f"))
+
+
+def test_conversion_failure_names_op_and_layer():
+    x = keras.Input((8,))
+    model = keras.Model(x, L.Lambda(keras.ops.erf, name="my_erf")(L.Dense(4)(x)))
+    with pytest.raises(ValueError, match=r"(?s)tf\.Erf.*'my_erf'"):
+        kx.to_tflite(model, np.random.default_rng(0).normal(size=(8, 8)).astype("f"))
+
+
+def test_allow_list_names_are_builtin_operators():
+    builtins = set(vars(_flatbuffer.schema().BuiltinOperator))
+    assert kx.TFLM_BUILTIN_OPS <= builtins
+    assert "GELU" not in kx.TFLM_BUILTIN_OPS and "TOPK_V2" not in kx.TFLM_BUILTIN_OPS
+
+
+# ---------------------------------------------------------------------------------------------
+# TFLite Micro against LiteRT's reference kernels and an integer oracle
+
+
+@pytest.mark.parametrize("name", sorted(CONV_TOYS))
+def test_tflm_equals_litert_reference_bit_for_bit(name):
+    _, _, x, tflite = converted(name)
+    tflm = kx.run_tflm(tflite, x)
+    litert = kx.run_litert(tflite, x, reference=True)
+    assert tflm.dtype == np.int8 and tflm.shape == litert.shape
+    np.testing.assert_array_equal(tflm, litert)
+    assert len(np.unique(tflm)) > 3  # not a degenerate (saturated) output
+
+
+def _quantize_multiplier(real):
+    if real == 0.0:
+        return 0, 0
+    mantissa, shift = math.frexp(real)
+    q = math.floor(mantissa * (1 << 31) + 0.5)
+    if q == 1 << 31:
+        q, shift = q // 2, shift + 1
+    return q, shift
+
+
+def _multiply_by_quantized_multiplier(acc, q, shift):
+    """gemmlowp double rounding, as TFLite Micro's reference kernels (int64 NumPy)."""
+    acc = acc.astype(np.int64) * (1 << max(shift, 0))
+    prod = acc * q
+    nudge = np.where(prod >= 0, 1 << 30, 1 - (1 << 30))
+    v = prod + nudge
+    high = np.where(v >= 0, v // (1 << 31), -((-v) // (1 << 31)))  # C division truncates
+    exponent = max(-shift, 0)
+    mask = (1 << exponent) - 1
+    threshold = (mask >> 1) + (high < 0)
+    return (high >> exponent) + ((high & mask) > threshold)
+
+
+def _fc_oracle(x_q, w, bias, t_in, t_w, t_out, activation):
+    acc = (x_q.astype(np.int64) - t_in.zero_points[0]) @ w.astype(np.int64).T
+    if bias is not None:
+        acc = acc + bias.astype(np.int64)
+    out = np.empty_like(acc)
+    for c in range(w.shape[0]):
+        w_scale = t_w.scales[c] if len(t_w.scales) > 1 else t_w.scales[0]
+        if len(t_w.scales) > 1:  # per channel: scales multiplied in double
+            real = float(np.float64(t_in.scales[0]) * np.float64(w_scale)) / t_out.scales[0]
+        else:  # per tensor: the product is a float
+            real = float(np.float32(t_in.scales[0]) * np.float32(w_scale)) / t_out.scales[0]
+        q, shift = _quantize_multiplier(real)
+        out[:, c] = _multiply_by_quantized_multiplier(acc[:, c], q, shift)
+    zp = t_out.zero_points[0]
+    lo = {"NONE": -128, "RELU": max(-128, zp), "RELU6": max(-128, zp)}[activation]
+    hi = 127 if activation != "RELU6" else min(127, zp + round(6.0 / t_out.scales[0]))
+    return np.clip(out + zp, lo, hi).astype(np.int8)
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_TOYS))
+def test_tflm_fully_connected_equals_integer_oracle(name):
+    from ai_edge_litert.interpreter import Interpreter
+    from tflite_micro import runtime
+
+    _, _, x, tflite = converted(name)
+    info = _flatbuffer.read_model(tflite)
+    consts = Interpreter(model_content=tflite)  # only to read weights and biases
+    tflm = runtime.Interpreter.from_bytes(
+        tflite, arena_size=1 << 20,
+        intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors,
+    )
+    fc_ops = [op for op in info.main_ops if op.name == "FULLY_CONNECTED"]
+    assert fc_ops and all(len(op.inputs) > 2 and op.inputs[2] >= 0 for op in fc_ops)  # biases
+    xq = kx.runtime.quantize(x, info.inputs[0])
+    checked = 0
+    for sample in xq:
+        tflm.set_input(sample[None], 0)
+        tflm.invoke()
+        for op in fc_ops:
+            t_in, t_w = info.tensors[op.inputs[0]], info.tensors[op.inputs[1]]
+            t_out = info.tensors[op.outputs[0]]
+            has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
+            bias = consts.get_tensor(op.inputs[2]) if has_bias else None
+            x_in = tflm.GetTensor(t_in.index, 0)["tensor_data"].reshape(1, -1)
+            got = tflm.GetTensor(t_out.index, 0)["tensor_data"].reshape(1, -1)
+            want = _fc_oracle(x_in, consts.get_tensor(t_w.index), bias, t_in, t_w, t_out,
+                              op.fused_activation)
+            np.testing.assert_array_equal(got, want)
+            checked += got.size
+    assert checked >= len(xq) * 3
+
+
+def test_litert_fully_connected_rounding():
+    # Known difference: LiteRT's reference FULLY_CONNECTED rescales with single rounding,
+    # TFLite Micro with gemmlowp double rounding; outputs differ by at most one step.
+    _, _, x, tflite = converted("flatten_dense")
+    diff = kx.run_tflm(tflite, x).astype(int) - kx.run_litert(tflite, x).astype(int)
+    assert np.abs(diff).max() <= 1
+
+
+def test_run_tflm_accepts_raw_int8_and_dequantizes():
+    _, _, x, tflite = converted("conv2d")
+    info = _flatbuffer.read_model(tflite)
+    raw = kx.run_tflm(tflite, x)
+    np.testing.assert_array_equal(kx.run_tflm(tflite, kx.runtime.quantize(x, info.inputs[0])), raw)
+    out = info.outputs[0]
+    np.testing.assert_allclose(
+        kx.run_tflm(tflite, x, dequantize=True),
+        (raw.astype(np.float32) - out.zero_points[0]) * out.scales[0], rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match=r"samples of shape \(10, 10, 3\)"):
+        kx.run_tflm(tflite, x[:, :5])
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+
+ALLOCATION_TEXT = """\
+[RecordingMicroAllocator] Arena allocation total 2080 bytes
+[RecordingMicroAllocator] Arena allocation head 448 bytes
+[RecordingMicroAllocator] Arena allocation tail 1632 bytes
+[RecordingMicroAllocator] 'TfLiteEvalTensor data' used 216 bytes with alignment overhead \
+(requested 216 bytes for 9 allocations)
+[RecordingMicroAllocator] 'NodeAndRegistration struct' used 256 bytes with alignment overhead \
+(requested 256 bytes for 4 NodeAndRegistration structs)
+"""
+
+
+def test_parse_allocations():
+    parsed = kx.parse_allocations(ALLOCATION_TEXT)
+    assert parsed == {
+        "arena_bytes": 2080, "arena_head_bytes": 448, "arena_tail_bytes": 1632,
+        "arena_breakdown": {"TfLiteEvalTensor data": 216, "NodeAndRegistration struct": 256},
+    }
+    with pytest.raises(ValueError, match="print_allocations"):
+        kx.parse_allocations("nothing here")
+
+
+def _tflm_reported_arena(tflite, capfd, arena_size):
+    """Independent reading: our own interpreter, print_allocations() captured by pytest."""
+    from tflite_micro import runtime
+
+    interpreter = runtime.Interpreter.from_bytes(tflite, arena_size=arena_size)
+    capfd.readouterr()
+    interpreter.print_allocations()
+    err = capfd.readouterr().err
+    return {k: int(v) for k, v in re.findall(r"Arena allocation (\w+) (\d+) bytes", err)}
+
+
+@pytest.mark.parametrize("name", ["conv2d", "residual", "dense"])
+def test_measure_flash_and_arena(name, capfd):
+    _, _, _, tflite = converted(name)
+    result = kx.measure(tflite)
+    assert result.flash_bytes == len(tflite) == result["flash_bytes"]
+    reported = _tflm_reported_arena(tflite, capfd, arena_size=1 << 20)
+    assert (result.arena_bytes, result.arena_head_bytes, result.arena_tail_bytes) == (
+        reported["total"], reported["head"], reported["tail"]
+    )
+    assert result.arena_bytes == result.arena_head_bytes + result.arena_tail_bytes
+    # The arena given does not change what is used.
+    assert kx.arena_usage(tflite, arena_size=1 << 22)["arena_bytes"] == result.arena_bytes
+    # Lower bound: every operator's non-constant inputs and outputs are live together.
+    info = _flatbuffer.read_model(tflite)
+    live = max(
+        sum(-(-info.tensors[t].nbytes // 16) * 16 for t in set(op.inputs + op.outputs)
+            if t >= 0 and not info.tensors[t].is_constant)
+        for op in info.main_ops
+    )
+    assert result.arena_head_bytes >= live
+    assert result.ops == kx.op_names(tflite)
+    assert result.inputs[0]["dtype"] == "int8" and result.quantization == "int8"
+    assert json.loads(json.dumps(result)) == result.to_dict() == dict(result)
+
+
+def test_measure_classification_accuracy_and_agreement():
+    model, _, x, tflite = converted("conv2d")
+    y = np.random.default_rng(2).integers(0, 3, len(x))
+    raw = kx.run_tflm(tflite, x)
+    pred = np.argmax(raw, axis=-1)
+    keras_pred = np.argmax(model.predict(x, verbose=0), axis=-1)
+    result = kx.measure(tflite, data=(x, y), keras_model=model)
+    assert result.task == "classification" and result.num_samples == len(x)
+    assert result.accuracy == pytest.approx(np.mean(pred == y))
+    assert result.float_accuracy == pytest.approx(np.mean(keras_pred == y))
+    assert result.agreement == pytest.approx(np.mean(keras_pred == pred))
+    # One-hot labels give the same accuracy.
+    one_hot = np.eye(3)[y]
+    assert kx.measure(tflite, data=(x, one_hot)).accuracy == result.accuracy
+
+
+def test_measure_regression_mse():
+    model, _, x, tflite = converted("dense")
+    y = np.random.default_rng(3).normal(size=(len(x), 3)).astype("float32")
+    result = kx.measure(tflite, data=(x, y), keras_model=model)
+    out = kx.run_tflm(tflite, x, dequantize=True)
+    assert result.task == "regression" and result.accuracy is None
+    assert result.mse == pytest.approx(float(np.mean((out - y) ** 2)), rel=1e-6)
+    assert result.float_mse == pytest.approx(
+        float(np.mean((model.predict(x, verbose=0) - y) ** 2)), rel=1e-5
+    )
+
+
+def test_measure_target_fit():
+    _, _, _, tflite = converted("conv2d")
+    arena = kx.arena_usage(tflite)["arena_bytes"]
+    small = types.SimpleNamespace(name="tiny", flash_bytes=len(tflite) - 1, ram_bytes=arena)
+    result = kx.measure(tflite, target=small)
+    assert (result.target, result.fits_flash, result.fits_ram) == ("tiny", False, True)
+    result = kx.measure(tflite, target="stm32h743")
+    assert result.target == "stm32h743" and result.fits_flash and result.fits_ram
+    assert "fits_ram" in str(result)
