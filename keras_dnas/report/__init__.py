@@ -1,0 +1,5 @@
+"""Summaries and reports of searches."""
+
+from keras_dnas.report.summary import Summary, summary
+
+__all__ = ["Summary", "summary"]

@@ -1,0 +1,110 @@
+"""kd.summary(): per-layer costs and totals against a target's flash and RAM."""
+
+import json
+
+from keras_dnas import targets
+from keras_dnas.costs import compute, latency
+from keras_dnas.costs.model import CostModel, hard_counts, layer_records, to_python
+from keras_dnas.graph import analyze, walk
+from keras_dnas.layers.masked import is_masked
+
+
+class Summary(dict):
+    """Result of :func:`summary`: a dict (JSON-ready) that prints as a table."""
+
+    def to_json(self, **kwargs):
+        return json.dumps(self, **kwargs)
+
+    def __str__(self):
+        return self.table()
+
+    def table(self):
+        rows = self["layers"]
+        head = ("layer", "op", "channels", "params", "MACs", "act. bytes", "cycles")
+        body = [(r["name"], r["op"], f"{r['channels_kept']}/{r['channels_total']}",
+                 f"{r['params']:,}", f"{r['macs']:,}", f"{r['activation_bytes']:,}",
+                 f"{r['cycles']:,.0f}") for r in rows]
+        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
+                  for i, h in enumerate(head)]
+        line = "  ".join("{:<%d}" % w for w in widths)
+        out = [f"Model '{self['model']}' on {self['target']}", line.format(*head),
+               "  ".join("-" * w for w in widths)]
+        out += [line.format(*b) for b in body]
+        t = self
+        out.append("")
+        out.append(f"params {t['params']:,}   MACs {t['macs']:,}   "
+                   f"latency {t['latency_ms']:.3f} ms ({t['latency_cycles']:,.0f} cycles)   "
+                   f"energy {t['energy_uj']:.2f} uJ")
+        if "flash_bytes" in t:
+            out.append(f"flash {t['flash_bytes']:,} B of {t['target_flash_bytes']:,} "
+                       f"({100 * t['flash_bytes'] / t['target_flash_bytes']:.1f} %)   "
+                       f"arena {t['arena_bytes']:,} B of {t['target_ram_bytes']:,} "
+                       f"({100 * t['arena_bytes'] / t['target_ram_bytes']:.1f} %; "
+                       f"head {t['arena_head_bytes']:,} B)")
+        return "\n".join(out)
+
+
+def summary(model, target="stm32h743", memory="auto", print_fn=None):
+    """Per-layer channels, params, MACs, activation bytes and cycles, plus totals.
+
+    Works for an original model, a searchable one (current masks) and a
+    frozen one. Totals include ``params``, ``macs``, ``latency_ms``,
+    ``latency_cycles``, ``energy_uj`` and, with a memory model,
+    ``flash_bytes``, ``arena_bytes`` (total), ``arena_head_bytes`` and
+    ``arena_tail_bytes`` against the target's flash and RAM.
+
+    Args:
+        model: a Functional or Sequential Keras model.
+        target: a :class:`~keras_dnas.targets.HardwareTarget` or its name.
+        memory: ``"auto"`` builds the flash/RAM model (one int8 conversion);
+            ``None`` skips flash and RAM; or a ready memory model.
+        print_fn: called with the table (e.g. ``print``); nothing is printed
+            by default.
+
+    Returns:
+        A :class:`Summary` (a dict; ``str()`` gives the table).
+
+    Example:
+
+    >>> import keras_dnas as kd
+    >>> s = kd.summary(kd.zoo.ds_cnn(), "stm32h743", memory=None)
+    >>> s["macs"]
+    2656768
+    """
+    target = targets.get(target)
+    searchable = any(is_masked(layer) for layer in walk.functional_of(model).layers)
+    plan = analyze(model, masked_only=searchable)
+    counts = hard_counts(model, plan) if searchable else [g.size for g in plan.groups]
+    if memory == "auto":
+        from keras_dnas.costs import memory as memory_lib
+
+        memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
+    cost_model = CostModel(plan, target, memory=memory)
+    totals = {k: to_python(v) for k, v in cost_model.evaluate(counts).items()}
+    rows, seen = [], set()
+    for info, rec in zip(plan.layers, layer_records(plan, counts)):
+        first = info.name not in seen
+        seen.add(info.name)
+        geo, op, cin, cout = rec["geometry"], rec["op"], rec["cin"], rec["cout"]
+        rows.append({
+            "name": info.name, "op": op, "role": info.role,
+            "channels_kept": int(cout), "channels_total": int(plan.view_size(info.output)),
+            "params": int(compute.params(op, geo, cin, cout)) if first else 0,
+            "macs": int(compute.macs(op, geo, cin, cout)),
+            "activation_bytes": int(geo["out_positions"] * cout),
+            "cycles": float(to_python(latency.layer_cycles(op, geo, cin, cout, target))),
+        })
+    out = Summary(model=model.name, target=target.name, layers=rows,
+                  params=int(totals["params"]), macs=int(totals["macs"]),
+                  latency_cycles=float(totals["latency_cycles"]),
+                  latency_ms=float(totals["latency_ms"]), energy_uj=float(totals["energy_uj"]))
+    if memory is not None:
+        parts = memory.ram_parts(counts)
+        out.update(flash_bytes=int(totals["flash"]), arena_bytes=int(totals["ram"]),
+                   arena_head_bytes=int(parts["head"]), arena_tail_bytes=int(parts["tail"]),
+                   target_flash_bytes=int(target.flash_bytes), target_ram_bytes=int(target.ram_bytes),
+                   fits_flash=totals["flash"] <= target.flash_bytes,
+                   fits_ram=totals["ram"] <= target.ram_bytes)
+    if print_fn is not None:
+        print_fn(out.table())
+    return out

@@ -1,0 +1,47 @@
+import numpy as np
+
+import keras
+import keras_dnas as kd
+
+from tests import toys
+
+L = keras.layers
+
+
+def conv_dense_params(model):
+    """Oracle: count_params of the conv/dense/depthwise layers (kernels + biases)."""
+    return sum(layer.count_params() for layer in model.layers
+               if isinstance(layer, (L.Conv1D, L.Conv2D, L.Dense, L.DepthwiseConv2D)))
+
+
+def test_summary_of_original_searchable_and_frozen_models():
+    model = toys.randomize_bn(toys.residual())
+    search = kd.prepare(model)
+    toys.close_random_masks(search, seed=2)
+    slim = kd.freeze(search)
+    s_orig = kd.summary(model, "stm32h743", memory=None)
+    s_search = kd.summary(search, "stm32h743", memory=None)
+    s_slim = kd.summary(slim, "stm32h743", memory=None)
+    assert s_orig["params"] == conv_dense_params(model)
+    assert s_slim["params"] == conv_dense_params(slim)
+    for key in ("params", "macs", "latency_cycles", "latency_ms", "energy_uj"):
+        assert s_search[key] == s_slim[key], key  # hard costs of masks == frozen costs
+    assert s_slim["macs"] < s_orig["macs"]
+    rows = {r["name"]: r for r in s_slim["layers"]}
+    assert rows["b1"]["channels_kept"] == slim.get_layer("b1").filters
+    assert rows["b1"]["channels_total"] == slim.get_layer("b1").filters
+    rows = {r["name"]: r for r in s_search["layers"]}
+    assert rows["b1"]["channels_total"] == 8 and rows["b1"]["channels_kept"] == \
+        slim.get_layer("b1").filters
+    # activation bytes of a conv = output positions x kept channels (int8)
+    assert rows["b1"]["activation_bytes"] == 10 * 10 * rows["b1"]["channels_kept"]
+    assert "b1" in str(s_search) and "latency" in s_search.table()
+    assert kd.report.Summary(**s_slim).to_json()
+
+
+def test_summary_macs_match_a_numpy_count():
+    model = toys.conv1d()
+    s = kd.summary(model, "nrf52840", memory=None)
+    # c1: K=5, 3->8 over 32 steps; c2: K=3, 8->8 over 32 steps; fc: 8->4
+    assert s["macs"] == 5 * 3 * 8 * 32 + 3 * 8 * 8 * 32 + 8 * 4
+    assert np.isclose(s["latency_ms"], s["latency_cycles"] / 64e3)
