@@ -164,6 +164,18 @@ def freeze(model, target=None, budgets=None, memory=None, verbose=1):
     certificate = None
     if budgets:
         keep, certificate = _certify(model, plan, keep, target, budgets, memory, verbose)
+    frozen = rebuild_with(model, plan, keep)
+    if certificate is not None:
+        object.__setattr__(frozen, "dnas_certificate", certificate)
+    return frozen
+
+
+def rebuild_with(model, plan, keep):
+    """The plain model keeping channels ``keep[group_id]`` (bool arrays) of ``model``.
+
+    Used by :func:`freeze` and by cost models that need the frozen structure
+    at other channel counts.
+    """
     first = {}
     for info in plan.layers:
         first.setdefault(info.name, info)
@@ -196,8 +208,6 @@ def freeze(model, target=None, budgets=None, memory=None, verbose=1):
         for w in new.weights:
             value = keras.ops.convert_to_numpy(src[w.name])
             w.assign(_slice(op, w.name, value, in_keep, out_keep))
-    if certificate is not None:
-        object.__setattr__(frozen, "dnas_certificate", certificate)
     return frozen
 
 
