@@ -7,7 +7,7 @@ Example:
 >>> slim = kd.freeze(search)                   # plain Keras model, kept channels only
 """
 
-from keras_dnas import costs, export, graph, layers, masks, report, search, targets, zoo
+from keras_dnas import costs, datasets, export, graph, layers, masks, report, search, targets, zoo
 from keras_dnas import freeze as freeze_lib
 from keras_dnas.convert import SearchableModel, prepare
 from keras_dnas.freeze import freeze
@@ -22,6 +22,7 @@ __all__ = [
     "Minimize",
     "SearchableModel",
     "costs",
+    "datasets",
     "export",
     "freeze",
     "freeze_lib",
