@@ -1,0 +1,639 @@
+"""TFLite Micro tensor arena: an exact replay of the greedy planner, a tail model, a liveness bound.
+
+TFLite Micro (TFLM) splits its one tensor arena into
+
+- a **head** (non-persistent): every activation buffer (graph inputs, intermediates, graph
+  outputs) and every kernel scratch buffer, laid out by `GreedyMemoryPlanner`; its size is the
+  plan's high-water mark;
+- a **tail** (persistent): allocator objects, one `TfLiteEvalTensor` per tensor, one
+  `NodeAndRegistration` per operator, each kernel's `OpData` and per-channel arrays, the builtin
+  option structs, and `TfLiteTensor` structs for the graph inputs and outputs.
+
+`greedy_plan` replays the planner on plain data, `tflite_arena` builds its input from a
+`.tflite` file (and adds the tail model), and `liveness_bound` is the smooth lower bound the
+search optimises (written with `keras.ops`, so it also takes tensors).
+
+Planner rules (read in TFLM's `greedy_memory_planner.cc`, `micro_allocation_info.cc` and
+`micro_allocator.cc`, and checked against the `tflite_micro` Python interpreter by
+`tests/test_costs_memory.py`):
+
+1. Planned buffers: every tensor without data in the flatbuffer that is not a variable and has a
+   non-zero size (graph inputs, intermediates, graph outputs), in tensor order, then every scratch
+   buffer a kernel requested in `Prepare`, in request (operator) order. Sizes are rounded up to
+   16 bytes (`MicroArenaBufferAlignment`).
+2. Lifetimes in "allocation scopes": operator `i` is scope `i + 1`. Graph inputs (and outputs)
+   are created at scope 0. An operator's outputs are created at its scope (this overwrites the
+   scope-0 mark of a graph output) and last used there; its inputs are last used there; a
+   scratch buffer lives exactly its operator's scope; graph outputs live to the last scope.
+   Lifetimes are closed intervals: two buffers overlap when neither ends before the other starts.
+3. Order: offline-planned buffers first (in add order, unsorted), then the online buffers sorted
+   by size, largest first, with a stable bubble sort over the list built in **reverse** add order,
+   so equal sizes are placed in reverse tensor order.
+4. The first buffer goes to offset 0. Each next buffer walks the already placed buffers whose
+   lifetime overlaps its own, in offset order, and takes the first gap (from the end of the
+   furthest-reaching buffer seen so far to the next overlapping buffer's start) that fits it;
+   otherwise it goes after the last one. The head is max(offset + size).
+5. No in-place operators and no aliasing: Add, Reshape, Squeeze etc. get their own buffers.
+
+Scratch buffers are those of TFLM's *reference* kernels (`REFERENCE_SCRATCH`), i.e. of the
+`tflite_micro` Python package. A Cortex-M build with CMSIS-NN kernels also requests scratch
+buffers for convolutions, depthwise convolutions and fully connected layers (im2col / kernel
+sums, sized by CMSIS-NN's `*_get_buffer_size` for the core): pass your own `scratch` rules, as
+the default under-counts the head on such a build. Only the first subgraph is planned (models
+with control flow are rejected).
+"""
+
+import math
+
+import keras
+
+from keras_dnas.costs import _tflite_reader
+
+ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment() in TFLM.
+
+# ----------------------------------------------------------------------------------------------
+# Planner replay
+# ----------------------------------------------------------------------------------------------
+
+
+def _align_up(n, alignment):
+    return ((int(n) + alignment - 1) // alignment) * alignment
+
+
+def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
+    """Replays TFLite Micro's `GreedyMemoryPlanner` on plain data.
+
+    Args:
+        buffers: sequence of `(size_bytes, first_use, last_use)` in the order TFLM adds them
+            (tensor order, then scratch buffers). Lifetimes are closed intervals of allocation
+            scopes (see the module docstring).
+        alignment: each size is rounded up to this many bytes first (TFLM: 16). Use 1 to plan
+            the sizes as given.
+        offline_offsets: optional sequence, one entry per buffer: a fixed offset, or `None` /
+            -1 for a buffer the planner places (TFLM's `OfflineMemoryAllocation` metadata).
+
+    Returns:
+        `(offsets, head)`: the offset of each buffer (same order as `buffers`) and the arena head
+        size in bytes, max(offset + aligned size), 0 when there is no buffer.
+
+    Example:
+
+    >>> greedy_plan([(100, 0, 1), (100, 1, 2), (100, 2, 3)])
+    ([0, 112, 0], 224)
+    """
+    sizes = [_align_up(s, alignment) for s, _, _ in buffers]
+    first = [int(f) for _, f, _ in buffers]
+    last = [int(l) for _, _, l in buffers]
+    n = len(sizes)
+    if n == 0:
+        return [], 0
+    fixed = [None] * n
+    if offline_offsets is not None:
+        if len(offline_offsets) != n:
+            raise ValueError(
+                "`offline_offsets` needs one entry per buffer. Received: "
+                f"{len(offline_offsets)} offsets for {n} buffers"
+            )
+        fixed = [None if (o is None or o < 0) else int(o) for o in offline_offsets]
+
+    # Order: offline buffers first in add order; online buffers in reverse add order, then a
+    # stable sort by size, descending (TFLM's ReverseSortInPlace only swaps on strictly smaller).
+    head_ids = [i for i in range(n) if fixed[i] is not None]
+    online = [i for i in reversed(range(n)) if fixed[i] is None]
+    online.sort(key=lambda i: -sizes[i])  # Python's sort is stable, like the bubble sort.
+    order = head_ids + online
+
+    offsets = [None] * n
+    placed = []  # buffer ids, kept sorted by offset (ties: insertion after equal offsets)
+    for k, b in enumerate(order):
+        if fixed[b] is not None:
+            off = fixed[b]
+        elif k == 0:
+            off = 0
+        else:
+            off = 0
+            for p in placed:
+                if first[p] > last[b] or first[b] > last[p]:
+                    continue  # not simultaneously active
+                if offsets[p] - off >= sizes[b]:
+                    break  # the gap before this buffer fits
+                off = max(off, offsets[p] + sizes[p])
+        offsets[b] = off
+        pos = len(placed)
+        for j, p in enumerate(placed):
+            if offsets[p] > off:
+                pos = j
+                break
+        placed.insert(pos, b)
+    head = max(offsets[i] + sizes[i] for i in range(n))
+    return offsets, head
+
+
+# ----------------------------------------------------------------------------------------------
+# Buffer list of a .tflite model
+# ----------------------------------------------------------------------------------------------
+
+
+def _scratch_reduce_mean(model, op):
+    # reduce_common.cc, PrepareMeanOrSumHelper: an int32 accumulator per output element (int8 /
+    # int16 only), then an int per input dimension ("input_iter") and an int per axis entry.
+    inp = model.tensors[op.inputs[0]]
+    out = model.tensors[op.outputs[0]]
+    axis = model.tensors[op.inputs[1]]
+    sizes = [4 * out.num_elements] if out.type in (9, 7) else []
+    return sizes + [4 * len(inp.shape), 4 * axis.num_elements]
+
+
+def _scratch_reduce_min_max(model, op):
+    # reduce_common.cc, PrepareMinMaxHelper: an int per input dimension, an int per axis entry.
+    inp = model.tensors[op.inputs[0]]
+    axis = model.tensors[op.inputs[1]]
+    return [4 * len(inp.shape), 4 * axis.num_elements]
+
+
+def _scratch_transpose_conv(model, op):
+    # transpose_conv.cc: an int32 (int64 for int16 activations) accumulator per output element.
+    out = model.tensors[op.outputs[0]]
+    if out.type == 9:
+        return [4 * out.num_elements]
+    if out.type == 7:
+        return [8 * out.num_elements]
+    return []
+
+
+# Scratch buffers the reference kernels (the `tflite_micro` Python package: TFLM without optimised
+# kernels) request in Prepare, in request order: operator name -> fn(model, op) -> [bytes, ...].
+REFERENCE_SCRATCH = {
+    "MEAN": _scratch_reduce_mean,
+    "SUM": _scratch_reduce_mean,
+    "REDUCE_MAX": _scratch_reduce_min_max,
+    "REDUCE_MIN": _scratch_reduce_min_max,
+    "TRANSPOSE_CONV": _scratch_transpose_conv,
+}
+
+
+def _as_model(tflite):
+    if isinstance(tflite, _tflite_reader.TFLiteModel):
+        return tflite
+    return _tflite_reader.read_tflite(tflite)
+
+
+def tflite_buffers(tflite, scratch=None):
+    """Lists the buffers TFLite Micro plans for a model, in the order the planner receives them.
+
+    Args:
+        tflite: the `.tflite` model (bytes) or a model decoded by `_tflite_reader.read_tflite`.
+        scratch: dict operator name -> `fn(model, op) -> [bytes, ...]` of kernel scratch
+            requests; default `REFERENCE_SCRATCH` (TFLM reference kernels).
+
+    Returns:
+        A list of dicts with keys `size` (bytes, not yet aligned), `first`, `last` (allocation
+        scopes), `offline` (fixed offset or None), `kind` (`"tensor"` or `"scratch"`), `tensor`
+        (tensor index, or None) and `op` (operator index of a scratch buffer, or None).
+    """
+    model = _as_model(tflite)
+    if model.num_subgraphs != 1:
+        raise ValueError(
+            "Only single-subgraph models (no IF / WHILE / CALL_ONCE) are supported. Received: "
+            f"a model with {model.num_subgraphs} subgraphs"
+        )
+    scratch = REFERENCE_SCRATCH if scratch is None else scratch
+    n_t = len(model.tensors)
+    first = [-1] * n_t
+    last = [-1] * n_t
+    for t in list(model.inputs) + list(model.outputs):
+        first[t] = last[t] = 0
+    scratch_bufs = []
+    scope = 0
+    for i, op in enumerate(model.operators):
+        scope = i + 1
+        for t in op.outputs:
+            if t >= 0:
+                first[t] = last[t] = scope
+        for t in op.inputs:
+            if t >= 0:
+                last[t] = scope
+        rule = scratch.get(op.name)
+        if rule is not None:
+            for nbytes in rule(model, op):
+                scratch_bufs.append(
+                    dict(size=int(nbytes), first=scope, last=scope, offline=None,
+                         kind="scratch", tensor=None, op=i)
+                )
+    for t in model.outputs:
+        last[t] = scope
+    offline = model.offline_offsets
+    out = []
+    for t in model.tensors:
+        if model.is_constant(t.index) or t.is_variable or t.nbytes == 0:
+            continue
+        fixed = None
+        if offline is not None and offline[t.index] >= 0:
+            fixed = offline[t.index]
+        out.append(
+            dict(size=t.nbytes, first=first[t.index], last=last[t.index], offline=fixed,
+                 kind="tensor", tensor=t.index, op=None)
+        )
+    return out + scratch_bufs
+
+
+# ----------------------------------------------------------------------------------------------
+# Persistent tail
+# ----------------------------------------------------------------------------------------------
+
+# Runtime structs TFLM allocates in the tail, by pointer size (bytes). 64-bit values were
+# measured with the `tflite_micro` Python interpreter (each category of its recording allocator);
+# 32-bit values follow from the same struct layouts with 4-byte pointers and `size_t`.
+#   eval_tensor    TfLiteEvalTensor {data*, dims*, type}                    one per tensor
+#   node           NodeAndRegistration {TfLiteNode (6 pointers + int), registration*}
+#   tflite_tensor  TfLiteTensor (TF_LITE_STATIC_MEMORY layout), one per graph input / output
+#   quantization   TfLiteAffineQuantization {scale*, zero_point*, quantized_dimension}
+#   fixed          allocator objects, memory planner, builtin-data allocator, subgraph table.
+#                  64-bit: 488 B measured; it includes the *recording* allocator's bookkeeping
+#                  (about 208 B), so it is the Python interpreter's figure. 32-bit: 136 B,
+#                  estimated from the plain MicroAllocator / SingleArenaBufferAllocator /
+#                  GreedyMemoryPlanner layouts (unverified on hardware).
+TAIL_STRUCTS = {
+    8: dict(eval_tensor=24, node=64, tflite_tensor=64, quantization=24, pointer=8, fixed=488),
+    4: dict(eval_tensor=12, node=32, tflite_tensor=40, quantization=12, pointer=4, fixed=136),
+}
+
+# Per-operator persistent data: name -> (OpData bytes on 64-bit, OpData bytes on 32-bit,
+# builtin-options struct bytes, its alignment, per-channel arrays). OpData is allocated from the
+# tail with 16-byte alignment in Init, the builtin options struct when the flatbuffer is parsed,
+# and the per-channel arrays (output multiplier and shift, 4 bytes x Cout each, 16-byte aligned)
+# in Prepare. 64-bit numbers are measured (one single-op model per row); 32-bit numbers are the
+# struct layouts without TFLM compression support (the Python package is built with it: +8 B for
+# conv / depthwise / FC) and 4-byte pointers, not measured.
+TAIL_OPS = {
+    "CONV_2D": (80, 56, 28, 4, True),
+    "DEPTHWISE_CONV_2D": (80, 56, 28, 4, True),
+    "FULLY_CONNECTED": (72, 48, 32, 4, True),
+    "MAX_POOL_2D": (32, 32, 40, 4, False),
+    "AVERAGE_POOL_2D": (32, 32, 40, 4, False),
+    "MEAN": (44, 44, 1, 1, False),
+    "SUM": (44, 44, 1, 1, False),
+    "REDUCE_MAX": (44, 44, 1, 1, False),
+    "REDUCE_MIN": (44, 44, 1, 1, False),
+    "SOFTMAX": (80, 60, 4, 4, False),
+    "PAD": (56, 56, 0, 1, False),
+    "PADV2": (56, 56, 0, 1, False),
+    "ADD": (60, 60, 8, 4, False),
+    "SUB": (52, 52, 8, 4, False),
+    "MUL": (36, 36, 4, 4, False),
+    "CONCATENATION": (80, 44, 8, 4, False),
+    "RELU": (28, 28, 0, 1, False),
+    "RELU6": (8, 8, 0, 1, False),
+    "LEAKY_RELU": (24, 24, 4, 4, False),
+    "LOGISTIC": (16, 16, 0, 1, False),
+    "TANH": (16, 16, 0, 1, False),
+    "HARD_SWISH": (20, 20, 0, 1, False),
+    "MAXIMUM": (0, 0, 0, 1, False),
+    "MINIMUM": (0, 0, 0, 1, False),
+    "TRANSPOSE": (0, 0, 0, 1, False),
+    "RESHAPE": (0, 0, 36, 4, False),
+    "SQUEEZE": (0, 0, 36, 4, False),
+    "EXPAND_DIMS": (0, 0, 0, 1, False),
+    "SHAPE": (0, 0, 4, 4, False),
+    "BUILTIN_77": (0, 0, 4, 4, False),  # SHAPE
+    "STRIDED_SLICE": (84, 84, 24, 4, False),
+    "PACK": (0, 0, 8, 4, False),
+    "BUILTIN_38": (4, 4, 0, 1, False),  # SPACE_TO_BATCH_ND
+    "BUILTIN_37": (0, 0, 0, 1, False),  # BATCH_TO_SPACE_ND
+    "QUANTIZE": (32, 28, 0, 1, False),
+    "DEQUANTIZE": (16, 16, 0, 1, False),
+}
+_UNKNOWN_OP = (64, 48, 16, 4, False)  # an unlisted operator: a rough guess
+
+
+class _Tail:
+    """Replays TFLM's tail allocator: each request moves the tail down, aligned down."""
+
+    def __init__(self, start):
+        self.top = -int(start)
+
+    def alloc(self, size, align):
+        if size > 0:
+            self.top = ((self.top - int(size)) // align) * align
+
+    @property
+    def used(self):
+        return -self.top
+
+
+def _per_channel_count(model, op):
+    out = model.tensors[op.outputs[0]]
+    if op.name == "FULLY_CONNECTED" and model.tensors[op.inputs[1]].n_scales <= 1:
+        return 0  # per-tensor FC: no per-channel arrays
+    return out.shape[-1] if out.shape else 1
+
+
+def tflite_tail(tflite, pointer_bytes=8, scratch=None):
+    """Predicts TFLite Micro's persistent (tail) arena bytes for a model.
+
+    The allocation sequence of `MicroInterpreter::AllocateTensors` is replayed with its
+    alignments: fixed objects, one `TfLiteEvalTensor` per tensor, one `NodeAndRegistration` per
+    operator, each operator's builtin options, each operator's OpData (Init), the per-channel
+    arrays (Prepare), the scratch-buffer handles, variable tensors, then a pointer array and a
+    `TfLiteTensor` with its quantisation for every graph input and output. With
+    `pointer_bytes=8` this equals what the `tflite_micro` Python interpreter reports on every
+    model of the test suite; with 4 it is an estimate for a 32-bit MCU (struct layouts, not
+    measured; optimised kernels such as CMSIS-NN keep somewhat larger OpData).
+
+    Args:
+        tflite: the `.tflite` model (bytes) or a decoded model.
+        pointer_bytes: 8 for the 64-bit Python interpreter (`tflite_micro`, exact on the test
+            set), 4 for a 32-bit MCU such as Cortex-M (estimated, see `TAIL_OPS`).
+        scratch: scratch request rules (default `REFERENCE_SCRATCH`); each request costs a handle.
+
+    Returns:
+        The tail size in bytes (int).
+    """
+    if pointer_bytes not in TAIL_STRUCTS:
+        raise ValueError(f"`pointer_bytes` must be 4 or 8. Received: pointer_bytes={pointer_bytes}")
+    model = _as_model(tflite)
+    st = TAIL_STRUCTS[pointer_bytes]
+    ptr = st["pointer"]
+    scratch = REFERENCE_SCRATCH if scratch is None else scratch
+    tail = _Tail(st["fixed"])
+    tail.alloc(st["eval_tensor"] * len(model.tensors), ptr)
+    tail.alloc(st["node"] * len(model.operators), ptr)
+    rows = [TAIL_OPS.get(op.name, _UNKNOWN_OP) for op in model.operators]
+    for row in rows:  # builtin options, parsed from the flatbuffer
+        tail.alloc(row[2], row[3])
+    for row in rows:  # OpData, allocated in Init
+        tail.alloc(row[0] if pointer_bytes == 8 else row[1], ARENA_ALIGNMENT)
+    n_scratch = 0
+    for op, row in zip(model.operators, rows):  # Prepare
+        if row[4]:
+            n = _per_channel_count(model, op)
+            tail.alloc(4 * n, ARENA_ALIGNMENT)
+            tail.alloc(4 * n, ARENA_ALIGNMENT)
+        rule = scratch.get(op.name)
+        if rule is not None:
+            n_scratch += len(rule(model, op))
+    tail.alloc(ptr * n_scratch, ptr)  # ScratchBufferHandle {void* data}
+    for t in model.tensors:  # variable tensors (state) live in the tail, 16-byte aligned
+        if t.is_variable:
+            tail.alloc(t.nbytes, ARENA_ALIGNMENT)
+    for io in (model.inputs, model.outputs):
+        tail.alloc(ptr * len(io), ARENA_ALIGNMENT)
+        for t in io:
+            tail.alloc(st["tflite_tensor"], ptr)
+            tensor = model.tensors[t]
+            if tensor.n_scales and tensor.n_zero_points:  # quantised: params + zero points
+                tail.alloc(st["quantization"], ptr)
+                tail.alloc(4 + 4 * tensor.n_scales, 4)  # TfLiteIntArray of zero points
+    return tail.used
+
+
+def tflite_arena(tflite, pointer_bytes=8, scratch=None):
+    """Predicts the TFLite Micro tensor arena of a model: exact head, modelled tail.
+
+    Args:
+        tflite: the `.tflite` model (bytes) or a decoded model.
+        pointer_bytes: 8 for the 64-bit Python interpreter, 4 for a 32-bit MCU (tail only; the
+            head does not depend on it).
+        scratch: kernel scratch request rules (default `REFERENCE_SCRATCH`, the reference
+            kernels of the `tflite_micro` package; optimised kernels such as CMSIS-NN request
+            more scratch and are not modelled).
+
+    Returns:
+        A dict with `head` (non-persistent bytes, the planner's high-water mark), `tail`
+        (persistent bytes), `total` (head + tail, the minimum arena size), `buffers` (from
+        `tflite_buffers`) and `offsets` (the planned offset of each buffer).
+
+    Example:
+
+    ```python
+    report = tflite_arena(open("model.tflite", "rb").read(), pointer_bytes=4)
+    print(report["head"], report["tail"], report["total"])
+    ```
+    """
+    model = _as_model(tflite)
+    buffers = tflite_buffers(model, scratch=scratch)
+    offline = [b["offline"] for b in buffers]
+    offsets, head = greedy_plan(
+        [(b["size"], b["first"], b["last"]) for b in buffers],
+        offline_offsets=offline if any(o is not None for o in offline) else None,
+    )
+    tail = tflite_tail(model, pointer_bytes=pointer_bytes, scratch=scratch)
+    return dict(head=head, tail=tail, total=head + tail, buffers=buffers, offsets=offsets)
+
+
+# Plan-level layer kinds (the layer dicts of `keras_dnas.costs.flash`) -> (TFLite operators,
+# tensors they add: outputs, weights, biases, int32 constants). Conv1D runs add RESHAPEs and a
+# causal Conv1D a PAD, as in `flash.flash_features`.
+_KIND_TAIL = {
+    "conv": (("CONV_2D",), 3),
+    "conv1d": (("CONV_2D",), 3),
+    "depthwise": (("DEPTHWISE_CONV_2D",), 3),
+    "dense": (("FULLY_CONNECTED",), 3),
+    "add": (("ADD",), 1),
+    "subtract": (("SUB",), 1),
+    "multiply": (("MUL",), 1),
+    "maximum": (("MAXIMUM",), 1),
+    "minimum": (("MINIMUM",), 1),
+    "average": (("ADD", "MUL"), 3),
+    "concat": (("CONCATENATION",), 1),
+    "pool": (("MAX_POOL_2D",), 1),
+    "avg_pool": (("AVERAGE_POOL_2D",), 1),
+    "global_pool": (("MEAN",), 2),
+    "global_max_pool": (("REDUCE_MAX",), 2),
+    "flatten": (("RESHAPE",), 2),
+    "reshape": (("RESHAPE",), 2),
+    "pad": (("PAD",), 2),
+    "activation": (("LOGISTIC",), 1),
+    "softmax": (("SOFTMAX",), 1),
+    "batchnorm": (("MUL", "ADD"), 4),
+}
+_KIND_SCRATCH = {"global_pool": 3, "global_max_pool": 2}  # scratch requests (handles)
+
+
+def _align_number(n, alignment):
+    return n if alignment <= 1 else _align_up(n, alignment)
+
+
+def _op_tail(name, pointer_bytes):
+    opdata_64, opdata_32, builtin, builtin_align, _ = TAIL_OPS.get(name, _UNKNOWN_OP)
+    opdata = opdata_64 if pointer_bytes == 8 else opdata_32
+    st = TAIL_STRUCTS[pointer_bytes]
+    return _align_up(opdata, ARENA_ALIGNMENT) + _align_number(builtin, 4) + st["node"]
+
+
+def layer_tail_bytes(op, cin=0, cout=0, depth_multiplier=1, pointer_bytes=4, **unused):
+    """Persistent (tail) bytes one layer adds to the TFLite Micro arena.
+
+    The per-channel output multipliers and shifts of a conv / depthwise / dense layer
+    (2 x 4 B x Cout, each 16-byte aligned) are the part that depends on channels; the rest is
+    the layer's OpData, builtin options, `NodeAndRegistration` and `TfLiteEvalTensor`s (see
+    `TAIL_OPS`, `TAIL_STRUCTS`). Alignment between allocations is approximated, so a sum of
+    layers is within a few percent of `tflite_tail` (which replays it exactly).
+
+    Args:
+        op: layer kind, as in `keras_dnas.costs.flash.layer_flash_bytes`.
+        cin: input channels (depthwise: the output is `cin * depth_multiplier`).
+        cout: output channels (conv, conv1d, dense). Number or keras tensor.
+        depth_multiplier: depthwise channel multiplier.
+        pointer_bytes: 4 for a 32-bit MCU (default), 8 for the 64-bit Python interpreter.
+        **unused: other layer-dict keys (taps, use_bias, ...) are accepted and ignored.
+
+    Returns:
+        Bytes (number, or keras tensor when a channel count is a tensor).
+
+    Example:
+
+    >>> layer_tail_bytes("conv", cout=16, pointer_bytes=8)
+    372
+    """
+    if op not in _KIND_TAIL:
+        return 0  # input, dropout, folded batchnorm, fused activation
+    st = TAIL_STRUCTS[pointer_bytes]
+    names, n_tensors = _KIND_TAIL[op]
+    fixed = sum(_op_tail(n, pointer_bytes) for n in names) + st["eval_tensor"] * n_tensors
+    fixed += st["pointer"] * _KIND_SCRATCH.get(op, 0)
+    if op in ("conv", "conv1d", "dense"):
+        channels = cout
+    elif op == "depthwise":
+        channels = cin * depth_multiplier
+    else:
+        return fixed
+    per_channel = _aligned(4 * channels, ARENA_ALIGNMENT)
+    if _is_number(per_channel):
+        per_channel = int(per_channel)
+    return fixed + 2 * per_channel
+
+
+def model_tail_bytes(layers, pointer_bytes=4, n_outputs=1):
+    """Persistent (tail) bytes of a model from its layer dicts (see `layer_tail_bytes`).
+
+    Adds the fixed allocator objects, one `TfLiteEvalTensor` and one persistent `TfLiteTensor`
+    (with per-tensor quantisation) per graph input and output, and the RESHAPE / PAD operators a
+    Conv1D run converts to.
+
+    Args:
+        layers: layer dicts in execution order (`op` plus channel counts), the format of
+            `keras_dnas.costs.flash.model_flash_bytes`.
+        pointer_bytes: 4 for a 32-bit MCU (default), 8 for the 64-bit Python interpreter.
+        n_outputs: number of graph outputs.
+
+    Returns:
+        Bytes (number, or keras tensor when a channel count is a tensor).
+    """
+    if pointer_bytes not in TAIL_STRUCTS:
+        raise ValueError(f"`pointer_bytes` must be 4 or 8. Received: pointer_bytes={pointer_bytes}")
+    st = TAIL_STRUCTS[pointer_bytes]
+    layers = [dict(layer) for layer in layers]
+    n_inputs = sum(layer["op"] == "input" for layer in layers) or 1
+    io = st["tflite_tensor"] + st["quantization"] + 8
+    total = st["fixed"] + (n_inputs + n_outputs) * io
+    total += _align_up(st["pointer"] * n_inputs, ARENA_ALIGNMENT)
+    total += _align_up(st["pointer"] * n_outputs, ARENA_ALIGNMENT)
+    total += st["eval_tensor"] * n_inputs
+    body = [layer for layer in layers if layer["op"] in _KIND_TAIL]
+    reshape = _op_tail("RESHAPE", pointer_bytes) + 2 * st["eval_tensor"]
+    pad = _op_tail("PAD", pointer_bytes) + 2 * st["eval_tensor"]
+    for k, layer in enumerate(body):
+        spec = dict(layer)
+        total = total + layer_tail_bytes(spec.pop("op"), pointer_bytes=pointer_bytes, **spec)
+        if layer["op"] == "conv1d":
+            causal = layer.get("padding") == "causal"
+            prev_run = k > 0 and body[k - 1]["op"] == "conv1d" and not causal
+            nxt = body[k + 1] if k + 1 < len(body) else {}
+            next_run = nxt.get("op") == "conv1d" and nxt.get("padding") != "causal"
+            total += reshape * (int(not prev_run) + int(not next_run)) + (pad if causal else 0)
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# Differentiable lower bound
+# ----------------------------------------------------------------------------------------------
+
+
+def tensor_lifetimes(n_tensors, ops, inputs, outputs):
+    """Allocation-scope lifetimes of tensors, with TFLite Micro's rules.
+
+    Operator `i` (execution order) is scope `i + 1`; graph inputs live from scope 0; an
+    operator's outputs are created at its scope; a tensor lives until its last consumer; graph
+    outputs live until the last scope.
+
+    Args:
+        n_tensors: number of tensors (ids `0 .. n_tensors - 1`).
+        ops: sequence of `(input_ids, output_ids)` in execution order.
+        inputs: graph input tensor ids.
+        outputs: graph output tensor ids.
+
+    Returns:
+        A list of `(first, last)` per tensor; `(-1, -1)` for a tensor no operator touches.
+
+    Example:
+
+    >>> tensor_lifetimes(3, [([0], [1]), ([1], [2])], inputs=[0], outputs=[2])
+    [(0, 1), (1, 2), (2, 2)]
+    """
+    first = [-1] * n_tensors
+    last = [-1] * n_tensors
+    for t in list(inputs) + list(outputs):
+        first[t] = last[t] = 0
+    scope = 0
+    for i, (ins, outs) in enumerate(ops):
+        scope = i + 1
+        for t in outs:
+            first[t] = last[t] = scope
+        for t in ins:
+            if t >= 0:
+                last[t] = scope
+    for t in outputs:
+        last[t] = scope
+    return list(zip(first, last))
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _aligned(size, alignment):
+    """Rounds a size up to `alignment`; for tensors the rounding passes the gradient straight."""
+    if alignment <= 1:
+        return size
+    if _is_number(size):
+        return float(math.ceil(size / alignment) * alignment)
+    x = keras.ops.convert_to_tensor(size, dtype="float32") / alignment
+    return (x + keras.ops.stop_gradient(keras.ops.ceil(x) - x)) * alignment
+
+
+def liveness_bound(buffers, alignment=ARENA_ALIGNMENT):
+    """A lower bound on the arena head: the largest sum of simultaneously live buffers.
+
+    At every allocation scope `t` all buffers with `first <= t <= last` must coexist, so any
+    placement (and TFLM's greedy one in particular) needs at least
+    `max_t sum(aligned size of the buffers live at t)`. The bound is tight whenever the greedy
+    planner finds a layout without holes at the peak scope (e.g. a plain chain of layers).
+
+    Args:
+        buffers: sequence of `(size_bytes, first, last)`. Sizes may be Python numbers or scalar
+            keras tensors (e.g. `positions * channel_count` from soft channel counts); lifetimes
+            are ints (see `tensor_lifetimes`).
+        alignment: sizes are rounded up to this (16 in TFLM) with a straight-through gradient.
+
+    Returns:
+        A Python float when every size is a number, else a scalar keras tensor.
+
+    Example:
+
+    >>> liveness_bound([(100, 0, 1), (100, 1, 2), (100, 2, 3)])
+    224.0
+    """
+    buffers = list(buffers)
+    if not buffers:
+        return 0.0
+    sizes = [_aligned(s, alignment) for s, _, _ in buffers]
+    lo = min(int(f) for _, f, _ in buffers)
+    hi = max(int(l) for _, _, l in buffers)
+    scopes = range(lo, hi + 1)
+    live = [[1.0 if f <= t <= l else 0.0 for (_, f, l) in buffers] for t in scopes]
+    if all(_is_number(s) for s in sizes):
+        return max(sum(m * s for m, s in zip(row, sizes)) for row in live)
+    vec = keras.ops.stack([keras.ops.cast(keras.ops.reshape(s, ()), "float32") for s in sizes])
+    totals = keras.ops.matmul(keras.ops.convert_to_tensor(live, dtype="float32"), vec)
+    return keras.ops.max(totals)

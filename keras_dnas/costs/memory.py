@@ -1,0 +1,294 @@
+"""Flash and TFLite Micro arena of the frozen int8 model, as functions of channel counts.
+
+The model is anchored on real conversions rather than on a formula: the
+structure is converted to full-int8 TFLite twice, once at full width and once
+as a *probe* in which every searchable group has a different, distinct channel
+count. Comparing the two flatbuffers tells, for every tensor dimension (and
+every per-channel quantisation array), which channel view of the ChannelPlan
+it follows. For any other counts the tensors are rescaled and
+
+- **RAM** (exact): TFLite Micro's greedy planner is replayed on the rescaled
+  tensors (:func:`keras_dnas.costs.arena.tflite_arena`: head exact, tail
+  modelled for the target's pointer size); the differentiable version is the
+  liveness bound over the same buffers plus the per-channel tail;
+- **flash**: ``len(full .tflite)`` plus the change of every constant buffer
+  (16-byte aligned in the flatbuffer) and of every per-channel quantisation
+  array (float32 scale + int64 zero point per channel).
+
+Converting costs a few seconds per structure; models are cached per
+structure, so a callback and a later ``freeze`` share one.
+"""
+
+import dataclasses
+
+import numpy as np
+from keras import ops
+
+from keras_dnas.costs import _tflite_reader, arena
+
+#: Flatbuffer bytes per output channel of a per-channel quantised tensor:
+#: a float32 scale and an int64 zero point.
+QUANT_BYTES_PER_CHANNEL = 4 + 8
+#: Flatbuffer alignment of constant buffers (``data:[ubyte] (force_align: 16)``).
+BUFFER_ALIGNMENT = 16
+#: Persistent per-channel arrays of conv-like kernels: int32 multiplier + int32 shift.
+TAIL_BYTES_PER_CHANNEL = 8
+
+_CACHE_ATTR = "_dnas_memory_cache"
+
+
+def _view_key(view):
+    return (view.repeat, tuple(sorted(view.segments)))
+
+
+def _searchable_views(plan):
+    """Keys of the channel views that contain a searchable group (the others never change)."""
+    keys = {_view_key(v) for info in plan.layers for v in info.inputs + [info.output]}
+    return sorted(k for k in keys if any(not plan.groups[g].frozen for g in k[1]))
+
+
+def _probe_counts(plan, candidates, attempts=64):
+    """Distinct channel counts per group such that no two channel views collide."""
+    rng = np.random.default_rng(0)
+    full = [g.size for g in plan.groups]
+    for _ in range(attempts):
+        probe = list(full)
+        for g in plan.groups:
+            if not g.frozen and g.size > 1:
+                probe[g.id] = int(rng.integers(1, g.size))
+        seen = {}
+        ok = True
+        for key in candidates:
+            repeat, segs = key
+            sig = (repeat * sum(full[s] for s in segs), repeat * sum(probe[s] for s in segs))
+            if sig in seen and seen[sig] != key:
+                ok = False
+                break
+            seen[sig] = key
+        if ok:
+            return probe
+    raise RuntimeError("Could not find probe channel counts that tell every channel view apart.")
+
+
+@dataclasses.dataclass
+class _Dim:
+    """A tensor dimension: fixed, or ``repeat * sum(counts[segments])``."""
+
+    value: int
+    segments: tuple = ()
+    repeat: int = 1
+
+    def count(self, counts):
+        if not self.segments:
+            return self.value
+        total = 0
+        for g in self.segments:
+            total = total + counts[g]
+        return total if self.repeat == 1 else total * self.repeat
+
+
+class MemoryModel:
+    """Flash bytes and arena bytes of a model structure for any channel counts.
+
+    Use :meth:`from_model`; :class:`~keras_dnas.costs.model.CostModel` calls
+    :meth:`flash` and :meth:`ram`.
+
+    Args:
+        plan: the ChannelPlan.
+        full_bytes: int8 ``.tflite`` of the structure at full width.
+        probe_bytes: int8 ``.tflite`` of the structure at ``probe_counts``.
+        probe_counts: per-group counts of the probe.
+        pointer_bytes: 4 for a 32-bit MCU, 8 for the host TFLite Micro interpreter.
+
+    Example:
+
+    >>> import keras_dnas as kd
+    >>> from keras_dnas.costs.memory import MemoryModel
+    >>> model = kd.zoo.ds_cnn()
+    >>> mem = MemoryModel.from_model(model, pointer_bytes=8)
+    >>> full = [g.size for g in mem.plan.groups]
+    >>> mem.flash(full) == len(mem.full_bytes)
+    True
+    """
+
+    def __init__(self, plan, full_bytes, probe_bytes, probe_counts, pointer_bytes=4):
+        self.plan = plan
+        self.full_bytes = full_bytes
+        self.pointer_bytes = pointer_bytes
+        self.full = _tflite_reader.read_tflite(full_bytes)
+        probe = _tflite_reader.read_tflite(probe_bytes)
+        full_counts = [g.size for g in plan.groups]
+        if [op.name for op in self.full.operators] != [op.name for op in probe.operators] or \
+                len(self.full.tensors) != len(probe.tensors):
+            raise RuntimeError(
+                "The converted graph changes with the channel counts; keras_dnas cannot "
+                "model its memory. Operators at full width: "
+                f"{[op.name for op in self.full.operators]}")
+        table = {}
+        for repeat, segments in _searchable_views(plan):
+            counts = [repeat * sum(c[g] for g in segments) for c in (full_counts, probe_counts)]
+            table.setdefault(tuple(counts), (repeat, segments))
+        self._dims = []
+        self._scales = []
+        for tf, tp in zip(self.full.tensors, _align_tensors(self.full, probe)):
+            dims = [self._map(a, b, table, tf) for a, b in zip(tf.shape, tp.shape)]
+            self._dims.append(dims)
+            self._scales.append(self._map(tf.n_scales, tp.n_scales, table, tf)
+                                if tf.n_scales > 1 else _Dim(tf.n_scales))
+        self._full_head = arena.tflite_arena(self.full, pointer_bytes=pointer_bytes)
+        self._buffers = arena.tflite_buffers(self.full)
+        self._per_channel_ops = [
+            i for i, op in enumerate(self.full.operators)
+            if arena.TAIL_OPS.get(op.name, arena._UNKNOWN_OP)[4]
+            and arena._per_channel_count(self.full, op) > 0
+        ]
+
+    @staticmethod
+    def _map(full, probe, table, tensor):
+        if full == probe:
+            return _Dim(int(full))
+        key = table.get((full, probe))
+        if key is None:
+            raise RuntimeError(
+                f"TFLite tensor '{tensor.name}' has a dimension ({full} at full width, {probe} in "
+                "the probe) that follows no channel group of the plan.")
+        return _Dim(int(full), key[1], key[0])
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_model(cls, model, plan=None, target=None, pointer_bytes=None):
+        """Convert ``model``'s structure (full width and a probe) and build the model.
+
+        Args:
+            model: an original, searchable or frozen Keras model (not modified).
+            plan: its ChannelPlan (analysed if omitted).
+            target: a HardwareTarget or name; gives ``pointer_bytes`` (default 4).
+            pointer_bytes: overrides the target's pointer size (8 to compare with the
+                ``tflite_micro`` host interpreter).
+        """
+        from keras_dnas import targets as targets_lib
+        from keras_dnas.graph import analyze, walk
+        from keras_dnas.layers.masked import is_masked
+
+        if plan is None:
+            searchable = any(is_masked(layer) for layer in walk.functional_of(model).layers)
+            plan = analyze(model, masked_only=searchable)
+        if pointer_bytes is None:
+            pointer_bytes = targets_lib.get(target).pointer_bytes if target is not None else 4
+        cache = model.__dict__.setdefault(_CACHE_ATTR, {})
+        key = (plan.to_json(), pointer_bytes)
+        if key not in cache:
+            cache[key] = cls._convert(model, plan, pointer_bytes)
+        return cache[key]
+
+    @classmethod
+    def _convert(cls, model, plan, pointer_bytes):
+        from keras_dnas import export
+        from keras_dnas.freeze import rebuild_with
+
+        probe_counts = _probe_counts(plan, _searchable_views(plan))
+        keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
+        keep_probe = [np.arange(g.size) < n for g, n in zip(plan.groups, probe_counts)]
+        rng = np.random.default_rng(0)
+        rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
+        rep = rep[0] if len(rep) == 1 else rep
+        blobs = []
+        for keep in (keep_full, keep_probe):
+            structure = rebuild_with(model, plan, keep)
+            _no_zero_vectors(structure)
+            blobs.append(export.to_tflite(structure, representative_data=rep))
+        return cls(plan, blobs[0], blobs[1], probe_counts, pointer_bytes=pointer_bytes)
+
+    # ----------------------------------------------------------------- exact
+    def scaled_model(self, counts):
+        """The decoded full-width model with every tensor rescaled to ``counts`` (ints)."""
+        tensors = [
+            dataclasses.replace(t, shape=[int(d.count(counts)) for d in dims],
+                                n_scales=int(s.count(counts)),
+                                n_zero_points=int(s.count(counts)) if t.n_zero_points > 1
+                                else t.n_zero_points)
+            for t, dims, s in zip(self.full.tensors, self._dims, self._scales)
+        ]
+        return dataclasses.replace(self.full, tensors=tensors)
+
+    def ram_parts(self, counts):
+        """``{"head", "tail", "total"}`` arena bytes (exact planner replay) for int counts."""
+        counts = [int(c) for c in counts]
+        report = arena.tflite_arena(self.scaled_model(counts), pointer_bytes=self.pointer_bytes)
+        return {"head": report["head"], "tail": report["tail"], "total": report["total"]}
+
+    # ----------------------------------------------------------------- metrics
+    def ram(self, counts, exact=True):
+        """Arena bytes: exact replay (ints) or a differentiable liveness bound."""
+        if exact:
+            return self.ram_parts(counts)["total"]
+        buffers = []
+        for b in self._buffers:
+            if b["kind"] == "tensor":
+                t = self.full.tensors[b["tensor"]]
+                size = _TYPE_BYTES(t)
+                for d in self._dims[b["tensor"]]:
+                    size = size * d.count(counts)
+                buffers.append((size, b["first"], b["last"]))
+            else:
+                buffers.append((b["size"], b["first"], b["last"]))
+        head = arena.liveness_bound(buffers)
+        tail = self._full_head["tail"]
+        for i in self._per_channel_ops:
+            out = self.full.operators[i].outputs[0]
+            d = self._dims[out][-1]
+            tail = tail + TAIL_BYTES_PER_CHANNEL * (d.count(counts) - d.value)
+        return head + tail
+
+    def flash(self, counts, exact=True):
+        """Bytes of the int8 ``.tflite`` (``len``), for int or tensor counts."""
+        total = len(self.full_bytes)
+        for t, dims, s in zip(self.full.tensors, self._dims, self._scales):
+            if self.full.is_constant(t.index) and any(d.segments for d in dims):
+                size = _TYPE_BYTES(t)
+                for d in dims:
+                    size = size * d.count(counts)
+                total = total + _align(size, exact) - _align(t.nbytes, True)
+            if s.segments:
+                total = total + QUANT_BYTES_PER_CHANNEL * (s.count(counts) - s.value)
+        return total
+
+
+def _align_tensors(full, probe):
+    """Probe tensors in the order of ``full``'s: by name, then by position among equal names.
+
+    The converter does not keep tensor order stable across channel counts.
+    """
+    by_name = {}
+    for t in probe.tensors:
+        by_name.setdefault(t.name, []).append(t)
+    out = []
+    for t in full.tensors:
+        candidates = by_name.get(t.name)
+        if not candidates:
+            raise RuntimeError(f"TFLite tensor '{t.name}' has no counterpart in the probe model.")
+        out.append(candidates.pop(0))
+    return out
+
+
+def _TYPE_BYTES(tensor):
+    return _tflite_reader.TENSOR_TYPE_BYTES.get(tensor.type) or 0
+
+
+def _align(n, exact):
+    if isinstance(n, (int, np.integer)):
+        return -(-int(n) // BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT
+    return n  # soft: the padding has no useful gradient
+
+
+def _no_zero_vectors(model):
+    """Make all-zero bias/BN vectors non-zero: the converter drops all-zero bias tensors,
+    which would change the structure (only throwaway copies are touched)."""
+    for layer in model.layers:
+        for w in layer.weights:
+            value = ops.convert_to_numpy(w)
+            if value.ndim == 1 and not np.any(value):
+                w.assign(np.full(value.shape, 1e-3, dtype=value.dtype))
+
+
+__all__ = ["MemoryModel", "QUANT_BYTES_PER_CHANNEL"]
