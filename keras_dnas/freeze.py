@@ -63,8 +63,11 @@ def project(model, cost_model, budgets, plan=None, keep=None):
 
     Greedy: at each step, among searchable groups with more than one kept
     channel, close the channel with the smallest ``|alpha|`` in the group
-    where ``|alpha| / (relative violation removed)`` is smallest, i.e. the
-    least important channel per unit of budget saved.
+    where ``|alpha| / (violation removed)`` is smallest, i.e. the least
+    important channel per unit of budget saved. Peak RAM is a maximum over
+    time, so a single channel often leaves it unchanged: such ties are
+    broken by a measure that always shrinks (total planned buffer bytes for
+    RAM, the metric itself otherwise).
 
     Returns:
         ``(keep, removed, costs)``: the new keep-masks, a list of
@@ -82,15 +85,24 @@ def project(model, cost_model, budgets, plan=None, keep=None):
              for g in plan.groups if not g.frozen}
 
     def evaluate(k):
-        values = cost_model.evaluate([int(x.sum()) for x in k], metrics, exact=True)
-        return {m: float(_number(v)) for m, v in values.items()}
+        counts = [int(x.sum()) for x in k]
+        values = cost_model.evaluate(counts, metrics, exact=True)
+        values = {m: float(_number(v)) for m, v in values.items()}
+        mass = {m: values[m] for m in metrics}
+        if "ram" in mass:
+            mass["ram"] = float(cost_model.memory.ram_mass(counts))
+        return values, mass
 
     def violation(values):
         return sum(b.violation(values[b.metric]) for b in budgets)
 
+    def shrink(before, after, failing):
+        return sum((before[b.metric] - after[b.metric]) / b.limit for b in failing)
+
     removed = []
-    costs = evaluate(keep)
+    costs, mass = evaluate(keep)
     while violation(costs) > 0:
+        failing = [b for b in budgets if not b.holds(costs[b.metric])]
         best = None
         for g, th in theta.items():
             if keep[g].sum() <= 1:
@@ -99,20 +111,20 @@ def project(model, cost_model, budgets, plan=None, keep=None):
             trial = list(keep)
             trial[g] = keep[g].copy()
             trial[g][c] = False
-            saved = violation(costs) - violation(evaluate(trial))
-            score = (th[c] + 1e-9) / saved if saved > 0 else np.inf
-            if best is None or score < best[0]:
-                best = (score, g, c, trial)
-        if best is None or not np.isfinite(best[0]):
-            minimum = evaluate([np.ones(1, bool) if not grp.frozen else keep[grp.id]
-                                for grp in plan.groups])
-            failing = [f"{b.metric}: limit {b.limit:g}, smallest reachable {minimum[b.metric]:g}"
-                       for b in budgets if not b.holds(minimum[b.metric])]
+            t_costs, t_mass = evaluate(trial)
+            saved = violation(costs) - violation(t_costs)
+            rank = (0 if saved > 0 else 1,
+                    (th[c] + 1e-9) / (saved if saved > 0 else
+                                      max(shrink(mass, t_mass, failing), 1e-12)))
+            if best is None or rank < best[0]:
+                best = (rank, g, c, trial, t_costs, t_mass)
+        if best is None:
+            failing = [f"{b.metric}: limit {b.limit:g}, reached {costs[b.metric]:g}"
+                       for b in budgets if not b.holds(costs[b.metric])]
             raise ValueError("Budgets cannot hold even with one channel per group: "
-                             + "; ".join(failing or [str(costs)]))
-        _, g, c, keep = best
+                             + "; ".join(failing))
+        _, g, c, keep, costs, mass = best
         removed.append((plan.groups[g].leader, c))
-        costs = evaluate(keep)
     return keep, removed, costs
 
 

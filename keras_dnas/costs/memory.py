@@ -217,6 +217,12 @@ class MemoryModel:
         report = arena.tflite_arena(self.scaled_model(counts), pointer_bytes=self.pointer_bytes)
         return {"head": report["head"], "tail": report["tail"], "total": report["total"]}
 
+    def ram_mass(self, counts):
+        """Total bytes of all planned buffers: shrinks with every channel removed, unlike
+        the peak (used to break ties when closing channels for a RAM budget)."""
+        model = self.scaled_model([int(c) for c in counts])
+        return sum(b["size"] for b in arena.tflite_buffers(model))
+
     # ----------------------------------------------------------------- metrics
     def ram(self, counts, exact=True):
         """Arena bytes: exact replay (ints) or a differentiable liveness bound."""
