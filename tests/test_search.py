@@ -217,3 +217,27 @@ def test_freeze_projects_onto_budgets_and_reports():
     assert sum(layer.filters for layer in slim.layers if isinstance(layer, L.Conv2D)) == 8 + 12 - closed
     with pytest.raises(ValueError, match="cannot hold even with one channel"):
         kd.freeze(search, target="stm32h743", budgets={"macs": 10}, verbose=0)
+
+
+def test_flash_ram_latency_budgets_hold_on_the_measured_int8_model(trained_seed):
+    """Budgets at ~50 % of the seed's flash, RAM and latency, on real digits."""
+    (x, y), (xv, yv) = digits()
+    target = kd.targets.get("nrf52840")
+    before = kd.summary(trained_seed, target)
+    budgets = {"flash": 0.5 * before["flash_bytes"], "ram": 0.5 * before["arena_bytes"],
+               "latency_ms": 0.5 * before["latency_ms"]}
+    search = kd.prepare(trained_seed)
+    search.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
+    cb = kd.DNASCallback(target, budgets=budgets, verbose=0)
+    hist = search.fit(x, y, validation_data=(xv, yv), epochs=8, batch_size=64, verbose=0,
+                      callbacks=[cb])
+    assert hist.history["dnas/feasible"][-1] == 1.0
+    slim = kd.freeze(search, target=target, budgets=budgets, verbose=0)
+    assert slim.dnas_certificate["all_hold"]
+    tflite = kd.export.to_tflite(slim, representative_data=x[:64])
+    measured = kd.export.measure(tflite, data=(xv, yv))
+    after = kd.summary(slim, target)
+    assert measured["flash_bytes"] <= budgets["flash"]
+    assert measured["arena_head_bytes"] == after["arena_head_bytes"]  # exact planner replay
+    assert after["arena_bytes"] <= budgets["ram"] and after["latency_ms"] <= budgets["latency_ms"]
+    assert measured["accuracy"] > 0.5  # int8 on TFLite Micro, before any fine-tuning
