@@ -31,14 +31,14 @@ def digits():
 def digit_cnn():
     inp = keras.Input((8, 8, 1))
     h = L.Conv2D(24, 3, padding="same", use_bias=False)(inp)
-    h = L.BatchNormalization(momentum=0.9)(h)
+    h = L.BatchNormalization()(h)
     h = L.ReLU()(h)
     h = L.Conv2D(32, 3, padding="same", use_bias=False)(h)
-    h = L.BatchNormalization(momentum=0.9)(h)
+    h = L.BatchNormalization()(h)
     h = L.ReLU()(h)
     h = L.MaxPooling2D()(h)
     h = L.Conv2D(48, 3, padding="same", use_bias=False)(h)
-    h = L.BatchNormalization(momentum=0.9)(h)
+    h = L.BatchNormalization()(h)
     h = L.ReLU()(h)
     return keras.Model(inp, L.Dense(10)(L.GlobalAveragePooling2D()(h)), name="digit_cnn")
 
@@ -154,7 +154,13 @@ def test_warmup_keeps_masks_frozen_and_no_callback_means_no_penalty(trained_seed
     before = [v.numpy().copy() for v in kd.masks.mask_variables(search)]
     kernel = search.layers[1].kernel.numpy().copy()
     cb = kd.DNASCallback("stm32h743", budgets={"macs": 1e5}, warmup_epochs=2, verbose=0)
-    search.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0, callbacks=[cb])
+    seen = []
+    probe = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(
+        [layer.momentum for layer in search.layers if isinstance(layer, L.BatchNormalization)]))
+    search.fit(x[:256], y[:256], epochs=2, batch_size=64, verbose=0, callbacks=[cb, probe])
+    assert seen[0] and all(m == 0.9 for m in seen[0])  # short BN average during the search
+    assert all(layer.momentum == 0.99 for layer in search.layers
+               if isinstance(layer, L.BatchNormalization))  # restored afterwards
     for a, b in zip(before, kd.masks.mask_variables(search)):
         np.testing.assert_array_equal(a, b.numpy())
     assert not np.allclose(kernel, search.layers[1].kernel.numpy())

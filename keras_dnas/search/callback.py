@@ -69,6 +69,10 @@ class DNASCallback(keras.callbacks.Callback):
             step moves them by about the learning rate, so at 1e-3 a channel
             needs ~500 steps to close. The papers afford hundreds of GPU
             epochs; the default 10 suits searches of tens of epochs.
+        bn_momentum: BatchNormalization momentum during the search (restored
+            afterwards). Closing channels changes the statistics BN normalises
+            faster than the usual 0.99 moving average follows, which leaves
+            inference-mode (validation) outputs wrong; ``None`` keeps the model's.
         memory: a flash/RAM model (built from the model if omitted).
         verbose: 1 prints a line when the search starts and when budgets first hold.
 
@@ -88,7 +92,7 @@ class DNASCallback(keras.callbacks.Callback):
 
     def __init__(self, target, budgets=None, objectives=None, warmup_epochs=0, monitor=None,
                  restore_best_weights=True, stop_when_feasible=None, margin=0.02,
-                 mask_lr_multiplier=10.0, memory=None, verbose=1):
+                 mask_lr_multiplier=10.0, bn_momentum=0.9, memory=None, verbose=1):
         super().__init__()
         self.target = targets.get(target)
         self._budgets_arg = budgets
@@ -111,6 +115,10 @@ class DNASCallback(keras.callbacks.Callback):
             raise ValueError("mask_lr_multiplier must be a positive number. Received: "
                              f"mask_lr_multiplier={mask_lr_multiplier!r}")
         self.mask_lr_multiplier = float(mask_lr_multiplier)
+        if bn_momentum is not None and not 0.0 <= bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1) or None. Received: "
+                             f"bn_momentum={bn_momentum!r}")
+        self.bn_momentum = bn_momentum
         self.memory = memory
         self.verbose = verbose
         self.history = []
@@ -226,6 +234,12 @@ class DNASCallback(keras.callbacks.Callback):
         if optimizer is not None:
             masks.exclude_from_weight_decay(optimizer)
             self._patch_optimizer(optimizer)
+        self._saved_momentum = {}
+        if self.bn_momentum is not None:
+            for layer in self.model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    self._saved_momentum[layer] = layer.momentum
+                    layer.momentum = self.bn_momentum
         self.model.make_train_function(force=True)
         if getattr(self.model, "test_function", None) is not None:
             self.model.make_test_function(force=True)
@@ -327,6 +341,8 @@ class DNASCallback(keras.callbacks.Callback):
         if self._patched is not None:
             self._patched.__dict__.pop("update_step", None)
         self._regularized.regularizer = None
+        for layer, momentum in self._saved_momentum.items():
+            layer.momentum = momentum
         for owner in self._owners:
             owner.__dict__.pop("_dnas_grad_scale", None)
         self.model.make_train_function(force=True)
