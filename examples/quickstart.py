@@ -51,6 +51,7 @@ def main(argv=None):
     seed.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     seed.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=warmup, batch_size=64,
              verbose=2)
+    kd.recalibrate_batchnorm(seed, x_train)  # a fair seed: exact BN statistics too
     before = kd.summary(seed, args.target)
     budgets = {"flash": int(args.fraction * before["flash_bytes"]),
                "ram": int(args.fraction * before["arena_bytes"]),
@@ -67,11 +68,14 @@ def main(argv=None):
 
     print("\n3. Freeze: plain Keras model, budgets certified")
     slim = kd.freeze(search, target=args.target, budgets=budgets)
+    # Pruning moved the statistics BN normalises: set them exactly from training data.
+    kd.recalibrate_batchnorm(slim, x_train)
 
     print(f"\n4. Fine-tune: {finetune} epochs, then full-int8 TFLite on TFLite Micro")
     slim.compile(keras.optimizers.Adam(5e-4), loss, metrics=["accuracy"])
     slim.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=finetune, batch_size=64,
              verbose=2)
+    kd.recalibrate_batchnorm(slim, x_train)
     after = kd.summary(slim, args.target)
     rows = []
     for name, model, summ in (("seed", seed, before), ("keras_dnas", slim, after)):

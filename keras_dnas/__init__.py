@@ -10,7 +10,7 @@ Example:
 from keras_dnas import costs, datasets, export, graph, layers, masks, report, search, targets, zoo
 from keras_dnas import freeze as freeze_lib
 from keras_dnas.convert import SearchableModel, prepare
-from keras_dnas.freeze import freeze
+from keras_dnas.freeze import freeze, recalibrate_batchnorm
 from keras_dnas.report import summary
 from keras_dnas.search import Budget, DNASCallback, Minimize
 
@@ -30,6 +30,7 @@ __all__ = [
     "layers",
     "masks",
     "prepare",
+    "recalibrate_batchnorm",
     "report",
     "search",
     "summary",

@@ -90,6 +90,9 @@ class DNASCallback(keras.callbacks.Callback):
     ['dnas/feasible', 'dnas/params']
     """
 
+    #: Factor applied each epoch to a budget's strength while it still fails after the ramp.
+    BOOST = 1.5
+
     def __init__(self, target, budgets=None, objectives=None, warmup_epochs=0, monitor=None,
                  restore_best_weights=True, stop_when_feasible=None, margin=0.02,
                  mask_lr_multiplier=10.0, bn_momentum=0.9, memory=None, verbose=1):
@@ -293,7 +296,7 @@ class DNASCallback(keras.callbacks.Callback):
         if searching and ramp_done:  # after the ramp, raise what still fails
             for i, obj in enumerate(self.objectives):
                 if isinstance(obj, Budget) and not obj.holds(values[obj.metric]):
-                    self._boost[i] *= 2.0
+                    self._boost[i] *= self.BOOST
         if searching and feasible:
             if self._first_feasible is None:
                 self._first_feasible = epoch

@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+
+import keras
+import keras_dnas as kd
+
+from tests import toys
+
+L = keras.layers
+
+
+def test_recalibrate_sets_exact_population_statistics_in_graph_order():
+    model = toys.residual()
+    for layer in model.layers:  # stale, wrong statistics everywhere
+        if isinstance(layer, L.BatchNormalization):
+            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 3.0, "float32"))
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 9.0, "float32"))
+    x = toys.sample(model, n=96, seed=3)
+    assert kd.recalibrate_batchnorm(model, x, batch_size=40) == 3
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            z = np.asarray(keras.Model(model.inputs, layer.input)(x, training=False))
+            z = z.reshape(-1, z.shape[-1]).astype("float64")
+            np.testing.assert_allclose(layer.moving_mean.numpy(), z.mean(0), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(layer.moving_variance.numpy(), z.var(0), rtol=1e-3,
+                                       atol=1e-5)
+    # inference on the calibration batch now normalises like training mode does
+    np.testing.assert_allclose(model(x, training=False), model(x, training=True), atol=1e-3)
+
+
+def test_recalibrate_rejects_empty_data():
+    with pytest.raises(ValueError, match="at least one sample"):
+        kd.recalibrate_batchnorm(toys.plain_cnn(), np.zeros((0, 12, 12, 3), "float32"))
