@@ -167,7 +167,7 @@ def freeze(model, target=None, budgets=None, memory=None, verbose=1):
     >>> import numpy as np, keras, keras_dnas as kd
     >>> x = keras.Input((8,))
     >>> s = kd.prepare(keras.Model(x, keras.layers.Dense(2)(keras.layers.Dense(6)(x))))
-    >>> s.get_layer("dense").dnas_alpha.assign([1, 0, 1, 0, 1, 0])
+    >>> _ = s.get_layer("dense").dnas_alpha.assign([1, 0, 1, 0, 1, 0])
     >>> slim = kd.freeze(s)
     >>> slim.get_layer("dense").units
     3
