@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 from keras_dnas.costs import flash  # noqa: E402
-from keras_dnas.costs._tflite_reader import read_tflite  # noqa: E402
+from keras_dnas.export._flatbuffer import read_tflite  # noqa: E402
 
 L = keras.layers
 

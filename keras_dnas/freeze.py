@@ -233,7 +233,7 @@ def _certify(model, plan, keep, target, budgets, memory, verbose):
     if memory is None and {b.metric for b in budgets} & {"flash", "ram"}:
         from keras_dnas.costs import memory as memory_lib
 
-        memory = memory_lib.MemoryModel.from_model(model, plan)
+        memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
     cost_model = CostModel(plan, target, memory=memory)
     keep, removed, costs = project(model, cost_model, budgets, plan=plan, keep=keep)
     rows = [{"metric": b.metric, "limit": b.limit, "value": costs[b.metric],

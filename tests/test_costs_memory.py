@@ -16,7 +16,7 @@ import pytest
 import keras
 
 from keras_dnas.costs import arena, flash
-from keras_dnas.costs._tflite_reader import read_tflite
+from keras_dnas.export._flatbuffer import read_tflite
 
 L = keras.layers
 

@@ -47,7 +47,7 @@ import math
 
 import keras
 
-from keras_dnas.costs import _tflite_reader
+from keras_dnas.export import _flatbuffer
 
 ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment() in TFLM.
 
@@ -140,7 +140,7 @@ def _scratch_reduce_mean(model, op):
     inp = model.tensors[op.inputs[0]]
     out = model.tensors[op.outputs[0]]
     axis = model.tensors[op.inputs[1]]
-    sizes = [4 * out.num_elements] if out.type in (9, 7) else []
+    sizes = [4 * out.num_elements] if out.dtype in ("INT8", "INT16") else []
     return sizes + [4 * len(inp.shape), 4 * axis.num_elements]
 
 
@@ -154,9 +154,9 @@ def _scratch_reduce_min_max(model, op):
 def _scratch_transpose_conv(model, op):
     # transpose_conv.cc: an int32 (int64 for int16 activations) accumulator per output element.
     out = model.tensors[op.outputs[0]]
-    if out.type == 9:
+    if out.dtype == "INT8":
         return [4 * out.num_elements]
-    if out.type == 7:
+    if out.dtype == "INT16":
         return [8 * out.num_elements]
     return []
 
@@ -173,16 +173,17 @@ REFERENCE_SCRATCH = {
 
 
 def _as_model(tflite):
-    if isinstance(tflite, _tflite_reader.TFLiteModel):
+    if isinstance(tflite, _flatbuffer.TFLiteModel):
         return tflite
-    return _tflite_reader.read_tflite(tflite)
+    return _flatbuffer.read_tflite(tflite)
 
 
 def tflite_buffers(tflite, scratch=None):
     """Lists the buffers TFLite Micro plans for a model, in the order the planner receives them.
 
     Args:
-        tflite: the `.tflite` model (bytes) or a model decoded by `_tflite_reader.read_tflite`.
+        tflite: the `.tflite` model (bytes) or a model decoded by
+            `keras_dnas.export._flatbuffer.read_tflite`.
         scratch: dict operator name -> `fn(model, op) -> [bytes, ...]` of kernel scratch
             requests; default `REFERENCE_SCRATCH` (TFLM reference kernels).
 
@@ -295,11 +296,10 @@ TAIL_OPS = {
     "SQUEEZE": (0, 0, 36, 4, False),
     "EXPAND_DIMS": (0, 0, 0, 1, False),
     "SHAPE": (0, 0, 4, 4, False),
-    "BUILTIN_77": (0, 0, 4, 4, False),  # SHAPE
     "STRIDED_SLICE": (84, 84, 24, 4, False),
     "PACK": (0, 0, 8, 4, False),
-    "BUILTIN_38": (4, 4, 0, 1, False),  # SPACE_TO_BATCH_ND
-    "BUILTIN_37": (0, 0, 0, 1, False),  # BATCH_TO_SPACE_ND
+    "SPACE_TO_BATCH_ND": (4, 4, 0, 1, False),
+    "BATCH_TO_SPACE_ND": (0, 0, 0, 1, False),
     "QUANTIZE": (32, 28, 0, 1, False),
     "DEQUANTIZE": (16, 16, 0, 1, False),
 }
@@ -593,13 +593,19 @@ def _is_number(x):
 
 
 def _aligned(size, alignment):
-    """Rounds a size up to `alignment`; for tensors the rounding passes the gradient straight."""
+    """Rounds a size (bytes: an integer value) up to `alignment`.
+
+    For tensors the rounding passes the gradient straight through. The size is rounded to the
+    nearest integer first, so float noise in soft channel counts (12.999999 for 13) cannot
+    push it over an alignment boundary.
+    """
     if alignment <= 1:
         return size
     if _is_number(size):
-        return float(math.ceil(size / alignment) * alignment)
-    x = keras.ops.convert_to_tensor(size, dtype="float32") / alignment
-    return (x + keras.ops.stop_gradient(keras.ops.ceil(x) - x)) * alignment
+        return float(math.ceil(round(size) / alignment) * alignment)
+    x = keras.ops.convert_to_tensor(size, dtype="float32")
+    target = keras.ops.ceil(keras.ops.round(x) / alignment) * alignment
+    return x + keras.ops.stop_gradient(target - x)
 
 
 def liveness_bound(buffers, alignment=ARENA_ALIGNMENT):

@@ -34,7 +34,7 @@ narrower variants) the error is within 2 % or 200 B for every one, largest 187 B
 Conv1D TCN); with the default name allowance instead of real names, rms 127 B on 56 models.
 """
 
-from keras_dnas.costs import _tflite_reader
+from keras_dnas.export import _flatbuffer
 
 # ---- Fitted constants (benchmarks/fit_flash_constants.py) ------------------------------------
 FLASH_MODEL_BYTES = 684  # header, subgraph, one graph input, signature, metadata
@@ -289,8 +289,8 @@ def tflite_name_bytes(tflite):
     Returns:
         int.
     """
-    model = tflite if isinstance(tflite, _tflite_reader.TFLiteModel) else (
-        _tflite_reader.read_tflite(tflite))
+    model = tflite if isinstance(tflite, _flatbuffer.TFLiteModel) else (
+        _flatbuffer.read_tflite(tflite))
     return sum(_string_bytes(t.name) for t in model.tensors)
 
 
@@ -304,8 +304,8 @@ def tflite_payload_bytes(tflite):
     Returns:
         int.
     """
-    model = tflite if isinstance(tflite, _tflite_reader.TFLiteModel) else (
-        _tflite_reader.read_tflite(tflite))
+    model = tflite if isinstance(tflite, _flatbuffer.TFLiteModel) else (
+        _flatbuffer.read_tflite(tflite))
     total = 0
     for op in model.operators:
         if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):

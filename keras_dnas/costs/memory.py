@@ -12,11 +12,25 @@ it follows. For any other counts the tensors are rescaled and
   modelled for the target's pointer size); the differentiable version is the
   liveness bound over the same buffers plus the per-channel tail;
 - **flash**: ``len(full .tflite)`` plus the change of every constant buffer
-  (16-byte aligned in the flatbuffer) and of every per-channel quantisation
-  array (float32 scale + int64 zero point per channel).
+  (4-byte aligned: the TF converter does not honour the schema's
+  ``force_align: 16``) and of every per-channel quantisation array (float32
+  scale + int64 zero point per channel).
 
-Converting costs a few seconds per structure; models are cached per
-structure, so a callback and a later ``freeze`` share one.
+The soft values (tensor counts) have the exact values (int counts) as their
+forward value wherever the exact value is a closed formula: flash, the
+per-channel tail and every buffer size (alignment is rounded with a
+straight-through gradient). The soft RAM is therefore a lower bound of the
+exact RAM: liveness bound <= planned head, and the same tail.
+
+The conversions use a copy of the structure with random weights: sizes do not
+depend on weight values, but the converter drops all-zero biases and shares
+identical constants, which would make an untrained model's structure change
+with the channel counts. A real model whose conversion does drop or share
+constants is a little smaller than predicted (flash is then an upper bound).
+
+Converting costs a few seconds per structure; the conversions are cached per
+structure on the model object (for every pointer size), so a callback, a later
+``freeze`` and ``kd.summary`` share them.
 """
 
 import dataclasses
@@ -24,15 +38,16 @@ import dataclasses
 import numpy as np
 from keras import ops
 
-from keras_dnas.costs import _tflite_reader, arena
+from keras_dnas.costs import arena
+from keras_dnas.export import _flatbuffer
 
 #: Flatbuffer bytes per output channel of a per-channel quantised tensor:
 #: a float32 scale and an int64 zero point.
 QUANT_BYTES_PER_CHANNEL = 4 + 8
-#: Flatbuffer alignment of constant buffers (``data:[ubyte] (force_align: 16)``).
-BUFFER_ALIGNMENT = 16
-#: Persistent per-channel arrays of conv-like kernels: int32 multiplier + int32 shift.
-TAIL_BYTES_PER_CHANNEL = 8
+#: Alignment of constant buffers in the flatbuffer the TF converter writes. The schema says
+#: ``data:[ubyte] (force_align: 16)``, but the converter's exporter ignores it: buffer data
+#: follows the 4-byte length prefix with only 4-byte padding (checked on TF 2.21 output).
+BUFFER_ALIGNMENT = 4
 
 _CACHE_ATTR = "_dnas_memory_cache"
 
@@ -55,7 +70,9 @@ def _probe_counts(plan, candidates, attempts=64):
         probe = list(full)
         for g in plan.groups:
             if not g.frozen and g.size > 1:
-                probe[g.id] = int(rng.integers(1, g.size))
+                # At least 2 when possible: one channel may convert differently (per-tensor
+                # instead of per-channel quantisation, broadcast constants).
+                probe[g.id] = int(rng.integers(2 if g.size > 2 else 1, g.size))
         seen = {}
         ok = True
         for key in candidates:
@@ -115,8 +132,8 @@ class MemoryModel:
         self.plan = plan
         self.full_bytes = full_bytes
         self.pointer_bytes = pointer_bytes
-        self.full = _tflite_reader.read_tflite(full_bytes)
-        probe = _tflite_reader.read_tflite(probe_bytes)
+        self.full = _flatbuffer.read_tflite(full_bytes)
+        probe = _flatbuffer.read_tflite(probe_bytes)
         full_counts = [g.size for g in plan.groups]
         if [op.name for op in self.full.operators] != [op.name for op in probe.operators] or \
                 len(self.full.tensors) != len(probe.tensors):
@@ -131,12 +148,22 @@ class MemoryModel:
         self._dims = []
         self._scales = []
         for tf, tp in zip(self.full.tensors, _align_tensors(self.full, probe)):
+            if len(tf.shape) != len(tp.shape) or tf.type != tp.type:
+                raise RuntimeError(
+                    f"TFLite tensor '{tf.name}' changes rank or type with the channel counts "
+                    f"({tf.shape} at full width, {tp.shape} in the probe); keras_dnas cannot "
+                    "model its memory.")
             dims = [self._map(a, b, table, tf) for a, b in zip(tf.shape, tp.shape)]
             self._dims.append(dims)
             self._scales.append(self._map(tf.n_scales, tp.n_scales, table, tf)
                                 if tf.n_scales > 1 else _Dim(tf.n_scales))
-        self._full_head = arena.tflite_arena(self.full, pointer_bytes=pointer_bytes)
+        self._full_arena = arena.tflite_arena(self.full, pointer_bytes=pointer_bytes)
         self._buffers = arena.tflite_buffers(self.full)
+        request = {}  # position of each scratch buffer among its operator's requests
+        for b in self._buffers:
+            if b["kind"] == "scratch":
+                b["request"] = request.get(b["op"], 0)
+                request[b["op"]] = b["request"] + 1
         self._per_channel_ops = [
             i for i, op in enumerate(self.full.operators)
             if arena.TAIL_OPS.get(op.name, arena._UNKNOWN_OP)[4]
@@ -176,13 +203,18 @@ class MemoryModel:
         if pointer_bytes is None:
             pointer_bytes = targets_lib.get(target).pointer_bytes if target is not None else 4
         cache = model.__dict__.setdefault(_CACHE_ATTR, {})
-        key = (plan.to_json(), pointer_bytes)
-        if key not in cache:
-            cache[key] = cls._convert(model, plan, pointer_bytes)
-        return cache[key]
+        structure = plan.to_json()
+        if (structure, pointer_bytes) not in cache:
+            if structure not in cache:  # the conversions do not depend on the pointer size
+                cache[structure] = cls._convert(model, plan)
+            full_bytes, probe_bytes, probe_counts = cache[structure]
+            cache[(structure, pointer_bytes)] = cls(
+                plan, full_bytes, probe_bytes, probe_counts, pointer_bytes=pointer_bytes)
+        return cache[(structure, pointer_bytes)]
 
-    @classmethod
-    def _convert(cls, model, plan, pointer_bytes):
+    @staticmethod
+    def _convert(model, plan):
+        """``(full .tflite, probe .tflite, probe counts)`` of ``model``'s structure."""
         from keras_dnas import export
         from keras_dnas.freeze import rebuild_with
 
@@ -195,9 +227,9 @@ class MemoryModel:
         blobs = []
         for keep in (keep_full, keep_probe):
             structure = rebuild_with(model, plan, keep)
-            _no_zero_vectors(structure)
+            _generic_weights(structure)
             blobs.append(export.to_tflite(structure, representative_data=rep))
-        return cls(plan, blobs[0], blobs[1], probe_counts, pointer_bytes=pointer_bytes)
+        return blobs[0], blobs[1], probe_counts
 
     # ----------------------------------------------------------------- exact
     def scaled_model(self, counts):
@@ -225,36 +257,73 @@ class MemoryModel:
 
     # ----------------------------------------------------------------- metrics
     def ram(self, counts, exact=True):
-        """Arena bytes: exact replay (ints) or a differentiable liveness bound."""
+        """Arena bytes: exact replay (ints), or a differentiable lower bound of it.
+
+        The soft value is the liveness bound of the head (every buffer, scratch included,
+        sized from ``counts``) plus the tail, whose only channel-dependent part (the
+        per-channel multipliers and shifts, ``2 x align16(4 x Cout)`` per conv-like
+        operator) is exact at integer counts. So ``ram(c, exact=False) <= ram(c)``.
+        """
         if exact:
             return self.ram_parts(counts)["total"]
+        return self.head_bound(counts) + self.tail(counts)
+
+    def head_bound(self, counts):
+        """Liveness lower bound of the arena head (counts may be tensors)."""
+        tensors = None
         buffers = []
         for b in self._buffers:
             if b["kind"] == "tensor":
-                t = self.full.tensors[b["tensor"]]
-                size = _TYPE_BYTES(t)
-                for d in self._dims[b["tensor"]]:
-                    size = size * d.count(counts)
-                buffers.append((size, b["first"], b["last"]))
+                size = self._tensor_bytes(b["tensor"], counts)
             else:
-                buffers.append((b["size"], b["first"], b["last"]))
-        head = arena.liveness_bound(buffers)
-        tail = self._full_head["tail"]
+                rule = arena.REFERENCE_SCRATCH[self.full.operators[b["op"]].name]
+                if tensors is None:
+                    tensors = self._symbolic_model(counts)
+                size = rule(tensors, self.full.operators[b["op"]])[b["request"]]
+            buffers.append((size, b["first"], b["last"]))
+        return arena.liveness_bound(buffers)
+
+    def tail(self, counts):
+        """Persistent arena bytes for ``counts`` (ints or tensors; exact at integer counts)."""
+        tail = self._full_arena["tail"]
         for i in self._per_channel_ops:
-            out = self.full.operators[i].outputs[0]
-            d = self._dims[out][-1]
-            tail = tail + TAIL_BYTES_PER_CHANNEL * (d.count(counts) - d.value)
-        return head + tail
+            op = self.full.operators[i]
+            d = self._dims[op.outputs[0]][-1]
+            if not d.segments:
+                continue
+            n = d.count(counts)
+            per_channel = 2 * _aligned(4 * n, arena.ARENA_ALIGNMENT)
+            if op.name == "FULLY_CONNECTED":
+                # TFLM keeps per-channel arrays only for more than one weight scale.
+                n_scales = self._scales[op.inputs[1]].count(counts)
+                per_channel = per_channel * _step(n_scales, 1)
+            tail = tail + per_channel - 2 * _aligned(4 * d.value, arena.ARENA_ALIGNMENT)
+        return tail
+
+    def _tensor_bytes(self, index, counts):
+        size = self.full.tensors[index].itemsize
+        for d in self._dims[index]:
+            size = size * d.count(counts)
+        return size
+
+    def _symbolic_model(self, counts):
+        """The decoded model with shapes from ``counts`` (entries may be tensors)."""
+        tensors = [dataclasses.replace(t, shape=[d.count(counts) for d in dims])
+                   for t, dims in zip(self.full.tensors, self._dims)]
+        return dataclasses.replace(self.full, tensors=tensors)
 
     def flash(self, counts, exact=True):
-        """Bytes of the int8 ``.tflite`` (``len``), for int or tensor counts."""
+        """Bytes of the int8 ``.tflite`` (``len``), for int or tensor counts.
+
+        ``exact`` is accepted for symmetry with :meth:`ram`; the soft value (tensor counts)
+        has the integer value as its forward value.
+        """
         total = len(self.full_bytes)
         for t, dims, s in zip(self.full.tensors, self._dims, self._scales):
             if self.full.is_constant(t.index) and any(d.segments for d in dims):
-                size = _TYPE_BYTES(t)
-                for d in dims:
-                    size = size * d.count(counts)
-                total = total + _align(size, exact) - _align(t.nbytes, True)
+                size = self._tensor_bytes(t.index, counts)
+                total = total + _aligned(size, BUFFER_ALIGNMENT) \
+                    - _aligned(t.nbytes, BUFFER_ALIGNMENT)
             if s.segments:
                 total = total + QUANT_BYTES_PER_CHANNEL * (s.count(counts) - s.value)
         return total
@@ -277,24 +346,40 @@ def _align_tensors(full, probe):
     return out
 
 
-def _TYPE_BYTES(tensor):
-    return _tflite_reader.TENSOR_TYPE_BYTES.get(tensor.type) or 0
-
-
-def _align(n, exact):
+def _aligned(n, alignment):
+    """``n`` rounded up to ``alignment``: an int for ints, else a tensor whose forward value is
+    the rounded integer and whose gradient is 1 (straight-through)."""
     if isinstance(n, (int, np.integer)):
-        return -(-int(n) // BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT
-    return n  # soft: the padding has no useful gradient
+        return -(-int(n) // alignment) * alignment
+    return arena._aligned(n, alignment)
 
 
-def _no_zero_vectors(model):
-    """Make all-zero bias/BN vectors non-zero: the converter drops all-zero bias tensors,
-    which would change the structure (only throwaway copies are touched)."""
-    for layer in model.layers:
-        for w in layer.weights:
-            value = ops.convert_to_numpy(w)
-            if value.ndim == 1 and not np.any(value):
-                w.assign(np.full(value.shape, 1e-3, dtype=value.dtype))
+def _step(n, above):
+    """1 when ``n > above`` else 0 (ints), or its tensor with a zero gradient."""
+    if isinstance(n, (int, np.integer)):
+        return int(n > above)
+    return ops.stop_gradient(ops.cast(ops.greater(n, above + 0.5), "float32"))
+
+
+def _generic_weights(model, seed=0):
+    """Give a throwaway copy random, distinct weights before converting it.
+
+    Sizes do not depend on weight values, but the converter's *structure* does in degenerate
+    cases: it drops all-zero biases, shares identical constant buffers and tensors (e.g. the
+    folded biases of untrained BatchNorms, equal in every layer of the same width, but not at
+    other widths) and folds splat constants. Random values give the generic structure at every
+    channel count. BatchNorm variances and scales are kept positive.
+    """
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        if "float" not in str(w.dtype):
+            continue  # e.g. seed-generator states
+        name = w.name.split("/")[-1]
+        if name in ("gamma", "moving_variance", "variance"):
+            value = rng.uniform(0.5, 1.5, tuple(w.shape))
+        else:
+            value = rng.normal(0.0, 0.3, tuple(w.shape))
+        w.assign(value.astype(str(w.dtype)))
 
 
 __all__ = ["MemoryModel", "QUANT_BYTES_PER_CHANNEL"]

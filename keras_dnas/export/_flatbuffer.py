@@ -1,12 +1,22 @@
-"""Read the parts of a `.tflite` flatbuffer that export needs, without importing TensorFlow.
+"""The one `.tflite` flatbuffer reader of keras_dnas (export and cost models), without TensorFlow.
 
-Uses the generated flatbuffer schema shipped with `tflite_micro` (falling back to the copy in
-`ai_edge_litert`). Everything is returned as plain Python data.
+Decodes with the generated flatbuffer schema shipped with `tflite_micro` (falling back to the
+copy in `ai_edge_litert`), imported on first use. Everything is returned as plain Python data,
+in two views of the same decoding:
+
+- `read_model` -> `ModelInfo`: what export needs to run and check a model (operators of every
+  subgraph with fused activations, input / output tensors in user order with their
+  quantisation values, activation bytes);
+- `read_tflite` -> `TFLiteModel`: what the memory models need (`keras_dnas.costs.arena`,
+  `flash`, `memory`): the first subgraph's tensors with TFLite Micro's sizes (type, buffer,
+  variable flag, number of scales / zero points), operators with optional (-1) inputs and
+  intermediates, buffer sizes, metadata and the `OfflineMemoryAllocation` plan.
 """
 
 import dataclasses
 import os
 import re
+import struct
 
 import numpy as np
 
@@ -170,11 +180,9 @@ def _fused_activation(sch, op, op_name):
     return _enum_names(sch.ActivationFunctionType).get(options.FusedActivationFunction(), "NONE")
 
 
-def read_model(tflite_bytes):
-    """Parse operators, tensors, inputs and outputs of a TFLite model into a `ModelInfo`."""
-    data = as_model_bytes(tflite_bytes)
-    sch = schema()
-    model = sch.Model.GetRootAs(data, 0)
+def _operator_codes(sch, model):
+    """`(code, name)` of every operator code: the builtin code is the larger of `builtin_code`
+    and `deprecated_builtin_code`; custom operators are named `"CUSTOM:<custom_code>"`."""
     op_names = _enum_names(sch.BuiltinOperator)
     codes = []
     for i in range(model.OperatorCodesLength()):
@@ -184,7 +192,20 @@ def read_model(tflite_bytes):
         if name == "CUSTOM":
             custom = oc.CustomCode()
             name = "CUSTOM:" + (custom.decode("utf-8", errors="replace") if custom else "?")
-        codes.append(name)
+        codes.append((code, name))
+    return codes
+
+
+def _int_vector(length, as_numpy):
+    return [int(i) for i in as_numpy()] if length else []
+
+
+def read_model(tflite_bytes):
+    """Parse operators, tensors, inputs and outputs of a TFLite model into a `ModelInfo`."""
+    data = as_model_bytes(tflite_bytes)
+    sch = schema()
+    model = sch.Model.GetRootAs(data, 0)
+    codes = [name for _, name in _operator_codes(sch, model)]
     buffers = [model.Buffers(i) for i in range(model.BuffersLength())]
 
     ops, num_tensors, activation_bytes, num_channel_params = [], 0, 0, 0
@@ -249,4 +270,214 @@ def read_model(tflite_bytes):
         num_tensors=num_tensors,
         activation_bytes=int(activation_bytes),
         num_channel_params=int(num_channel_params),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory view (keras_dnas.costs): tensors as TFLite Micro allocates them
+# ----------------------------------------------------------------------------------------------
+
+# TensorType name -> bytes per element as TFLite Micro allocates it (None: no fixed size).
+TYPE_BYTES = {
+    "FLOAT32": 4,
+    "FLOAT16": 2,
+    "INT32": 4,
+    "UINT8": 1,
+    "INT64": 8,
+    "STRING": None,
+    "BOOL": 1,
+    "INT16": 2,
+    "COMPLEX64": 8,
+    "INT8": 1,
+    "FLOAT64": 8,
+    "COMPLEX128": 16,
+    "UINT64": 8,
+    "RESOURCE": None,
+    "VARIANT": None,
+    "UINT32": 4,
+    "UINT16": 2,
+    "INT4": 1,  # unpacked to one byte per element by TFLite Micro
+    "BFLOAT16": 2,
+    "INT2": 1,
+}
+
+
+@dataclasses.dataclass
+class Tensor:
+    """One tensor of the first subgraph, as TFLite Micro sizes it.
+
+    Attributes:
+        index: position in the subgraph's tensor list.
+        name: tensor name.
+        shape: list of dimensions (empty for a scalar). The cost models may put keras tensors
+            here (symbolic channel counts).
+        type: TensorType enum value.
+        dtype: TensorType name, e.g. `"INT8"`.
+        itemsize: bytes per element (0 for types without a fixed size).
+        buffer: index into the model's buffers.
+        is_variable: the `is_variable` flag.
+        n_scales: number of quantisation scales (0 when unquantised).
+        n_zero_points: number of zero points.
+    """
+
+    index: int
+    name: str
+    shape: list
+    type: int
+    dtype: str
+    itemsize: int
+    buffer: int
+    is_variable: bool
+    n_scales: int
+    n_zero_points: int
+
+    @property
+    def num_elements(self):
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self):
+        """Bytes TFLite Micro allocates for the tensor's data (0 for unsized types)."""
+        return self.num_elements * self.itemsize
+
+
+@dataclasses.dataclass
+class Operator:
+    """One operator of the first subgraph.
+
+    Attributes:
+        opcode: builtin operator code (max of `builtin_code` and `deprecated_builtin_code`).
+        name: builtin name (`"CONV_2D"`, ...; custom operators: `"CUSTOM:<code>"`).
+        inputs: input tensor indices (-1 marks an omitted optional input).
+        outputs: output tensor indices.
+        intermediates: intermediate tensor indices.
+    """
+
+    opcode: int
+    name: str
+    inputs: list
+    outputs: list
+    intermediates: list
+
+
+@dataclasses.dataclass
+class TFLiteModel:
+    """The first subgraph of a `.tflite` model with what the memory models need.
+
+    Attributes:
+        tensors: list of `Tensor`.
+        operators: list of `Operator` in execution order.
+        inputs: graph input tensor indices.
+        outputs: graph output tensor indices.
+        buffer_sizes: bytes of data held by each model buffer.
+        metadata: dict metadata name -> buffer index.
+        num_subgraphs: number of subgraphs in the model.
+        num_operator_codes: number of entries in the operator code table.
+        offline_offsets: per-tensor arena offsets from the `OfflineMemoryAllocation` metadata
+            (-1: planned online), or None when the model has no such metadata.
+    """
+
+    tensors: list
+    operators: list
+    inputs: list
+    outputs: list
+    buffer_sizes: list
+    metadata: dict
+    num_subgraphs: int
+    num_operator_codes: int
+    offline_offsets: list = None
+
+    def is_constant(self, tensor_index):
+        """True when the tensor's data lives in the flatbuffer (weights, biases, shapes)."""
+        t = self.tensors[tensor_index]
+        return 0 <= t.buffer < len(self.buffer_sizes) and self.buffer_sizes[t.buffer] > 0
+
+
+def read_tflite(tflite_bytes):
+    """Decode a `.tflite` model into a `TFLiteModel` (the memory view, first subgraph).
+
+    Args:
+        tflite_bytes: the model (bytes-like) or a path to a `.tflite` file.
+
+    Returns:
+        A `TFLiteModel`.
+
+    Raises:
+        ValueError: if the data is not a TFLite flatbuffer (identifier `TFL3`).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_dnas.export import to_tflite
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> m = read_tflite(to_tflite(model, np.random.rand(8, 4).astype("float32")))
+    >>> [op.name for op in m.operators], [t.nbytes for t in m.tensors if t.index in m.inputs]
+    (['FULLY_CONNECTED'], [4])
+    """
+    data = as_model_bytes(tflite_bytes)
+    sch = schema()
+    model = sch.Model.GetRootAs(data, 0)
+    type_names = _enum_names(sch.TensorType)
+    codes = _operator_codes(sch, model)
+    buffer_sizes = []
+    for i in range(model.BuffersLength()):
+        b = model.Buffers(i)
+        # Buffers stored outside the flatbuffer (> 2 GB models) give offset and size.
+        buffer_sizes.append(b.DataLength() or (int(b.Size()) if b.Offset() > 1 else 0))
+    metadata = {}
+    for i in range(model.MetadataLength()):
+        m = model.Metadata(i)
+        metadata[m.Name().decode("utf-8", errors="replace")] = int(m.Buffer())
+    offline = None
+    if "OfflineMemoryAllocation" in metadata:
+        # int32 words: [version, subgraph, number of tensors, offset per tensor ...]
+        raw = model.Buffers(metadata["OfflineMemoryAllocation"]).DataAsNumpy().tobytes()
+        words = struct.unpack("<%di" % (len(raw) // 4), raw)
+        offline = list(words[3 : 3 + words[2]])
+    sg = model.Subgraphs(0)
+    tensors = []
+    for i in range(sg.TensorsLength()):
+        t = sg.Tensors(i)
+        q = t.Quantization()
+        dtype = type_names.get(t.Type(), str(t.Type()))
+        tensors.append(
+            Tensor(
+                index=i,
+                name=t.Name().decode("utf-8", errors="replace"),
+                shape=_int_vector(t.ShapeLength(), t.ShapeAsNumpy),
+                type=int(t.Type()),
+                dtype=dtype,
+                itemsize=TYPE_BYTES.get(dtype) or 0,
+                buffer=int(t.Buffer()),
+                is_variable=bool(t.IsVariable()),
+                n_scales=q.ScaleLength() if q is not None else 0,
+                n_zero_points=q.ZeroPointLength() if q is not None else 0,
+            )
+        )
+    operators = []
+    for k in range(sg.OperatorsLength()):
+        op = sg.Operators(k)
+        code, name = codes[op.OpcodeIndex()]
+        operators.append(
+            Operator(
+                opcode=code,
+                name=name,
+                inputs=_int_vector(op.InputsLength(), op.InputsAsNumpy),
+                outputs=_int_vector(op.OutputsLength(), op.OutputsAsNumpy),
+                intermediates=_int_vector(op.IntermediatesLength(), op.IntermediatesAsNumpy),
+            )
+        )
+    return TFLiteModel(
+        tensors=tensors,
+        operators=operators,
+        inputs=_int_vector(sg.InputsLength(), sg.InputsAsNumpy),
+        outputs=_int_vector(sg.OutputsLength(), sg.OutputsAsNumpy),
+        buffer_sizes=buffer_sizes,
+        metadata=metadata,
+        num_subgraphs=int(model.SubgraphsLength()),
+        num_operator_codes=int(model.OperatorCodesLength()),
+        offline_offsets=offline,
     )

@@ -56,7 +56,7 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None):
     Args:
         model: a Functional or Sequential Keras model.
         target: a :class:`~keras_dnas.targets.HardwareTarget` or its name.
-        memory: ``"auto"`` builds the flash/RAM model (one int8 conversion);
+        memory: ``"auto"`` builds the flash/RAM model (two int8 conversions, cached per structure);
             ``None`` skips flash and RAM; or a ready memory model.
         print_fn: called with the table (e.g. ``print``); nothing is printed
             by default.

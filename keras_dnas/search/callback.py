@@ -161,7 +161,7 @@ class DNASCallback(keras.callbacks.Callback):
         if memory is None and self._needs_memory():
             from keras_dnas.costs import memory as memory_lib
 
-            memory = memory_lib.MemoryModel.from_model(model, plan)
+            memory = memory_lib.MemoryModel.from_model(model, plan, target=self.target)
         self.cost_model = cost_model.CostModel(plan, self.target, memory=memory)
         if self._budgets_arg is None:
             self.objectives = [Budget("flash", self.target.flash_bytes),

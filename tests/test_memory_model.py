@@ -1,0 +1,188 @@
+"""MemoryModel (conversion-anchored flash / arena model) against the converted frozen model.
+
+For every toy and the cheap zoo models: random masks are closed in the searchable model, the
+frozen model is converted to full int8 and measured in TFLite Micro (the `tflite_micro` host
+interpreter, 64-bit pointers), and every number of `MemoryModel`, `CostModel` and `kd.summary`
+is checked against that measurement. Each model costs three conversions (full width and probe
+for the memory model, the frozen model); they are shared by all tests of the module.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+
+import keras_dnas as kd
+from keras_dnas import targets
+from keras_dnas.costs import arena
+from keras_dnas.costs import model as cost_model
+from keras_dnas.export._flatbuffer import read_tflite
+from keras_dnas.costs.memory import MemoryModel
+from tests import toys
+
+ZOO = {"ds_cnn": kd.zoo.ds_cnn, "tcn": kd.zoo.tcn, "resnet8": kd.zoo.resnet8}
+BUILDERS = {**toys.TOYS, **ZOO}
+NAMES = list(BUILDERS)
+HOST = 8  # pointer bytes of the tflite_micro host interpreter
+
+
+def non_zero(model, seed=0):
+    """Every weight non-zero (the converter drops an all-zero bias), valid BN statistics."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        for w in layer.weights:
+            if w.name == kd.masks.ALPHA_NAME:
+                continue
+            if w.name in ("gamma", "moving_variance"):
+                value = rng.uniform(0.5, 1.5, w.shape)
+            else:
+                value = rng.normal(0.0, 0.3, w.shape)
+            w.assign(value.astype("float32"))
+
+
+@functools.lru_cache(maxsize=None)
+def case(name):
+    """Searchable model with random masks closed, its memory model and the measured frozen model."""
+    keras.utils.set_random_seed(0)
+    searchable = kd.prepare(BUILDERS[name]())
+    non_zero(searchable)
+    toys.close_random_masks(searchable, seed=1, keep=0.5)
+    memory = MemoryModel.from_model(searchable, pointer_bytes=HOST)
+    counts = cost_model.hard_counts(searchable, memory.plan)
+    frozen = kd.freeze(searchable)
+    rep = np.random.default_rng(0).normal(size=(8,) + tuple(frozen.inputs[0].shape[1:]))
+    tflite = kd.export.to_tflite(frozen, representative_data=rep.astype("float32"))
+    return dict(searchable=searchable, memory=memory, counts=counts, frozen=frozen,
+                tflite=tflite, measured=kd.export.measure(tflite))
+
+
+def flash_ok(predicted, actual):
+    return abs(predicted - actual) <= max(0.02 * actual, 200)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_masks_prune_something(name):
+    c = case(name)
+    full = [g.size for g in c["memory"].plan.groups]
+    assert c["counts"] != full and len(c["tflite"]) < len(c["memory"].full_bytes)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scaled_model_is_the_frozen_conversion(name):
+    """Every tensor of the rescaled decoded model has the shape and the number of
+    quantisation scales of the same tensor in the real conversion of the frozen model."""
+    c = case(name)
+    scaled = c["memory"].scaled_model(c["counts"])
+    real = read_tflite(c["tflite"])
+    assert [op.name for op in scaled.operators] == [op.name for op in real.operators]
+    got = sorted((t.name, tuple(t.shape), t.n_scales) for t in scaled.tensors)
+    want = sorted((t.name, tuple(t.shape), t.n_scales) for t in real.tensors)
+    assert got == want
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_head_equals_tflm(name):
+    c = case(name)
+    assert c["memory"].ram_parts(c["counts"])["head"] == c["measured"]["arena_head_bytes"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_host_tail_within_5_percent(name):
+    c = case(name)
+    tail = c["memory"].ram_parts(c["counts"])["tail"]
+    measured = c["measured"]["arena_tail_bytes"]
+    assert abs(tail - measured) <= 0.05 * measured, (tail, measured)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_flash_within_2_percent_or_200_bytes(name):
+    c = case(name)
+    assert flash_ok(c["memory"].flash(c["counts"]), len(c["tflite"]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cost_model_equals_exact_value_of_frozen_model(name):
+    """CostModel at the hard counts of the searchable model = the frozen model's exact values:
+    RAM is the planner / tail replay on the real frozen .tflite (both pointer sizes), params,
+    MACs and latency are those of the frozen model's own plan at full width."""
+    c = case(name)
+    plan = c["memory"].plan
+    for pointer in (4, 8):
+        memory = MemoryModel.from_model(c["searchable"], pointer_bytes=pointer)  # cached
+        cm = cost_model.CostModel(plan, "stm32h743", memory=memory)
+        got = cm.evaluate(c["counts"])
+        assert got["ram"] == arena.tflite_arena(c["tflite"], pointer_bytes=pointer)["total"]
+        assert flash_ok(got["flash"], len(c["tflite"]))
+    frozen_plan = kd.graph.analyze(c["frozen"])
+    frozen_cm = cost_model.CostModel(frozen_plan, "stm32h743")
+    want = frozen_cm.evaluate(frozen_cm.full_counts())
+    for metric in ("params", "macs", "latency_cycles", "latency_ms", "energy_uj"):
+        assert float(got[metric]) == pytest.approx(float(want[metric]), rel=1e-6), metric
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_soft_values_bound_and_match_exact(name):
+    """Soft RAM (liveness bound of the head + tail) is a lower bound of the exact RAM; its tail
+    part and the flash are exact at integer counts, also when evaluated on tensors."""
+    c = case(name)
+    memory, counts = c["memory"], c["counts"]
+    exact = memory.ram_parts(counts)
+    assert memory.tail(counts) == exact["tail"]
+    assert memory.head_bound(counts) <= exact["head"]
+    assert memory.ram(counts, exact=False) <= exact["total"]
+    as_tensors = [keras.ops.convert_to_tensor(float(n)) for n in counts]
+    assert float(memory.ram(as_tensors, exact=False)) == memory.ram(counts, exact=False)
+    assert float(memory.flash(as_tensors)) == memory.flash(counts)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_soft_costs_have_gradients_for_the_masks(name):
+    c = case(name)
+    model, memory = c["searchable"], c["memory"]
+    variables = kd.masks.mask_variables(model)
+    with tf.GradientTape(persistent=True) as tape:
+        counts = cost_model.soft_counts(model, memory.plan)
+        ram = memory.ram(counts, exact=False)
+        flash = memory.flash(counts)
+    # Forward values are the hard ones.
+    assert float(ram) == memory.ram(c["counts"], exact=False)
+    assert float(flash) == memory.flash(c["counts"])
+    ram_grads = tape.gradient(ram, variables)
+    flash_grads = tape.gradient(flash, variables)
+    # RAM is a peak: only the groups live at the peak get a gradient, at least one does.
+    assert any(g is not None and np.any(g.numpy() != 0) for g in ram_grads)
+    # Every searchable group has weights in flash.
+    assert all(g is not None and np.all(g.numpy() != 0) for g in flash_grads)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_summary_matches_measure(name):
+    c = case(name)
+    host = targets.get("stm32h743").replace(name="host64", pointer_bytes=HOST)
+    s = kd.summary(c["searchable"], host)
+    m = c["measured"]
+    for key in ("flash_bytes", "arena_bytes", "arena_head_bytes", "arena_tail_bytes",
+                "latency_ms", "macs", "params"):
+        assert key in s, key
+    assert s["arena_head_bytes"] == m["arena_head_bytes"]
+    assert abs(s["arena_tail_bytes"] - m["arena_tail_bytes"]) <= 0.05 * m["arena_tail_bytes"]
+    assert s["arena_bytes"] == s["arena_head_bytes"] + s["arena_tail_bytes"]
+    assert flash_ok(s["flash_bytes"], m["flash_bytes"])
+    # The frozen model reports the same compute costs (no conversion: memory=None).
+    f = kd.summary(c["frozen"], host, memory=None)
+    assert (s["macs"], s["params"]) == (f["macs"], f["params"])
+    assert s["latency_ms"] == pytest.approx(f["latency_ms"], rel=1e-9)
+    # On the default 32-bit target the head is the same, the tail is smaller (4-byte pointers).
+    s32 = kd.summary(c["searchable"], "stm32h743")
+    assert s32["arena_head_bytes"] == m["arena_head_bytes"]
+    assert s32["arena_tail_bytes"] < s["arena_tail_bytes"]
+
+
+def test_conversions_are_shared_across_pointer_sizes():
+    c = case("plain_cnn")
+    m4 = MemoryModel.from_model(c["searchable"], pointer_bytes=4)
+    assert m4 is MemoryModel.from_model(c["searchable"], target="stm32h743")
+    assert m4.full_bytes is c["memory"].full_bytes
