@@ -7,7 +7,7 @@ Example:
 >>> slim = kd.freeze(search)                   # plain Keras model, kept channels only
 """
 
-from keras_dnas import costs, datasets, export, graph, layers, masks, report, search, targets, zoo
+from keras_dnas import costs, datasets, export, graph, layers, masks, qat, report, search, targets, zoo
 from keras_dnas import freeze as freeze_lib
 from keras_dnas.convert import SearchableModel, prepare
 from keras_dnas.freeze import freeze, recalibrate_batchnorm
@@ -30,6 +30,7 @@ __all__ = [
     "layers",
     "masks",
     "prepare",
+    "qat",
     "recalibrate_batchnorm",
     "report",
     "search",

@@ -13,19 +13,24 @@ cross-check needs `ai_edge_litert`.
 """
 
 from keras_dnas.export.convert import to_tflite
+from keras_dnas.export.estimate import estimate, tflite_layers
 from keras_dnas.export.measure import MeasureResult, measure
 from keras_dnas.export.ops import TFLM_BUILTIN_OPS, op_names, tflm_problems
+from keras_dnas.export.qat import to_tflite_qat
 from keras_dnas.export.runtime import arena_usage, parse_allocations, run_litert, run_tflm
 
 __all__ = [
     "MeasureResult",
     "TFLM_BUILTIN_OPS",
     "arena_usage",
+    "estimate",
     "measure",
     "op_names",
     "parse_allocations",
     "run_litert",
     "run_tflm",
+    "tflite_layers",
     "tflm_problems",
     "to_tflite",
+    "to_tflite_qat",
 ]

@@ -1,0 +1,384 @@
+"""The `keras-dnas` command line: inspect a `.tflite` model, list hardware targets.
+
+Usage::
+
+    keras-dnas inspect model.tflite [--target stm32h743] [--json]
+    keras-dnas targets [--json]
+    python -m keras_dnas.cli ...            # the same without the console script
+
+`inspect` runs the model in TensorFlow Lite Micro to report the flash (flatbuffer bytes) and
+the tensor arena (head + tail, from TFLite Micro's recording allocator), lists the operators
+(counts per type, MACs) and the input / output quantisation. With `--target` every figure is
+compared with the target's flash and RAM, and an *estimated* latency is derived from the
+operators' tensor shapes with the target's latency model (`keras_dnas.export.estimate`).
+
+Exit status: 0 on success, 1 for a missing or invalid file, an unknown target or a model TFLite
+Micro cannot load, 2 for bad command-line usage.
+"""
+
+import argparse
+import collections
+import json
+import os
+import sys
+
+_PROG = "keras-dnas"
+
+# Where the latency coefficients of a latency model come from when the target's sources do
+# not say "measured" / "fitted" / "estimated".
+_MODEL_PROVENANCE = {"gap8_paper": "published formula (paper B)"}
+
+
+class _CLIError(Exception):
+    """An error reported as `keras-dnas: error: ...` with exit status 1."""
+
+
+def _mib(n):
+    return f"{n:,} B ({n / 1024:,.1f} KiB)"
+
+
+def coefficient_source(target):
+    """Where a target's latency coefficients come from: measured, estimated or a formula.
+
+    `"measured"` when the scale or any per-op coefficient was fitted to (or read off)
+    measurements, `"estimated"` when all of them are estimates, otherwise a description of
+    the latency model's origin.
+
+    Example:
+
+    >>> from keras_dnas import targets
+    >>> from keras_dnas.cli import coefficient_source
+    >>> coefficient_source(targets.get("stm32l4r5")), coefficient_source(targets.get("stm32h743"))
+    ('measured', 'estimated')
+    """
+    from keras_dnas.targets import COEFFICIENTS
+
+    keys = ["scale"] + [f"cycles.{k}" for k in COEFFICIENTS]
+    texts = [target.sources.get(k, "").strip().lower() for k in keys]
+    texts = [t for t in texts if t]
+    if any(t.startswith(("measured", "fitted")) for t in texts):
+        return "measured"
+    if target.latency_model in _MODEL_PROVENANCE:
+        return _MODEL_PROVENANCE[target.latency_model]
+    if texts and all(t.startswith("estimated") for t in texts):
+        return "estimated"
+    return "see target.sources"
+
+
+def _version():
+    from keras_dnas import __version__
+
+    return __version__
+
+
+def _target(name):
+    from keras_dnas import targets
+
+    try:
+        return targets.get(name)
+    except ValueError as e:
+        raise _CLIError(str(e)) from None
+
+
+# ------------------------------------------------------------------------------ inspect
+
+
+def _read_model(path):
+    from keras_dnas.export import _flatbuffer
+
+    if not os.path.exists(path):
+        raise _CLIError(f"No such file: '{path}'. Received: {path!r}")
+    if os.path.isdir(path):
+        raise _CLIError(f"Expected a .tflite file, not a directory. Received: {path!r}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise _CLIError(f"Cannot read '{path}': {e.strerror}. Received: {path!r}") from None
+    try:
+        return _flatbuffer.as_model_bytes(data)
+    except ValueError as e:
+        raise _CLIError(f"'{path}' is not a TFLite model: {e}") from None
+
+
+def inspect_model(path, target=None):
+    """Everything `keras-dnas inspect` reports, as a JSON-ready dict.
+
+    Args:
+        path: Path to a `.tflite` file.
+        target: Optional target name or `HardwareTarget`.
+
+    Returns:
+        A dict with `file`, `flash_bytes`, `arena_bytes`, `arena_head_bytes`,
+        `arena_tail_bytes`, `quantization`, `inputs`, `outputs`, `ops` (operator type ->
+        count, in order of first use), `operators` (per operator: index, name, MACs), `macs`,
+        and with a target a `target` dict (name, core, clock, flash / RAM sizes, `fits_flash`,
+        `fits_ram`, percentages, `latency_ms` / `latency_cycles` with `latency_estimated=True`).
+
+    Raises:
+        ValueError: For a missing or invalid file, an unknown target or a model TensorFlow
+            Lite Micro cannot load.
+
+    Example:
+
+    >>> import keras, numpy as np, os, tempfile
+    >>> from keras_dnas.export import to_tflite
+    >>> from keras_dnas.cli import inspect_model
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.tflite")
+    >>> _ = open(path, "wb").write(to_tflite(model, np.random.rand(16, 8).astype("float32")))
+    >>> r = inspect_model(path, target="stm32h743")
+    >>> r["flash_bytes"] == os.path.getsize(path), r["ops"], r["target"]["fits_ram"]
+    (True, {'FULLY_CONNECTED': 1}, True)
+    """
+    try:
+        return _inspect(path, target)
+    except _CLIError as e:
+        raise ValueError(str(e)) from None
+
+
+def _inspect(path, target_name):
+    from keras_dnas.costs import compute
+    from keras_dnas.export import measure
+    from keras_dnas.export.estimate import estimate, tflite_layers
+
+    target = _target(target_name) if target_name is not None else None
+    data = _read_model(path)
+    try:
+        measured = measure(data)
+    except ValueError as e:
+        raise _CLIError(f"TensorFlow Lite Micro cannot load '{path}': {e}") from None
+    layers = tflite_layers(data)
+    if target is not None:
+        est = estimate(data, target)
+        per_op = {row["index"]: row for row in est["layers"]}
+    else:
+        est, per_op = None, {}
+    operators = []
+    for layer in layers:
+        macs = 0
+        if layer["op"] is not None:
+            macs = int(compute.macs(layer["op"], layer["geometry"], layer["cin"], layer["cout"]))
+        row = {"index": layer["index"], "name": layer["name"], "op": layer["op"], "macs": macs}
+        if layer["index"] in per_op:
+            row["cycles"] = per_op[layer["index"]]["cycles"]
+        operators.append(row)
+    report = {
+        "file": os.path.abspath(path),
+        "flash_bytes": measured.flash_bytes,
+        "arena_bytes": measured.arena_bytes,
+        "arena_head_bytes": measured.arena_head_bytes,
+        "arena_tail_bytes": measured.arena_tail_bytes,
+        "quantization": measured.quantization,
+        "inputs": measured.inputs,
+        "outputs": measured.outputs,
+        "ops": dict(collections.Counter(measured.ops)),
+        "operators": operators,
+        "macs": sum(r["macs"] for r in operators),
+    }
+    if target is not None:
+        report["target"] = {
+            "name": target.name,
+            "core": target.core,
+            "clock_mhz": target.clock_mhz,
+            "flash_bytes": target.flash_bytes,
+            "ram_bytes": target.ram_bytes,
+            "fits_flash": measured.flash_bytes <= target.flash_bytes,
+            "fits_ram": measured.arena_bytes <= target.ram_bytes,
+            "flash_percent": 100.0 * measured.flash_bytes / target.flash_bytes,
+            "ram_percent": 100.0 * measured.arena_bytes / target.ram_bytes,
+            "latency_ms": est["latency_ms"],
+            "latency_cycles": est["cycles"],
+            "latency_estimated": True,
+            "latency_model": target.latency_model,
+            "latency_coefficients": coefficient_source(target),
+            "latency_unmodelled_ops": est["unmodelled"],
+        }
+    return report
+
+
+def _tensor_line(kind, t):
+    shape = "x".join(str(d) for d in t["shape"])
+    if t["scale"] is not None:
+        quant = f"scale={t['scale']:.6g} zero_point={t['zero_point']}"
+    else:
+        quant = "not quantised" if t["dtype"].startswith("float") else "no per-tensor scale"
+    return f"  {kind:<7}{t['name']}  {t['dtype']}[{shape}]  {quant}"
+
+
+def _format_inspect(r):
+    lines = [
+        f"{r['file']}",
+        f"  flash   {_mib(r['flash_bytes'])}  (flatbuffer size)",
+        f"  arena   {_mib(r['arena_bytes'])}  = head {r['arena_head_bytes']:,} B (activations, "
+        f"scratch) + tail {r['arena_tail_bytes']:,} B (persistent), TFLite Micro",
+        f"  type    {r['quantization']}",
+        f"  MACs    {r['macs']:,}",
+    ]
+    lines += [_tensor_line("input", t) for t in r["inputs"]]
+    lines += [_tensor_line("output", t) for t in r["outputs"]]
+    has_cycles = "target" in r
+    by_type = collections.OrderedDict()
+    for row in r["operators"]:
+        entry = by_type.setdefault(row["name"], {"count": 0, "macs": 0, "cycles": 0.0})
+        entry["count"] += 1
+        entry["macs"] += row["macs"]
+        entry["cycles"] += row.get("cycles", 0.0)
+    lines.append("")
+    head = ["operator", "count", "MACs"] + (["est. cycles"] if has_cycles else [])
+    body = [[name, str(e["count"]), f"{e['macs']:,}"]
+            + ([f"{e['cycles']:,.0f}"] if has_cycles else []) for name, e in by_type.items()]
+    total = ["total", str(len(r["operators"])), f"{r['macs']:,}"]
+    if has_cycles:
+        total.append(f"{r['target']['latency_cycles']:,.0f}")
+    widths = [max(len(row[i]) for row in [head, total] + body) for i in range(len(head))]
+
+    def fmt(row):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        return "  " + "  ".join(cells)
+
+    lines += [fmt(head), "  " + "  ".join("-" * w for w in widths)]
+    lines += [fmt(row) for row in body] + [fmt(total)]
+    if has_cycles:
+        t = r["target"]
+        verdict = {True: "fits", False: "DOES NOT FIT"}
+        lines += [
+            "",
+            f"Target {t['name']} ({t['core']}, {t['clock_mhz']:g} MHz)",
+            f"  flash    {r['flash_bytes']:>12,} B of {t['flash_bytes']:>12,} B  "
+            f"{t['flash_percent']:6.1f} %  {verdict[t['fits_flash']]}",
+            f"  RAM      {r['arena_bytes']:>12,} B of {t['ram_bytes']:>12,} B  "
+            f"{t['ram_percent']:6.1f} %  {verdict[t['fits_ram']]}  (tensor arena)",
+            f"  latency  {t['latency_ms']:.3f} ms ({t['latency_cycles']:,.0f} cycles), estimated "
+            f"from tensor shapes with the {t['latency_model']} model "
+            f"(coefficients: {t['latency_coefficients']})",
+        ]
+        if r["quantization"] != "int8":
+            lines.append("           (the latency model describes int8 kernels; this model is "
+                         f"{r['quantization']})")
+        if t["latency_unmodelled_ops"]:
+            lines.append(f"           not costed: {', '.join(t['latency_unmodelled_ops'])}")
+    return "\n".join(lines)
+
+
+def _cmd_inspect(args):
+    report = _inspect(args.model, args.target)
+    print(json.dumps(report, indent=2) if args.json else _format_inspect(report))
+    return 0
+
+
+# ------------------------------------------------------------------------------ targets
+
+
+def targets_table():
+    """One JSON-ready dict per registered target (what `keras-dnas targets` lists).
+
+    Example:
+
+    >>> from keras_dnas.cli import targets_table
+    >>> row = [r for r in targets_table() if r["name"] == "stm32h743"][0]
+    >>> row["core"], row["clock_mhz"], row["latency_model"], row["coefficients"]
+    ('Cortex-M7', 480.0, 'cmsis_nn', 'estimated')
+    """
+    from keras_dnas import targets
+
+    builtin = set(targets.builtin_names())
+    return [
+        {
+            "name": t.name,
+            "core": t.core,
+            "clock_mhz": t.clock_mhz,
+            "flash_bytes": t.flash_bytes,
+            "ram_bytes": t.ram_bytes,
+            "latency_model": t.latency_model,
+            "coefficients": coefficient_source(t),
+            "builtin": t.name in builtin,
+            "description": t.description,
+        }
+        for t in targets.list_targets()
+    ]
+
+
+def _format_targets(rows):
+    head = ["name", "core", "clock", "flash", "RAM (arena)", "latency model", "coefficients"]
+    body = [
+        [r["name"], r["core"], f"{r['clock_mhz']:g} MHz", f"{r['flash_bytes'] // 1024:,} KiB",
+         f"{r['ram_bytes'] // 1024:,} KiB", r["latency_model"], r["coefficients"]]
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in [head, ["-" * w for w in widths]] + body]
+    return "\n".join(lines)
+
+
+def _cmd_targets(args):
+    rows = targets_table()
+    print(json.dumps(rows, indent=2) if args.json else _format_targets(rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="keras_dnas: inspect int8 TFLite models for microcontrollers and list the "
+        "built-in hardware targets.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub.required = True
+    p = sub.add_parser(
+        "inspect",
+        help="flash, TFLite Micro arena, operators and quantisation of a .tflite model",
+        description="Measure a .tflite model in TensorFlow Lite Micro: flash (flatbuffer size), "
+        "tensor arena (head + tail), operators, MACs, input / output quantisation; with "
+        "--target, compare with the target's flash and RAM and estimate the latency.",
+    )
+    p.add_argument("model", help="path to a .tflite file")
+    p.add_argument("--target", "-t", help="hardware target name (see `keras-dnas targets`)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_inspect)
+    p = sub.add_parser(
+        "targets",
+        help="list the hardware targets",
+        description="List the registered hardware targets: core, clock, flash, RAM for the "
+        "tensor arena, latency model and where its coefficients come from.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_targets)
+    return parser
+
+
+def main(argv=None):
+    """Run the `keras-dnas` command line.
+
+    Args:
+        argv: The arguments without the program name (default: `sys.argv[1:]`).
+
+    Returns:
+        The exit status: 0 on success, 1 for an error (printed to stderr as
+        `keras-dnas: error: ...`), 2 for bad usage (argparse).
+
+    Example:
+
+    >>> from keras_dnas.cli import main
+    >>> main(["targets"])  # doctest: +ELLIPSIS
+    name ...
+    0
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except _CLIError as e:
+        print(f"{_PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `keras-dnas targets | head -1`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""MACs and an estimated latency of a `.tflite` model, from its operators and tensor shapes.
+
+The operators of the main subgraph are turned into the layer records of the cost functions
+(`op`, `geometry`, `cin`, `cout` as in the ChannelPlan format), so `keras_dnas.costs` can
+estimate a model that exists only as a `.tflite` file. No TensorFlow is needed.
+"""
+
+import math
+
+from keras_dnas.export import _flatbuffer
+
+# TFLite builtin -> cost-function op (ChannelPlan vocabulary) for element-wise and data ops.
+_ELEMENTWISE = {
+    "ADD": "add",
+    "SUB": "subtract",
+    "MUL": "multiply",
+    "MAXIMUM": "maximum",
+    "MINIMUM": "minimum",
+    "SQUARED_DIFFERENCE": "subtract",
+}
+_KERNEL_ONLY = {
+    "CONCATENATION": "concat",
+    "PAD": "pad",
+    "PADV2": "pad",
+    "MIRROR_PAD": "pad",
+    "RESHAPE": "reshape",
+    "SQUEEZE": "reshape",
+    "EXPAND_DIMS": "reshape",
+}
+_POOLS = {"AVERAGE_POOL_2D": "pool", "MAX_POOL_2D": "pool", "L2_POOL_2D": "pool"}
+_REDUCTIONS = {"MEAN": "global_pool", "REDUCE_MAX": "global_pool", "SUM": "global_pool"}
+
+
+def _spatial(shape):
+    """(positions, channels) of an activation shape with the batch first."""
+    dims = [max(int(d), 1) for d in shape]
+    if len(dims) <= 1:
+        return 1, dims[-1] if dims else 1
+    return math.prod(dims[1:-1]), dims[-1]
+
+
+def _geometry(inp, out, kernel=(), use_bias=False, depth_multiplier=1):
+    in_pos, cin = _spatial(inp.shape)
+    out_pos, cout = _spatial(out.shape)
+    return {
+        "kernel_size": list(kernel),
+        "taps": math.prod(kernel) if kernel else 1,
+        "use_bias": use_bias,
+        "depth_multiplier": depth_multiplier,
+        "input_shapes": [[int(d) for d in inp.shape[1:]]],
+        "output_shape": [int(d) for d in out.shape[1:]],
+        "in_positions": in_pos,
+        "out_positions": out_pos,
+        "in_channels": cin,
+        "out_channels": cout,
+    }
+
+
+def _record(op, info):
+    """The cost-function layer record of one TFLite operator, or None (no cost rule)."""
+    tensors = info.tensors
+    ins = [tensors[i] for i in op.inputs if 0 <= i < len(tensors)]
+    outs = [tensors[i] for i in op.outputs if 0 <= i < len(tensors)]
+    if not ins or not outs:
+        return None
+    x, y = ins[0], outs[0]
+    has_bias = len(ins) > 2
+    if op.name == "CONV_2D" and len(ins) >= 2:  # filter (Cout, kh, kw, Cin)
+        cout, kh, kw, cin = (int(d) for d in ins[1].shape)
+        geometry = _geometry(x, y, (kh, kw), has_bias)
+        return {"op": "conv", "geometry": geometry, "cin": cin, "cout": cout}
+    if op.name == "DEPTHWISE_CONV_2D" and len(ins) >= 2:  # filter (1, kh, kw, C * dm)
+        _, kh, kw, channels_out = (int(d) for d in ins[1].shape)
+        cin = _spatial(x.shape)[1]
+        dm = max(channels_out // max(cin, 1), 1)
+        geometry = _geometry(x, y, (kh, kw), has_bias, dm)
+        return {"op": "depthwise", "geometry": geometry, "cin": cin, "cout": cin * dm}
+    if op.name == "FULLY_CONNECTED" and len(ins) >= 2:  # weights (Cout, Cin)
+        cout, cin = (int(d) for d in ins[1].shape[-2:])
+        geometry = _geometry(x, y, (), has_bias)
+        rows = math.prod(max(int(d), 1) for d in y.shape[:-1])  # batch 1: rows per invoke
+        geometry["out_positions"] = geometry["in_positions"] = rows
+        return {"op": "dense", "geometry": geometry, "cin": cin, "cout": cout}
+    if op.name in _ELEMENTWISE:
+        geometry = _geometry(y, y)
+        c = geometry["out_channels"]
+        return {"op": _ELEMENTWISE[op.name], "geometry": geometry, "cin": c, "cout": c}
+    if op.name in _POOLS or op.name in _REDUCTIONS:
+        kind = _POOLS.get(op.name) or _REDUCTIONS[op.name]
+        geometry = _geometry(x, y)
+        c = geometry["in_channels"]
+        return {"op": kind, "geometry": geometry, "cin": c, "cout": c}
+    if op.name in _KERNEL_ONLY:
+        geometry = _geometry(x, y)
+        return {"op": _KERNEL_ONLY[op.name], "geometry": geometry,
+                "cin": geometry["in_channels"], "cout": geometry["out_channels"]}
+    return None
+
+
+def tflite_layers(tflite_bytes):
+    """Layer records (ChannelPlan ops and geometry) of the operators of a `.tflite` model.
+
+    Args:
+        tflite_bytes: The model as `bytes` or a path to a `.tflite` file.
+
+    Returns:
+        One dict per operator of the main subgraph, in execution order: `index`, `name` (the
+        TFLite operator, e.g. `"CONV_2D"`), and for operators with a cost rule `op`
+        (`"conv"`, `"depthwise"`, `"dense"`, `"add"`, `"pool"`, ...), `geometry`, `cin` and
+        `cout`; operators without one (softmax, activations, quantize ...) have `op=None`.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_dnas.export import to_tflite
+    >>> from keras_dnas.export.estimate import tflite_layers
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+    ...                           keras.layers.Flatten(), keras.layers.Dense(2)])
+    >>> rows = tflite_layers(to_tflite(model, np.random.rand(8, 8, 8, 1).astype("float32")))
+    >>> [(r["name"], r["op"], r["cin"], r["cout"]) for r in rows][::2]
+    [('CONV_2D', 'conv', 1, 4), ('FULLY_CONNECTED', 'dense', 144, 2)]
+    """
+    info = _flatbuffer.read_model(tflite_bytes)
+    rows = []
+    for op in info.main_ops:
+        record = _record(op, info) or {"op": None, "geometry": None, "cin": None, "cout": None}
+        rows.append({"index": op.index, "name": op.name, **record})
+    return rows
+
+
+def estimate(tflite_bytes, target):
+    """MACs and estimated cycles / latency of a `.tflite` model on a hardware target.
+
+    Each operator becomes a layer record (`tflite_layers`) and is costed with the target's
+    latency model (`keras_dnas.costs.latency`). It is an estimate: the per-op coefficients are
+    the target's (see `target.sources` for which are measured), and operators without a cost
+    rule (softmax, standalone activations, quantize ...) count as zero cycles.
+
+    Args:
+        tflite_bytes: The model as `bytes` or a path to a `.tflite` file.
+        target: A `keras_dnas.targets.HardwareTarget` or a registered target name.
+
+    Returns:
+        A dict: `macs`, `cycles`, `latency_ms`, `latency_model`, `layers` (per operator:
+        `index`, `name`, `op`, `macs`, `cycles`) and `unmodelled` (sorted names of the operators
+        that were counted as zero cycles).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_dnas.export import to_tflite
+    >>> from keras_dnas.export.estimate import estimate
+    >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8)])
+    >>> e = estimate(to_tflite(model, np.random.rand(8, 16).astype("float32")), "stm32h743")
+    >>> e["macs"], e["latency_ms"] > 0
+    (128, True)
+    """
+    from keras_dnas import targets
+    from keras_dnas.costs import compute, latency
+
+    target = targets.get(target)
+    rows, unmodelled = [], set()
+    total_macs, total_cycles = 0, 0.0
+    for layer in tflite_layers(tflite_bytes):
+        macs, cycles = 0, 0.0
+        if layer["op"] is None:
+            unmodelled.add(layer["name"])
+        else:
+            args = (layer["op"], layer["geometry"], layer["cin"], layer["cout"])
+            macs = int(compute.macs(*args))
+            cycles = float(latency.layer_cycles(*args, target))
+        total_macs += macs
+        total_cycles += cycles
+        rows.append({"index": layer["index"], "name": layer["name"], "op": layer["op"],
+                     "macs": macs, "cycles": cycles})
+    return {
+        "macs": total_macs,
+        "cycles": total_cycles,
+        "latency_ms": float(latency.cycles_to_ms(total_cycles, target)),
+        "latency_model": target.latency_model,
+        "layers": rows,
+        "unmodelled": sorted(unmodelled),
+    }
