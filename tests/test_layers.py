@@ -122,3 +122,93 @@ def test_masked_models_train_and_freeze_under_jax():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "JAX OK" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Gate folding: gates multiplied into kernels / biases / BN scale must compute what gating the
+# activations computes (the unfolded path is what runs inside a stateless scope).
+
+FOLD_TOYS = ["plain_cnn", "residual", "depthwise_separable", "concat_branch", "flatten_dense",
+             "conv1d", "sequential_mlp"]
+
+
+def _unfolded(monkeypatch):
+    from keras_dnas.layers import masked
+
+    monkeypatch.setattr(masked, "_in_stateless_scope", lambda: True)
+
+
+def _graded_masks(search, seed):
+    rng = np.random.default_rng(seed)
+    for v in kd.masks.mask_variables(search):  # about half closed, open values not all 1
+        v.assign(np.where(rng.random(v.shape) < 0.5, rng.uniform(0.6, 1.4, v.shape), 0.2))
+
+
+@pytest.mark.parametrize("name", FOLD_TOYS)
+def test_folded_gates_equal_activation_gates(name, monkeypatch):
+    import tensorflow as tf
+    from tests import toys
+
+    keras.utils.set_random_seed(0)
+    model = toys.randomize_bn(getattr(toys, name)())
+    search = kd.prepare(model)
+    _graded_masks(search, 1)
+    x = tf.constant(toys.sample(search, n=8))
+    variables = search.trainable_variables
+    for training in (True, False):
+        results = []
+        for unfolded in (False, True):
+            stats = [v.numpy() for v in search.non_trainable_variables]
+            with monkeypatch.context() as m:
+                if unfolded:
+                    _unfolded(m)
+                with tf.GradientTape() as tape:
+                    out = search(x, training=training)
+                    loss = tf.reduce_sum(tf.square(out - 0.3))
+                grads = tape.gradient(loss, variables)
+            results.append((out.numpy(), grads,
+                            [v.numpy() for v in search.non_trainable_variables]))
+            for v, value in zip(search.non_trainable_variables, stats):
+                v.assign(value)
+        (out_f, g_f, s_f), (out_u, g_u, s_u) = results
+        np.testing.assert_array_equal(out_f, out_u)
+        for v, a, b in zip(variables, g_f, g_u):
+            assert (a is None) == (b is None), v.path
+            if a is None:
+                continue
+            if v.name == kd.masks.ALPHA_NAME:  # same sum, another order
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=v.path)
+        for a, b in zip(s_f, s_u):
+            np.testing.assert_array_equal(a, b)
+        if training and any(isinstance(layer, keras.layers.BatchNormalization)
+                             for layer in search.layers):
+            assert any(not np.array_equal(a, b) for a, b in zip(s_f, stats)), \
+                "BN moving statistics were not updated"
+
+
+def test_folded_gates_train_like_activation_gates_in_fit(monkeypatch):
+    """Compiled ``fit`` (graph mode): same weights, masks and BN statistics either way."""
+    from tests import toys
+
+    def train(unfolded):
+        keras.utils.set_random_seed(0)
+        search = kd.prepare(toys.randomize_bn(toys.residual()))
+        _graded_masks(search, 2)
+        x = toys.sample(search, n=32)
+        y = np.random.default_rng(0).integers(0, 3, 32)
+        search.compile("adam", "sparse_categorical_crossentropy")
+        with monkeypatch.context() as m:
+            if unfolded:
+                _unfolded(m)
+            search.fit(x, y, epochs=2, batch_size=8, verbose=0, shuffle=False)
+        return search
+
+    folded, unfolded = train(False), train(True)
+    before = kd.prepare(toys.randomize_bn(toys.residual()))
+    moved = 0
+    for a, b, c in zip(folded.variables, unfolded.variables, before.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+        moved += not np.allclose(a.numpy(), c.numpy())
+    assert moved > len(folded.trainable_variables) // 2  # training did change the weights

@@ -16,12 +16,35 @@ Which gate a layer uses is decided by graph analysis (:func:`keras_dnas.graph.bi
 which ties every layer of a channel group to one leader's variable. An unbound
 defining layer uses its own mask; an unbound following layer behaves exactly
 like its parent.
+
+Performance: where it is exact, a gate is multiplied into the layer's small
+per-channel parameters instead of its large activations ("folding"): the
+input gate into the kernel rows, the output gate into the kernel columns and
+the bias (or BN's ``gamma`` and ``beta``, or the depthwise kernel). The
+parent's own ``call`` runs on the folded values through a
+``keras.StatelessScope`` (the variables themselves are untouched; updates the
+call makes, such as BN's moving statistics, are applied afterwards). With 0/1
+gates the forward pass and the gradients of inputs and weights are bitwise the
+same either way (every product the activation-side multiply would zero is a
+zero term either way; the others are unchanged), and the mask gradient is the
+same sum in another order (over parameters instead of batch positions, so it
+can differ in the last float bits). An output gate is folded only when the
+layer's activation is linear: ``relu(z * b)`` has no gradient in ``b`` for a
+closed channel, ``relu(z) * b`` has, and the search needs it to reopen
+channels. Inside an outer stateless scope (symbolic build, the JAX trainer) or
+for LoRA / quantized / grouped layers the gates multiply the activations.
 """
 
 import keras
 from keras import ops
 
 from keras_dnas import masks
+
+try:  # not exported by Keras; without it, never fold (always correct)
+    from keras.src.backend.common.stateless_scope import in_stateless_scope as _in_stateless_scope
+except ImportError:  # pragma: no cover
+    def _in_stateless_scope():
+        return True
 
 _PACKAGE = "keras_dnas"
 
@@ -54,6 +77,42 @@ def _view_gate(segments, repeat):
     return masks.view_mask(parts, repeat)
 
 
+def _is_linear(activation):
+    return activation is None or activation is keras.activations.linear
+
+
+def _static_len(gate):
+    shape = tuple(gate.shape)
+    return shape[0] if len(shape) == 1 else None
+
+
+def _folded(variable, gate, axis):
+    """``variable`` times ``gate`` along ``axis`` (-1 or -2) of the variable."""
+    g = ops.cast(gate, variable.dtype)
+    if axis == -2:
+        g = ops.expand_dims(g, -1)
+    return ops.multiply(variable, g)
+
+
+def _call_substituted(layer, call, substitutions):
+    """``call()`` with each ``(variable, value)`` read as ``value``.
+
+    Keeps the layer's own state updates (BN moving statistics): the scope
+    records them and they are assigned after the call, in the same order.
+    """
+    if not substitutions:
+        return call()
+    with keras.StatelessScope(substitutions, initialize_variables=False) as scope:
+        outputs = call()
+    replaced = {id(v) for v, _ in substitutions}
+    for variable in layer.variables:
+        if id(variable) not in replaced:
+            value = scope.get_current_value(variable)
+            if value is not None:
+                variable.assign(value)
+    return outputs
+
+
 class _GateMixin:
     """Common plumbing: the link, and applying a gate on the last axis."""
 
@@ -83,9 +142,43 @@ class _GateMixin:
             return x
         return x * ops.cast(g, x.dtype)
 
+    def _dnas_fold_plan(self, gin, gout, inputs):
+        """``(substitutions, gin_folded, gout_folded)``; subclasses say what folds."""
+        return [], False, False
+
+    def _dnas_gated_call(self, call, inputs, **kwargs):
+        """Parent ``call`` with the input and output gates, folded where exact."""
+        gin, gout = self._dnas_in_gate(), self._dnas_out_gate()
+        subs, fin, fout = [], False, False
+        if (gin is not None or gout is not None) and not _in_stateless_scope():
+            subs, fin, fout = self._dnas_fold_plan(gin, gout, inputs)
+        if not fin:
+            inputs = self._dnas_apply(inputs, gin)
+        outputs = _call_substituted(self, lambda: call(inputs, **kwargs), subs)
+        return outputs if fout else self._dnas_apply(outputs, gout)
+
 
 class _DefiningMixin(_GateMixin):
     _dnas_role = "defining"
+
+    def _dnas_fold_plan(self, gin, gout, inputs):
+        # Kernel (..., in, out): the input gate scales rows, the output gate
+        # columns and the bias. Not for LoRA, quantized or grouped layers.
+        kernel = self.__dict__.get("_kernel")
+        if (not isinstance(kernel, keras.Variable) or getattr(self, "lora_enabled", False)
+                or getattr(self, "quantization_mode", None) is not None
+                or getattr(self, "groups", 1) != 1 or len(kernel.shape) < 2):
+            return [], False, False
+        fin = gin is not None and _static_len(gin) == kernel.shape[-2]
+        fout = (gout is not None and _is_linear(self.activation)
+                and _static_len(gout) == kernel.shape[-1])
+        if not (fin or fout):
+            return [], False, False
+        value = _folded(kernel, gin, -2) if fin else kernel
+        subs = [(kernel, _folded(value, gout, -1) if fout else value)]
+        if fout and self.use_bias:
+            subs.append((self.bias, _folded(self.bias, gout, -1)))
+        return subs, fin, fout
 
     @property
     def dnas_channels(self):
@@ -121,6 +214,20 @@ class _FollowingMixin(_GateMixin):
     _dnas_role = "following"
 
 
+class _DepthwiseFoldMixin(_FollowingMixin):
+    def _dnas_fold_plan(self, gin, gout, inputs):
+        # Kernel (..., channels, depth_multiplier=1): the gate scales axis -2.
+        kernel = self.__dict__.get("kernel")
+        if (gout is None or not isinstance(kernel, keras.Variable)
+                or not _is_linear(self.activation) or kernel.shape[-1] != 1
+                or _static_len(gout) != kernel.shape[-2]):
+            return [], False, False
+        subs = [(kernel, _folded(kernel, gout, -2))]
+        if self.use_bias:
+            subs.append((self.bias, _folded(self.bias, gout, -1)))
+        return subs, False, True
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MaskedConv1D(_DefiningMixin, keras.layers.Conv1D):
     """``keras.layers.Conv1D`` with a searchable mask over its output channels.
@@ -137,8 +244,7 @@ class MaskedConv1D(_DefiningMixin, keras.layers.Conv1D):
     """
 
     def call(self, inputs):
-        inputs = self._dnas_apply(inputs, self._dnas_in_gate())
-        return self._dnas_apply(super().call(inputs), self._dnas_out_gate())
+        return self._dnas_gated_call(super().call, inputs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -157,8 +263,7 @@ class MaskedConv2D(_DefiningMixin, keras.layers.Conv2D):
     """
 
     def call(self, inputs):
-        inputs = self._dnas_apply(inputs, self._dnas_in_gate())
-        return self._dnas_apply(super().call(inputs), self._dnas_out_gate())
+        return self._dnas_gated_call(super().call, inputs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -176,12 +281,11 @@ class MaskedDense(_DefiningMixin, keras.layers.Dense):
     """
 
     def call(self, inputs, training=None):
-        inputs = self._dnas_apply(inputs, self._dnas_in_gate())
-        return self._dnas_apply(super().call(inputs, training=training), self._dnas_out_gate())
+        return self._dnas_gated_call(super().call, inputs, training=training)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class MaskedDepthwiseConv2D(_FollowingMixin, keras.layers.DepthwiseConv2D):
+class MaskedDepthwiseConv2D(_DepthwiseFoldMixin, keras.layers.DepthwiseConv2D):
     """``keras.layers.DepthwiseConv2D`` that re-masks its output (bias included).
 
     Same constructor as ``keras.layers.DepthwiseConv2D``; channels follow the
@@ -196,11 +300,11 @@ class MaskedDepthwiseConv2D(_FollowingMixin, keras.layers.DepthwiseConv2D):
     """
 
     def call(self, inputs):
-        return self._dnas_apply(super().call(inputs), self._dnas_out_gate())
+        return self._dnas_gated_call(super().call, inputs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class MaskedDepthwiseConv1D(_FollowingMixin, keras.layers.DepthwiseConv1D):
+class MaskedDepthwiseConv1D(_DepthwiseFoldMixin, keras.layers.DepthwiseConv1D):
     """``keras.layers.DepthwiseConv1D`` that re-masks its output (bias included).
 
     Example:
@@ -212,7 +316,7 @@ class MaskedDepthwiseConv1D(_FollowingMixin, keras.layers.DepthwiseConv1D):
     """
 
     def call(self, inputs):
-        return self._dnas_apply(super().call(inputs), self._dnas_out_gate())
+        return self._dnas_gated_call(super().call, inputs)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -231,9 +335,22 @@ class MaskedBatchNormalization(_FollowingMixin, keras.layers.BatchNormalization)
     (None, 8, 8, 4)
     """
 
+    def _dnas_fold_plan(self, gin, gout, inputs):
+        # y = x * (gamma * rsqrt(var + eps)) + (beta - mean * gamma * rsqrt(var + eps)):
+        # with gamma * b and beta * b a closed channel is exactly 0, an open one unchanged.
+        gamma = self.__dict__.get("gamma")
+        if (gout is None or not self.scale or self.renorm
+                or not isinstance(gamma, keras.Variable)
+                or self.axis not in (-1, len(inputs.shape) - 1)
+                or _static_len(gout) != gamma.shape[0]):
+            return [], False, False
+        subs = [(gamma, _folded(gamma, gout, -1))]
+        if self.center:
+            subs.append((self.beta, _folded(self.beta, gout, -1)))
+        return subs, False, True
+
     def call(self, inputs, training=None, mask=None):
-        out = super().call(inputs, training=training, mask=mask)
-        return self._dnas_apply(out, self._dnas_out_gate())
+        return self._dnas_gated_call(super().call, inputs, training=training, mask=mask)
 
 
 MASKED_CLASSES = (
