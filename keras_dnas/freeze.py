@@ -1,5 +1,7 @@
 """freeze(): rebuild a plain Keras model with the kept channels and sliced weights."""
 
+import warnings
+
 import numpy as np
 
 import keras
@@ -64,7 +66,8 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     Greedy: at each step, among searchable groups with more than one kept
     channel, close the channel with the smallest ``|alpha|`` in the group
     where ``|alpha| / (violation removed)`` is smallest, i.e. the least
-    important channel per unit of budget saved. Peak RAM is a maximum over
+    important channel per unit of budget saved. Groups of two channels are
+    cut to one only when no wider group is left to cut. Peak RAM is a maximum over
     time, so a single channel often leaves it unchanged: such ties are
     broken by a measure that always shrinks (total planned buffer bytes for
     RAM, the metric itself otherwise).
@@ -113,7 +116,10 @@ def project(model, cost_model, budgets, plan=None, keep=None):
             trial[g][c] = False
             t_costs, t_mass = evaluate(trial)
             saved = violation(costs) - violation(t_costs)
-            rank = (0 if saved > 0 else 1,
+            # soft floor of two channels: a group goes down to one only if nothing else
+            # can meet the budgets (one-channel layers rarely help, and the TF converter
+            # cannot lower a one-channel Conv1D residual add)
+            rank = (1 if keep[g].sum() <= 2 else 0, 0 if saved > 0 else 1,
                     (th[c] + 1e-9) / (saved if saved > 0 else
                                       max(shrink(mass, t_mass, failing), 1e-12)))
             if best is None or rank < best[0]:
@@ -128,12 +134,116 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     return keep, removed, costs
 
 
+def grow(model, cost_model, budgets, plan=None, keep=None):
+    """Reopen closed channels while every budget still holds (exact costs).
+
+    A search stops closing channels once the budgets hold, but its penalty
+    usually overshoots and leaves budget unused; this spends it, in three
+    steps, each the largest that keeps every budget: a uniform floor (every
+    group keeps at least a fraction ``f`` of its channels, which lifts groups
+    the search starved), then the allocation scaled up by a common factor,
+    then single channels, each time the one that costs least (summed
+    relative increase of the budgeted metrics). Inside a group,
+    closed channels reopen in order of decreasing ``|alpha|``. Only budgets
+    limit the growth, so pass every limit that matters.
+
+    Returns:
+        ``(keep, added, costs)``: the new keep-masks, a list of
+        ``(layer, channel)`` reopened, and the exact costs after growing.
+    """
+    if keep is None:
+        plan, keep = kept_channels(model, plan)
+    keep = [k.copy() for k in keep]
+    initial = [k.copy() for k in keep]
+    metrics = [b.metric for b in budgets]
+    owners = {layer.name: layer for layer in walk.functional_of(model).layers}
+    order, base = {}, {}
+    for g in plan.groups:
+        if g.frozen:
+            continue
+        th = np.abs(keras.ops.convert_to_numpy(owners[g.leader].dnas_alpha))
+        # open channels first (they stay open), then closed ones by decreasing |alpha|
+        order[g.id] = np.lexsort((-th, ~keep[g.id]))
+        base[g.id] = int(keep[g.id].sum())
+
+    def evaluate(k):
+        values = cost_model.evaluate([int(x.sum()) for x in k], metrics, exact=True)
+        return {m: float(_number(v)) for m, v in values.items()}
+
+    def holds(values):
+        return all(b.holds(values[b.metric]) for b in budgets)
+
+    def with_counts(counts):
+        trial = list(keep)
+        for g, n in counts.items():
+            trial[g] = np.zeros_like(keep[g])
+            trial[g][order[g][:n]] = True
+        return trial
+
+    def largest(counts_at, lo, hi):
+        """The counts at the largest f in [lo, hi] whose exact costs hold (bisection)."""
+        best = None
+        top = counts_at(hi)
+        top_costs = evaluate(top)
+        if holds(top_costs):
+            return top, top_costs
+        for _ in range(20):
+            if hi - lo < 1e-3:
+                break
+            mid = 0.5 * (lo + hi)
+            t = counts_at(mid)
+            t_costs = evaluate(t)
+            if holds(t_costs):
+                lo, best = mid, (t, t_costs)
+            else:
+                hi = mid
+        return best
+
+    costs = evaluate(keep)
+    if not order or not holds(costs):
+        return keep, [], costs
+    # 1. a uniform floor: every group keeps at least a fraction f of its channels (lifts the
+    #    groups the search starved first: a one-channel stream throttles the whole network)
+    size = {g: plan.groups[g].size for g in base}
+    found = largest(lambda f: with_counts({g: max(n, int(np.floor(f * size[g] + 1e-9)))
+                                           for g, n in base.items()}), 0.0, 1.0)
+    if found is not None:
+        keep, costs = found
+    # 2. the search's allocation scaled up by a common factor
+    now = {g: int(keep[g].sum()) for g in base}
+    found = largest(lambda f: with_counts({g: min(size[g], max(n, int(np.floor(n * f + 1e-9))))
+                                           for g, n in now.items()}),
+                    1.0, max(size[g] / max(n, 1) for g, n in now.items()))
+    if found is not None:
+        keep, costs = found
+    # 3. single channels, cheapest first
+    while True:
+        best = None
+        for g in order:
+            n = int(keep[g].sum())
+            if n >= plan.groups[g].size:
+                continue
+            trial = with_counts({g: n + 1})
+            t_costs = evaluate(trial)
+            if not holds(t_costs):
+                continue
+            rank = sum((t_costs[b.metric] - costs[b.metric]) / b.limit for b in budgets)
+            if best is None or rank < best[0]:
+                best = (rank, trial, t_costs)
+        if best is None:
+            break
+        _, keep, costs = best
+    added = [(plan.groups[g].leader, int(c)) for g in order
+             for c in np.flatnonzero(keep[g] & ~initial[g])]
+    return keep, added, costs
+
+
 def _number(v):
     return np.asarray(keras.ops.convert_to_numpy(v)).item() if not isinstance(v, (int, float)) \
         else v
 
 
-def freeze(model, target=None, budgets=None, memory=None, verbose=1):
+def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1):
     """A plain Keras model with only the channels the masks keep.
 
     Conv/Dense filters shrink to the kept channels; kernels, biases, BN
@@ -145,8 +255,13 @@ def freeze(model, target=None, budgets=None, memory=None, verbose=1):
     With ``target`` and ``budgets`` it also certifies each budget with the
     exact costs (TFLite Micro planner replay for RAM, flash model for flash);
     if one is exceeded it first closes the channels that cost least per unit
-    of budget saved (see :func:`project`) and reports what it removed. The
-    certificate is ``frozen.dnas_certificate``.
+    of budget saved (see :func:`project`) and reports what it removed. With
+    ``fill`` (the default) it then reopens closed channels while every budget
+    still holds (see :func:`grow`): a search usually overshoots, and unused
+    budget is accuracy left on the table. Reopened channels keep the weights
+    they had when the search closed them and their BatchNormalization
+    statistics are stale: fine-tune and call :func:`recalibrate_batchnorm`
+    (a warning says so). The certificate is ``frozen.dnas_certificate``.
 
     Args:
         model: a searchable model (from ``kd.prepare`` or built from
@@ -154,6 +269,9 @@ def freeze(model, target=None, budgets=None, memory=None, verbose=1):
         target: a :class:`~keras_dnas.targets.HardwareTarget` or its name.
         budgets: ``{metric: limit}`` (see ``kd.DNASCallback``).
         memory: flash/RAM model (built from ``model`` when needed).
+        fill: with ``budgets``, reopen channels into the budget the search
+            left unused; ``False`` keeps exactly the channels the masks keep
+            (except those projection must remove).
         verbose: print the certificate.
 
     Returns:
@@ -166,16 +284,17 @@ def freeze(model, target=None, budgets=None, memory=None, verbose=1):
 
     >>> import numpy as np, keras, keras_dnas as kd
     >>> x = keras.Input((8,))
-    >>> s = kd.prepare(keras.Model(x, keras.layers.Dense(2)(keras.layers.Dense(6)(x))))
-    >>> _ = s.get_layer("dense").dnas_alpha.assign([1, 0, 1, 0, 1, 0])
+    >>> h = keras.layers.Dense(6, name="hidden")(x)
+    >>> s = kd.prepare(keras.Model(x, keras.layers.Dense(2)(h)))
+    >>> _ = s.get_layer("hidden").dnas_alpha.assign([1, 0, 1, 0, 1, 0])
     >>> slim = kd.freeze(s)
-    >>> slim.get_layer("dense").units
+    >>> slim.get_layer("hidden").units
     3
     """
     plan, keep = kept_channels(model)
     certificate = None
     if budgets:
-        keep, certificate = _certify(model, plan, keep, target, budgets, memory, verbose)
+        keep, certificate = _certify(model, plan, keep, target, budgets, memory, fill, verbose)
     frozen = rebuild_with(model, plan, keep)
     if certificate is not None:
         object.__setattr__(frozen, "dnas_certificate", certificate)
@@ -223,7 +342,7 @@ def rebuild_with(model, plan, keep):
     return frozen
 
 
-def _certify(model, plan, keep, target, budgets, memory, verbose):
+def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     from keras_dnas.costs.model import CostModel
     from keras_dnas.search.objectives import METRICS, Budget
 
@@ -236,20 +355,82 @@ def _certify(model, plan, keep, target, budgets, memory, verbose):
         memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
     cost_model = CostModel(plan, target, memory=memory)
     keep, removed, costs = project(model, cost_model, budgets, plan=plan, keep=keep)
+    keep, removed, costs = list(keep), list(removed), dict(costs)
+    added = []
+    if fill:
+        keep, added, costs = grow(model, cost_model, budgets, plan=plan, keep=keep)
+        if added and any(isinstance(layer, L.BatchNormalization)
+                         for layer in walk.functional_of(model).layers):
+            warnings.warn(
+                f"keras_dnas.freeze reopened {len(added)} channel(s) the search had closed "
+                "(fill=True); their BatchNormalization statistics are stale. Fine-tune the "
+                "frozen model and call kd.recalibrate_batchnorm(frozen, x_train) before "
+                "evaluating or converting it (or pass fill=False).", stacklevel=3)
+    flash_source = None
+    if "flash" in costs:
+        keep, costs, more, flash_source = _verify_flash(model, plan, keep, costs, budgets,
+                                                        cost_model)
+        removed += more
+        added = [a for a in added if keep[_group_of(plan, a[0])][a[1]]]
     rows = [{"metric": b.metric, "limit": b.limit, "value": costs[b.metric],
              "unit": METRICS[b.metric], "holds": b.holds(costs[b.metric])} for b in budgets]
     certificate = {"target": cost_model.target.name, "budgets": rows,
                    "removed_channels": [{"layer": n, "channel": c} for n, c in removed],
+                   "added_channels": [{"layer": n, "channel": c} for n, c in added],
                    "all_hold": all(r["holds"] for r in rows)}
+    if flash_source:
+        certificate["flash_source"] = flash_source
     if verbose:
         if removed:
             print(f"keras_dnas.freeze: closed {len(removed)} more channel(s) to meet the budgets: "
                   + ", ".join(f"{n}[{c}]" for n, c in removed[:12])
                   + (" ..." if len(removed) > 12 else ""))
+        if added:
+            print(f"keras_dnas.freeze: reopened {len(added)} channel(s) into the unused budget: "
+                  + ", ".join(f"{n}[{c}]" for n, c in added[:12])
+                  + (" ..." if len(added) > 12 else ""))
         for r in rows:
             print(f"  {r['metric']:>14}: {r['value']:>12,.4g} <= {r['limit']:>12,.4g} {r['unit']}"
                   f"  {'OK' if r['holds'] else 'EXCEEDED'}")
     return keep, certificate
+
+
+def _group_of(plan, leader):
+    return next(g.id for g in plan.groups if g.leader == leader)
+
+
+def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4):
+    """Certify flash by converting the frozen model (int8, as ``kd.export.to_tflite``).
+
+    The flash model is within a few bytes of the converter, and a budget
+    filled to the limit is exactly where a few bytes matter. The size of the
+    flatbuffer does not depend on the calibration data (random inputs here).
+    If it exceeds the limit, projection runs again with the limit tightened
+    by the excess. Returns ``(keep, costs, removed, source)``.
+    """
+    from keras_dnas.export import to_tflite
+    from keras_dnas.search.objectives import Budget
+
+    frozen = rebuild_with(model, plan, keep)
+    shape = tuple(frozen.inputs[0].shape[1:])
+    if len(frozen.inputs) != 1 or any(d is None for d in shape):
+        return keep, costs, [], "flash model (input shape not fixed: not converted)"
+    flash = next(b for b in budgets if b.metric == "flash")
+    x = np.random.default_rng(0).normal(size=(8,) + shape)
+    removed, working = [], list(budgets)
+    for _ in range(attempts):
+        measured = len(to_tflite(frozen, representative_data=x.astype("float32")))
+        if measured <= flash.limit:
+            costs = dict(costs, flash=float(measured))
+            return keep, costs, removed, "int8 TFLite conversion of the frozen model"
+        excess = measured - costs["flash"]
+        working = [Budget("flash", b.limit - max(excess, 0) - 16) if b.metric == "flash" else b
+                   for b in working]
+        keep, more, costs = project(model, cost_model, working, plan=plan, keep=keep)
+        removed += more
+        frozen = rebuild_with(model, plan, keep)
+    costs = dict(costs, flash=float(len(to_tflite(frozen, representative_data=x.astype("float32")))))
+    return keep, costs, removed, "int8 TFLite conversion of the frozen model"
 
 
 def recalibrate_batchnorm(model, x, batch_size=256):

@@ -113,8 +113,9 @@ def test_search_meets_budgets_and_freeze_certifies_them(trained_seed, tmp_path):
     exact = CostModel(plan, "stm32h743").evaluate(hard_counts(search, plan), list(budgets))
     for m, limit in budgets.items():
         assert exact[m] <= limit
-    slim = kd.freeze(search, target="stm32h743", budgets=budgets, verbose=0)
+    slim = kd.freeze(search, target="stm32h743", budgets=budgets, fill=False, verbose=0)
     assert slim.dnas_certificate["all_hold"] and not slim.dnas_certificate["removed_channels"]
+    assert not slim.dnas_certificate["added_channels"]
     frozen_costs = seed_costs(slim, list(budgets))
     assert frozen_costs == pytest.approx(exact)  # invariant 3: hard costs == frozen costs
     bn_weights = sum(w.numpy().size for layer in slim.layers
@@ -214,7 +215,8 @@ def test_freeze_projects_onto_budgets_and_reports():
     plan = search.dnas_plan
     cm = CostModel(plan, "stm32h743")
     full = cm.evaluate(cm.full_counts(), ["macs"])["macs"]
-    slim = kd.freeze(search, target="stm32h743", budgets={"macs": 0.5 * full}, verbose=0)
+    slim = kd.freeze(search, target="stm32h743", budgets={"macs": 0.5 * full}, fill=False,
+                     verbose=0)
     cert = slim.dnas_certificate
     assert cert["all_hold"] and cert["removed_channels"]
     assert seed_costs(slim, ["macs"])["macs"] <= 0.5 * full
@@ -223,6 +225,72 @@ def test_freeze_projects_onto_budgets_and_reports():
     assert sum(layer.filters for layer in slim.layers if isinstance(layer, L.Conv2D)) == 8 + 12 - closed
     with pytest.raises(ValueError, match="cannot hold even with one channel"):
         kd.freeze(search, target="stm32h743", budgets={"macs": 10}, verbose=0)
+
+
+def test_freeze_fills_the_budget_the_search_left_unused():
+    search = kd.prepare(toys.randomize_bn(toys.residual()))
+    plan = search.dnas_plan
+    cm = CostModel(plan, "stm32h743")
+    metrics = ["macs", "latency_ms"]
+    full = cm.evaluate(cm.full_counts(), metrics)
+    budgets = {"macs": 0.6 * full["macs"], "latency_ms": 0.7 * full["latency_ms"]}
+    for layer in search.layers:  # a search that overshot: 1-2 channels left per group
+        if getattr(layer, "dnas_alpha", None) is not None and layer.dnas_alpha.trainable:
+            n = layer.dnas_alpha.shape[0]
+            layer.dnas_alpha.assign(np.where(np.arange(n) < 2, 1.0, np.linspace(0.4, 0.1, n)))
+    _, before = kd.freeze_lib.kept_channels(search, plan)
+    with pytest.warns(UserWarning, match="recalibrate_batchnorm"):
+        slim = kd.freeze(search, target="stm32h743", budgets=budgets, verbose=0)
+    cert = slim.dnas_certificate
+    assert cert["all_hold"] and not cert["removed_channels"] and cert["added_channels"]
+    frozen = seed_costs(slim, metrics)
+    assert all(frozen[m] <= budgets[m] for m in metrics)
+    # more channels than the masks kept, and every one the masks kept is still there
+    keep = [k.copy() for k in before]
+    for entry in cert["added_channels"]:
+        g = next(g.id for g in plan.groups if g.leader == entry["layer"])
+        assert not keep[g][entry["channel"]]
+        keep[g][entry["channel"]] = True
+    counts = [int(k.sum()) for k in keep]
+    assert cm.evaluate(counts, metrics, exact=True) == pytest.approx(frozen)
+    # maximal: one more channel in any group that has room breaks a budget
+    for g in plan.groups:
+        if not g.frozen and counts[g.id] < g.size:
+            more = list(counts)
+            more[g.id] += 1
+            values = cm.evaluate(more, metrics, exact=True)
+            assert any(float(values[m]) > budgets[m] for m in metrics), g.leader
+    # fill=False keeps exactly what the masks keep
+    plain = kd.freeze(search, target="stm32h743", budgets=budgets, fill=False, verbose=0)
+    assert seed_costs(plain, ["params"])["params"] < seed_costs(slim, ["params"])["params"]
+
+
+def test_freeze_certifies_flash_by_conversion_even_if_the_flash_model_is_optimistic():
+    from keras_dnas.costs.memory import MemoryModel
+
+    search = kd.prepare(toys.randomize_bn(toys.plain_cnn()))
+    memory = MemoryModel.from_model(search, search.dnas_plan, target="stm32h743")
+    honest = memory.flash
+    memory.flash = lambda counts, exact=True: honest(counts, exact) - 1000  # 1 kB too low
+    x = toys.sample(search, n=8)
+    limit = 0.7 * len(kd.export.to_tflite(kd.freeze(search), representative_data=x))
+    slim = kd.freeze(search, target="stm32h743", budgets={"flash": limit}, memory=memory,
+                     verbose=0)
+    cert = slim.dnas_certificate
+    assert cert["flash_source"].startswith("int8 TFLite conversion")
+    assert cert["all_hold"]
+    size = len(kd.export.to_tflite(slim, representative_data=x))
+    assert size <= limit
+    assert cert["budgets"][0]["value"] == size
+    # without the conversion check, trusting the optimistic model breaks the budget
+    from keras_dnas.freeze import grow, project, rebuild_with
+
+    plan = search.dnas_plan
+    cm, budgets = CostModel(plan, "stm32h743", memory=memory), [Budget("flash", limit)]
+    keep, _, _ = project(search, cm, budgets, plan=plan)
+    keep, _, _ = grow(search, cm, budgets, plan=plan, keep=keep)
+    trusted = rebuild_with(search, plan, keep)
+    assert len(kd.export.to_tflite(trusted, representative_data=x)) > limit
 
 
 def test_flash_ram_latency_budgets_hold_on_the_measured_int8_model(trained_seed):
@@ -240,10 +308,13 @@ def test_flash_ram_latency_budgets_hold_on_the_measured_int8_model(trained_seed)
     assert hist.history["dnas/feasible"][-1] == 1.0
     slim = kd.freeze(search, target=target, budgets=budgets, verbose=0)
     assert slim.dnas_certificate["all_hold"]
+    kd.recalibrate_batchnorm(slim, x)  # reopened channels (fill) have stale BN statistics
     tflite = kd.export.to_tflite(slim, representative_data=x[:64])
     measured = kd.export.measure(tflite, data=(xv, yv))
     after = kd.summary(slim, target)
     assert measured["flash_bytes"] <= budgets["flash"]
+    certified = {r["metric"]: r["value"] for r in slim.dnas_certificate["budgets"]}
+    assert certified["flash"] == measured["flash_bytes"]  # certified by conversion, data-free
     assert measured["arena_head_bytes"] == after["arena_head_bytes"]  # exact planner replay
     assert after["arena_bytes"] <= budgets["ram"] and after["latency_ms"] <= budgets["latency_ms"]
     assert measured["accuracy"] > 0.5  # int8 on TFLite Micro, before any fine-tuning
