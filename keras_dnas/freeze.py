@@ -473,7 +473,7 @@ def recalibrate_batchnorm(model, x, batch_size=256):
         if len(layer._inbound_nodes) != 1:
             raise ValueError(f"BatchNormalization '{layer.name}' is shared by several calls; "
                              "its statistics cannot be recalibrated per call.")
-        probe = keras.Model(fn.inputs, layer.input)
+        probe = keras.Model(fn.inputs if len(fn.inputs) > 1 else fn.inputs[0], layer.input)
         total, total_sq, rows = 0.0, 0.0, 0
         axis = layer.axis if layer.axis >= 0 else len(layer.input.shape) + layer.axis
         for start in range(0, n, batch_size):

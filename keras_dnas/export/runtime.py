@@ -188,9 +188,14 @@ def run_litert(tflite_bytes, x, reference=True, *, dequantize=False):
     Returns:
         The outputs stacked over samples: one array, or a list for several outputs.
 
-    Note: LiteRT's reference FULLY_CONNECTED rounds its int8 output rescale once, TFLite Micro
-    (like every other reference int8 kernel) twice, so the two may differ by one step on a few
-    Dense outputs. Convolutions, pooling, adds and concatenations agree bit for bit.
+    Note: with `reference=True` every int8 op is bit-exact with TensorFlow Lite Micro except
+    FULLY_CONNECTED. LiteRT's reference FULLY_CONNECTED rescales its int32 accumulator in
+    floating point with a single rounding, `round(acc * (double(s_in) * double(s_w) /
+    double(s_out)))` (half away from zero; per-tensor and per-channel weights alike); TFLite
+    Micro rescales in fixed point (quantised multiplier and shift) with gemmlowp's double
+    rounding. No converter setting changes this. On the same input the two differ by at most
+    one step, on a small fraction of the outputs; through a deep Dense stack the differences
+    can grow.
 
     Example:
 
