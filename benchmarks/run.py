@@ -18,7 +18,7 @@ Usage::
 
     python benchmarks/run.py --quick          # smoke run: digits subset, 1 epoch per phase
     python benchmarks/run.py --quick --datasets hapt,mnist,digits
-    python benchmarks/run.py                  # full grid (43.5 min on 2 shared CPU cores)
+    python benchmarks/run.py                  # full grid (35 min on 2 shared CPU cores)
     python benchmarks/run.py --datasets hapt --targets stm32h743
     python benchmarks/run.py --report-only    # tables and plots from an existing CSV
 """
