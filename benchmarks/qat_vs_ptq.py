@@ -12,6 +12,10 @@ For each model and seed:
    `keras_dnas.export.qat.to_tflite_qat` (the learnt ranges as fake-quant ops), accuracy in
    TFLite Micro. The fake-quant Keras model's own accuracy is shown too (`QAT sim`): the
    TFLite Micro number should match it.
+5. **tfmot QAT int8** (with `--tfmot`, needs `pip install "keras_dnas[tfmot]"`): the same float
+   model fine-tuned by tensorflow-model-optimization's QAT through
+   `kd.export.to_tflite_tfmot` (same epochs, learning rate, batch size and representative
+   data), accuracy in TFLite Micro.
 
 Every int8 accuracy is measured by running the `.tflite` in TensorFlow Lite Micro. Data: real
 digits that ship in PyPI packages (`keras_dnas.datasets`): scikit-learn's 8x8 digits (1,438
@@ -23,6 +27,7 @@ Usage::
 
     python benchmarks/qat_vs_ptq.py                      # both data sets, both models, 3 seeds
     python benchmarks/qat_vs_ptq.py --datasets digits --seeds 1 --epochs 20
+    python benchmarks/qat_vs_ptq.py --models small_cnn imbalanced_cnn --tfmot
 """
 
 import argparse
@@ -134,6 +139,13 @@ def run_one(data_name, model_name, seed, args):
     row["sim"] = q.evaluate(xt, yt, verbose=0)[1]
     row["qat"] = _tflm_accuracy(to_tflite_qat(q, rep, method="fake_quant"), xt, yt)
     row["qat_ptq"] = _tflm_accuracy(to_tflite_qat(q, rep, method="ptq"), xt, yt)
+    if args.tfmot:
+        from keras_dnas.export.tfmot_qat import to_tflite_tfmot
+
+        tfmot = to_tflite_tfmot(model, (x, y), rep, loss="sparse_categorical_crossentropy",
+                                epochs=args.qat_epochs, batch_size=args.batch_size,
+                                learning_rate=args.qat_lr, seed=seed)
+        row["tfmot"] = _tflm_accuracy(tfmot, xt, yt)
     return row
 
 
@@ -166,7 +178,10 @@ def main(argv=None):
     parser.add_argument("--qat-lr", type=float, default=5e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ranges", default="ema", choices=("ema", "learned"))
+    parser.add_argument("--tfmot", action="store_true",
+                        help="add tensorflow-model-optimization's QAT (keras_dnas[tfmot] extra)")
     args = parser.parse_args(argv)
+    columns = COLUMNS + ((("tfmot", "tfmot QAT int8"),) if args.tfmot else ())
 
     command = " ".join(argv if argv is not None else sys.argv[1:])
     print(f"$ python benchmarks/qat_vs_ptq.py {command}".rstrip())
@@ -176,7 +191,7 @@ def main(argv=None):
           f"{args.qat_epochs} epochs from lr {args.qat_lr}, batch {args.batch_size}, "
           f"ranges={args.ranges}; int8 = TFLite Micro; test accuracy in %, mean ± std over seeds")
     print()
-    header = ["data (test samples)", "model (params, int8 flash)"] + [c[1] for c in COLUMNS]
+    header = ["data (test samples)", "model (params, int8 flash)"] + [c[1] for c in columns]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     start = time.perf_counter()
@@ -186,7 +201,7 @@ def main(argv=None):
             rows = [run_one(data_name, model_name, s, args) for s in range(args.seeds)]
             cells = [f"{data_name} ({n_test})",
                      f"{model_name} ({rows[0]['params']:,}, {rows[0]['flash']:,} B)"]
-            cells += [_fmt([r[key] for r in rows]) for key, _ in COLUMNS]
+            cells += [_fmt([r[key] for r in rows]) for key, _ in columns]
             print("| " + " | ".join(cells) + " |", flush=True)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     return 0

@@ -9,6 +9,8 @@ cross-check needs `ai_edge_litert`.
 - `measure(tflite, target=None, data=None)`: flash, tensor arena (head / tail), operators,
   quantisation, accuracy in TFLite Micro.
 - `run_tflm` / `run_litert`: run a model sample by sample (raw or dequantised outputs).
+- `to_tflite_qat` (native Keras 3 QAT) / `to_tflite_tfmot` (tensorflow-model-optimization's QAT in
+  a child process, `keras_dnas[tfmot]` extra).
 - `arena_usage`, `op_names`, `tflm_problems`, `TFLM_BUILTIN_OPS`: the pieces.
 """
 
@@ -18,6 +20,7 @@ from keras_dnas.export.measure import MeasureResult, measure
 from keras_dnas.export.ops import TFLM_BUILTIN_OPS, op_names, tflm_problems
 from keras_dnas.export.qat import to_tflite_qat
 from keras_dnas.export.runtime import arena_usage, parse_allocations, run_litert, run_tflm
+from keras_dnas.export.tfmot_qat import to_tflite_tfmot
 
 __all__ = [
     "MeasureResult",
@@ -33,4 +36,5 @@ __all__ = [
     "tflm_problems",
     "to_tflite",
     "to_tflite_qat",
+    "to_tflite_tfmot",
 ]
