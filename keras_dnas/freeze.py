@@ -117,8 +117,8 @@ def project(model, cost_model, budgets, plan=None, keep=None):
             t_costs, t_mass = evaluate(trial)
             saved = violation(costs) - violation(t_costs)
             # soft floor of two channels: a group goes down to one only if nothing else
-            # can meet the budgets (one-channel layers rarely help, and the TF converter
-            # cannot lower a one-channel Conv1D residual add)
+            # can meet the budgets (one-channel layers are bottlenecks, and a one-channel
+            # residual stream is the most quantisation-sensitive part of a network)
             rank = (1 if keep[g].sum() <= 2 else 0, 0 if saved > 0 else 1,
                     (th[c] + 1e-9) / (saved if saved > 0 else
                                       max(shrink(mass, t_mass, failing), 1e-12)))

@@ -187,6 +187,43 @@ def test_flatten_dense_has_static_reshape():
     ]
 
 
+def test_one_channel_residual_add_converts():
+    # Keras' TensorFlow `add` emits an NCHW BiasAdd for (1, T, 1) + (1, T, 1) at the batch-1
+    # export signature, which the converter cannot lower; `to_tflite` exports such sums as ADD.
+    inp = keras.Input((16, 1))
+    h = L.Conv1D(1, 3, padding="same", name="conv")(inp)
+    out = L.Add(name="one_channel_add")([inp, L.ReLU()(h)])
+    model = keras.Model(inp, L.Dense(2)(L.Flatten()(out)))
+    x = np.random.default_rng(0).normal(size=(64, 16, 1)).astype("float32")
+    tflite = kx.to_tflite(model, x)
+    assert "ADD" in kx.op_names(tflite) and kx.tflm_problems(tflite) == []
+    np.testing.assert_allclose(kx.run_tflm(tflite, x[:16], dequantize=True),
+                               model.predict(x[:16], verbose=0), atol=0.05)
+    # The patch lives only for the export: Keras' own add is back afterwards.
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    assert tf_numpy.add.__module__ == "keras.src.backend.tensorflow.numpy"
+
+
+def test_tcn_frozen_to_one_channel_per_group_converts():
+    # DESIGN.md invariant 5 at its edge: every searchable group of the TCN (residual streams
+    # included) cut to one channel.
+    keras.utils.set_random_seed(0)
+    model = kd.zoo.tcn(classifier_activation=None)
+    search = kd.prepare(model)
+    for v in kd.masks.mask_variables(search):
+        v.assign(np.where(np.arange(v.shape[0]) == 0, 1.0, 0.2).astype("float32"))
+    slim = kd.freeze(search, verbose=0)
+    assert {layer.filters for layer in slim.layers if isinstance(layer, L.Conv1D)} == {1}
+    x = np.random.default_rng(0).normal(size=(32,) + model.input_shape[1:]).astype("float32")
+    tflite = kx.to_tflite(slim, x)
+    assert kx.op_names(tflite).count("ADD") == 4 and kx.tflm_problems(tflite) == []
+    # TFLite Micro runs it and tracks the float model to a few int8 steps of the output.
+    step = _flatbuffer.read_model(tflite).outputs[0].scales[0]
+    np.testing.assert_allclose(kx.run_tflm(tflite, x, dequantize=True),
+                               slim.predict(x, verbose=0), atol=3 * step)
+
+
 SHARED_TOYS = ("plain_cnn", "residual", "depthwise_separable", "concat_branch", "flatten_dense",
                "conv1d", "sequential_mlp")
 

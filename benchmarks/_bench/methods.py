@@ -170,9 +170,9 @@ def l1_prune(task, warm, target, budgets, memory):
     for g in plan.groups:  # project() ranks channels by |alpha|: put the L1 scores there
         if not g.frozen:
             score = scores[g.id].copy()
-            # Soft floor of two channels per group: the TF converter cannot lower a Conv1D
-            # residual Add with one channel (tf.Transpose rank error), so the two best channels
-            # of a group are closed only if nothing else can meet the budgets.
+            # Soft floor of two channels per group, as kd.freeze's projection has: the two
+            # best channels of a group are closed only if nothing else can meet the budgets
+            # (introduced when kd.export could not convert a one-channel Conv1D residual Add).
             score[np.argsort(score)[-2:]] += FLOOR_SCORE
             search.get_layer(g.leader).dnas_alpha.assign(score.astype("float32"))
     cost_model = CostModel(plan, target, memory=memory)
