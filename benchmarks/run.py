@@ -51,6 +51,8 @@ def parse_args(argv=None):
                         "(default: the documented grid, see _bench/tasks.py)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="output directory")
     p.add_argument("--tag", default=None, help="file prefix (default: quick or full)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed (initialisation, shuffling); the data splits stay fixed")
     p.add_argument("--no-memory", action="store_true",
                    help="do not use keras_dnas.costs.memory even if present (params proxy)")
     p.add_argument("--no-plots", action="store_true")
@@ -106,6 +108,7 @@ def _run(args, tag, csv_path):
     from _bench import costs as costs_lib
     from _bench import report, runner, tasks
 
+    tasks.SEED = args.seed
     datasets = args.datasets.split(",") if args.datasets else (
         list(tasks.QUICK_DATASETS) if args.quick else list(tasks.TASKS))
     targets = tuple(args.targets.split(",")) if args.targets else tasks.TARGETS

@@ -38,7 +38,7 @@ from keras_dnas.freeze import kept_channels, project, rebuild_with
 from keras_dnas.search import Budget
 
 from _bench import costs as costs_lib
-from _bench.tasks import SEED
+from _bench import tasks
 
 
 RECALIBRATION_SAMPLES = 2048
@@ -96,7 +96,7 @@ def fit(model, task, data, epochs, callbacks=(), validation=False):
 
 def seed(task, data, epochs):
     """(a) The seed, trained ``epochs.total`` epochs; also yields the warm-up checkpoint."""
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(tasks.SEED)
     model = compile_model(task.build(), task)
     clock = _EpochClock(snapshot_at=epochs.warmup)
     train = fit(model, task, data, epochs.total, callbacks=[clock])
@@ -121,13 +121,13 @@ def hand_tuned(task, data, epochs, seed_costs, target, budgets):
     if found is None:
         raise ValueError("no uniform width multiplier meets the budgets")
     width, config, _ = found
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(tasks.SEED)
     search = kd.prepare(task.build())
     plan, keep = kept_channels(search)
     keep = [k if g.frozen else np.arange(g.size) < config[g.leader]
             for g, k in zip(plan.groups, keep)]
     narrow = rebuild_with(search, plan, keep)
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(tasks.SEED)
     model = compile_model(keras.models.clone_model(narrow), task)  # fresh initialisation
     train = fit(model, task, data, epochs.total)
     recal = recalibrate(model, data)
@@ -193,7 +193,7 @@ def l1_recalibrate(pruned, data):
 
 def l1_finetune(task, data, epochs, warm, pruned):
     """(c), second half: fine-tune the pruned model ``search + finetune`` epochs."""
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(tasks.SEED)
     model = compile_model(pruned["model"], task)
     finetune = fit(model, task, data, epochs.search + epochs.finetune)
     recal = recalibrate(model, data)
@@ -205,7 +205,7 @@ def l1_finetune(task, data, epochs, warm, pruned):
 
 def dnas(task, data, epochs, warm, target, budgets, memory):
     """(d) keras_dnas: warm-up checkpoint, search with DNASCallback, certified freeze, fine-tune."""
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(tasks.SEED)
     start = time.perf_counter()
     model = task.build()
     model.set_weights(warm["warm_weights"])
@@ -219,7 +219,7 @@ def dnas(task, data, epochs, warm, target, budgets, memory):
     slim = kd.freeze(search, target=target, budgets=dict(budgets), memory=memory, verbose=0)
     freeze = time.perf_counter() - start
     recal = recalibrate(slim, data)
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(tasks.SEED)
     compile_model(slim, task)
     finetune = fit(slim, task, data, epochs.finetune)
     recal += recalibrate(slim, data)

@@ -13,7 +13,8 @@ import keras
 import keras_dnas as kd
 
 SEED = 0
-"""Global seed: data splits, weight initialisation and shuffling."""
+"""Training seed: weight initialisation and shuffling (``run.py --seed``). The data splits
+are fixed by the loaders' own seeds."""
 
 TARGETS = ("stm32h743", "nrf52840")
 
