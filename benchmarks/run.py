@@ -21,6 +21,7 @@ Usage::
     python benchmarks/run.py                  # full grid (35 min on 2 shared CPU cores)
     python benchmarks/run.py --datasets hapt --targets stm32h743
     python benchmarks/run.py --report-only    # tables and plots from an existing CSV
+    python benchmarks/run.py --methods dnas --baselines-from benchmarks/results/full_results.csv
 """
 
 import argparse
@@ -53,6 +54,12 @@ def parse_args(argv=None):
     p.add_argument("--tag", default=None, help="file prefix (default: quick or full)")
     p.add_argument("--seed", type=int, default=0,
                    help="training seed (initialisation, shuffling); the data splits stay fixed")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated subset of hand,l1,dnas to train (default: all; the "
+                        "seed always trains: it gives the warm-up checkpoint)")
+    p.add_argument("--baselines-from", default=None,
+                   help="CSVs (comma-separated) of earlier runs with the same --seed: rows of the methods not "
+                        "in --methods are copied from it (marked 'reused from' in the note)")
     p.add_argument("--no-memory", action="store_true",
                    help="do not use keras_dnas.costs.memory even if present (params proxy)")
     p.add_argument("--no-plots", action="store_true")
@@ -114,6 +121,17 @@ def _run(args, tag, csv_path):
     targets = tuple(args.targets.split(",")) if args.targets else tasks.TARGETS
     points = tasks.parse_points(args.points) if args.points else None
     use_memory = costs_lib.memory_available() and not args.no_memory
+    run_methods = tuple(args.methods.split(",")) if args.methods else runner.METHODS
+    unknown = set(run_methods) - set(runner.METHODS)
+    if unknown:
+        raise SystemExit(f"--methods takes a subset of {','.join(runner.METHODS)}. "
+                         f"Received: {args.methods}")
+    reuse = {}
+    if args.baselines_from:
+        for path in args.baselines_from.split(","):
+            for row in report.read_csv(path):
+                row = dict(row, _source=os.path.basename(path))
+                reuse[(row["dataset"], row["target"], row.get("point") or "", row["method"])] = row
     log = runner.Log()
     log(f"mode {tag}; datasets {datasets}; targets {targets}; memory model "
         f"{'on (flash + RAM budgets)' if use_memory else 'OFF (params proxy for flash)'}")
@@ -122,7 +140,7 @@ def _run(args, tag, csv_path):
     try:
         for name in datasets:
             runner.run_task(tasks.TASKS[name], args.quick, targets, points, use_memory, writer,
-                            log)
+                            log, methods_to_run=run_methods, reuse=reuse)
     finally:
         writer.close()
     wall = time.perf_counter() - start

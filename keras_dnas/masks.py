@@ -24,7 +24,7 @@ THRESHOLD = 0.5
 """A channel is kept while ``|alpha| > THRESHOLD``."""
 
 
-def gate(alpha, keep_alive=True, grad_scale=None):
+def gate(alpha, keep_alive=True, grad_scale=None, centred=False):
     """Binary channel gate with a straight-through gradient.
 
     Args:
@@ -34,10 +34,22 @@ def gate(alpha, keep_alive=True, grad_scale=None):
         grad_scale: optional scalar (a variable, so it can change without
             retracing) multiplying the gradient that reaches ``alpha``; 0
             freezes the masks during warm-up, the forward value is unchanged.
+        centred: remove from the gradient of the open channels its mean over
+            them (the component along the hard gate vector); closed channels
+            keep theirs. Scaling every open channel of a group by a common
+            factor is undone exactly by the next layer's weights in a ReLU
+            network (and by BatchNormalization), so that component of the
+            gradient says nothing about which channels to keep. It is not
+            zero for the group that feeds the classifier, where a common
+            scale is the logits' temperature: cross-entropy on well-fitted
+            data always wants it larger, which keeps that group's gates
+            growing against any budget penalty. Used on the model's forward
+            path, not on the cost path (budget penalties act on counts).
 
     Returns:
         A tensor of the same shape holding exactly 0.0 or 1.0, whose
-        gradient with respect to ``alpha`` is ``sign(alpha)``.
+        gradient with respect to ``alpha`` is ``sign(alpha)`` (centred:
+        projected as above).
 
     Example:
 
@@ -55,12 +67,23 @@ def gate(alpha, keep_alive=True, grad_scale=None):
     if keep_alive:
         best = ops.one_hot(ops.argmax(theta), ops.shape(theta)[0], dtype=theta.dtype)
         hard = ops.maximum(hard, best)
-    return theta + ops.stop_gradient(hard - theta)
+    hard = ops.stop_gradient(hard)
+    residual = theta - ops.stop_gradient(theta)  # forward value 0, gradient identity
+    if centred:
+        mean = ops.sum(hard * residual) / ops.maximum(ops.sum(hard), 1.0)
+        residual = residual - hard * mean
+    return hard + residual
 
 
-def owner_gate(owner):
-    """Gate of the group whose mask ``owner`` (a masked layer) holds."""
-    return gate(owner.dnas_alpha, grad_scale=owner.__dict__.get("_dnas_grad_scale"))
+def owner_gate(owner, centred=False):
+    """Gate of the group whose mask ``owner`` (a masked layer) holds.
+
+    ``centred`` (the forward path) applies only while a search enables it
+    (``owner._dnas_centred``, set by :class:`~keras_dnas.DNASCallback`).
+    """
+    centred = centred and bool(owner.__dict__.get("_dnas_centred", False))
+    return gate(owner.dnas_alpha, grad_scale=owner.__dict__.get("_dnas_grad_scale"),
+                centred=centred)
 
 
 def hard_gate(alpha, keep_alive=True):

@@ -27,6 +27,24 @@ def test_gate_gradient_is_straight_through():
     np.testing.assert_allclose(tape.gradient(loss, alpha).numpy(), [1.0, -2.0, 3.0])
 
 
+def test_centred_gate_gradient_removes_the_mean_over_open_channels():
+    alpha = tf.Variable([0.9, -0.7, 0.2, 0.6])
+    weights = tf.constant([1.0, 2.0, 3.0, 6.0])
+    with tf.GradientTape(persistent=True) as tape:
+        plain = masks.gate(alpha)
+        centred = masks.gate(alpha, centred=True)
+        loss = tf.reduce_sum(centred * weights)
+    assert np.asarray(centred).tolist() == np.asarray(plain).tolist() == [1.0, 1.0, 0.0, 1.0]
+    # open channels: weight minus the open channels' mean (3.0), times sign(alpha);
+    # the closed channel keeps its straight-through gradient
+    np.testing.assert_allclose(tape.gradient(loss, alpha).numpy(), [-2.0, 1.0, 3.0, 3.0])
+    # a common rescaling of the open channels gets no gradient at all
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(masks.gate(alpha, centred=True) * tf.constant([5.0, 5.0, 1.0, 5.0]))
+    np.testing.assert_allclose(tape.gradient(loss, alpha).numpy(), [0.0, 0.0, 1.0, 0.0],
+                               atol=1e-6)
+
+
 def test_views_concatenate_and_tile():
     m = masks.view_mask([np.array([1.0, 0.0], "float32"), 2, np.array([0.0], "float32")], 2)
     assert np.asarray(m).tolist() == [1, 0, 1, 1, 0] * 2

@@ -36,8 +36,16 @@ class Log:
             print(f"[{time.perf_counter() - self.start:7.1f}s] {msg}", flush=True)
 
 
-def run_task(task, quick, targets, points, use_memory, write_row, log):
-    """All methods of one task; returns the rows written."""
+def run_task(task, quick, targets, points, use_memory, write_row, log, methods_to_run=METHODS,
+             reuse=None):
+    """All methods of one task; returns the rows written.
+
+    ``methods_to_run``: the methods trained in this run. ``reuse``: rows of an
+    earlier run (``{(dataset, target, point, method): row}``) copied, marked in
+    their note, for the methods not run; the seed is always trained (it gives
+    the warm-up checkpoint), and its accuracy is compared with the earlier run's.
+    """
+    reuse = reuse or {}
     mode = "quick" if quick else "full"
     epochs = task.quick_epochs if quick else task.epochs
     data = task.load(quick)
@@ -73,6 +81,12 @@ def run_task(task, quick, targets, points, use_memory, write_row, log):
     for target in dict.fromkeys(p.target for p in points):
         emit(_result_row(target, None, None, "seed", seed, seed_eval, seed_costs, leaders,
                          note="no constraint"))
+        earlier = reuse.get((task.name, target, "", "seed"))
+        if earlier is not None:
+            log(f"{task.name}: seed int8 {seed_eval['int8_acc']:.4f} here, "
+                f"{float(earlier['int8_acc']):.4f} in {earlier['_source']} "
+                f"({'same' if abs(seed_eval['int8_acc'] - float(earlier['int8_acc'])) < 5e-6 else 'DIFFERENT'} "
+                "warm-up training)")
 
     hand_cache, l1_cache = {}, {}
     for point in points:
@@ -91,6 +105,12 @@ def run_task(task, quick, targets, points, use_memory, write_row, log):
         log(f"{task.name} {point.key}: budgets "
             + ", ".join(f"{m}<={v:,.4g}" for m, v in budgets.items()))
         for method in METHODS:
+            if method not in methods_to_run:
+                earlier = reuse.get((task.name, point.target, point.label, method))
+                if earlier is not None:
+                    emit({k: v for k, v in earlier.items() if not k.startswith("_")}
+                         | {"note": f"reused from {earlier['_source']}: {earlier.get('note', '')}"})
+                continue
             start = time.perf_counter()
             try:
                 row = _run_method(method, task, data, epochs, seed, seed_costs, leaders, point,

@@ -73,7 +73,8 @@ class _Link:
 def _view_gate(segments, repeat):
     if all(owner is None for owner, _ in segments):
         return None
-    parts = [size if owner is None else masks.owner_gate(owner) for owner, size in segments]
+    parts = [size if owner is None else masks.owner_gate(owner, centred=True)
+             for owner, size in segments]
     return masks.view_mask(parts, repeat)
 
 
@@ -129,7 +130,8 @@ class _GateMixin:
     def _dnas_out_gate(self):
         link = self.dnas_link
         if link is None:
-            return masks.owner_gate(self) if self._dnas_role == "defining" else None
+            return masks.owner_gate(self, centred=True) if self._dnas_role == "defining" \
+                else None
         return _view_gate(link.out, link.out_repeat)
 
     def _dnas_in_gate(self):

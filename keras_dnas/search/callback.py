@@ -73,6 +73,14 @@ class DNASCallback(keras.callbacks.Callback):
             afterwards). Closing channels changes the statistics BN normalises
             faster than the usual 0.99 moving average follows, which leaves
             inference-mode (validation) outputs wrong; ``None`` keeps the model's.
+        centred_gradients: remove, in each group, the mean of the task
+            loss's gradient over the open channels before it reaches the
+            masks (see :func:`keras_dnas.masks.gate`). A common rescaling of
+            a group is absorbed by the next layer's weights, so only the
+            differences between channels carry information; without this the
+            group feeding the classifier keeps every channel, because larger
+            features mean larger logits and lower cross-entropy. Budget
+            penalties are not centred.
         memory: a flash/RAM model (built from the model if omitted).
         verbose: 1 prints a line when the search starts and when budgets first hold.
 
@@ -95,7 +103,8 @@ class DNASCallback(keras.callbacks.Callback):
 
     def __init__(self, target, budgets=None, objectives=None, warmup_epochs=0, monitor=None,
                  restore_best_weights=True, stop_when_feasible=None, margin=0.02,
-                 mask_lr_multiplier=10.0, bn_momentum=0.9, memory=None, verbose=1):
+                 mask_lr_multiplier=10.0, bn_momentum=0.9, centred_gradients=True, memory=None,
+                 verbose=1):
         super().__init__()
         self.target = targets.get(target)
         self._budgets_arg = budgets
@@ -122,6 +131,7 @@ class DNASCallback(keras.callbacks.Callback):
             raise ValueError(f"bn_momentum must be in [0, 1) or None. Received: "
                              f"bn_momentum={bn_momentum!r}")
         self.bn_momentum = bn_momentum
+        self.centred_gradients = bool(centred_gradients)
         self.memory = memory
         self.verbose = verbose
         self.history = []
@@ -186,6 +196,7 @@ class DNASCallback(keras.callbacks.Callback):
         self._grad_scale = keras.Variable(0.0, trainable=False, name="dnas_grad_scale")
         for owner in self._owners:
             object.__setattr__(owner, "_dnas_grad_scale", self._grad_scale)
+            object.__setattr__(owner, "_dnas_centred", self.centred_gradients)
         self._strengths = [keras.Variable(0.0, trainable=False, name=f"dnas_strength_{i}")
                            for i in range(len(self.objectives))]
         self._boost = [1.0] * len(self.objectives)
@@ -348,6 +359,7 @@ class DNASCallback(keras.callbacks.Callback):
             layer.momentum = momentum
         for owner in self._owners:
             owner.__dict__.pop("_dnas_grad_scale", None)
+            owner.__dict__.pop("_dnas_centred", None)
         self.model.make_train_function(force=True)
         if self._best is not None and self.restore_best_weights:
             self.model.set_weights(self._best)
