@@ -172,6 +172,51 @@ def test_warmup_keeps_masks_frozen_and_no_callback_means_no_penalty(trained_seed
     assert np.isfinite(hist.history["loss"][0])
 
 
+def _mask_gradients(search, cb, x, y, penalty=False):
+    import tensorflow as tf
+
+    alphas = kd.masks.mask_variables(search)
+    with tf.GradientTape() as tape:
+        loss = cb.penalty() if penalty else LOSS(y, search(x, training=True))
+    return [g.numpy() for g in tape.gradient(loss, alphas)]
+
+
+def test_centred_gradients_remove_the_classifier_groups_common_scale(trained_seed):
+    (x, y), _ = digits()
+    x, y = x[:256], y[:256]
+    search = kd.prepare(trained_seed)
+    open_last = kd.masks.mask_variables(search)[-1]
+    open_last.assign(np.where(np.arange(48) % 3 == 0, 0.2, 1.0).astype("float32"))
+    grads = {}
+    for centred in (False, True):
+        cb = kd.DNASCallback("stm32h743", budgets={"macs": 1e5}, centred_gradients=centred,
+                             verbose=0)
+        cb.bind(search)
+        cb._strengths[0].assign(1.0)  # what on_epoch_begin does in a search epoch
+        cb._grad_scale.assign(1.0)
+        grads[centred] = _mask_gradients(search, cb, x, y)
+        penalty = _mask_gradients(search, cb, x, y, penalty=True)
+        # the budget penalty acts on counts and is never centred: one value per group
+        for g in penalty:
+            assert np.ptp(g) < 1e-6 * max(abs(g).max(), 1e-12) and abs(g).max() > 0
+    keep = np.arange(48) % 3 != 0
+    plain, centred = grads[False][-1], grads[True][-1]
+    # larger features mean larger logits: plainly every open gate of the group feeding the
+    # classifier is pushed up (negative gradient) ...
+    assert plain[keep].mean() < 0
+    # ... centred, the open channels' gradients sum to zero and keep their differences;
+    # closed channels keep their straight-through gradient
+    assert abs(centred[keep].sum()) < 1e-5 * abs(plain[keep]).sum()
+    np.testing.assert_allclose(centred[keep], plain[keep] - plain[keep].mean(), atol=1e-6)
+    np.testing.assert_allclose(centred[~keep], plain[~keep], atol=1e-6)
+    # fit leaves no search state on the layers
+    cb = kd.DNASCallback("stm32h743", budgets={"macs": 1e5}, verbose=0)
+    search.compile("adam", LOSS)
+    search.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[cb])
+    assert cb.centred_gradients and not any("_dnas_centred" in layer.__dict__
+                                            for layer in search.layers)
+
+
 def test_impossible_budget_fails_before_training(trained_seed):
     (x, y), _ = digits()
     search = kd.prepare(trained_seed)

@@ -191,6 +191,7 @@ class DNASCallback(keras.callbacks.Callback):
                     f"{METRICS[b.metric]}. Raise the budget, or shrink the frozen layers "
                     "(input, output, excluded)."
                 )
+        self._bound_model = model  # costs() reads the masks of the model being bound
         self.seed_costs = self.costs()
         self._owners = [o for o in cost_model.group_owners(model, plan) if o is not None]
         self._grad_scale = keras.Variable(0.0, trainable=False, name="dnas_grad_scale")
