@@ -45,15 +45,22 @@ def _mean_std(values):
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def table(acc, runs):
+def table(acc, runs, before=None):
+    """Markdown table; ``before``: ``read()`` of earlier runs of the same seeds, whose keras_dnas
+    accuracy is added as a column (its first ``n`` seeds, in the order given)."""
+    extra = " | keras_dnas before" if before is not None else ""
     lines = ["| data set | budget F / R / L | seeds | " + " | ".join(m[1] for m in METHODS)
+             + extra
              + " | keras_dnas − hand (mean ± s.e.) | seeds keras_dnas ≥ hand | seeds keras_dnas ≥ L1 |",
-             "|---|---|---:|" + "---:|" * (len(METHODS) + 3)]
+             "|---|---|---:|" + "---:|" * (len(METHODS) + 3 + (before is not None))]
     for (dataset, point), by_method in acc.items():
         n = min(len(by_method[m]) for m, _ in METHODS)
         if n == 0:
             continue
         cells = [dataset, point, str(n)] + [_mean_std(by_method[m][:n]) for m, _ in METHODS]
+        if before is not None:
+            earlier = before.get((dataset, point), {}).get("dnas", [])
+            cells.append(_mean_std(earlier[:n]) if len(earlier) >= n else "-")
         diff = [d - h for d, h in zip(by_method["dnas"][:n], by_method["hand"][:n])]
         se = statistics.stdev(diff) / math.sqrt(n) if n > 1 else float("nan")
         cells.append(f"{statistics.fmean(diff):+.1f} ± {se:.1f}" if n > 1
@@ -68,9 +75,12 @@ def table(acc, runs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("csv", nargs="+", help="results CSVs of run.py, one per seed and data set")
+    parser.add_argument("--before", nargs="+", default=None,
+                        help="CSVs of an earlier run of the same seeds, in the same order: adds "
+                             "their keras_dnas accuracy as a column")
     args = parser.parse_args(argv)
     acc, runs = read(args.csv)
-    print(table(acc, runs))
+    print(table(acc, runs, read(args.before)[0] if args.before else None))
     return 0
 
 

@@ -123,6 +123,7 @@ def test_search_meets_budgets_and_freeze_certifies_them(trained_seed, tmp_path):
     assert slim.count_params() == exact["params"] + bn_weights  # params = conv/dense + bias
     slim.compile("adam", LOSS, metrics=["accuracy"])
     slim.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    kd.recalibrate_batchnorm(slim, x)  # the documented workflow: exact BN statistics after pruning
     assert slim.evaluate(xv, yv, verbose=0)[1] > 0.8
 
 
