@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 import keras  # noqa: E402
-import keras_dnas as kd  # noqa: E402
 from _bench import costs as costs_lib  # noqa: E402
 from _bench import evaluate, methods, tasks  # noqa: E402
 
@@ -81,21 +80,9 @@ def main(argv=None):
     budgets = costs_lib.budgets_for(points[0], {"flash": measured["flash"],
                                                 "arena": measured["arena"]}, latency, True, None)
     print("budgets:", {k: round(v, 3) for k, v in budgets.items()})
-    keras.utils.set_random_seed(tasks.SEED)
-    model = task.build()
-    model.set_weights(warm["warm_weights"])
-    search = methods.compile_model(kd.prepare(model), task)
-    dnas = kd.DNASCallback(TARGET, budgets=dict(budgets), memory=seed_costs.memory,
-                           centred_gradients=not args.no_centred, verbose=0)
-    methods.fit(search, task, data, epochs.search, callbacks=[dnas, Trace(dnas)],
-                validation=True)
-    slim = kd.freeze(search, target=TARGET, budgets=dict(budgets), memory=seed_costs.memory,
-                     verbose=1)
-    methods.recalibrate(slim, data)
-    keras.utils.set_random_seed(tasks.SEED)
-    methods.compile_model(slim, task)
-    methods.fit(slim, task, data, epochs.finetune)
-    methods.recalibrate(slim, data)
+    slim = methods.dnas(task, data, epochs, warm, TARGET, budgets, seed_costs.memory,
+                        callback_options={"centred_gradients": not args.no_centred},
+                        observers=lambda dnas: [Trace(dnas)], verbose=1)["model"]
     leaders = [g.leader for g in seed_costs.groups]
     config = costs_lib.SeedCosts.config_of(slim, leaders)
     print(f"frozen channels {[config[n] for n in leaders]}; validation accuracy (float) "

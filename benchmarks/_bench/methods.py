@@ -203,8 +203,14 @@ def l1_finetune(task, data, epochs, warm, pruned):
             "wall": sum(times.values())}
 
 
-def dnas(task, data, epochs, warm, target, budgets, memory):
-    """(d) keras_dnas: warm-up checkpoint, search with DNASCallback, certified freeze, fine-tune."""
+def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=None,
+         observers=None, verbose=0):
+    """(d) keras_dnas: warm-up checkpoint, search with DNASCallback, certified freeze, fine-tune.
+
+    ``callback_options``: extra ``DNASCallback`` arguments (e.g. ``centred_gradients``);
+    ``observers(callback)``: returns more Keras callbacks for the search (``trace_search.py``);
+    ``verbose``: passed to ``kd.freeze``.
+    """
     keras.utils.set_random_seed(tasks.SEED)
     start = time.perf_counter()
     model = task.build()
@@ -212,11 +218,15 @@ def dnas(task, data, epochs, warm, target, budgets, memory):
     search = compile_model(kd.prepare(model), task)
     # The seed's flash / RAM model (8-byte pointers, see _bench.costs.POINTER_BYTES), built
     # once per architecture and shared by every method, goes to the callback and freeze.
-    callback = kd.DNASCallback(target, budgets=dict(budgets), memory=memory, verbose=0)
+    callback = kd.DNASCallback(target, budgets=dict(budgets), memory=memory, verbose=0,
+                               **(callback_options or {}))
+    extra = list(observers(callback)) if observers is not None else []
     prepare = time.perf_counter() - start
-    search_time = fit(search, task, data, epochs.search, callbacks=[callback], validation=True)
+    search_time = fit(search, task, data, epochs.search, callbacks=[callback, *extra],
+                      validation=True)
     start = time.perf_counter()
-    slim = kd.freeze(search, target=target, budgets=dict(budgets), memory=memory, verbose=0)
+    slim = kd.freeze(search, target=target, budgets=dict(budgets), memory=memory,
+                     verbose=verbose)
     freeze = time.perf_counter() - start
     recal = recalibrate(slim, data)
     keras.utils.set_random_seed(tasks.SEED)
