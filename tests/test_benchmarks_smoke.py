@@ -2,7 +2,8 @@
 
 Runs the whole pipeline once on a subset of scikit-learn's digits (seed, hand-tuned width, L1 pruning and
 keras_dnas at one budget point; int8 export and TFLite Micro measurement) and checks the
-outputs. It makes no accuracy claim.
+outputs, then reruns one method against those baselines (``--methods`` / ``--baselines-from``).
+It makes no accuracy claim.
 """
 
 import csv
@@ -57,6 +58,26 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
     tables = (tmp_path / "quick_tables.md").read_text()
     assert "keras_dnas" in tables and "Search cost" in tables
     assert (tmp_path / "quick_pareto_digits.png").stat().st_size > 1000
+
+    # Rerun one method against this run's baselines (run.py --methods / --baselines-from): the
+    # other methods' rows are copied and marked, the seed retrains and reproduces exactly.
+    proc = subprocess.run([sys.executable, RUN, "--quick", "--out", str(tmp_path), "--tag", "rerun",
+                           "--methods", "l1", "--baselines-from",
+                           str(tmp_path / "quick_results.csv"), "--no-plots"],
+                          env=env, capture_output=True, text=True, timeout=3 * TIME_LIMIT_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "(same warm-up training)" in proc.stdout, proc.stdout[-3000:]
+    with open(tmp_path / "rerun_results.csv", newline="") as f:
+        rerun = {r["method"]: r for r in csv.DictReader(f)}
+    first = dict(zip(methods, rows))
+    assert list(rerun) == methods
+    for method in ("hand", "dnas"):
+        assert rerun[method]["note"].startswith("reused from quick_results.csv: ")
+        for key in ("int8_acc", "flash", "arena", "channels", "wall_s"):
+            assert rerun[method][key] == first[method][key], (method, key)
+    assert not rerun["l1"]["note"].startswith("reused")
+    assert rerun["l1"]["status"] == "ok" and rerun["l1"]["holds_all"] == "True"
+    assert rerun["seed"]["int8_acc"] == first["seed"]["int8_acc"]
     # The CI budget; on a loaded machine the run may be slower (warned, not failed, up to 3x).
     if elapsed > TIME_LIMIT_S:
         warnings.warn(f"quick benchmark passed but took {elapsed:.0f}s > {TIME_LIMIT_S}s "
