@@ -126,6 +126,8 @@ def _copy_weights(old, new):
     keep = [w for w in new.weights if has_alpha or w.name != masks.ALPHA_NAME]
     for dst, src in zip(keep, old.weights):
         dst.assign(src)
+    if isinstance(new, keras.layers.Normalization):
+        new.finalize_state()  # its mean / variance constants come from its weights
 
 
 def _warn_frozen(plan):

@@ -16,9 +16,17 @@ the type of the inputs.
 | conv | ``K * Cin * Cout`` | ``Cout`` | ``K * Cin * Cout * S_out`` |
 | depthwise | ``K * C * dm`` | ``C * dm`` | ``K * C * dm * S_out`` |
 | dense | ``Cin * Cout`` | ``Cout`` | ``Cin * Cout * S_out`` (``S_out = 1`` for 1-D inputs) |
-| any other op | 0 | 0 | 0 |
+| separable | ``K * Cin * dm + Cin * dm * Cout`` | ``Cout`` | weights ``* S_out`` |
+| prelu, layernorm, rescaling, normalization | ``P * C`` | 0 | 0 |
+| any other op (element-wise, pooling, ...) | 0 | 0 | 0 |
 
-(``dm`` is the depth multiplier; biases only when ``geometry["use_bias"]``.)
+(``dm`` is the depth multiplier; biases only when ``geometry["use_bias"]``. A
+separable convolution is a depthwise one followed by a 1x1 conv, both at the
+output positions. ``P = geometry["channel_params"]`` is the number of
+parameters per channel a propagating layer keeps in the model: PReLU's alpha
+per position, LayerNormalization's gamma and beta, per-channel Rescaling
+constants, Normalization's mean and variance; channel-independent constants
+are not counted.)
 """
 
 import collections.abc
@@ -42,20 +50,29 @@ def _positions(geometry, key="out_positions"):
     return 1 if value is None else value
 
 
+def _channel_params(g, cin, cout):
+    return (g.get("channel_params") or 0) * cout
+
+
 _WEIGHT_RULES = {
     "conv": lambda g, cin, cout: _taps(g) * cin * cout,
     "depthwise": lambda g, cin, cout: _taps(g) * cin * _dm(g),
     "dense": lambda g, cin, cout: cin * cout,
+    "separable": lambda g, cin, cout: _taps(g) * cin * _dm(g) + cin * _dm(g) * cout,
+    **{op: _channel_params for op in ("prelu", "layernorm", "rescaling", "normalization")},
 }
 
 _BIAS_RULES = {
     "conv": lambda g, cin, cout: cout,
     "depthwise": lambda g, cin, cout: cin * _dm(g),
     "dense": lambda g, cin, cout: cout,
+    "separable": lambda g, cin, cout: cout,
 }
 
 #: Ops that carry weights (the keys of the weight rule table).
 WEIGHTED_OPS = tuple(_WEIGHT_RULES)
+#: Ops whose MACs are their weights times the output positions.
+_MAC_OPS = ("conv", "depthwise", "dense", "separable")
 
 
 def weights(op, geometry, cin, cout, target=None):
@@ -69,7 +86,8 @@ def weights(op, geometry, cin, cout, target=None):
         target: unused.
 
     Returns:
-        ``K*Cin*Cout`` (conv), ``K*C*dm`` (depthwise), ``Cin*Cout`` (dense), else 0.
+        ``K*Cin*Cout`` (conv), ``K*C*dm`` (depthwise), ``Cin*Cout`` (dense),
+        ``K*Cin*dm + Cin*dm*Cout`` (separable), ``P*C`` (per-channel layers), else 0.
 
     Example:
 
@@ -127,10 +145,9 @@ def macs(op, geometry, cin, cout, target=None):
     >>> compute.macs("dense", {}, 64, 10)
     640
     """
-    w = weights(op, geometry, cin, cout)
-    if op not in _WEIGHT_RULES:
+    if op not in _MAC_OPS:
         return 0
-    return w * _positions(geometry)
+    return weights(op, geometry, cin, cout) * _positions(geometry)
 
 
 def layer_fields(record):

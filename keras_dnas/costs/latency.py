@@ -22,7 +22,12 @@ Cortex-M (``shared/data/README.md``). Per layer, with ``s = target.scale``,
     depthwise:     s * (c.depthwise * S_out*K*eff(C) + c.requant * S_out*C)
                    (depth multiplier dm > 1: generic kernel, p * S_out*K*C*dm)
     dense:         s * (c.dense * S_out*Cout*eff(Cin) + c.requant * S_out*Cout)
-    add, ...:      s * c.add * S_out*C           (element-wise joins)
+    separable:     depthwise (C = Cin) + conv K = 1 (Cin*dm -> Cout), two kernels
+    add, ...:      s * c.add * S_out*C           (element-wise joins; also a keras.ops
+                                                  scalar op and PReLU: one pass)
+    rescaling, normalization: 2 passes (MUL, ADD); layernorm: 2 reductions over
+                   the channels (c.pool) and 4 element-wise passes (an estimate of
+                   the MEAN / SQUARED_DIFFERENCE / RSQRT / MUL / ADD / SUB chain)
     (global) pool: s * c.pool * S_in*C
     every kernel:  + c.overhead                  (conv, depthwise, dense, joins,
                                                   pools, concat, pad, flatten, reshape)
@@ -201,6 +206,29 @@ def _cmsis_kernel_only(g, cin, cout, t):
     return {"overhead": 1}
 
 
+def _merged(*parts):
+    total = {}
+    for feats in parts:
+        for k, v in feats.items():
+            total[k] = total[k] + v if k in total else v
+    return total
+
+
+def _cmsis_separable(g, cin, cout, t):
+    pointwise = dict(g, taps=1, kernel_size=[1])
+    return _merged(_cmsis_depthwise(g, cin, cin, t),
+                   _cmsis_conv(pointwise, cin * _dm(g), cout, t))
+
+
+def _cmsis_passes(passes, reductions=0):
+    def rule(g, cin, cout, t):
+        feats = {"add": passes * _positions(g) * cout, "overhead": passes + reductions}
+        if reductions:
+            feats["pool"] = reductions * _positions(g) * cout
+        return feats
+    return rule
+
+
 _CMSIS_RULES = {
     "conv": _cmsis_conv,
     "depthwise": _cmsis_depthwise,
@@ -210,6 +238,12 @@ _CMSIS_RULES = {
     "pool": _cmsis_pool,
     "global_pool": _cmsis_pool,
     **{op: _cmsis_kernel_only for op in ("concat", "pad", "flatten", "reshape")},
+    "separable": _cmsis_separable,
+    "scalar": _cmsis_passes(1),
+    "prelu": _cmsis_passes(1),
+    "rescaling": _cmsis_passes(2),
+    "normalization": _cmsis_passes(2),
+    "layernorm": _cmsis_passes(4, reductions=2),
 }
 
 # --------------------------------------------------------------------------- GAP8 (paper B)
@@ -240,7 +274,14 @@ def _gap8_dense(g, cin, cout, t):
     return {"gap8": ceil_div(cin, 2) * ceil_div(cout, 4)}
 
 
-_GAP8_RULES = {"conv": _gap8_conv, "depthwise": _gap8_depthwise, "dense": _gap8_dense}
+def _gap8_separable(g, cin, cout, t):
+    pointwise = dict(g, taps=1, kernel_size=[1])
+    return {"gap8": _gap8_depthwise(g, cin, cin, t)["gap8"] * _dm(g)
+            + _gap8_conv(pointwise, cin * _dm(g), cout, t)["gap8"]}
+
+
+_GAP8_RULES = {"conv": _gap8_conv, "depthwise": _gap8_depthwise, "dense": _gap8_dense,
+               "separable": _gap8_separable}
 
 
 class LatencyModel:

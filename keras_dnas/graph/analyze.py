@@ -94,12 +94,14 @@ def analyze(model, exclude=None, masked_only=False):
     layer_out = {}  # id(layer) -> gid, so that shared layers keep one group
     layer_in = {}
     records = []
+    describe = _describer(model, graph_nodes)
     for node in graph_nodes:
         layer = node.operation
-        name = getattr(layer, "name", type(layer).__name__)
+        name, what = describe(node)
         in_shapes = [tuple(t.shape) for t in node.inputs]
         out_shape = tuple(node.outputs[0].shape) if node.outputs else ()
-        role, op, reason = roles.role_of(layer, in_shapes, out_shape)
+        role, op, reason = roles.role_of(layer, in_shapes, out_shape,
+                                         getattr(node.node, "arguments", None))
         in_views = [view_of[id(t)] for t in node.inputs]
         if name in exclude:
             role, reason = "opaque", "excluded by the user (exclude=)"
@@ -107,7 +109,10 @@ def analyze(model, exclude=None, masked_only=False):
             role, reason = "opaque", "plain layer in a searchable model (not kd.layers.Masked*)"
         if role != "opaque" and (len(node.outputs) != 1 or not in_views):
             role, reason = "opaque", "multiple outputs"
-        if role in ("joining", "propagating") and not _same_layout(uf, in_views):
+        # a one-channel operand broadcast over every channel (spatial attention) joins nothing
+        joined = [v for v, shape in zip(in_views, in_shapes)
+                  if role != "joining" or not (shape[-1] == 1 and out_shape[-1] != 1)]
+        if role in ("joining", "propagating") and (not joined or not _same_layout(uf, joined)):
             role, reason = "opaque", "inputs have different channel layouts"
         if role == "concatenating" and any(v[1] != 1 for v in in_views):
             role, reason = "opaque", "concatenates flattened tensors"
@@ -127,17 +132,17 @@ def analyze(model, exclude=None, masked_only=False):
                 layer_in[id(layer)] = in_views[0]
                 defined.setdefault(g, []).append(name)
             out_views = [([g], 1)]
-        if role in ("defining", "propagating") and roles.mixes_channels(layer):
+        mixing = roles.mixes_channels(layer, len(out_shape))
+        if role in ("defining", "propagating") and mixing:
             for g in out_views[0][0] if role == "defining" else in_views[0][0]:
-                frozen.append((g, f"layer '{name}' applies '{roles.mixes_channels(layer)}' "
-                                  "across channels"))
+                frozen.append((g, f"{what} applies '{mixing}' across channels"))
         if role == "propagating":
             out_views = [in_views[0]]
         elif role == "joining":
-            for v in in_views[1:]:
-                for a, b in zip(in_views[0][0], v[0]):
+            for v in joined[1:]:
+                for a, b in zip(joined[0][0], v[0]):
                     uf.union(a, b)
-            out_views = [in_views[0]]
+            out_views = [joined[0]]
         elif role == "concatenating":
             out_views = [([g for v in in_views for g in v[0]], 1)]
         elif role == "flattening":
@@ -148,16 +153,19 @@ def analyze(model, exclude=None, masked_only=False):
         elif role == "opaque":
             for v in in_views:
                 for g in v[0]:
-                    frozen.append((g, f"touches layer '{name}': {reason}"))
+                    frozen.append((g, f"touches {what}: {reason}"))
             out_views = []
             for t in node.outputs:
                 g = uf.new(t.shape[-1] if t.shape and t.shape[-1] else 0)
-                frozen.append((g, f"output of layer '{name}': {reason}"))
+                frozen.append((g, f"output of {what}: {reason}"))
                 out_views.append(([g], 1))
         for t, v in zip(node.outputs, out_views):
             view_of[id(t)] = v
         geo = roles.geometry(layer, op, in_shapes, out_shape)
-        records.append((name, type(layer).__name__, role, op, in_views, out_views[0], geo, reason))
+        cls = type(layer).__name__
+        if roles.is_keras_op(layer):
+            cls = f"keras.ops.{cls}"
+        records.append((name, cls, role, op, in_views, out_views[0], geo, reason))
 
     outputs = []
     for t in walk.model_outputs(model):
@@ -200,6 +208,56 @@ def analyze(model, exclude=None, masked_only=False):
         if not grp.frozen and grp.leader is None:  # defensive: nothing owns a mask
             grp.frozen, grp.reason = True, "no Conv/Dense layer defines it"
     return ChannelPlan(model.name, groups, plan_layers, plan_inputs, plan_outputs)
+
+
+def _describer(model, graph_nodes):
+    """``describe(node) -> (plan name, phrase)`` naming a node for plans and reasons.
+
+    A layer is ``layer 'conv'``. A ``keras.ops`` operation (``x + 3.0``) has
+    an auto-generated name such as ``add`` that the user never wrote and that
+    may equal a layer's name, so its phrase also names the layers around it
+    (``keras.ops 'Add' ('add') after layer 'conv' feeding layer 're_lu'``),
+    and its plan name gets a ``" (op)"`` suffix when it equals a layer's.
+    """
+    layer_names = {getattr(n.operation, "name", None) for n in graph_nodes
+                   if not roles.is_keras_op(n.operation)}
+    producer, consumers = {}, {}
+    for n in graph_nodes:
+        for t in n.outputs:
+            producer[id(t)] = n
+        for t in n.inputs:
+            consumers.setdefault(id(t), []).append(n)
+
+    def nearest(start, step):
+        seen, todo = set(), list(start)
+        while todo:
+            n = todo.pop(0)
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if not roles.is_keras_op(n.operation):
+                return n.operation.name
+            todo.extend(step(n))
+        return None
+
+    def upstream(n):
+        return [producer[id(t)] for t in n.inputs if id(t) in producer]
+
+    def downstream(n):
+        return [c for t in n.outputs for c in consumers.get(id(t), [])]
+
+    def describe(node):
+        op = node.operation
+        name = getattr(op, "name", type(op).__name__)
+        if not roles.is_keras_op(op):
+            return name, f"layer '{name}'"
+        before, after = nearest(upstream(node), upstream), nearest(downstream(node), downstream)
+        what = f"keras.ops '{type(op).__name__}' ('{name}')"
+        what += f" after layer '{before}'" if before else " on the model input"
+        what += f" feeding layer '{after}'" if after else " feeding the model output"
+        return (f"{name} (op)" if name in layer_names else name), what
+
+    return describe
 
 
 def bind(model, plan=None):

@@ -7,6 +7,9 @@ from keras_dnas.layers.masked import (
     MaskedDense,
     MaskedDepthwiseConv1D,
     MaskedDepthwiseConv2D,
+    MaskedLayerNormalization,
+    MaskedSeparableConv1D,
+    MaskedSeparableConv2D,
     is_masked,
     plain_class,
 )
@@ -18,6 +21,9 @@ __all__ = [
     "MaskedDense",
     "MaskedDepthwiseConv1D",
     "MaskedDepthwiseConv2D",
+    "MaskedLayerNormalization",
+    "MaskedSeparableConv1D",
+    "MaskedSeparableConv2D",
     "is_masked",
     "plain_class",
 ]

@@ -8,9 +8,12 @@ adds behaviour in ``build`` (the mask variable) and ``call`` (the gates):
   their output by the gate of their channel group, and multiply their input by
   the gate of the tensor they read (so a channel pruned upstream never reaches
   them, whatever BatchNormalization or a bias did to it on the way);
+  ``MaskedSeparableConv1D`` and ``MaskedSeparableConv2D`` are defining too
+  (their depthwise part reads the input group, the pointwise part defines);
 * **following** layers (``MaskedDepthwiseConv2D``, ``MaskedDepthwiseConv1D``,
   ``MaskedBatchNormalization``) own no mask: they re-apply the gate of the group
-  they sit in, so a pruned channel is exactly zero after a bias or BN shift.
+  they sit in, so a pruned channel is exactly zero after a bias or BN shift;
+  ``MaskedLayerNormalization`` also takes its statistics over the open channels.
 
 Which gate a layer uses is decided by graph analysis (:func:`keras_dnas.graph.bind`),
 which ties every layer of a channel group to one leader's variable. An unbound
@@ -212,6 +215,36 @@ class _DefiningMixin(_GateMixin):
             self.dnas_alpha.assign(store[self._dnas_alpha_key()])
 
 
+class _SeparableMixin(_DefiningMixin):
+    """Separable conv: the input gate scales the depthwise kernel's channels, the
+    output gate the pointwise kernel's columns and the bias."""
+
+    def _dnas_fold_plan(self, gin, gout, inputs):
+        dw = self.__dict__.get("depthwise_kernel")
+        pw = self.__dict__.get("pointwise_kernel")
+        if not (isinstance(dw, keras.Variable) and isinstance(pw, keras.Variable)):
+            return [], False, False
+        fin = gin is not None and _static_len(gin) == dw.shape[-2]
+        fout = (gout is not None and _is_linear(self.activation)
+                and _static_len(gout) == pw.shape[-1])
+        subs = []
+        if fin:
+            subs.append((dw, _folded(dw, gin, -2)))
+        if fout:
+            subs.append((pw, _folded(pw, gout, -1)))
+            if self.use_bias:
+                subs.append((self.bias, _folded(self.bias, gout, -1)))
+        return subs, fin, fout
+
+    # Keras' separable convs save every variable by index (the mask included),
+    # unlike Conv and Dense: keep the Layer default.
+    def save_own_variables(self, store):
+        super(_DefiningMixin, self).save_own_variables(store)
+
+    def load_own_variables(self, store):
+        super(_DefiningMixin, self).load_own_variables(store)
+
+
 class _FollowingMixin(_GateMixin):
     _dnas_role = "following"
 
@@ -355,6 +388,89 @@ class MaskedBatchNormalization(_FollowingMixin, keras.layers.BatchNormalization)
         return self._dnas_gated_call(super().call, inputs, training=training, mask=mask)
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedSeparableConv2D(_SeparableMixin, keras.layers.SeparableConv2D):
+    """``keras.layers.SeparableConv2D`` with a searchable mask over its output channels.
+
+    The depthwise part keeps the input's channel group (its input is gated),
+    the pointwise part defines a new one. Same constructor as
+    ``keras.layers.SeparableConv2D``.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> y = kd.layers.MaskedSeparableConv2D(16, 3, padding="same")(keras.Input((8, 8, 4)))
+    >>> tuple(y.shape)
+    (None, 8, 8, 16)
+    """
+
+    def call(self, inputs):
+        return self._dnas_gated_call(super().call, inputs)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedSeparableConv1D(_SeparableMixin, keras.layers.SeparableConv1D):
+    """``keras.layers.SeparableConv1D`` with a searchable mask over its output channels.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> y = kd.layers.MaskedSeparableConv1D(8, 3, padding="same")(keras.Input((16, 4)))
+    >>> tuple(y.shape)
+    (None, 16, 8)
+    """
+
+    def call(self, inputs):
+        return self._dnas_gated_call(super().call, inputs)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedLayerNormalization(_FollowingMixin, keras.layers.LayerNormalization):
+    """``keras.layers.LayerNormalization`` over channels, with statistics of the open channels.
+
+    Normalising over the channel axis mixes channels: a pruned (zero) channel
+    would change the mean and variance of the kept ones. Once bound to a
+    searchable group, the mean and variance are taken over the group's open
+    channels only and the output is re-masked, so the layer computes exactly
+    what the frozen model (a plain LayerNormalization over the kept channels)
+    computes. Unbound, it is its parent. Same constructor as
+    ``keras.layers.LayerNormalization``; channel axis only (``axis=-1``).
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> y = kd.layers.MaskedLayerNormalization()(keras.Input((8, 4)))
+    >>> tuple(y.shape)
+    (None, 8, 4)
+    """
+
+    def call(self, inputs):
+        g = self._dnas_out_gate()
+        if g is None:
+            return super().call(inputs)
+        dtype = keras.backend.result_type(inputs.dtype, "float32")
+        x = ops.cast(inputs, dtype)
+        g = ops.cast(g, dtype)
+        n = ops.sum(g)
+        mean = ops.sum(x * g, axis=-1, keepdims=True) / n
+        centred = (x - mean) * g
+        variance = ops.sum(centred * centred, axis=-1, keepdims=True) / n
+        inv = ops.rsqrt(variance + self.epsilon)
+        # same arithmetic as keras.ops.layer_normalization, on the open channels' statistics
+        if self.rms_scaling:
+            outputs = x * inv
+            if self.gamma is not None:
+                outputs = outputs * ops.cast(self.gamma, dtype)
+        else:
+            if self.gamma is not None:
+                inv = inv * ops.cast(self.gamma, dtype)
+            res = -mean * inv
+            if self.beta is not None:
+                res = res + ops.cast(self.beta, dtype)
+            outputs = x * inv + res
+        return ops.cast(outputs * g, self.compute_dtype)
+
+
 MASKED_CLASSES = (
     MaskedConv1D,
     MaskedConv2D,
@@ -362,6 +478,9 @@ MASKED_CLASSES = (
     MaskedDepthwiseConv2D,
     MaskedDepthwiseConv1D,
     MaskedBatchNormalization,
+    MaskedSeparableConv2D,
+    MaskedSeparableConv1D,
+    MaskedLayerNormalization,
 )
 
 # Keras parent -> masked subclass, and back.

@@ -39,7 +39,8 @@ _UNSCALED_REFERENCE = {"overhead": 1000.0, "flash_bytes": 0.5}
 _OPS = (
     "conv", "depthwise", "dense", "add", "subtract", "multiply", "average", "maximum",
     "minimum", "pool", "global_pool", "concat", "pad", "flatten", "reshape", "batchnorm",
-    "activation", "dropout", "input", "other",
+    "activation", "dropout", "input", "other", "separable", "scalar", "prelu", "rescaling",
+    "normalization", "layernorm",
 )
 
 
