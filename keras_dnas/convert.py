@@ -1,5 +1,6 @@
 """prepare(): clone a Keras model with masked layers and tied channel masks."""
 
+import re
 import warnings
 
 import keras
@@ -58,19 +59,31 @@ def prepare(model, exclude=None):
     Concatenate concatenates, Flatten tiles). Channels that reach a model
     output, come from a model input or touch a layer with no channel rule
     (Lambda, Reshape, grouped conv, ...) are frozen: such layers are kept as
-    they are, and a warning names them.
+    they are, and a warning names them (one line per kind of reason).
+
+    Nested Functional / Sequential sub-models (e.g. a ``keras.applications``
+    backbone inside a ``Sequential``) are inlined first
+    (:func:`keras_dnas.graph.walk.flatten`): the result is one flat graph whose
+    layers are those of the sub-models, with their weights, and they are
+    searched like any other. Inner layers keep their names where unique; a
+    clashing one becomes ``<sub-model>_<layer>``. A sub-model called twice
+    stays shared (one set of weights).
 
     Args:
         model: a Functional or Sequential ``keras.Model``.
         exclude: names of layers to keep untouched (their input and output
-            channels are frozen), e.g. a nested model or a custom layer.
+            channels are frozen). Names are those of the flattened graph
+            (``search.layers``); the name of a sub-model keeps that whole
+            sub-model as one opaque, nested block (not searched, not
+            flattened, so the frozen model contains it too).
 
     Returns:
         A :class:`SearchableModel`.
 
     Raises:
-        ValueError: for a subclassed model, an unbuilt Sequential, a nested
-            model that is not excluded, or unknown ``exclude`` names.
+        ValueError: for a subclassed model, an unbuilt Sequential, unknown
+            ``exclude`` names, or a model with no searchable channel group
+            (the message says why each group is frozen).
 
     Example:
 
@@ -85,14 +98,7 @@ def prepare(model, exclude=None):
     if not isinstance(model, keras.Model):
         raise ValueError(f"prepare() expects a keras.Model. Received: {type(model).__name__}")
     exclude = set(exclude or ())
-    for gnode in walk.nodes(model):
-        op = gnode.operation
-        if isinstance(op, keras.Model) and op.name not in exclude:
-            raise ValueError(
-                f"Layer '{op.name}' is a nested model; keras_dnas searches one flat graph. "
-                f"Either build the model without nesting, or pass exclude=['{op.name}'] to "
-                "keep it as it is (its input and output channels are then frozen)."
-            )
+    model = walk.flatten(model, keep=exclude)
     plan = analyze(model, exclude=exclude)
     searchable = {g.id for g in plan.searchable_groups()}
     to_mask = set()
@@ -100,7 +106,12 @@ def prepare(model, exclude=None):
         touched = {g for v in info.inputs + [info.output] for g in v.segments}
         if info.role in ("defining", "propagating") and touched & searchable:
             to_mask.add(info.name)
-    _warn_frozen(plan)
+    if not searchable:
+        raise ValueError(
+            f"kd.prepare: model '{model.name}' has no searchable channel group, so there is "
+            "nothing to search. Why each group is frozen:\n" + "\n".join(_frozen_lines(plan))
+            + "\n" + _fix_hint(exclude))
+    _warn_frozen(plan, exclude)
 
     def replace(op):
         if not isinstance(op, keras.layers.Layer):
@@ -130,14 +141,45 @@ def _copy_weights(old, new):
         new.finalize_state()  # its mean / variance constants come from its weights
 
 
-def _warn_frozen(plan):
-    msgs = []
+def _frozen_lines(plan, skip_outputs=False, examples=4):
+    """One line per kind of reason a group is frozen (reasons that differ only in the names
+    and numbers they quote are one kind): the layers whose channels it freezes (a few names,
+    then a count) and the first such reason. ``skip_outputs`` (the warning) leaves out the
+    groups that reach a model output (always frozen) and those no Conv/Dense defines."""
+    kinds = {}
     for g in plan.groups:
-        if g.frozen and g.defined_by and "model output" not in (g.reason or ""):
-            msgs.append(f"channels of {g.defined_by} are frozen: {g.reason}")
-    if msgs:
+        reason = g.reason or "frozen"
+        if not g.frozen or (not g.defined_by and (skip_outputs or reason.startswith("model input"))):
+            continue
+        if skip_outputs and "model output" in reason:
+            continue
+        kind = re.sub(r"\d+", "N", re.sub(r"'[^']*'", "''", reason))
+        entry = kinds.setdefault(kind, [reason, [], 0])
+        entry[1].extend(g.defined_by)
+        entry[2] += 1
+    lines = []
+    for reason, names, n_groups in kinds.values():
+        shown = "[" + ", ".join(f"'{n}'" for n in names[:examples])
+        shown += f", ... {len(names) - examples} more]" if len(names) > examples else "]"
+        similar = f" (and {n_groups - 1} similar)" if n_groups > 1 else ""
+        # a group no Conv/Dense defines (e.g. the output of an opaque layer) has no owner
+        owner = f"channels of {shown}" if names else "channels"
+        lines.append(f"  - {owner} are frozen: {reason}{similar}")
+    return lines
+
+
+def _fix_hint(exclude):
+    hint = ("To search them, use layers that have a channel rule (keras_dnas.graph.ROLES)")
+    if exclude:
+        hint += " or drop them from exclude="
+    return hint + "."
+
+
+def _warn_frozen(plan, exclude=()):
+    lines = _frozen_lines(plan, skip_outputs=True)
+    if lines:
         warnings.warn(
-            "keras_dnas.prepare: " + "; ".join(msgs) + ". To search them, use layers that "
-            "have a channel rule (keras_dnas.graph.ROLES) or drop them from exclude=.",
+            f"keras_dnas.prepare: some channel groups are frozen (kept at full width):\n"
+            + "\n".join(lines) + "\n" + _fix_hint(exclude),
             stacklevel=3,
         )

@@ -123,19 +123,19 @@ def test_lambda_is_kept_and_warned_about():
     np.testing.assert_allclose(search(xs), model(xs), atol=1e-6)
 
 
-def test_nested_model_needs_exclude():
+def test_nested_model_is_flattened_and_excluding_it_leaves_nothing_to_search():
+    # nested models used to need exclude=; kd.prepare now inlines them (tests/test_nested.py)
     inner_in = keras.Input((8,))
     inner = keras.Model(inner_in, keras.layers.Dense(6)(inner_in), name="inner")
     x = keras.Input((4,))
     y = keras.layers.Dense(2)(inner(keras.layers.Dense(8, name="pre")(x)))
     model = keras.Model(x, y)
-    with pytest.raises(ValueError, match=r"'inner' is a nested model.*exclude=\['inner'\]"):
-        kd.prepare(model)
-    with pytest.warns(UserWarning):
-        search = kd.prepare(model, exclude=["inner"])
+    search = kd.prepare(model)
+    assert kd.layers.is_masked(search.get_layer("pre"))
     xs = toys.sample(model)
     np.testing.assert_allclose(search(xs), model(xs), atol=1e-6)
-    assert search.get_layer("inner") is not inner
+    with pytest.raises(ValueError, match=r"no searchable channel group(.|\n)*excluded by the user"):
+        kd.prepare(model, exclude=["inner"])
 
 
 def test_searchable_model_round_trips_with_ties(tmp_path):

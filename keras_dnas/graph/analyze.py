@@ -52,6 +52,11 @@ def analyze(model, exclude=None, masked_only=False):
         masked_only: treat plain Conv/Dense layers like excluded ones (used
             on searchable models, where only ``kd.layers.Masked*`` search).
 
+    Nested sub-models are analysed inlined (:func:`walk.flatten`; layer
+    names are the flattened ones) unless they are named in ``exclude``;
+    with ``masked_only`` they stay opaque (a searchable model from
+    ``kd.prepare`` is already flat).
+
     Returns:
         A :class:`ChannelPlan`.
 
@@ -71,6 +76,8 @@ def analyze(model, exclude=None, masked_only=False):
     ['conv2d', 'conv2d_1']
     """
     exclude = set(exclude or ())
+    if not masked_only:
+        model = walk.flatten(model, keep=exclude, weights=False)
     graph_nodes = walk.nodes(model)
     known = {n.operation.name for n in graph_nodes if hasattr(n.operation, "name")}
     unknown = sorted(exclude - known)

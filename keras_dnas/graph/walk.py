@@ -134,3 +134,175 @@ def clone_layer(layer, cls=None, config_update=None):
             f"Layer '{layer.name}' ({type(layer).__name__}) cannot be rebuilt from its "
             f"get_config(): {e}. Give the layer a complete get_config()."
         ) from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Nested models
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_submodel(op, keep):
+    return isinstance(op, keras.Model) and op.name not in keep
+
+
+def nested_models(model, keep=()):
+    """Names of the sub-models ``model`` calls (at any depth), outermost first.
+
+    Sub-models named in ``keep`` are not entered (nor listed).
+    """
+    found = []
+
+    def visit(m):
+        for gnode in nodes(m):
+            op = gnode.operation
+            if _is_submodel(op, keep) and op.name not in found:
+                found.append(op.name)
+                visit(op)
+
+    visit(model)
+    return found
+
+
+def _flat_names(model, keep):
+    """``{id(layer): name}`` of every layer of the flattened graph (see :func:`flatten`)."""
+    entries = []  # (layer, path of sub-model names), each layer once, in graph order
+    seen = set()
+
+    def visit(m, path):
+        for gnode in nodes(m):
+            op = gnode.operation
+            if id(op) in seen or not isinstance(op, keras.layers.Layer):
+                continue
+            seen.add(id(op))
+            if _is_submodel(op, keep):
+                visit(op, path + (op.name,))
+            else:
+                entries.append((op, path))
+
+    visit(model, ())
+    uses = {}
+    for op, _ in entries:
+        uses[op.name] = uses.get(op.name, 0) + 1
+    taken = {input_layer_name(x) for x in functional_of(model).inputs}
+    taken |= {op.name for op, path in entries if not path}  # the outer model keeps its names
+    names = {}
+    for op, path in entries:
+        if not path:
+            names[id(op)] = op.name
+            continue
+        name = op.name
+        if uses[name] > 1 or name in taken:
+            name = "_".join(path + (op.name,))
+            base, i = name, 1
+            while name in taken:
+                i += 1
+                name = f"{base}_{i}"
+        taken.add(name)
+        names[id(op)] = name
+    return names
+
+
+def flatten(model, keep=(), weights=True):
+    """``model`` with every nested Functional / Sequential sub-model inlined: one flat graph.
+
+    The layers of the result are copies of the layers inside the sub-models (with their
+    weights), called on the tensors the sub-model was called on, so it computes what
+    ``model`` computes. A sub-model called several times is inlined at each call with the
+    *same* layer copies, so its weights stay shared. A sub-model called with
+    ``training=...`` passes that flag on to its inner layers. ``model`` is not modified.
+
+    Layer names: every layer keeps its name where it is unique in the flattened graph;
+    a layer inside a sub-model whose name clashes (with another layer, or with a layer
+    of the outer model, which always keeps its names) is renamed
+    ``<sub-model>_<layer>`` (with the names of all enclosing sub-models, outermost
+    first, and a numeric suffix if that is still taken).
+
+    Args:
+        model: a Functional or Sequential ``keras.Model``.
+        keep: names of sub-models to keep as they are (one layer of the result).
+        weights: copy the weights (``False`` gives the structure only, faster).
+
+    Returns:
+        ``model`` itself if it has no sub-model to inline, else a new functional
+        ``keras.Model`` with the same name, inputs and outputs.
+
+    Example:
+
+    >>> import keras
+    >>> from keras_dnas.graph import walk
+    >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="fc")],
+    ...                          name="inner")
+    >>> x = keras.Input((4,))
+    >>> model = keras.Model(x, keras.layers.Dense(2, name="fc")(inner(x)))
+    >>> [layer.name for layer in walk.flatten(model).layers[1:]]
+    ['inner_fc', 'fc']
+    """
+    keep = set(keep)
+    if not nested_models(model, keep):
+        return model
+    names = _flat_names(model, keep)
+    clones = {}  # id(original layer) -> copy
+
+    def copy_of(op):
+        if id(op) not in clones:
+            if isinstance(op, keras.Model):  # a kept sub-model
+                clones[id(op)] = keras.models.clone_model(op)
+            else:
+                clones[id(op)] = clone_layer(op, config_update={"name": names[id(op)]})
+        return clones[id(op)], op
+
+    def inline(m, tensor_map, training):
+        for gnode in nodes(m):
+            op = gnode.operation
+            args, kwargs = gnode.node.arguments.fill_in(tensor_map)
+            if _is_submodel(op, keep):
+                sub = functional_of(op)
+                given = tree.flatten(args[0] if args else kwargs.get("inputs"))
+                expected = tree.flatten(getattr(sub, "_inputs_struct", sub.inputs))
+                if len(given) != len(expected):
+                    raise ValueError(
+                        f"Nested model '{op.name}' is called on {len(given)} tensors but has "
+                        f"{len(expected)} inputs; keras_dnas cannot inline it. Pass "
+                        f"exclude=['{op.name}'] to keep it as it is.")
+                inner_map = {id(t): v for t, v in zip(expected, given)}
+                flag = kwargs.get("training")
+                inline(op, inner_map, training if flag is None else flag)
+                outs = tree.flatten(getattr(sub, "_outputs_struct", sub.outputs))
+                for old, t in zip(gnode.outputs, outs):
+                    tensor_map[id(old)] = inner_map[id(t)]
+                continue
+            if isinstance(op, keras.layers.Layer):
+                op, _ = copy_of(op)
+                if training is not None and getattr(op, "_call_has_training_arg", False):
+                    kwargs["training"] = training
+            out = op(*args, **kwargs)
+            for old, new in zip(gnode.outputs, tree.flatten(out)):
+                tensor_map[id(old)] = new
+
+    fn = functional_of(model)
+    tensor_map = {}
+    for x in fn.inputs:
+        tensor_map[id(x)] = keras.Input(batch_shape=x.shape, dtype=x.dtype,
+                                        name=input_layer_name(x))
+    inline(model, tensor_map, None)
+    new_in = tree.map_structure(lambda t: tensor_map[id(t)],
+                                getattr(fn, "_inputs_struct", fn.inputs))
+    new_out = tree.map_structure(lambda t: tensor_map[id(t)],
+                                 getattr(fn, "_outputs_struct", fn.outputs))
+    flat = keras.Model(new_in, new_out, name=model.name)
+    if weights:
+        originals = {}
+
+        def collect(m):
+            for gnode in nodes(m):
+                op = gnode.operation
+                if _is_submodel(op, keep):
+                    collect(op)
+                elif id(op) in clones:
+                    originals[id(op)] = op
+
+        collect(model)
+        for key, op in originals.items():
+            if op.weights:
+                clones[key].set_weights(op.get_weights())
+    return flat

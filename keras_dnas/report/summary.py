@@ -73,6 +73,8 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None):
     """
     target = targets.get(target)
     searchable = any(is_masked(layer) for layer in walk.functional_of(model).layers)
+    if not searchable:  # nested sub-models: one flat graph, layer names as kd.prepare's
+        model = walk.flatten(model)
     plan = analyze(model, masked_only=searchable)
     counts = hard_counts(model, plan) if searchable else [g.size for g in plan.groups]
     if memory == "auto":

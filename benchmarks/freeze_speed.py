@@ -1,0 +1,194 @@
+"""How long a budgeted ``kd.freeze`` takes, split by phase.
+
+For each model: ``kd.prepare`` it, close a random ``1 - --keep`` of every
+searchable group's channels (a search that stopped somewhere), set budgets at
+``--fraction`` of the seed's flash and RAM (and latency) on ``stm32h743``, and
+time ``kd.freeze(search, target, budgets)``. The phases (exclusive times):
+
+- ``memory``: building the flash/RAM model (``MemoryModel.from_model``: the
+  conversions; a search's callback has usually built and cached it already);
+- ``project``: closing channels until every budget holds on exact costs;
+- ``fill``: reopening channels into the budget left unused (``grow``);
+- ``certify``: converting the frozen model to check flash (``_verify_flash``,
+  without the projections it may re-run, which count under ``project``);
+- ``total``: the whole ``kd.freeze`` call (includes rebuilding the model).
+
+Weights are random and the masks arbitrary: this measures speed only.
+
+Usage::
+
+    python benchmarks/freeze_speed.py                       # zoo + MobileNetV2 + deep CNN
+    python benchmarks/freeze_speed.py --models resnet8 efficientnet_b0
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+import keras  # noqa: E402
+import keras_dnas as kd  # noqa: E402
+freeze_lib = kd.freeze_lib
+from keras_dnas.costs import memory as memory_lib  # noqa: E402
+from keras_dnas.costs.model import CostModel  # noqa: E402
+
+TARGET = "stm32h743"
+L = keras.layers
+
+
+def deep_cnn(width=256, depth=12, size=24):
+    """A synthetic plain CNN with ``width * depth`` searchable channels."""
+    x = keras.Input((size, size, 3))
+    h = x
+    for i in range(depth):
+        h = L.Conv2D(width, 3, padding="same", strides=2 if i in (2, 6) else 1)(h)
+        h = L.BatchNormalization()(h)
+        h = L.ReLU()(h)
+    return keras.Model(x, L.Dense(10)(L.GlobalAveragePooling2D()(h)), name="deep_cnn")
+
+
+MODELS = {
+    "resnet8": kd.zoo.resnet8,
+    "ds_cnn": kd.zoo.ds_cnn,
+    "mobilenet_v1": kd.zoo.mobilenet_v1,
+    "fc_autoencoder": kd.zoo.fc_autoencoder,
+    "tcn": kd.zoo.tcn,
+    "mobilenet_v2_035_96": lambda: keras.Sequential([
+        keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3),
+                                       alpha=0.35),
+        L.GlobalAveragePooling2D(), L.Dense(10)], name="mobilenet_v2_035_96"),
+    "efficientnet_b0_48": lambda: keras.applications.EfficientNetB0(
+        weights=None, input_shape=(48, 48, 3), classes=10),
+    "deep_cnn": deep_cnn,
+}
+
+
+class Phases:
+    """Exclusive wall time per phase, by wrapping the functions freeze calls."""
+
+    def __init__(self):
+        self.seconds = {}
+        self.stack = []
+
+    def wrap(self, module, name, phase):
+        original = getattr(module, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            self.stack.append(0.0)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                inner = self.stack.pop()
+                spent = time.perf_counter() - start
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + spent - inner
+                if self.stack:
+                    self.stack[-1] += spent
+        setattr(module, name, timed)
+        return original
+
+
+@contextlib.contextmanager
+def timing(phases):
+    originals = [
+        (memory_lib.MemoryModel, "from_model",
+         phases.wrap(memory_lib.MemoryModel, "from_model", "memory")),
+        (freeze_lib, "project", phases.wrap(freeze_lib, "project", "project")),
+        (freeze_lib, "grow", phases.wrap(freeze_lib, "grow", "fill")),
+        (freeze_lib, "_verify_flash", phases.wrap(freeze_lib, "_verify_flash", "certify")),
+    ]
+    try:
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original if owner is freeze_lib else classmethod(
+                original.__func__))
+
+
+def close_random(search, keep_fraction, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in search.layers:
+        alpha = getattr(layer, "dnas_alpha", None)
+        if alpha is None or not alpha.trainable:
+            continue
+        n = alpha.shape[0]
+        order = rng.permutation(n)
+        kept = max(1, int(round(keep_fraction * n)))
+        value = np.empty(n, dtype="float32")
+        value[order[:kept]] = np.linspace(1.0, 0.6, kept)
+        value[order[kept:]] = np.linspace(0.45, 0.05, n - kept)
+        alpha.assign(value)
+
+
+def run(name, keep, fraction, fill, profile=None):
+    import warnings
+
+    model = MODELS[name]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search = kd.prepare(model)
+    plan = search.dnas_plan
+    searchable = sum(g.size for g in plan.searchable_groups())
+    start = time.perf_counter()
+    memory = memory_lib.MemoryModel.from_model(search, plan, target=TARGET)
+    build = time.perf_counter() - start
+    cm = CostModel(plan, TARGET, memory=memory)
+    full = cm.evaluate(cm.full_counts(), ["flash", "ram", "latency_ms"])
+    budgets = {m: float(fraction * float(v)) for m, v in full.items()}
+    close_random(search, keep)
+    phases = Phases()
+    start = time.perf_counter()
+    with timing(phases), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+        try:
+            slim = kd.freeze(search, target=TARGET, budgets=budgets, fill=fill, verbose=0)
+            ok = slim.dnas_certificate["all_hold"]
+        except ValueError as e:
+            ok = f"error: {str(e)[:60]}"
+        if profile:
+            prof.disable()
+            prof.dump_stats(profile)
+    total = time.perf_counter() - start
+    s = phases.seconds
+    return dict(model=name, groups=len(plan.searchable_groups()), channels=searchable,
+                build=build, project=s.get("project", 0.0), fill=s.get("fill", 0.0),
+                certify=s.get("certify", 0.0), total=total, ok=ok,
+                budgets=f"flash/RAM/lat {fraction:.0%}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--keep", type=float, default=0.75, help="fraction of channels the masks keep")
+    p.add_argument("--fraction", type=float, default=0.5, help="budgets as a fraction of the seed")
+    p.add_argument("--no-fill", action="store_true")
+    p.add_argument("--profile", help="write cProfile stats of the freeze to PREFIX_<model>.prof")
+    args = p.parse_args(argv)
+    print(f"keras_dnas.freeze speed on {TARGET}: masks keep {args.keep:.0%} at random, "
+          f"budgets at {args.fraction:.0%} of the seed; seconds (memory model built before "
+          "freeze, cached)")
+    head = ("model", "groups", "channels", "budgets", "memory build", "project", "fill",
+            "certify", "freeze total", "holds")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for name in args.models:
+        prof = f"{args.profile}_{name}.prof" if args.profile else None
+        r = run(name, args.keep, args.fraction, not args.no_fill, prof)
+        print(f"| {r['model']} | {r['groups']} | {r['channels']} | {r['budgets']} | "
+              f"{r['build']:.2f} | {r['project']:.2f} | {r['fill']:.2f} | {r['certify']:.2f} | "
+              f"{r['total']:.2f} | {r['ok']} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
