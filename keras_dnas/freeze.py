@@ -104,14 +104,32 @@ def _config_update(op, info, keep):
 def project(model, cost_model, budgets, plan=None, keep=None):
     """Remove channels until every budget holds under exact costs.
 
-    Greedy: at each step, among searchable groups with more than one kept
-    channel, close the channel with the smallest ``|alpha|`` in the group
-    where ``|alpha| / (violation removed)`` is smallest, i.e. the least
-    important channel per unit of budget saved. Groups of two channels are
-    cut to one only when no wider group is left to cut. Peak RAM is a maximum over
-    time, so a single channel often leaves it unchanged: such ties are
-    broken by a measure that always shrinks (total planned buffer bytes for
-    RAM, the metric itself otherwise).
+    Greedy on the least important channel per unit of budget saved. Each
+    round measures, with exact costs, what closing one more channel of each
+    searchable group saves: ``saved`` = the drop of the summed relative
+    violation of the budgets that fail (only those are evaluated: closing
+    channels never raises a cost). A channel ``c`` of group ``g`` ranks by
+    ``|alpha_c| / saved_g``, groups in increasing ``|alpha|`` order; groups
+    of two channels are cut to one only when no wider group is left to cut
+    (one-channel layers are bottlenecks). Costs move in steps (16-byte
+    aligned arena buffers, SIMD widths), so where one channel saves nothing,
+    ``saved_g`` is the saving per channel of closing a quarter of the group.
+    Peak RAM is a maximum over time, so even that often leaves it unchanged:
+    when no group saves anything, the channel that shrinks a measure that
+    always shrinks (total planned buffer bytes for RAM, the metric itself
+    otherwise) per unit of ``|alpha|`` closes.
+
+    Several channels close per round: they are taken in rank order until
+    their predicted saving (the sum of their groups' one-channel savings of
+    this round, at most half of a group's channels) covers half of the
+    remaining violation. If the exact costs of the block save less than half
+    of its prediction (the RAM peak moved to another tensor, say), only its
+    first half closes (and so on: bisection). The rounds shrink to a single
+    channel near the budget, where the choice is exactly that of closing one
+    channel at a time (the first channel of every round is always that
+    choice). This takes
+    ``O(groups x log(violation / one channel's saving))`` exact evaluations
+    instead of ``O(groups x channels closed)``.
 
     Returns:
         ``(keep, removed, costs)``: the new keep-masks, a list of
@@ -127,51 +145,87 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     owners = {layer.name: layer for layer in walk.functional_of(model).layers}
     theta = {g.id: np.abs(keras.ops.convert_to_numpy(owners[g.leader].dnas_alpha))
              for g in plan.groups if not g.frozen}
+    counts = [int(k.sum()) for k in keep]
 
-    def evaluate(k):
-        counts = [int(x.sum()) for x in k]
-        values = cost_model.evaluate(counts, metrics, exact=True)
+    def evaluate(c, wanted, mass=False):
+        values = cost_model.evaluate(c, wanted, exact=True)
         values = {m: float(_number(v)) for m, v in values.items()}
-        mass = {m: values[m] for m in metrics}
-        if "ram" in mass:
-            mass["ram"] = float(cost_model.memory.ram_mass(counts))
-        return values, mass
+        if mass:
+            values["_mass"] = float(cost_model.memory.ram_mass(c))
+        return values
 
-    def violation(values):
-        return sum(b.violation(values[b.metric]) for b in budgets)
-
-    def shrink(before, after, failing):
-        return sum((before[b.metric] - after[b.metric]) / b.limit for b in failing)
+    def violation(values, which):
+        return sum(b.violation(values[b.metric]) for b in which)
 
     removed = []
-    costs, mass = evaluate(keep)
-    while violation(costs) > 0:
+    costs = evaluate(counts, metrics)
+    while violation(costs, budgets) > 0:
         failing = [b for b in budgets if not b.holds(costs[b.metric])]
-        best = None
-        for g, th in theta.items():
-            if keep[g].sum() <= 1:
+        wanted = [b.metric for b in failing]
+        ram_failing = "ram" in wanted
+        now = violation(costs, failing)
+        mass_now = float(cost_model.memory.ram_mass(counts)) if ram_failing else None
+        floor = 2 if any(counts[g] > 2 for g in theta) else 1
+        saved, shrink = {}, {}
+        for g in theta:
+            if counts[g] <= floor:
                 continue
-            c = int(np.argmin(np.where(keep[g], th, np.inf)))
-            trial = list(keep)
-            trial[g] = keep[g].copy()
-            trial[g][c] = False
-            t_costs, t_mass = evaluate(trial)
-            saved = violation(costs) - violation(t_costs)
-            # soft floor of two channels: a group goes down to one only if nothing else
-            # can meet the budgets (one-channel layers are bottlenecks, and a one-channel
-            # residual stream is the most quantisation-sensitive part of a network)
-            rank = (1 if keep[g].sum() <= 2 else 0, 0 if saved > 0 else 1,
-                    (th[c] + 1e-9) / (saved if saved > 0 else
-                                      max(shrink(mass, t_mass, failing), 1e-12)))
-            if best is None or rank < best[0]:
-                best = (rank, g, c, trial, t_costs, t_mass)
-        if best is None:
+            trial = list(counts)
+            trial[g] -= 1
+            t_costs = evaluate(trial, wanted, mass=ram_failing)
+            saved[g] = now - violation(t_costs, failing)
+            j = min(counts[g] - floor, max(2, counts[g] // 4))
+            if saved[g] <= 0 and j > 1:
+                # a cost in steps (16-byte aligned buffers, SIMD widths): one channel may
+                # save nothing where a few do; use the saving per channel of closing j
+                trial[g] -= j - 1
+                saved[g] = (now - violation(evaluate(trial, wanted), failing)) / j
+            # the tie-break measure (only used when no group saves anything)
+            shrink[g] = sum(((mass_now - t_costs["_mass"]) if b.metric == "ram" else
+                             (costs[b.metric] - t_costs[b.metric])) / b.limit for b in failing)
+        if not saved:
             failing = [f"{b.metric}: limit {b.limit:g}, reached {costs[b.metric]:g}"
                        for b in budgets if not b.holds(costs[b.metric])]
             raise ValueError("Budgets cannot hold even with one channel per group: "
                              + "; ".join(failing))
-        _, g, c, keep, costs, mass = best
-        removed.append((plan.groups[g].leader, c))
+        # the channels each group would close next, least important first
+        order = {g: np.flatnonzero(keep[g])[np.argsort(theta[g][keep[g]], kind="stable")]
+                 for g in saved}
+        useful = [g for g in saved if saved[g] > 0]
+        if useful:
+            candidates = []
+            for g in useful:
+                cap = max(1, min(counts[g] - floor, counts[g] // 2))
+                for c in order[g][:cap]:
+                    candidates.append(((theta[g][c] + 1e-9) / saved[g], g, int(c)))
+            candidates.sort()
+            chosen, predicted = [], 0.0
+            for _, g, c in candidates:
+                chosen.append((g, c))
+                predicted += saved[g]
+                if predicted >= 0.5 * now:
+                    break
+        else:
+            g = min(saved, key=lambda g: (theta[g][order[g][0]] + 1e-9)
+                    / max(shrink[g], 1e-12))
+            chosen = [(g, int(order[g][0]))]
+        # Bisection on the block: a prediction from one-channel savings fails when the peak
+        # moves (RAM) or a layer's cost bends; then only the first half of the block closes.
+        predicted = np.cumsum([saved.get(g, 0.0) for g, _ in chosen])
+        k = len(chosen)
+        while True:
+            trial = list(counts)
+            for g, _ in chosen[:k]:
+                trial[g] -= 1
+            t_costs = evaluate(trial, metrics)
+            if k == 1 or now - violation(t_costs, failing) >= 0.5 * predicted[k - 1]:
+                break
+            k //= 2
+        for g, c in chosen[:k]:
+            keep[g] = keep[g].copy()
+            keep[g][c] = False
+            removed.append((plan.groups[g].leader, c))
+        counts, costs = trial, t_costs
     return keep, removed, costs
 
 
@@ -184,7 +238,14 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
     group keeps at least a fraction ``f`` of its channels, which lifts groups
     the search starved), then the allocation scaled up by a common factor,
     then single channels, each time the one that costs least (summed
-    relative increase of the budgeted metrics). Inside a group,
+    relative increase of the budgeted metrics), until no channel fits. To
+    keep that fast on thousands of channels, one exact evaluation of every
+    group's next channel ranks them and several channels are added per
+    round, cheapest first, while their summed cost stays within half of
+    the budget left (at most half of a group's closed channels); if the
+    exact costs of the block break a budget, only its first half is added
+    (bisection). The first channel of every round, and every channel near
+    the limit, is the one-at-a-time choice. Inside a group,
     closed channels reopen in order of decreasing ``|alpha|``. Only budgets
     limit the growth, so pass every limit that matters.
 
@@ -257,23 +318,42 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
                     1.0, max(size[g] / max(n, 1) for g, n in now.items()))
     if found is not None:
         keep, costs = found
-    # 3. single channels, cheapest first
+    # 3. single channels, cheapest first, several per exact evaluation (see the docstring)
     while True:
-        best = None
+        cands = []
         for g in order:
             n = int(keep[g].sum())
             if n >= plan.groups[g].size:
                 continue
-            trial = with_counts({g: n + 1})
-            t_costs = evaluate(trial)
+            t_costs = evaluate(with_counts({g: n + 1}))
             if not holds(t_costs):
                 continue
-            rank = sum((t_costs[b.metric] - costs[b.metric]) / b.limit for b in budgets)
-            if best is None or rank < best[0]:
-                best = (rank, trial, t_costs)
-        if best is None:
+            rise = {b.metric: t_costs[b.metric] - costs[b.metric] for b in budgets}
+            rank = sum(rise[b.metric] / b.limit for b in budgets)
+            cands.append((rank, g, rise, plan.groups[g].size - n))
+        if not cands:
             break
-        _, keep, costs = best
+        cands.sort(key=lambda c: c[0])
+        room = {b.metric: b.limit - costs[b.metric] for b in budgets}
+        block, used = [], {m: 0.0 for m in room}
+        for rank, g, rise, closed in cands:
+            for _ in range(max(1, closed // 2)):
+                if block and any(used[m] + rise[m] > 0.5 * room[m] for m in room):
+                    break
+                block.append(g)
+                for m in room:
+                    used[m] += rise[m]
+        k = len(block)
+        while True:  # bisection: the first channel alone is known to hold
+            now = {g: int(keep[g].sum()) for g in set(block[:k])}
+            for g in block[:k]:
+                now[g] += 1
+            trial = with_counts(now)
+            t_costs = evaluate(trial)
+            if k == 1 or holds(t_costs):
+                break
+            k //= 2
+        keep, costs = trial, t_costs
     added = [(plan.groups[g].leader, int(c)) for g in order
              for c in np.flatnonzero(keep[g] & ~initial[g])]
     return keep, added, costs

@@ -112,7 +112,7 @@ def test_lambda_and_unknown_layers_freeze_their_groups():
     [
         (L.Conv2D(4, 3, groups=2, name="odd"), "grouped"),
         (L.DepthwiseConv2D(3, depth_multiplier=2, name="odd"), "depth_multiplier"),
-        (L.Reshape((6, 6, 4), name="odd"), "reshapes"),
+        (L.Reshape((6, 12, 2), name="odd"), "reshapes"),
     ],
 )
 def test_layers_without_a_channel_rule_are_opaque(layer, reason):

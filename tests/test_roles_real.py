@@ -37,20 +37,18 @@ def randomize(model, seed=0):
 
 
 def searchable_fraction(plan):
-    """Channels of Conv/Dense/SeparableConv outputs that are searchable, over all such
-    channels outside the model outputs' groups: ``(searchable, total)``."""
+    """``(searchable, total)`` output channels of Conv / Dense / SeparableConv layers
+    outside the groups that reach a model output (benchmarks/searchable_fraction.py)."""
     out_groups = {g for v in plan.outputs for g in v.segments}
     searchable = total = 0
     for info in plan.layers:
-        if info.op not in ("conv", "dense", "separable") or info.role == "opaque" and \
-                info.reason and "nested" in info.reason:
+        if info.op not in ("conv", "dense", "separable"):
             continue
-        groups = info.output.segments
-        if any(g in out_groups for g in groups):
+        if any(g in out_groups for g in info.output.segments):
             continue
         n = plan.view_size(info.output)
         total += n
-        searchable += n if all(not plan.groups[g].frozen for g in groups) else 0
+        searchable += n if all(not plan.groups[g].frozen for g in info.output.segments) else 0
     return searchable, total
 
 
@@ -307,3 +305,43 @@ def test_costs_of_new_ops():
     cm = CostModel(plan, "stm32h743")
     bn = model.get_layer("bn").count_params()  # folded into the conv: not counted
     assert cm.evaluate(cm.full_counts(), ["params"])["params"] == model.count_params() - bn
+
+
+def tflm_toy():
+    """One model with every new role TFLite Micro runs in int8 (one conversion for all)."""
+    x = keras.Input((12, 12, 3))
+    h = L.Conv2D(8, 3, padding="same", name="stem")(x)
+    h = h * keras.ops.relu6(h + 3.0) / 6.0  # hard_swish as in MobileNetV3
+    h = se_block(h, 8, "se1", reshape=True)
+    h = L.SeparableConv2D(10, 3, depth_multiplier=2, name="sep")(h)
+    h = se_block(h, 10, "se2", reshape=False, ops_gate=True)
+    h = L.Rescaling([0.5, 1.0, 2.0, -1.0, 0.25, 3.0, 1.0, 1.0, 0.5, 2.0], offset=0.1,
+                    name="rescale_pc")(h)
+    h = L.PReLU(shared_axes=[1, 2], name="prelu")(h)
+    h = L.ZeroPadding2D(1, name="pad")(L.Activation("hard_silu", name="hswish")(h))
+    h = L.UpSampling2D(2, interpolation="bilinear", name="up")(L.Cropping2D(1, name="crop")(h))
+    h = keras.ops.add(h, L.Conv2D(10, 1, name="branch")(h))
+    y = L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(L.Conv2D(4, 1, name="post")(h)))
+    return keras.Model(x, y, name="tflm_toy")
+
+
+def test_frozen_model_with_every_new_role_converts_to_int8_tflite():
+    model = randomize(tflm_toy())
+    plan = analyze(model)
+    assert searchable_defined(plan) == sorted(
+        ["stem", "se1_reduce", "se1_expand", "sep", "se2_reduce", "se2_expand", "branch",
+         "post"])
+    slim, x = check_prepare_and_freeze(model, seed=1)
+    assert len(kd.export.to_tflite(slim, representative_data=x)) > 1000
+
+
+def test_mobilenet_v3_small_is_searchable():
+    """Hard-swish / hard-sigmoid written with keras.ops, squeeze-excite with keepdims=True.
+    (EfficientNetB0, MobileNetV2, DenseNet121: benchmarks/searchable_fraction.py.)"""
+    model = keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3),
+                                                classes=10, minimalistic=False)
+    plan = analyze(model)
+    searchable, total = searchable_fraction(plan)
+    assert searchable >= 0.9 * total
+    toys.randomize_bn(model)
+    check_prepare_and_freeze(model)
