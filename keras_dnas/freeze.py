@@ -500,6 +500,10 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
                    "all_hold": all(r["holds"] for r in rows)}
     if flash_source:
         certificate["flash_source"] = flash_source
+        if flash_source.startswith("int8") and "ram" in costs and \
+                getattr(cost_model.memory, "pointer_bytes", None):
+            certificate["ram_source"] = ("TFLite Micro planner replay of the frozen model's "
+                                         "int8 conversion")
     if verbose:
         if removed:
             print(f"keras_dnas.freeze: closed {len(removed)} more channel(s) to meet the budgets: "
@@ -520,14 +524,20 @@ def _group_of(plan, leader):
 
 
 def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4):
-    """Certify flash by converting the frozen model (int8, as ``kd.export.to_tflite``).
+    """Certify flash, and RAM from the same file, by converting the frozen model (int8, as
+    ``kd.export.to_tflite``).
 
     The flash model is within a few bytes of the converter, and a budget
     filled to the limit is exactly where a few bytes matter. The size of the
     flatbuffer does not depend on the calibration data (random inputs here).
-    If it exceeds the limit, projection runs again with the limit tightened
-    by the excess. Returns ``(keep, costs, removed, source)``.
+    The conversion is made anyway for flash, so a RAM budget is certified on it
+    too: TFLite Micro's planner replayed on the frozen model's own flatbuffer
+    (the search-time model rescales the full-width conversion, which is an
+    estimate where the converter emits another graph at small widths). If a
+    value exceeds its limit, projection runs again with the limit tightened by
+    the excess. Returns ``(keep, costs, removed, source)``.
     """
+    from keras_dnas.costs import arena
     from keras_dnas.export import to_tflite
     from keras_dnas.search.objectives import Budget
 
@@ -535,21 +545,33 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4):
     shape = tuple(frozen.inputs[0].shape[1:])
     if len(frozen.inputs) != 1 or any(d is None for d in shape):
         return keep, costs, [], "flash model (input shape not fixed: not converted)"
-    flash = next(b for b in budgets if b.metric == "flash")
-    x = np.random.default_rng(0).normal(size=(8,) + shape)
+    pointer_bytes = getattr(cost_model.memory, "pointer_bytes", None)
+    metrics = ["flash"] + (["ram"] if "ram" in costs and pointer_bytes else [])
+    checked = [b for b in budgets if b.metric in metrics]
+    x = np.random.default_rng(0).normal(size=(8,) + shape).astype("float32")
+
+    def measured(frozen):
+        blob = to_tflite(frozen, representative_data=x)
+        values = {"flash": float(len(blob))}
+        if "ram" in metrics:
+            values["ram"] = float(arena.tflite_arena(blob, pointer_bytes=pointer_bytes)["total"])
+        return values
+
     removed, working = [], list(budgets)
     for _ in range(attempts):
-        measured = len(to_tflite(frozen, representative_data=x.astype("float32")))
-        if measured <= flash.limit:
-            costs = dict(costs, flash=float(measured))
-            return keep, costs, removed, "int8 TFLite conversion of the frozen model"
-        excess = measured - costs["flash"]
-        working = [Budget("flash", b.limit - max(excess, 0) - 16) if b.metric == "flash" else b
-                   for b in working]
+        real = measured(frozen)
+        excess = {b.metric: real[b.metric] - costs[b.metric] for b in checked
+                  if not b.holds(real[b.metric])}
+        if not excess:
+            break
+        working = [Budget(b.metric, b.limit - max(excess[b.metric], 0) - 16)
+                   if b.metric in excess else b for b in working]
         keep, more, costs = project(model, cost_model, working, plan=plan, keep=keep)
         removed += more
         frozen = rebuild_with(model, plan, keep)
-    costs = dict(costs, flash=float(len(to_tflite(frozen, representative_data=x.astype("float32")))))
+    else:
+        real = measured(frozen)
+    costs = dict(costs, **real)
     return keep, costs, removed, "int8 TFLite conversion of the frozen model"
 
 

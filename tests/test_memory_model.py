@@ -21,6 +21,7 @@ from keras_dnas.costs import arena
 from keras_dnas.costs import model as cost_model
 from keras_dnas.export._flatbuffer import read_tflite
 from keras_dnas.costs.memory import MemoryModel
+from keras_dnas.freeze import rebuild_with
 from tests import toys
 
 ZOO = {"ds_cnn": kd.zoo.ds_cnn, "tcn": kd.zoo.tcn, "resnet8": kd.zoo.resnet8}
@@ -186,3 +187,121 @@ def test_conversions_are_shared_across_pointer_sizes():
     m4 = MemoryModel.from_model(c["searchable"], pointer_bytes=4)
     assert m4 is MemoryModel.from_model(c["searchable"], target="stm32h743")
     assert m4.full_bytes is c["memory"].full_bytes
+
+
+# ----------------------------------------------------------------------------------------------
+# One conversion, any graph (issue 13): widths 1 and 2, equal small widths, causal Conv1D, many
+# groups. The search-time model at the widths of a random frozen model is checked against the
+# real conversion of that frozen model (TFLite Micro arena head exactly, flash within a few
+# bytes), and kd.summary of the frozen model against its own conversion (exactly).
+# ----------------------------------------------------------------------------------------------
+
+
+def two_channel_cnn():
+    return keras.Sequential([
+        keras.Input((28, 28, 1)), keras.layers.Conv2D(2, 3, activation="relu"),
+        keras.layers.Conv2D(32, 3), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+
+
+def three_equal_convs():
+    return keras.Sequential([
+        keras.Input((12, 12, 3)), keras.layers.Conv2D(4, 3), keras.layers.Conv2D(4, 3),
+        keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
+
+
+def causal_pair():
+    return keras.Sequential([
+        keras.Input((32, 3)), keras.layers.Conv1D(8, 3, padding="causal"),
+        keras.layers.Conv1D(8, 3, padding="causal", dilation_rate=2),
+        keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(4)])
+
+
+def causal_tcn():
+    return kd.zoo.tcn(input_shape=(32, 6), filters=(8, 8, 16), dilations=(1, 2, 4),
+                      padding="causal")
+
+
+def many_groups(depth=100):
+    """A chain of 1x1 convolutions of random widths 1..5 (one group each)."""
+    rng = np.random.default_rng(3)
+    layers = [keras.Input((4, 4, 2))]
+    layers += [keras.layers.Conv2D(int(w), 1, activation="relu")
+               for w in rng.integers(1, 6, depth)]
+    layers += [keras.layers.Flatten(), keras.layers.Dense(3)]
+    return keras.Sequential(layers, name="many_groups")
+
+
+FLASH_BYTES_SLACK = 64  # converter details the one conversion cannot see (shared shape constants)
+ANY_GRAPH = {"two_channel_cnn": two_channel_cnn, "three_equal_convs": three_equal_convs,
+             "causal_pair": causal_pair, "causal_tcn": causal_tcn, "many_groups": many_groups}
+
+
+def converted(model):
+    rep = np.random.default_rng(0).normal(size=(8,) + tuple(model.inputs[0].shape[1:]))
+    return kd.export.to_tflite(model, representative_data=rep.astype("float32"))
+
+
+@functools.lru_cache(maxsize=None)
+def any_graph_case(name, seed=1):
+    keras.utils.set_random_seed(0)
+    searchable = kd.prepare(ANY_GRAPH[name]())
+    non_zero(searchable)
+    toys.close_random_masks(searchable, seed=seed, keep=0.5)
+    memory = MemoryModel.from_model(searchable, pointer_bytes=HOST)
+    counts = cost_model.hard_counts(searchable, memory.plan)
+    frozen = kd.freeze(searchable)
+    tflite = converted(frozen)
+    return dict(searchable=searchable, memory=memory, counts=counts, frozen=frozen,
+                tflite=tflite, measured=kd.export.measure(tflite))
+
+
+@pytest.mark.parametrize("name", list(ANY_GRAPH))
+def test_one_conversion_matches_frozen_model(name):
+    c = any_graph_case(name)
+    memory, counts = c["memory"], c["counts"]
+    assert memory.unattributed == []
+    searchable_counts = [n for n, g in zip(counts, memory.plan.groups) if not g.frozen]
+    full = [g.size for g in memory.plan.groups if not g.frozen]
+    assert searchable_counts != full  # the masks pruned something
+    assert memory.ram_parts(counts)["head"] == c["measured"]["arena_head_bytes"]
+    assert abs(memory.flash(counts) - len(c["tflite"])) <= FLASH_BYTES_SLACK, \
+        (memory.flash(counts), len(c["tflite"]))
+
+
+@pytest.mark.parametrize("name", list(ANY_GRAPH))
+def test_summary_of_frozen_model_is_its_own_conversion(name):
+    c = any_graph_case(name)
+    s = kd.summary(c["frozen"], targets.get("stm32h743").replace(name="host64", pointer_bytes=HOST))
+    assert s["flash_bytes"] == len(c["tflite"])
+    assert s["arena_head_bytes"] == c["measured"]["arena_head_bytes"]
+
+
+def test_two_channel_groups_summarise():
+    """Issue 13 case 1: the seed model summarises (flash = its conversion) and the search-time
+    model holds at one and at two channels of the two-channel group."""
+    model = two_channel_cnn()
+    non_zero(model)
+    s = kd.summary(model, "stm32h743")
+    assert s["flash_bytes"] == len(converted(model))
+    c = any_graph_case("two_channel_cnn")
+    memory = c["memory"]
+    group = next(g for g in memory.plan.groups if g.size == 2)
+    for width in (1, 2):
+        keep = [np.arange(g.size) < (width if g.id == group.id else g.size)
+                for g in memory.plan.groups]
+        counts = [int(k.sum()) for k in keep]
+        tflite = converted(rebuild_with(c["searchable"], memory.plan, keep))
+        assert abs(memory.flash(counts) - len(tflite)) <= FLASH_BYTES_SLACK
+        assert memory.ram_parts(counts)["head"] == kd.export.measure(tflite)["arena_head_bytes"]
+
+
+def test_many_groups_flash_is_len_tflite():
+    """Issue 13 case 4: a plain model with a hundred groups: flash and arena are those of its
+    own conversion, to the byte."""
+    model = many_groups()
+    non_zero(model)
+    tflite = converted(model)
+    s = kd.summary(model, targets.get("stm32h743").replace(name="host64", pointer_bytes=HOST))
+    assert len(kd.graph.analyze(model).groups) > 100
+    assert s["flash_bytes"] == len(tflite)
+    assert s["arena_head_bytes"] == kd.export.measure(tflite)["arena_head_bytes"]

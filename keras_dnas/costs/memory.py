@@ -1,13 +1,29 @@
 """Flash and TFLite Micro arena of the frozen int8 model, as functions of channel counts.
 
-The model is anchored on real conversions rather than on a formula: the
-structure is converted to full-int8 TFLite twice, once at full width and once
-as a *probe* in which every searchable group has a different, distinct channel
-count. Comparing the two flatbuffers tells, for every tensor dimension (and
-every per-channel quantisation array), which channel view of the ChannelPlan
-it follows. For any other counts the tensors are rescaled and
+The model is anchored on **one** real conversion: the structure is converted to full-int8 TFLite
+at full width (a copy with realistic parameters, see below), and every dimension of every
+tensor of that flatbuffer (and every per-channel quantisation array) is attributed to the
+channel counts of the ChannelPlan, from the plan and the converted graph alone:
 
-- **RAM** (exact): TFLite Micro's greedy planner is replayed on the rescaled
+- activations (the last, channel axis), operator by operator in execution order: a
+  convolution, depthwise or fully connected operator is matched to the Keras layer call it
+  comes from (the plan's output size, its input view equal to the operator's input, its
+  kernel and output positions, the layer name in the tensor names, each call used once); a
+  concatenation adds its inputs; a flattening reshape scales its input by the positions;
+  every other operator (pads, pools, means, element-wise, reshapes that keep the last axis)
+  passes on the channels of an input of the same size; what is still open takes a layer named
+  in the tensor name, then a view of unambiguous size;
+- constants, through the operators that read them: a weight's dimensions follow the operator's
+  output and input channels, a bias and the per-channel scales the output channels, a
+  broadcast operand of an element-wise operator its output's channels.
+
+A dimension that cannot be attributed is kept fixed (``MemoryModel.unattributed`` lists it
+and a warning says so); nothing here raises for it. At full width every number is that of the
+conversion itself: a plain (seed or frozen) model is measured exactly, ``flash == len(.tflite)``
+and the arena is the planner replay of its own flatbuffer. For other counts the tensors are
+rescaled and
+
+- **RAM** (exact replay): TFLite Micro's greedy planner is replayed on the rescaled
   tensors (:func:`keras_dnas.costs.arena.tflite_arena`: head exact, tail
   modelled for the target's pointer size); the differentiable version is the
   liveness bound over the same buffers plus the per-channel tail;
@@ -16,24 +32,32 @@ it follows. For any other counts the tensors are rescaled and
   ``force_align: 16``) and of every per-channel quantisation array (float32
   scale + int64 zero point per channel).
 
+This is exact wherever the converter emits the same graph at the other widths. Where it does
+not (a dimension of 1 squeezed away, a one-channel tensor quantised per tensor, two shape
+constants of equal value shared in one flatbuffer and not in the other), the rescaled
+full-width graph is the estimate the search uses (a few bytes of flash), and ``kd.freeze``
+certifies flash and RAM on the conversion of the frozen model itself.
+
 The soft values (tensor counts) have the exact values (int counts) as their
 forward value wherever the exact value is a closed formula: flash, the
 per-channel tail and every buffer size (alignment is rounded with a
 straight-through gradient). The soft RAM is therefore a lower bound of the
 exact RAM: liveness bound <= planned head, and the same tail.
 
-The conversions use a copy of the structure with random weights: sizes do not
-depend on weight values, but the converter drops all-zero biases and shares
-identical constants, which would make an untrained model's structure change
-with the channel counts. A real model whose conversion does drop or share
-constants is a little smaller than predicted (flash is then an upper bound).
+The conversion uses a copy of the structure with random, distinct, non-zero weights (BatchNorm
+scales and variances positive): sizes do not depend on weight values, but the converter drops
+all-zero biases and shares identical constants, which a trained model does not have. A real
+model whose conversion does drop or share constants is a little smaller than predicted (flash
+is then an upper bound).
 
-Converting costs a few seconds per structure; the conversions are cached per
-structure on the model object (for every pointer size), so a callback, a later
-``freeze`` and ``kd.summary`` share them.
+Converting costs a few seconds per structure; the one conversion is cached per structure on
+the model object (for every pointer size), so a callback, a later ``freeze`` and
+``kd.summary`` share it.
 """
 
 import dataclasses
+import re
+import warnings
 
 import numpy as np
 from keras import ops
@@ -48,60 +72,338 @@ QUANT_BYTES_PER_CHANNEL = 4 + 8
 #: ``data:[ubyte] (force_align: 16)``, but the converter's exporter ignores it: buffer data
 #: follows the 4-byte length prefix with only 4-byte padding (checked on TF 2.21 output).
 BUFFER_ALIGNMENT = 4
+#: Flatbuffer bytes of one more int32 shape constant (a RESHAPE's target shape): the tensor
+#: table, its name, shape and buffer. The converter stores each distinct value once, and the
+#: values hold channel counts, so two reshapes of equal widths share one constant at full width
+#: and not at other widths (or the reverse). Measured on TF 2.21 conversions of causal TCNs
+#: (tests/test_memory_model.py); the name's length makes it vary by a few bytes.
+SHAPE_CONSTANT_BYTES = 140
 
 _CACHE_ATTR = "_dnas_memory_cache"
 
-
-def _view_key(view):
-    return (view.repeat, tuple(sorted(view.segments)))
-
-
-def _searchable_views(plan):
-    """Keys of the channel views that contain a searchable group (the others never change)."""
-    keys = {_view_key(v) for info in plan.layers for v in info.inputs + [info.output]}
-    return sorted(k for k in keys if any(not plan.groups[g].frozen for g in k[1]))
-
-
-def _probe_counts(plan, candidates, attempts=64):
-    """Distinct channel counts per group such that no two channel views collide."""
-    rng = np.random.default_rng(0)
-    full = [g.size for g in plan.groups]
-    for _ in range(attempts):
-        probe = list(full)
-        for g in plan.groups:
-            if not g.frozen and g.size > 1:
-                # At least 2 when possible: one channel may convert differently (per-tensor
-                # instead of per-channel quantisation, broadcast constants).
-                probe[g.id] = int(rng.integers(2 if g.size > 2 else 1, g.size))
-        seen = {}
-        ok = True
-        for key in candidates:
-            repeat, segs = key
-            sig = (repeat * sum(full[s] for s in segs), repeat * sum(probe[s] for s in segs))
-            if sig in seen and seen[sig] != key:
-                ok = False
-                break
-            seen[sig] = key
-        if ok:
-            return probe
-    raise RuntimeError("Could not find probe channel counts that tell every channel view apart.")
+#: TFLite operators whose output channels are new (a weight's output axis): matched to a
+#: Keras layer call. Value: (data input, weight input, bias input, weight axes (out, in)).
+_WEIGHT_OPS = {
+    "CONV_2D": (0, 1, 2, (0, 3)),
+    "DEPTHWISE_CONV_2D": (0, 1, 2, (3, None)),
+    "FULLY_CONNECTED": (0, 1, 2, (0, 1)),
+    "TRANSPOSE_CONV": (2, 1, 3, (0, 3)),
+}
+#: Plan ops (``LayerInfo.op``) each TFLite weight operator may come from, best first.
+_KINDS = {
+    "CONV_2D": ("conv", "separable_conv", "dense"),
+    "DEPTHWISE_CONV_2D": ("depthwise", "separable_conv"),
+    "FULLY_CONNECTED": ("dense", "conv"),
+    "TRANSPOSE_CONV": ("conv_transpose", "conv"),
+}
+#: Element-wise operators whose constant operands are data broadcast against the output
+#: (their other constants, e.g. a reshape's shape or a pad's paddings, never scale).
+_ELEMENTWISE = frozenset({
+    "ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "PRELU", "SQUARED_DIFFERENCE", "POW",
+    "FLOOR_DIV", "FLOOR_MOD", "SELECT", "SELECT_V2", "LESS", "GREATER", "EQUAL", "NOT_EQUAL",
+    "LESS_EQUAL", "GREATER_EQUAL",
+})
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _Dim:
-    """A tensor dimension: fixed, or ``repeat * sum(counts[segments])``."""
+    """A tensor dimension: ``const + sum(coefficient * counts[group])``.
+
+    ``value`` is the dimension at full width; ``terms`` holds the searchable groups only
+    (frozen groups never change and are part of ``const``).
+    """
 
     value: int
-    segments: tuple = ()
-    repeat: int = 1
+    terms: tuple = ()  # ((group, coefficient), ...), sorted
+    const: int = None
+
+    def __post_init__(self):
+        if self.const is None:
+            object.__setattr__(self, "const", int(self.value))
+
+    @property
+    def key(self):
+        return (self.terms, self.const)
 
     def count(self, counts):
-        if not self.segments:
-            return self.value
-        total = 0
-        for g in self.segments:
-            total = total + counts[g]
-        return total if self.repeat == 1 else total * self.repeat
+        if not self.terms:
+            return self.const
+        total = self.const
+        for g, k in self.terms:
+            total = total + (counts[g] if k == 1 else counts[g] * k)
+        return total
+
+    def scaled(self, factor):
+        return _Dim(self.value * factor, tuple((g, k * factor) for g, k in self.terms),
+                    self.const * factor)
+
+    def __add__(self, other):
+        terms = dict(self.terms)
+        for g, k in other.terms:
+            terms[g] = terms.get(g, 0) + k
+        return _Dim(self.value + other.value, tuple(sorted(terms.items())),
+                    self.const + other.const)
+
+
+def _view_dim(plan, view):
+    """The :class:`_Dim` of a channel view of the plan."""
+    terms, const = {}, 0
+    for g in view.segments:
+        group = plan.groups[g]
+        if group.frozen:
+            const += view.repeat * group.size
+        else:
+            terms[g] = terms.get(g, 0) + view.repeat
+    return _Dim(plan.view_size(view), tuple(sorted(terms.items())), const)
+
+
+def _name_parts(tensor_name):
+    """Name-scope components of a TFLite tensor name (``a/b/c;d/e`` -> a, b, c, d, e)."""
+    return [p for part in tensor_name.split(";") for p in part.split("/") if p]
+
+
+def _name_score(parts, layer_name):
+    """2: a scope is the layer's name; 1: its name with the suffixes TF adds to keep scopes
+    unique (``conv2d_1`` -> ``conv2d_1_2``); 0: not named."""
+    suffixed = re.compile(re.escape(layer_name) + r"(_\d+)+")
+    score = 0
+    for p in parts:
+        if p == layer_name:
+            return 2
+        if suffixed.fullmatch(p):
+            score = 1
+    return score
+
+
+class _Attribution:
+    """Attributes every dimension of the full-width decoded model to the plan's channels."""
+
+    def __init__(self, plan, model):
+        self.plan, self.model = plan, model
+        n = len(model.tensors)
+        self.last = [None] * n  # _Dim of each activation's last axis
+        self.dims = [None] * n  # per-tensor list of _Dim (constants)
+        self.scales = [None] * n
+        self.notes = []
+        self.used = set()
+        self.views = {}  # full size -> {key: _Dim} of the searchable views
+        for info in plan.layers:
+            for v in info.inputs + [info.output]:
+                d = _view_dim(plan, v)
+                if d.terms:
+                    self.views.setdefault(d.value, {})[d.key] = d
+        self._run()
+
+    # ----------------------------------------------------------------- helpers
+    def _fixed(self, value):
+        return _Dim(int(value))
+
+    def _note(self, tensor, what):
+        self.notes.append(f"'{tensor.name}' {what}")
+
+    def _shape(self, index):
+        return self.model.tensors[index].shape
+
+    def _last(self, index):
+        if index < 0:
+            return None
+        return self.last[index]
+
+    def _ambiguous(self, value):
+        return value in self.views
+
+    # ----------------------------------------------------------------- activations
+    def _inputs(self):
+        free = list(self.plan.inputs)
+        for i in self.model.inputs:
+            shape = self._shape(i)
+            if not shape:
+                continue
+            view = next((v for v in free if self.plan.view_size(v) == shape[-1]), None)
+            if view is not None:
+                free.remove(view)
+                self.last[i] = _view_dim(self.plan, view)
+            else:
+                self.last[i] = self._fixed(shape[-1])
+
+    def _match_layer(self, op):
+        """The plan layer call a weight operator comes from (index into plan.layers) or None."""
+        data, weight, bias, _ = _WEIGHT_OPS[op.name]
+        out = self.model.tensors[op.outputs[0]]
+        value = out.shape[-1] if out.shape else None
+        x = self._last(op.inputs[data]) if data < len(op.inputs) else None
+        names = _name_parts(out.name)
+        if weight < len(op.inputs) and op.inputs[weight] >= 0:
+            names += _name_parts(self.model.tensors[op.inputs[weight]].name)
+        positions = int(np.prod(out.shape[1:-1])) if len(out.shape) > 2 else 1
+        kinds = _KINDS[op.name]
+        best, best_score = None, None
+        for k, info in enumerate(self.plan.layers):
+            if self.plan.view_size(info.output) != value:
+                continue
+            in_match = bool(info.inputs) and x is not None and \
+                _view_dim(self.plan, info.inputs[0]).key == x.key
+            shape = info.geometry.get("output_shape") or []
+            geo_positions = shape[:-1]
+            geo_match = all(d is not None for d in geo_positions) and \
+                int(np.prod(geo_positions)) == positions if geo_positions else positions == 1
+            score = (in_match, k not in self.used, geo_match, info.op in kinds,
+                     _name_score(names, info.name), -k)
+            if best_score is None or score > best_score:
+                best, best_score = k, score
+        if best is None or not (best_score[0] or best_score[4]):
+            return None  # neither its input nor its name ties it to a layer
+        return best
+
+    def _propagate(self, op, out_index):
+        """The channels an operator passes on from an input of the same size, else None."""
+        shape = self._shape(out_index)
+        if not shape:
+            return None
+        value = shape[-1]
+        data = [i for i in op.inputs if i >= 0 and not self.model.is_constant(i)]
+        if op.name == "CONCATENATION" and len(data) == len(op.inputs) and all(
+                self._shape(i) and self.last[i] is not None for i in data) and \
+                sum(self._shape(i)[-1] for i in data) == value and len(data) > 1:
+            total = self.last[data[0]]
+            for i in data[1:]:
+                total = total + self.last[i]
+            return total
+        for i in data:
+            d = self.last[i]
+            if d is not None and self._shape(i) and self._shape(i)[-1] == value:
+                return d
+        if op.name == "RESHAPE" and data and self.last[data[0]] is not None:
+            src = self._shape(data[0])
+            trailing = 1
+            for axis in range(len(src) - 1, 0, -1):
+                trailing *= src[axis]
+                if trailing == value and value % src[-1] == 0:
+                    return self.last[data[0]].scaled(value // src[-1])  # flattening
+        return None
+
+    def _by_name(self, tensor):
+        """A searchable view of the right size whose layer is named in the tensor name, or
+        the only searchable view of that size."""
+        value = tensor.shape[-1]
+        candidates = self.views.get(value, {})
+        if not candidates:
+            return None
+        parts = _name_parts(tensor.name)
+        named = {}
+        best = 0
+        for info in self.plan.layers:
+            d = _view_dim(self.plan, info.output)
+            if d.value != value or not d.terms:
+                continue
+            s = _name_score(parts, info.name)
+            if s > best:
+                best, named = s, {d.key: d}
+            elif s == best and s > 0:
+                named[d.key] = d
+        if len(named) == 1:
+            return next(iter(named.values()))
+        if len(candidates) == 1:
+            return next(iter(candidates.values()))
+        return None
+
+    def _activation(self, op, out_index):
+        tensor = self.model.tensors[out_index]
+        if not tensor.shape:
+            return self._fixed(1)
+        d = self._propagate(op, out_index)
+        if d is None:
+            d = self._by_name(tensor)
+        if d is None:
+            if self._ambiguous(tensor.shape[-1]):
+                self._note(tensor, f"(output of {op.name}): its last dimension "
+                                   f"{tensor.shape[-1]} is kept fixed")
+            d = self._fixed(tensor.shape[-1])
+        return d
+
+    # ----------------------------------------------------------------- constants
+    def _set_const(self, index, dims, scales=None):
+        if index < 0 or not self.model.is_constant(index):
+            return
+        if self.dims[index] is not None:
+            if [d.key for d in self.dims[index]] != [d.key for d in dims]:
+                self._note(self.model.tensors[index], "is read by operators with different "
+                                                      "channels: the first one is used")
+            return
+        self.dims[index] = dims
+        if scales is not None:
+            self.scales[index] = scales
+
+    def _weights(self, op, out_dim):
+        data, weight, bias, (out_axis, in_axis) = _WEIGHT_OPS[op.name]
+        x = self._last(op.inputs[data]) if data < len(op.inputs) else None
+        if weight < len(op.inputs) and op.inputs[weight] >= 0:
+            w = self.model.tensors[op.inputs[weight]]
+            dims = [self._fixed(v) for v in w.shape]
+            for axis, d in ((out_axis, out_dim), (in_axis, x)):
+                if axis is None or d is None or axis >= len(dims):
+                    continue
+                if w.shape[axis] == d.value:
+                    dims[axis] = d
+                elif d.terms:
+                    self._note(w, f"(weights of {op.name}): axis {axis} is {w.shape[axis]}, "
+                                  f"not {d.value}; kept fixed")
+            scales = out_dim if w.n_scales > 1 and w.n_scales == out_dim.value else None
+            self._set_const(w.index, dims, scales)
+        if bias < len(op.inputs) and op.inputs[bias] >= 0:
+            b = self.model.tensors[op.inputs[bias]]
+            if len(b.shape) == 1 and b.shape[0] == out_dim.value:
+                scales = out_dim if b.n_scales > 1 and b.n_scales == out_dim.value else None
+                self._set_const(b.index, [out_dim], scales)
+
+    def _broadcast(self, op, out_dim):
+        out_shape = self._shape(op.outputs[0])
+        for i in op.inputs:
+            if i < 0 or not self.model.is_constant(i):
+                continue
+            c = self.model.tensors[i]
+            dims = [self._fixed(v) for v in c.shape]
+            if c.shape and out_shape and len(c.shape) <= len(out_shape) and \
+                    c.shape[-1] == out_dim.value and c.shape[-1] > 1:
+                dims[-1] = out_dim
+                scales = out_dim if c.n_scales > 1 and c.n_scales == out_dim.value else None
+                self._set_const(i, dims, scales)
+
+    # ----------------------------------------------------------------- walk
+    def _run(self):
+        self._inputs()
+        for op in self.model.operators:
+            if not op.outputs:
+                continue
+            out = op.outputs[0]
+            if op.name in _WEIGHT_OPS and self._shape(out):
+                k = self._match_layer(op)
+                if k is not None:
+                    self.used.add(k)
+                    d = _view_dim(self.plan, self.plan.layers[k].output)
+                elif op.name == "DEPTHWISE_CONV_2D":
+                    d = self._activation(op, out)
+                else:
+                    d = self._by_name(self.model.tensors[out])
+                    if d is None:
+                        d = self._activation(op, out)
+                self.last[out] = d
+                self._weights(op, d)
+            else:
+                for o in op.outputs:
+                    if o >= 0 and not self.model.is_constant(o):
+                        self.last[o] = self._activation(op, o)
+                if op.name in _ELEMENTWISE and self.last[out] is not None:
+                    self._broadcast(op, self.last[out])
+        for t in self.model.tensors:
+            if self.dims[t.index] is None:
+                if self.last[t.index] is not None and t.shape:
+                    self.dims[t.index] = [self._fixed(v) for v in t.shape[:-1]] + \
+                        [self.last[t.index]]
+                else:
+                    self.dims[t.index] = [self._fixed(v) for v in t.shape]
+            if self.scales[t.index] is None:
+                self.scales[t.index] = self._fixed(t.n_scales)
 
 
 class MemoryModel:
@@ -113,9 +415,11 @@ class MemoryModel:
     Args:
         plan: the ChannelPlan.
         full_bytes: int8 ``.tflite`` of the structure at full width.
-        probe_bytes: int8 ``.tflite`` of the structure at ``probe_counts``.
-        probe_counts: per-group counts of the probe.
         pointer_bytes: 4 for a 32-bit MCU, 8 for the host TFLite Micro interpreter.
+
+    Attributes:
+        unattributed: messages naming the tensors with a dimension kept fixed because it
+            could not be attributed to the plan's channels (empty when all were).
 
     Example:
 
@@ -126,37 +430,26 @@ class MemoryModel:
     >>> full = [g.size for g in mem.plan.groups]
     >>> mem.flash(full) == len(mem.full_bytes)
     True
+    >>> mem.unattributed
+    []
     """
 
-    def __init__(self, plan, full_bytes, probe_bytes, probe_counts, pointer_bytes=4):
+    def __init__(self, plan, full_bytes, pointer_bytes=4):
         self.plan = plan
         self.full_bytes = full_bytes
         self.pointer_bytes = pointer_bytes
         self.full = _flatbuffer.read_tflite(full_bytes)
-        probe = _flatbuffer.read_tflite(probe_bytes)
-        full_counts = [g.size for g in plan.groups]
-        if [op.name for op in self.full.operators] != [op.name for op in probe.operators] or \
-                len(self.full.tensors) != len(probe.tensors):
-            raise RuntimeError(
-                "The converted graph changes with the channel counts; keras_dnas cannot "
-                "model its memory. Operators at full width: "
-                f"{[op.name for op in self.full.operators]}")
-        table = {}
-        for repeat, segments in _searchable_views(plan):
-            counts = [repeat * sum(c[g] for g in segments) for c in (full_counts, probe_counts)]
-            table.setdefault(tuple(counts), (repeat, segments))
-        self._dims = []
-        self._scales = []
-        for tf, tp in zip(self.full.tensors, _align_tensors(self.full, probe)):
-            if len(tf.shape) != len(tp.shape) or tf.type != tp.type:
-                raise RuntimeError(
-                    f"TFLite tensor '{tf.name}' changes rank or type with the channel counts "
-                    f"({tf.shape} at full width, {tp.shape} in the probe); keras_dnas cannot "
-                    "model its memory.")
-            dims = [self._map(a, b, table, tf) for a, b in zip(tf.shape, tp.shape)]
-            self._dims.append(dims)
-            self._scales.append(self._map(tf.n_scales, tp.n_scales, table, tf)
-                                if tf.n_scales > 1 else _Dim(tf.n_scales))
+        found = _Attribution(plan, self.full)
+        self._dims, self._scales = found.dims, found.scales
+        self.unattributed = found.notes
+        if self.unattributed:
+            warnings.warn(
+                f"keras_dnas: {len(self.unattributed)} dimension(s) of the converted model of "
+                f"'{plan.model_name}' follow no channel group keras_dnas could identify; they "
+                "are kept at their full-width size in the flash/RAM model (kd.freeze still "
+                "certifies flash on the real conversion): "
+                + "; ".join(self.unattributed[:5])
+                + (" ..." if len(self.unattributed) > 5 else ""), stacklevel=3)
         self._full_arena = arena.tflite_arena(self.full, pointer_bytes=pointer_bytes)
         self._buffers = arena.tflite_buffers(self.full)
         request = {}  # position of each scratch buffer among its operator's requests
@@ -169,22 +462,23 @@ class MemoryModel:
             if arena.TAIL_OPS.get(op.name, arena._UNKNOWN_OP)[4]
             and arena._per_channel_count(self.full, op) > 0
         ]
-
-    @staticmethod
-    def _map(full, probe, table, tensor):
-        if full == probe:
-            return _Dim(int(full))
-        key = table.get((full, probe))
-        if key is None:
-            raise RuntimeError(
-                f"TFLite tensor '{tensor.name}' has a dimension ({full} at full width, {probe} in "
-                "the probe) that follows no channel group of the plan.")
-        return _Dim(int(full), key[1], key[0])
+        self._shape_constants = self._find_shape_constants()
+        self._full_distinct = self._distinct_shape_constants(
+            [g.size for g in plan.groups])
+        # Constant buffers whose size changes with the counts (a shared buffer counts once).
+        seen = set()
+        self._constants = []
+        for t, dims, s in zip(self.full.tensors, self._dims, self._scales):
+            if not self.full.is_constant(t.index) or t.buffer in seen:
+                continue
+            seen.add(t.buffer)
+            if any(d.terms for d in dims) or s.terms:
+                self._constants.append(t.index)
 
     # ----------------------------------------------------------------- building
     @classmethod
     def from_model(cls, model, plan=None, target=None, pointer_bytes=None):
-        """Convert ``model``'s structure (full width and a probe) and build the model.
+        """Convert ``model``'s structure once (full width) and build the model.
 
         Args:
             model: an original, searchable or frozen Keras model (not modified).
@@ -205,31 +499,25 @@ class MemoryModel:
         cache = model.__dict__.setdefault(_CACHE_ATTR, {})
         structure = plan.to_json()
         if (structure, pointer_bytes) not in cache:
-            if structure not in cache:  # the conversions do not depend on the pointer size
+            if structure not in cache:  # the conversion does not depend on the pointer size
                 cache[structure] = cls._convert(model, plan)
-            full_bytes, probe_bytes, probe_counts = cache[structure]
             cache[(structure, pointer_bytes)] = cls(
-                plan, full_bytes, probe_bytes, probe_counts, pointer_bytes=pointer_bytes)
+                plan, cache[structure], pointer_bytes=pointer_bytes)
         return cache[(structure, pointer_bytes)]
 
     @staticmethod
     def _convert(model, plan):
-        """``(full .tflite, probe .tflite, probe counts)`` of ``model``'s structure."""
+        """The int8 ``.tflite`` of ``model``'s structure at full width, realistic weights."""
         from keras_dnas import export
         from keras_dnas.freeze import rebuild_with
 
-        probe_counts = _probe_counts(plan, _searchable_views(plan))
         keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
-        keep_probe = [np.arange(g.size) < n for g, n in zip(plan.groups, probe_counts)]
         rng = np.random.default_rng(0)
         rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
         rep = rep[0] if len(rep) == 1 else rep
-        blobs = []
-        for keep in (keep_full, keep_probe):
-            structure = rebuild_with(model, plan, keep)
-            _generic_weights(structure)
-            blobs.append(export.to_tflite(structure, representative_data=rep))
-        return blobs[0], blobs[1], probe_counts
+        structure = rebuild_with(model, plan, keep_full)
+        _generic_weights(structure)
+        return export.to_tflite(structure, representative_data=rep)
 
     # ----------------------------------------------------------------- exact
     def scaled_model(self, counts):
@@ -289,7 +577,7 @@ class MemoryModel:
         for i in self._per_channel_ops:
             op = self.full.operators[i]
             d = self._dims[op.outputs[0]][-1]
-            if not d.segments:
+            if not d.terms:
                 continue
             n = d.count(counts)
             per_channel = 2 * _aligned(4 * n, arena.ARENA_ALIGNMENT)
@@ -319,31 +607,68 @@ class MemoryModel:
         has the integer value as its forward value.
         """
         total = len(self.full_bytes)
-        for t, dims, s in zip(self.full.tensors, self._dims, self._scales):
-            if self.full.is_constant(t.index) and any(d.segments for d in dims):
-                size = self._tensor_bytes(t.index, counts)
+        for index in self._constants:
+            t, dims, s = self.full.tensors[index], self._dims[index], self._scales[index]
+            if any(d.terms for d in dims):
+                size = self._tensor_bytes(index, counts)
                 total = total + _aligned(size, BUFFER_ALIGNMENT) \
                     - _aligned(t.nbytes, BUFFER_ALIGNMENT)
-            if s.segments:
+            if s.terms:
                 total = total + QUANT_BYTES_PER_CHANNEL * (s.count(counts) - s.value)
+        if self._shape_constants:
+            more = self._distinct_shape_constants(counts) - self._full_distinct
+            total = total + SHAPE_CONSTANT_BYTES * more
+        return total
+
+    # ----------------------------------------------------------------- shape constants
+    def _find_shape_constants(self):
+        """The target shape of every RESHAPE with a constant one, entry by entry as
+        :class:`_Dim` (an entry equal to the output's dimension follows it)."""
+        found = []
+        for op in self.full.operators:
+            if op.name != "RESHAPE" or len(op.inputs) < 2 or op.inputs[1] < 0 or \
+                    not self.full.is_constant(op.inputs[1]):
+                continue
+            values = _flatbuffer.read_constant(self.full_bytes, op.inputs[1])
+            if values is None:
+                continue
+            out = self._dims[op.outputs[0]]
+            found.append(tuple(out[a] if a < len(out) and int(v) == out[a].value
+                               else _Dim(int(v)) for a, v in enumerate(values)))
+        # Only shapes of one length can be equal; lengths without a channel entry never change.
+        buckets = {}
+        for entries in found:
+            buckets.setdefault(len(entries), []).append(entries)
+        return [b for b in buckets.values() if any(d.terms for e in b for d in e)]
+
+    def _distinct_shape_constants(self, counts):
+        """Number of distinct values among the channel-dependent shape constants (ints for
+        int counts; for tensors the same forward value with a zero gradient)."""
+        symbolic = not all(isinstance(c, (int, np.integer)) for c in counts)
+        if not symbolic:
+            return sum(len({tuple(d.count(counts) for d in e) for e in bucket})
+                       for bucket in self._shape_constants)
+        counts = [ops.stop_gradient(ops.cast(c, "float32")) if not isinstance(
+            c, (int, np.integer)) else float(c) for c in counts]
+        total = 0.0
+        for bucket in self._shape_constants:
+            values = [[d.count(counts) for d in e] for e in bucket]
+            for i, vi in enumerate(values):
+                new = 1.0  # no earlier shape of the bucket has this value
+                for vj in values[:i]:
+                    same = 1.0
+                    for a, b in zip(vi, vj):
+                        if _is_number(a) and _is_number(b):
+                            same = same * float(a == b)  # both fixed
+                        else:
+                            same = same * ops.cast(ops.equal(a, b), "float32")
+                    new = new * (1.0 - same)
+                total = total + new
         return total
 
 
-def _align_tensors(full, probe):
-    """Probe tensors in the order of ``full``'s: by name, then by position among equal names.
-
-    The converter does not keep tensor order stable across channel counts.
-    """
-    by_name = {}
-    for t in probe.tensors:
-        by_name.setdefault(t.name, []).append(t)
-    out = []
-    for t in full.tensors:
-        candidates = by_name.get(t.name)
-        if not candidates:
-            raise RuntimeError(f"TFLite tensor '{t.name}' has no counterpart in the probe model.")
-        out.append(candidates.pop(0))
-    return out
+def _is_number(x):
+    return isinstance(x, (int, float, np.number))
 
 
 def _aligned(n, alignment):
@@ -362,23 +687,25 @@ def _step(n, above):
 
 
 def _generic_weights(model, seed=0):
-    """Give a throwaway copy random, distinct weights before converting it.
+    """Give a throwaway copy random, distinct, non-zero weights before converting it.
 
     Sizes do not depend on weight values, but the converter's *structure* does in degenerate
     cases: it drops all-zero biases, shares identical constant buffers and tensors (e.g. the
-    folded biases of untrained BatchNorms, equal in every layer of the same width, but not at
-    other widths) and folds splat constants. Random values give the generic structure at every
-    channel count. BatchNorm variances and scales are kept positive.
+    folded biases of untrained BatchNorms, equal in every layer of the same width) and folds
+    splat constants. Values drawn away from zero and different in every weight give the
+    structure a trained model converts to. BatchNorm scales and variances are positive.
     """
     rng = np.random.default_rng(seed)
     for w in model.weights:
         if "float" not in str(w.dtype):
             continue  # e.g. seed-generator states
         name = w.name.split("/")[-1]
+        shape = tuple(w.shape)
         if name in ("gamma", "moving_variance", "variance"):
-            value = rng.uniform(0.5, 1.5, tuple(w.shape))
+            value = rng.uniform(0.5, 1.5, shape)
         else:
-            value = rng.normal(0.0, 0.3, tuple(w.shape))
+            # |value| in [0.05, 0.35]: never zero, so nothing is dropped as all-zero.
+            value = rng.uniform(0.05, 0.35, shape) * rng.choice([-1.0, 1.0], shape)
         w.assign(value.astype(str(w.dtype)))
 
 

@@ -481,3 +481,17 @@ def read_tflite(tflite_bytes):
         num_operator_codes=int(model.OperatorCodesLength()),
         offline_offsets=offline,
     )
+
+
+def read_constant(tflite_bytes, tensor_index):
+    """The data of constant tensor ``tensor_index`` of the first subgraph as a flat NumPy
+    array of its type (e.g. the int32 shape operand of a RESHAPE), or None without data."""
+    data = as_model_bytes(tflite_bytes)
+    sch = schema()
+    model = sch.Model.GetRootAs(data, 0)
+    tensor = model.Subgraphs(0).Tensors(tensor_index)
+    buf = model.Buffers(tensor.Buffer())
+    dtype = _NUMPY_DTYPES.get(_enum_names(sch.TensorType).get(tensor.Type()))
+    if dtype is None or not buf.DataLength():
+        return None
+    return np.frombuffer(buf.DataAsNumpy().tobytes(), dtype=dtype)
