@@ -6,8 +6,11 @@ Usage::
     keras-dnas targets [--json]
     python -m keras_dnas.cli ...            # the same without the console script
 
-`inspect` runs the model in TensorFlow Lite Micro to report the flash (flatbuffer bytes) and
-the tensor arena (head + tail, from TFLite Micro's recording allocator), lists the operators
+`inspect` runs the model in TensorFlow Lite Micro (in a child process: a TFLite Micro abort
+is reported as an error) to report the flash (flatbuffer bytes) and the tensor arena on the
+target (head + tail for the target's pointer size, 32-bit without `--target`: the number
+`kd.summary` / `kd.freeze` certify; the 64-bit host interpreter's figure is shown labelled as
+such), lists the operators
 (counts per type, MACs) and the input / output quantisation. With `--target` every figure is
 compared with the target's flash and RAM, and an *estimated* latency is derived from the
 operators' tensor shapes with the target's latency model (`keras_dnas.export.estimate`).
@@ -101,6 +104,18 @@ def _read_model(path):
         raise _CLIError(f"'{path}' is not a TFLite model: {e}") from None
 
 
+def _measure(path, data, target):
+    """`measure` with TFLite Micro's failures (reported or crashed) as CLI errors."""
+    from keras_dnas.export import measure
+
+    try:
+        return measure(data, target=target)
+    except ValueError as e:
+        raise _CLIError(f"TensorFlow Lite Micro cannot load '{path}': {e}") from None
+    except RuntimeError as e:  # TFLite Micro aborted (in its child process)
+        raise _CLIError(f"TensorFlow Lite Micro failed on '{path}': {e}") from None
+
+
 def inspect_model(path, target=None):
     """Everything `keras-dnas inspect` reports, as a JSON-ready dict.
 
@@ -110,7 +125,9 @@ def inspect_model(path, target=None):
 
     Returns:
         A dict with `file`, `flash_bytes`, `arena_bytes`, `arena_head_bytes`,
-        `arena_tail_bytes`, `quantization`, `inputs`, `outputs`, `ops` (operator type ->
+        `arena_tail_bytes` (the arena on the target: its `pointer_bytes`, 4 without a target,
+        as `kd.summary` certifies it), `host_arena_bytes` / `host_arena_head_bytes` /
+        `host_arena_tail_bytes` (what the 64-bit host interpreter allocated), `quantization`, `inputs`, `outputs`, `ops` (operator type ->
         count, in order of first use), `operators` (per operator: index, name, MACs), `macs`,
         and with a target a `target` dict (name, core, clock, flash / RAM sizes, `fits_flash`,
         `fits_ram`, percentages, `latency_ms` / `latency_cycles` with `latency_estimated=True`).
@@ -139,15 +156,11 @@ def inspect_model(path, target=None):
 
 def _inspect(path, target_name):
     from keras_dnas.costs import compute
-    from keras_dnas.export import measure
     from keras_dnas.export.estimate import estimate, tflite_layers
 
     target = _target(target_name) if target_name is not None else None
     data = _read_model(path)
-    try:
-        measured = measure(data)
-    except ValueError as e:
-        raise _CLIError(f"TensorFlow Lite Micro cannot load '{path}': {e}") from None
+    measured = _measure(path, data, target)
     layers = tflite_layers(data)
     if target is not None:
         est = estimate(data, target)
@@ -169,6 +182,10 @@ def _inspect(path, target_name):
         "arena_bytes": measured.arena_bytes,
         "arena_head_bytes": measured.arena_head_bytes,
         "arena_tail_bytes": measured.arena_tail_bytes,
+        "pointer_bytes": measured.pointer_bytes,
+        "host_arena_bytes": measured.host_arena_bytes,
+        "host_arena_head_bytes": measured.host_arena_head_bytes,
+        "host_arena_tail_bytes": measured.host_arena_tail_bytes,
         "quantization": measured.quantization,
         "inputs": measured.inputs,
         "outputs": measured.outputs,
@@ -211,7 +228,9 @@ def _format_inspect(r):
         f"{r['file']}",
         f"  flash   {_mib(r['flash_bytes'])}  (flatbuffer size)",
         f"  arena   {_mib(r['arena_bytes'])}  = head {r['arena_head_bytes']:,} B (activations, "
-        f"scratch) + tail {r['arena_tail_bytes']:,} B (persistent), TFLite Micro",
+        f"scratch) + tail {r['arena_tail_bytes']:,} B (persistent), TFLite Micro on a "
+        f"{8 * r['pointer_bytes']}-bit target",
+        f"          host interpreter (64-bit): {r['host_arena_bytes']:,} B, not the board's",
         f"  type    {r['quantization']}",
         f"  MACs    {r['macs']:,}",
     ]
