@@ -3,6 +3,7 @@
 Usage::
 
     keras-dnas inspect model.tflite [--target stm32h743] [--json]
+    keras-dnas export-c model.tflite [--target stm32h743] [--out DIR] [--name model]
     keras-dnas targets [--json]
     python -m keras_dnas.cli ...            # the same without the console script
 
@@ -14,6 +15,10 @@ such), lists the operators
 (counts per type, MACs) and the input / output quantisation. With `--target` every figure is
 compared with the target's flash and RAM, and an *estimated* latency is derived from the
 operators' tensor shapes with the target's latency model (`keras_dnas.export.estimate`).
+
+`export-c` writes `<name>.h` / `<name>.cc` for a TFLite Micro application
+(`keras_dnas.export.to_c`): the model as an aligned C array, the tensor arena size for the
+target and the `MicroMutableOpResolver` registrations of exactly the model's operators.
 
 Exit status: 0 on success, 1 for a missing or invalid file, an unknown target or a model TFLite
 Micro cannot load, 2 for bad command-line usage.
@@ -286,6 +291,37 @@ def _cmd_inspect(args):
     return 0
 
 
+# ------------------------------------------------------------------------------ export-c
+
+
+def _cmd_export_c(args):
+    from keras_dnas.export import to_c
+
+    target = _target(args.target) if args.target is not None else None
+    data = _read_model(args.model)
+    try:
+        out = to_c(data, args.out, target=target, arena_bytes=args.arena_bytes, name=args.name)
+    except ValueError as e:
+        raise _CLIError(str(e)) from None
+    except RuntimeError as e:  # TFLite Micro aborted on the model (in its child process)
+        raise _CLIError(f"TensorFlow Lite Micro failed on '{args.model}': {e}") from None
+    except OSError as e:
+        raise _CLIError(f"Cannot write to '{args.out}': {e.strerror}.") from None
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    bits = 8 * out["pointer_bytes"]
+    where = f"target {out['target']}" if out["target"] else "a 32-bit MCU (no --target)"
+    print(f"wrote {out['header']}\nwrote {out['source']}")
+    print(f"  model   {out['model_bytes']:,} B (g_{args.name}[], 16-byte aligned)")
+    print(f"  arena   {out['arena_bytes']:,} B for {where}, {bits}-bit pointers: head "
+          f"{out['arena_head_bytes']:,} B + tail {out['arena_tail_bytes']:,} B "
+          f"({args.name.upper()}_ARENA_SIZE)")
+    print(f"  ops     {', '.join(out['resolver_methods'])} "
+          f"({args.name.upper()}_REGISTER_OPS, MicroMutableOpResolver<{len(out['ops'])}>)")
+    return 0
+
+
 # ------------------------------------------------------------------------------ targets
 
 
@@ -343,8 +379,8 @@ def _cmd_targets(args):
 def _parser():
     parser = argparse.ArgumentParser(
         prog=_PROG,
-        description="keras_dnas: inspect int8 TFLite models for microcontrollers and list the "
-        "built-in hardware targets.",
+        description="keras_dnas: inspect int8 TFLite models for microcontrollers, export them "
+        "as C source for TensorFlow Lite Micro and list the built-in hardware targets.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="command")
@@ -360,6 +396,24 @@ def _parser():
     p.add_argument("--target", "-t", help="hardware target name (see `keras-dnas targets`)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_inspect)
+    p = sub.add_parser(
+        "export-c",
+        help="C header / source for TFLite Micro: model array, arena size, op resolver",
+        description="Write <name>.h and <name>.cc for a TensorFlow Lite Micro application: "
+        "the .tflite bytes as a 16-byte aligned C array, the tensor arena size for the target "
+        "(TFLite Micro's planner replayed, persistent part for the target's pointer size) and "
+        "a macro registering exactly the model's operators in a MicroMutableOpResolver.",
+    )
+    p.add_argument("model", help="path to a .tflite file")
+    p.add_argument("--target", "-t", help="hardware target name (see `keras-dnas targets`); "
+                   "default: a 32-bit MCU")
+    p.add_argument("--out", "-o", default=".", help="output directory (default: .)")
+    p.add_argument("--name", default="model",
+                   help="C identifier for the files and symbols (default: model)")
+    p.add_argument("--arena-bytes", type=int, default=None,
+                   help="arena size to write instead of the planned one (not below it)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_export_c)
     p = sub.add_parser(
         "targets",
         help="list the hardware targets",
