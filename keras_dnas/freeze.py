@@ -125,10 +125,12 @@ def project(model, cost_model, budgets, plan=None, keep=None):
             if best is None or rank < best[0]:
                 best = (rank, g, c, trial, t_costs, t_mass)
         if best is None:
-            failing = [f"{b.metric}: limit {b.limit:g}, reached {costs[b.metric]:g}"
-                       for b in budgets if not b.holds(costs[b.metric])]
-            raise ValueError("Budgets cannot hold even with one channel per group: "
-                             + "; ".join(failing))
+            from keras_dnas.report.floor import describe_floor
+
+            raise ValueError("Budgets cannot hold even with one channel per group. "
+                             "What sets the floor (loosen the budget, or change / exclude "
+                             "the largest layers):\n"
+                             + describe_floor(cost_model, budgets, [int(k.sum()) for k in keep]))
         _, g, c, keep, costs, mass = best
         removed.append((plan.groups[g].leader, c))
     return keep, removed, costs
