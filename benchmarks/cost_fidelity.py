@@ -97,9 +97,9 @@ def measure_variant(searchable, host, mcu, keep, seed):
     return dict(
         model=name, keep=keep, kept=kept,
         flash_pred=flash, flash_meas=m["flash_bytes"],
-        head_pred=parts["head"], head_meas=m["arena_head_bytes"],
-        tail_pred=parts["tail"], tail_meas=m["arena_tail_bytes"],
-        total_pred=parts["total"], total_meas=m["arena_bytes"],
+        head_pred=parts["head"], head_meas=m["host_arena_head_bytes"],
+        tail_pred=parts["tail"], tail_meas=m["host_arena_tail_bytes"],
+        total_pred=parts["total"], total_meas=m["host_arena_bytes"],
         soft=soft, tail32=parts32["tail"], total32=parts32["total"],
         t_eval=t_eval,
     )

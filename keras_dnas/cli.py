@@ -3,14 +3,22 @@
 Usage::
 
     keras-dnas inspect model.tflite [--target stm32h743] [--json]
+    keras-dnas export-c model.tflite [--target stm32h743] [--out DIR] [--name model]
     keras-dnas targets [--json]
     python -m keras_dnas.cli ...            # the same without the console script
 
-`inspect` runs the model in TensorFlow Lite Micro to report the flash (flatbuffer bytes) and
-the tensor arena (head + tail, from TFLite Micro's recording allocator), lists the operators
+`inspect` runs the model in TensorFlow Lite Micro (in a child process: a TFLite Micro abort
+is reported as an error) to report the flash (flatbuffer bytes) and the tensor arena on the
+target (head + tail for the target's pointer size, 32-bit without `--target`: the number
+`kd.summary` / `kd.freeze` certify; the 64-bit host interpreter's figure is shown labelled as
+such), lists the operators
 (counts per type, MACs) and the input / output quantisation. With `--target` every figure is
 compared with the target's flash and RAM, and an *estimated* latency is derived from the
 operators' tensor shapes with the target's latency model (`keras_dnas.export.estimate`).
+
+`export-c` writes `<name>.h` / `<name>.cc` for a TFLite Micro application
+(`keras_dnas.export.to_c`): the model as an aligned C array, the tensor arena size for the
+target and the `MicroMutableOpResolver` registrations of exactly the model's operators.
 
 Exit status: 0 on success, 1 for a missing or invalid file, an unknown target or a model TFLite
 Micro cannot load, 2 for bad command-line usage.
@@ -101,6 +109,18 @@ def _read_model(path):
         raise _CLIError(f"'{path}' is not a TFLite model: {e}") from None
 
 
+def _measure(path, data, target):
+    """`measure` with TFLite Micro's failures (reported or crashed) as CLI errors."""
+    from keras_dnas.export import measure
+
+    try:
+        return measure(data, target=target)
+    except ValueError as e:
+        raise _CLIError(f"TensorFlow Lite Micro cannot load '{path}': {e}") from None
+    except RuntimeError as e:  # TFLite Micro aborted (in its child process)
+        raise _CLIError(f"TensorFlow Lite Micro failed on '{path}': {e}") from None
+
+
 def inspect_model(path, target=None):
     """Everything `keras-dnas inspect` reports, as a JSON-ready dict.
 
@@ -110,7 +130,9 @@ def inspect_model(path, target=None):
 
     Returns:
         A dict with `file`, `flash_bytes`, `arena_bytes`, `arena_head_bytes`,
-        `arena_tail_bytes`, `quantization`, `inputs`, `outputs`, `ops` (operator type ->
+        `arena_tail_bytes` (the arena on the target: its `pointer_bytes`, 4 without a target,
+        as `kd.summary` certifies it), `host_arena_bytes` / `host_arena_head_bytes` /
+        `host_arena_tail_bytes` (what the 64-bit host interpreter allocated), `quantization`, `inputs`, `outputs`, `ops` (operator type ->
         count, in order of first use), `operators` (per operator: index, name, MACs), `macs`,
         and with a target a `target` dict (name, core, clock, flash / RAM sizes, `fits_flash`,
         `fits_ram`, percentages, `latency_ms` / `latency_cycles` with `latency_estimated=True`).
@@ -139,15 +161,11 @@ def inspect_model(path, target=None):
 
 def _inspect(path, target_name):
     from keras_dnas.costs import compute
-    from keras_dnas.export import measure
     from keras_dnas.export.estimate import estimate, tflite_layers
 
     target = _target(target_name) if target_name is not None else None
     data = _read_model(path)
-    try:
-        measured = measure(data)
-    except ValueError as e:
-        raise _CLIError(f"TensorFlow Lite Micro cannot load '{path}': {e}") from None
+    measured = _measure(path, data, target)
     layers = tflite_layers(data)
     if target is not None:
         est = estimate(data, target)
@@ -169,6 +187,10 @@ def _inspect(path, target_name):
         "arena_bytes": measured.arena_bytes,
         "arena_head_bytes": measured.arena_head_bytes,
         "arena_tail_bytes": measured.arena_tail_bytes,
+        "pointer_bytes": measured.pointer_bytes,
+        "host_arena_bytes": measured.host_arena_bytes,
+        "host_arena_head_bytes": measured.host_arena_head_bytes,
+        "host_arena_tail_bytes": measured.host_arena_tail_bytes,
         "quantization": measured.quantization,
         "inputs": measured.inputs,
         "outputs": measured.outputs,
@@ -211,7 +233,9 @@ def _format_inspect(r):
         f"{r['file']}",
         f"  flash   {_mib(r['flash_bytes'])}  (flatbuffer size)",
         f"  arena   {_mib(r['arena_bytes'])}  = head {r['arena_head_bytes']:,} B (activations, "
-        f"scratch) + tail {r['arena_tail_bytes']:,} B (persistent), TFLite Micro",
+        f"scratch) + tail {r['arena_tail_bytes']:,} B (persistent), TFLite Micro on a "
+        f"{8 * r['pointer_bytes']}-bit target",
+        f"          host interpreter (64-bit): {r['host_arena_bytes']:,} B, not the board's",
         f"  type    {r['quantization']}",
         f"  MACs    {r['macs']:,}",
     ]
@@ -264,6 +288,37 @@ def _format_inspect(r):
 def _cmd_inspect(args):
     report = _inspect(args.model, args.target)
     print(json.dumps(report, indent=2) if args.json else _format_inspect(report))
+    return 0
+
+
+# ------------------------------------------------------------------------------ export-c
+
+
+def _cmd_export_c(args):
+    from keras_dnas.export import to_c
+
+    target = _target(args.target) if args.target is not None else None
+    data = _read_model(args.model)
+    try:
+        out = to_c(data, args.out, target=target, arena_bytes=args.arena_bytes, name=args.name)
+    except ValueError as e:
+        raise _CLIError(str(e)) from None
+    except RuntimeError as e:  # TFLite Micro aborted on the model (in its child process)
+        raise _CLIError(f"TensorFlow Lite Micro failed on '{args.model}': {e}") from None
+    except OSError as e:
+        raise _CLIError(f"Cannot write to '{args.out}': {e.strerror}.") from None
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    bits = 8 * out["pointer_bytes"]
+    where = f"target {out['target']}" if out["target"] else "a 32-bit MCU (no --target)"
+    print(f"wrote {out['header']}\nwrote {out['source']}")
+    print(f"  model   {out['model_bytes']:,} B (g_{args.name}[], 16-byte aligned)")
+    print(f"  arena   {out['arena_bytes']:,} B for {where}, {bits}-bit pointers: head "
+          f"{out['arena_head_bytes']:,} B + tail {out['arena_tail_bytes']:,} B "
+          f"({args.name.upper()}_ARENA_SIZE)")
+    print(f"  ops     {', '.join(out['resolver_methods'])} "
+          f"({args.name.upper()}_REGISTER_OPS, MicroMutableOpResolver<{len(out['ops'])}>)")
     return 0
 
 
@@ -324,8 +379,8 @@ def _cmd_targets(args):
 def _parser():
     parser = argparse.ArgumentParser(
         prog=_PROG,
-        description="keras_dnas: inspect int8 TFLite models for microcontrollers and list the "
-        "built-in hardware targets.",
+        description="keras_dnas: inspect int8 TFLite models for microcontrollers, export them "
+        "as C source for TensorFlow Lite Micro and list the built-in hardware targets.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="command")
@@ -341,6 +396,24 @@ def _parser():
     p.add_argument("--target", "-t", help="hardware target name (see `keras-dnas targets`)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_inspect)
+    p = sub.add_parser(
+        "export-c",
+        help="C header / source for TFLite Micro: model array, arena size, op resolver",
+        description="Write <name>.h and <name>.cc for a TensorFlow Lite Micro application: "
+        "the .tflite bytes as a 16-byte aligned C array, the tensor arena size for the target "
+        "(TFLite Micro's planner replayed, persistent part for the target's pointer size) and "
+        "a macro registering exactly the model's operators in a MicroMutableOpResolver.",
+    )
+    p.add_argument("model", help="path to a .tflite file")
+    p.add_argument("--target", "-t", help="hardware target name (see `keras-dnas targets`); "
+                   "default: a 32-bit MCU")
+    p.add_argument("--out", "-o", default=".", help="output directory (default: .)")
+    p.add_argument("--name", default="model",
+                   help="C identifier for the files and symbols (default: model)")
+    p.add_argument("--arena-bytes", type=int, default=None,
+                   help="arena size to write instead of the planned one (not below it)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_export_c)
     p = sub.add_parser(
         "targets",
         help="list the hardware targets",

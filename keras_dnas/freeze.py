@@ -184,10 +184,12 @@ def project(model, cost_model, budgets, plan=None, keep=None):
             shrink[g] = sum(((mass_now - t_costs["_mass"]) if b.metric == "ram" else
                              (costs[b.metric] - t_costs[b.metric])) / b.limit for b in failing)
         if not saved:
-            failing = [f"{b.metric}: limit {b.limit:g}, reached {costs[b.metric]:g}"
-                       for b in budgets if not b.holds(costs[b.metric])]
-            raise ValueError("Budgets cannot hold even with one channel per group: "
-                             + "; ".join(failing))
+            from keras_dnas.report.floor import describe_floor
+
+            raise ValueError("Budgets cannot hold even with one channel per group. "
+                             "What sets the floor (loosen the budget, or change / exclude "
+                             "the largest layers):\n"
+                             + describe_floor(cost_model, budgets, counts))
         # the channels each group would close next, least important first
         order = {g: np.flatnonzero(keep[g])[np.argsort(theta[g][keep[g]], kind="stable")]
                  for g in saved}

@@ -202,3 +202,27 @@ def test_tflite_layers_read_geometry_from_tensor_shapes(tiny_tflite):
         "depthwise", 4, 4, 25)
     assert (fc["op"], fc["cin"], fc["cout"]) == ("dense", 4, 3)
     assert rows["SOFTMAX"]["op"] is None
+
+
+def test_inspect_shows_the_target_arena_and_labels_the_host_one(tiny_tflite, capsys):
+    assert cli.main(["inspect", tiny_tflite["path"]]) == 0
+    out, m = capsys.readouterr().out, tiny_tflite["measured"]
+    assert m.pointer_bytes == 4 and m.host_arena_bytes > m.arena_bytes
+    assert "on a 32-bit target" in out
+    assert f"host interpreter (64-bit): {m.host_arena_bytes:,} B, not the board's" in out
+    report = cli.inspect_model(tiny_tflite["path"], target="stm32h743")
+    assert report["arena_bytes"] == measure(tiny_tflite["bytes"], "stm32h743").arena_bytes
+    assert report["host_arena_bytes"] == m.host_arena_bytes
+
+
+def test_a_model_tflite_micro_aborts_on_is_an_error_not_a_crash(tmp_path, capsys):
+    x = keras.Input((4,))
+    h = L.Dense(3, kernel_initializer="zeros", bias_initializer="zeros")(x)
+    data = to_tflite(keras.Model(x, L.Softmax()(h)),
+                     representative_data=np.random.default_rng(0).random((16, 4), "float32"))
+    path = tmp_path / "degenerate.tflite"
+    path.write_bytes(data)
+    assert cli.main(["inspect", str(path)]) == 1  # in this process: it survives
+    err = capsys.readouterr().err
+    assert "keras-dnas: error: TensorFlow Lite Micro failed on" in err
+    assert "SIGABRT" in err and "Operator 1 (SOFTMAX)" in err

@@ -18,6 +18,7 @@ import pytest
 import keras
 import keras_dnas as kd
 from keras_dnas import export as kx
+from keras_dnas.costs import arena
 from keras_dnas.export import _flatbuffer
 
 L = keras.layers
@@ -654,12 +655,20 @@ def test_measure_flash_and_arena(name, capfd):
     result = kx.measure(tflite)
     assert result.flash_bytes == len(tflite) == result["flash_bytes"]
     reported = _tflm_reported_arena(tflite, capfd, arena_size=1 << 20)
-    assert (result.arena_bytes, result.arena_head_bytes, result.arena_tail_bytes) == (
-        reported["total"], reported["head"], reported["tail"]
-    )
+    # The host interpreter's figures are kept, labelled as such.
+    assert (result.host_arena_bytes, result.host_arena_head_bytes,
+            result.host_arena_tail_bytes) == (reported["total"], reported["head"],
+                                              reported["tail"])
+    # arena_* is the 32-bit target's arena (no target given): the same head, the host tail
+    # moved by the modelled difference between 4- and 8-byte pointers.
+    assert result.pointer_bytes == 4
+    assert result.arena_head_bytes == reported["head"]
+    assert result.arena_tail_bytes == reported["tail"] + arena.tflite_tail(
+        tflite, pointer_bytes=4) - arena.tflite_tail(tflite, pointer_bytes=8)
+    assert result.arena_tail_bytes < reported["tail"]
     assert result.arena_bytes == result.arena_head_bytes + result.arena_tail_bytes
     # The arena given does not change what is used.
-    assert kx.arena_usage(tflite, arena_size=1 << 22)["arena_bytes"] == result.arena_bytes
+    assert kx.arena_usage(tflite, arena_size=1 << 22)["arena_bytes"] == result.host_arena_bytes
     # Lower bound: every operator's non-constant inputs and outputs are live together.
     info = _flatbuffer.read_model(tflite)
     live = max(
@@ -710,3 +719,64 @@ def test_measure_target_fit():
     result = kx.measure(tflite, target="stm32h743")
     assert result.target == "stm32h743" and result.fits_flash and result.fits_ram
     assert "fits_ram" in str(result)
+
+
+def test_measure_host_pointer_target_reports_the_host_arena():
+    _, _, _, tflite = converted("residual")
+    host = kd.targets.get("stm32h743").replace(name="host64", pointer_bytes=8)
+    result = kx.measure(tflite, target=host)
+    assert result.pointer_bytes == 8
+    assert (result.arena_bytes, result.arena_tail_bytes) == (
+        result.host_arena_bytes, result.host_arena_tail_bytes)
+    assert "host_arena_bytes" in str(result)
+
+
+def _generic_weights(model, seed=0):
+    """Random, non-degenerate weights (the converter drops all-zero biases of an untrained
+    model, which would change its structure)."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        positive = w.name.split("/")[-1] in ("gamma", "moving_variance")
+        value = rng.uniform(0.5, 1.5, w.shape) if positive else rng.normal(0.0, 0.3, w.shape)
+        w.assign(value.astype("float32"))
+
+
+def test_measure_arena_equals_the_certified_arena_on_ds_cnn():
+    """One RAM number per board: measure's arena for the target is what kd.summary (and so
+    kd.freeze) certify, not the 64-bit host interpreter's (issue 19: 22,812 vs 24,224 B)."""
+    keras.utils.set_random_seed(0)
+    model = kd.zoo.ds_cnn()
+    _generic_weights(model)
+    s = kd.summary(model, "stm32h743")
+    rep = np.random.default_rng(1).normal(size=(8,) + tuple(model.inputs[0].shape[1:]))
+    tflite = kx.to_tflite(model, representative_data=rep.astype("float32"))
+    m = kx.measure(tflite, target="stm32h743")
+    assert (m.arena_bytes, m.arena_head_bytes, m.arena_tail_bytes) == (
+        s["arena_bytes"], s["arena_head_bytes"], s["arena_tail_bytes"])
+    assert m.fits_ram == s["fits_ram"]
+    assert m.host_arena_bytes > m.arena_bytes  # 8-byte pointers on the host
+
+
+def _degenerate_softmax_tflite():
+    """An int8 model whose softmax input is constant zero: its scale (~8e-9) is below 2**-26,
+    and TFLite Micro's softmax Prepare aborts the process (issue 19)."""
+    x = keras.Input((4,))
+    h = L.Dense(3, kernel_initializer="zeros", bias_initializer="zeros")(x)
+    model = keras.Model(x, L.Softmax()(h))
+    rep = np.random.default_rng(0).random((16, 4)).astype("float32")
+    return kx.to_tflite(model, representative_data=rep), rep
+
+
+def test_tflm_abort_raises_instead_of_killing_the_process():
+    tflite, x = _degenerate_softmax_tflite()
+    problems = kx.tflm_preflight(tflite)
+    assert [(p["op_index"], p["op"]) for p in problems] == [(1, "SOFTMAX")]
+    for call in (lambda: kx.measure(tflite), lambda: kx.measure(tflite, data=(x, np.zeros(16))),
+                 lambda: kx.run_tflm(tflite, x), lambda: kx.arena_usage(tflite)):
+        with pytest.raises(RuntimeError, match=r"SIGABRT(.|\n)*Operator 1 \(SOFTMAX\)"
+                           r"(.|\n)*QuantizeMultiplierGreaterThanOne"):
+            call()
+    # Still alive, and a sane model still measures.
+    _, _, _, good = converted("dense")
+    assert kx.tflm_preflight(good) == []
+    assert kx.measure(good).arena_bytes > 0

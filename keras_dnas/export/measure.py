@@ -8,6 +8,10 @@ from keras_dnas.export import _flatbuffer
 from keras_dnas.export import runtime as _runtime
 
 _TASKS = ("classification", "regression")
+#: Pointer size the arena is reported for when no target says otherwise (32-bit MCU, as
+#: `kd.summary`'s default target).
+DEFAULT_POINTER_BYTES = 4
+_HOST_POINTER_BYTES = 8  # the tflite_micro Python interpreter (64-bit host)
 
 # Keys of a MeasureResult, in display order (all present; None when not measured).
 _KEYS = (
@@ -15,7 +19,11 @@ _KEYS = (
     "arena_bytes",
     "arena_head_bytes",
     "arena_tail_bytes",
-    "arena_breakdown",
+    "pointer_bytes",
+    "host_arena_bytes",
+    "host_arena_head_bytes",
+    "host_arena_tail_bytes",
+    "host_arena_breakdown",
     "ops",
     "inputs",
     "outputs",
@@ -38,8 +46,11 @@ _KEYS = (
 class MeasureResult(dict):
     """What `measure` found: a plain `dict` (JSON-serialisable) with attribute access.
 
-    Keys: `flash_bytes` (= `len(tflite)`), `arena_bytes` / `arena_head_bytes` /
-    `arena_tail_bytes` and `arena_breakdown` (TFLite Micro's recording allocator), `ops`
+    Keys: `flash_bytes` (= `len(tflite)`); `arena_bytes` / `arena_head_bytes` /
+    `arena_tail_bytes`, the tensor arena on the target (its `pointer_bytes`: 4 on a 32-bit
+    MCU), the number `kd.summary` and `kd.freeze` certify; `host_arena_bytes` /
+    `host_arena_head_bytes` / `host_arena_tail_bytes` / `host_arena_breakdown`, what the
+    64-bit host TFLite Micro interpreter allocated (its recording allocator); `ops`
     (operator names in execution order), `inputs` / `outputs` (name, shape, dtype, scale,
     zero_point), `quantization`, the target fields (`target`, `target_flash_bytes`,
     `target_ram_bytes`, `fits_flash`, `fits_ram`) and the data fields (`task`,
@@ -80,6 +91,9 @@ class MeasureResult(dict):
             "arena_bytes": "{:,} B",
             "arena_head_bytes": "{:,} B",
             "arena_tail_bytes": "{:,} B",
+            "host_arena_bytes": "{:,} B",
+            "host_arena_head_bytes": "{:,} B",
+            "host_arena_tail_bytes": "{:,} B",
             "target_flash_bytes": "{:,} B",
             "target_ram_bytes": "{:,} B",
             "accuracy": "{:.4f}",
@@ -90,24 +104,25 @@ class MeasureResult(dict):
         }
         for key in _KEYS:
             value = self[key]
-            if value is None or key in ("arena_breakdown", "inputs", "outputs"):
+            if value is None or key in ("host_arena_breakdown", "inputs", "outputs"):
                 continue
             if key == "ops":
                 value = ", ".join(value)
             elif key in fmt:
                 value = fmt[key].format(value)
-            lines.append(f"  {key:<19} {value}")
+            lines.append(f"  {key:<21} {value}")
         for key in ("inputs", "outputs"):
             for t in self[key] or ():
                 lines.append(
-                    f"  {key[:-1]:<19} {t['name']} {t['dtype']}{t['shape']} "
+                    f"  {key[:-1]:<21} {t['name']} {t['dtype']}{t['shape']} "
                     f"scale={t['scale']} zero_point={t['zero_point']}"
                 )
         return "\n".join(lines)
 
 
 def _resolve_target(target):
-    """None, a HardwareTarget-like object, a mapping or a registered name -> (name, flash, ram)."""
+    """None, a HardwareTarget-like object, a mapping or a registered name ->
+    (name, flash, ram, pointer_bytes); pointer_bytes defaults to 4 (a 32-bit MCU)."""
     if target is None:
         return None
     if isinstance(target, str):
@@ -130,7 +145,40 @@ def _resolve_target(target):
             "target must have `flash_bytes` and `ram_bytes` (a keras_dnas HardwareTarget). "
             f"Received: target={target!r}"
         )
-    return str(get("name", "custom")), flash, ram
+    pointer_bytes = get("pointer_bytes", None) or DEFAULT_POINTER_BYTES
+    if pointer_bytes not in (4, 8):
+        raise ValueError(
+            f"target's `pointer_bytes` must be 4 or 8. Received: pointer_bytes={pointer_bytes!r}")
+    return str(get("name", "custom")), flash, ram, int(pointer_bytes)
+
+
+def target_arena(tflite_bytes, host_usage, pointer_bytes=DEFAULT_POINTER_BYTES):
+    """The tensor arena on a target, from the host interpreter's measurement.
+
+    The head (activations and scratch, laid out by TFLite Micro's greedy planner) does not
+    depend on the pointer size: it is the host's. The tail (persistent structs) does: the
+    host's tail is shifted by the difference of `costs.arena.tflite_tail` between the
+    target's pointer size and the host's 8 bytes. This is the definition `kd.summary` and
+    `kd.freeze` use (their planner replay equals the host head on every tested model), so a
+    certified RAM budget and a measured one are the same number.
+
+    Args:
+        tflite_bytes: The model (bytes).
+        host_usage: `runtime.arena_usage`'s dict for the host interpreter.
+        pointer_bytes: The target's pointer size (4: 32-bit MCU; 8: the host itself).
+
+    Returns:
+        `{"arena_bytes", "arena_head_bytes", "arena_tail_bytes"}` for the target.
+    """
+    from keras_dnas.costs import arena
+
+    head = int(host_usage["arena_head_bytes"])
+    tail = int(host_usage["arena_tail_bytes"])
+    if pointer_bytes != _HOST_POINTER_BYTES:
+        model = _flatbuffer.read_tflite(tflite_bytes)
+        tail += arena.tflite_tail(model, pointer_bytes=pointer_bytes) - arena.tflite_tail(
+            model, pointer_bytes=_HOST_POINTER_BYTES)
+    return {"arena_bytes": head + tail, "arena_head_bytes": head, "arena_tail_bytes": tail}
 
 
 def _is_one_hot(y):
@@ -162,15 +210,18 @@ def _labels(y, out):
     return labels.astype(np.int64)
 
 
-def _evaluate(info, data_bytes, data, keras_model, task, arena_size):
+def _check_data(data):
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ValueError(
             "data must be a pair (x, y) of inputs and labels (or targets). "
             f"Received: {type(data).__name__}"
             + (f" of length {len(data)}" if hasattr(data, "__len__") else "")
         )
+    return data
+
+
+def _evaluate(out, data, keras_model, task):
     x, y = data
-    out = _runtime.run_tflm(data_bytes, x, dequantize=True, arena_size=arena_size)
     if isinstance(out, list):  # several outputs: evaluate the first
         out = out[0]
     y = np.asarray(y)
@@ -213,19 +264,27 @@ def measure(
 ):
     """Measure a TFLite model as TensorFlow Lite Micro runs it.
 
-    Flash is the flatbuffer size. RAM is the tensor arena reported by TFLite Micro's
-    recording allocator (`print_allocations()`): the head (activations and scratch, as laid
-    out by the memory planner) plus the tail (persistent tensor structs, per-channel
-    quantisation data, op data). With `data=(x, y)` the model runs in TFLite Micro on `x`
+    Flash is the flatbuffer size. RAM (`arena_bytes`) is the tensor arena on the target, the
+    same number `kd.summary` and `kd.freeze` certify: the head (activations and scratch, as
+    laid out by TFLite Micro's memory planner, measured on the host) plus the tail (persistent
+    tensor structs, per-channel quantisation data, op data) for the target's pointer size
+    (4 bytes on a 32-bit MCU, the default without a target; see `target_arena`). What the
+    64-bit host interpreter's recording allocator (`print_allocations()`) reported is kept as
+    `host_arena_bytes` / `host_arena_head_bytes` / `host_arena_tail_bytes`.
+
+    TFLite Micro runs in one child process per call, so a model that makes it abort raises
+    `RuntimeError` (naming the operator and the reason) instead of ending this process.
+    With `data=(x, y)` the model runs in TFLite Micro on `x`
     (float inputs are quantised with the input scale / zero point; outputs are dequantised)
     and is scored against `y`: top-1 accuracy for class indices or one-hot labels (a single
     output unit is thresholded at 0.5), mean squared error when `y` has the output's shape.
 
     Args:
         tflite_bytes: The model as `bytes` (e.g. from `to_tflite`) or a path to a `.tflite`.
-        target: Optional hardware target with `name`, `flash_bytes` and `ram_bytes` (a
-            `keras_dnas.targets.HardwareTarget`, a registered target name, or a dict); adds
-            `fits_flash` (flatbuffer size <= flash) and `fits_ram` (arena <= RAM).
+        target: Optional hardware target with `name`, `flash_bytes`, `ram_bytes` and
+            optionally `pointer_bytes` (default 4) (a `keras_dnas.targets.HardwareTarget`, a
+            registered target name, or a dict); adds `fits_flash` (flatbuffer size <= flash)
+            and `fits_ram` (target arena <= RAM).
         data: Optional `(x, y)` to score the quantised model on.
         keras_model: Optional float Keras model; with `data`, adds its accuracy (or MSE) and
             the top-1 `agreement` between it and the TFLite Micro model.
@@ -234,6 +293,10 @@ def measure(
 
     Returns:
         A `MeasureResult` (a JSON-serialisable `dict` with attribute access).
+
+    Raises:
+        ValueError: bad arguments, or TFLite Micro reports it cannot allocate the model.
+        RuntimeError: TFLite Micro crashed on the model (see `runtime.tflm_preflight`).
 
     Example:
 
@@ -251,6 +314,10 @@ def measure(
     """
     data_bytes = _flatbuffer.as_model_bytes(tflite_bytes)
     info = _flatbuffer.read_model(data_bytes)
+    if data is None and (keras_model is not None or task is not None):
+        raise ValueError(
+            "keras_model= and task= need data=(x, y) to evaluate on. Received: data=None"
+        )
     io_types = {t.dtype for t in info.inputs + info.outputs}
     fields = {
         "flash_bytes": len(data_bytes),
@@ -259,10 +326,19 @@ def measure(
         "outputs": [t.to_dict() for t in info.outputs],
         "quantization": next(iter(io_types)).lower() if len(io_types) == 1 else "mixed",
     }
-    fields.update(_runtime.arena_usage(data_bytes, arena_size=arena_size))
     resolved = _resolve_target(target)
+    pointer_bytes = DEFAULT_POINTER_BYTES if resolved is None else resolved[3]
+    # One TFLite Micro child process: the inference on `x` (if any) and the arena report.
+    arrays, count, batch = None, 0, 1
+    if data is not None:
+        arrays, count, batch = _runtime._prepare_inputs(info, _check_data(data)[0])
+    reply = _runtime._tflm_child_run(data_bytes, info, arrays, count, batch, arena_size,
+                                     allocations=True)
+    host = _runtime.parse_allocations(reply["allocations"])
+    fields.update({"host_" + k: v for k, v in host.items()})
+    fields.update(target_arena(data_bytes, host, pointer_bytes), pointer_bytes=pointer_bytes)
     if resolved is not None:
-        name, flash, ram = resolved
+        name, flash, ram, _ = resolved
         fields.update(
             target=name,
             target_flash_bytes=None if flash is None else int(flash),
@@ -271,9 +347,6 @@ def measure(
             fits_ram=None if ram is None else bool(fields["arena_bytes"] <= ram),
         )
     if data is not None:
-        fields.update(_evaluate(info, data_bytes, data, keras_model, task, arena_size))
-    elif keras_model is not None or task is not None:
-        raise ValueError(
-            "keras_model= and task= need data=(x, y) to evaluate on. Received: data=None"
-        )
+        out = _runtime._finish_outputs(info, reply["outputs"], True)
+        fields.update(_evaluate(out, data, keras_model, task))
     return MeasureResult(**fields)

@@ -1,10 +1,14 @@
 """Run a `.tflite` model in TensorFlow Lite Micro (and in LiteRT, for cross-checks)."""
 
+import os
+import pickle
 import re
+import subprocess
+import sys
 
 import numpy as np
 
-from keras_dnas.export import _flatbuffer
+from keras_dnas.export import _flatbuffer, _tflm_child
 from keras_dnas.export._quiet import captured_fds
 
 _ARENA_RE = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
@@ -104,39 +108,170 @@ def default_arena_size(info):
     return int(-(-size // 4096) * 4096)
 
 
-def _tflm_interpreter(data, info, arena_size=None):
-    """Create a TFLite Micro interpreter quietly, growing the arena until allocation works."""
+_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_tflm_child.py")
+# `python -c`: drop the current directory from sys.path, then run the child file as __main__.
+_BOOT = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
+_NODE_RE = re.compile(r"Node (\w+) \(number (\d+)")
+
+
+def _softmax_beta(data, op_index):
+    sch = _flatbuffer.schema()
+    op = sch.Model.GetRootAs(data, 0).Subgraphs(0).Operators(op_index)
+    table = op.BuiltinOptions()
+    if table is None:
+        return 1.0
+    options = sch.SoftmaxOptions()
+    options.Init(table.Bytes, table.Pos)
+    return float(options.Beta())
+
+
+def tflm_preflight(tflite_bytes):
+    """Known TFLite Micro preconditions a model breaks (TFLM aborts the process on them).
+
+    Checks, per operator of the main subgraph: every quantised activation has a finite,
+    positive scale; an int8 `SOFTMAX`'s `beta * input_scale * 2**26` exceeds 1 (TFLM's
+    `PreprocessSoftmaxScaling` calls `QuantizeMultiplierGreaterThanOne` on it, which aborts
+    otherwise: the layer before the softmax outputs (nearly) constant values, e.g. all
+    channels pruned to zero or an untrained layer).
+
+    Args:
+        tflite_bytes: The model as `bytes` or a path to a `.tflite` file.
+
+    Returns:
+        A list of dicts `{"op_index", "op", "tensor", "reason"}`, empty when no known
+        precondition is broken.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from keras_dnas.export import to_tflite, tflm_preflight
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> tflm_preflight(to_tflite(model, np.random.rand(8, 4).astype("float32")))
+    []
+    """
+    data = _flatbuffer.as_model_bytes(tflite_bytes)
+    info = _flatbuffer.read_model(data)
+    problems = []
+    for op in info.main_ops:
+        for t in op.inputs + op.outputs:
+            if t < 0 or info.tensors[t].is_constant or not info.tensors[t].scales:
+                continue
+            tensor = info.tensors[t]
+            bad = [s for s in tensor.scales if not np.isfinite(s) or s <= 0]
+            if bad:
+                problems.append(dict(
+                    op_index=op.index, op=op.name, tensor=tensor.name,
+                    reason=f"tensor '{tensor.name}' has quantisation scale {bad[0]!r} (TFLite "
+                    "Micro needs a finite, positive scale)"))
+        if op.name == "SOFTMAX" and op.inputs and info.tensors[op.inputs[0]].dtype == "INT8":
+            tensor = info.tensors[op.inputs[0]]
+            scale = float(tensor.scales[0]) if tensor.scales else 0.0
+            beta = _softmax_beta(data, op.index)
+            multiplier = beta * scale * 2.0 ** 26
+            if multiplier <= 1.0:
+                problems.append(dict(
+                    op_index=op.index, op=op.name, tensor=tensor.name,
+                    reason=f"its int8 input '{tensor.name}' has scale {scale:.3g}, so beta * "
+                    f"scale * 2**26 = {multiplier:.3g} is not above 1 and TFLite Micro's "
+                    "QuantizeMultiplierGreaterThanOne (softmax Prepare) aborts; the layer "
+                    "before the softmax outputs (nearly) constant values on the "
+                    "representative data (scale below 2**-26 = 1.49e-08): train the model, "
+                    "or check that it does not prune every channel feeding the softmax"))
+    return problems
+
+
+def _crash_error(data, info, returncode, log, phase):
+    """The exception for a TFLite Micro child that died: names the op and the reason."""
+    import signal
+
     try:
-        from tflite_micro import runtime as tflm
-    except ImportError as e:  # pragma: no cover - hard dependency
-        raise ImportError("TFLite Micro measurement needs the `tflite-micro` package.") from e
+        how = f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 else \
+            f"exited with status {returncode}"
+    except ValueError:
+        how = f"exited with status {returncode}"
+    where = "while preparing the model (AllocateTensors: each operator's Prepare)"
+    if phase.startswith("invoke"):
+        where = f"while running the model ({phase.split()[-1].replace('=', ' ')})"
+    elif phase.startswith("print_allocations"):
+        where = "while reporting the arena usage"
+    elif not phase:
+        where = "while starting"
+    lines = [f"TensorFlow Lite Micro {how} {where}; it ran in a child process, so only that "
+             "process ended."]
+    node = _NODE_RE.findall(log)
+    problems = tflm_preflight(data) if not phase.startswith("print") else []
+    if problems:
+        for p in problems:
+            lines.append(f"Operator {p['op_index']} ({p['op']}): {p['reason']}.")
+    elif node:
+        name, index = node[-1]
+        lines.append(f"Operator {index} ({name}) failed (from TFLite Micro's log below).")
+    else:
+        lines.append("The operator is unknown: TFLite Micro printed no error and no known "
+                     f"precondition is broken. Operators: {[op.name for op in info.main_ops]}.")
+    text = "\n".join(line for line in log.splitlines()
+                     if not line.startswith(_tflm_child.PHASE_PREFIX)).strip()
+    if text:
+        lines.append("TFLite Micro log:\n" + text[-4000:])
+    return RuntimeError("\n".join(lines))
+
+
+def _tflm_child_run(data, info, arrays=None, count=0, batch=1, arena_size=None,
+                    allocations=False):
+    """Run TFLite Micro in a child process (see `_tflm_child`); a crash raises RuntimeError.
+
+    Returns the child's reply: `outputs` (per output, a list of per-batch arrays) and
+    `allocations` (`print_allocations()` text when asked for).
+    """
     if arena_size is not None and int(arena_size) < _MIN_ARENA:
         raise ValueError(
             f"arena_size must be at least {_MIN_ARENA} bytes (TFLite Micro's Python interpreter "
             f"crashes on tinier arenas); leave it None for a safe default. "
             f"Received: arena_size={arena_size}"
         )
-    size = int(arena_size) if arena_size else default_arena_size(info)
-    tries = 1 if arena_size else _ARENA_RETRIES
-    for attempt in range(tries):
-        with captured_fds((2,)) as log:
-            try:
-                return tflm.Interpreter.from_bytes(data, arena_size=size)
-            except RuntimeError as e:
-                error = e
-        if attempt + 1 < tries:
-            size *= 4
-    raise ValueError(
-        f"TensorFlow Lite Micro could not prepare the model with an arena of {size} bytes: "
-        f"{error}.\nTFLite Micro log:\n{log.tail()}"
-    ) from error
+    try:
+        import tflite_micro  # noqa: F401  (fail here, with a clear message, not in the child)
+    except ImportError as e:  # pragma: no cover - hard dependency
+        raise ImportError("TFLite Micro measurement needs the `tflite-micro` package.") from e
+    request = {
+        "model": bytes(data),
+        "arena_size": int(arena_size) if arena_size else default_arena_size(info),
+        "tries": 1 if arena_size else _ARENA_RETRIES,
+        "inputs": arrays,
+        "count": count,
+        "batch": batch,
+        "input_positions": list(info.input_positions),
+        "output_positions": list(info.output_positions),
+        "zero_inputs": [(tuple(t.shape), t.numpy_dtype) for t in info.inputs],
+        "allocations": bool(allocations),
+    }
+    proc = subprocess.run([sys.executable, "-c", _BOOT, _CHILD],
+                          input=pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL),
+                          capture_output=True, check=False)
+    log = proc.stderr.decode("utf-8", errors="replace")
+    phases = [line[len(_tflm_child.PHASE_PREFIX):] for line in log.splitlines()
+              if line.startswith(_tflm_child.PHASE_PREFIX)]
+    if proc.returncode != 0 or not proc.stdout:
+        raise _crash_error(data, info, proc.returncode, log, phases[-1] if phases else "")
+    reply = pickle.loads(proc.stdout)
+    if not reply["ok"]:
+        text = "\n".join(line for line in log.splitlines()
+                         if not line.startswith(_tflm_child.PHASE_PREFIX)).strip()
+        raise ValueError(
+            f"TensorFlow Lite Micro could not prepare the model with an arena of "
+            f"{reply['arena_size']} bytes: {reply['error']}.\nTFLite Micro log:\n{text[-4000:]}"
+        )
+    return reply
 
 
 def run_tflm(tflite_bytes, x, *, dequantize=False, arena_size=None):
     """Run a TFLite model sample by sample in the TensorFlow Lite Micro interpreter.
 
     Float inputs are quantised with the input tensor's scale and zero point (TFLite rounding);
-    integer inputs of the input's type are passed unchanged.
+    integer inputs of the input's type are passed unchanged. The interpreter runs in one child
+    process per call (well under a second to start): TFLite Micro aborts its process when a
+    kernel precondition fails, and that must not end the caller's; such a crash raises
+    `RuntimeError` naming the operator and the reason (see `tflm_preflight`).
 
     Args:
         tflite_bytes: The model as `bytes` (e.g. from `to_tflite`) or a path to a `.tflite`.
@@ -148,6 +283,11 @@ def run_tflm(tflite_bytes, x, *, dequantize=False, arena_size=None):
     Returns:
         The raw outputs (int8 for an int8 model) stacked over samples: one array, or a list of
         arrays for a model with several outputs.
+
+    Raises:
+        ValueError: bad inputs, or TFLite Micro reports that it cannot allocate the model.
+        RuntimeError: TFLite Micro crashed (the child process died); the message names the
+            operator and the reason when they can be told.
 
     Example:
 
@@ -161,15 +301,8 @@ def run_tflm(tflite_bytes, x, *, dequantize=False, arena_size=None):
     data = _flatbuffer.as_model_bytes(tflite_bytes)
     info = _flatbuffer.read_model(data)
     arrays, count, batch = _prepare_inputs(info, x)
-    interpreter = _tflm_interpreter(data, info, arena_size)
-    outputs = [[] for _ in info.outputs]
-    for start in range(0, count, batch):
-        for arr, pos in zip(arrays, info.input_positions):
-            interpreter.set_input(arr[start : start + batch], pos)
-        interpreter.invoke()
-        for k, pos in enumerate(info.output_positions):
-            outputs[k].append(np.array(interpreter.get_output(pos), copy=True))
-    return _finish_outputs(info, outputs, dequantize)
+    reply = _tflm_child_run(data, info, arrays, count, batch, arena_size)
+    return _finish_outputs(info, reply["outputs"], dequantize)
 
 
 def run_litert(tflite_bytes, x, reference=True, *, dequantize=False):
@@ -285,11 +418,7 @@ def arena_usage(tflite_bytes, arena_size=None):
     """
     data = _flatbuffer.as_model_bytes(tflite_bytes)
     info = _flatbuffer.read_model(data)
-    interpreter = _tflm_interpreter(data, info, arena_size)
-    # One inference first, as TFLite Micro's documentation asks for print_allocations().
-    for t, pos in zip(info.inputs, info.input_positions):
-        interpreter.set_input(np.zeros(t.shape, t.numpy_dtype), pos)
-    with captured_fds((2,)) as log:
-        interpreter.invoke()
-        interpreter.print_allocations()
-    return parse_allocations(log.text)
+    # One inference first (on zeros), as TFLite Micro's documentation asks for
+    # print_allocations().
+    reply = _tflm_child_run(data, info, arena_size=arena_size, allocations=True)
+    return parse_allocations(reply["allocations"])

@@ -772,8 +772,10 @@ def _render_html(report, figures, budgets):
         parts.append(_table(head, rows))
         if has_meas:
             parts.append('<p class="note">Measured: flash is <code>len(.tflite)</code> of the '
-                         "full-int8 model, RAM the arena the TensorFlow Lite Micro interpreter "
-                         "allocates on this host (pointer sizes differ on the board).</p>")
+                         "full-int8 model, RAM the tensor arena on the target "
+                         "(<code>kd.export.measure</code>: the head TensorFlow Lite Micro "
+                         "plans on this host plus the persistent tail for the target's "
+                         "pointer size, the number <code>kd.summary</code> certifies).</p>")
     else:
         parts.append('<p class="note">No budgets: pass <code>budgets=</code>, a '
                      "<code>DNASCallback</code> or a frozen model with a certificate.</p>")
