@@ -80,3 +80,100 @@ def test_verifier_rejects_malformed_plans(offsets, message):
 def test_bad_lifetime_is_named():
     with pytest.raises(ValueError, match="Buffer 1 has an empty or negative lifetime"):
         plan_offsets([(16, 0, 1), (16, 3, 2)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Files carrying a plan, in TFLite Micro
+# ----------------------------------------------------------------------------------------------
+
+import functools  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_dnas as kd  # noqa: E402
+from keras_dnas.export import _flatbuffer, offline, runtime  # noqa: E402
+
+L = keras.layers
+
+
+def _bn_relu(h, name):
+    return L.ReLU(name=f"{name}_relu")(L.BatchNormalization(name=f"{name}_bn")(h))
+
+
+def residual_ds():
+    """Two residual depthwise-separable blocks (a keyword-spotting-sized input)."""
+    x = keras.Input((25, 10, 1))
+    h = _bn_relu(L.Conv2D(32, 3, padding="same", name="stem")(x), "stem")
+    for i in range(2):
+        r = _bn_relu(L.DepthwiseConv2D(3, padding="same", name=f"dw{i}")(h), f"dw{i}")
+        r = L.BatchNormalization(name=f"pw{i}_bn")(L.Conv2D(32, 1, name=f"pw{i}")(r))
+        h = L.ReLU(name=f"add{i}_relu")(L.Add(name=f"add{i}")([h, r]))
+    return keras.Model(x, L.Dense(4)(L.GlobalAveragePooling2D()(h)), name="residual_ds")
+
+
+def inverted_residual():
+    x = keras.Input((16, 16, 3))
+    h = _bn_relu(L.Conv2D(16, 3, strides=2, padding="same", name="stem")(x), "stem")
+    r = _bn_relu(L.Conv2D(48, 1, name="expand")(h), "expand")
+    r = _bn_relu(L.DepthwiseConv2D(3, padding="same", name="dw")(r), "dw")
+    r = L.BatchNormalization(name="project_bn")(L.Conv2D(16, 1, name="project")(r))
+    h = L.Add(name="add")([h, r])
+    return keras.Model(x, L.Dense(3)(L.GlobalAveragePooling2D()(h)), name="inverted_residual")
+
+
+MODELS = {
+    "residual_ds": residual_ds,
+    "inverted_residual": inverted_residual,
+    "mobilenet_v1_small": lambda: kd.zoo.mobilenet_v1(
+        input_shape=(32, 32, 3), alpha=0.25, classifier_activation=None),
+    "ds_cnn": lambda: kd.zoo.ds_cnn(classifier_activation=None),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _converted(name):
+    keras.utils.set_random_seed(3)
+    model = MODELS[name]()
+    x = np.random.default_rng(0).standard_normal((8,) + tuple(model.input_shape[1:]))
+    return model, x.astype("float32"), kd.export.to_tflite(model, x.astype("float32"))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_offline_plan_in_tflite_micro(name):
+    _, x, tflite = _converted(name)
+    planned, plan = offline.with_offline_plan(tflite)
+    tflm = runtime.arena_usage(tflite)["arena_head_bytes"]
+    assert plan["greedy_head"] == tflm == offline.greedy_head(planned)
+    measured = runtime.arena_usage(planned)["arena_head_bytes"]
+    assert measured == plan["head"] <= tflm
+    assert plan["bound"] <= plan["head"]
+    assert offline.carried_plan(planned) == ("offline" if plan["written"] else "tflm")
+    if name in ("residual_ds", "mobilenet_v1_small"):
+        assert plan["written"] and measured < tflm  # branches: greedy leaves holes
+    if plan["written"]:
+        assert np.array_equal(runtime.run_tflm(planned, x), runtime.run_tflm(tflite, x))
+        assert _flatbuffer.read_model(planned).ops == _flatbuffer.read_model(tflite).ops
+
+
+def test_to_tflite_arena_plan_offline():
+    model, x, tflite = _converted("residual_ds")
+    planned = kd.export.to_tflite(model, x, arena_plan="offline")
+    assert planned == offline.with_offline_plan(tflite)[0]
+    with pytest.raises(ValueError, match="arena_plan"):
+        kd.export.to_tflite(model, x, arena_plan="greedy")
+
+
+def test_malformed_plan_is_never_written():
+    _, _, tflite = _converted("inverted_residual")
+    plan = offline.plan_tflite(tflite)
+    good = plan["tensor_offsets"]
+    assert offline.carried_plan(offline.write_offline_plan(tflite, good)) == "offline"
+    planned = [i for i, o in enumerate(good) if o >= 0]
+    overlapping = [0 if o >= 0 else -1 for o in good]
+    misaligned = [o + 8 if i == planned[0] else o for i, o in enumerate(good)]
+    missing = [-1 if i == planned[-1] else o for i, o in enumerate(good)]
+    for bad, message in ((overlapping, "live together"), (misaligned, "multiples of 16"),
+                         (missing, "needs arena memory"), (good[:-1], "offsets for a subgraph")):
+        with pytest.raises(ValueError, match=message):
+            offline.write_offline_plan(tflite, bad)
