@@ -287,7 +287,8 @@ def _conversion_error(error, log_text, layer_names):
     return "\n".join(parts)
 
 
-def to_tflite(model, representative_data=None, quantization="int8", *, allow_float_ops=False):
+def to_tflite(model, representative_data=None, quantization="int8", *, allow_float_ops=False,
+              arena_plan="tflm"):
     """Convert a Keras model to a TFLite flatbuffer that TensorFlow Lite Micro can run.
 
     With `quantization="int8"` (default) the model is fully integer quantised: int8 weights
@@ -309,6 +310,11 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
         allow_float_ops: With int8, accept layers that only have a float kernel (the
             converter then wraps them in DEQUANTIZE / QUANTIZE). Default `False`: such layers
             raise an error naming them.
+        arena_plan: `"tflm"` (default): TFLite Micro lays out the tensor arena itself (its
+            greedy planner). `"offline"`: keras_dnas plans the layout (never worse than
+            TFLM's, exact for small graphs; see `keras_dnas.costs.offline_plan`) and, when it
+            needs a smaller arena head, writes it into the file as `OfflineMemoryAllocation`
+            metadata (verified before writing), which TFLite Micro honours.
 
     Returns:
         The `.tflite` flatbuffer as `bytes`.
@@ -334,6 +340,9 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
     b'TFL3'
     """
     mode = _mode(quantization)
+    from keras_dnas.export import offline as _offline  # imports the cost models: on first use
+
+    _offline.check_arena_plan(arena_plan)
     import keras
 
     if not isinstance(model, keras.Model):
@@ -402,4 +411,6 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
             + ("" if allow_float_ops or quantization != "int8"
                else ", or pass allow_float_ops=True to keep float layers") + "."
         )
+    if arena_plan == "offline":
+        tflite, _ = _offline.with_offline_plan(bytes(tflite))
     return bytes(tflite)

@@ -1,0 +1,179 @@
+"""Offline arena plans: the planner against brute force, the verifier, and TFLite Micro itself.
+
+Oracles: exhaustive search over placement orders (small random buffer sets) for the planner;
+the `tflite_micro` Python interpreter (arena head, outputs) for files carrying a plan.
+"""
+
+import itertools
+import random
+
+import pytest
+
+from keras_dnas.costs import arena
+from keras_dnas.costs.offline_plan import _conflicts, _place_in_order, check_offsets, plan_offsets
+
+
+def _random_buffers(rng, n, scopes=6, max_len=3):
+    out = []
+    for _ in range(n):
+        first = rng.randint(0, scopes)
+        out.append((16 * rng.randint(1, 8) - rng.randint(0, 15), first,
+                    first + rng.randint(0, max_len)))
+    return out
+
+
+def _brute_force_head(buffers):
+    """Best first-fit head over every placement order (complete: see offline_plan's docstring)."""
+    sizes = [arena._align_up(s, 16) for s, _, _ in buffers]
+    conflicts = _conflicts([f for _, f, _ in buffers], [l for _, _, l in buffers])
+    return min(_place_in_order(order, sizes, conflicts)[1]
+               for order in itertools.permutations(range(len(buffers))))
+
+
+def test_branch_and_bound_is_exact_on_small_sets():
+    rng = random.Random(0)
+    better = 0
+    for _ in range(60):
+        buffers = _random_buffers(rng, rng.randint(2, 6))
+        plan = plan_offsets(buffers, local_steps=0)
+        assert plan["optimal"]
+        assert plan["head"] == _brute_force_head(buffers)
+        assert check_offsets(buffers, plan["offsets"]) == plan["head"]
+        assert plan["bound"] <= plan["head"] <= plan["greedy_head"]
+        assert plan["greedy_head"] == arena.greedy_plan(buffers)[1]
+        better += plan["head"] < plan["greedy_head"]
+    assert better > 0  # the sample contains sets where greedy is not optimal
+
+
+def test_never_worse_than_greedy_with_a_tiny_node_limit():
+    rng = random.Random(1)
+    for _ in range(20):
+        buffers = _random_buffers(rng, 24, scopes=12, max_len=5)
+        for max_nodes, steps in ((0, 0), (5, 0), (50, 50)):
+            plan = plan_offsets(buffers, max_nodes=max_nodes, local_steps=steps)
+            assert check_offsets(buffers, plan["offsets"]) == plan["head"]
+            assert plan["bound"] <= plan["head"] <= plan["greedy_head"]
+
+
+def test_plan_is_deterministic():
+    buffers = _random_buffers(random.Random(2), 20, scopes=10, max_len=4)
+    assert plan_offsets(buffers) == plan_offsets(buffers)
+
+
+@pytest.mark.parametrize(
+    "offsets, message",
+    [
+        ([0, 96, 0], "buffers 0 and 1 are live together"),
+        ([0, 120, 0], "multiples of 16"),
+        ([0, -112, 0], "non-negative"),
+        ([0, 112], "2 offsets for 3 buffers"),
+        ([0, 112.0, 0], "integers"),
+    ],
+)
+def test_verifier_rejects_malformed_plans(offsets, message):
+    buffers = [(100, 0, 1), (100, 1, 2), (100, 2, 3)]
+    assert check_offsets(buffers, [0, 112, 0]) == 224
+    with pytest.raises(ValueError, match=message):
+        check_offsets(buffers, offsets)
+
+
+def test_bad_lifetime_is_named():
+    with pytest.raises(ValueError, match="Buffer 1 has an empty or negative lifetime"):
+        plan_offsets([(16, 0, 1), (16, 3, 2)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Files carrying a plan, in TFLite Micro
+# ----------------------------------------------------------------------------------------------
+
+import functools  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_dnas as kd  # noqa: E402
+from keras_dnas.export import _flatbuffer, offline, runtime  # noqa: E402
+
+L = keras.layers
+
+
+def _bn_relu(h, name):
+    return L.ReLU(name=f"{name}_relu")(L.BatchNormalization(name=f"{name}_bn")(h))
+
+
+def residual_ds():
+    """Two residual depthwise-separable blocks (a keyword-spotting-sized input)."""
+    x = keras.Input((25, 10, 1))
+    h = _bn_relu(L.Conv2D(32, 3, padding="same", name="stem")(x), "stem")
+    for i in range(2):
+        r = _bn_relu(L.DepthwiseConv2D(3, padding="same", name=f"dw{i}")(h), f"dw{i}")
+        r = L.BatchNormalization(name=f"pw{i}_bn")(L.Conv2D(32, 1, name=f"pw{i}")(r))
+        h = L.ReLU(name=f"add{i}_relu")(L.Add(name=f"add{i}")([h, r]))
+    return keras.Model(x, L.Dense(4)(L.GlobalAveragePooling2D()(h)), name="residual_ds")
+
+
+def inverted_residual():
+    x = keras.Input((16, 16, 3))
+    h = _bn_relu(L.Conv2D(16, 3, strides=2, padding="same", name="stem")(x), "stem")
+    r = _bn_relu(L.Conv2D(48, 1, name="expand")(h), "expand")
+    r = _bn_relu(L.DepthwiseConv2D(3, padding="same", name="dw")(r), "dw")
+    r = L.BatchNormalization(name="project_bn")(L.Conv2D(16, 1, name="project")(r))
+    h = L.Add(name="add")([h, r])
+    return keras.Model(x, L.Dense(3)(L.GlobalAveragePooling2D()(h)), name="inverted_residual")
+
+
+MODELS = {
+    "residual_ds": residual_ds,
+    "inverted_residual": inverted_residual,
+    "mobilenet_v1_small": lambda: kd.zoo.mobilenet_v1(
+        input_shape=(32, 32, 3), alpha=0.25, classifier_activation=None),
+    "ds_cnn": lambda: kd.zoo.ds_cnn(classifier_activation=None),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _converted(name):
+    keras.utils.set_random_seed(3)
+    model = MODELS[name]()
+    x = np.random.default_rng(0).standard_normal((8,) + tuple(model.input_shape[1:]))
+    return model, x.astype("float32"), kd.export.to_tflite(model, x.astype("float32"))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_offline_plan_in_tflite_micro(name):
+    _, x, tflite = _converted(name)
+    planned, plan = offline.with_offline_plan(tflite)
+    tflm = runtime.arena_usage(tflite)["arena_head_bytes"]
+    assert plan["greedy_head"] == tflm == offline.greedy_head(planned)
+    measured = runtime.arena_usage(planned)["arena_head_bytes"]
+    assert measured == plan["head"] <= tflm
+    assert plan["bound"] <= plan["head"]
+    assert offline.carried_plan(planned) == ("offline" if plan["written"] else "tflm")
+    if name in ("residual_ds", "mobilenet_v1_small"):
+        assert plan["written"] and measured < tflm  # branches: greedy leaves holes
+    if plan["written"]:
+        assert np.array_equal(runtime.run_tflm(planned, x), runtime.run_tflm(tflite, x))
+        assert _flatbuffer.read_model(planned).ops == _flatbuffer.read_model(tflite).ops
+
+
+def test_to_tflite_arena_plan_offline():
+    model, x, tflite = _converted("residual_ds")
+    planned = kd.export.to_tflite(model, x, arena_plan="offline")
+    assert planned == offline.with_offline_plan(tflite)[0]
+    with pytest.raises(ValueError, match="arena_plan"):
+        kd.export.to_tflite(model, x, arena_plan="greedy")
+
+
+def test_malformed_plan_is_never_written():
+    _, _, tflite = _converted("inverted_residual")
+    plan = offline.plan_tflite(tflite)
+    good = plan["tensor_offsets"]
+    assert offline.carried_plan(offline.write_offline_plan(tflite, good)) == "offline"
+    planned = [i for i, o in enumerate(good) if o >= 0]
+    overlapping = [0 if o >= 0 else -1 for o in good]
+    misaligned = [o + 8 if i == planned[0] else o for i, o in enumerate(good)]
+    missing = [-1 if i == planned[-1] else o for i, o in enumerate(good)]
+    for bad, message in ((overlapping, "live together"), (misaligned, "multiples of 16"),
+                         (missing, "needs arena memory"), (good[:-1], "offsets for a subgraph")):
+        with pytest.raises(ValueError, match=message):
+            offline.write_offline_plan(tflite, bad)
