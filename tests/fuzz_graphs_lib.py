@@ -180,7 +180,8 @@ class _Builder:
         return self.conv(x)
 
     def block_depthwise(self, x):
-        k, s, pad, d = self.conv_args(x, kernel=int(self.choice((2, 3))))
+        # Keras' DepthwiseConv1D has no causal padding.
+        k, s, pad, d = self.conv_args(x, allow_causal=False, kernel=int(self.choice((2, 3))))
         cls = L.DepthwiseConv1D if self.dim(x) == 1 else L.DepthwiseConv2D
         return cls(k, strides=s, padding=pad, dilation_rate=d, use_bias=self.chance(0.7),
                    name=self.name("dw"))(x)
@@ -316,7 +317,7 @@ def _layers_between(tensor):
 
 _BLOCK_ROLES = ("conv", "depthwise", "separable", "dense", "batchnorm", "activation", "ops",
                 "add", "multiply", "concat", "se", "pool", "nested")
-_WEIGHT = {"conv": 3.0, "batchnorm": 1.5, "activation": 1.5}
+_WEIGHT = {"conv": 3.0, "batchnorm": 1.5, "activation": 1.5, "nested": 0.5}
 
 
 def build(seed, roles=ALL_ROLES):
@@ -572,3 +573,20 @@ def repro_snippet(seed, roles=ALL_ROLES):
             f"g = fz.build({seed}{extra})\n"
             "print(g.describe())\n"
             "print(fz.run_checks(g)['failures'])")
+
+
+def fuzz_one(seed, roles=ALL_ROLES, checks=CHECKS):
+    """Build graph ``seed`` and run its checks; a graph the generator cannot build is a
+    ``build`` failure (a generator bug, not a library one). Adds ``cpu_s`` and ``wall_s``."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    try:
+        graph = build(seed, roles)
+    except Exception as e:
+        result = {"seed": seed, "used": [], "failures": [
+            {"check": "build", "class": f"build: {classify(e)}", "detail": str(e)[:600]}],
+            "skipped": {}, "numbers": {}, "seconds": {}}
+    else:
+        result = run_checks(graph, checks)
+    result["cpu_s"] = round(time.process_time() - cpu, 3)
+    result["wall_s"] = round(time.perf_counter() - wall, 3)
+    return result
