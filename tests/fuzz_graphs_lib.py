@@ -208,8 +208,10 @@ class _Builder:
             return L.ReLU(max_value=self.choice((None, 6.0)), name=self.name("relu"))(x)
         if kind == 1:
             return L.LeakyReLU(negative_slope=0.1, name=self.name("leaky"))(x)
+        # Only activations with an int8 kernel in TFLite Micro (ELU, GELU, ... compute in float,
+        # which to_tflite rightly refuses).
         name = self.choice(("relu", "relu6", "sigmoid", "tanh", "hard_sigmoid", "swish",
-                            "hard_swish", "elu"))
+                            "hard_swish"))
         return L.Activation(name, name=self.name("act"))(x)
 
     def block_ops(self, x):
@@ -328,10 +330,10 @@ def build(seed, roles=ALL_ROLES):
     Weights are random and non-zero (no all-zero bias the converter could drop), BN
     statistics random and valid.
     """
-    roles = tuple(r for r in ALL_ROLES if r in set(roles))
     unknown = set(roles) - set(ALL_ROLES)
     if unknown:
         raise ValueError(f"Unknown fuzz roles {sorted(unknown)}; known: {list(ALL_ROLES)}")
+    roles = tuple(r for r in ALL_ROLES if r in set(roles))
     rng = np.random.default_rng(seed)
     b = _Builder(rng, roles)
     dims = [d for d, r in ((1, "conv1d"), (2, "conv2d")) if r in roles] or [0]
@@ -450,8 +452,9 @@ def run_checks(graph, checks=CHECKS, mask_seed=None):
 
     model = graph.model
     result = {"seed": graph.seed, "used": list(graph.used), "layers": len(model.layers),
-              "failures": [], "skipped": {}, "numbers": {}, "seconds": {}}
+              "failures": [], "skipped": {}, "numbers": {}, "seconds": {}, "ran": []}
     fail = result["failures"]
+    ran = result["ran"]  # checks whose comparison was made (a failure before it leaves it out)
     x = sample(model)
     clock = time.perf_counter()
 
@@ -483,6 +486,8 @@ def run_checks(graph, checks=CHECKS, mask_seed=None):
     if "a" in checks:
         err = guarded("a", lambda: _rel_error(search(x, training=False), model(x, training=False)))
         result["numbers"]["a_rel_error"] = err
+        if err is not None:
+            ran.append("a")
         if err is not None and not err <= RTOL:
             fail.append({"check": "a", "class": "a: open masks change the outputs",
                          "detail": f"relative error {err:.3g}"})
@@ -495,6 +500,8 @@ def run_checks(graph, checks=CHECKS, mask_seed=None):
         err = guarded("b", lambda: _rel_error(frozen(x, training=False),
                                               search(x, training=False)))
         result["numbers"]["b_rel_error"] = err
+        if err is not None:
+            ran.append("b")
         if err is not None and not err <= RTOL:
             fail.append({"check": "b", "class": "b: frozen outputs differ from the masked model",
                          "detail": f"relative error {err:.3g}"})
@@ -524,6 +531,7 @@ def run_checks(graph, checks=CHECKS, mask_seed=None):
         if s is not None:
             numbers.update(summary_flash=s["flash_bytes"], summary_head=s["arena_head_bytes"],
                            summary_tail=s["arena_tail_bytes"])
+            ran.append("c")
             if s["flash_bytes"] != len(tflite):
                 fail.append({"check": "c", "class": "c: summary flash != len(tflite)",
                              "detail": f"summary {s['flash_bytes']} B, tflite {len(tflite)} B "
@@ -542,25 +550,43 @@ def run_checks(graph, checks=CHECKS, mask_seed=None):
                 result["skipped"]["d"] = "operators differ: full width " \
                     f"{full_ops}, frozen {real_ops}"
             else:
+                # Why a number may differ: the converter's tensors at the frozen widths are not
+                # the rescaled full-width ones (constants shared or dropped, shapes), or they
+                # are and only the serialisation differs.
+                scaled = guarded("d", lambda: memory.scaled_model(counts))
+                if scaled is None:
+                    return result
+                want = sorted((t.name, tuple(t.shape), t.n_scales) for t in real.tensors)
+                got = sorted((t.name, tuple(t.shape), t.n_scales) for t in scaled.tensors)
+                if [t[0] for t in got] != [t[0] for t in want]:
+                    why = (f"the frozen conversion has other tensors ({len(real.tensors)} vs "
+                           f"{len(scaled.tensors)} at full width: constants shared or dropped)")
+                elif got != want:
+                    why = "the rescaled tensor shapes differ from the frozen conversion's"
+                else:
+                    why = "same tensors and shapes"
+                result["d_tensors"] = why
                 flash = guarded("d", lambda: int(memory.flash(counts)))
                 parts = guarded("d", lambda: memory.ram_parts(counts))
+                if flash is not None and parts is not None:
+                    ran.append("d")
                 if flash is not None:
                     numbers["d_flash"] = flash
                     if flash != len(tflite):
                         fail.append({"check": "d",
-                                     "class": "d: search-time flash != len(frozen tflite)",
+                                     "class": "d: search-time flash != len(frozen tflite); " + why,
                                      "detail": f"model {flash} B, tflite {len(tflite)} B "
                                                f"({flash - len(tflite):+d})"})
                 if parts is not None:
                     numbers.update(d_head=parts["head"], d_tail=parts["tail"])
                     if parts["head"] != usage["arena_head_bytes"]:
                         fail.append({"check": "d",
-                                     "class": "d: search-time arena head != TFLM head",
+                                     "class": "d: search-time arena head != TFLM head; " + why,
                                      "detail": f"model {parts['head']} B, TFLM "
                                                f"{usage['arena_head_bytes']} B"})
                     if parts["tail"] != replay["tail"]:
                         fail.append({"check": "d",
-                                     "class": "d: search-time arena tail != replay on frozen",
+                                     "class": "d: search-time arena tail != replay on frozen; " + why,
                                      "detail": f"model {parts['tail']} B, replay "
                                                f"{replay['tail']} B"})
     return result
