@@ -351,3 +351,19 @@ def test_mobilenet_v3_small_is_searchable():
     assert searchable >= 0.9 * total
     toys.randomize_bn(model)
     check_prepare_and_freeze(model)
+
+
+def test_masked_separable_and_layernorm_reload_from_keras_file(tmp_path):
+    x = keras.Input((6, 6, 3))
+    h = L.SeparableConv2D(6, 3, padding="same", name="sep")(L.Conv2D(4, 1, name="stem")(x))
+    h = L.LayerNormalization(name="ln")(h)
+    y = L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(L.Conv2D(3, 1, name="post")(h)))
+    search = kd.prepare(randomize(keras.Model(x, y)))
+    toys.close_random_masks(search, seed=3)
+    path = tmp_path / "search.keras"
+    search.save(path)
+    loaded = keras.models.load_model(path)
+    xs = toys.sample(search)
+    np.testing.assert_allclose(loaded(xs), search(xs), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(loaded.get_layer("sep").dnas_alpha.numpy(),
+                                  search.get_layer("sep").dnas_alpha.numpy())
