@@ -87,6 +87,9 @@ def se_block(x, filters, name, reshape=True, ops_gate=False):
     if reshape:
         s = L.GlobalAveragePooling2D(name=f"{name}_gap")(x)
         s = L.Reshape((1, 1, filters), name=f"{name}_reshape")(s)
+    elif reshape is None:  # written with keras.ops
+        s = keras.ops.expand_dims(keras.ops.mean(x, axis=(1, 2)), 1)
+        s = keras.ops.expand_dims(s, 1)
     else:
         s = L.GlobalAveragePooling2D(keepdims=True, name=f"{name}_gap")(x)
     s = L.Conv2D(max(filters // 4, 2), 1, activation="relu", name=f"{name}_reduce")(s)
@@ -106,6 +109,8 @@ def se_toy():
     h = se_block(h, 8, "se1", reshape=True)
     h = L.Conv2D(12, 1, name="expand")(h)
     h = se_block(h, 12, "se2", reshape=False, ops_gate=True)
+    h = L.Conv2D(6, 1, name="expand2")(h)
+    h = se_block(h, 6, "se3", reshape=None)
     y = L.Dense(3, name="fc")(L.GlobalAveragePooling2D()(h))
     return keras.Model(x, y, name="se_toy")
 
@@ -191,6 +196,7 @@ def test_squeeze_excite_keeps_both_groups_searchable():
     # the SE expand conv is tied to the main group it gates; the squeezed group is its own
     assert ("stem", "se1_expand") in groups and ("expand", "se2_expand") in groups
     assert ("se1_reduce",) in groups and ("se2_reduce",) in groups
+    assert ("expand2", "se3_expand") in groups and ("se3_reduce",) in groups
     assert plan.layer("se1_reshape").role == "propagating"
     slim, _ = check_prepare_and_freeze(model)
     assert slim.get_layer("se1_reshape").target_shape[-1] == slim.get_layer("stem").filters
@@ -345,3 +351,19 @@ def test_mobilenet_v3_small_is_searchable():
     assert searchable >= 0.9 * total
     toys.randomize_bn(model)
     check_prepare_and_freeze(model)
+
+
+def test_masked_separable_and_layernorm_reload_from_keras_file(tmp_path):
+    x = keras.Input((6, 6, 3))
+    h = L.SeparableConv2D(6, 3, padding="same", name="sep")(L.Conv2D(4, 1, name="stem")(x))
+    h = L.LayerNormalization(name="ln")(h)
+    y = L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(L.Conv2D(3, 1, name="post")(h)))
+    search = kd.prepare(randomize(keras.Model(x, y)))
+    toys.close_random_masks(search, seed=3)
+    path = tmp_path / "search.keras"
+    search.save(path)
+    loaded = keras.models.load_model(path)
+    xs = toys.sample(search)
+    np.testing.assert_allclose(loaded(xs), search(xs), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(loaded.get_layer("sep").dnas_alpha.numpy(),
+                                  search.get_layer("sep").dnas_alpha.numpy())

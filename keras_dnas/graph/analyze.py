@@ -40,10 +40,13 @@ def _same_layout(uf, views):
 def analyze(model, exclude=None, masked_only=False):
     """Find the channel groups of a Functional or Sequential Keras model.
 
-    Walks the graph once: Conv/Dense start groups, BN/activations/pooling/
-    padding/dropout/depthwise propagate them, Add-like layers join them,
-    channel Concatenate concatenates them and Flatten tiles them. Groups that
-    reach a model output, a model input or an opaque layer are frozen.
+    Walks the graph once: Conv/Dense/SeparableConv start groups, BN/
+    activations/pooling/padding/dropout/depthwise/per-channel layers and
+    element-wise ``keras.ops`` of one tensor propagate them, Add-like layers
+    and element-wise ops of two tensors join them (a one-channel operand
+    broadcast over the channels joins nothing), channel Concatenate
+    concatenates them and Flatten tiles them. Groups that reach a model
+    output, a model input or an opaque layer are frozen.
 
     Args:
         model: a Functional or Sequential ``keras.Model`` (not modified).

@@ -202,6 +202,10 @@ UNARY_OPS = frozenset({
 BINARY_OPS = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply",
               "Maximum": "maximum", "Minimum": "minimum", "Divide": None, "TrueDivide": None}
 _MIXING_OPS = {"Softmax": "softmax", "LogSoftmax": "log_softmax", "Sparsemax": "sparsemax"}
+#: Reductions over positions (``keras.ops.mean(x, axis=(1, 2), keepdims=True)`` in an SE).
+REDUCTION_OPS = frozenset({"Mean", "Max", "Min", "Sum"})
+#: Shape changes that insert or remove size-1 axes (the channel axis stays last).
+AXIS_OPS = frozenset({"ExpandDims", "Squeeze"})
 
 
 def _keras_op_class(op):
@@ -227,6 +231,16 @@ def _op_role(op, arguments, in_shapes, out_shape):
     if any(np.size(v) != 1 for v in constants):
         return "opaque", "other", (f"keras.ops '{cls}' with a non-scalar constant "
                                    "(per-channel constants cannot be sliced)")
+    if cls in REDUCTION_OPS and len(tensors) == 1:
+        axis = getattr(op, "axis", None)
+        rank = len(in_shapes[0])
+        if axis is None or _channel_axis(axis, rank):
+            return "opaque", "other", f"keras.ops '{cls}' reduces the channel axis"
+        return "propagating", "global_pool", None
+    if cls in AXIS_OPS and len(tensors) == 1:
+        if not keeps_channels_last(in_shapes[0], out_shape):
+            return "opaque", "other", f"keras.ops '{cls}' moves the channel axis"
+        return "propagating", "reshape", None
     if cls in UNARY_OPS or cls in _MIXING_OPS:
         if len(tensors) != 1:
             return "opaque", "other", f"keras.ops '{cls}' of several tensors"
