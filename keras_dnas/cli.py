@@ -132,8 +132,9 @@ def inspect_model(path, target=None):
         A dict with `file`, `flash_bytes`, `arena_bytes`, `arena_head_bytes`,
         `arena_tail_bytes` (the arena on the target: its `pointer_bytes`, 4 without a target,
         as `kd.summary` certifies it), `host_arena_bytes` / `host_arena_head_bytes` /
-        `host_arena_tail_bytes` (what the 64-bit host interpreter allocated), `quantization`, `inputs`, `outputs`, `ops` (operator type ->
-        count, in order of first use), `operators` (per operator: index, name, MACs), `macs`,
+        `host_arena_tail_bytes` (what the 64-bit host interpreter allocated), `quantization`,
+        `inputs`, `outputs`, `ops` (operator type -> count, in order of first use),
+        `operators` (per operator: index, name, MACs), `macs`,
         and with a target a `target` dict (name, core, clock, flash / RAM sizes, `fits_flash`,
         `fits_ram`, percentages, `latency_ms` / `latency_cycles` with `latency_estimated=True`).
 

@@ -174,7 +174,8 @@ def test_cli_export_c(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["target"] == "stm32h743" and out["model_bytes"] == len(tflite())
     assert _parse_array(open(tmp_path / "c" / "toy.cc").read(), "toy") == tflite()
-    assert cli.main(["export-c", str(path), "--out", str(tmp_path / "c"), "--name", "my model"]) == 1
+    assert cli.main(["export-c", str(path), "--out", str(tmp_path / "c"),
+                     "--name", "my model"]) == 1
     assert "C identifier" in capsys.readouterr().err
     assert cli.main(["export-c", str(path), "--target", "nope"]) == 1
     assert "Known targets" in capsys.readouterr().err

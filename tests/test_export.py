@@ -9,7 +9,9 @@ metrics.
 import functools
 import json
 import math
+import os
 import re
+import sys
 import types
 
 import numpy as np
@@ -780,3 +782,19 @@ def test_tflm_abort_raises_instead_of_killing_the_process():
     _, _, _, good = converted("dense")
     assert kx.tflm_preflight(good) == []
     assert kx.measure(good).arena_bytes > 0
+
+
+def test_a_child_crash_without_known_cause_is_reported(tmp_path, monkeypatch):
+    """Any death of the TFLite Micro child becomes a RuntimeError saying where it happened."""
+    fake = tmp_path / "child.py"
+    fake.write_text("import os, sys\n"
+                    "from keras_dnas.export._tflm_child import PHASE_PREFIX\n"
+                    "sys.stderr.write(PHASE_PREFIX + 'invoke sample=3\\n'); sys.stderr.flush()\n"
+                    "sys.stderr.write('Node CONV_2D (number 0f) failed to invoke\\n')\n"
+                    "sys.stderr.flush(); os.abort()\n")
+    monkeypatch.setattr(kx.runtime, "_CHILD", str(fake))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
+    _, _, x, tflite = converted("conv2d")
+    with pytest.raises(RuntimeError, match=r"SIGABRT while running the model \(sample 3\)"
+                       r"(.|\n)*Operator 0 \(CONV_2D\)(.|\n)*failed to invoke"):
+        kx.run_tflm(tflite, x[:4])

@@ -316,7 +316,8 @@ def to_c(tflite_bytes, path, target=None, arena_bytes=None, name="model", verify
         "#ifdef __cplusplus",
         'extern "C" {',
         "#endif",
-        f"// The .tflite flatbuffer, {MODEL_ALIGNMENT}-byte aligned (TFLite Micro reads it in place).",
+        f"// The .tflite flatbuffer, {MODEL_ALIGNMENT}-byte aligned (TFLite Micro reads it in "
+        "place).",
         f"extern const unsigned char g_{name}[];",
         f"extern const unsigned int g_{name}_len;",
         "#ifdef __cplusplus",

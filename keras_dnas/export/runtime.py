@@ -245,14 +245,23 @@ def _tflm_child_run(data, info, arrays=None, count=0, batch=1, arena_size=None,
         "zero_inputs": [(tuple(t.shape), t.numpy_dtype) for t in info.inputs],
         "allocations": bool(allocations),
     }
-    proc = subprocess.run([sys.executable, "-c", _BOOT, _CHILD],
-                          input=pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL),
-                          capture_output=True, check=False)
-    log = proc.stderr.decode("utf-8", errors="replace")
-    phases = [line[len(_tflm_child.PHASE_PREFIX):] for line in log.splitlines()
-              if line.startswith(_tflm_child.PHASE_PREFIX)]
-    if proc.returncode != 0 or not proc.stdout:
-        raise _crash_error(data, info, proc.returncode, log, phases[-1] if phases else "")
+    for attempt in range(2):
+        proc = subprocess.run([sys.executable, "-c", _BOOT, _CHILD],
+                              input=pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL),
+                              capture_output=True, check=False)
+        log = proc.stderr.decode("utf-8", errors="replace")
+        phases = [line[len(_tflm_child.PHASE_PREFIX):] for line in log.splitlines()
+                  if line.startswith(_tflm_child.PHASE_PREFIX)]
+        phase = phases[-1] if phases else ""
+        if proc.returncode == 0 and proc.stdout:
+            break
+        # The Python interpreter can also crash on a too small arena: with the default arena
+        # and no broken precondition, try once more with a much larger one.
+        if attempt == 0 and arena_size is None and phase.startswith("prepare") and \
+                not tflm_preflight(data):
+            request["arena_size"] *= 16
+            continue
+        raise _crash_error(data, info, proc.returncode, log, phase)
     reply = pickle.loads(proc.stdout)
     if not reply["ok"]:
         text = "\n".join(line for line in log.splitlines()
