@@ -26,7 +26,7 @@ import random
 
 from keras_dnas.costs.arena import ARENA_ALIGNMENT, _align_up, greedy_plan
 
-DEFAULT_MAX_NODES = 20000
+DEFAULT_MAX_NODES = 50000  # lowest-fit evaluations: a few seconds at most in pure Python
 DEFAULT_LOCAL_STEPS = 400
 
 
@@ -171,7 +171,7 @@ def _branch_and_bound(sizes, first, last, conflicts, incumbent, max_nodes):
         if state["nodes"] >= max_nodes:
             state["cut"] = True
             return
-        state["nodes"] += 1
+        state["nodes"] += n - placed  # work: one lowest-fit evaluation per unplaced buffer
         if placed == n:
             if peak < state["best"][1]:
                 state["best"] = (list(offsets), peak)
@@ -223,7 +223,8 @@ def plan_offsets(buffers, alignment=ARENA_ALIGNMENT, max_nodes=DEFAULT_MAX_NODES
             scopes, in TFLM's add order (tensor order, then scratch buffers), as for
             `keras_dnas.costs.arena.greedy_plan`.
         alignment: sizes are rounded up to this (TFLM: 16); offsets are multiples of it.
-        max_nodes: node limit of the branch and bound (0: heuristics only).
+        max_nodes: work limit of the branch and bound, in lowest-fit evaluations (each node
+            evaluates every unplaced buffer); 0: heuristics and local search only.
         local_steps: moves tried by the local search over the best placement order.
         seed: seed of the local search's moves.
 

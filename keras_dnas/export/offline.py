@@ -48,7 +48,7 @@ def plan_tflite(tflite, scratch=None, max_nodes=DEFAULT_MAX_NODES):
         tflite: the model (bytes, path or a decoded `TFLiteModel`), without an offline plan.
         scratch: kernel scratch rules (default: TFLM's reference kernels, see
             `keras_dnas.costs.arena.REFERENCE_SCRATCH`).
-        max_nodes: node limit of the planner's branch and bound.
+        max_nodes: work limit of the planner's branch and bound (see `plan_offsets`).
 
     Returns:
         A dict: `tensor_offsets` (one per tensor of the subgraph, -1 where TFLM plans online),
