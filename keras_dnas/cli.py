@@ -139,7 +139,7 @@ def inspect_model(path, target=None):
 
 def _inspect(path, target_name):
     from keras_dnas.costs import compute
-    from keras_dnas.export import measure
+    from keras_dnas.export import measure, offline
     from keras_dnas.export.estimate import estimate, tflite_layers
 
     target = _target(target_name) if target_name is not None else None
@@ -169,6 +169,8 @@ def _inspect(path, target_name):
         "arena_bytes": measured.arena_bytes,
         "arena_head_bytes": measured.arena_head_bytes,
         "arena_tail_bytes": measured.arena_tail_bytes,
+        "arena_plan": offline.carried_plan(data),
+        "greedy_arena_head_bytes": _greedy_head(offline, data),
         "quantization": measured.quantization,
         "inputs": measured.inputs,
         "outputs": measured.outputs,
@@ -197,6 +199,13 @@ def _inspect(path, target_name):
     return report
 
 
+def _greedy_head(offline, data):
+    try:
+        return offline.greedy_head(data)
+    except ValueError:  # e.g. several subgraphs: not replayed
+        return None
+
+
 def _tensor_line(kind, t):
     shape = "x".join(str(d) for d in t["shape"])
     if t["scale"] is not None:
@@ -212,6 +221,10 @@ def _format_inspect(r):
         f"  flash   {_mib(r['flash_bytes'])}  (flatbuffer size)",
         f"  arena   {_mib(r['arena_bytes'])}  = head {r['arena_head_bytes']:,} B (activations, "
         f"scratch) + tail {r['arena_tail_bytes']:,} B (persistent), TFLite Micro",
+        f"  plan    " + ("offline (OfflineMemoryAllocation metadata); TFLite Micro's greedy "
+                         f"planner would need a head of {r['greedy_arena_head_bytes']:,} B"
+                         if r["arena_plan"] == "offline" and r["greedy_arena_head_bytes"]
+                         else "TFLite Micro's greedy planner"),
         f"  type    {r['quantization']}",
         f"  MACs    {r['macs']:,}",
     ]

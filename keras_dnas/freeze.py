@@ -243,7 +243,7 @@ def _number(v):
         else v
 
 
-def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1):
+def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1, arena_plan="tflm"):
     """A plain Keras model with only the channels the masks keep.
 
     Conv/Dense filters shrink to the kept channels; kernels, biases, BN
@@ -273,6 +273,9 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1):
             left unused; ``False`` keeps exactly the channels the masks keep
             (except those projection must remove).
         verbose: print the certificate.
+        arena_plan: ``"tflm"`` certifies RAM against TFLite Micro's own arena layout,
+            ``"offline"`` against the plan ``kd.export.to_tflite(..., arena_plan="offline")``
+            writes into the file.
 
     Returns:
         A plain functional ``keras.Model``.
@@ -294,6 +297,15 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1):
     plan, keep = kept_channels(model)
     certificate = None
     if budgets:
+        from keras_dnas.export import offline
+
+        offline.check_arena_plan(arena_plan)
+        if arena_plan == "offline" and memory is None and target is not None and set(
+                budgets) & {"flash", "ram"}:
+            from keras_dnas.costs import memory as memory_lib
+
+            memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
+        memory = offline.memory_for(memory, arena_plan)
         keep, certificate = _certify(model, plan, keep, target, budgets, memory, fill, verbose)
     frozen = rebuild_with(model, plan, keep)
     if certificate is not None:

@@ -177,3 +177,50 @@ def test_malformed_plan_is_never_written():
                          (missing, "needs arena memory"), (good[:-1], "offsets for a subgraph")):
         with pytest.raises(ValueError, match=message):
             offline.write_offline_plan(tflite, bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plumbing: summary, freeze, callback, CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def test_summary_and_freeze_predict_the_offline_file():
+    model, x, tflite = _converted("residual_ds")
+    planned, plan = offline.with_offline_plan(tflite)
+    tflm = kd.summary(model, "stm32h743")
+    off = kd.summary(model, "stm32h743", arena_plan="offline")
+    assert tflm["arena_head_bytes"] == plan["greedy_head"]
+    assert off["arena_head_bytes"] == plan["head"] == runtime.arena_usage(planned)[
+        "arena_head_bytes"]
+    assert off["arena_tail_bytes"] == tflm["arena_tail_bytes"]
+    # The plan's flash cost is measured once on the memory model's own conversion: the
+    # re-serialised file's padding differs by a few bytes from file to file.
+    assert abs((off["flash_bytes"] - tflm["flash_bytes"]) - (len(planned) - len(tflite))) <= 64
+    # freeze certifies RAM against the plan that ships: a budget between the two heads holds
+    # only with the offline plan.
+    search = kd.prepare(model)
+    budget = (off["arena_bytes"] + tflm["arena_bytes"]) // 2
+    frozen = kd.freeze(search, "stm32h743", budgets={"ram": budget}, fill=False, verbose=0,
+                       arena_plan="offline")
+    assert frozen.count_params() == model.count_params()  # nothing had to close
+    greedy = kd.freeze(search, "stm32h743", budgets={"ram": budget}, fill=False, verbose=0)
+    assert greedy.count_params() < model.count_params()  # TFLM's plan: channels must close
+    with pytest.raises(ValueError, match="arena_plan"):
+        kd.freeze(search, "stm32h743", budgets={"ram": budget}, arena_plan="best")
+    with pytest.raises(ValueError, match="arena_plan"):
+        kd.DNASCallback("stm32h743", arena_plan="best")
+
+
+def test_inspect_names_the_plan(tmp_path):
+    from keras_dnas import cli
+
+    _, _, tflite = _converted("residual_ds")
+    planned, plan = offline.with_offline_plan(tflite)
+    for data, carried in ((tflite, "tflm"), (planned, "offline")):
+        path = tmp_path / f"{carried}.tflite"
+        path.write_bytes(data)
+        report = cli.inspect_model(str(path))
+        assert report["arena_plan"] == carried
+        assert report["greedy_arena_head_bytes"] == plan["greedy_head"]
+        assert report["arena_head_bytes"] == (plan["head"] if carried == "offline"
+                                              else plan["greedy_head"])

@@ -206,3 +206,95 @@ def greedy_head(tflite, scratch=None):
     """The head TFLite Micro's own greedy planner would need (offline plan ignored)."""
     buffers = arena.tflite_buffers(tflite, scratch=scratch)
     return arena.greedy_plan([(b["size"], b["first"], b["last"]) for b in buffers])[1]
+
+
+class OfflineArenaMemory:
+    """A flash / RAM model for files written with `arena_plan="offline"`.
+
+    Wraps a `keras_dnas.costs.memory.MemoryModel` (everything else is delegated to it):
+
+    - `ram(counts)` / `ram_parts(counts)` (integer counts): the head of the offline plan that
+      `to_tflite(..., arena_plan="offline")` would write for the model at these counts (the
+      same planner, the same limits, scratch buffers placed as TFLM places them), or TFLM's
+      own head when no plan beats it; the tail is unchanged.
+    - `ram(counts, exact=False)`: the differentiable liveness bound of the head plus the tail
+      (the base model's soft value): the bound the offline plan aims at, and reaches on the
+      zoo models (`BENCHMARKS.md`).
+    - `flash(counts)`: plus the bytes the plan adds to the file (metadata and re-serialised
+      flatbuffer, measured once at full width) when a plan is written at these counts.
+
+    Example:
+
+    ```python
+    mem = OfflineArenaMemory(MemoryModel.from_model(model))
+    mem.ram_parts(counts)  # {"head", "tail", "total", "greedy_head"}
+    ```
+    """
+
+    arena_plan = "offline"
+
+    def __init__(self, memory, max_nodes=DEFAULT_MAX_NODES):
+        self.base = memory
+        self.max_nodes = max_nodes
+        self._cache = {}
+        full = memory.full_bytes
+        plan = plan_tflite(full, max_nodes=max_nodes)
+        self._flash_extra = 0
+        if plan["head"] < plan["greedy_head"]:
+            self._flash_extra = len(write_offline_plan(full, plan["tensor_offsets"])) - len(full)
+        else:  # no plan at full width: measure the cost of writing one anyway
+            self._flash_extra = len(write_offline_plan(full, greedy_tensor_offsets(full))) \
+                - len(full)
+
+    def __getattr__(self, name):
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def arena_plan_for(self, counts):
+        """The `plan_tflite` dict of the model at integer `counts` (cached)."""
+        key = tuple(int(c) for c in counts)
+        if key not in self._cache:
+            self._cache[key] = plan_tflite(self.base.scaled_model(list(key)),
+                                           max_nodes=self.max_nodes)
+        return self._cache[key]
+
+    def ram_parts(self, counts):
+        parts = dict(self.base.ram_parts(counts))
+        plan = self.arena_plan_for(counts)
+        head = min(plan["head"], plan["greedy_head"])
+        parts.update(head=head, total=head + parts["tail"], greedy_head=plan["greedy_head"])
+        return parts
+
+    def ram(self, counts, exact=True):
+        if exact:
+            return self.ram_parts(counts)["total"]
+        return self.base.ram(counts, exact=False)
+
+    def flash(self, counts, exact=True):
+        flash = self.base.flash(counts, exact=exact)
+        if all(isinstance(c, (int, np.integer)) for c in counts):
+            plan = self.arena_plan_for(counts)
+            return flash + (self._flash_extra if plan["head"] < plan["greedy_head"] else 0)
+        return flash
+
+
+def greedy_tensor_offsets(tflite, scratch=None):
+    """Tensor offsets of TFLM's own greedy plan (-1 for tensors it does not plan)."""
+    model = arena._as_model(tflite)
+    buffers = arena.tflite_buffers(model, scratch=scratch)
+    offsets, _ = arena.greedy_plan([(b["size"], b["first"], b["last"]) for b in buffers])
+    out = [-1] * len(model.tensors)
+    for b, off in zip(buffers, offsets):
+        if b["kind"] == "tensor":
+            out[b["tensor"]] = int(off)
+    return out
+
+
+def memory_for(memory, arena_plan):
+    """`memory` as is for `arena_plan="tflm"`, wrapped in `OfflineArenaMemory` for
+    `"offline"` (None stays None)."""
+    check_arena_plan(arena_plan)
+    if memory is None or arena_plan == "tflm" or isinstance(memory, OfflineArenaMemory):
+        return memory
+    return OfflineArenaMemory(memory)

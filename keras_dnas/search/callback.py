@@ -82,6 +82,9 @@ class DNASCallback(keras.callbacks.Callback):
             features mean larger logits and lower cross-entropy. Budget
             penalties are not centred.
         memory: a flash/RAM model (built from the model if omitted).
+        arena_plan: ``"tflm"`` (default) budgets RAM with TFLite Micro's own arena layout;
+            ``"offline"`` with the plan ``kd.export.to_tflite(..., arena_plan="offline")``
+            writes (the soft RAM term is the liveness bound that plan reaches).
         verbose: 1 prints a line when the search starts and when budgets first hold.
 
     Example:
@@ -104,7 +107,7 @@ class DNASCallback(keras.callbacks.Callback):
     def __init__(self, target, budgets=None, objectives=None, warmup_epochs=0, monitor=None,
                  restore_best_weights=True, stop_when_feasible=None, margin=0.02,
                  mask_lr_multiplier=10.0, bn_momentum=0.9, centred_gradients=True, memory=None,
-                 verbose=1):
+                 verbose=1, arena_plan="tflm"):
         super().__init__()
         self.target = targets.get(target)
         self._budgets_arg = budgets
@@ -133,6 +136,9 @@ class DNASCallback(keras.callbacks.Callback):
         self.bn_momentum = bn_momentum
         self.centred_gradients = bool(centred_gradients)
         self.memory = memory
+        from keras_dnas.export import offline
+
+        self.arena_plan = offline.check_arena_plan(arena_plan)
         self.verbose = verbose
         self.history = []
         self.cost_model = None
@@ -172,6 +178,9 @@ class DNASCallback(keras.callbacks.Callback):
             from keras_dnas.costs import memory as memory_lib
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=self.target)
+        from keras_dnas.export import offline
+
+        memory = offline.memory_for(memory, self.arena_plan)
         self.cost_model = cost_model.CostModel(plan, self.target, memory=memory)
         if self._budgets_arg is None:
             self.objectives = [Budget("flash", self.target.flash_bytes),
