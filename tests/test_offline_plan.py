@@ -265,6 +265,13 @@ def test_summary_and_freeze_predict_the_offline_file():
     assert frozen.count_params() == model.count_params()  # nothing had to close
     greedy = kd.freeze(search, "stm32h743", budgets={"ram": budget}, fill=False, verbose=0)
     assert greedy.count_params() < model.count_params()  # TFLM's plan: channels must close
+    # The search's RAM metric: exact = the offline head, soft = the liveness bound (+ tail).
+    callback = kd.DNASCallback("stm32h743", budgets={"ram": budget}, arena_plan="offline")
+    callback.bind(search)
+    full = callback.cost_model.full_counts()
+    assert callback.cost_model.evaluate(full, ["ram"])["ram"] == off["arena_bytes"]
+    soft = callback.cost_model.evaluate(full, ["ram"], exact=False)["ram"]
+    assert float(keras.ops.convert_to_numpy(soft)) == plan["bound"] + off["arena_tail_bytes"]
     with pytest.raises(ValueError, match="arena_plan"):
         kd.freeze(search, "stm32h743", budgets={"ram": budget}, arena_plan="best")
     with pytest.raises(ValueError, match="arena_plan"):
