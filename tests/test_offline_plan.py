@@ -291,3 +291,11 @@ def test_inspect_names_the_plan(tmp_path):
         assert report["greedy_arena_head_bytes"] == plan["greedy_head"]
         assert report["arena_head_bytes"] == (plan["head"] if carried == "offline"
                                               else plan["greedy_head"])
+
+
+def test_measure_names_the_plan():
+    _, _, tflite = _converted("residual_ds")
+    planned, plan = offline.with_offline_plan(tflite)
+    assert kd.export.measure(tflite).arena_plan == "tflm"
+    result = kd.export.measure(planned)
+    assert result.arena_plan == "offline" and result.arena_head_bytes == plan["head"]

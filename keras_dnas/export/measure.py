@@ -16,6 +16,7 @@ _KEYS = (
     "arena_head_bytes",
     "arena_tail_bytes",
     "arena_breakdown",
+    "arena_plan",
     "ops",
     "inputs",
     "outputs",
@@ -39,7 +40,9 @@ class MeasureResult(dict):
     """What `measure` found: a plain `dict` (JSON-serialisable) with attribute access.
 
     Keys: `flash_bytes` (= `len(tflite)`), `arena_bytes` / `arena_head_bytes` /
-    `arena_tail_bytes` and `arena_breakdown` (TFLite Micro's recording allocator), `ops`
+    `arena_tail_bytes` and `arena_breakdown` (TFLite Micro's recording allocator),
+    `arena_plan` (`"offline"` when the file carries an `OfflineMemoryAllocation` arena plan,
+    `"tflm"` when TFLite Micro plans the arena itself), `ops`
     (operator names in execution order), `inputs` / `outputs` (name, shape, dtype, scale,
     zero_point), `quantization`, the target fields (`target`, `target_flash_bytes`,
     `target_ram_bytes`, `fits_flash`, `fits_ram`) and the data fields (`task`,
@@ -260,6 +263,8 @@ def measure(
         "quantization": next(iter(io_types)).lower() if len(io_types) == 1 else "mixed",
     }
     fields.update(_runtime.arena_usage(data_bytes, arena_size=arena_size))
+    fields["arena_plan"] = "offline" if _flatbuffer.read_tflite(
+        data_bytes).offline_offsets is not None else "tflm"
     resolved = _resolve_target(target)
     if resolved is not None:
         name, flash, ram = resolved
