@@ -12,6 +12,7 @@ Usage::
 
     python benchmarks/offline_arena.py                # Markdown table on stdout
     python benchmarks/offline_arena.py --models mobilenet_v1
+    python benchmarks/offline_arena.py --keep 0.5     # frozen, randomly pruned variants
 """
 
 import argparse
@@ -80,9 +81,20 @@ MODELS = {
 }
 
 
-def measure_one(name):
+def pruned(model, keep=0.5, seed=1):
+    """The frozen model after closing about half of every mask (a searched model's shape)."""
+    search = kd.prepare(model)
+    rng = np.random.default_rng(seed)
+    for v in kd.masks.mask_variables(search):
+        v.assign(np.where(rng.random(v.shape) < keep, 1.0, 0.0).astype("float32"))
+    return kd.freeze(search, verbose=0)
+
+
+def measure_one(name, keep=None):
     keras.utils.set_random_seed(0)
     model = MODELS[name]()
+    if keep is not None:
+        model = pruned(model, keep)
     x = np.random.default_rng(0).standard_normal((4,) + tuple(model.input_shape[1:]))
     x = x.astype("float32")
     tflite = kd.export.to_tflite(model, x)
@@ -101,13 +113,16 @@ def measure_one(name):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--keep", type=float, default=None,
+                        help="freeze each model with about this fraction of every mask's "
+                             "channels kept (random masks) before converting")
     args = parser.parse_args(argv)
     print("| model | TFLM head | offline head (measured) | predicted | liveness bound | saved "
           "| proven optimal | found by | operators reordered | outputs bit-identical | plan time "
           "| file bytes added |")
     print("|---|---:|---:|---:|---:|---:|---|---|---|---|---:|---:|")
     for name in args.models:
-        r = measure_one(name)
+        r = measure_one(name, args.keep)
         saved = 100.0 * (r["tflm"] - r["offline"]) / r["tflm"]
         print(f"| {r['model']} | {r['tflm']:,} | {r['offline']:,} | {r['predicted']:,} | "
               f"{r['bound']:,} | {saved:.1f} % | {'yes' if r['optimal'] else 'no'} | "
