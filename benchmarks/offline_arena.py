@@ -1,12 +1,13 @@
 """Arena head with TFLite Micro's own plan vs an offline plan vs the liveness bound.
 
 For every zoo model (random weights, logits instead of softmax: with random weights the int8
-softmax of mobilenet_v1 aborts the ``tflite_micro`` host interpreter) and two residual toys:
+softmax of mobilenet_v1 aborts the ``tflite_micro`` host interpreter) and three branchy toys:
 convert to full int8 (``kd.export.to_tflite``), plan offline
 (``keras_dnas.export.offline.with_offline_plan``), and measure both files in the
 ``tflite_micro`` interpreter (recording allocator: arena head). The offline file may also
-have its operators reordered (the topological order with the lowest peak of live buffers). Also checks that the
-prediction equals the measurement and that the int8 outputs are bit-identical.
+have its operators reordered (the topological order with the lowest peak of live buffers).
+Also checks that the prediction equals the measurement and that the int8 outputs are
+bit-identical.
 
 Usage::
 

@@ -181,7 +181,6 @@ MODELS = {
     "inverted_residual": inverted_residual,
     "mobilenet_v1_small": lambda: kd.zoo.mobilenet_v1(
         input_shape=(32, 32, 3), alpha=0.25, classifier_activation=None),
-    "ds_cnn": lambda: kd.zoo.ds_cnn(classifier_activation=None),
 }
 
 
