@@ -162,6 +162,7 @@ def inspect_model(path, target=None):
 
 def _inspect(path, target_name):
     from keras_dnas.costs import compute
+    from keras_dnas.export import measure, offline
     from keras_dnas.export.estimate import estimate, tflite_layers
 
     target = _target(target_name) if target_name is not None else None
@@ -192,6 +193,8 @@ def _inspect(path, target_name):
         "host_arena_bytes": measured.host_arena_bytes,
         "host_arena_head_bytes": measured.host_arena_head_bytes,
         "host_arena_tail_bytes": measured.host_arena_tail_bytes,
+        "arena_plan": offline.carried_plan(data),
+        "greedy_arena_head_bytes": _greedy_head(offline, data),
         "quantization": measured.quantization,
         "inputs": measured.inputs,
         "outputs": measured.outputs,
@@ -220,6 +223,13 @@ def _inspect(path, target_name):
     return report
 
 
+def _greedy_head(offline, data):
+    try:
+        return offline.greedy_head(data)
+    except ValueError:  # e.g. several subgraphs: not replayed
+        return None
+
+
 def _tensor_line(kind, t):
     shape = "x".join(str(d) for d in t["shape"])
     if t["scale"] is not None:
@@ -237,6 +247,10 @@ def _format_inspect(r):
         f"scratch) + tail {r['arena_tail_bytes']:,} B (persistent), TFLite Micro on a "
         f"{8 * r['pointer_bytes']}-bit target",
         f"          host interpreter (64-bit): {r['host_arena_bytes']:,} B, not the board's",
+        f"  plan    " + ("offline (OfflineMemoryAllocation metadata); TFLite Micro's greedy "
+                         f"planner would need a head of {r['greedy_arena_head_bytes']:,} B"
+                         if r["arena_plan"] == "offline" and r["greedy_arena_head_bytes"]
+                         else "TFLite Micro's greedy planner"),
         f"  type    {r['quantization']}",
         f"  MACs    {r['macs']:,}",
     ]

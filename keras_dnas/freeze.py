@@ -367,7 +367,7 @@ def _number(v):
 
 
 def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
-           calibration_data=None, compile=True):
+           calibration_data=None, compile=True, arena_plan=None):
     """A plain Keras model with only the channels the masks keep.
 
     Conv/Dense filters shrink to the kept channels; kernels, biases, BN
@@ -419,6 +419,9 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
             statistics; at most 2,048 of them (a fixed-seed random subset)
             are used. Default: the search's ``calibration_data``.
         compile: compile the frozen model as ``model`` is compiled.
+        arena_plan: ``"tflm"`` certifies RAM against TFLite Micro's own arena layout,
+            ``"offline"`` against the plan ``kd.export.to_tflite(..., arena_plan="offline")``
+            writes into the file. Default: the search's, else ``"tflm"``.
 
     Returns:
         A plain functional ``keras.Model``.
@@ -449,6 +452,9 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     if memory is None and target is not None and searched_target is not None \
             and _target_name(target) == _target_name(searched_target):
         memory = search.get("memory")  # same architecture, same target: reuse
+    arena_plan = arena_plan or search.get("arena_plan") or "tflm"
+    if arena_plan == "tflm" and memory is not None and hasattr(memory, "base"):
+        memory = memory.base  # the search budgeted an offline plan; certify TFLM's own
     if calibration_data is not None:
         calibration_data = calibration_sample(calibration_data, 2048)
     else:
@@ -457,6 +463,15 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     closed = any(not k.all() for k in keep)
     certificate = None
     if budgets:
+        from keras_dnas.export import offline
+
+        offline.check_arena_plan(arena_plan)
+        if arena_plan == "offline" and memory is None and target is not None and set(
+                budgets) & {"flash", "ram"}:
+            from keras_dnas.costs import memory as memory_lib
+
+            memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
+        memory = offline.memory_for(memory, arena_plan)
         keep, certificate = _certify(model, plan, keep, target, budgets, memory, fill, verbose)
     frozen = rebuild_with(model, plan, keep)
     if certificate is not None:

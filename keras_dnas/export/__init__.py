@@ -4,8 +4,10 @@ The only part of keras_dnas that uses TensorFlow, and only inside `to_tflite` (i
 first use, so `import keras_dnas` stays light). Measuring needs `tflite_micro` only; the LiteRT
 cross-check needs `ai_edge_litert`.
 
-- `to_tflite(model, representative_data, quantization="int8")`: full-integer `.tflite` bytes,
-  TFLite Micro operators only.
+- `to_tflite(model, representative_data, quantization="int8", arena_plan="tflm")`: full-integer
+  `.tflite` bytes, TFLite Micro operators only; `arena_plan="offline"` also writes a verified
+  arena layout (and operator order) that needs less RAM than TFLite Micro's own planner
+  (`keras_dnas.export.offline`).
 - `measure(tflite, target=None, data=None)`: flash, tensor arena on the target (head / tail;
   the host interpreter's as `host_arena_*`), operators, quantisation, accuracy in TFLite Micro
   (run in a child process: a TFLite Micro abort raises `RuntimeError`).

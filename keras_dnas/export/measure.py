@@ -24,6 +24,7 @@ _KEYS = (
     "host_arena_head_bytes",
     "host_arena_tail_bytes",
     "host_arena_breakdown",
+    "arena_plan",
     "ops",
     "inputs",
     "outputs",
@@ -50,7 +51,9 @@ class MeasureResult(dict):
     `arena_tail_bytes`, the tensor arena on the target (its `pointer_bytes`: 4 on a 32-bit
     MCU), the number `kd.summary` and `kd.freeze` certify; `host_arena_bytes` /
     `host_arena_head_bytes` / `host_arena_tail_bytes` / `host_arena_breakdown`, what the
-    64-bit host TFLite Micro interpreter allocated (its recording allocator); `ops`
+    64-bit host TFLite Micro interpreter allocated (its recording allocator);
+    `arena_plan` (`"offline"` when the file carries an `OfflineMemoryAllocation` arena plan,
+    `"tflm"` when TFLite Micro plans the arena itself); `ops`
     (operator names in execution order), `inputs` / `outputs` (name, shape, dtype, scale,
     zero_point), `quantization`, the target fields (`target`, `target_flash_bytes`,
     `target_ram_bytes`, `fits_flash`, `fits_ram`) and the data fields (`task`,
@@ -326,6 +329,8 @@ def measure(
         "outputs": [t.to_dict() for t in info.outputs],
         "quantization": next(iter(io_types)).lower() if len(io_types) == 1 else "mixed",
     }
+    fields["arena_plan"] = "offline" if _flatbuffer.read_tflite(
+        data_bytes).offline_offsets is not None else "tflm"
     resolved = _resolve_target(target)
     pointer_bytes = DEFAULT_POINTER_BYTES if resolved is None else resolved[3]
     # One TFLite Micro child process: the inference on `x` (if any) and the arena report.

@@ -18,12 +18,18 @@ TFLM's own plan, and only after `check_offsets` has verified it (alignment, no o
 buffers live together); otherwise the file is returned unchanged.
 """
 
+import dataclasses
 import struct
 
 import numpy as np
 
 from keras_dnas.costs import arena
-from keras_dnas.costs.offline_plan import DEFAULT_MAX_NODES, check_offsets, plan_offsets
+from keras_dnas.costs.offline_plan import (
+    DEFAULT_MAX_NODES,
+    best_operator_order,
+    check_offsets,
+    plan_offsets,
+)
 from keras_dnas.export import _flatbuffer
 
 METADATA_NAME = "OfflineMemoryAllocation"
@@ -48,7 +54,7 @@ def plan_tflite(tflite, scratch=None, max_nodes=DEFAULT_MAX_NODES):
         tflite: the model (bytes, path or a decoded `TFLiteModel`), without an offline plan.
         scratch: kernel scratch rules (default: TFLM's reference kernels, see
             `keras_dnas.costs.arena.REFERENCE_SCRATCH`).
-        max_nodes: node limit of the planner's branch and bound.
+        max_nodes: work limit of the planner's branch and bound (see `plan_offsets`).
 
     Returns:
         A dict: `tensor_offsets` (one per tensor of the subgraph, -1 where TFLM plans online),
@@ -175,16 +181,80 @@ def write_offline_plan(tflite, tensor_offsets, scratch=None):
     return _pack(sch, fb)
 
 
-def with_offline_plan(tflite, scratch=None, max_nodes=DEFAULT_MAX_NODES):
+def _best_order(model, scratch=None):
+    """The lower-peak operator order of a decoded model, or None when the current one is best."""
+    if model.num_subgraphs != 1:
+        return None
+    scratch_rules = arena.REFERENCE_SCRATCH if scratch is None else scratch
+    sizes = [0 if model.is_constant(t.index) or t.is_variable else t.nbytes
+             for t in model.tensors]
+    per_op = [sum(arena._align_up(b, arena.ARENA_ALIGNMENT)
+                  for b in (scratch_rules[op.name](model, op) if op.name in scratch_rules else []))
+              for op in model.operators]
+    order, peak, current = best_operator_order(
+        len(model.tensors), [(op.inputs, op.outputs) for op in model.operators],
+        model.inputs, model.outputs, sizes, scratch=per_op)
+    return order if peak < current else None
+
+
+def reorder_operators(tflite, scratch=None):
+    """`(tflite bytes, reordered)`: operators in the topological order with the lowest peak
+    of live buffers (`keras_dnas.costs.offline_plan.best_operator_order`), when it is lower
+    than the current order's; otherwise the bytes unchanged. Each operator keeps its inputs
+    and outputs, so the outputs are the same (checked on TFLite Micro by the tests)."""
+    data = _flatbuffer.as_model_bytes(tflite)
+    order = _best_order(_flatbuffer.read_tflite(data), scratch=scratch)
+    if order is None:
+        return data, False
+    sch, fb = _unpack(data)
+    sub = fb.subgraphs[0]
+    sub.operators = [sub.operators[i] for i in order]
+    return _pack(sch, fb), True
+
+
+def plan_model(model, scratch=None, max_nodes=DEFAULT_MAX_NODES, reorder=True):
+    """The plan `with_offline_plan` makes, on a decoded model (no bytes written).
+
+    Returns:
+        `(plan, order)`: the dict described in `with_offline_plan` and the operator order
+        (None: unchanged).
+    """
+    plan = plan_tflite(model, scratch=scratch, max_nodes=max_nodes)
+    plan.update(reordered=False, written=plan["head"] < plan["greedy_head"])
+    plan["head"] = min(plan["head"], plan["greedy_head"])
+    order = _best_order(model, scratch=scratch) if reorder else None
+    if order is not None:
+        moved = dataclasses.replace(model, operators=[model.operators[i] for i in order])
+        other = plan_tflite(moved, scratch=scratch, max_nodes=max_nodes)
+        other.update(reordered=True, written=other["head"] < other["greedy_head"])
+        other["head"] = min(other["head"], other["greedy_head"])
+        if other["head"] < plan["head"]:
+            other["greedy_head"] = plan["greedy_head"]
+            return other, order
+    return plan, None
+
+
+def with_offline_plan(tflite, scratch=None, max_nodes=DEFAULT_MAX_NODES, reorder=True):
     """`(tflite bytes, plan)`: the model with an offline plan when it beats TFLM's own plan.
 
-    When the planner cannot beat TFLite Micro's greedy plan the bytes are returned unchanged
-    (TFLM plans the arena itself, at the same head). `plan` is the dict of `plan_tflite`
-    plus `written` (bool).
+    With `reorder` the operators are also put in the order with the lowest peak of live
+    buffers (`reorder_operators`) when that gives a smaller head. When nothing beats
+    TFLite Micro's greedy plan of the file as given, the bytes are returned unchanged (TFLM
+    plans the arena itself, at the same head).
+
+    Returns:
+        The bytes and a dict: `head` (the arena head of the returned file on TFLM),
+        `greedy_head` (TFLM's head for the file as given), `bound` (liveness bound of the
+        returned file's order), `tensor_offsets`, `optimal`, `method`, `written` (an
+        `OfflineMemoryAllocation` plan was written) and `reordered` (operators moved).
     """
     data = _flatbuffer.as_model_bytes(tflite)
-    plan = plan_tflite(data, scratch=scratch, max_nodes=max_nodes)
-    plan["written"] = plan["head"] < plan["greedy_head"]
+    plan, order = plan_model(_flatbuffer.read_tflite(data), scratch=scratch,
+                             max_nodes=max_nodes, reorder=reorder)
+    if order is not None:
+        sch, fb = _unpack(data)
+        fb.subgraphs[0].operators = [fb.subgraphs[0].operators[i] for i in order]
+        data = _pack(sch, fb)
     if not plan["written"]:
         return data, plan
     out = write_offline_plan(data, plan["tensor_offsets"], scratch=scratch)
@@ -206,3 +276,94 @@ def greedy_head(tflite, scratch=None):
     """The head TFLite Micro's own greedy planner would need (offline plan ignored)."""
     buffers = arena.tflite_buffers(tflite, scratch=scratch)
     return arena.greedy_plan([(b["size"], b["first"], b["last"]) for b in buffers])[1]
+
+
+class OfflineArenaMemory:
+    """A flash / RAM model for files written with `arena_plan="offline"`.
+
+    Wraps a `keras_dnas.costs.memory.MemoryModel` (everything else is delegated to it):
+
+    - `ram(counts)` / `ram_parts(counts)` (integer counts): the head of the offline plan that
+      `to_tflite(..., arena_plan="offline")` would write for the model at these counts (the
+      same planner, the same limits, scratch buffers placed as TFLM places them), or TFLM's
+      own head when no plan beats it; the tail is unchanged.
+    - `ram(counts, exact=False)`: the differentiable liveness bound of the head plus the tail
+      (the base model's soft value): the bound the offline plan aims at, and reaches on the
+      zoo models (`BENCHMARKS.md`).
+    - `flash(counts)`: plus the bytes the plan adds to the file (metadata and re-serialised
+      flatbuffer, measured once at full width) when a plan is written at these counts.
+
+    Example:
+
+    ```python
+    mem = OfflineArenaMemory(MemoryModel.from_model(model))
+    mem.ram_parts(counts)  # {"head", "tail", "total", "greedy_head"}
+    ```
+    """
+
+    arena_plan = "offline"
+
+    def __init__(self, memory, max_nodes=DEFAULT_MAX_NODES):
+        self.base = memory
+        self.max_nodes = max_nodes
+        self._cache = {}
+        full = memory.full_bytes
+        plan = plan_tflite(full, max_nodes=max_nodes)
+        if plan["head"] < plan["greedy_head"]:
+            self._flash_extra = len(write_offline_plan(full, plan["tensor_offsets"])) - len(full)
+        else:  # no plan at full width: measure the cost of writing one anyway
+            self._flash_extra = len(write_offline_plan(full, greedy_tensor_offsets(full))) \
+                - len(full)
+
+    def __getattr__(self, name):
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def arena_plan_for(self, counts):
+        """The `plan_tflite` dict of the model at integer `counts` (cached)."""
+        key = tuple(int(c) for c in counts)
+        if key not in self._cache:
+            self._cache[key] = plan_model(self.base.scaled_model(list(key)),
+                                          max_nodes=self.max_nodes)[0]
+        return self._cache[key]
+
+    def ram_parts(self, counts):
+        parts = dict(self.base.ram_parts(counts))
+        plan = self.arena_plan_for(counts)
+        head = min(plan["head"], plan["greedy_head"])
+        parts.update(head=head, total=head + parts["tail"], greedy_head=plan["greedy_head"])
+        return parts
+
+    def ram(self, counts, exact=True):
+        if exact:
+            return self.ram_parts(counts)["total"]
+        return self.base.ram(counts, exact=False)
+
+    def flash(self, counts, exact=True):
+        flash = self.base.flash(counts, exact=exact)
+        if all(isinstance(c, (int, np.integer)) for c in counts):
+            plan = self.arena_plan_for(counts)
+            return flash + (self._flash_extra if plan["written"] else 0)
+        return flash
+
+
+def greedy_tensor_offsets(tflite, scratch=None):
+    """Tensor offsets of TFLM's own greedy plan (-1 for tensors it does not plan)."""
+    model = arena._as_model(tflite)
+    buffers = arena.tflite_buffers(model, scratch=scratch)
+    offsets, _ = arena.greedy_plan([(b["size"], b["first"], b["last"]) for b in buffers])
+    out = [-1] * len(model.tensors)
+    for b, off in zip(buffers, offsets):
+        if b["kind"] == "tensor":
+            out[b["tensor"]] = int(off)
+    return out
+
+
+def memory_for(memory, arena_plan):
+    """`memory` as is for `arena_plan="tflm"`, wrapped in `OfflineArenaMemory` for
+    `"offline"` (None stays None)."""
+    check_arena_plan(arena_plan)
+    if memory is None or arena_plan == "tflm" or isinstance(memory, OfflineArenaMemory):
+        return memory
+    return OfflineArenaMemory(memory)

@@ -44,7 +44,7 @@ class Summary(dict):
         return "\n".join(out)
 
 
-def summary(model, target="stm32h743", memory="auto", print_fn=None):
+def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan="tflm"):
     """Per-layer channels, params, MACs, activation bytes and cycles, plus totals.
 
     Works for an original model, a searchable one (current masks) and a
@@ -60,6 +60,8 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None):
             ``None`` skips flash and RAM; or a ready memory model.
         print_fn: called with the table (e.g. ``print``); nothing is printed
             by default.
+        arena_plan: ``"tflm"`` (TFLite Micro's own arena layout) or ``"offline"``: the
+            arena of the file ``kd.export.to_tflite(..., arena_plan="offline")`` writes.
 
     Returns:
         A :class:`Summary` (a dict; ``str()`` gives the table).
@@ -81,6 +83,9 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None):
         from keras_dnas.costs import memory as memory_lib
 
         memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
+    from keras_dnas.export import offline
+
+    memory = offline.memory_for(memory, arena_plan)
     cost_model = CostModel(plan, target, memory=memory)
     totals = {k: to_python(v) for k, v in cost_model.evaluate(counts).items()}
     rows, seen = [], set()

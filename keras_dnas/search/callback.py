@@ -102,6 +102,9 @@ class DNASCallback(keras.callbacks.Callback):
             drawn with a fixed seed, set BatchNormalization statistics
             before each validation and in :func:`keras_dnas.freeze`. Without
             it, validation uses the lagging moving averages.
+        arena_plan: ``"tflm"`` (default) budgets RAM with TFLite Micro's own arena layout;
+            ``"offline"`` with the plan ``kd.export.to_tflite(..., arena_plan="offline")``
+            writes (the soft RAM term is the liveness bound that plan reaches).
         verbose: 1 prints a line when the search starts and when budgets first hold.
 
     Example:
@@ -128,7 +131,7 @@ class DNASCallback(keras.callbacks.Callback):
     def __init__(self, target, budgets=None, objectives=None, warmup_epochs=0, monitor=None,
                  restore_best_weights=True, stop_when_feasible=None, margin=0.02,
                  mask_lr_multiplier=10.0, bn_momentum=0.9, centred_gradients=True, memory=None,
-                 calibration_data=None, verbose=1):
+                 calibration_data=None, verbose=1, arena_plan="tflm"):
         super().__init__()
         self.target = targets.get(target)
         self._budgets_arg = budgets
@@ -159,6 +162,9 @@ class DNASCallback(keras.callbacks.Callback):
         self.bn_momentum = bn_momentum
         self.centred_gradients = bool(centred_gradients)
         self.memory = memory
+        from keras_dnas.export import offline
+
+        self.arena_plan = offline.check_arena_plan(arena_plan)
         self.verbose = verbose
         self.history = []
         self.cost_model = None
@@ -198,6 +204,9 @@ class DNASCallback(keras.callbacks.Callback):
             from keras_dnas.costs import memory as memory_lib
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=self.target)
+        from keras_dnas.export import offline
+
+        memory = offline.memory_for(memory, self.arena_plan)
         self.cost_model = cost_model.CostModel(plan, self.target, memory=memory)
         # rebuilt from the arguments on every bind: a second fit must not add the defaults twice
         self.objectives = _as_objectives(self._budgets_arg, self._objectives_arg)
@@ -236,7 +245,8 @@ class DNASCallback(keras.callbacks.Callback):
         # what kd.freeze(model) reuses when its arguments are not given
         object.__setattr__(model, "dnas_search", {
             "target": self.target, "budgets": {b.metric: b for b in self.budgets},
-            "memory": memory, "calibration_data": self.calibration_data})
+            "memory": memory, "calibration_data": self.calibration_data,
+            "arena_plan": self.arena_plan})
         return plan
 
     def _needs_memory(self):
