@@ -94,7 +94,8 @@ def main(argv=None):
     print("epoch | feasible | val_accuracy, moving BN averages | val_accuracy, exact BN "
           "(logged) | recalibration s")
     for epoch, lagging, exact, feasible, recal in before.rows:
-        print(f"{epoch} | {'yes' if feasible else 'no'} | {lagging:.3f} | {exact:.3f} | {recal:.2f}")
+        print(f"{epoch} | {'yes' if feasible else 'no'} | {lagging:.3f} | {exact:.3f} | "
+              f"{recal:.2f}")
     total = sum(r[4] for r in before.rows)
     print(f"search wall time {wall:.0f} s, of which BN recalibration {total:.0f} s "
           f"({100 * total / wall:.1f} %)")
