@@ -71,9 +71,11 @@ class DNASCallback(keras.callbacks.Callback):
             the budgets.
         warmup_epochs: epochs at the start of ``fit`` that train the weights
             only (masks frozen, no penalty).
-        monitor: log key ranking feasible epochs (default ``val_loss`` when
-            validation data is given, else ``loss``).
-        restore_best_weights: restore the best feasible epoch at the end.
+        monitor: log key ranking feasible epochs (default ``val_loss``, which
+            excludes the penalty, when validation data is given, else
+            ``dnas/task_loss``).
+        restore_best_weights: restore the best feasible epoch at the end (the
+            least violating one if none is feasible).
         stop_when_feasible: stop after this many consecutive feasible epochs
             with unchanged channel counts once the ramp is complete
             (``None``: never).
