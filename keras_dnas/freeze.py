@@ -670,8 +670,9 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     sensitive to that lag. This computes, layer by layer in graph order, the
     mean and variance of each BN's input over ``x`` in inference mode (so
     each layer sees the already recalibrated ones before it) and assigns
-    them. Only BN statistics change. Call it after :func:`freeze` and after
-    fine-tuning, with a few thousand training samples.
+    them. Only BN statistics change. :func:`freeze` calls it on the
+    search's ``calibration_data``; call it yourself after a fine-tuning short
+    enough for the moving averages to lag, with a few thousand training samples.
 
     Args:
         model: a Functional or Sequential Keras model (plain or searchable).

@@ -47,7 +47,7 @@ def flow():
     search.fit(x, y, validation_data=(x_test[:128], y_test[:128]), epochs=2, batch_size=64,
                callbacks=[callback], verbose=0)
     frozen = kd.freeze(search, target=TARGET, budgets=budgets, verbose=0)
-    plain = kd.freeze(search)  # same search, no budgets: no certificate
+    plain = kd.freeze(search, budgets={})  # same search, no budgets: no certificate
     return dict(seed=seed, frozen=frozen, plain=plain, callback=callback, budgets=budgets,
                 data=(x_test[:64], y_test[:64]))
 

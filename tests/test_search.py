@@ -250,7 +250,7 @@ def test_callback_ties_masks_of_a_hand_built_model():
     assert model.get_layer("a").dnas_alpha.trainable
     assert not model.get_layer("b").dnas_alpha.trainable  # tied to "a"
     assert not model.get_layer("fc").dnas_alpha.trainable  # output group frozen
-    slim = kd.freeze(model)
+    slim = kd.freeze(model, budgets={})  # no certification (fill would reopen channels)
     xs = x[:8]
     np.testing.assert_allclose(slim(xs), model(xs), atol=1e-5)
     assert slim.get_layer("a").filters == slim.get_layer("b").filters

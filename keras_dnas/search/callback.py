@@ -71,9 +71,11 @@ class DNASCallback(keras.callbacks.Callback):
             the budgets.
         warmup_epochs: epochs at the start of ``fit`` that train the weights
             only (masks frozen, no penalty).
-        monitor: log key ranking feasible epochs (default ``val_loss`` when
-            validation data is given, else ``loss``).
-        restore_best_weights: restore the best feasible epoch at the end.
+        monitor: log key ranking feasible epochs (default ``val_loss``, which
+            excludes the penalty, when validation data is given, else
+            ``dnas/task_loss``).
+        restore_best_weights: restore the best feasible epoch at the end (the
+            least violating one if none is feasible).
         stop_when_feasible: stop after this many consecutive feasible epochs
             with unchanged channel counts once the ramp is complete
             (``None``: never).
@@ -126,7 +128,7 @@ class DNASCallback(keras.callbacks.Callback):
     #: Largest calibration sample kept (a few thousand samples fix BN statistics well).
     CALIBRATION_SAMPLES = 2048
     #: Samples of it used before each validation (cheaper; ranks epochs, not deployed).
-    VALIDATION_CALIBRATION_SAMPLES = 512
+    VALIDATION_CALIBRATION_SAMPLES = 256
 
     def __init__(self, target, budgets=None, objectives=None, warmup_epochs=0, monitor=None,
                  restore_best_weights=True, stop_when_feasible=None, margin=0.02,
@@ -495,9 +497,10 @@ class DNASCallback(keras.callbacks.Callback):
 def calibration_sample(data, limit, seed=0):
     """Up to ``limit`` samples of ``data`` (array or list of arrays), drawn with a fixed seed.
 
-    A random subset, kept in the data's order, because training sets are often
-    sorted by class and BN statistics of one class are wrong for the others.
-    Returns a list of NumPy arrays (one per model input), or ``None``.
+    A random subset in random order (so any prefix of it is a random subset
+    too), because training sets are often sorted by class and BN statistics
+    of one class are wrong for the others. Returns a list of NumPy arrays
+    (one per model input), or ``None``.
 
     Example:
 
@@ -517,7 +520,5 @@ def calibration_sample(data, limit, seed=0):
     if n == 0 or any(len(a) != n for a in arrays):
         raise ValueError("calibration_data needs at least one sample and the same number of "
                          f"samples in every input. Received lengths {[len(a) for a in arrays]}")
-    if n > limit:
-        idx = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-        arrays = [a[idx] for a in arrays]
-    return arrays
+    idx = np.random.default_rng(seed).permutation(n)[:limit]
+    return [a[idx] for a in arrays]
