@@ -436,13 +436,16 @@ def _rel_error(got, want):
     return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-6))
 
 
-def run_checks(graph, checks=CHECKS, mask_seed=None):
+def run_checks(graph, checks=CHECKS, mask_seed=None, alphas=None):
     """Run the checks on one :class:`FuzzGraph`; never raises for a library failure.
 
     Returns:
         A dict: ``seed``, ``used`` roles, ``groups`` / ``searchable`` counts, ``failures``
         (list of ``{"check", "class", "detail"}``), ``skipped`` (checks not comparable, with
         why), ``numbers`` (measured values) and ``seconds`` per stage.
+
+    ``alphas`` (``{layer name: mask values}``) sets chosen masks instead of random ones, for
+    hand-written reproducers.
     """
     import keras_dnas as kd
     from keras_dnas.costs import arena
@@ -491,7 +494,11 @@ def run_checks(graph, checks=CHECKS, mask_seed=None):
         if err is not None and not err <= RTOL:
             fail.append({"check": "a", "class": "a: open masks change the outputs",
                          "detail": f"relative error {err:.3g}"})
-    close_random_masks(search, graph.seed if mask_seed is None else mask_seed)
+    if alphas is None:
+        close_random_masks(search, graph.seed if mask_seed is None else mask_seed)
+    else:
+        for name, alpha in alphas.items():
+            search.get_layer(name).dnas_alpha.assign(np.asarray(alpha, "float32"))
     frozen = guarded("b", lambda: kd.freeze(search, verbose=0))
     stage("freeze")
     if frozen is None:
@@ -590,6 +597,12 @@ def run_checks(graph, checks=CHECKS, mask_seed=None):
                                      "detail": f"model {parts['tail']} B, replay "
                                                f"{replay['tail']} B"})
     return result
+
+
+def check_model(model, alphas=None, checks=CHECKS, seed=0):
+    """:func:`run_checks` on a hand-written model (random non-zero weights from ``seed``)."""
+    randomize(model, np.random.default_rng(seed))
+    return run_checks(FuzzGraph(seed, (), (), model), checks, alphas=alphas)
 
 
 def repro_snippet(seed, roles=ALL_ROLES):
