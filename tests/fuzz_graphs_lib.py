@@ -34,6 +34,7 @@ True
 import dataclasses
 import re
 import time
+import warnings
 
 import numpy as np
 
@@ -57,7 +58,7 @@ ALL_ROLES = (
     "add",
     "multiply",
     "concat",
-    "se",          # squeeze-excite: GAP -> (Reshape | keepdims) -> 1x1 conv / dense -> gate -> Multiply
+    "se",          # squeeze-excite: GAP -> Reshape / keepdims -> 1x1 conv / dense -> gate -> Multiply
     "pool",
     "nested",      # a nested Functional / Sequential sub-model
 )
@@ -475,8 +476,6 @@ def run_checks(graph, checks=CHECKS, mask_seed=None, alphas=None):
                          "detail": f"{type(e).__name__}: {str(e)[:600]}"})
             return None
 
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         search = guarded("a", lambda: kd.prepare(model))
@@ -594,7 +593,8 @@ def run_checks(graph, checks=CHECKS, mask_seed=None, alphas=None):
                                                f"{usage['arena_head_bytes']} B"})
                     if parts["tail"] != replay["tail"]:
                         fail.append({"check": "d",
-                                     "class": "d: search-time arena tail != replay on frozen; " + why,
+                                     "class": "d: search-time arena tail != replay on "
+                                              "frozen; " + why,
                                      "detail": f"model {parts['tail']} B, replay "
                                                f"{replay['tail']} B"})
     return result

@@ -115,3 +115,28 @@ def test_classify_groups_by_message_shape():
     b = fz.classify(RuntimeError("TFLite tensor 'y/conv7/Squeeze' has no counterpart (5, 6)."))
     assert a == b == "RuntimeError: TFLite tensor '…' has no counterpart (…)."
     assert fz.classify(ValueError("3 != 4")) != a
+
+
+def test_benchmark_groups_failures_into_classes():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
+                        "fuzz_graphs.py")
+    spec = importlib.util.spec_from_file_location("bench_fuzz_graphs", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fail = {"check": "d", "detail": "x"}
+    results = [
+        {"seed": 4, "layers": 12, "used": ["conv2d", "add"],
+         "failures": [dict(fail, **{"class": "d: tail (35 vs 36)"})]},
+        {"seed": 9, "layers": 7, "used": ["conv1d"],
+         "failures": [dict(fail, **{"class": "d: tail (3 vs 4)"})]},
+        {"seed": 5, "layers": 5, "used": ["conv2d"], "failures": [], "skipped": {"d": "ops"}},
+    ]
+    classes, per_role, skipped = bench.summarise(results, fz.ALL_ROLES)
+    assert list(classes) == ["d: tail (N vs N)"]
+    assert classes["d: tail (N vs N)"]["count"] == 2
+    assert classes["d: tail (N vs N)"]["example"]["seed"] == 9  # the smallest graph
+    assert per_role["conv2d"]["graphs"] == 2 and per_role["conv2d"]["failed"] == 1
+    assert per_role["nested"]["graphs"] == 0 and skipped == {"d": 1}
