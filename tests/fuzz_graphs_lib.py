@@ -58,7 +58,7 @@ ALL_ROLES = (
     "add",
     "multiply",
     "concat",
-    "se",          # squeeze-excite: GAP -> Reshape / keepdims -> 1x1 conv / dense -> gate -> Multiply
+    "se",          # squeeze-excite: GAP, Reshape or keepdims, 1x1 conv or Dense, gate, Multiply
     "pool",
     "nested",      # a nested Functional / Sequential sub-model
 )
