@@ -26,22 +26,22 @@ class KnownFailure(Exception):
 
 # Known open problems on main, as (substring of the fuzzer's failure class, reason).
 NESTED = ("is a nested model",
-          "issue 13 item 3: prepare rejects a nested model; the later checks cannot run")
+          "issue 13 problem 7: prepare rejects a nested model; the later checks cannot run")
 PROBE_VIEWS = ("Could not find probe channel counts",
-               "issue 13 item 2: no probe widths tell equal small groups apart")
+               "issue 13 problem 2: no probe widths tell equal small groups apart")
 PROBE_NAMES = ("has no counterpart in the probe model",
-               "issue 13 item 1: the probe conversion has other tensors (width 1 or 2)")
+               "issue 13 problem 1: the probe conversion has other tensors (width 1 or 2)")
 PROBE_GRAPH = ("The converted graph changes with the channel counts",
-               "issue 13 item 3: the probe conversion has other operators (Conv1D reshapes)")
+               "issue 13 problem 3: the probe conversion has other operators (Conv1D reshapes)")
 FLASH_PADDING = ("flash != len(frozen tflite); same tensors and shapes",
-                 "memory model flash off by 4-12 B with the same tensors and shapes: the "
+                 "memory model flash off by 4-16 B with the same tensors and shapes: the "
                  "flatbuffer's padding (8-byte aligned int64 zero points) is not a per-buffer "
                  "constant")
 FLASH_SHARED = ("flash != len(frozen tflite); the frozen conversion has other tensors",
-                "issue 13 item 1: at the frozen widths the converter shares constants the "
-                "full-width conversion keeps apart")
+                "found by the fuzzer: at the frozen widths the converter shares constants "
+                "the full-width conversion keeps apart")
 SUMMARY_SHARED = ("summary flash != len(tflite)",
-                  "issue 13 item 1/4: width-1 groups give 1-element int8 constants (always "
+                  "found by the fuzzer (cf. issue 13 problem 4): width-1 groups give 1-element int8 constants (always "
                   "+-127) that the converter shares depending on weight signs; kd.summary "
                   "converts a random-weight copy instead of the model itself")
 
