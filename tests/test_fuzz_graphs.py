@@ -41,9 +41,10 @@ FLASH_SHARED = ("flash != len(frozen tflite); the frozen conversion has other te
                 "found by the fuzzer: at the frozen widths the converter shares constants "
                 "the full-width conversion keeps apart")
 SUMMARY_SHARED = ("summary flash != len(tflite)",
-                  "found by the fuzzer (cf. issue 13 problem 4): width-1 groups give 1-element int8 constants (always "
-                  "+-127) that the converter shares depending on weight signs; kd.summary "
-                  "converts a random-weight copy instead of the model itself")
+                  "found by the fuzzer (cf. issue 13 problem 4): width-1 groups give "
+                  "1-element int8 constants (always +-127) that the converter shares "
+                  "depending on weight signs; kd.summary converts a random-weight copy "
+                  "instead of the model itself")
 
 #: seed -> {check: known failure on main}; every role and every failure class is in the sample.
 SAMPLE = {
