@@ -284,15 +284,23 @@ class _Builder:
 
     def block_nested(self, x):
         inner_in = keras.Input(tuple(x.shape[1:]), name=self.name("inner_in"))
-        h = self.conv(inner_in, activation=None)
+        # The random draws and names in the order of conv(): width, geometry, bias, name.
+        filters = self.width()
+        k, s, pad, d = self.conv_args(x)
+        cls = L.Conv1D if self.dim(x) == 1 else L.Conv2D
+        self.used.add("conv1d" if self.dim(x) == 1 else "conv2d")
+        layers = [cls(filters, k, strides=s, padding=pad, dilation_rate=d,
+                      use_bias=self.chance(0.8), name=self.name("conv"))]
         if "batchnorm" in self.roles:
-            h = L.BatchNormalization(name=self.name("bn"))(h)
-        h = L.ReLU(name=self.name("relu"))(h)
+            layers.append(L.BatchNormalization(name=self.name("bn")))
+        layers.append(L.ReLU(name=self.name("relu")))
         if self.chance(0.5):
+            h = inner_in
+            for layer in layers:
+                h = layer(h)
             inner = keras.Model(inner_in, h, name=self.name("inner"))
         else:  # the same layers as a Sequential
-            inner = keras.Sequential([inner_in] + [n.operation for n in _layers_between(h)],
-                                     name=self.name("inner_seq"))
+            inner = keras.Sequential([inner_in] + layers, name=self.name("inner_seq"))
         return inner(x)
 
     # --------------------------------------------------------------- graph
@@ -306,16 +314,6 @@ class _Builder:
         if role in ("depthwise", "separable") and min(sp) < 2:
             return False
         return True
-
-
-def _layers_between(tensor):
-    """The layers of a linear chain ending at ``tensor`` (input excluded), in order."""
-    nodes = []
-    node = tensor._keras_history.operation._inbound_nodes[0]
-    while node.parent_nodes:
-        nodes.append(node)
-        node = node.parent_nodes[0]
-    return list(reversed(nodes))
 
 
 _BLOCK_ROLES = ("conv", "depthwise", "separable", "dense", "batchnorm", "activation", "ops",
