@@ -19,6 +19,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import sys
 import time
 from collections import defaultdict
@@ -87,6 +88,7 @@ def summarise(results, roles):
             per_role[role]["graphs"] += 1
             per_role[role]["failed"] += bool(r["failures"])
         for f in r["failures"]:
+            f["class"] = re.sub(r"\d+", "N", f["class"])  # classes never depend on numbers
             c = classes.setdefault(f["class"], {"count": 0, "seeds": [], "example": None})
             c["count"] += 1
             c["seeds"].append(r["seed"])
@@ -99,6 +101,21 @@ def summarise(results, roles):
     for p in per_role.values():
         p["classes"] = dict(p["classes"])
     return dict(sorted(classes.items(), key=lambda kv: -kv[1]["count"])), per_role, dict(skipped)
+
+
+def _print(report):
+    print(f"\n{report['graphs']} graphs, {report['graphs_failed']} with failures; "
+          f"{report['wall_s']:.0f} s wall ({report['graphs_per_minute_wall']} graphs/min), "
+          f"worker CPU {report['worker_cpu_s']:.0f} s ({report['graphs_per_minute_cpu']} "
+          f"graphs per CPU-minute); check d not comparable (operators differ) on "
+          f"{report['check_d_skipped_structure_differs']}")
+    print("\nFailure classes (graphs, smallest example seed):")
+    for name, c in report["failure_classes"].items():
+        print(f"  {c['count']:4d}  seed {c['example']['seed']:<6} {name}")
+    print("\nPer role (graphs using it / of which failed):")
+    for role, r in report["per_role"].items():
+        if r["graphs"]:
+            print(f"  {role:<11} {r['graphs']:4d} / {r['failed']}")
 
 
 def main(argv=None):
@@ -116,7 +133,19 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="5 graphs (smoke run)")
     p.add_argument("--out", default=None, help="JSON file for the results")
     p.add_argument("--verbose", action="store_true", help="print every failure's detail")
+    p.add_argument("--summarise", metavar="JSON",
+                   help="recompute the classes and per-role counts of an earlier --out file")
     args = p.parse_args(argv)
+    if args.summarise:
+        with open(args.summarise) as f:
+            report = json.load(f)
+        classes, per_role, skipped = summarise(report["results"], fz.ALL_ROLES)
+        report.update(failure_classes=classes, per_role=per_role,
+                      check_d_skipped_structure_differs=skipped.get("d", 0))
+        _print(report)
+        with open(args.summarise, "w") as f:
+            json.dump(report, f, indent=1)
+        return 0
 
     skip = {r for r in args.skip_roles.split(",") if r}
     roles = tuple(r for r in args.roles.split(",") if r and r not in skip)
@@ -166,16 +195,7 @@ def main(argv=None):
         "check_d_skipped_structure_differs": skipped.get("d", 0),
         "failure_classes": classes, "per_role": per_role, "results": results,
     }
-    print(f"\n{len(results)} graphs, {failed} with failures; {wall:.0f} s wall "
-          f"({report['graphs_per_minute_wall']} graphs/min), worker CPU {cpu:.0f} s; "
-          f"check d not comparable (operators differ) on {skipped.get('d', 0)}")
-    print("\nFailure classes (graphs, smallest example seed):")
-    for name, c in classes.items():
-        print(f"  {c['count']:4d}  seed {c['example']['seed']:<6} {name}")
-    print("\nPer role (graphs using it / of which failed):")
-    for role, r in per_role.items():
-        if r["graphs"]:
-            print(f"  {role:<11} {r['graphs']:4d} / {r['failed']}")
+    _print(report)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

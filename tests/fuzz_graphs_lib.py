@@ -34,6 +34,7 @@ True
 import dataclasses
 import re
 import time
+import warnings
 
 import numpy as np
 
@@ -57,7 +58,7 @@ ALL_ROLES = (
     "add",
     "multiply",
     "concat",
-    "se",          # squeeze-excite: GAP -> (Reshape | keepdims) -> 1x1 conv / dense -> gate -> Multiply
+    "se",          # squeeze-excite: GAP, Reshape or keepdims, 1x1 conv or Dense, gate, Multiply
     "pool",
     "nested",      # a nested Functional / Sequential sub-model
 )
@@ -283,15 +284,23 @@ class _Builder:
 
     def block_nested(self, x):
         inner_in = keras.Input(tuple(x.shape[1:]), name=self.name("inner_in"))
-        h = self.conv(inner_in, activation=None)
+        # The random draws and names in the order of conv(): width, geometry, bias, name.
+        filters = self.width()
+        k, s, pad, d = self.conv_args(x)
+        cls = L.Conv1D if self.dim(x) == 1 else L.Conv2D
+        self.used.add("conv1d" if self.dim(x) == 1 else "conv2d")
+        layers = [cls(filters, k, strides=s, padding=pad, dilation_rate=d,
+                      use_bias=self.chance(0.8), name=self.name("conv"))]
         if "batchnorm" in self.roles:
-            h = L.BatchNormalization(name=self.name("bn"))(h)
-        h = L.ReLU(name=self.name("relu"))(h)
+            layers.append(L.BatchNormalization(name=self.name("bn")))
+        layers.append(L.ReLU(name=self.name("relu")))
         if self.chance(0.5):
+            h = inner_in
+            for layer in layers:
+                h = layer(h)
             inner = keras.Model(inner_in, h, name=self.name("inner"))
         else:  # the same layers as a Sequential
-            inner = keras.Sequential([inner_in] + [n.operation for n in _layers_between(h)],
-                                     name=self.name("inner_seq"))
+            inner = keras.Sequential([inner_in] + layers, name=self.name("inner_seq"))
         return inner(x)
 
     # --------------------------------------------------------------- graph
@@ -305,16 +314,6 @@ class _Builder:
         if role in ("depthwise", "separable") and min(sp) < 2:
             return False
         return True
-
-
-def _layers_between(tensor):
-    """The layers of a linear chain ending at ``tensor`` (input excluded), in order."""
-    nodes = []
-    node = tensor._keras_history.operation._inbound_nodes[0]
-    while node.parent_nodes:
-        nodes.append(node)
-        node = node.parent_nodes[0]
-    return list(reversed(nodes))
 
 
 _BLOCK_ROLES = ("conv", "depthwise", "separable", "dense", "batchnorm", "activation", "ops",
@@ -436,13 +435,16 @@ def _rel_error(got, want):
     return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-6))
 
 
-def run_checks(graph, checks=CHECKS, mask_seed=None):
+def run_checks(graph, checks=CHECKS, mask_seed=None, alphas=None):
     """Run the checks on one :class:`FuzzGraph`; never raises for a library failure.
 
     Returns:
         A dict: ``seed``, ``used`` roles, ``groups`` / ``searchable`` counts, ``failures``
         (list of ``{"check", "class", "detail"}``), ``skipped`` (checks not comparable, with
         why), ``numbers`` (measured values) and ``seconds`` per stage.
+
+    ``alphas`` (``{layer name: mask values}``) sets chosen masks instead of random ones, for
+    hand-written reproducers.
     """
     import keras_dnas as kd
     from keras_dnas.costs import arena
@@ -472,8 +474,6 @@ def run_checks(graph, checks=CHECKS, mask_seed=None):
                          "detail": f"{type(e).__name__}: {str(e)[:600]}"})
             return None
 
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         search = guarded("a", lambda: kd.prepare(model))
@@ -491,7 +491,11 @@ def run_checks(graph, checks=CHECKS, mask_seed=None):
         if err is not None and not err <= RTOL:
             fail.append({"check": "a", "class": "a: open masks change the outputs",
                          "detail": f"relative error {err:.3g}"})
-    close_random_masks(search, graph.seed if mask_seed is None else mask_seed)
+    if alphas is None:
+        close_random_masks(search, graph.seed if mask_seed is None else mask_seed)
+    else:
+        for name, alpha in alphas.items():
+            search.get_layer(name).dnas_alpha.assign(np.asarray(alpha, "float32"))
     frozen = guarded("b", lambda: kd.freeze(search, verbose=0))
     stage("freeze")
     if frozen is None:
@@ -559,8 +563,9 @@ def run_checks(graph, checks=CHECKS, mask_seed=None):
                 want = sorted((t.name, tuple(t.shape), t.n_scales) for t in real.tensors)
                 got = sorted((t.name, tuple(t.shape), t.n_scales) for t in scaled.tensors)
                 if [t[0] for t in got] != [t[0] for t in want]:
-                    why = (f"the frozen conversion has other tensors ({len(real.tensors)} vs "
-                           f"{len(scaled.tensors)} at full width: constants shared or dropped)")
+                    why = "the frozen conversion has other tensors (constants shared or dropped)"
+                    result["numbers"]["d_tensor_counts"] = [len(real.tensors),
+                                                            len(scaled.tensors)]
                 elif got != want:
                     why = "the rescaled tensor shapes differ from the frozen conversion's"
                 else:
@@ -586,10 +591,17 @@ def run_checks(graph, checks=CHECKS, mask_seed=None):
                                                f"{usage['arena_head_bytes']} B"})
                     if parts["tail"] != replay["tail"]:
                         fail.append({"check": "d",
-                                     "class": "d: search-time arena tail != replay on frozen; " + why,
+                                     "class": "d: search-time arena tail != replay on "
+                                              "frozen; " + why,
                                      "detail": f"model {parts['tail']} B, replay "
                                                f"{replay['tail']} B"})
     return result
+
+
+def check_model(model, alphas=None, checks=CHECKS, seed=0):
+    """:func:`run_checks` on a hand-written model (random non-zero weights from ``seed``)."""
+    randomize(model, np.random.default_rng(seed))
+    return run_checks(FuzzGraph(seed, (), (), model), checks, alphas=alphas)
 
 
 def repro_snippet(seed, roles=ALL_ROLES):
