@@ -86,9 +86,15 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     first half closes (and so on: bisection). The rounds shrink to a single
     channel near the budget, where the choice is exactly that of closing one
     channel at a time (the first channel of every round is always that
-    choice). This takes
-    ``O(groups x log(violation / one channel's saving))`` exact evaluations
-    instead of ``O(groups x channels closed)``.
+    choice). The exact RAM (a planner replay, the expensive cost) of the
+    one-channel trials comes from group testing: closing one channel in
+    every group of a set at once, and splitting only the sets that lower
+    the arena (only groups live at its peak can), finds the groups that
+    lower it with a few replays; the other budgets are evaluated per group.
+    This takes ``O(groups x log(violation / one channel's saving))``
+    evaluations of the cheap costs and far fewer replays, instead of
+    ``O(groups x channels closed)`` of both. If even one channel per group
+    cannot meet the budgets, that is known from one evaluation up front.
 
     Returns:
         ``(keep, removed, costs)``: the new keep-masks, a list of
@@ -106,47 +112,76 @@ def project(model, cost_model, budgets, plan=None, keep=None):
              for g in plan.groups if not g.frozen}
     counts = [int(k.sum()) for k in keep]
 
-    def evaluate(c, wanted, mass=False):
+    def evaluate(c, wanted):
+        if not wanted:
+            return {}
         values = cost_model.evaluate(c, wanted, exact=True)
-        values = {m: float(_number(v)) for m, v in values.items()}
-        if mass:
-            values["_mass"] = float(cost_model.memory.ram_mass(c))
-        return values
+        return {m: float(_number(v)) for m, v in values.items()}
 
     def violation(values, which):
         return sum(b.violation(values[b.metric]) for b in which)
 
+    def ram_drops(groups, step, ram_now):
+        """``{g: exact RAM drop}`` of the groups whose closing ``step[g]`` channels lowers the
+        arena, by group testing: a set is split only if closing all its steps at once lowers
+        it (only groups live at the arena peak can), so few planner replays are needed."""
+        found, stack = {}, [list(groups)] if groups else []
+        while stack:
+            subset = stack.pop()
+            trial = list(counts)
+            for g in subset:
+                trial[g] -= step[g]
+            drop = ram_now - evaluate(trial, ["ram"])["ram"]
+            if drop <= 0:
+                continue
+            if len(subset) == 1:
+                found[subset[0]] = drop
+            else:
+                stack += [subset[len(subset) // 2:], subset[:len(subset) // 2]]
+        return found
+
     removed = []
     costs = evaluate(counts, metrics)
+    if violation(costs, budgets) > 0:
+        least = evaluate(cost_model.min_counts(), metrics)  # costs only fall as channels close
+        if violation(least, budgets) > 0:
+            failing = [f"{b.metric}: limit {b.limit:g}, reached {least[b.metric]:g}"
+                       for b in budgets if not b.holds(least[b.metric])]
+            raise ValueError("Budgets cannot hold even with one channel per group: "
+                             + "; ".join(failing))
     while violation(costs, budgets) > 0:
         failing = [b for b in budgets if not b.holds(costs[b.metric])]
         wanted = [b.metric for b in failing]
+        cheap = [m for m in wanted if m != "ram"]
         ram_failing = "ram" in wanted
         now = violation(costs, failing)
-        mass_now = float(cost_model.memory.ram_mass(counts)) if ram_failing else None
         floor = 2 if any(counts[g] > 2 for g in theta) else 1
-        saved, shrink = {}, {}
-        for g in theta:
-            if counts[g] <= floor:
-                continue
-            trial = list(counts)
-            trial[g] -= 1
-            t_costs = evaluate(trial, wanted, mass=ram_failing)
-            saved[g] = now - violation(t_costs, failing)
-            j = min(counts[g] - floor, max(2, counts[g] // 4))
-            if saved[g] <= 0 and j > 1:
-                # a cost in steps (16-byte aligned buffers, SIMD widths): one channel may
-                # save nothing where a few do; use the saving per channel of closing j
-                trial[g] -= j - 1
-                saved[g] = (now - violation(evaluate(trial, wanted), failing)) / j
-            # the tie-break measure (only used when no group saves anything)
-            shrink[g] = sum(((mass_now - t_costs["_mass"]) if b.metric == "ram" else
-                             (costs[b.metric] - t_costs[b.metric])) / b.limit for b in failing)
-        if not saved:
-            failing = [f"{b.metric}: limit {b.limit:g}, reached {costs[b.metric]:g}"
-                       for b in budgets if not b.holds(costs[b.metric])]
+        groups = [g for g in theta if counts[g] > floor]
+        if not groups:
             raise ValueError("Budgets cannot hold even with one channel per group: "
-                             + "; ".join(failing))
+                             + "; ".join(f"{b.metric}: limit {b.limit:g}, reached "
+                                         f"{costs[b.metric]:g}" for b in failing))
+
+        def trial_savings(step):
+            """Violation saved per channel by closing ``step[g]`` channels of each group g."""
+            values = {}
+            for g in step:
+                trial = list(counts)
+                trial[g] -= step[g]
+                values[g] = evaluate(trial, cheap)
+            if ram_failing:
+                drops = ram_drops(list(step), step, costs["ram"])
+                for g in step:
+                    values[g]["ram"] = costs["ram"] - drops.get(g, 0.0)
+            return values, {g: (now - violation(values[g], failing)) / step[g] for g in step}
+
+        one, saved = trial_savings({g: 1 for g in groups})
+        # costs in steps (16-byte aligned buffers, SIMD widths): one channel may save nothing
+        # where a few do; use the saving per channel of closing a quarter of the group
+        steps = {g: min(counts[g] - floor, max(2, counts[g] // 4)) for g in groups
+                 if saved[g] <= 0 and counts[g] - floor > 1}
+        if steps:
+            saved.update({g: v for g, v in trial_savings(steps)[1].items() if v > 0})
         # the channels each group would close next, least important first
         order = {g: np.flatnonzero(keep[g])[np.argsort(theta[g][keep[g]], kind="stable")]
                  for g in saved}
@@ -165,19 +200,38 @@ def project(model, cost_model, budgets, plan=None, keep=None):
                 if predicted >= 0.5 * now:
                     break
         else:
-            g = min(saved, key=lambda g: (theta[g][order[g][0]] + 1e-9)
-                    / max(shrink[g], 1e-12))
-            chosen = [(g, int(order[g][0]))]
+            # No group saves anything (the RAM peak sits on a plateau): close the channels that
+            # shrink a measure that always shrinks (total planned buffer bytes for RAM, the metric
+            # itself otherwise) most per unit of |alpha|, until they shrink it by half the
+            # violation. The peak falls by at most what the buffers shrink, so this block never
+            # overshoots: no bisection needed.
+            mass_now = float(cost_model.memory.ram_mass(counts)) if ram_failing else None
+            shrink = {}
+            for g in saved:
+                trial = list(counts)
+                trial[g] -= 1
+                shrink[g] = max(1e-12, sum(
+                    ((mass_now - float(cost_model.memory.ram_mass(trial))) if b.metric == "ram"
+                     else (costs[b.metric] - one[g][b.metric])) / b.limit for b in failing))
+            candidates = sorted(((theta[g][c] + 1e-9) / shrink[g], g, int(c)) for g in saved
+                                for c in order[g][:max(1, min(counts[g] - floor,
+                                                              counts[g] // 2))])
+            chosen, predicted = [], 0.0
+            for _, g, c in candidates:
+                chosen.append((g, c))
+                predicted += shrink[g]
+                if predicted >= 0.5 * now:
+                    break
         # Bisection on the block: a prediction from one-channel savings fails when the peak
         # moves (RAM) or a layer's cost bends; then only the first half of the block closes.
-        predicted = np.cumsum([saved.get(g, 0.0) for g, _ in chosen])
+        predicted = np.cumsum([max(saved.get(g, 0.0), 0.0) for g, _ in chosen])
         k = len(chosen)
         while True:
             trial = list(counts)
             for g, _ in chosen[:k]:
                 trial[g] -= 1
             t_costs = evaluate(trial, metrics)
-            if k == 1 or now - violation(t_costs, failing) >= 0.5 * predicted[k - 1]:
+            if k == 1 or not useful or now - violation(t_costs, failing) >= 0.5 * predicted[k - 1]:
                 break
             k //= 2
         for g, c in chosen[:k]:
