@@ -115,21 +115,31 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     aligned arena buffers, SIMD widths), so where one channel saves nothing,
     ``saved_g`` is the saving per channel of closing a quarter of the group.
     Peak RAM is a maximum over time, so even that often leaves it unchanged:
-    when no group saves anything, the channel that shrinks a measure that
-    always shrinks (total planned buffer bytes for RAM, the metric itself
-    otherwise) per unit of ``|alpha|`` closes.
+    when no group saves anything, channels close in order of ``|alpha|`` per
+    unit of a measure that always shrinks (total planned buffer bytes for
+    RAM, the metric itself otherwise), up to the first that lowers the
+    violation (found by doubling and bisection on the count).
 
     Several channels close per round: they are taken in rank order until
     their predicted saving (the sum of their groups' one-channel savings of
     this round, at most half of a group's channels) covers half of the
-    remaining violation. If the exact costs of the block save less than half
+    remaining violation. If the exact costs of the block save less than 80 %
     of its prediction (the RAM peak moved to another tensor, say), only its
-    first half closes (and so on: bisection). The rounds shrink to a single
+    first half closes (and so on: bisection); if it meets the budgets, only
+    its shortest prefix that does closes (bisection). The rounds shrink to a single
     channel near the budget, where the choice is exactly that of closing one
     channel at a time (the first channel of every round is always that
-    choice). This takes
-    ``O(groups x log(violation / one channel's saving))`` exact evaluations
-    instead of ``O(groups x channels closed)``.
+    choice). The exact RAM (a planner replay, the expensive cost) of the
+    one-channel trials comes from group testing: closing one channel in
+    every group of a set at once, and splitting only the sets that lower
+    the arena (only groups live at its peak can), finds the groups that
+    lower it with a few replays (a set that lowers it more than its two
+    halves do apart is a move of its own: one channel of each of its groups,
+    for scopes sharing the peak); the other budgets are evaluated per group.
+    This takes ``O(groups x log(violation / one channel's saving))``
+    evaluations of the cheap costs and far fewer replays, instead of
+    ``O(groups x channels closed)`` of both. If even one channel per group
+    cannot meet the budgets, that is known from one evaluation up front.
 
     Returns:
         ``(keep, removed, costs)``: the new keep-masks, a list of
@@ -147,82 +157,178 @@ def project(model, cost_model, budgets, plan=None, keep=None):
              for g in plan.groups if not g.frozen}
     counts = [int(k.sum()) for k in keep]
 
-    def evaluate(c, wanted, mass=False):
+    def evaluate(c, wanted):
+        if not wanted:
+            return {}
         values = cost_model.evaluate(c, wanted, exact=True)
-        values = {m: float(_number(v)) for m, v in values.items()}
-        if mass:
-            values["_mass"] = float(cost_model.memory.ram_mass(c))
-        return values
+        return {m: float(_number(v)) for m, v in values.items()}
 
     def violation(values, which):
         return sum(b.violation(values[b.metric]) for b in which)
 
+    def ram_drops(groups, step, ram_now):
+        """Exact RAM drops of closing ``step[g]`` channels, by group testing: closing the steps
+        of a whole set at once, and splitting only the sets that lower the arena (only groups
+        live at its peak can), so few planner replays are needed. Returns ``({g: drop},
+        [(set, drop)])``: single groups that lower it, and sets that lower it more together
+        than their halves do apart (scopes sharing the peak, each needing its own group)."""
+        def drop_of(subset):
+            trial = list(counts)
+            for g in subset:
+                trial[g] -= step[g]
+            return ram_now - evaluate(trial, ["ram"])["ram"]
+
+        found, joint = {}, []
+        todo = [(list(groups), drop_of(groups))] if groups else []
+        while todo:
+            subset, drop = todo.pop()
+            if drop <= 0:
+                continue
+            if len(subset) == 1:
+                found[subset[0]] = drop
+                continue
+            halves = [subset[:len(subset) // 2], subset[len(subset) // 2:]]
+            drops = [drop_of(h) for h in halves]
+            if drop > sum(max(d, 0.0) for d in drops):  # more together than apart
+                joint.append((tuple(subset), drop))
+            todo += [(h, d) for h, d in zip(halves, drops) if d > 0]
+        return found, joint
+
     removed = []
     costs = evaluate(counts, metrics)
+    if violation(costs, budgets) > 0:
+        least = evaluate(cost_model.min_counts(), metrics)  # costs only fall as channels close
+        if violation(least, budgets) > 0:
+            failing = [f"{b.metric}: limit {b.limit:g}, reached {least[b.metric]:g}"
+                       for b in budgets if not b.holds(least[b.metric])]
+            raise ValueError("Budgets cannot hold even with one channel per group: "
+                             + "; ".join(failing))
     while violation(costs, budgets) > 0:
         failing = [b for b in budgets if not b.holds(costs[b.metric])]
         wanted = [b.metric for b in failing]
+        cheap = [m for m in wanted if m != "ram"]
         ram_failing = "ram" in wanted
         now = violation(costs, failing)
-        mass_now = float(cost_model.memory.ram_mass(counts)) if ram_failing else None
         floor = 2 if any(counts[g] > 2 for g in theta) else 1
-        saved, shrink = {}, {}
-        for g in theta:
-            if counts[g] <= floor:
-                continue
-            trial = list(counts)
-            trial[g] -= 1
-            t_costs = evaluate(trial, wanted, mass=ram_failing)
-            saved[g] = now - violation(t_costs, failing)
-            j = min(counts[g] - floor, max(2, counts[g] // 4))
-            if saved[g] <= 0 and j > 1:
-                # a cost in steps (16-byte aligned buffers, SIMD widths): one channel may
-                # save nothing where a few do; use the saving per channel of closing j
-                trial[g] -= j - 1
-                saved[g] = (now - violation(evaluate(trial, wanted), failing)) / j
-            # the tie-break measure (only used when no group saves anything)
-            shrink[g] = sum(((mass_now - t_costs["_mass"]) if b.metric == "ram" else
-                             (costs[b.metric] - t_costs[b.metric])) / b.limit for b in failing)
-        if not saved:
+        groups = [g for g in theta if counts[g] > floor]
+        if not groups:
             from keras_dnas.report.floor import describe_floor
 
             raise ValueError("Budgets cannot hold even with one channel per group. "
                              "What sets the floor (loosen the budget, or change / exclude "
                              "the largest layers):\n"
                              + describe_floor(cost_model, budgets, counts))
+
+        joint = []
+
+        def trial_savings(step):
+            """Violation saved per channel by closing ``step[g]`` channels of each group g."""
+            values = {}
+            for g in step:
+                trial = list(counts)
+                trial[g] -= step[g]
+                values[g] = evaluate(trial, cheap)
+            if ram_failing:
+                drops, together = ram_drops(list(step), step, costs["ram"])
+                for g in step:
+                    values[g]["ram"] = costs["ram"] - drops.get(g, 0.0)
+                if all(v == 1 for v in step.values()):
+                    for subset, drop in together:
+                        t = {m: costs[m] - sum(costs[m] - values[g][m] for g in subset)
+                             for m in cheap}
+                        t["ram"] = costs["ram"] - drop
+                        joint.append((subset, now - violation(t, failing)))
+            return values, {g: (now - violation(values[g], failing)) / step[g] for g in step}
+
+        one, saved = trial_savings({g: 1 for g in groups})
+        # costs in steps (16-byte aligned buffers, SIMD widths): one channel may save nothing
+        # where a few do; use the saving per channel of closing a quarter of the group
+        steps = {g: min(counts[g] - floor, max(2, counts[g] // 4)) for g in groups
+                 if saved[g] <= 0 and counts[g] - floor > 1}
+        if steps and not joint:
+            saved.update({g: v for g, v in trial_savings(steps)[1].items() if v > 0})
         # the channels each group would close next, least important first
         order = {g: np.flatnonzero(keep[g])[np.argsort(theta[g][keep[g]], kind="stable")]
                  for g in saved}
         useful = [g for g in saved if saved[g] > 0]
-        if useful:
-            candidates = []
+        if useful or joint:
+            # moves: one channel of a group, or one channel of each group of a set that lowers
+            # the arena only together; ranked by the |alpha| they close per violation saved
+            moves = []
             for g in useful:
                 cap = max(1, min(counts[g] - floor, counts[g] // 2))
                 for c in order[g][:cap]:
-                    candidates.append(((theta[g][c] + 1e-9) / saved[g], g, int(c)))
-            candidates.sort()
-            chosen, predicted = [], 0.0
-            for _, g, c in candidates:
-                chosen.append((g, c))
-                predicted += saved[g]
-                if predicted >= 0.5 * now:
+                    moves.append(((theta[g][c] + 1e-9) / saved[g], [(g, int(c))], saved[g]))
+            for subset, gain in joint:
+                if gain > 0:
+                    cost = sum(theta[g][order[g][0]] for g in subset) + 1e-9
+                    moves.append((cost / gain, [(g, int(order[g][0])) for g in subset], gain))
+            moves.sort(key=lambda m: m[0])
+            chosen, gains, total, seen = [], [], 0.0, set()
+            for _, channels, gain in moves:
+                fresh = [gc for gc in channels if gc not in seen]
+                seen.update(fresh)
+                chosen += fresh
+                gains += [gain / len(channels)] * len(fresh)
+                total += gain
+                if total >= 0.5 * now:
                     break
+            useful = useful or [g for subset, _ in joint for g in subset]
         else:
-            g = min(saved, key=lambda g: (theta[g][order[g][0]] + 1e-9)
-                    / max(shrink[g], 1e-12))
-            chosen = [(g, int(order[g][0]))]
-        # Bisection on the block: a prediction from one-channel savings fails when the peak
-        # moves (RAM) or a layer's cost bends; then only the first half of the block closes.
-        predicted = np.cumsum([saved.get(g, 0.0) for g, _ in chosen])
-        k = len(chosen)
-        while True:
-            trial = list(counts)
-            for g, _ in chosen[:k]:
+            # No group saves anything (the RAM peak sits on a plateau): close channels in order
+            # of |alpha| per unit of a measure that always shrinks (total planned buffer bytes
+            # for RAM, the metric itself otherwise), as the one-at-a-time rule would, and stop
+            # at the first prefix that lowers the violation (found by doubling, then bisection).
+            mass_now = float(cost_model.memory.ram_mass(counts)) if ram_failing else None
+            shrink = {}
+            for g in saved:
+                trial = list(counts)
                 trial[g] -= 1
-            t_costs = evaluate(trial, metrics)
-            if k == 1 or now - violation(t_costs, failing) >= 0.5 * predicted[k - 1]:
-                break
-            k //= 2
+                shrink[g] = max(1e-12, sum(
+                    ((mass_now - float(cost_model.memory.ram_mass(trial))) if b.metric == "ram"
+                     else (costs[b.metric] - one[g][b.metric])) / b.limit for b in failing))
+            chosen = [(g, int(c)) for _, g, c in sorted(
+                ((theta[g][c] + 1e-9) / shrink[g], g, int(c)) for g in saved
+                for c in order[g][:max(1, min(counts[g] - floor, counts[g] // 2))])]
+        tried = {}
+
+        def closing(k):
+            if k not in tried:
+                trial = list(counts)
+                for g, _ in chosen[:k]:
+                    trial[g] -= 1
+                tried[k] = (trial, evaluate(trial, metrics))
+            return tried[k]
+
+        if useful:
+            # Bisection on the block: a prediction from one-channel savings fails when the peak
+            # moves (RAM) or a layer's cost bends; then only the first half of the block closes.
+            predicted = np.cumsum(gains)
+            k = len(chosen)
+            while k > 1 and now - violation(closing(k)[1], failing) < 0.8 * predicted[k - 1]:
+                k //= 2
+            if k > 1 and violation(closing(k)[1], failing) == 0:
+                lo, hi = 0, k  # the budgets hold: close no more than the shortest prefix needs
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if violation(closing(mid)[1], failing) == 0:
+                        hi = mid
+                    else:
+                        lo = mid
+                k = hi
+        else:
+            hi = 1
+            while hi < len(chosen) and violation(closing(hi)[1], failing) >= now:
+                hi = min(2 * hi, len(chosen))
+            lo = hi // 2  # closing lo channels does not lower the violation (or lo == 0)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if violation(closing(mid)[1], failing) < now:
+                    hi = mid
+                else:
+                    lo = mid
+            k = hi
+        trial, t_costs = closing(k)
         for g, c in chosen[:k]:
             keep[g] = keep[g].copy()
             keep[g][c] = False
@@ -247,7 +353,11 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
     the budget left (at most half of a group's closed channels); if the
     exact costs of the block break a budget, only its first half is added
     (bisection). The first channel of every round, and every channel near
-    the limit, is the one-at-a-time choice. Inside a group,
+    the limit, is the one-at-a-time choice. The arena rise of each group's
+    next channel comes from group testing (opening a channel in every group
+    of a set at once; only sets that raise the arena are split), so few
+    planner replays are needed; a group whose next channel breaks another
+    budget is not tried again (those costs only grow). Inside a group,
     closed channels reopen in order of decreasing ``|alpha|``. Only budgets
     limit the growth, so pass every limit that matters.
 
@@ -321,18 +431,34 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
     if found is not None:
         keep, costs = found
     # 3. single channels, cheapest first, several per exact evaluation (see the docstring)
-    while True:
+    cheap = [b for b in budgets if b.metric != "ram"]
+    ram = next((b for b in budgets if b.metric == "ram"), None)
+    full = set()  # groups whose next channel breaks a budget other than RAM: these costs only
+    while True:   # grow with channels, so such a group never fits again
+        counts = {g: int(keep[g].sum()) for g in order}
+        open_ = [g for g in order if counts[g] < plan.groups[g].size and g not in full]
+        trials = {}
+        for g in open_:
+            t_costs = dict(costs)
+            if cheap:
+                values = cost_model.evaluate(_counts(with_counts({g: counts[g] + 1})),
+                                             [b.metric for b in cheap], exact=True)
+                t_costs.update({m: float(_number(v)) for m, v in values.items()})
+                if not all(b.holds(t_costs[b.metric]) for b in cheap):
+                    full.add(g)
+                    continue
+            trials[g] = t_costs
+        if ram is not None and trials:
+            for g, rise in _ram_rises(cost_model, keep, with_counts, counts, list(trials),
+                                      costs["ram"]).items():
+                trials[g]["ram"] = costs["ram"] + rise
         cands = []
-        for g in order:
-            n = int(keep[g].sum())
-            if n >= plan.groups[g].size:
-                continue
-            t_costs = evaluate(with_counts({g: n + 1}))
+        for g, t_costs in trials.items():
             if not holds(t_costs):
                 continue
             rise = {b.metric: t_costs[b.metric] - costs[b.metric] for b in budgets}
             rank = sum(rise[b.metric] / b.limit for b in budgets)
-            cands.append((rank, g, rise, plan.groups[g].size - n))
+            cands.append((rank, g, rise, plan.groups[g].size - counts[g]))
         if not cands:
             break
         cands.sort(key=lambda c: c[0])
@@ -346,19 +472,44 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
                 for m in room:
                     used[m] += rise[m]
         k = len(block)
-        while True:  # bisection: the first channel alone is known to hold
-            now = {g: int(keep[g].sum()) for g in set(block[:k])}
+        while True:  # bisection on the block
+            now = {g: counts[g] for g in set(block[:k])}
             for g in block[:k]:
                 now[g] += 1
             trial = with_counts(now)
             t_costs = evaluate(trial)
-            if k == 1 or holds(t_costs):
+            if holds(t_costs) or k == 1:
                 break
             k //= 2
+        if not holds(t_costs):  # the first channel alone breaks the RAM budget after all
+            full.add(block[0])
+            continue
         keep, costs = trial, t_costs
     added = [(plan.groups[g].leader, int(c)) for g in order
              for c in np.flatnonzero(keep[g] & ~initial[g])]
     return keep, added, costs
+
+
+def _counts(keep):
+    return [int(k.sum()) for k in keep]
+
+
+def _ram_rises(cost_model, keep, with_counts, counts, groups, ram_now):
+    """``{g: exact arena rise}`` of opening one more channel in group g, by group testing:
+    opening one channel in every group of a set at once and splitting only the sets that raise
+    the arena (groups off its peak leave it as it is), so few planner replays are needed."""
+    found, stack = {}, [list(groups)]
+    while stack:
+        subset = stack.pop()
+        trial = with_counts({g: counts[g] + 1 for g in subset})
+        rise = float(_number(cost_model.evaluate(_counts(trial), ["ram"])["ram"])) - ram_now
+        if rise <= 0:
+            continue
+        if len(subset) == 1:
+            found[subset[0]] = rise
+        else:
+            stack += [subset[len(subset) // 2:], subset[:len(subset) // 2]]
+    return found
 
 
 def _number(v):

@@ -187,7 +187,7 @@ def test_frozen_warning_is_one_line_per_kind_of_reason():
     assert "exclude=" not in text
 
 
-def test_mobilenet_v2_backbone_is_searched_frozen_and_reloads_plain(tmp_path):
+def test_mobilenet_v2_backbone_is_searched_and_frozen_exactly():
     model = mobilenet_v2_backbone()
     search = _prepare(model)
     plan = search.dnas_plan
@@ -203,6 +203,14 @@ def test_mobilenet_v2_backbone_is_searched_frozen_and_reloads_plain(tmp_path):
     ref = np.asarray(search(x, training=False))
     assert np.max(np.abs(np.asarray(slim(x, training=False)) - ref)) <= \
         1e-5 * max(1.0, np.max(np.abs(ref)))
+
+
+def test_frozen_nested_model_reloads_plain_without_custom_objects(tmp_path):
+    search = _prepare(_randomize(twice_nested()))
+    _close_random(search, 1)
+    slim = kd.freeze(search)
+    assert _plain(slim)
+    x = toys.sample(search)
     slim.save(tmp_path / "slim.keras")
     np.save(tmp_path / "x.npy", x)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
