@@ -236,7 +236,12 @@ def many_groups(depth=100):
     return keras.Sequential(layers, name="many_groups")
 
 
-FLASH_BYTES_SLACK = 64  # converter details the one conversion cannot see (shared shape constants)
+#: Flash the one conversion cannot see: tensor names of another length (the converter names a
+#: tensor after the ops it fused), the size of a new shape constant; and at one channel the
+#: converter emits other ops (Add/Reshape for BiasAdd/Squeeze: shorter names) and quantisation
+#: fields, a few bytes per one-channel group (measured: 172 B for 52 such groups).
+FLASH_BYTES_SLACK = 64
+FLASH_BYTES_PER_ONE_CHANNEL_GROUP = 8
 ANY_GRAPH = {"two_channel_cnn": two_channel_cnn, "three_equal_convs": three_equal_convs,
              "causal_pair": causal_pair, "causal_tcn": causal_tcn, "many_groups": many_groups}
 
@@ -269,8 +274,10 @@ def test_one_conversion_matches_frozen_model(name):
     full = [g.size for g in memory.plan.groups if not g.frozen]
     assert searchable_counts != full  # the masks pruned something
     assert memory.ram_parts(counts)["head"] == c["measured"]["arena_head_bytes"]
-    assert abs(memory.flash(counts) - len(c["tflite"])) <= FLASH_BYTES_SLACK, \
-        (memory.flash(counts), len(c["tflite"]))
+    ones = sum(1 for n, g in zip(counts, memory.plan.groups) if n == 1 and not g.frozen)
+    slack = FLASH_BYTES_SLACK + FLASH_BYTES_PER_ONE_CHANNEL_GROUP * ones
+    assert abs(memory.flash(counts) - len(c["tflite"])) <= slack, \
+        (memory.flash(counts), len(c["tflite"]), ones)
 
 
 @pytest.mark.parametrize("name", list(ANY_GRAPH))
@@ -320,11 +327,11 @@ def test_freeze_certifies_ram_on_the_frozen_models_conversion():
     non_zero(search)
     memory = MemoryModel.from_model(search, search.dnas_plan, target="stm32h743")
     honest = memory.ram
-    memory.ram = lambda counts, exact=True: honest(counts, exact) - 1000  # 1 kB too low
+    memory.ram = lambda counts, exact=True: honest(counts, exact) - 64  # 64 B too low
     full = kd.freeze(search)
     x = toys.sample(search, n=8)
     blob = kd.export.to_tflite(full, representative_data=x)
-    budgets = {"flash": 2 * len(blob), "ram": 0.6 * arena.tflite_arena(blob, 4)["total"]}
+    budgets = {"flash": 2 * len(blob), "ram": 0.75 * arena.tflite_arena(blob, 4)["total"]}
     slim = kd.freeze(search, target="stm32h743", budgets=budgets, memory=memory, verbose=0)
     cert = slim.dnas_certificate
     assert cert["ram_source"].startswith("TFLite Micro planner replay")
