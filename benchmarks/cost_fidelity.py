@@ -5,7 +5,7 @@ For every zoo model and a few randomly pruned variants of it: the searchable mod
 masks closed, is frozen (``kd.freeze``), converted to full int8 (``kd.export.to_tflite``) and
 measured in the ``tflite_micro`` host interpreter (``kd.export.measure``: ``len(tflite)`` and
 the recording allocator's head / tail). The prediction is
-``MemoryModel.from_model(searchable)`` at the masks' hard counts: two conversions of the
+``MemoryModel.from_model(searchable)`` at the masks' hard counts: one conversion of the
 full-width structure per model, shared by all variants.
 
 The host interpreter is 64-bit, so the tail is compared with ``pointer_bytes=8``; the 32-bit
@@ -70,7 +70,7 @@ def build(name, seed=0, untrained=False):
     if not untrained:
         random_weights(searchable, seed=seed)
     t0 = time.perf_counter()
-    host = MemoryModel.from_model(searchable, pointer_bytes=8)  # the two conversions
+    host = MemoryModel.from_model(searchable, pointer_bytes=8)  # the one conversion
     t_build = time.perf_counter() - t0
     mcu = MemoryModel.from_model(searchable, pointer_bytes=4)  # same conversions (cached)
     return searchable, host, mcu, t_build

@@ -3,7 +3,7 @@
 For every toy and the cheap zoo models: random masks are closed in the searchable model, the
 frozen model is converted to full int8 and measured in TFLite Micro (the `tflite_micro` host
 interpreter, 64-bit pointers), and every number of `MemoryModel`, `CostModel` and `kd.summary`
-is checked against that measurement. Each model costs three conversions (full width and probe
+is checked against that measurement. Each model costs two conversions (the full-width structure
 for the memory model, the frozen model); they are shared by all tests of the module.
 """
 
@@ -223,16 +223,26 @@ def causal_tcn():
 
 
 def many_groups(depth=100):
-    """A chain of 1x1 convolutions of random widths 1..5 (one group each)."""
+    """A chain of linear 3x3 convolutions of random widths 1..5 (one group each).
+
+    Converter sharing that the weights decide, not the widths, is avoided: 1x1 kernels on one
+    input channel quantise to +-127 per channel, and a one-channel ReLU that is dead on the
+    calibration data saturates the next int32 bias; equal constants are stored once.
+    """
     rng = np.random.default_rng(3)
     layers = [keras.Input((4, 4, 2))]
-    layers += [keras.layers.Conv2D(int(w), 1, activation="relu")
+    layers += [keras.layers.Conv2D(int(w), 3, padding="same")
                for w in rng.integers(1, 6, depth)]
     layers += [keras.layers.Flatten(), keras.layers.Dense(3)]
     return keras.Sequential(layers, name="many_groups")
 
 
-FLASH_BYTES_SLACK = 64  # converter details the one conversion cannot see (shared shape constants)
+#: Flash the one conversion cannot see: tensor names of another length (the converter names a
+#: tensor after the ops it fused), the size of a new shape constant; and at one channel the
+#: converter emits other ops (Add/Reshape for BiasAdd/Squeeze: shorter names) and quantisation
+#: fields, a few bytes per one-channel group (measured: 172 B for 52 such groups).
+FLASH_BYTES_SLACK = 64
+FLASH_BYTES_PER_ONE_CHANNEL_GROUP = 8
 ANY_GRAPH = {"two_channel_cnn": two_channel_cnn, "three_equal_convs": three_equal_convs,
              "causal_pair": causal_pair, "causal_tcn": causal_tcn, "many_groups": many_groups}
 
@@ -265,8 +275,10 @@ def test_one_conversion_matches_frozen_model(name):
     full = [g.size for g in memory.plan.groups if not g.frozen]
     assert searchable_counts != full  # the masks pruned something
     assert memory.ram_parts(counts)["head"] == c["measured"]["arena_head_bytes"]
-    assert abs(memory.flash(counts) - len(c["tflite"])) <= FLASH_BYTES_SLACK, \
-        (memory.flash(counts), len(c["tflite"]))
+    ones = sum(1 for n, g in zip(counts, memory.plan.groups) if n == 1 and not g.frozen)
+    slack = FLASH_BYTES_SLACK + FLASH_BYTES_PER_ONE_CHANNEL_GROUP * ones
+    assert abs(memory.flash(counts) - len(c["tflite"])) <= slack, \
+        (memory.flash(counts), len(c["tflite"]), ones)
 
 
 @pytest.mark.parametrize("name", list(ANY_GRAPH))
@@ -306,3 +318,24 @@ def test_many_groups_flash_is_len_tflite():
     assert len(kd.graph.analyze(model).groups) > 100
     assert s["flash_bytes"] == len(tflite)
     assert s["arena_head_bytes"] == kd.export.measure(tflite)["arena_head_bytes"]
+
+
+def test_freeze_certifies_ram_on_the_frozen_models_conversion():
+    """With a flash budget freeze converts the frozen model; a RAM budget is certified on that
+    same file (TFLite Micro's planner replayed on it), even if the search-time model is
+    optimistic."""
+    search = kd.prepare(toys.randomize_bn(toys.plain_cnn()))
+    non_zero(search)
+    memory = MemoryModel.from_model(search, search.dnas_plan, target="stm32h743")
+    honest = memory.ram
+    memory.ram = lambda counts, exact=True: honest(counts, exact) - 64  # 64 B too low
+    full = kd.freeze(search)
+    x = toys.sample(search, n=8)
+    blob = kd.export.to_tflite(full, representative_data=x)
+    budgets = {"flash": 2 * len(blob), "ram": 0.75 * arena.tflite_arena(blob, 4)["total"]}
+    slim = kd.freeze(search, target="stm32h743", budgets=budgets, memory=memory, verbose=0)
+    cert = slim.dnas_certificate
+    assert cert["ram_source"].startswith("TFLite Micro planner replay")
+    real = arena.tflite_arena(kd.export.to_tflite(slim, representative_data=x), 4)["total"]
+    row = next(r for r in cert["budgets"] if r["metric"] == "ram")
+    assert row["value"] == real and real <= budgets["ram"] and cert["all_hold"]

@@ -3,7 +3,7 @@
 For each task, ``rounds`` rounds alternate the order of (a) one ordinary training of the
 seed (``epochs.total`` epochs, BN recalibration) and (b) the whole keras_dnas pipeline run
 standalone at one budget point: warm-up (``epochs.warmup`` epochs of the seed, BN
-recalibration), building the flash / RAM model (two conversions), prepare, search with
+recalibration), building the flash / RAM model (one conversion; two before issue 13), prepare, search with
 ``DNASCallback``, certified freeze, fine-tune, BN recalibration; same total epochs. Wall
 time and process CPU time (all threads) are recorded; CPU time is less sensitive to other
 jobs on the machine. Export and TFLite Micro measurement are excluded from both.

@@ -1,7 +1,7 @@
 """Flash and TFLite Micro arena of the frozen int8 model, as functions of channel counts.
 
 The model is anchored on **one** real conversion: the structure is converted to full-int8 TFLite
-at full width (a copy with realistic parameters, see below), and every dimension of every
+at full width (which copy: see below), and every dimension of every
 tensor of that flatbuffer (and every per-channel quantisation array) is attributed to the
 channel counts of the ChannelPlan, from the plan and the converted graph alone:
 
@@ -30,13 +30,16 @@ rescaled and
 - **flash**: ``len(full .tflite)`` plus the change of every constant buffer
   (4-byte aligned: the TF converter does not honour the schema's
   ``force_align: 16``) and of every per-channel quantisation array (float32
-  scale + int64 zero point per channel).
+  scale + int64 zero point per channel), plus ``SHAPE_CONSTANT_BYTES`` per RESHAPE target
+  shape that becomes distinct (the converter stores equal ones once, and they hold channel
+  counts: two causal Conv1D of equal width share one at full width, not at other widths).
 
 This is exact wherever the converter emits the same graph at the other widths. Where it does
-not (a dimension of 1 squeezed away, a one-channel tensor quantised per tensor, two shape
-constants of equal value shared in one flatbuffer and not in the other), the rescaled
-full-width graph is the estimate the search uses (a few bytes of flash), and ``kd.freeze``
-certifies flash and RAM on the conversion of the frozen model itself.
+not (a dimension of 1 squeezed away, a one-channel tensor quantised per tensor, tensor names
+of another length, constants that become equal and are stored once), the rescaled full-width
+graph is the estimate the search uses (tens of bytes of flash on the models of
+``tests/test_memory_model.py``), and ``kd.freeze`` certifies flash, and RAM with it, on the
+conversion of the frozen model itself.
 
 The soft values (tensor counts) have the exact values (int counts) as their
 forward value wherever the exact value is a closed formula: flash, the
@@ -44,15 +47,20 @@ per-channel tail and every buffer size (alignment is rounded with a
 straight-through gradient). The soft RAM is therefore a lower bound of the
 exact RAM: liveness bound <= planned head, and the same tail.
 
-The conversion uses a copy of the structure with random, distinct, non-zero weights (BatchNorm
-scales and variances positive): sizes do not depend on weight values, but the converter drops
-all-zero biases and shares identical constants, which a trained model does not have. A real
-model whose conversion does drop or share constants is a little smaller than predicted (flash
-is then an upper bound).
+Which model is converted: a **plain** (seed or frozen) model is converted as it is, with its
+own weights, exactly as ``kd.export.to_tflite`` converts it (the cache key includes a digest of
+its weights). A **searchable** model is converted as a plain copy of its full-width structure
+with random, distinct, non-zero weights (BatchNorm scales and variances positive): sizes do not
+depend on weight values, but the converter drops all-zero biases and stores equal constants
+once (e.g. the folded biases of untrained BatchNorms, or the int8 kernels of one value per
+channel, which quantise to +-127), which a trained model does not have. A trained model whose
+conversion still shares constants is a little smaller than predicted.
 
-Converting costs a few seconds per structure; the one conversion is cached per structure on
-the model object (for every pointer size), so a callback, a later ``freeze`` and
-``kd.summary`` share it.
+Converting costs a few seconds per structure; the one conversion is cached on the model object
+(for every pointer size), so a callback, a later ``freeze`` and ``kd.summary`` share it. Before
+issue 13 a second, *probe* conversion at other channel counts was compared with the first;
+it is gone (one conversion per structure instead of two, and no failure when the converter's
+graph at the probe counts differed).
 """
 
 import dataclasses
@@ -478,7 +486,13 @@ class MemoryModel:
     # ----------------------------------------------------------------- building
     @classmethod
     def from_model(cls, model, plan=None, target=None, pointer_bytes=None):
-        """Convert ``model``'s structure once (full width) and build the model.
+        """Convert ``model`` once (full width) and build the model.
+
+        A searchable model (with ``kd.layers.Masked*`` layers) is converted as a plain copy of
+        its full-width structure with realistic weights (what its channels will weigh once
+        trained); a plain (seed or frozen) model is converted as it is, with its own weights,
+        exactly as ``kd.export.to_tflite`` converts it, so its flash is ``len`` of that file
+        and its arena the planner replay of it.
 
         Args:
             model: an original, searchable or frozen Keras model (not modified).
@@ -491,30 +505,35 @@ class MemoryModel:
         from keras_dnas.graph import analyze, walk
         from keras_dnas.layers.masked import is_masked
 
+        searchable = any(is_masked(layer) for layer in walk.functional_of(model).layers)
         if plan is None:
-            searchable = any(is_masked(layer) for layer in walk.functional_of(model).layers)
             plan = analyze(model, masked_only=searchable)
         if pointer_bytes is None:
             pointer_bytes = targets_lib.get(target).pointer_bytes if target is not None else 4
         cache = model.__dict__.setdefault(_CACHE_ATTR, {})
-        structure = plan.to_json()
+        # A plain model's conversion depends on its weights (the converter drops all-zero
+        # biases and stores equal constants once): the key includes them.
+        structure = (plan.to_json(), None if searchable else _fingerprint(model))
         if (structure, pointer_bytes) not in cache:
             if structure not in cache:  # the conversion does not depend on the pointer size
-                cache[structure] = cls._convert(model, plan)
+                cache[structure] = cls._convert(model, plan, own_weights=not searchable)
             cache[(structure, pointer_bytes)] = cls(
                 plan, cache[structure], pointer_bytes=pointer_bytes)
         return cache[(structure, pointer_bytes)]
 
     @staticmethod
-    def _convert(model, plan):
-        """The int8 ``.tflite`` of ``model``'s structure at full width, realistic weights."""
+    def _convert(model, plan, own_weights=False):
+        """The int8 ``.tflite`` of ``model`` (own weights) or of its full-width structure with
+        realistic weights."""
         from keras_dnas import export
         from keras_dnas.freeze import rebuild_with
 
-        keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
         rng = np.random.default_rng(0)
         rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
         rep = rep[0] if len(rep) == 1 else rep
+        if own_weights:
+            return export.to_tflite(model, representative_data=rep)
+        keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
         structure = rebuild_with(model, plan, keep_full)
         _generic_weights(structure)
         return export.to_tflite(structure, representative_data=rep)
@@ -686,6 +705,16 @@ def _step(n, above):
     return ops.stop_gradient(ops.cast(ops.greater(n, above + 0.5), "float32"))
 
 
+def _fingerprint(model):
+    """A digest of every weight's value (a plain model's conversion depends on them)."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for w in model.weights:
+        digest.update(np.ascontiguousarray(ops.convert_to_numpy(w)).tobytes())
+    return digest.hexdigest()
+
+
 def _generic_weights(model, seed=0):
     """Give a throwaway copy random, distinct, non-zero weights before converting it.
 
@@ -693,7 +722,12 @@ def _generic_weights(model, seed=0):
     cases: it drops all-zero biases, shares identical constant buffers and tensors (e.g. the
     folded biases of untrained BatchNorms, equal in every layer of the same width) and folds
     splat constants. Values drawn away from zero and different in every weight give the
-    structure a trained model converts to. BatchNorm scales and variances are positive.
+    structure a trained model converts to. Kernels are scaled by ``1 / sqrt(fan_in)`` so that
+    activations keep their scale through a deep network: with unscaled kernels they grow
+    layer after layer (EfficientNetB0: by orders of magnitude), the int8 input scale of deep
+    layers becomes so large that their int32 biases quantise to zero, and the converter stores
+    those zero biases once (issue 13: EfficientNetB0 flash 1.55 % low). BatchNorm scales and
+    variances are positive.
     """
     rng = np.random.default_rng(seed)
     for w in model.weights:
@@ -706,6 +740,10 @@ def _generic_weights(model, seed=0):
         else:
             # |value| in [0.05, 0.35]: never zero, so nothing is dropped as all-zero.
             value = rng.uniform(0.05, 0.35, shape) * rng.choice([-1.0, 1.0], shape)
+            if name.endswith("kernel") and len(shape) >= 2:
+                # depthwise kernels (kh, kw, C, multiplier) sum over kh * kw inputs only
+                fan_in = int(np.prod(shape[:-2] if name == "depthwise_kernel" else shape[:-1]))
+                value = value * 3.0 / np.sqrt(max(fan_in, 1))
         w.assign(value.astype(str(w.dtype)))
 
 

@@ -56,7 +56,9 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan=
     Args:
         model: a Functional or Sequential Keras model.
         target: a :class:`~keras_dnas.targets.HardwareTarget` or its name.
-        memory: ``"auto"`` builds the flash/RAM model (two int8 conversions, cached per structure);
+        memory: ``"auto"`` builds the flash/RAM model (one int8 conversion, cached per structure:
+            a plain model's own conversion, so its flash is ``len`` of that ``.tflite``; a
+            searchable model's full-width structure with realistic weights);
             ``None`` skips flash and RAM; or a ready memory model.
         print_fn: called with the table (e.g. ``print``); nothing is printed
             by default.
