@@ -181,7 +181,8 @@ def main(argv=None):
     p.add_argument("--profile", help="write cProfile stats of the freeze to PREFIX_<model>.prof")
     args = p.parse_args(argv)
     print(f"keras_dnas.freeze speed on {TARGET}: masks keep {args.keep:.0%} at random, "
-          f"budgets at {args.fraction:.0%} of the way from one channel per group to the seed; seconds (memory model built before "
+          f"budgets at {args.fraction:.0%} of the way from one channel per group to the seed; "
+          "seconds (memory model built before "
           "freeze, cached)")
     head = ("model", "groups", "channels", "budgets", "memory build", "project", "fill",
             "certify", "freeze total", "holds")

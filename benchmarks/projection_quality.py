@@ -1,7 +1,7 @@
-"""Projection quality: the channels ``kd.freeze``'s projection closes, another ``freeze.py`` vs this one.
+"""Projection quality: the channels ``kd.freeze``'s projection closes, another freeze.py vs this.
 
-Same model, same masks (75 % of every group kept at random, ``freeze_speed.close_random``), same budgets
-(``--fractions`` of the way from one channel per group to the seed, on ``stm32h743``), ``fill`` off:
+Same model, same masks (75 % of every group kept at random, ``freeze_speed.close_random``), same
+budgets (``--fractions`` of the way from one channel per group to the seed, on ``stm32h743``), ``fill`` off:
 for each, the channels closed, the summed ``|alpha|`` of the closed channels (the importance the
 projection gives away; lower is better), the time and whether every budget holds on exact costs.
 

@@ -149,7 +149,8 @@ def _frozen_lines(plan, skip_outputs=False, examples=4):
     kinds = {}
     for g in plan.groups:
         reason = g.reason or "frozen"
-        if not g.frozen or (not g.defined_by and (skip_outputs or reason.startswith("model input"))):
+        ownerless = not g.defined_by
+        if not g.frozen or (ownerless and (skip_outputs or reason.startswith("model input"))):
             continue
         if skip_outputs and "model output" in reason:
             continue
