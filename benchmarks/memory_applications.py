@@ -83,8 +83,8 @@ def run(name):
     predicted = memory.flash(counts)
     print(f"{name} random frozen model: flash predicted {predicted:,} B, len(.tflite) "
           f"{len(frozen_blob):,} B ({predicted - len(frozen_blob):+,} B); arena head predicted "
-          f"{memory.ram_parts(counts)['head']:,} B, TFLite Micro {measured['arena_head_bytes']:,} B",
-          flush=True)
+          f"{memory.ram_parts(counts)['head']:,} B, TFLite Micro "
+          f"{measured['arena_head_bytes']:,} B", flush=True)
 
 
 def main():
