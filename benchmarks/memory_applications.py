@@ -13,7 +13,7 @@ Times are wall-clock on whatever else the machine is doing.
 
 Usage::
 
-    python benchmarks/memory_applications.py                 # MobileNetV2 and EfficientNetB0
+    python benchmarks/memory_applications.py                 # MobileNetV2, EfficientNetB0, DenseNet121
     python benchmarks/memory_applications.py --models mnv2
 """
 
@@ -40,6 +40,7 @@ MODELS = {
     "mnv2": lambda: keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35,
                                                    weights=None),
     "effb0": lambda: keras.applications.EfficientNetB0(input_shape=(48, 48, 3), weights=None),
+    "densenet121": lambda: keras.applications.DenseNet121(input_shape=(32, 32, 3), weights=None),
 }
 
 
