@@ -13,7 +13,7 @@ Times are wall-clock on whatever else the machine is doing.
 
 Usage::
 
-    python benchmarks/memory_applications.py                 # MobileNetV2, EfficientNetB0, DenseNet121
+    python benchmarks/memory_applications.py     # MobileNetV2, EfficientNetB0, DenseNet121
     python benchmarks/memory_applications.py --models mnv2
 """
 
