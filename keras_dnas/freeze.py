@@ -9,6 +9,7 @@ import keras
 from keras_dnas import masks
 from keras_dnas.graph import analyze, walk
 from keras_dnas.layers.masked import plain_class
+from keras_dnas.report.format import fmt_quantity
 
 L = keras.layers
 
@@ -199,10 +200,12 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     if violation(costs, budgets) > 0:
         least = evaluate(cost_model.min_counts(), metrics)  # costs only fall as channels close
         if violation(least, budgets) > 0:
-            failing = [f"{b.metric}: limit {b.limit:g}, reached {least[b.metric]:g}"
-                       for b in budgets if not b.holds(least[b.metric])]
-            raise ValueError("Budgets cannot hold even with one channel per group: "
-                             + "; ".join(failing))
+            from keras_dnas.report.floor import describe_floor
+
+            raise ValueError("Budgets cannot hold even with one channel per group. "
+                             "What sets the floor (loosen the budget, or change / exclude "
+                             "the largest layers):\n"
+                             + describe_floor(cost_model, budgets, cost_model.min_counts()))
     while violation(costs, budgets) > 0:
         failing = [b for b in budgets if not b.holds(costs[b.metric])]
         wanted = [b.metric for b in failing]
@@ -752,8 +755,9 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
                   + ", ".join(f"{n}[{c}]" for n, c in added[:12])
                   + (" ..." if len(added) > 12 else ""))
         for r in rows:
-            print(f"  {r['metric']:>14}: {r['value']:>12,.4g} <= {r['limit']:>12,.4g} {r['unit']}"
-                  f"  {'OK' if r['holds'] else 'EXCEEDED'}")
+            print(f"  {r['metric']:>14}: {fmt_quantity(r['value'], r['unit']):>16} <= "
+                  f"{fmt_quantity(r['limit'], r['unit']):>16}  "
+                  f"{'OK' if r['holds'] else 'EXCEEDED'}")
     return keep, certificate
 
 

@@ -223,12 +223,17 @@ class DNASCallback(keras.callbacks.Callback):
         minimum = self.cost_model.evaluate(self.cost_model.min_counts(), self.metrics)
         for b in self.budgets:
             if not b.holds(minimum[b.metric]):
+                from keras_dnas.report.floor import describe_floor
+                from keras_dnas.report.format import fmt_quantity
+
                 raise ValueError(
-                    f"Budget {b.metric}={b.limit:g} {METRICS[b.metric]} cannot be met on "
-                    f"'{self.target.name}': the smallest reachable model (one channel per "
-                    f"searchable group) needs {b.metric}={minimum[b.metric]:g} "
-                    f"{METRICS[b.metric]}. Raise the budget, or shrink the frozen layers "
-                    "(input, output, excluded)."
+                    f"Budget {b.metric}={fmt_quantity(b.limit, METRICS[b.metric])} cannot be "
+                    f"met on '{self.target.name}': the smallest reachable model (one channel "
+                    f"per searchable group) needs "
+                    f"{b.metric}={fmt_quantity(minimum[b.metric], METRICS[b.metric])}. Raise "
+                    "the budget, or shrink the frozen layers (input, output, excluded). What "
+                    "sets the floor:\n"
+                    + describe_floor(self.cost_model, [b], self.cost_model.min_counts())
                 )
         self._bound_model = model  # costs() reads the masks of the model being bound
         self.seed_costs = self.costs()
@@ -309,8 +314,12 @@ class DNASCallback(keras.callbacks.Callback):
         if getattr(self.model, "test_function", None) is not None:
             self.model.make_test_function(force=True)
         if self.verbose:
-            seed = ", ".join(f"{k}={v:,.4g}" for k, v in self.seed_costs.items())
-            limits = ", ".join(f"{b.metric}<={b.limit:,.4g}" for b in self.budgets)
+            from keras_dnas.report.format import fmt_quantity
+
+            seed = ", ".join(f"{k}={fmt_quantity(v, METRICS.get(k, ''))}"
+                             for k, v in self.seed_costs.items())
+            limits = ", ".join(f"{b.metric}<={fmt_quantity(b.limit, METRICS[b.metric])}"
+                               for b in self.budgets)
             print(f"keras_dnas: search on {self.target.name}: seed {seed}; budgets {limits}")
 
     def _tracked_penalty(self, _variable):
