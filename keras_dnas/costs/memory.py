@@ -39,7 +39,10 @@ not (a dimension of 1 squeezed away, a one-channel tensor quantised per tensor, 
 of another length, constants that become equal and are stored once), the rescaled full-width
 graph is the estimate the search uses (tens of bytes of flash on the models of
 ``tests/test_memory_model.py``), and ``kd.freeze`` certifies flash, and RAM with it, on the
-conversion of the frozen model itself.
+conversion of the frozen model itself. Measured with ``benchmarks/memory_applications.py`` on
+random frozen models (arena head exact on all three): MobileNetV2 +36 B, EfficientNetB0
++132 B, DenseNet121 +10,376 B (+0.42 %: its bias-less convolutions get all-zero int32 biases
+that the converter stores once per width, not yet modelled).
 
 The soft values (tensor counts) have the exact values (int counts) as their
 forward value wherever the exact value is a closed formula: flash, the
