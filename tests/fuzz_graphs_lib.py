@@ -435,6 +435,11 @@ def _rel_error(got, want):
     return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-6))
 
 
+#: Relative flash error allowed in check d when the frozen conversion's tensors are not the
+#: rescaled full-width ones (constants shared or dropped at those widths).
+FLASH_ESTIMATE_TOLERANCE = 0.02
+
+
 def run_checks(graph, checks=CHECKS, mask_seed=None, alphas=None):
     """Run the checks on one :class:`FuzzGraph`; never raises for a library failure.
 
@@ -577,7 +582,13 @@ def run_checks(graph, checks=CHECKS, mask_seed=None, alphas=None):
                     ran.append("d")
                 if flash is not None:
                     numbers["d_flash"] = flash
-                    if flash != len(tflite):
+                    # Exact where the frozen conversion has the rescaled full-width tensors;
+                    # where the converter shares or drops constants at the frozen widths (a
+                    # different structure, which freeze certifies on the real file), the
+                    # search-time value is an estimate: within FLASH_ESTIMATE_TOLERANCE.
+                    tolerance = 0 if why == "same tensors and shapes" else \
+                        FLASH_ESTIMATE_TOLERANCE * len(tflite)
+                    if abs(flash - len(tflite)) > tolerance:
                         fail.append({"check": "d",
                                      "class": "d: search-time flash != len(frozen tflite); " + why,
                                      "detail": f"model {flash} B, tflite {len(tflite)} B "
