@@ -30,23 +30,9 @@ import keras  # noqa: E402
 
 import keras_dnas as kd  # noqa: E402
 from keras_dnas.export import offline, runtime  # noqa: E402
+from tests.toys import bn_relu as _bn_relu, residual_ds, waiting_branch  # noqa: E402
 
 L = keras.layers
-
-
-def _bn_relu(h, name):
-    return L.ReLU(name=f"{name}_relu")(L.BatchNormalization(name=f"{name}_bn")(h))
-
-
-def residual_ds():
-    """Two residual depthwise-separable blocks, 25x10x1 input, 32 channels."""
-    x = keras.Input((25, 10, 1))
-    h = _bn_relu(L.Conv2D(32, 3, padding="same", name="stem")(x), "stem")
-    for i in range(2):
-        r = _bn_relu(L.DepthwiseConv2D(3, padding="same", name=f"dw{i}")(h), f"dw{i}")
-        r = L.BatchNormalization(name=f"pw{i}_bn")(L.Conv2D(32, 1, name=f"pw{i}")(r))
-        h = L.ReLU(name=f"add{i}_relu")(L.Add(name=f"add{i}")([h, r]))
-    return keras.Model(x, L.Dense(4)(L.GlobalAveragePooling2D()(h)), name="residual_ds")
 
 
 def inception():
@@ -58,16 +44,6 @@ def inception():
     c = L.Conv2D(8, 1, activation="relu")(L.MaxPooling2D(3, 1, padding="same")(h))
     h = L.Concatenate()([a, b, c])
     return keras.Model(x, L.Dense(4)(L.GlobalAveragePooling2D()(h)), name="inception")
-
-
-def waiting_branch():
-    """Branch A's big result waits while branch B runs through a big intermediate."""
-    x = keras.Input((16, 16, 4))
-    a = L.Conv2D(24, 3, padding="same", activation="relu", name="a")(x)
-    b = L.Conv2D(32, 3, padding="same", activation="relu", name="b1")(x)
-    b = L.Conv2D(4, 1, activation="relu", name="b2")(b)
-    h = L.Concatenate(name="cat")([a, b])
-    return keras.Model(x, L.Dense(3)(L.GlobalAveragePooling2D()(h)), name="waiting_branch")
 
 
 MODELS = {

@@ -130,3 +130,42 @@ def close_random_masks(model, seed=0, keep=0.5):
     rng = np.random.default_rng(seed)
     for v in kd.masks.mask_variables(model):
         v.assign(np.where(rng.random(v.shape) < keep, 1.0, 0.2).astype("float32"))
+
+
+# Branchy graphs for the offline arena plan (tests/test_offline_plan.py, benchmarks/offline_arena.py)
+
+
+def bn_relu(h, name):
+    return L.ReLU(name=f"{name}_relu")(L.BatchNormalization(name=f"{name}_bn")(h))
+
+
+def residual_ds():
+    """Two residual depthwise-separable blocks (a keyword-spotting-sized input)."""
+    x = keras.Input((25, 10, 1))
+    h = bn_relu(L.Conv2D(32, 3, padding="same", name="stem")(x), "stem")
+    for i in range(2):
+        r = bn_relu(L.DepthwiseConv2D(3, padding="same", name=f"dw{i}")(h), f"dw{i}")
+        r = L.BatchNormalization(name=f"pw{i}_bn")(L.Conv2D(32, 1, name=f"pw{i}")(r))
+        h = L.ReLU(name=f"add{i}_relu")(L.Add(name=f"add{i}")([h, r]))
+    return keras.Model(x, L.Dense(4)(L.GlobalAveragePooling2D()(h)), name="residual_ds")
+
+
+def inverted_residual():
+    x = keras.Input((16, 16, 3))
+    h = bn_relu(L.Conv2D(16, 3, strides=2, padding="same", name="stem")(x), "stem")
+    r = bn_relu(L.Conv2D(48, 1, name="expand")(h), "expand")
+    r = bn_relu(L.DepthwiseConv2D(3, padding="same", name="dw")(r), "dw")
+    r = L.BatchNormalization(name="project_bn")(L.Conv2D(16, 1, name="project")(r))
+    h = L.Add(name="add")([h, r])
+    return keras.Model(x, L.Dense(3)(L.GlobalAveragePooling2D()(h)), name="inverted_residual")
+
+
+def waiting_branch():
+    """Branch A's big result waits while branch B runs through a big intermediate: running
+    B first needs less memory, whatever the layout."""
+    x = keras.Input((16, 16, 4))
+    a = L.Conv2D(24, 3, padding="same", activation="relu", name="a")(x)
+    b = L.Conv2D(32, 3, padding="same", activation="relu", name="b1")(x)
+    b = L.Conv2D(4, 1, activation="relu", name="b2")(b)
+    h = L.Concatenate(name="cat")([a, b])
+    return keras.Model(x, L.Dense(3)(L.GlobalAveragePooling2D()(h)), name="waiting_branch")
