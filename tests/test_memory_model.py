@@ -361,3 +361,33 @@ def test_generic_weights_keep_every_bias_of_a_deep_network():
               and len(t.shape) == 1 and t.shape[0] in (48, 4)]
     assert len(biases) == 13
     assert all(np.any(read_constant(blob, t.index) != 0) for t in biases)
+
+
+def test_flash_replays_zero_point_padding():
+    """Random-graph fuzzer class d ("same tensors and shapes"): the frozen conversion has exactly
+    the rescaled full-width tensors, yet flash was 8 bytes high. Each int64 zero-point vector is
+    8-byte aligned from the end of the file, so its 0 or 4 padding bytes flip with the sizes
+    written before it (here two weight scales of 3 -> 2 channels); the model replays them. Exact
+    at integer counts, and as the forward value of tensor counts."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    x = keras.Input((21, 4))
+    h = layers.Conv1D(3, 1, name="b")(layers.Conv1D(4, 1, name="a")(x))
+    model = keras.Model(x, layers.Dense(2)(layers.GlobalAveragePooling1D()(h)))
+    non_zero(model)
+    search = kd.prepare(model)
+    search.get_layer("a").dnas_alpha.assign(np.asarray([1, 1, 0, 0], "float32"))
+    search.get_layer("b").dnas_alpha.assign(np.asarray([1, 1, 0], "float32"))
+    memory = MemoryModel.from_model(search, pointer_bytes=4)
+    counts = cost_model.hard_counts(search, memory.plan)
+    frozen = kd.freeze(search, verbose=0)
+    rep = np.random.default_rng(1).normal(size=(8, 21, 4)).astype("float32")
+    tflite = kd.export.to_tflite(frozen, representative_data=rep)
+    real = read_tflite(tflite)
+    scaled = memory.scaled_model(counts)
+    # The premise: the same tensors with the same shapes (only the serialisation can differ).
+    assert sorted((t.name, tuple(t.shape), t.n_scales) for t in real.tensors) == \
+        sorted((t.name, tuple(t.shape), t.n_scales) for t in scaled.tensors)
+    assert memory.flash(counts) == len(tflite)
+    as_tensors = [keras.ops.convert_to_tensor(float(n)) for n in counts]
+    assert float(memory.flash(as_tensors)) == len(tflite)

@@ -66,8 +66,10 @@ it is gone (one conversion per structure instead of two, and no failure when the
 graph at the probe counts differed).
 """
 
+import bisect
 import dataclasses
 import re
+import struct
 import warnings
 
 import numpy as np
@@ -89,6 +91,11 @@ BUFFER_ALIGNMENT = 4
 #: and not at other widths (or the reverse). Measured on TF 2.21 conversions of causal TCNs
 #: (tests/test_memory_model.py); the name's length makes it vary by a few bytes.
 SHAPE_CONSTANT_BYTES = 140
+#: Alignment of the int64 zero-point vectors (``zero_point: [long]``). Flatbuffers aligns each
+#: to 8 bytes from the end of the file as it is built (back to front), so the 0 or 4 padding
+#: bytes before each one depend on the sizes written before it; the file's length is a multiple
+#: of 8 as well. Everything else in the file is 4-byte aligned.
+ZERO_POINT_ALIGNMENT = 8
 
 _CACHE_ATTR = "_dnas_memory_cache"
 
@@ -485,6 +492,7 @@ class MemoryModel:
             seen.add(t.buffer)
             if any(d.terms for d in dims) or s.terms:
                 self._constants.append(t.index)
+        self._padding = _ZeroPointPadding(full_bytes, self.full, self._constants)
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -625,18 +633,27 @@ class MemoryModel:
     def flash(self, counts, exact=True):
         """Bytes of the int8 ``.tflite`` (``len``), for int or tensor counts.
 
-        ``exact`` is accepted for symmetry with :meth:`ram`; the soft value (tensor counts)
-        has the integer value as its forward value.
+        Exact at integer counts when the converter writes the rescaled full-width tensors
+        (the 8-byte padding before each zero-point vector is replayed, see
+        :data:`ZERO_POINT_ALIGNMENT`). ``exact`` is accepted for symmetry with :meth:`ram`;
+        the soft value (tensor counts) has the integer value as its forward value at
+        integer-valued counts (the padding part has a zero gradient).
         """
         total = len(self.full_bytes)
+        deltas = {}  # file position of each changed vector -> its change in bytes
         for index in self._constants:
             t, dims, s = self.full.tensors[index], self._dims[index], self._scales[index]
             if any(d.terms for d in dims):
                 size = self._tensor_bytes(index, counts)
-                total = total + _aligned(size, BUFFER_ALIGNMENT) \
+                deltas[self._padding.data_at[t.buffer]] = _aligned(size, BUFFER_ALIGNMENT) \
                     - _aligned(t.nbytes, BUFFER_ALIGNMENT)
             if s.terms:
-                total = total + QUANT_BYTES_PER_CHANNEL * (s.count(counts) - s.value)
+                # The zero points' own change is a multiple of 8: it never moves a padding.
+                deltas[self._padding.scale_at[index]] = \
+                    QUANT_BYTES_PER_CHANNEL * (s.count(counts) - s.value)
+        for delta in deltas.values():
+            total = total + delta
+        total = total + self._padding.change(deltas)
         if self._shape_constants:
             more = self._distinct_shape_constants(counts) - self._full_distinct
             total = total + SHAPE_CONSTANT_BYTES * more
@@ -686,6 +703,88 @@ class MemoryModel:
                             same = same * ops.cast(ops.equal(a, b), "float32")
                     new = new * (1.0 - same)
                 total = total + new
+        return total
+
+
+class _ZeroPointPadding:
+    """The padding before the 8-byte aligned zero-point vectors of a converted file, replayed
+    for other vector sizes.
+
+    Flatbuffers builds the file from its end and pads so that each int64 vector starts a multiple
+    of 8 bytes from the end. All other sizes are multiples of 4, so each padding is 0 or 4 bytes
+    and between two zero-point vectors the offset is again a multiple of 8: the padding of one
+    depends only on the bytes written between it and the next zero-point vector above it in the
+    file (built just before it). The front padding (after the 8-byte header, making the length a
+    multiple of 8) depends likewise on the bytes below the lowest one.
+
+    Attributes:
+        data_at: file position of each buffer's data (buffer index -> position).
+        scale_at: file position of each quantised tensor's scale vector.
+    """
+
+    def __init__(self, tflite_bytes, decoded, constants):
+        data = bytes(_flatbuffer.as_model_bytes(tflite_bytes))
+        sch = _flatbuffer.schema()
+        model = sch.Model.GetRootAs(data, 0)
+        self.data_at, self.scale_at = {}, {}
+        starts = set()  # start (length prefix) of every vector located, to tell padding apart
+        for i in range(model.BuffersLength()):
+            tab = model.Buffers(i)._tab
+            o = tab.Offset(4)  # Buffer.data
+            self.data_at[i] = tab.Vector(o) if o else -1
+            if o:
+                starts.add(tab.Vector(o) - 4)
+        sg = model.Subgraphs(0)
+        zero_points = []  # (position, end of the vector's data)
+        for index in range(sg.TensorsLength()):
+            t = sg.Tensors(index)
+            for field in (4, 10):  # Tensor.shape, Tensor.name
+                o = t._tab.Offset(field)
+                if o:
+                    starts.add(t._tab.Vector(o) - 4)
+            q = t.Quantization()
+            if q is None:
+                continue
+            o = q._tab.Offset(8)  # QuantizationParameters.scale
+            if o:
+                self.scale_at[index] = q._tab.Vector(o)
+                starts.add(q._tab.Vector(o) - 4)
+            o = q._tab.Offset(10)  # QuantizationParameters.zero_point
+            if o:
+                at = q._tab.Vector(o)
+                zero_points.append((at, at + 8 * q._tab.VectorLen(o)))
+                starts.add(at - 4)
+        for index in constants:  # a changing constant's scale lies in the first subgraph
+            self.scale_at.setdefault(index, -1)
+        aligned = bool(zero_points) and len(data) % ZERO_POINT_ALIGNMENT == 0
+        self._positions = sorted(at for at, _ in zero_points) if aligned else []
+        self._pads = {}
+        for at, end in zero_points if aligned else ():
+            padded = end not in starts and data[end:end + 4] == bytes(4)
+            self._pads[at] = 4 if padded else 0
+        # Header: root offset and file identifier; the root table or its vtable comes next.
+        root = struct.unpack_from("<I", data, 0)[0]
+        first = min(root, root - struct.unpack_from("<i", data, root)[0])
+        self._front = first - 8 if aligned and first - 8 in (0, 4) else None
+
+    def change(self, deltas):
+        """Change of the total padding for vector size changes ``{position: bytes}`` (ints, or
+        tensors: then a tensor with a zero gradient, exact at integer-valued counts)."""
+        segments = {}  # the zero-point vector (or None: the front) whose padding each change moves
+        for at, delta in deltas.items():
+            k = bisect.bisect_left(self._positions, at) - 1
+            key = self._positions[k] if k >= 0 else None
+            segments[key] = segments.get(key, 0) + delta
+        total = 0
+        for key, moved in segments.items():
+            old = self._front if key is None else self._pads[key]
+            if old is None:
+                continue
+            if isinstance(moved, (int, np.integer)):
+                total += (old - moved) % ZERO_POINT_ALIGNMENT - old
+            else:
+                quarters = ops.round(ops.stop_gradient(ops.cast(moved, "float32")) / 4.0)
+                total = total + 4.0 * ops.mod(old // 4 - quarters, 2.0) - old
         return total
 
 
