@@ -363,21 +363,38 @@ def test_generic_weights_keep_every_bias_of_a_deep_network():
     assert all(np.any(read_constant(blob, t.index) != 0) for t in biases)
 
 
-def test_flash_replays_zero_point_padding():
-    """Random-graph fuzzer class d ("same tensors and shapes"): the frozen conversion has exactly
-    the rescaled full-width tensors, yet flash was 8 bytes high. Each int64 zero-point vector is
-    8-byte aligned from the end of the file, so its 0 or 4 padding bytes flip with the sizes
-    written before it (here two weight scales of 3 -> 2 channels); the model replays them. Exact
-    at integer counts, and as the forward value of tensor counts."""
+
+def _two_layer_net(kind):
+    """Input (21, 4) -> "a" (4 channels) -> "b" (3) -> global pooling -> Dense(2)."""
     layers = keras.layers
-    keras.utils.set_random_seed(0)
     x = keras.Input((21, 4))
-    h = layers.Conv1D(3, 1, name="b")(layers.Conv1D(4, 1, name="a")(x))
-    model = keras.Model(x, layers.Dense(2)(layers.GlobalAveragePooling1D()(h)))
+    if kind == "conv":
+        h = layers.Conv1D(3, 1, name="b")(layers.Conv1D(4, 1, name="a")(x))
+    else:  # "a" without a bias, then a separable conv whose depthwise part has none either
+        h = layers.SeparableConv1D(3, 1, name="b")(
+            layers.Conv1D(4, 1, use_bias=False, name="a")(x))
+    return keras.Model(x, layers.Dense(2)(layers.GlobalAveragePooling1D()(h)))
+
+
+@pytest.mark.parametrize("kind, alphas", [
+    # Two weight scales of 3 -> 2 channels flip the padding of a zero-point vector (was +8 B).
+    ("conv", {"a": [1, 1, 0, 0], "b": [1, 1, 0]}),
+    # The two all-zero biases (of "a" and of the depthwise part of "b") share one buffer, each
+    # with its own per-channel scales and zero points (was +28 B: one tensor's not rescaled).
+    ("shared_bias", {"a": [1, 1, 0, 0]}),
+])
+def test_flash_exact_when_frozen_has_the_rescaled_tensors(kind, alphas):
+    """Random-graph fuzzer class d ("same tensors and shapes"): the frozen conversion has exactly
+    the rescaled full-width tensors, so the search-time flash must be ``len`` of it. Each int64
+    zero-point vector is 8-byte aligned from the end of the file, so its 0 or 4 padding bytes
+    flip with the sizes written before it; the model replays them. Exact at integer counts, and
+    as the forward value of tensor counts."""
+    keras.utils.set_random_seed(0)
+    model = _two_layer_net(kind)
     non_zero(model)
     search = kd.prepare(model)
-    search.get_layer("a").dnas_alpha.assign(np.asarray([1, 1, 0, 0], "float32"))
-    search.get_layer("b").dnas_alpha.assign(np.asarray([1, 1, 0], "float32"))
+    for name, alpha in alphas.items():
+        search.get_layer(name).dnas_alpha.assign(np.asarray(alpha, "float32"))
     memory = MemoryModel.from_model(search, pointer_bytes=4)
     counts = cost_model.hard_counts(search, memory.plan)
     frozen = kd.freeze(search, verbose=0)

@@ -486,13 +486,16 @@ class MemoryModel:
         # Constant buffers whose size changes with the counts (a shared buffer counts once).
         seen = set()
         self._constants = []
-        for t, dims, s in zip(self.full.tensors, self._dims, self._scales):
+        for t, dims in zip(self.full.tensors, self._dims):
             if not self.full.is_constant(t.index) or t.buffer in seen:
                 continue
             seen.add(t.buffer)
-            if any(d.terms for d in dims) or s.terms:
+            if any(d.terms for d in dims):
                 self._constants.append(t.index)
-        self._padding = _ZeroPointPadding(full_bytes, self.full, self._constants)
+        # Tensors whose scales change: quantisation is per tensor, also where two tensors share
+        # one buffer (each has its own scales and zero points).
+        self._quantized = [t.index for t, s in zip(self.full.tensors, self._scales) if s.terms]
+        self._padding = _ZeroPointPadding(full_bytes)
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -642,15 +645,15 @@ class MemoryModel:
         total = len(self.full_bytes)
         deltas = {}  # file position of each changed vector -> its change in bytes
         for index in self._constants:
-            t, dims, s = self.full.tensors[index], self._dims[index], self._scales[index]
-            if any(d.terms for d in dims):
-                size = self._tensor_bytes(index, counts)
-                deltas[self._padding.data_at[t.buffer]] = _aligned(size, BUFFER_ALIGNMENT) \
-                    - _aligned(t.nbytes, BUFFER_ALIGNMENT)
-            if s.terms:
-                # The zero points' own change is a multiple of 8: it never moves a padding.
-                deltas[self._padding.scale_at[index]] = \
-                    QUANT_BYTES_PER_CHANNEL * (s.count(counts) - s.value)
+            t = self.full.tensors[index]
+            size = self._tensor_bytes(index, counts)
+            deltas[self._padding.data_at[t.buffer]] = _aligned(size, BUFFER_ALIGNMENT) \
+                - _aligned(t.nbytes, BUFFER_ALIGNMENT)
+        for index in self._quantized:
+            s = self._scales[index]
+            # The zero points' own change is a multiple of 8: it never moves a padding.
+            deltas[self._padding.scale_at[index]] = \
+                QUANT_BYTES_PER_CHANNEL * (s.count(counts) - s.value)
         for delta in deltas.values():
             total = total + delta
         total = total + self._padding.change(deltas)
@@ -722,7 +725,7 @@ class _ZeroPointPadding:
         scale_at: file position of each quantised tensor's scale vector.
     """
 
-    def __init__(self, tflite_bytes, decoded, constants):
+    def __init__(self, tflite_bytes):
         data = bytes(_flatbuffer.as_model_bytes(tflite_bytes))
         sch = _flatbuffer.schema()
         model = sch.Model.GetRootAs(data, 0)
@@ -754,8 +757,6 @@ class _ZeroPointPadding:
                 at = q._tab.Vector(o)
                 zero_points.append((at, at + 8 * q._tab.VectorLen(o)))
                 starts.add(at - 4)
-        for index in constants:  # a changing constant's scale lies in the first subgraph
-            self.scale_at.setdefault(index, -1)
         aligned = bool(zero_points) and len(data) % ZERO_POINT_ALIGNMENT == 0
         self._positions = sorted(at for at, _ in zero_points) if aligned else []
         self._pads = {}
