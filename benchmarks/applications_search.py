@@ -50,7 +50,7 @@ def run(key, fraction, samples=64, epochs=1):
     t = time.perf_counter()
     search = kd.prepare(model)
     times["prepare"] = time.perf_counter() - t
-    searchable, total = searchable_fraction(search.dnas_plan)
+    searchable, total = searchable_fraction(kd.graph.analyze(model))
     budgets = {"flash": int(fraction * seed["flash_bytes"]),
                "ram": int(fraction * seed["arena_bytes"])}
     search.compile("adam", keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
