@@ -124,6 +124,23 @@ def test_flat_names_keep_unique_names_and_prefix_clashes():
     assert len(flat.weights) == len(twice_nested().weights)
 
 
+def test_keras_ops_with_the_same_name_in_two_submodels():
+    # found by the fuzzer (seed 153): operation names must be unique in the flat graph too
+    i = keras.Input((6, 6, 4))
+    first = keras.Model(i, keras.ops.relu6(L.Conv2D(4, 3, padding="same")(i)), name="first")
+    second = keras.Model.from_config({**first.get_config(), "name": "second"})  # same names
+    x = keras.Input((6, 6, 3))
+    h = second(first(L.Conv2D(4, 3, padding="same")(x)))
+    model = keras.Model(x, L.Dense(2)(L.GlobalAveragePooling2D()(h)))
+    search = kd.prepare(model)
+    names = [n.operation.name for n in walk.nodes(search)]
+    assert len(names) == len(set(names))
+    assert sum(not isinstance(n.operation, L.Layer) for n in walk.nodes(search)) == 2
+    xs = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype("float32")
+    np.testing.assert_allclose(search.predict(xs, verbose=0), model.predict(xs, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_shared_submodel_stays_shared_after_freeze():
     search = _prepare(_randomize(twice_nested()))
     conv = search.get_layer("conv")

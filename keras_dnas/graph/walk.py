@@ -171,7 +171,9 @@ def _flat_names(model, keep):
     def visit(m, path):
         for gnode in nodes(m):
             op = gnode.operation
-            if id(op) in seen or not isinstance(op, keras.layers.Layer):
+            # keras.ops operations (e.g. a hand-written hard-swish) are named too: names must be
+            # unique across the flat graph, not only inside each sub-model
+            if id(op) in seen or not hasattr(op, "name"):
                 continue
             seen.add(id(op))
             if _is_submodel(op, keep):
@@ -247,6 +249,10 @@ def flatten(model, keep=(), weights=True):
         if id(op) not in clones:
             if isinstance(op, keras.Model):  # a kept sub-model
                 clones[id(op)] = keras.models.clone_model(op)
+            elif not isinstance(op, keras.layers.Layer):  # a stateless keras.ops operation
+                name = names.get(id(op), op.name)
+                clones[id(op)] = op if name == op.name else \
+                    type(op).from_config({**op.get_config(), "name": name})
             else:
                 clones[id(op)] = clone_layer(op, config_update={"name": names[id(op)]})
         return clones[id(op)], op
@@ -271,8 +277,9 @@ def flatten(model, keep=(), weights=True):
                 for old, t in zip(gnode.outputs, outs):
                     tensor_map[id(old)] = inner_map[id(t)]
                 continue
-            if isinstance(op, keras.layers.Layer):
+            if hasattr(op, "name"):
                 op, _ = copy_of(op)
+            if isinstance(op, keras.layers.Layer):
                 if training is not None and getattr(op, "_call_has_training_arg", False):
                     kwargs["training"] = training
             out = op(*args, **kwargs)
@@ -303,6 +310,6 @@ def flatten(model, keep=(), weights=True):
 
         collect(model)
         for key, op in originals.items():
-            if op.weights:
+            if getattr(op, "weights", None):  # keras.ops operations have none
                 clones[key].set_weights(op.get_weights())
     return flat
