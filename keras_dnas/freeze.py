@@ -597,7 +597,7 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     >>> round(float(slim.optimizer.learning_rate), 6), slim.optimizer is s.optimizer
     (0.0003, False)
     """
-    from keras_dnas.search.callback import calibration_sample
+    from keras_dnas.search.callback import DNASCallback, calibration_sample
 
     search = getattr(model, "dnas_search", None) or {}
     searched_target = search.get("target")
@@ -610,7 +610,7 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     if arena_plan == "tflm" and memory is not None and hasattr(memory, "base"):
         memory = memory.base  # the search budgeted an offline plan; certify TFLM's own
     if calibration_data is not None:
-        calibration_data = calibration_sample(calibration_data, 2048)
+        calibration_data = calibration_sample(calibration_data, DNASCallback.CALIBRATION_SAMPLES)
     else:
         calibration_data = search.get("calibration_data")
     plan, keep = kept_channels(model)
