@@ -9,9 +9,8 @@ exact value of its frozen model.
 import numpy as np
 from keras import ops
 
-from keras_dnas import masks, targets
 from keras_dnas.costs import compute, latency
-from keras_dnas.graph import walk
+from keras_dnas.targets import registry
 
 
 def view_count(view, counts):
@@ -33,24 +32,6 @@ def layer_records(plan, counts):
         records.append({"name": info.name, "op": info.op, "geometry": info.geometry,
                         "cin": cin, "cout": cout})
     return records
-
-
-def group_owners(model, plan):
-    """Layer holding each searchable group's mask (``None`` for frozen groups)."""
-    by_name = {layer.name: layer for layer in walk.functional_of(model).layers}
-    return [None if g.frozen else by_name[g.leader] for g in plan.groups]
-
-
-def soft_counts(model, plan):
-    """Differentiable channel counts (forward value = the hard count)."""
-    return [g.size if owner is None else ops.sum(masks.owner_gate(owner))
-            for g, owner in zip(plan.groups, group_owners(model, plan))]
-
-
-def hard_counts(model, plan):
-    """Integer channel counts of the current masks."""
-    return [g.size if owner is None else int(masks.hard_gate(owner.dnas_alpha).sum())
-            for g, owner in zip(plan.groups, group_owners(model, plan))]
 
 
 class CostModel:
@@ -75,7 +56,7 @@ class CostModel:
 
     def __init__(self, plan, target, memory=None):
         self.plan = plan
-        self.target = targets.get(target)
+        self.target = registry.get(target)
         self.memory = memory
         self._seen = self._first_calls()
 

@@ -4,7 +4,8 @@ import json
 
 from keras_dnas import targets
 from keras_dnas.costs import compute, latency
-from keras_dnas.costs.model import CostModel, hard_counts, layer_records, to_python
+from keras_dnas.costs.model import CostModel, layer_records, to_python
+from keras_dnas.graph.counts import hard_counts
 from keras_dnas.graph import analyze, walk
 from keras_dnas.layers.masked import is_masked
 
