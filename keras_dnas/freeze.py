@@ -6,6 +6,7 @@ import numpy as np
 
 import keras
 
+from keras_dnas import _keras
 from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample
 from keras_dnas.graph import walk
 from keras_dnas.report.format import fmt_quantity
@@ -725,7 +726,7 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     for layer in fn.layers:
         if not isinstance(layer, L.BatchNormalization):
             continue
-        if len(layer._inbound_nodes) != 1:
+        if _keras.inbound_node_count(layer) != 1:
             raise ValueError(f"BatchNormalization '{layer.name}' is shared by several calls; "
                              "its statistics cannot be recalibrated per call.")
         probe = keras.Model(fn.inputs if len(fn.inputs) > 1 else fn.inputs[0], layer.input)

@@ -153,3 +153,67 @@ def test_the_check_sees_lazy_and_relative_imports(tmp_path):
     found = dict((t, line) for line, t in imports("keras_dnas.freeze"))
     assert "keras_dnas.export.offline" in found  # imported inside freeze()
     assert all(t.startswith("keras_dnas") for t in found)
+
+
+# Private Keras APIs live in keras_dnas/_keras.py only: the graph internals keras_dnas reads.
+# (The optimizer attributes masks.py and search/callback.py still set are being removed by
+# issue 18 item 4, "no optimizer monkey-patching".)
+PRIVATE_KERAS = ("keras.src", "_keras_history", "_nodes_by_depth", "_inbound_nodes",
+                 "_outbound_nodes", "._functional", "_inputs_struct", "_outputs_struct",
+                 "SafeModeScope", ".fill_in(")
+
+
+def _code_lines(path):
+    """Source lines outside comments (a docstring may name a Keras module)."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        code = line.split("#", 1)[0]
+        if code.strip():
+            yield number, code
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m != "keras_dnas._keras"))
+def test_private_keras_only_in_the_internals_module(module):
+    path = MODULES[module]
+    bad = [f"{path.relative_to(ROOT.parent)}:{n}: {code.strip()}"
+           for n, code in _code_lines(path) if any(p in code for p in PRIVATE_KERAS)]
+    assert not bad, "private Keras API outside keras_dnas/_keras.py:\n" + "\n".join(bad)
+
+
+def test_keras_version_check():
+    from keras_dnas import _keras
+
+    _keras.check_version("3.15.1")
+    _keras.check_version(f"3.{_keras.SUPPORTED_MINORS[0]}.0")
+    for old in ("2.15.0", "3.4.1", "4.0.0"):
+        with pytest.raises(ImportError, match=f"Keras {old} is installed"):
+            _keras.check_version(old)
+
+
+def test_untested_keras_minor_is_refused_unless_allowed(monkeypatch):
+    from keras_dnas import _keras
+
+    newer = f"3.{_keras.SUPPORTED_MINORS[1] + 1}.0"
+    monkeypatch.delenv(_keras.ALLOW_UNTESTED_ENV, raising=False)
+    with pytest.raises(ImportError, match=_keras.ALLOW_UNTESTED_ENV):
+        _keras.check_version(newer)
+    monkeypatch.setenv(_keras.ALLOW_UNTESTED_ENV, "1")
+    with pytest.warns(UserWarning, match=f"Keras {newer} is newer"):
+        _keras.check_version(newer)
+
+
+def test_export_add_patch_is_scoped():
+    """The TensorFlow `add` fix is active only inside the export and restored after it."""
+    import keras
+
+    from keras_dnas import _keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the fix is for the TensorFlow backend")
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    original = tf_numpy.add
+    with pytest.raises(RuntimeError):
+        with _keras.elementwise_add_as_add():
+            assert tf_numpy.add is not original
+            raise RuntimeError("conversion failed")
+    assert tf_numpy.add is original
