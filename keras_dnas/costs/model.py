@@ -13,27 +13,6 @@ from keras_dnas.costs import compute, latency
 from keras_dnas.targets import registry
 
 
-def view_count(view, counts):
-    """Effective channels of a tensor view: ``repeat * sum(counts of its groups)``."""
-    total = 0
-    for g in view.segments:
-        total = total + counts[g]
-    return total if view.repeat == 1 else total * view.repeat
-
-
-def layer_records(plan, counts):
-    """Per layer call: dict(name, op, geometry, cin, cout) with effective counts."""
-    records = []
-    for info in plan.layers:
-        cin = view_count(info.inputs[0], counts) if info.inputs else 0
-        cout = view_count(info.output, counts)
-        if info.op == "depthwise":
-            cin = cout
-        records.append({"name": info.name, "op": info.op, "geometry": info.geometry,
-                        "cin": cin, "cout": cout})
-    return records
-
-
 class CostModel:
     """All metrics of one model structure on one target.
 
@@ -88,15 +67,14 @@ class CostModel:
                 rather than the differentiable liveness bound.
         """
         metrics = list(metrics or self.available())
-        records = layer_records(self.plan, counts)
+        records = compute.layer_records(self.plan, counts)
         out = {}
         for m in metrics:
             if m == "params":
-                out[m] = _sum(compute.params(r["op"], r["geometry"], r["cin"], r["cout"])
+                out[m] = _sum(compute.params(*r[1:])
                               for r, first in zip(records, self._seen) if first)
             elif m == "macs":
-                out[m] = _sum(compute.macs(r["op"], r["geometry"], r["cin"], r["cout"])
-                              for r in records)
+                out[m] = _sum(compute.macs(*r[1:]) for r in records)
             elif m in ("latency_cycles", "latency_ms", "energy_uj"):
                 if "_cycles" not in out:
                     out["_cycles"] = latency.model_cycles(records, self.target)
