@@ -97,6 +97,11 @@ SHAPE_CONSTANT_BYTES = 140
 #: of 8 as well. Everything else in the file is 4-byte aligned.
 ZERO_POINT_ALIGNMENT = 8
 
+#: Flatbuffer bytes of one more constant buffer besides its data: its offset in
+#: ``Model.buffers``, the ``Buffer`` table (vtable offset and data offset; the vtable is shared)
+#: and the data vector's length prefix.
+BUFFER_ENTRY_BYTES = 4 + 8 + 4
+
 _CACHE_ATTR = "_dnas_memory_cache"
 
 #: TFLite operators whose output channels are new (a weight's output axis): matched to a
@@ -509,6 +514,15 @@ class MemoryModel:
             seen.add(t.buffer)
             if any(d.terms for d in dims):
                 self._constants.append(t.index)
+        # All-zero int32 vectors: the biases the converter gives bias-less layers (the generic
+        # weights make every other bias non-zero, and a trained model has no zero bias either).
+        # Equal bytes are stored once, so there is one such buffer per distinct size, at any
+        # counts (DenseNet-style BN-ReLU-Conv blocks: one at full width, one per width after).
+        self._zero = self._zero_vectors()
+        zero_buffers = {self.full.tensors[i].buffer for i in self._zero}
+        self._constants = [i for i in self._constants
+                           if self.full.tensors[i].buffer not in zero_buffers]
+        self._zero_full = self._zero_bytes([self.full.tensors[i].nbytes for i in self._zero])
         # Tensors whose scales change: quantisation is per tensor, also where two tensors share
         # one buffer (each has its own scales and zero points).
         self._quantized = [t.index for t, s in zip(self.full.tensors, self._scales) if s.terms]
@@ -722,12 +736,45 @@ class MemoryModel:
             # The zero points' own change is a multiple of 8: it never moves a padding.
             deltas[self._padding.scale_at[index]] = \
                 QUANT_BYTES_PER_CHANNEL * (s.count(counts) - s.value)
+        if self._zero:
+            at = self._padding.data_at[self.full.tensors[self._zero[0]].buffer]
+            sizes = [self._tensor_bytes(i, counts) for i in self._zero]
+            deltas[at] = deltas.get(at, 0) + self._zero_bytes(sizes) - self._zero_full
         for delta in deltas.values():
             total = total + delta
         total = total + self._padding.change(deltas)
         if self._shape_constants:
             more = self._distinct_shape_constants(counts) - self._full_distinct
             total = total + SHAPE_CONSTANT_BYTES * more
+        return total
+
+    # ----------------------------------------------------------------- zero vectors
+    def _zero_vectors(self):
+        """Every all-zero int32 vector constant, when one of them follows the channels."""
+        found = [t.index for t in self.full.tensors
+                 if t.dtype == "INT32" and len(t.shape) == 1 and self.full.is_constant(t.index)
+                 and not np.any(_flatbuffer.read_constant(self.full_bytes, t.index))]
+        return found if any(d.terms for i in found for d in self._dims[i]) else []
+
+    @staticmethod
+    def _zero_bytes(sizes):
+        """Flash of all-zero vectors of byte ``sizes`` stored once per distinct size (ints, or
+        tensors: the forward value is exact at integer counts; which sizes are equal has a zero
+        gradient)."""
+        symbolic = not all(isinstance(n, (int, np.integer)) for n in sizes)
+        total = 0
+        for i, n in enumerate(sizes):
+            if not symbolic:
+                if n in sizes[:i]:
+                    continue
+                total += _aligned(n, BUFFER_ALIGNMENT) + BUFFER_ENTRY_BYTES
+                continue
+            new = 1.0
+            for m in sizes[:i]:
+                same = ops.cast(ops.equal(ops.stop_gradient(ops.cast(n, "float32")),
+                                          ops.stop_gradient(ops.cast(m, "float32"))), "float32")
+                new = new * (1.0 - same)
+            total = total + new * (_aligned(n, BUFFER_ALIGNMENT) + BUFFER_ENTRY_BYTES)
         return total
 
     # ----------------------------------------------------------------- shape constants
