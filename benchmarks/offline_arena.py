@@ -257,6 +257,7 @@ def main(argv=None):
                 skipped.append((name, f"PLAN OR MEASUREMENT FAILED: {type(e).__name__}: "
                                       f"{str(e).splitlines()[0][:200]}"))
         if r is None:
+            print(f"<!-- not measured: {skipped[-1][0]}: {skipped[-1][1]} -->", flush=True)
             continue
         results.append(r)
         interesting = (r["offline"] != r["tflm"] or r["reordered"] or not r["same"]
