@@ -384,7 +384,8 @@ def _warn_tflm_aborts(tflite, model, layer_names):
     """Warn, naming the layer, when TFLite Micro would abort on the converted model (a kernel
     precondition its quantisation breaks, `runtime.tflm_preflight`): measuring or deploying it
     would fail, so say so at export, not later."""
-    from keras_dnas.export import _flatbuffer, runtime
+    from keras_dnas import _flatbuffer
+    from keras_dnas.export import runtime
 
     problems = runtime.tflm_preflight(tflite)
     if not problems:
