@@ -373,6 +373,31 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
             + ("" if allow_float_ops or quantization != "int8"
                else ", or pass allow_float_ops=True to keep float layers") + "."
         )
+    if quantization == "int8":
+        _warn_tflm_aborts(tflite, model, layer_names)
     if arena_plan == "offline":
         tflite, _ = _offline.with_offline_plan(bytes(tflite))
     return bytes(tflite)
+
+
+def _warn_tflm_aborts(tflite, model, layer_names):
+    """Warn, naming the layer, when TFLite Micro would abort on the converted model (a kernel
+    precondition its quantisation breaks, `runtime.tflm_preflight`): measuring or deploying it
+    would fail, so say so at export, not later."""
+    from keras_dnas import _flatbuffer
+    from keras_dnas.export import runtime
+
+    problems = runtime.tflm_preflight(tflite)
+    if not problems:
+        return
+    info = _flatbuffer.read_model(tflite)
+    lines = []
+    for p in problems:
+        op = next(o for o in info.main_ops if o.index == p["op_index"])
+        layer = _ops._op_layer(op, info, set(layer_names), _output_layers(model))
+        where = f"layer {layer!r}, " if layer else ""
+        lines.append(f"{where}operator {p['op_index']} ({p['op']}): {p['reason']}")
+    warnings.warn(
+        f"The int8 model {model.name!r} would abort TensorFlow Lite Micro (keras_dnas runs it "
+        "in a child process, so measuring it raises RuntimeError instead):\n  - "
+        + "\n  - ".join(lines), stacklevel=3)
