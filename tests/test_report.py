@@ -111,7 +111,7 @@ def test_full_report_is_self_contained_and_matches_summary(flow, tmp_path):
     for model in ("seed", "frozen"):
         assert 0.0 <= acc[model]["float_accuracy"] <= 1.0
         assert 0.0 <= acc[model]["int8_accuracy"] <= 1.0
-        assert acc[model]["tflite_bytes"] > 0 and acc[model]["tflm_arena_bytes"] > 0
+        assert acc[model]["flash_bytes"] > 0 and acc[model]["ram_bytes"] > 0
 
     assert len(on_disk["history"]) == 2
     assert on_disk["history"][-1]["dnas/params"] == flow["callback"].history[-1]["dnas/params"]
@@ -133,12 +133,13 @@ def test_minimal_report_takes_budgets_from_the_certificate(flow, tmp_path):
 def test_explicit_budgets_and_uncertified_model(flow, tmp_path):
     plain = flow["plain"]
     seed_summary = kd.summary(flow["seed"], TARGET)
-    budgets = [kd.Budget("flash", seed_summary["flash_bytes"] // 10), kd.Budget("macs", 10**9)]
+    budgets = [kd.Budget("flash_bytes", seed_summary["flash_bytes"] // 10),
+               kd.Budget("macs", 10**9)]
     report = kd.report.write_report(tmp_path / "r.html", seed=flow["seed"], frozen=plain,
                                     target=TARGET, budgets=budgets)
     rows = {b["metric"]: b for b in report["budgets"]}
-    assert rows["flash"]["final"] == report["frozen"]["flash_bytes"]
-    assert rows["flash"]["holds"] is False and rows["macs"]["holds"] is True
+    assert rows["flash_bytes"]["final"] == report["frozen"]["flash_bytes"]
+    assert rows["flash_bytes"]["holds"] is False and rows["macs"]["holds"] is True
     assert report["all_budgets_hold"] is False and report["certificate"] is None
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "EXCEEDED" in page and "No certificate" in page

@@ -123,7 +123,7 @@ def test_second_fit_with_default_budgets_keeps_two_objectives():
     cb = kd.DNASCallback("stm32h743", verbose=0)  # budgets=None: the target's flash and RAM
     for _ in range(2):
         search.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[cb])
-        assert [o.metric for o in cb.objectives] == ["flash", "ram"]
+        assert [o.metric for o in cb.objectives] == ["flash_bytes", "ram_bytes"]
     cb = kd.DNASCallback("stm32h743", budgets={"params": 1e6}, objectives=["macs"], verbose=0)
     for _ in range(2):
         search.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[cb])
@@ -239,3 +239,4 @@ def test_same_seed_same_search_whatever_ran_before():
     again = _search_masks(7)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
+
