@@ -739,6 +739,7 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     rows = [{"metric": b.metric, "limit": b.limit, "value": costs[b.metric],
              "unit": METRICS[b.metric], "holds": b.holds(costs[b.metric])} for b in budgets]
     certificate = {"target": cost_model.target.name, "budgets": rows,
+                   "target_config": cost_model.target.to_dict(),
                    "removed_channels": [{"layer": n, "channel": c} for n, c in removed],
                    "added_channels": [{"layer": n, "channel": c} for n, c in added],
                    "all_hold": all(r["holds"] for r in rows)}

@@ -240,3 +240,22 @@ def test_same_seed_same_search_whatever_ran_before():
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
 
+
+def test_the_search_settings_survive_a_keras_file_and_freeze_reuses_them(tmp_path):
+    search, cb, (x, _), _ = _searched(calibrate=True)
+    path = str(tmp_path / "search.keras")
+    search.save(path)
+    loaded = keras.saving.load_model(path)
+    saved = loaded.dnas_search
+    assert saved["target"] == cb.target and saved["arena_plan"] == "tflm"
+    assert saved["budgets"] == {b.metric: b.limit for b in cb.budgets}
+    # the calibration sample is not in the file: pass it again
+    again = kd.freeze(loaded, calibration_data=x, verbose=0)
+    first = kd.freeze(search, verbose=0)
+    assert again.dnas_certificate == first.dnas_certificate
+    assert again.dnas_certificate["target"] == "nrf52840"
+    for a, b in zip(again.get_weights(), first.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # kd.summary of the frozen model defaults to the target it was certified on
+    assert kd.summary(first, memory=None)["target"] == "nrf52840"
+    assert kd.summary(search, memory=None)["target"] == "nrf52840"

@@ -24,6 +24,7 @@ import keras
 
 from keras_dnas import targets as targets_lib
 from keras_dnas.report.summary import summary as summary_fn
+from keras_dnas.report.summary import target_of
 from keras_dnas.search.objectives import Budget
 from keras_dnas.vocabulary import METRICS, Results
 
@@ -62,7 +63,7 @@ _RC = {
 }
 
 
-def write_report(path, *, seed, frozen, target, callback=None, budgets=None, data=None,
+def write_report(path, *, seed, frozen, target=None, callback=None, budgets=None, data=None,
                  title=None):
     """Write an HTML report of a search (charts embedded) and its numbers as JSON.
 
@@ -100,7 +101,8 @@ def write_report(path, *, seed, frozen, target, callback=None, budgets=None, dat
         seed: the model before the search (as given to ``kd.prepare``).
         frozen: the model after it (from ``kd.freeze``).
         target: a :class:`~keras_dnas.targets.HardwareTarget` or a built-in
-            name (``"stm32h743"``, ...).
+            name (``"stm32h743"``, ...). Default: the one ``frozen`` was
+            certified on (as :func:`~keras_dnas.summary`).
         callback: the :class:`~keras_dnas.DNASCallback` used in ``fit``
             (optional): its history and budgets.
         budgets: ``{metric: limit}`` or a list of :class:`~keras_dnas.Budget`.
@@ -139,7 +141,7 @@ def write_report(path, *, seed, frozen, target, callback=None, budgets=None, dat
     for name, model in (("seed", seed), ("frozen", frozen)):
         if not isinstance(model, keras.Model):
             raise ValueError(f"{name}= must be a keras.Model. Received: {name}={model!r}")
-    target = targets_lib.get(target)
+    target = targets_lib.get(target if target is not None else target_of(frozen))
     certificate = getattr(frozen, "dnas_certificate", None)
     budget_list = _resolve_budgets(budgets, callback, certificate)
     if data is not None:

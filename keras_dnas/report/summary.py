@@ -45,7 +45,7 @@ class Summary(Results):
         return "\n".join(out)
 
 
-def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan="tflm"):
+def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm"):
     """Per-layer channels, params, MACs, activation bytes and cycles, plus totals.
 
     Works for an original model, a searchable one (current masks) and a
@@ -57,7 +57,9 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan=
 
     Args:
         model: a Functional or Sequential Keras model.
-        target: a :class:`~keras_dnas.targets.HardwareTarget` or its name.
+        target: a :class:`~keras_dnas.targets.HardwareTarget` or its name. Default: the
+            target a ``DNASCallback`` searched ``model`` for, or the one ``kd.freeze``
+            certified it on, else ``"stm32h743"``.
         memory: ``"auto"`` builds the flash/RAM model (one int8 conversion, cached per structure:
             a plain model's own conversion, so its flash is ``len`` of that ``.tflite``; a
             searchable model's full-width structure with realistic weights);
@@ -77,7 +79,7 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan=
     >>> s["macs"]
     2656768
     """
-    target = targets.get(target)
+    target = targets.get(target if target is not None else target_of(model))
     searchable = any(is_masked(layer) for layer in walk.functional_of(model).layers)
     if not searchable:  # nested sub-models: one flat graph, layer names as kd.prepare's
         model = walk.flatten(model)
@@ -120,3 +122,13 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan=
         print_fn(out.table())
     return out
 
+
+def target_of(model):
+    """The target ``model`` was searched for or certified on (``"stm32h743"`` if neither)."""
+    searched = (getattr(model, "dnas_search", None) or {}).get("target")
+    certified = (getattr(model, "dnas_certificate", None) or {}).get("target_config")
+    if searched is not None:
+        return searched
+    if certified is not None:
+        return targets.HardwareTarget.from_dict(certified)
+    return "stm32h743"
