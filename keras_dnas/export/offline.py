@@ -295,10 +295,13 @@ class OfflineArenaMemory:
 
     Example:
 
-    ```python
-    mem = OfflineArenaMemory(MemoryModel.from_model(model))
-    mem.ram_parts(counts)  # {"head", "tail", "total", "greedy_head"}
-    ```
+    >>> import keras_dnas as kd
+    >>> from keras_dnas.costs.memory import MemoryModel
+    >>> search = kd.prepare(kd.zoo.ds_cnn())
+    >>> mem = OfflineArenaMemory(MemoryModel.from_model(search, target="stm32h743"))
+    >>> parts = mem.ram_parts([g.size for g in search.dnas_plan.groups])
+    >>> sorted(parts)[:4], parts["head"] <= parts["greedy_head"]
+    (['greedy_head', 'head', 'tail', 'total'], True)
     """
 
     arena_plan = "offline"
