@@ -25,7 +25,7 @@ def test_fmt_quantity(value, unit, text):
 
 
 def test_measure_prints_no_exponent():
-    r = kd.export.MeasureResult(flash_bytes=39340, arena_bytes=123456, host_arena_bytes=130000)
+    r = kd.export.MeasureResult(flash_bytes=39340, ram_bytes=123456, host_arena_bytes=130000)
     assert "39,340 B" in str(r) and "123,456 B" in str(r) and "e+" not in str(r)
 
 

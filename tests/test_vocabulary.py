@@ -41,9 +41,13 @@ def test_old_cost_and_result_names_give_the_same_numbers(searched):
     cm, memory = callback.cost_model, callback.cost_model.memory
     counts = cm.full_counts()
     new = cm.evaluate(counts, ["flash_bytes", "ram_bytes"])
-    with pytest.warns(DeprecationWarning, match="'flash' is deprecated") as rec:
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
         old = cm.evaluate(counts, ["flash", "ram"])
-    assert any("'ram' is deprecated, use 'ram_bytes'" in str(w.message) for w in rec)
+    assert [str(w.message) for w in rec if w.category is DeprecationWarning
+            and str(w.message).startswith("keras_dnas")] == [
+        "keras_dnas: 'flash' is deprecated, use 'flash_bytes'.",
+        "keras_dnas: 'ram' is deprecated, use 'ram_bytes'."]
     assert old == {"flash": new["flash_bytes"], "ram": new["ram_bytes"]}
 
     s = kd.summary(searched, "stm32h743", memory=memory)

@@ -458,9 +458,10 @@ def _unit_label(unit):
 
 
 def _metric_label(metric):
-    """``"flash (bytes)"``; no unit when it repeats the name (``params``, ``macs``)."""
+    """The metric's name: its unit is in it (``flash_bytes``, ``latency_ms``) or it is one."""
     unit = _unit_label(METRICS.get(metric, ""))
-    return metric if not unit or unit.lower() in (metric, metric.rstrip("s")) else \
+    named = metric.rsplit("_", 1)[-1] in ("bytes", "ms", "cycles", "uj")
+    return metric if named or not unit or unit.lower() in (metric, metric.rstrip("s")) else \
         f"{metric} ({unit})"
 
 
