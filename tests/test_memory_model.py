@@ -24,6 +24,9 @@ from keras_dnas.costs.memory import MemoryModel
 from keras_dnas.freeze import rebuild_with
 from tests import toys
 
+# Cost tests: the frozen models' BatchNormalization statistics do not matter here.
+pytestmark = pytest.mark.filterwarnings("ignore:keras_dnas.freeze. closing channels:UserWarning")
+
 ZOO = {"ds_cnn": kd.zoo.ds_cnn, "tcn": kd.zoo.tcn, "resnet8": kd.zoo.resnet8}
 BUILDERS = {**toys.TOYS, **ZOO}
 NAMES = list(BUILDERS)

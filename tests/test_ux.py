@@ -57,6 +57,7 @@ def full_params():
 # ------------------------------------------------------------------ logs and validation
 
 
+@pytest.mark.filterwarnings("ignore:DNASCallback. no search epoch:UserWarning")  # short search
 def test_logs_split_task_loss_and_penalty_and_val_loss_has_no_penalty():
     (x, y), (xv, yv) = digits()
     search = searchable()
@@ -84,6 +85,7 @@ def test_logs_split_task_loss_and_penalty_and_val_loss_has_no_penalty():
         assert with_penalty == pytest.approx(hist["val_loss"][epoch] + penalty, rel=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:DNASCallback. no search epoch:UserWarning")  # short search
 def test_validation_uses_exact_batchnorm_statistics_of_the_calibration_sample():
     (x, y), (xv, yv) = digits()
     kw = dict(budgets={"params": 0.5 * full_params()}, restore_best_weights=False, verbose=0)
@@ -232,6 +234,7 @@ def _search_masks(seed, budget_fraction=0.4):
             if getattr(layer, "dnas_alpha", None) is not None]
 
 
+@pytest.mark.filterwarnings("ignore:DNASCallback. no search epoch:UserWarning")  # short search
 def test_same_seed_same_search_whatever_ran_before():
     first = _search_masks(7)
     _search_masks(11, budget_fraction=0.6)  # another search, other seed, in between
