@@ -121,10 +121,10 @@ def prepare(model, exclude=None):
 
     >>> import keras, keras_dnas as kd
     >>> x = keras.Input((28, 28, 1))
-    >>> h = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    >>> h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x)
     >>> y = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
     >>> search = kd.prepare(keras.Model(x, y))
-    >>> type(search.get_layer("conv2d")).__name__
+    >>> type(search.get_layer("conv")).__name__
     'MaskedConv2D'
     """
     if not isinstance(model, keras.Model):
