@@ -66,7 +66,7 @@ class DNASCallback(keras.callbacks.Callback):
         target: a :class:`~keras_dnas.targets.HardwareTarget` or a built-in
             name (``"stm32h743"``, ``"nrf52840"``, ...).
         budgets: ``{metric: limit}`` with metrics from
-            :data:`keras_dnas.search.METRICS` (``flash``, ``ram`` in bytes,
+            :data:`keras_dnas.search.METRICS` (``flash_bytes``, ``ram_bytes``,
             ``latency_ms``, ``latency_cycles``, ``energy_uj``, ``params``,
             ``macs``). Default: the target's flash and RAM.
         objectives: ``Minimize`` objects (or metric names) to reduce beyond
@@ -215,8 +215,8 @@ class DNASCallback(keras.callbacks.Callback):
         # rebuilt from the arguments on every bind: a second fit must not add the defaults twice
         self.objectives = _as_objectives(self._budgets_arg, self._objectives_arg)
         if self._budgets_arg is None:
-            self.objectives = [Budget("flash", self.target.flash_bytes),
-                               Budget("ram", self.target.ram_bytes)] + self.objectives
+            self.objectives = [Budget("flash_bytes", self.target.flash_bytes),
+                               Budget("ram_bytes", self.target.ram_bytes)] + self.objectives
         available = self.cost_model.available()
         for o in self.objectives:
             if o.metric not in available:
@@ -260,7 +260,7 @@ class DNASCallback(keras.callbacks.Callback):
 
     def _needs_memory(self):
         metrics = {o.metric for o in self.objectives}
-        return self._budgets_arg is None or bool(metrics & {"flash", "ram"})
+        return self._budgets_arg is None or bool(metrics & {"flash_bytes", "ram_bytes"})
 
     def costs(self, exact=True):
         """Exact costs of the current hard masks, ``{metric: number}``."""
