@@ -118,7 +118,13 @@ class SearchHooks:
             return
         if self.lr_scale != 1.0:
             alpha.assign(self.effective(alpha))
-        self.anchor.assign(alpha)
+        self.restart(alpha)
+
+    def restart(self, alpha):
+        """Anchor at ``alpha``'s current value (the gate then reads ``alpha`` itself)."""
+        if self.anchor is not None:
+            # a copy: JAX would otherwise hold one buffer in two variables of the step's state
+            self.anchor.assign(np.array(ops.convert_to_numpy(alpha)))
 
 
 HOOKS_ATTR = "_dnas_search"

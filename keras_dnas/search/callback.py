@@ -354,9 +354,9 @@ class DNASCallback(keras.callbacks.Callback):
             masks.exclude_from_weight_decay(optimizer)
         # the masks' learning rate: the gate reads anchor + multiplier * (alpha - anchor)
         for owner, anchor in zip(self._owners, self._state.anchors):
-            anchor.assign(owner.dnas_alpha)
             hooks = owner.__dict__[masks.HOOKS_ATTR]
             hooks.anchor, hooks.lr_scale = anchor, self.mask_lr_multiplier
+            hooks.restart(owner.dnas_alpha)
         # the compiled step must see the search state as the model's (JAX passes only the
         # model's variables into its jitted step; others would be traced as constants)
         _attach_state(self.model, self._state)
@@ -390,7 +390,7 @@ class DNASCallback(keras.callbacks.Callback):
         searching = epoch >= self.warmup_epochs
         self._grad_scale.assign(1.0 if searching else 0.0)
         for owner in self._owners:  # the gate reads alpha itself at the start of each epoch
-            owner.__dict__[masks.HOOKS_ATTR].anchor.assign(owner.dnas_alpha)
+            owner.__dict__[masks.HOOKS_ATTR].restart(owner.dnas_alpha)
         self._folded = False
         self._assign_strengths(epoch)
         self._penalty_sum.assign(0.0)
