@@ -3,6 +3,8 @@
     python tests/distributed_flow.py tf 1|2     # TensorFlow; 2: MirroredStrategy
     python tests/distributed_flow.py jax 1|2    # JAX; 2: keras.distribution.DataParallel
 
+(``--no-freeze``: skip kd.freeze at the end.)
+
 Two logical CPU devices stand in for two GPUs. The same global batches in the same order
 (no shuffling) reach both runs, so the masks after the search must agree up to float
 rounding. Run by tests/test_distributed.py.
@@ -13,6 +15,7 @@ import os
 import sys
 
 engine, devices = sys.argv[1], int(sys.argv[2])
+freeze = "--no-freeze" not in sys.argv
 os.environ["KERAS_BACKEND"] = "tensorflow" if engine == "tf" else "jax"
 if engine == "jax" and devices > 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -75,7 +78,7 @@ def main():
     else:
         search, cb, hist, epochs_seen = build_and_search(x, y)
         replicas = devices
-    slim = kd.freeze(search, verbose=0)
+    slim = kd.freeze(search, verbose=0) if freeze else None
     out = {"engine": engine, "replicas": replicas,
            "masks": [np.asarray(keras.ops.convert_to_numpy(v)).tolist()
                      for v in kd.masks.mask_variables(search)],
@@ -83,7 +86,7 @@ def main():
            "history": [{k: v for k, v in h.items() if k.startswith("dnas/")} for h in cb.history],
            "epochs_seen": epochs_seen, "seed_costs": cb.seed_costs,
            "restored_epoch": cb.restored_epoch,
-           "certificate": slim.dnas_certificate}
+           "certificate": slim.dnas_certificate if slim is not None else None}
     print("DISTRIBUTED_FLOW " + json.dumps(out, default=float))
 
 
