@@ -2,6 +2,7 @@
 
     python tests/distributed_flow.py tf 1|2     # TensorFlow; 2: MirroredStrategy
     python tests/distributed_flow.py jax 1|2    # JAX; 2: keras.distribution.DataParallel
+    TF_CONFIG=... python tests/distributed_flow.py tfmw 2   # one MultiWorkerMirroredStrategy worker
 
 (``--no-freeze``: skip kd.freeze at the end.)
 
@@ -16,7 +17,7 @@ import sys
 
 engine, devices = sys.argv[1], int(sys.argv[2])
 freeze = "--no-freeze" not in sys.argv
-os.environ["KERAS_BACKEND"] = "tensorflow" if engine == "tf" else "jax"
+os.environ["KERAS_BACKEND"] = "jax" if engine == "jax" else "tensorflow"
 if engine == "jax" and devices > 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={devices}")
@@ -59,6 +60,10 @@ def build_and_search(x, y):
 def main():
     x, y = digits(512)
     strategy = None
+    if engine == "tfmw":
+        import tensorflow as tf
+
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
     if engine == "tf" and devices > 1:
         import tensorflow as tf
 
