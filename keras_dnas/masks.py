@@ -249,12 +249,11 @@ def exclude_from_weight_decay(optimizer):
 
     >>> import keras, keras_dnas as kd
     >>> opt = kd.masks.exclude_from_weight_decay(keras.optimizers.AdamW())
-    >>> bool(opt._exclude_from_weight_decay_pattern.search("dnas_alpha"))
-    True
+    >>> alpha = keras.Variable([1.0], name="dnas_alpha")
+    >>> kernel = keras.Variable([1.0], name="kernel")
+    >>> opt._use_weight_decay(alpha), opt._use_weight_decay(kernel)
+    (False, True)
     """
-    previous_ids = set(getattr(optimizer, "_exclude_from_weight_decay", set()) or set())
-    pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
-    names = [ALPHA_NAME] if pattern is None else [ALPHA_NAME, pattern.pattern]
-    optimizer.exclude_from_weight_decay(var_names=names)
-    optimizer._exclude_from_weight_decay = previous_ids
-    return optimizer
+    from keras_dnas import _keras
+
+    return _keras.exclude_from_weight_decay(optimizer, [ALPHA_NAME])

@@ -79,8 +79,7 @@ def test_masks_are_saved_by_name_and_old_positional_files_load(tmp_path):
         np.testing.assert_array_equal(np.asarray(store[masks.ALPHA_NAME]),
                                       layer.dnas_alpha.numpy())
         # the layout files had before the mask was named: every variable by position
-        old = {str(i): v.numpy() for i, v in enumerate(
-            layer._trainable_variables + layer._non_trainable_variables)}
+        old = {str(i): v.numpy() for i, v in enumerate(layer.weights)}
         if name == "dense":
             old = {"0": layer.kernel.numpy(), "1": layer.bias.numpy(),
                    "2": layer.dnas_alpha.numpy()}

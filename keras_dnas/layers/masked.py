@@ -42,12 +42,7 @@ import keras
 from keras import ops
 
 from keras_dnas import masks
-
-try:  # not exported by Keras; without it, never fold (always correct)
-    from keras.src.backend.common.stateless_scope import in_stateless_scope as _in_stateless_scope
-except ImportError:  # pragma: no cover
-    def _in_stateless_scope():
-        return True
+from keras_dnas._keras import in_stateless_scope as _in_stateless_scope
 
 _PACKAGE = "keras_dnas"
 
@@ -240,8 +235,7 @@ class _SeparableMixin(_DefiningMixin):
     # Keras' separable convs save every variable by position (Layer's default); the mask is
     # saved by name, the others keep their positions. Older files hold the mask by position.
     def _dnas_others(self):
-        return [v for v in self._trainable_variables + self._non_trainable_variables
-                if v is not self.__dict__.get("dnas_alpha")]
+        return [v for v in self.weights if v is not self.__dict__.get("dnas_alpha")]
 
     def save_own_variables(self, store):
         if not self.built:
