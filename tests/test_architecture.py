@@ -157,12 +157,12 @@ def test_the_check_sees_lazy_and_relative_imports(tmp_path):
     assert all(t.startswith("keras_dnas") for t in found)
 
 
-# Private Keras APIs live in keras_dnas/_keras.py only: the graph internals keras_dnas reads.
-# (The optimizer attributes masks.py and search/callback.py still set are being removed by
-# issue 18 item 4, "no optimizer monkey-patching".)
+# Private Keras APIs live in keras_dnas/_keras.py only: the graph internals keras_dnas reads,
+# the tracker (detaching the search state) and the optimizer's weight-decay exclusions.
 PRIVATE_KERAS = ("keras.src", "_keras_history", "_nodes_by_depth", "_inbound_nodes",
                  "_outbound_nodes", "._functional", "_inputs_struct", "_outputs_struct",
-                 "SafeModeScope", ".fill_in(")
+                 "SafeModeScope", ".fill_in(", "._tracker", "_exclude_from_weight_decay",
+                 "update_step", "_trainable_variables", "_non_trainable_variables")
 
 
 def _code_lines(path):
