@@ -912,3 +912,63 @@ def _recalibrate_in_one_pass(fn, layers, inputs):
     finally:
         for layer in layers:
             layer.__dict__.pop("call", None)
+
+
+class BatchNormCalibrator:
+    """Exact BN statistics of a fixed-size sample, again and again, in one compiled pass.
+
+    What :func:`recalibrate_batchnorm` does for a sample that fits one batch, for a caller
+    that recalibrates often (``DNASCallback`` before every validation): the forward pass is
+    Keras' compiled ``predict_on_batch`` of a model sharing ``model``'s layers, traced once,
+    so each later call costs one inference pass instead of an eager one (an eager pass through
+    masked layers costs several times a validation of a small model). Each BN sets its
+    moving statistics to the moments of its input over the sample (float32
+    ``keras.ops.moments``; the float64 sums of :func:`recalibrate_batchnorm` differ in the
+    last bits) as the pass reaches it.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_dnas as kd
+    >>> from keras_dnas.freeze import BatchNormCalibrator
+    >>> x = np.random.rand(32, 8, 8, 1).astype("float32")
+    >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+    ...                       keras.layers.BatchNormalization()])
+    >>> BatchNormCalibrator(m)(x)
+    1
+    """
+
+    def __init__(self, model):
+        fn = walk.functional_of(model)
+        self.layers = [layer for layer in fn.layers if isinstance(layer, L.BatchNormalization)]
+        for layer in self.layers:
+            if len(layer._inbound_nodes) != 1:
+                raise ValueError(f"BatchNormalization '{layer.name}' is shared by several "
+                                 "calls; its statistics cannot be recalibrated per call.")
+        self._pass = keras.Model(fn.inputs, fn.outputs, name=f"{fn.name}_bn_calibration")
+
+    def __call__(self, x):
+        """Set the statistics on ``x`` (all of it is one batch); returns the BN count."""
+        def hooked(layer):
+            original = layer.call
+            rank = len(layer.input.shape)
+            axis = layer.axis if layer.axis >= 0 else rank + layer.axis
+            axes = [a for a in range(rank) if a != axis]
+
+            def call(z, *args, **kwargs):
+                mean, var = keras.ops.moments(z, axes=axes)
+                layer.moving_mean.assign(keras.ops.cast(mean, layer.moving_mean.dtype))
+                layer.moving_variance.assign(keras.ops.cast(var, layer.moving_variance.dtype))
+                return original(z, *args, **kwargs)
+
+            return call
+
+        if not self.layers:
+            return 0
+        try:  # the hooks are traced into the pass's compiled function on its first call
+            for layer in self.layers:
+                object.__setattr__(layer, "call", hooked(layer))
+            self._pass.predict_on_batch(x)
+        finally:
+            for layer in self.layers:
+                layer.__dict__.pop("call", None)
+        return len(self.layers)

@@ -298,6 +298,7 @@ class DNASCallback(keras.callbacks.Callback):
         self._first_feasible = None
         self._fitting = True
         self._train_penalty = None
+        self._calibrator = None
         self._regularized = self._owners[0].dnas_alpha
         self._regularized.regularizer = self._tracked_penalty
         optimizer = getattr(self.model, "optimizer", None)
@@ -357,10 +358,12 @@ class DNASCallback(keras.callbacks.Callback):
         for var in self._strengths:
             var.assign(0.0)
         if self.calibration_data is not None:
-            from keras_dnas.freeze import recalibrate_batchnorm
+            if getattr(self, "_calibrator", None) is None:  # traced once per fit, then reused
+                from keras_dnas.freeze import BatchNormCalibrator
 
-            n = self.VALIDATION_CALIBRATION_SAMPLES
-            recalibrate_batchnorm(self.model, [a[:n] for a in self.calibration_data])
+                self._calibrator = BatchNormCalibrator(self.model)
+            sample = [a[:self.VALIDATION_CALIBRATION_SAMPLES] for a in self.calibration_data]
+            self._calibrator(sample if len(sample) > 1 else sample[0])
 
     def on_test_end(self, logs=None):
         if getattr(self, "_fitting", False) and getattr(self, "_saved_strengths", None):
