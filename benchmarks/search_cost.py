@@ -82,7 +82,7 @@ def child(variant, task_name, point, profile=None):
     import keras
     import keras_dnas as kd
     from _bench import methods, tasks
-    from keras_dnas.costs import memory as memory_lib
+    from keras_dnas import memory as memory_lib
     from keras_dnas.costs.model import CostModel
 
     task = tasks.TASKS[task_name]
