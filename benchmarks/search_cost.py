@@ -42,6 +42,7 @@ class _Clock:
 
     def __init__(self):
         self.phases = {}
+        self.rss_mb = {}  # peak RSS of the process at the end of each phase
 
     def __call__(self, name):
         clock = self
@@ -54,6 +55,7 @@ class _Clock:
                 cpu, wall = clock.phases.get(name, (0.0, 0.0))
                 clock.phases[name] = (cpu + time.process_time() - self.cpu,
                                       wall + time.perf_counter() - self.wall)
+                clock.rss_mb[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
         return _Phase()
 
@@ -148,7 +150,8 @@ def child(variant, task_name, point, profile=None):
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print("RESULT " + json.dumps({
         "variant": variant, "task": task_name, "total": total, "phases": clock.phases,
-        "epochs": per_epoch, "peak_rss_mb": rss_kb / 1024.0, **info}), flush=True)
+        "epochs": per_epoch, "peak_rss_mb": rss_kb / 1024.0,
+        "rss_after_phase_mb": clock.rss_mb, **info}), flush=True)
 
 
 def _run_child(variant, task, point, profile):
@@ -178,7 +181,6 @@ def report(results, load):
     p_cpu, p_wall = med(r["total"][0] for r in plain), med(r["total"][1] for r in plain)
     f_cpu, f_wall = med(r["total"][0] for r in flow), med(r["total"][1] for r in flow)
     p_rss, f_rss = med(r["peak_rss_mb"] for r in plain), med(r["peak_rss_mb"] for r in flow)
-    sp = _steady(plain[0]["epochs"], ["train"])
     sp = (med(_steady(r["epochs"], ["train"])[0] for r in plain),
           med(_steady(r["epochs"], ["train"])[1] for r in plain))
     ss = (med(_steady(r["epochs"], ["search"])[0] for r in flow),
@@ -186,16 +188,18 @@ def report(results, load):
     task = results[0]["task"]
     lines = [f"task {task}: {len(plain)} plain / {len(flow)} flow runs; load average "
              f"{load[0]:.1f} -> {load[1]:.1f} (2 cores)",
-             "| phase | CPU s | wall s |", "|---|---:|---:|"]
+             "| phase | CPU s | wall s | peak RSS MB at its end |", "|---|---:|---:|---:|"]
     for name in flow[0]["phases"]:
+        rss = [r.get("rss_after_phase_mb", {}).get(name) for r in flow]
+        rss = f"{med(rss):.0f}" if all(v is not None for v in rss) else "-"
         lines.append(f"| {name} | {med(r['phases'][name][0] for r in flow):.2f} | "
-                     f"{med(r['phases'][name][1] for r in flow):.2f} |")
-    lines += [f"| **flow total** | {f_cpu:.2f} | {f_wall:.2f} |",
-              f"| plain training | {p_cpu:.2f} | {p_wall:.2f} |",
-              f"| **ratio** | {f_cpu / p_cpu:.2f}x | {f_wall / p_wall:.2f}x |",
+                     f"{med(r['phases'][name][1] for r in flow):.2f} | {rss} |")
+    lines += [f"| **flow total** | {f_cpu:.2f} | {f_wall:.2f} | {f_rss:.0f} |",
+              f"| plain training | {p_cpu:.2f} | {p_wall:.2f} | {p_rss:.0f} |",
+              f"| **ratio** | {f_cpu / p_cpu:.2f}x | {f_wall / p_wall:.2f}x | "
+              f"{f_rss / p_rss:.2f}x |",
               f"| steady epoch: plain / search | {sp[0]:.2f} / {ss[0]:.2f} = "
-              f"{ss[0] / sp[0]:.2f}x | {sp[1]:.2f} / {ss[1]:.2f} = {ss[1] / sp[1]:.2f}x |",
-              f"| peak RSS MB: plain / flow | {p_rss:.0f} / {f_rss:.0f} = {f_rss / p_rss:.2f}x | |",
+              f"{ss[0] / sp[0]:.2f}x | {sp[1]:.2f} / {ss[1]:.2f} = {ss[1] / sp[1]:.2f}x | |",
               ""]
     for r in flow:
         lines.append(f"flow: budgets {r['budgets']}, all hold {r['all_hold']}, "
