@@ -727,27 +727,124 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     n = len(inputs[0])
     if n == 0:
         raise ValueError("recalibrate_batchnorm needs at least one sample. Received: 0 samples")
-    count = 0
-    for layer in fn.layers:
-        if not isinstance(layer, L.BatchNormalization):
-            continue
+    layers = [layer for layer in fn.layers if isinstance(layer, L.BatchNormalization)]
+    for layer in layers:
         if _keras.inbound_node_count(layer) != 1:
             raise ValueError(f"BatchNormalization '{layer.name}' is shared by several calls; "
                              "its statistics cannot be recalibrated per call.")
+    if n <= batch_size:
+        # One forward pass: each BN sets its statistics on its input as the pass reaches it, so
+        # it sees the recalibrated ones before it, as the layer-by-layer passes below would
+        # (same sums), without re-running every prefix of the network once per BN.
+        _recalibrate_in_one_pass(fn, layers, inputs)
+        return len(layers)
+    for layer in layers:
         probe = keras.Model(fn.inputs if len(fn.inputs) > 1 else fn.inputs[0], layer.input)
-        total, total_sq, rows = 0.0, 0.0, 0
-        axis = layer.axis if layer.axis >= 0 else len(layer.input.shape) + layer.axis
+        stats = _MomentSums(layer)
         for start in range(0, n, batch_size):
             batch = [a[start:start + batch_size] for a in inputs]
-            z = keras.ops.convert_to_numpy(probe(batch if len(batch) > 1 else batch[0],
-                                                 training=False)).astype("float64")
-            z = np.moveaxis(z, axis, -1).reshape(-1, z.shape[axis])
-            total = total + z.sum(0)
-            total_sq = total_sq + (z * z).sum(0)
-            rows += z.shape[0]
-        mean = total / rows
-        var = np.maximum(total_sq / rows - mean * mean, 0.0)
-        layer.moving_mean.assign(mean.astype("float32"))
-        layer.moving_variance.assign(var.astype("float32"))
-        count += 1
-    return count
+            stats.add(probe(batch if len(batch) > 1 else batch[0], training=False))
+        stats.assign()
+    return len(layers)
+
+
+class _MomentSums:
+    """Per-channel sums of a BN layer's inputs (float64) and the exact statistics they give."""
+
+    def __init__(self, layer):
+        self.layer, self.total, self.total_sq, self.rows = layer, 0.0, 0.0, 0
+        self.axis = layer.axis if layer.axis >= 0 else len(layer.input.shape) + layer.axis
+
+    def add(self, z):
+        z = keras.ops.convert_to_numpy(z).astype("float64")
+        z = np.moveaxis(z, self.axis, -1).reshape(-1, z.shape[self.axis])
+        self.total = self.total + z.sum(0)
+        self.total_sq = self.total_sq + (z * z).sum(0)
+        self.rows += z.shape[0]
+
+    def assign(self):
+        mean = self.total / self.rows
+        var = np.maximum(self.total_sq / self.rows - mean * mean, 0.0)
+        self.layer.moving_mean.assign(mean.astype("float32"))
+        self.layer.moving_variance.assign(var.astype("float32"))
+
+
+def _recalibrate_in_one_pass(fn, layers, inputs):
+    def hooked(layer):
+        original = layer.call
+
+        def call(z, *args, **kwargs):
+            stats = _MomentSums(layer)
+            stats.add(z)
+            stats.assign()
+            return original(z, *args, **kwargs)
+
+        return call
+
+    try:
+        for layer in layers:  # an instance attribute, removed below: the class is untouched
+            object.__setattr__(layer, "call", hooked(layer))
+        fn(inputs if len(inputs) > 1 else inputs[0], training=False)
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("call", None)
+
+
+class BatchNormCalibrator:
+    """Exact BN statistics of a fixed-size sample, again and again, in one compiled pass.
+
+    What :func:`recalibrate_batchnorm` does for a sample that fits one batch, for a caller
+    that recalibrates often (``DNASCallback`` before every validation): the forward pass is
+    Keras' compiled ``predict_on_batch`` of a model sharing ``model``'s layers, traced once,
+    so each later call costs one inference pass instead of an eager one (an eager pass through
+    masked layers costs several times a validation of a small model). Each BN sets its
+    moving statistics to the moments of its input over the sample (float32
+    ``keras.ops.moments``; the float64 sums of :func:`recalibrate_batchnorm` differ in the
+    last bits) as the pass reaches it.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_dnas as kd
+    >>> from keras_dnas.freeze import BatchNormCalibrator
+    >>> x = np.random.rand(32, 8, 8, 1).astype("float32")
+    >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+    ...                       keras.layers.BatchNormalization()])
+    >>> BatchNormCalibrator(m)(x)
+    1
+    """
+
+    def __init__(self, model):
+        fn = walk.functional_of(model)
+        self.layers = [layer for layer in fn.layers if isinstance(layer, L.BatchNormalization)]
+        for layer in self.layers:
+            if _keras.inbound_node_count(layer) != 1:
+                raise ValueError(f"BatchNormalization '{layer.name}' is shared by several "
+                                 "calls; its statistics cannot be recalibrated per call.")
+        self._pass = keras.Model(fn.inputs, fn.outputs, name=f"{fn.name}_bn_calibration")
+
+    def __call__(self, x):
+        """Set the statistics on ``x`` (all of it is one batch); returns the BN count."""
+        def hooked(layer):
+            original = layer.call
+            rank = len(layer.input.shape)
+            axis = layer.axis if layer.axis >= 0 else rank + layer.axis
+            axes = [a for a in range(rank) if a != axis]
+
+            def call(z, *args, **kwargs):
+                mean, var = keras.ops.moments(z, axes=axes)
+                layer.moving_mean.assign(keras.ops.cast(mean, layer.moving_mean.dtype))
+                layer.moving_variance.assign(keras.ops.cast(var, layer.moving_variance.dtype))
+                return original(z, *args, **kwargs)
+
+            return call
+
+        if not self.layers:
+            return 0
+        try:  # the hooks are traced into the pass's compiled function on its first call
+            for layer in self.layers:
+                object.__setattr__(layer, "call", hooked(layer))
+            self._pass.predict_on_batch(x)
+        finally:
+            for layer in self.layers:
+                layer.__dict__.pop("call", None)
+        return len(self.layers)
