@@ -19,8 +19,9 @@ import keras_dnas as kd
 from keras_dnas import targets
 from keras_dnas.costs import arena
 from keras_dnas.costs import model as cost_model
-from keras_dnas.export._flatbuffer import read_tflite
-from keras_dnas.costs.memory import MemoryModel
+from keras_dnas.graph import counts as counts_lib
+from keras_dnas._flatbuffer import read_tflite
+from keras_dnas.memory import MemoryModel
 from keras_dnas.freeze import rebuild_with
 from tests import toys
 
@@ -52,7 +53,7 @@ def case(name):
     non_zero(searchable)
     toys.close_random_masks(searchable, seed=1, keep=0.5)
     memory = MemoryModel.from_model(searchable, pointer_bytes=HOST)
-    counts = cost_model.hard_counts(searchable, memory.plan)
+    counts = counts_lib.hard_counts(searchable, memory.plan)
     frozen = kd.freeze(searchable)
     rep = np.random.default_rng(0).normal(size=(8,) + tuple(frozen.inputs[0].shape[1:]))
     tflite = kd.export.to_tflite(frozen, representative_data=rep.astype("float32"))
@@ -145,7 +146,7 @@ def test_soft_costs_have_gradients_for_the_masks(name):
     model, memory = c["searchable"], c["memory"]
     variables = kd.masks.mask_variables(model)
     with tf.GradientTape(persistent=True) as tape:
-        counts = cost_model.soft_counts(model, memory.plan)
+        counts = counts_lib.soft_counts(model, memory.plan)
         ram = memory.ram(counts, exact=False)
         flash = memory.flash(counts)
     # Forward values are the hard ones.
@@ -259,7 +260,7 @@ def any_graph_case(name, seed=1):
     non_zero(searchable)
     toys.close_random_masks(searchable, seed=seed, keep=0.5)
     memory = MemoryModel.from_model(searchable, pointer_bytes=HOST)
-    counts = cost_model.hard_counts(searchable, memory.plan)
+    counts = counts_lib.hard_counts(searchable, memory.plan)
     frozen = kd.freeze(searchable)
     tflite = converted(frozen)
     return dict(searchable=searchable, memory=memory, counts=counts, frozen=frozen,
@@ -346,8 +347,8 @@ def test_generic_weights_keep_every_bias_of_a_deep_network():
     layer after layer, deep int32 biases quantise to zero and the converter stores those once
     (EfficientNetB0 flash was 1.55 % low). The conversion copy's kernels are fan-in scaled:
     every bias of the converted copy is non-zero."""
-    from keras_dnas.costs.memory import _generic_weights
-    from keras_dnas.export._flatbuffer import read_constant
+    from keras_dnas.memory import _generic_weights
+    from keras_dnas._flatbuffer import read_constant
 
     layers = [keras.Input((6, 6, 8))]
     for _ in range(12):
@@ -396,7 +397,7 @@ def test_flash_exact_when_frozen_has_the_rescaled_tensors(kind, alphas):
     for name, alpha in alphas.items():
         search.get_layer(name).dnas_alpha.assign(np.asarray(alpha, "float32"))
     memory = MemoryModel.from_model(search, pointer_bytes=4)
-    counts = cost_model.hard_counts(search, memory.plan)
+    counts = counts_lib.hard_counts(search, memory.plan)
     frozen = kd.freeze(search, verbose=0)
     rep = np.random.default_rng(1).normal(size=(8, 21, 4)).astype("float32")
     tflite = kd.export.to_tflite(frozen, representative_data=rep)

@@ -81,7 +81,7 @@ import numpy as np
 from keras import ops
 
 from keras_dnas.costs import arena
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 #: Flatbuffer bytes per output channel of a per-channel quantised tensor:
 #: a float32 scale and an int64 zero point.
@@ -469,7 +469,7 @@ class MemoryModel:
     Example:
 
     >>> import keras_dnas as kd
-    >>> from keras_dnas.costs.memory import MemoryModel
+    >>> from keras_dnas.memory import MemoryModel
     >>> model = kd.zoo.ds_cnn()
     >>> mem = MemoryModel.from_model(model, pointer_bytes=8)
     >>> full = [g.size for g in mem.plan.groups]
@@ -575,18 +575,18 @@ class MemoryModel:
     def _convert(model, plan, own_weights=False):
         """The int8 ``.tflite`` of ``model`` (own weights) or of its full-width structure with
         realistic weights."""
-        from keras_dnas import export
-        from keras_dnas.freeze import rebuild_with
+        from keras_dnas.export.convert import to_tflite
+        from keras_dnas.slicing import rebuild_with
 
         rng = np.random.default_rng(0)
         rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
         rep = rep[0] if len(rep) == 1 else rep
         if own_weights:
-            return export.to_tflite(model, representative_data=rep)
+            return to_tflite(model, representative_data=rep)
         keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
         structure = rebuild_with(model, plan, keep_full)
         _generic_weights(structure)
-        return export.to_tflite(structure, representative_data=rep)
+        return to_tflite(structure, representative_data=rep)
 
     # ----------------------------------------------------------------- exact
     def scaled_model(self, counts):

@@ -1,0 +1,28 @@
+"""Channel counts of a searchable model's masks, one per ChannelPlan group.
+
+The bridge from Keras layers to the cost functions, which see these counts only: Keras tensors
+(straight-through soft counts, differentiable) during the search, Python ints to certify.
+"""
+
+from keras import ops
+
+from keras_dnas import masks
+from keras_dnas.graph import walk
+
+
+def group_owners(model, plan):
+    """Layer holding each searchable group's mask (``None`` for frozen groups)."""
+    by_name = {layer.name: layer for layer in walk.functional_of(model).layers}
+    return [None if g.frozen else by_name[g.leader] for g in plan.groups]
+
+
+def soft_counts(model, plan):
+    """Differentiable channel counts (forward value = the hard count)."""
+    return [g.size if owner is None else ops.sum(masks.owner_gate(owner))
+            for g, owner in zip(plan.groups, group_owners(model, plan))]
+
+
+def hard_counts(model, plan):
+    """Integer channel counts of the current masks."""
+    return [g.size if owner is None else int(masks.hard_gate(owner.dnas_alpha).sum())
+            for g, owner in zip(plan.groups, group_owners(model, plan))]
