@@ -452,7 +452,7 @@ def test_depthwise_half_of_a_separable_conv_follows_its_input(kind):
     search.get_layer("a").dnas_alpha.assign(np.array([1, 1, 0, 0, 0, 0, 0, 0], "float32"))
     search.get_layer("b").dnas_alpha.assign(np.array([1, 1, 1, 1, 1, 1, 0, 0], "float32"))
     memory = MemoryModel.from_model(search, pointer_bytes=HOST)
-    counts = cost_model.hard_counts(search, memory.plan)
+    counts = counts_lib.hard_counts(search, memory.plan)
     scaled = memory.scaled_model(counts)
     depthwise = [op for op in scaled.operators if op.name == "DEPTHWISE_CONV_2D"]
     assert [scaled.tensors[op.outputs[0]].shape[-1] for op in depthwise] == [2]
@@ -486,7 +486,7 @@ def test_zero_biases_are_stored_once_per_width():
     memory = MemoryModel.from_model(search, pointer_bytes=HOST)
     full = [g.size for g in memory.plan.groups]
     assert memory.flash(full) == len(memory.full_bytes)
-    counts = cost_model.hard_counts(search, memory.plan)
+    counts = counts_lib.hard_counts(search, memory.plan)
     tflite = converted(kd.freeze(search, verbose=0))
     assert abs(memory.flash(counts) - len(tflite)) <= 32, (memory.flash(counts), len(tflite))
     as_tensors = [keras.ops.convert_to_tensor(float(n)) for n in counts]
