@@ -123,9 +123,9 @@ def child(variant, task_name, point, profile=None):
             memory = memory_lib.MemoryModel.from_model(search, target=target)
         seed = CostModel(memory.plan if hasattr(memory, "plan") else kd.graph.analyze(
             search, masked_only=True), target, memory=memory)
-        full = seed.evaluate(seed.full_counts(), ["flash", "ram", "latency_ms"])
-        budgets = {"flash": int(flash_f * float(full["flash"])),
-                   "ram": int(ram_f * float(full["ram"])),
+        full = seed.evaluate(seed.full_counts(), ["flash_bytes", "ram_bytes", "latency_ms"])
+        budgets = {"flash_bytes": int(flash_f * float(full["flash_bytes"])),
+                   "ram_bytes": int(ram_f * float(full["ram_bytes"])),
                    "latency_ms": latency_f * float(full["latency_ms"])}
         with clock("search"):
             cb = kd.DNASCallback(target, budgets=budgets, calibration_data=x, verbose=0)
