@@ -11,6 +11,7 @@ from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample
 from keras_dnas.graph import walk
 from keras_dnas.report.format import fmt_quantity
 from keras_dnas.slicing import kept_channels, rebuild_with
+from keras_dnas.vocabulary import canonical
 
 L = keras.layers
 
@@ -90,7 +91,7 @@ def project(model, cost_model, budgets, plan=None, keep=None):
             trial = list(counts)
             for g in subset:
                 trial[g] -= step[g]
-            return ram_now - evaluate(trial, ["ram"])["ram"]
+            return ram_now - evaluate(trial, ["ram_bytes"])["ram_bytes"]
 
         found, joint = {}, []
         todo = [(list(groups), drop_of(groups))] if groups else []
@@ -122,8 +123,8 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     while violation(costs, budgets) > 0:
         failing = [b for b in budgets if not b.holds(costs[b.metric])]
         wanted = [b.metric for b in failing]
-        cheap = [m for m in wanted if m != "ram"]
-        ram_failing = "ram" in wanted
+        cheap = [m for m in wanted if m != "ram_bytes"]
+        ram_failing = "ram_bytes" in wanted
         now = violation(costs, failing)
         floor = 2 if any(counts[g] > 2 for g in theta) else 1
         groups = [g for g in theta if counts[g] > floor]
@@ -145,14 +146,14 @@ def project(model, cost_model, budgets, plan=None, keep=None):
                 trial[g] -= step[g]
                 values[g] = evaluate(trial, cheap)
             if ram_failing:
-                drops, together = ram_drops(list(step), step, costs["ram"])
+                drops, together = ram_drops(list(step), step, costs["ram_bytes"])
                 for g in step:
-                    values[g]["ram"] = costs["ram"] - drops.get(g, 0.0)
+                    values[g]["ram_bytes"] = costs["ram_bytes"] - drops.get(g, 0.0)
                 if all(v == 1 for v in step.values()):
                     for subset, drop in together:
                         t = {m: costs[m] - sum(costs[m] - values[g][m] for g in subset)
                              for m in cheap}
-                        t["ram"] = costs["ram"] - drop
+                        t["ram_bytes"] = costs["ram_bytes"] - drop
                         joint.append((subset, now - violation(t, failing)))
             return values, {g: (now - violation(values[g], failing)) / step[g] for g in step}
 
@@ -201,7 +202,7 @@ def project(model, cost_model, budgets, plan=None, keep=None):
                 trial = list(counts)
                 trial[g] -= 1
                 shrink[g] = max(1e-12, sum(
-                    ((mass_now - float(cost_model.memory.ram_mass(trial))) if b.metric == "ram"
+                    ((mass_now - float(cost_model.memory.ram_mass(trial))) if b.metric == "ram_bytes"
                      else (costs[b.metric] - one[g][b.metric])) / b.limit for b in failing))
             chosen = [(g, int(c)) for _, g, c in sorted(
                 ((theta[g][c] + 1e-9) / shrink[g], g, int(c)) for g in saved
@@ -347,8 +348,8 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
     if found is not None:
         keep, costs = found
     # 3. single channels, cheapest first, several per exact evaluation (see the docstring)
-    cheap = [b for b in budgets if b.metric != "ram"]
-    ram = next((b for b in budgets if b.metric == "ram"), None)
+    cheap = [b for b in budgets if b.metric != "ram_bytes"]
+    ram = next((b for b in budgets if b.metric == "ram_bytes"), None)
     full = set()  # groups whose next channel breaks a budget other than RAM: these costs only
     while True:   # grow with channels, so such a group never fits again
         counts = {g: int(keep[g].sum()) for g in order}
@@ -366,8 +367,8 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
             trials[g] = t_costs
         if ram is not None and trials:
             for g, rise in _ram_rises(cost_model, keep, with_counts, counts, list(trials),
-                                      costs["ram"]).items():
-                trials[g]["ram"] = costs["ram"] + rise
+                                      costs["ram_bytes"]).items():
+                trials[g]["ram_bytes"] = costs["ram_bytes"] + rise
         cands = []
         for g, t_costs in trials.items():
             if not holds(t_costs):
@@ -418,7 +419,7 @@ def _ram_rises(cost_model, keep, with_counts, counts, groups, ram_now):
     while stack:
         subset = stack.pop()
         trial = with_counts({g: counts[g] + 1 for g in subset})
-        rise = float(_number(cost_model.evaluate(_counts(trial), ["ram"])["ram"])) - ram_now
+        rise = float(_number(cost_model.evaluate(_counts(trial), ["ram_bytes"])["ram_bytes"])) - ram_now
         if rise <= 0:
             continue
         if len(subset) == 1:
@@ -514,6 +515,8 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     searched_target = search.get("target")
     target = target if target is not None else searched_target
     budgets = budgets if budgets is not None else search.get("budgets")
+    if budgets:  # an old metric spelling ("ram") warns here, once
+        budgets = {canonical(m): b for m, b in budgets.items()}
     if memory is None and target is not None and searched_target is not None \
             and _target_name(target) == _target_name(searched_target):
         memory = search.get("memory")  # same architecture, same target: reuse
@@ -532,7 +535,7 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
 
         offline.check_arena_plan(arena_plan)
         if arena_plan == "offline" and memory is None and target is not None and set(
-                budgets) & {"flash", "ram"}:
+                budgets) & {"flash_bytes", "ram_bytes"}:
             from keras_dnas import memory as memory_lib
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
@@ -588,7 +591,7 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     if target is None:
         raise ValueError("freeze(..., budgets=...) needs target= to evaluate the budgets.")
     budgets = [b if isinstance(b, Budget) else Budget(m, b) for m, b in budgets.items()]
-    if memory is None and {b.metric for b in budgets} & {"flash", "ram"}:
+    if memory is None and {b.metric for b in budgets} & {"flash_bytes", "ram_bytes"}:
         from keras_dnas import memory as memory_lib
 
         memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
@@ -599,7 +602,7 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     if fill:
         keep, added, costs = grow(model, cost_model, budgets, plan=plan, keep=keep)
     flash_source = None
-    if "flash" in costs:
+    if "flash_bytes" in costs:
         keep, costs, more, flash_source = _verify_flash(model, plan, keep, costs, budgets,
                                                         cost_model)
         removed += more
@@ -607,12 +610,13 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     rows = [{"metric": b.metric, "limit": b.limit, "value": costs[b.metric],
              "unit": METRICS[b.metric], "holds": b.holds(costs[b.metric])} for b in budgets]
     certificate = {"target": cost_model.target.name, "budgets": rows,
+                   "target_config": cost_model.target.to_dict(),
                    "removed_channels": [{"layer": n, "channel": c} for n, c in removed],
                    "added_channels": [{"layer": n, "channel": c} for n, c in added],
                    "all_hold": all(r["holds"] for r in rows)}
     if flash_source:
         certificate["flash_source"] = flash_source
-        if flash_source.startswith("int8") and "ram" in costs and \
+        if flash_source.startswith("int8") and "ram_bytes" in costs and \
                 getattr(cost_model.memory, "pointer_bytes", None):
             certificate["ram_source"] = ("TFLite Micro planner replay of the frozen model's "
                                          "int8 conversion")
@@ -659,15 +663,16 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4):
     if len(frozen.inputs) != 1 or any(d is None for d in shape):
         return keep, costs, [], "flash model (input shape not fixed: not converted)"
     pointer_bytes = getattr(cost_model.memory, "pointer_bytes", None)
-    metrics = ["flash"] + (["ram"] if "ram" in costs and pointer_bytes else [])
+    metrics = ["flash_bytes"] + (["ram_bytes"] if "ram_bytes" in costs and pointer_bytes else [])
     checked = [b for b in budgets if b.metric in metrics]
     x = np.random.default_rng(0).normal(size=(8,) + shape).astype("float32")
 
     def measured(frozen):
         blob = to_tflite(frozen, representative_data=x)
-        values = {"flash": float(len(blob))}
-        if "ram" in metrics:
-            values["ram"] = float(arena.tflite_arena(blob, pointer_bytes=pointer_bytes)["total"])
+        values = {"flash_bytes": float(len(blob))}
+        if "ram_bytes" in metrics:
+            values["ram_bytes"] = float(
+                arena.tflite_arena(blob, pointer_bytes=pointer_bytes)["total"])
         return values
 
     removed, working = [], list(budgets)
