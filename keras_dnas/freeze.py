@@ -743,7 +743,8 @@ def recalibrate_batchnorm(model, x, batch_size=256):
         stats = _MomentSums(layer)
         for start in range(0, n, batch_size):
             batch = [a[start:start + batch_size] for a in inputs]
-            stats.add(probe(batch if len(batch) > 1 else batch[0], training=False))
+            # compiled (traced once per probe): an eager pass costs more than the tracing
+            stats.add(probe.predict_on_batch(batch if len(batch) > 1 else batch[0]))
         stats.assign()
     return len(layers)
 
