@@ -82,9 +82,8 @@ def summarise(results, roles):
     per_role = {r: {"graphs": 0, "failed": 0, "classes": defaultdict(int)} for r in roles}
     skipped = defaultdict(int)
     for r in results:
-        for check, why in r.get("skipped", {}).items():
+        for check in r.get("skipped", {}):
             skipped[check] += 1
-            skipped[f"{check}: {why.split(':')[0]}"] += 1  # not applicable, by reason
         for role in r.get("used", []):
             per_role[role]["graphs"] += 1
             per_role[role]["failed"] += bool(r["failures"])
@@ -104,6 +103,15 @@ def summarise(results, roles):
     return dict(sorted(classes.items(), key=lambda kv: -kv[1]["count"])), per_role, dict(skipped)
 
 
+def not_applicable(results):
+    """Graphs whose check was not applicable, by check and reason (the text before ':')."""
+    counts = defaultdict(int)
+    for r in results:
+        for check, why in r.get("skipped", {}).items():
+            counts[f"{check}: {why.split(':')[0]}"] += 1
+    return dict(sorted(counts.items()))
+
+
 def _print(report):
     print(f"\n{report['graphs']} graphs, {report['graphs_failed']} with failures; "
           f"{report['wall_s']:.0f} s wall ({report['graphs_per_minute_wall']} graphs/min), "
@@ -111,7 +119,7 @@ def _print(report):
           f"graphs per CPU-minute); check d not comparable (operators differ) on "
           f"{report['check_d_skipped_structure_differs']}")
     print("Not applicable (graphs, by check and reason): " + ", ".join(
-        f"{k} {v}" for k, v in sorted(report.get("not_applicable", {}).items()) if ":" in k))
+        f"{k} {v}" for k, v in report.get("not_applicable", {}).items()))
     print("\nFailure classes (graphs, smallest example seed):")
     for name, c in report["failure_classes"].items():
         print(f"  {c['count']:4d}  seed {c['example']['seed']:<6} {name}")
@@ -143,8 +151,9 @@ def main(argv=None):
         with open(args.summarise) as f:
             report = json.load(f)
         classes, per_role, skipped = summarise(report["results"], fz.ALL_ROLES)
-        report.update(failure_classes=classes, per_role=per_role, not_applicable=skipped,
-                      check_d_skipped_structure_differs=skipped.get("d: operators differ", 0))
+        na = not_applicable(report["results"])
+        report.update(failure_classes=classes, per_role=per_role, not_applicable=na,
+                      check_d_skipped_structure_differs=na.get("d: operators differ", 0))
         _print(report)
         with open(args.summarise, "w") as f:
             json.dump(report, f, indent=1)
@@ -195,8 +204,9 @@ def main(argv=None):
         "wall_s": round(wall, 1), "worker_cpu_s": round(cpu, 1),
         "graphs_per_minute_wall": round(60 * len(results) / wall, 2) if wall else None,
         "graphs_per_minute_cpu": round(60 * len(results) / cpu, 2) if cpu else None,
-        "check_d_skipped_structure_differs": skipped.get("d: operators differ", 0),
-        "not_applicable": skipped,
+        "check_d_skipped_structure_differs": not_applicable(results).get(
+            "d: operators differ", 0),
+        "not_applicable": not_applicable(results),
         "failure_classes": classes, "per_role": per_role, "results": results,
     }
     _print(report)

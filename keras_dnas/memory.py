@@ -44,7 +44,7 @@ graph is the estimate the search uses (tens of bytes of flash on the models of
 ``tests/test_memory_model.py``), and ``kd.freeze`` certifies flash, and RAM with it, on the
 conversion of the frozen model itself. Measured with ``benchmarks/memory_applications.py`` on
 random frozen models (arena head exact on all three): MobileNetV2 +36 B, EfficientNetB0
-+132 B, DenseNet121 +10,376 B (+0.42 %, measured before the zero vectors were modelled).
++132 B, DenseNet121 +0 B (+10,376 B, +0.42 %, before the zero vectors were modelled).
 Which constants are *equal* can also depend on the weights (a 1-element int8 kernel is +-127
 by its weight's sign, and equal ones are stored once): the search-time value is then an
 estimate too (fuzzer: 16-32 B on small graphs).
