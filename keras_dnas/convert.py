@@ -45,7 +45,7 @@ class SearchableModel(keras.Model):
             masks.exclude_from_weight_decay(self.optimizer)
 
 
-def prepare(model, exclude=None):
+def prepare(model, exclude=None, alternatives=None):
     """A searchable copy of ``model``: masked Conv/Dense layers, tied channel masks.
 
     Every Conv1D/Conv2D/Dense that reads or writes a searchable channel group
@@ -76,6 +76,14 @@ def prepare(model, exclude=None):
             (``search.layers``); the name of a sub-model keeps that whole
             sub-model as one opaque, nested block (not searched, not
             flattened, so the frozen model contains it too).
+        alternatives: path-based search (``kd.layers.Choice`` blocks) on top of the
+            channels: ``"paper_b"`` (every conv + BatchNormalization (+ activation) block
+            becomes a choice of the block itself, a 5x5 kernel, a depthwise-separable
+            block and, where shapes allow, identity; see :mod:`keras_dnas.choices`), or
+            ``fn(layer) -> list | None`` giving the alternatives of a layer (Keras
+            layers, Sequential / Functional blocks or ``"identity"``; the layer itself
+            may be one of them and keeps its weights). The first alternative starts as
+            the argmax, so put the layer itself first to start from the seed.
 
     Returns:
         A :class:`SearchableModel`.
@@ -99,6 +107,15 @@ def prepare(model, exclude=None):
         raise ValueError(f"prepare() expects a keras.Model. Received: {type(model).__name__}")
     exclude = set(exclude or ())
     model = walk.flatten(model, keep=exclude)
+    if alternatives is not None:
+        from keras_dnas import choices
+
+        model, n_blocks = choices.add_choices(model, alternatives)
+        if not n_blocks:
+            warnings.warn(f"kd.prepare(alternatives={alternatives!r}): no layer of model "
+                          f"'{model.name}' got alternatives (no eligible conv block); only "
+                          "channels are searched.", stacklevel=2)
+        model = walk.flatten(model, keep=exclude)
     plan = analyze(model, exclude=exclude)
     searchable = {g.id for g in plan.searchable_groups()}
     to_mask = set()

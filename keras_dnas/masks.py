@@ -20,6 +20,12 @@ from keras import ops
 ALPHA_NAME = "dnas_alpha"
 """Name of every channel-mask variable (``layer_name/dnas_alpha``)."""
 
+CHOICE_NAME = "dnas_choice"
+"""Name of every choice-block logit vector (``block_name/dnas_choice``)."""
+
+SEARCH_VARIABLE_NAMES = (ALPHA_NAME, CHOICE_NAME)
+"""Variables the search trains (no weight decay, frozen during warm-up, own learning rate)."""
+
 THRESHOLD = 0.5
 """A channel is kept while ``|alpha| > THRESHOLD``."""
 
@@ -180,8 +186,22 @@ def mask_variables(model, trainable_only=True):
     return out
 
 
+def is_search_variable(variable):
+    """Whether ``variable`` is one the search trains (a name in :data:`SEARCH_VARIABLE_NAMES`).
+
+    Example:
+
+    >>> import keras
+    >>> from keras_dnas import masks
+    >>> masks.is_search_variable(keras.Variable([0.0, 0.0], name="dnas_choice"))
+    True
+    """
+    name = getattr(variable, "name", "") or ""
+    return any(n in name for n in SEARCH_VARIABLE_NAMES)
+
+
 def exclude_from_weight_decay(optimizer):
-    """Keep ``optimizer``'s weight decay off every mask variable.
+    """Keep ``optimizer``'s weight decay off every mask and choice variable.
 
     Keeps any exclusions the user configured before. ``kd.SearchableModel``
     calls it in ``compile`` and ``kd.DNASCallback`` at the start of training.
@@ -196,7 +216,7 @@ def exclude_from_weight_decay(optimizer):
     """
     previous_ids = set(getattr(optimizer, "_exclude_from_weight_decay", set()) or set())
     pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
-    names = [ALPHA_NAME] if pattern is None else [ALPHA_NAME, pattern.pattern]
+    names = list(SEARCH_VARIABLE_NAMES) + ([] if pattern is None else [pattern.pattern])
     optimizer.exclude_from_weight_decay(var_names=names)
     optimizer._exclude_from_weight_decay = previous_ids
     return optimizer

@@ -4,6 +4,12 @@ Counts are one entry per channel group: Keras tensors (straight-through soft
 counts, differentiable) during the search, Python ints for certification. The
 same functions serve both, so the hard value of a searchable model equals the
 exact value of its frozen model.
+
+A plan with choice blocks (``plan.choices``) takes one more entry per block after
+the groups: the weight of each alternative (its probability during the search, the
+one-hot of the argmax for exact values). Every layer inside an alternative counts
+with that weight, so params, MACs, latency and energy are the probability-weighted
+sums over the alternatives, and exactly the chosen alternative's at a one-hot.
 """
 
 import numpy as np
@@ -23,16 +29,38 @@ def view_count(view, counts):
 
 
 def layer_records(plan, counts):
-    """Per layer call: dict(name, op, geometry, cin, cout) with effective counts."""
+    """Per layer call: dict(name, op, geometry, cin, cout, weight) with effective counts.
+
+    ``weight`` is 1, or for a layer inside a choice block its alternative's weight.
+    """
+    inside = plan.choice_of() if plan.choices else {}
     records = []
     for info in plan.layers:
         cin = view_count(info.inputs[0], counts) if info.inputs else 0
         cout = view_count(info.output, counts)
         if info.op == "depthwise":
             cin = cout
+        weight = 1
+        if info.name in inside:
+            b, j = inside[info.name]
+            weight = counts[len(plan.groups) + b][j]
         records.append({"name": info.name, "op": info.op, "geometry": info.geometry,
-                        "cin": cin, "cout": cout})
+                        "cin": cin, "cout": cout, "weight": weight})
     return records
+
+
+def _weighted(weight, value):
+    return value if isinstance(weight, int) and weight == 1 else weight * value
+
+
+def choice_layers(model, plan):
+    """The ``kd.layers.Choice`` merge layer of each choice block of ``plan``."""
+    by_name = {layer.name: layer for layer in walk.functional_of(model).layers}
+    return [by_name[block["name"]] for block in plan.choices]
+
+
+def one_hot(index, n):
+    return [1 if j == index else 0 for j in range(n)]
 
 
 def group_owners(model, plan):
@@ -42,15 +70,20 @@ def group_owners(model, plan):
 
 
 def soft_counts(model, plan):
-    """Differentiable channel counts (forward value = the hard count)."""
-    return [g.size if owner is None else ops.sum(masks.owner_gate(owner))
-            for g, owner in zip(plan.groups, group_owners(model, plan))]
+    """Differentiable channel counts (forward value = the hard count), then the
+    probabilities of each choice block's alternatives."""
+    counts = [g.size if owner is None else ops.sum(masks.owner_gate(owner))
+              for g, owner in zip(plan.groups, group_owners(model, plan))]
+    return counts + [c.probabilities() for c in choice_layers(model, plan)]
 
 
 def hard_counts(model, plan):
-    """Integer channel counts of the current masks."""
-    return [g.size if owner is None else int(masks.hard_gate(owner.dnas_alpha).sum())
-            for g, owner in zip(plan.groups, group_owners(model, plan))]
+    """Integer channel counts of the current masks, then the one-hot of each choice
+    block's argmax alternative."""
+    counts = [g.size if owner is None else int(masks.hard_gate(owner.dnas_alpha).sum())
+              for g, owner in zip(plan.groups, group_owners(model, plan))]
+    return counts + [one_hot(c.chosen(), len(block["alternatives"]))
+                     for c, block in zip(choice_layers(model, plan), plan.choices)]
 
 
 class CostModel:
@@ -87,11 +120,31 @@ class CostModel:
         return first
 
     def full_counts(self):
-        return [g.size for g in self.plan.groups]
+        """Every channel open (and the first alternative of each choice block)."""
+        return [g.size for g in self.plan.groups] + [
+            one_hot(0, len(block["alternatives"])) for block in self.plan.choices]
 
     def min_counts(self):
-        """Counts of the smallest reachable model: one channel per searchable group."""
-        return [g.size if g.frozen else 1 for g in self.plan.groups]
+        """Counts of the smallest reachable model: one channel per searchable group (and, in
+        each choice block, the alternative with the fewest MACs there, fewest params on ties)."""
+        counts = [g.size if g.frozen else 1 for g in self.plan.groups]
+        if not self.plan.choices:
+            return counts
+        records = layer_records(self.plan, counts + [
+            [1] * len(block["alternatives"]) for block in self.plan.choices])
+        by_name = {}
+        for r in records:
+            by_name.setdefault(r["name"], r)
+
+        def cost(names):
+            rs = [by_name[n] for n in names if n in by_name]
+            return (sum(compute.macs(r["op"], r["geometry"], r["cin"], r["cout"]) for r in rs),
+                    sum(compute.params(r["op"], r["geometry"], r["cin"], r["cout"]) for r in rs))
+
+        for block in self.plan.choices:
+            costs = [cost(names) for names in block["alternatives"]]
+            counts.append(one_hot(costs.index(min(costs)), len(costs)))
+        return counts
 
     def available(self):
         names = ["params", "macs", "latency_cycles", "latency_ms", "energy_uj"]
@@ -111,14 +164,19 @@ class CostModel:
         out = {}
         for m in metrics:
             if m == "params":
-                out[m] = _sum(compute.params(r["op"], r["geometry"], r["cin"], r["cout"])
-                              for r, first in zip(records, self._seen) if first)
+                out[m] = _sum(_weighted(r["weight"], compute.params(
+                    r["op"], r["geometry"], r["cin"], r["cout"]))
+                    for r, first in zip(records, self._seen) if first)
             elif m == "macs":
-                out[m] = _sum(compute.macs(r["op"], r["geometry"], r["cin"], r["cout"])
-                              for r in records)
+                out[m] = _sum(_weighted(r["weight"], compute.macs(
+                    r["op"], r["geometry"], r["cin"], r["cout"])) for r in records)
             elif m in ("latency_cycles", "latency_ms", "energy_uj"):
-                if "_cycles" not in out:
+                if "_cycles" not in out and not self.plan.choices:
                     out["_cycles"] = latency.model_cycles(records, self.target)
+                elif "_cycles" not in out:
+                    out["_cycles"] = _sum(_weighted(r["weight"], latency.layer_cycles(
+                        r["op"], r["geometry"], r["cin"], r["cout"], self.target))
+                        for r in records)
                 cycles = out["_cycles"]
                 out[m] = {"latency_cycles": cycles,
                           "latency_ms": latency.cycles_to_ms(cycles, self.target),

@@ -104,6 +104,10 @@ class DNASCallback(keras.callbacks.Callback):
             drawn with a fixed seed, set BatchNormalization statistics
             before each validation and in :func:`keras_dnas.freeze`. Without
             it, validation uses the lagging moving averages.
+        choice_temperature: ``(start, end)`` temperature of the ``kd.layers.Choice``
+            blocks, annealed geometrically over the search epochs (a variable: no
+            retracing). Costs weight the alternatives by ``softmax(logits / T)``, so at a
+            low final temperature they approach the argmax alternative's exact costs.
         arena_plan: ``"tflm"`` (default) budgets RAM with TFLite Micro's own arena layout;
             ``"offline"`` with the plan ``kd.export.to_tflite(..., arena_plan="offline")``
             writes (the soft RAM term is the liveness bound that plan reaches).
@@ -133,7 +137,8 @@ class DNASCallback(keras.callbacks.Callback):
     def __init__(self, target, budgets=None, objectives=None, warmup_epochs=0, monitor=None,
                  restore_best_weights=True, stop_when_feasible=None, margin=0.02,
                  mask_lr_multiplier=10.0, bn_momentum=0.9, centred_gradients=True, memory=None,
-                 calibration_data=None, verbose=1, arena_plan="tflm"):
+                 calibration_data=None, verbose=1, arena_plan="tflm",
+                 choice_temperature=(1.0, 0.1)):
         super().__init__()
         self.target = targets.get(target)
         self._budgets_arg = budgets
@@ -163,6 +168,11 @@ class DNASCallback(keras.callbacks.Callback):
                              f"bn_momentum={bn_momentum!r}")
         self.bn_momentum = bn_momentum
         self.centred_gradients = bool(centred_gradients)
+        if not (isinstance(choice_temperature, (tuple, list)) and len(choice_temperature) == 2
+                and all(isinstance(t, (int, float)) and t > 0 for t in choice_temperature)):
+            raise ValueError("choice_temperature must be (start, end) with both > 0. "
+                             f"Received: choice_temperature={choice_temperature!r}")
+        self.choice_temperature = tuple(float(t) for t in choice_temperature)
         self.memory = memory
         from keras_dnas.export import offline
 
@@ -202,7 +212,11 @@ class DNASCallback(keras.callbacks.Callback):
                 "groups)."
             )
         memory = self.memory
-        if memory is None and self._needs_memory():
+        if memory is None and self._needs_memory() and plan.choices:
+            from keras_dnas.costs.choice import ChoiceMemory
+
+            memory = ChoiceMemory.from_model(model, plan, target=self.target)
+        elif memory is None and self._needs_memory():
             from keras_dnas.costs import memory as memory_lib
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=self.target)
@@ -242,6 +256,13 @@ class DNASCallback(keras.callbacks.Callback):
         for owner in self._owners:
             object.__setattr__(owner, "_dnas_grad_scale", self._grad_scale)
             object.__setattr__(owner, "_dnas_centred", self.centred_gradients)
+        # choice blocks: logits frozen during warm-up like the masks; annealed temperature
+        self._choices = cost_model.choice_layers(model, plan)
+        self._temperature = keras.Variable(self.choice_temperature[0], trainable=False,
+                                           name="dnas_temperature")
+        for layer in self._choices:
+            object.__setattr__(layer, "_dnas_grad_scale", self._grad_scale)
+            object.__setattr__(layer, "_dnas_temperature", self._temperature)
         self._strengths = [keras.Variable(0.0, trainable=False, name=f"dnas_strength_{i}")
                            for i in range(len(self.objectives))]
         self._boost = [1.0] * len(self.objectives)
@@ -332,10 +353,21 @@ class DNASCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         searching = epoch >= self.warmup_epochs
         self._grad_scale.assign(1.0 if searching else 0.0)
+        self._temperature.assign(self.temperature_at(epoch))
         self._assign_strengths(epoch)
         self._penalty_sum.assign(0.0)
         self._penalty_steps.assign(0.0)
         self._train_penalty = None
+
+    def temperature_at(self, epoch):
+        """Choice temperature of ``epoch``: the start value during warm-up, then geometric
+        from start to end over the search epochs."""
+        start, end = self.choice_temperature
+        e = epoch - self.warmup_epochs
+        if e <= 0 or self._search_epochs <= 1:
+            return start
+        return start * (end / start) ** (min(e, self._search_epochs - 1)
+                                         / (self._search_epochs - 1))
 
     def on_train_batch_end(self, batch, logs=None):
         # Without warm-up, the first batch's task loss (no penalty yet) sets the strengths.
@@ -460,7 +492,7 @@ class DNASCallback(keras.callbacks.Callback):
         multiplier = self.mask_lr_multiplier
 
         def update_step(gradient, variable, learning_rate):
-            if masks.ALPHA_NAME in getattr(variable, "name", ""):
+            if masks.is_search_variable(variable):
                 learning_rate = learning_rate * multiplier
             return original(gradient, variable, learning_rate)
 
@@ -477,6 +509,9 @@ class DNASCallback(keras.callbacks.Callback):
         for owner in self._owners:
             owner.__dict__.pop("_dnas_grad_scale", None)
             owner.__dict__.pop("_dnas_centred", None)
+        for layer in self._choices:
+            layer.__dict__.pop("_dnas_grad_scale", None)
+            layer.__dict__.pop("_dnas_temperature", None)
         self.model.make_train_function(force=True)
         if getattr(self.model, "test_function", None) is not None:
             self.model.make_test_function(force=True)
