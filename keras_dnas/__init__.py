@@ -7,7 +7,7 @@ Example:
 >>> slim = kd.freeze(search)                   # plain Keras model, kept channels only
 """
 
-from keras_dnas import costs, datasets, export, graph, layers, masks, qat, report, search, targets, zoo
+from keras_dnas import choices, costs, datasets, export, graph, layers, masks, qat, report, search, targets, zoo
 from keras_dnas import freeze as freeze_lib
 from keras_dnas.convert import SearchableModel, prepare
 from keras_dnas.freeze import freeze, recalibrate_batchnorm
@@ -21,6 +21,7 @@ __all__ = [
     "DNASCallback",
     "Minimize",
     "SearchableModel",
+    "choices",
     "costs",
     "datasets",
     "export",

@@ -149,10 +149,10 @@ def add_choices(model, alternatives):
             blocks = []
             for i, layers in enumerate(pool):
                 block = _block_of(layers, tuple(x.shape), f"{chain[0].operation.name}_alt{i}")
-                if block == "identity" or tuple(block.output.shape) == y_shape:
+                if block == "identity" or tuple(block.outputs[0].shape) == y_shape:
                     blocks.append(block)
             if len(blocks) > 1:
-                replace[id(chain[0])] = ([id(n) for n in chain], blocks,
+                replace[id(chain[0].node)] = ([id(n.node) for n in chain], blocks,
                                          f"{chain[0].operation.name}_choice", pool[0])
     elif callable(alternatives):
         for gnode in walk.nodes(model):
@@ -172,7 +172,7 @@ def add_choices(model, alternatives):
             for i, a in enumerate(alts):
                 if a is op:  # the layer itself: a copy with its weights
                     alts[i] = kept = _clone(op)
-            replace[id(gnode)] = ([id(gnode)], alts, f"{op.name}_choice",
+            replace[id(gnode.node)] = ([id(gnode.node)], alts, f"{op.name}_choice",
                                   [kept] if kept is not None else None)
     else:
         raise ValueError("kd.prepare: alternatives= takes 'paper_b' or a callable "
@@ -186,16 +186,13 @@ def add_choices(model, alternatives):
         tensor_map[id(x)] = keras.Input(batch_shape=x.shape, dtype=x.dtype,
                                         name=walk.input_layer_name(x))
     originals = {}  # clone -> original, to copy weights
-    chain_end = {}
-    for ids, _, _, _ in replace.values():
-        chain_end[ids[0]] = ids[-1]
     nodes = walk.nodes(model)
-    by_id = {id(n): n for n in nodes}
+    by_id = {id(n.node): n for n in nodes}  # Keras nodes persist, GraphNode wrappers do not
     for gnode in nodes:
-        if id(gnode) in skip:
+        if id(gnode.node) in skip:
             continue
-        if id(gnode) in replace:
-            ids, alts, name, kept = replace[id(gnode)]
+        if id(gnode.node) in replace:
+            ids, alts, name, kept = replace[id(gnode.node)]
             skip.update(ids)
             x = tensor_map[id(gnode.inputs[0])]
             out = Choice(alts, name=name)(x)
@@ -231,11 +228,16 @@ def add_choices(model, alternatives):
 # ------------------------------------------------------------------------------------ freeze
 
 
-def collapse(model):
+def collapse(model, config=None):
     """A searchable model with only the argmax alternative of every Choice block.
 
     Masks carry over: a channel group that loses its leader (a layer of an alternative
     left out) takes the old leader's mask. Returns ``model`` itself when it has no Choice.
+
+    Args:
+        model: a searchable model.
+        config: optional alternative index per choice block (``plan.choices`` order)
+            instead of the argmax.
     """
     from keras_dnas.convert import SearchableModel, _copy_weights
     from keras_dnas.graph import analyze
@@ -245,12 +247,13 @@ def collapse(model):
         return model
 
     inside = plan.choice_of()
+    picked = {b["name"]: int(k) for b, k in zip(plan.choices, config)} if config else {}
 
     def replace(op):
         if is_choice(op):
-            k = op.chosen()
+            k = picked.get(op.name, op.chosen()) if picked else op.chosen()
             return lambda inputs, *args, **kwargs: inputs[k]
-        if isinstance(op, L.Identity) and getattr(op, "name", None) in inside:
+        if plain_class(op) is L.Identity and getattr(op, "name", None) in inside:
             return lambda x, *args, **kwargs: x  # an identity alternative leaves no layer
         if not isinstance(op, L.Layer):
             return op

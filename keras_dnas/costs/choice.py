@@ -8,19 +8,19 @@ layers its name scopes name (a tensor named by no alternative, or by several, be
 Counts are those of :class:`~keras_dnas.costs.model.CostModel`: one per group, then one weight
 vector per choice block (probabilities during the search, one-hot for exact values).
 
-- **flash**: the supernet's flash at the group counts, minus ``(1 - weight)`` times the bytes
-  of each alternative's constants (weights, biases, per-channel scales and zero points). The
-  operator and tensor tables of the alternatives left out (~100 B per operator) are not
-  subtracted, so the one-hot value slightly over-estimates the chosen structure's flash;
-- **RAM**: exact values replay TFLite Micro's planner on the supernet with the tensors of the
-  alternatives not chosen removed; the soft value is the liveness bound with every tensor of an
-  alternative weighted by its probability, plus the tail.
-
-These are search-time estimates. ``kd.freeze`` first keeps only the argmax alternatives and then
-certifies flash and RAM on that model's own conversion, like any searchable model.
+- **exact** values (integer counts, one-hot weights): those of the chosen structure itself, the
+  searchable model with only the chosen alternatives (:func:`keras_dnas.choices.collapse`),
+  through its own :class:`~keras_dnas.costs.memory.MemoryModel` (one more conversion per
+  distinct choice of alternatives, cached): exactly what ``kd.freeze`` certifies;
+- **soft** values (the search's penalty): flash is the supernet's at the group counts minus
+  ``(1 - weight)`` times the bytes of each alternative's constants (weights, biases,
+  per-channel scales and zero points); RAM is the liveness bound of the supernet's buffers with
+  every tensor of an alternative weighted by its probability, plus the tail. Both are shifted
+  by a constant so that they equal the exact value at the alternatives chosen when the model
+  is built and every channel open (operator and tensor tables and the merges' additions are
+  not modelled per alternative). Estimates, differentiable in the channel counts and the
+  probabilities; ``kd.freeze`` certifies on the chosen model's own conversion.
 """
-
-import dataclasses
 
 import numpy as np
 
@@ -53,12 +53,17 @@ class ChoiceMemory:
 
     Use :meth:`from_model`. Same interface as :class:`~keras_dnas.costs.memory.MemoryModel`
     (``flash(counts, exact)``, ``ram(counts, exact)``); ``base`` is the supernet's model.
+    ``ram_mass`` (used by ``kd.freeze``) is not provided: freeze certifies the chosen
+    structure with its own memory model.
     """
 
-    def __init__(self, plan, base):
+    def __init__(self, plan, base, model=None):
         self.plan = plan
         self.base = base
+        self.model = model
         self.pointer_bytes = base.pointer_bytes
+        self._exact = {}  # choice of alternatives -> (MemoryModel of that structure, group map)
+        self._offsets = {"flash": 0, "ram": 0}
         self.unattributed = base.unattributed
         names = plan.choice_of()
         self.owner = []  # (block, alternative) or None, per tensor of the supernet file
@@ -85,16 +90,76 @@ class ChoiceMemory:
             cache[key] = _convert_supernet(model, plan)
         if (key, pointer_bytes) not in cache:
             base = memory_lib.MemoryModel(plan, cache[key], pointer_bytes=pointer_bytes)
-            cache[(key, pointer_bytes)] = cls(plan, base)
+            found = cls(plan, base, model)
+            found._calibrate()
+            cache[(key, pointer_bytes)] = found
         return cache[(key, pointer_bytes)]
+
+    def _calibrate(self):
+        """Offsets making the soft values exact at the current choice, every channel open."""
+        from keras_dnas.choices import chosen
+
+        picked = chosen(self.model)
+        counts = [g.size for g in self.plan.groups] + [
+            [1 if j == picked[b["name"]] else 0 for j in range(len(b["alternatives"]))]
+            for b in self.plan.choices]
+        groups, weights = self._split(counts)
+        for metric in ("flash", "ram"):
+            exact = self._exact_value(metric, groups, weights)
+            soft = getattr(self, f"_soft_{metric}")(groups, weights)
+            self._offsets[metric] = exact - soft
 
     def _split(self, counts):
         n = len(self.plan.groups)
         return list(counts[:n]), list(counts[n:])
 
+    @staticmethod
+    def _hard(groups, weights):
+        ints = (int, np.integer)
+        return all(isinstance(c, ints) for c in groups) and all(
+            isinstance(w, (list, tuple)) and all(isinstance(v, ints) for v in w)
+            and sum(w) == 1 for w in weights)
+
+    def exact_memory(self, config):
+        """``(MemoryModel, group map)`` of the structure keeping alternative ``config[b]`` of
+        each block; the map gives, per group of that structure, the supernet group (or None)."""
+        config = tuple(int(k) for k in config)
+        if config not in self._exact:
+            from keras_dnas.choices import collapse
+
+            if self.model is None:
+                raise ValueError("ChoiceMemory needs the model (ChoiceMemory.from_model) for "
+                                 "exact values.")
+            kept = collapse(self.model, config)
+            kplan = kept.dnas_plan
+            mapping = []
+            for g in kplan.groups:
+                old = None
+                if not g.frozen:
+                    old = self.plan.layer(g.leader).output.segments[0]
+                    old = None if self.plan.groups[old].frozen else old
+                mapping.append(old)
+            memory = memory_lib.MemoryModel.from_model(kept, kplan,
+                                                       pointer_bytes=self.pointer_bytes)
+            self._exact[config] = (memory, mapping)
+        return self._exact[config]
+
+    def _exact_value(self, metric, groups, weights):
+        config = [int(np.argmax(w)) for w in weights]
+        memory, mapping = self.exact_memory(config)
+        counts = [g.size if old is None else int(groups[old])
+                  for g, old in zip(memory.plan.groups, mapping)]
+        return getattr(memory, metric)(counts, exact=True)
+
     def flash(self, counts, exact=True):
-        """Bytes of the int8 file: the supernet's minus the expected bytes left out."""
+        """Bytes of the int8 file: exact for a choice of alternatives (one-hot weights and
+        integer counts), else the supernet's minus the expected bytes left out."""
         groups, weights = self._split(counts)
+        if self._hard(groups, weights):
+            return self._exact_value("flash", groups, weights)
+        return self._soft_flash(groups, weights) + self._offsets["flash"]
+
+    def _soft_flash(self, groups, weights):
         total = self.base.flash(groups)
         for index, (b, j) in self._constants:
             w = weights[b][j]
@@ -110,17 +175,14 @@ class ChoiceMemory:
         return total
 
     def ram(self, counts, exact=True):
-        """Arena bytes: planner replay without the alternatives not chosen (one-hot weights),
-        or the liveness bound with each alternative's tensors weighted (soft)."""
+        """Arena bytes: the chosen structure's planner replay (one-hot weights, integer counts,
+        ``exact``), else the liveness bound with each alternative's tensors weighted."""
         groups, weights = self._split(counts)
-        if exact:
-            groups = [int(c) for c in groups]
-            model = self.base.scaled_model(groups)
-            tensors = [dataclasses.replace(t, shape=[0]) if owner is not None
-                       and not weights[owner[0]][owner[1]] else t
-                       for t, owner in zip(model.tensors, self.owner)]
-            model = dataclasses.replace(model, tensors=tensors)
-            return arena.tflite_arena(model, pointer_bytes=self.pointer_bytes)["total"]
+        if exact and self._hard(groups, weights):
+            return self._exact_value("ram", groups, weights)
+        return self._soft_ram(groups, weights) + self._offsets["ram"]
+
+    def _soft_ram(self, groups, weights):
         buffers = []
         for b in self.base._buffers:
             if b["kind"] != "tensor":
