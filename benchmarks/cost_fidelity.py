@@ -33,7 +33,7 @@ import keras  # noqa: E402
 
 import keras_dnas as kd  # noqa: E402
 from keras_dnas.costs import model as cost_model  # noqa: E402
-from keras_dnas.costs.memory import MemoryModel  # noqa: E402
+from keras_dnas.memory import MemoryModel  # noqa: E402
 
 ZOO = ("resnet8", "ds_cnn", "mobilenet_v1", "fc_autoencoder", "tcn")
 

@@ -35,7 +35,7 @@ import keras  # noqa: E402
 import keras_dnas as kd  # noqa: E402
 from keras_dnas.costs import arena  # noqa: E402
 from keras_dnas.costs import model as cost_model  # noqa: E402
-from keras_dnas.costs.memory import MemoryModel, _generic_weights  # noqa: E402
+from keras_dnas.memory import MemoryModel, _generic_weights  # noqa: E402
 
 MODELS = {
     "mnv2": lambda: keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35,

@@ -61,7 +61,7 @@ def parse_args(argv=None):
                    help="CSVs (comma-separated) of earlier runs with the same --seed: rows of the methods not "
                         "in --methods are copied from it (marked 'reused from' in the note)")
     p.add_argument("--no-memory", action="store_true",
-                   help="do not use keras_dnas.costs.memory even if present (params proxy)")
+                   help="do not use keras_dnas.memory even if present (params proxy)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--search-cost", action="store_true",
                    help="only the interleaved search-cost timing (seed training vs the whole "

@@ -9,7 +9,7 @@ Example:
 
 from keras_dnas import choices, costs, datasets, export, graph, layers, masks, qat, report, search, targets, zoo
 from keras_dnas import freeze as freeze_lib
-from keras_dnas.convert import SearchableModel, prepare
+from keras_dnas.prepare import SearchableModel, prepare
 from keras_dnas.freeze import freeze, recalibrate_batchnorm
 from keras_dnas.report import summary
 from keras_dnas.search import Budget, DNASCallback, Minimize

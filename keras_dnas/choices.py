@@ -239,7 +239,7 @@ def collapse(model, config=None):
         config: optional alternative index per choice block (``plan.choices`` order)
             instead of the argmax.
     """
-    from keras_dnas.convert import SearchableModel, _copy_weights
+    from keras_dnas.prepare import SearchableModel, _copy_weights
     from keras_dnas.graph import analyze
 
     plan = getattr(model, "dnas_plan", None) or analyze(model, masked_only=True)

@@ -629,7 +629,7 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
         offline.check_arena_plan(arena_plan)
         if arena_plan == "offline" and memory is None and target is not None and set(
                 budgets) & {"flash", "ram"}:
-            from keras_dnas.costs import memory as memory_lib
+            from keras_dnas import memory as memory_lib
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
         memory = offline.memory_for(memory, arena_plan)
@@ -725,7 +725,7 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
         raise ValueError("freeze(..., budgets=...) needs target= to evaluate the budgets.")
     budgets = [b if isinstance(b, Budget) else Budget(m, b) for m, b in budgets.items()]
     if memory is None and {b.metric for b in budgets} & {"flash", "ram"}:
-        from keras_dnas.costs import memory as memory_lib
+        from keras_dnas import memory as memory_lib
 
         memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
     cost_model = CostModel(plan, target, memory=memory)

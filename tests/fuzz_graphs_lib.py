@@ -453,9 +453,9 @@ def run_checks(graph, checks=CHECKS, mask_seed=None, alphas=None):
     """
     import keras_dnas as kd
     from keras_dnas.costs import arena
-    from keras_dnas.costs.memory import MemoryModel
+    from keras_dnas.memory import MemoryModel
     from keras_dnas.costs.model import hard_counts
-    from keras_dnas.export._flatbuffer import read_tflite
+    from keras_dnas._flatbuffer import read_tflite
 
     model = graph.model
     result = {"seed": graph.seed, "used": list(graph.used), "layers": len(model.layers),

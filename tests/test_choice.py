@@ -188,8 +188,8 @@ def test_costs_are_expectations_during_search():
 
 
 def test_flash_and_ram_exact_for_the_chosen_structure():
-    from keras_dnas.costs.choice import ChoiceMemory
-    from keras_dnas.costs.memory import _generic_weights
+    from keras_dnas.choice_memory import ChoiceMemory
+    from keras_dnas.memory import _generic_weights
 
     search = kd.prepare(choice_model())
     _generic_weights(search)  # distinct non-zero weights: the converter shares nothing

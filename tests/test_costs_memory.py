@@ -15,8 +15,9 @@ import pytest
 
 import keras
 
-from keras_dnas.costs import arena, flash
-from keras_dnas.export._flatbuffer import read_tflite
+from benchmarks._bench import flash_model as flash
+from keras_dnas.costs import arena
+from keras_dnas._flatbuffer import read_tflite
 
 L = keras.layers
 

@@ -21,7 +21,7 @@ import keras
 import keras_dnas as kd
 from keras_dnas import export as kx
 from keras_dnas.costs import arena
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 L = keras.layers
 

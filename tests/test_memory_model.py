@@ -19,8 +19,8 @@ import keras_dnas as kd
 from keras_dnas import targets
 from keras_dnas.costs import arena
 from keras_dnas.costs import model as cost_model
-from keras_dnas.export._flatbuffer import read_tflite
-from keras_dnas.costs.memory import MemoryModel
+from keras_dnas._flatbuffer import read_tflite
+from keras_dnas.memory import MemoryModel
 from keras_dnas.freeze import rebuild_with
 from tests import toys
 
@@ -346,8 +346,8 @@ def test_generic_weights_keep_every_bias_of_a_deep_network():
     layer after layer, deep int32 biases quantise to zero and the converter stores those once
     (EfficientNetB0 flash was 1.55 % low). The conversion copy's kernels are fan-in scaled:
     every bias of the converted copy is non-zero."""
-    from keras_dnas.costs.memory import _generic_weights
-    from keras_dnas.export._flatbuffer import read_constant
+    from keras_dnas.memory import _generic_weights
+    from keras_dnas._flatbuffer import read_constant
 
     layers = [keras.Input((6, 6, 8))]
     for _ in range(12):

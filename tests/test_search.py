@@ -312,7 +312,7 @@ def test_freeze_fills_the_budget_the_search_left_unused():
 
 
 def test_freeze_certifies_flash_by_conversion_even_if_the_flash_model_is_optimistic():
-    from keras_dnas.costs.memory import MemoryModel
+    from keras_dnas.memory import MemoryModel
 
     search = kd.prepare(toys.randomize_bn(toys.plain_cnn()))
     memory = MemoryModel.from_model(search, search.dnas_plan, target="stm32h743")

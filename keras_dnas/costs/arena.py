@@ -47,7 +47,7 @@ import math
 
 import keras
 
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment() in TFLM.
 
@@ -183,7 +183,7 @@ def tflite_buffers(tflite, scratch=None):
 
     Args:
         tflite: the `.tflite` model (bytes) or a model decoded by
-            `keras_dnas.export._flatbuffer.read_tflite`.
+            `keras_dnas._flatbuffer.read_tflite`.
         scratch: dict operator name -> `fn(model, op) -> [bytes, ...]` of kernel scratch
             requests; default `REFERENCE_SCRATCH` (TFLM reference kernels).
 

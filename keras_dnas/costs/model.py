@@ -93,7 +93,7 @@ class CostModel:
         plan: the model's ChannelPlan.
         target: a :class:`~keras_dnas.targets.HardwareTarget` or its name.
         memory: optional flash/RAM estimator with ``flash(counts, exact)`` and
-            ``ram(counts, exact)`` (see :mod:`keras_dnas.costs.memory`); without
+            ``ram(counts, exact)`` (see :mod:`keras_dnas.memory`); without
             it the ``flash`` and ``ram`` metrics are unavailable.
 
     Example:

@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 
-from keras_dnas.export import _flatbuffer, _tflm_child
+from keras_dnas import _flatbuffer
+from keras_dnas.export import _tflm_child
 from keras_dnas.export._quiet import captured_fds
 
 _ARENA_RE = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")

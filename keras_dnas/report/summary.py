@@ -82,7 +82,7 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan=
     plan = analyze(model, masked_only=searchable)
     counts = hard_counts(model, plan) if searchable else [g.size for g in plan.groups]
     if memory == "auto":
-        from keras_dnas.costs import memory as memory_lib
+        from keras_dnas import memory as memory_lib
 
         memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
     from keras_dnas.export import offline

@@ -213,11 +213,11 @@ class DNASCallback(keras.callbacks.Callback):
             )
         memory = self.memory
         if memory is None and self._needs_memory() and plan.choices:
-            from keras_dnas.costs.choice import ChoiceMemory
+            from keras_dnas.choice_memory import ChoiceMemory
 
             memory = ChoiceMemory.from_model(model, plan, target=self.target)
         elif memory is None and self._needs_memory():
-            from keras_dnas.costs import memory as memory_lib
+            from keras_dnas import memory as memory_lib
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=self.target)
         from keras_dnas.export import offline

@@ -34,7 +34,7 @@ narrower variants) the error is within 2 % or 200 B for every one, largest 187 B
 Conv1D TCN); with the default name allowance instead of real names, rms 127 B on 56 models.
 """
 
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 # ---- Fitted constants (benchmarks/fit_flash_constants.py) ------------------------------------
 FLASH_MODEL_BYTES = 684  # header, subgraph, one graph input, signature, metadata

@@ -76,7 +76,7 @@ import numpy as np
 from keras import ops
 
 from keras_dnas.costs import arena
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 #: Flatbuffer bytes per output channel of a per-channel quantised tensor:
 #: a float32 scale and an int64 zero point.
@@ -442,7 +442,7 @@ class MemoryModel:
     Example:
 
     >>> import keras_dnas as kd
-    >>> from keras_dnas.costs.memory import MemoryModel
+    >>> from keras_dnas.memory import MemoryModel
     >>> model = kd.zoo.ds_cnn()
     >>> mem = MemoryModel.from_model(model, pointer_bytes=8)
     >>> full = [g.size for g in mem.plan.groups]

@@ -1,7 +1,7 @@
 """Flash and arena of a model with choice blocks, as expectations over the alternatives.
 
 A searchable model with ``kd.layers.Choice`` blocks (a "supernet") is converted once, as
-:class:`~keras_dnas.costs.memory.MemoryModel` converts any searchable model, except that each
+:class:`~keras_dnas.memory.MemoryModel` converts any searchable model, except that each
 Choice merge becomes an ``Add`` of its alternatives (every alternative's weights and
 activations are in that file). Each tensor of the file is attributed to the alternative whose
 layers its name scopes name (a tensor named by no alternative, or by several, belongs to none).
@@ -10,7 +10,7 @@ vector per choice block (probabilities during the search, one-hot for exact valu
 
 - **exact** values (integer counts, one-hot weights): those of the chosen structure itself, the
   searchable model with only the chosen alternatives (:func:`keras_dnas.choices.collapse`),
-  through its own :class:`~keras_dnas.costs.memory.MemoryModel` (one more conversion per
+  through its own :class:`~keras_dnas.memory.MemoryModel` (one more conversion per
   distinct choice of alternatives, cached): exactly what ``kd.freeze`` certifies;
 - **soft** values (the search's penalty): flash is the supernet's at the group counts minus
   ``(1 - weight)`` times the bytes of each alternative's constants (weights, biases,
@@ -24,8 +24,8 @@ vector per choice block (probabilities during the search, one-hot for exact valu
 
 import numpy as np
 
+from keras_dnas import memory as memory_lib
 from keras_dnas.costs import arena
-from keras_dnas.costs import memory as memory_lib
 
 _CACHE_ATTR = "_dnas_choice_memory_cache"
 
@@ -51,7 +51,7 @@ def _convert_supernet(model, plan):
 class ChoiceMemory:
     """Flash / RAM of a model with choice blocks (see the module docstring).
 
-    Use :meth:`from_model`. Same interface as :class:`~keras_dnas.costs.memory.MemoryModel`
+    Use :meth:`from_model`. Same interface as :class:`~keras_dnas.memory.MemoryModel`
     (``flash(counts, exact)``, ``ram(counts, exact)``); ``base`` is the supernet's model.
     ``ram_mass`` (used by ``kd.freeze``) is not provided: freeze certifies the chosen
     structure with its own memory model.
