@@ -287,6 +287,8 @@ def test_paper_b_on_every_zoo_model(name):
         assert not ids["stack1_conv1_choice"] and not ids["stack2_conv1_choice"]
         assert ids["stack1_conv2_choice"] and ids["stack3_conv2_choice"]
         assert not ids["stem_conv_choice"]
+    if name != "resnet8":
+        return  # freeze equivalence per alternative is the toy tests' job; one zoo model here
     # the last alternative of every block, frozen, computes what the searchable model does
     for block in plan.choices:
         _set_choice(search, block["name"], len(block["alternatives"]) - 1)
