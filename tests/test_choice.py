@@ -115,6 +115,21 @@ def test_prepare_sees_inside_alternatives_and_plan_round_trip():
     assert opt._exclude_from_weight_decay_pattern.search("block/dnas_choice")
 
 
+def test_searchable_choice_model_saves_and_summarises(tmp_path):
+    search = kd.prepare(choice_model())
+    _set_choice(search, "block", 1)
+    path = str(tmp_path / "search.keras")
+    search.save(path)
+    again = keras.models.load_model(path)
+    x = np.random.default_rng(3).random((2, 8, 8, 3)).astype("float32")
+    np.testing.assert_array_equal(again(x), search(x))
+    assert again.dnas_plan.choices == search.dnas_plan.choices
+    # kd.summary of a searchable model describes the argmax structure (what freeze keeps)
+    frozen = kd.freeze(search, verbose=0)
+    assert kd.summary(search, "stm32h743", memory=None)["macs"] == \
+        kd.summary(frozen, "stm32h743", memory=None)["macs"]
+
+
 @pytest.mark.parametrize("k", [0, 1, 2])
 def test_freeze_inlines_each_alternative_and_costs_are_exact(k, tmp_path):
     search = kd.prepare(choice_model())
