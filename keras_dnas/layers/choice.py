@@ -67,7 +67,7 @@ class Choice(keras.layers.Layer):
     ...                       keras.layers.Conv2D(4, 5, padding="same"), "identity"],
     ...                      name="block")(x)
     >>> model = keras.Model(x, y)
-    >>> model.get_layer("block").dnas_choice.shape
+    >>> tuple(model.get_layer("block").dnas_choice.shape)
     (3,)
     """
 
