@@ -63,12 +63,15 @@ def _single(consumers, tensor, kind):
 def _conv_blocks(model):
     """``[(chain of graph nodes, identity allowed)]`` of the eligible conv blocks."""
     consumers = _consumers(model)
+    nodes = walk.nodes(model)
+    calls = {}
+    for gnode in nodes:
+        calls[id(gnode.operation)] = calls.get(id(gnode.operation), 0) + 1
     blocks, used = [], set()
-    for gnode in walk.nodes(model):
+    for gnode in nodes:
         op = gnode.operation
         if id(op) in used or plain_class(op) not in (L.Conv2D, L.Conv1D) or \
-                getattr(op, "groups", 1) != 1 or len(gnode.inputs) != 1 or \
-                len(op._inbound_nodes) != 1:
+                getattr(op, "groups", 1) != 1 or len(gnode.inputs) != 1 or calls[id(op)] != 1:
             continue
         bn = _single(consumers, gnode.outputs[0], L.BatchNormalization)
         if bn is None:
@@ -155,6 +158,9 @@ def add_choices(model, alternatives):
                 replace[id(chain[0].node)] = ([id(n.node) for n in chain], blocks,
                                          f"{chain[0].operation.name}_choice", pool[0])
     elif callable(alternatives):
+        calls = {}
+        for gnode in walk.nodes(model):
+            calls[id(gnode.operation)] = calls.get(id(gnode.operation), 0) + 1
         for gnode in walk.nodes(model):
             op = gnode.operation
             if not isinstance(op, L.Layer) or isinstance(op, keras.Model):
@@ -162,8 +168,7 @@ def add_choices(model, alternatives):
             alts = alternatives(op)
             if alts is None:
                 continue
-            if len(gnode.inputs) != 1 or len(gnode.outputs) != 1 or \
-                    len(op._inbound_nodes) != 1:
+            if len(gnode.inputs) != 1 or len(gnode.outputs) != 1 or calls[id(op)] != 1:
                 raise ValueError(
                     f"kd.prepare(alternatives=...): layer '{op.name}' has several inputs, "
                     "outputs or calls; a Choice block replaces a layer called once on one "
