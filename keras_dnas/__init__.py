@@ -7,6 +7,7 @@ Example:
 >>> slim = kd.freeze(search)                   # plain Keras model, kept channels only
 """
 
+from keras_dnas import _keras  # noqa: F401  (checks the Keras version before anything else)
 from keras_dnas import choices, costs, datasets, export, graph, layers, masks, qat, report, search, targets, zoo
 from keras_dnas import freeze as freeze_lib
 from keras_dnas.prepare import SearchableModel, prepare

@@ -9,7 +9,7 @@ Counts are those of :class:`~keras_dnas.costs.model.CostModel`: one per group, t
 vector per choice block (probabilities during the search, one-hot for exact values).
 
 - **exact** values (integer counts, one-hot weights): those of the chosen structure itself, the
-  searchable model with only the chosen alternatives (:func:`keras_dnas.choices.collapse`),
+  searchable model with only the chosen alternatives (:func:`keras_dnas.prepare.collapse`),
   through its own :class:`~keras_dnas.memory.MemoryModel` (one more conversion per
   distinct choice of alternatives, cached): exactly what ``kd.freeze`` certifies;
 - **soft** values (the search's penalty): flash is the supernet's at the group counts minus
@@ -33,8 +33,8 @@ _CACHE_ATTR = "_dnas_choice_memory_cache"
 def _convert_supernet(model, plan):
     import keras
 
-    from keras_dnas import export
-    from keras_dnas.freeze import rebuild_with
+    from keras_dnas.export.convert import to_tflite
+    from keras_dnas.slicing import rebuild_with
     from keras_dnas.graph import walk
     from keras_dnas.layers.choice import is_choice
 
@@ -45,7 +45,7 @@ def _convert_supernet(model, plan):
     memory_lib._generic_weights(summed)
     rng = np.random.default_rng(0)
     rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
-    return export.to_tflite(summed, representative_data=rep[0] if len(rep) == 1 else rep)
+    return to_tflite(summed, representative_data=rep[0] if len(rep) == 1 else rep)
 
 
 class ChoiceMemory:
@@ -125,7 +125,7 @@ class ChoiceMemory:
         each block; the map gives, per group of that structure, the supernet group (or None)."""
         config = tuple(int(k) for k in config)
         if config not in self._exact:
-            from keras_dnas.choices import collapse
+            from keras_dnas.prepare import collapse
 
             if self.model is None:
                 raise ValueError("ChoiceMemory needs the model (ChoiceMemory.from_model) for "

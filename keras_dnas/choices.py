@@ -1,9 +1,9 @@
 """Choice blocks in ``kd.prepare(model, alternatives=...)`` and in ``kd.freeze``.
 
 ``add_choices`` rewrites a flat functional model so that chosen layers (or, for the built-in
-``"paper_b"`` pool, conv blocks) become :class:`keras_dnas.layers.Choice` blocks; ``collapse``
-keeps only the argmax alternative of every block of a searchable model (what ``kd.freeze``
-certifies and slices).
+``"paper_b"`` pool, conv blocks) become :class:`keras_dnas.layers.Choice` blocks;
+:func:`keras_dnas.prepare.collapse` keeps only the argmax alternative of every block of a
+searchable model (what ``kd.freeze`` certifies and slices).
 
 Built-in pools (``alternatives="paper_b"``, Burrello et al., TETC 2023, path-based
 supernet): every *conv block* -- a ``Conv2D`` / ``Conv1D`` (``groups=1``) whose only consumer
@@ -26,6 +26,7 @@ classifier) is left as it is.
 import keras
 import numpy as np
 
+from keras_dnas import _keras
 from keras_dnas.graph import walk
 from keras_dnas.layers.choice import Choice, is_choice
 from keras_dnas.layers.masked import plain_class
@@ -208,7 +209,7 @@ def add_choices(model, alternatives):
             tensor_map[id(by_id[ids[-1]].outputs[0])] = out
             continue
         op = gnode.operation
-        args, kwargs = gnode.node.arguments.fill_in(tensor_map)
+        args, kwargs = _keras.call_arguments(gnode.node, tensor_map)
         if isinstance(op, L.Layer):
             if id(op) not in clones:
                 clones[id(op)] = walk.clone_layer(op)
@@ -220,9 +221,9 @@ def add_choices(model, alternatives):
         for old, new in zip(gnode.outputs, keras.tree.flatten(out)):
             tensor_map[id(old)] = new
     new_in = keras.tree.map_structure(lambda t: tensor_map[id(t)],
-                                      getattr(fn, "_inputs_struct", fn.inputs))
+                                      _keras.inputs_struct(fn))
     new_out = keras.tree.map_structure(lambda t: tensor_map[id(t)],
-                                       getattr(fn, "_outputs_struct", fn.outputs))
+                                       _keras.outputs_struct(fn))
     result = keras.Model(new_in, new_out, name=model.name)
     for new, old in originals.values():
         if getattr(old, "weights", None):
@@ -231,55 +232,6 @@ def add_choices(model, alternatives):
 
 
 # ------------------------------------------------------------------------------------ freeze
-
-
-def collapse(model, config=None):
-    """A searchable model with only the argmax alternative of every Choice block.
-
-    Masks carry over: a channel group that loses its leader (a layer of an alternative
-    left out) takes the old leader's mask. Returns ``model`` itself when it has no Choice.
-
-    Args:
-        model: a searchable model.
-        config: optional alternative index per choice block (``plan.choices`` order)
-            instead of the argmax.
-    """
-    from keras_dnas.prepare import SearchableModel, _copy_weights
-    from keras_dnas.graph import analyze
-
-    plan = getattr(model, "dnas_plan", None) or analyze(model, masked_only=True)
-    if not plan.choices:
-        return model
-
-    inside = plan.choice_of()
-    picked = {b["name"]: int(k) for b, k in zip(plan.choices, config)} if config else {}
-
-    def replace(op):
-        if is_choice(op):
-            k = picked.get(op.name, op.chosen()) if picked else op.chosen()
-            return lambda inputs, *args, **kwargs: inputs[k]
-        if plain_class(op) is L.Identity and getattr(op, "name", None) in inside:
-            return lambda x, *args, **kwargs: x  # an identity alternative leaves no layer
-        if not isinstance(op, L.Layer):
-            return op
-        return walk.clone_layer(op)
-
-    kept, replaced = walk.rebuild(model, replace, model_class=SearchableModel)
-    for gnode in walk.nodes(model):
-        new = replaced[id(gnode.operation)]
-        if isinstance(new, L.Layer) and new.built:
-            _copy_weights(gnode.operation, new)
-    new_plan = kept.rebind()
-    old_layers = {layer.name: layer for layer in walk.functional_of(model).layers}
-    new_layers = {layer.name: layer for layer in walk.functional_of(kept).layers}
-    for g in new_plan.searchable_groups():
-        old_group = plan.groups[plan.layer(g.leader).output.segments[0]]
-        alpha = new_layers[g.leader].dnas_alpha
-        if old_group.frozen:
-            alpha.assign(np.ones(alpha.shape, "float32"))
-        else:
-            alpha.assign(keras.ops.convert_to_numpy(old_layers[old_group.leader].dnas_alpha))
-    return kept
 
 
 def chosen(model):

@@ -4,10 +4,14 @@ import re
 import warnings
 
 import keras
+import numpy as np
 
 from keras_dnas import masks
 from keras_dnas.graph import analyze, bind, walk
+from keras_dnas.layers.choice import is_choice
 from keras_dnas.layers.masked import MASKED_OF, plain_class
+
+L = keras.layers
 
 
 @keras.saving.register_keras_serializable(package="keras_dnas")
@@ -201,3 +205,49 @@ def _warn_frozen(plan, exclude=()):
             + "\n".join(lines) + "\n" + _fix_hint(exclude),
             stacklevel=3,
         )
+
+
+def collapse(model, config=None):
+    """A searchable model with only the argmax alternative of every Choice block.
+
+    Masks carry over: a channel group that loses its leader (a layer of an alternative
+    left out) takes the old leader's mask. Returns ``model`` itself when it has no Choice.
+
+    Args:
+        model: a searchable model.
+        config: optional alternative index per choice block (``plan.choices`` order)
+            instead of the argmax.
+    """
+    plan = getattr(model, "dnas_plan", None) or analyze(model, masked_only=True)
+    if not plan.choices:
+        return model
+
+    inside = plan.choice_of()
+    picked = {b["name"]: int(k) for b, k in zip(plan.choices, config)} if config else {}
+
+    def replace(op):
+        if is_choice(op):
+            k = picked.get(op.name, op.chosen()) if picked else op.chosen()
+            return lambda inputs, *args, **kwargs: inputs[k]
+        if plain_class(op) is L.Identity and getattr(op, "name", None) in inside:
+            return lambda x, *args, **kwargs: x  # an identity alternative leaves no layer
+        if not isinstance(op, L.Layer):
+            return op
+        return walk.clone_layer(op)
+
+    kept, replaced = walk.rebuild(model, replace, model_class=SearchableModel)
+    for gnode in walk.nodes(model):
+        new = replaced[id(gnode.operation)]
+        if isinstance(new, L.Layer) and new.built:
+            _copy_weights(gnode.operation, new)
+    new_plan = kept.rebind()
+    old_layers = {layer.name: layer for layer in walk.functional_of(model).layers}
+    new_layers = {layer.name: layer for layer in walk.functional_of(kept).layers}
+    for g in new_plan.searchable_groups():
+        old_group = plan.groups[plan.layer(g.leader).output.segments[0]]
+        alpha = new_layers[g.leader].dnas_alpha
+        if old_group.frozen:
+            alpha.assign(np.ones(alpha.shape, "float32"))
+        else:
+            alpha.assign(keras.ops.convert_to_numpy(old_layers[old_group.leader].dnas_alpha))
+    return kept

@@ -12,7 +12,8 @@ import pytest
 
 import keras
 import keras_dnas as kd
-from keras_dnas.costs.model import CostModel, hard_counts, soft_counts
+from keras_dnas.costs.model import CostModel
+from keras_dnas.graph.counts import hard_counts, soft_counts
 
 L = keras.layers
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

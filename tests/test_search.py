@@ -7,7 +7,8 @@ import pytest
 
 import keras
 import keras_dnas as kd
-from keras_dnas.costs.model import CostModel, hard_counts
+from keras_dnas.costs.model import CostModel
+from keras_dnas.graph.counts import hard_counts
 from keras_dnas.search import Budget, Minimize, base_strength, ramp
 
 from tests import toys

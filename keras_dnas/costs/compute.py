@@ -155,7 +155,8 @@ def layer_fields(record):
 
     A record is a dict with keys ``op``, ``geometry`` and optionally ``cin``,
     ``cout``, ``name``; an object with those attributes (a ChannelPlan
-    ``LayerInfo``); or a tuple ``(op, geometry, cin, cout)``. Missing counts
+    ``LayerInfo``); a tuple ``(op, geometry, cin, cout)``; or a normalised
+    ``(name, op, geometry, cin, cout)`` (returned as it is). Missing counts
     default to the full channel counts of the geometry (``in_channels``,
     ``out_channels``).
 
@@ -167,6 +168,8 @@ def layer_fields(record):
     >>> compute.layer_fields({"op": "dense", "geometry": {"in_channels": 8, "out_channels": 2}})[3:]
     (8, 2)
     """
+    if isinstance(record, (tuple, list)) and len(record) == 5:  # already normalised
+        return tuple(record)
     if isinstance(record, (tuple, list)):
         if len(record) != 4:
             raise ValueError(
@@ -200,9 +203,20 @@ def layer_fields(record):
     return name, op, geometry, cin, cout
 
 
-def layer_records(layers):
+def view_count(view, counts):
+    """Effective channels of a tensor view: ``repeat * sum(counts of its groups)``."""
+    total = 0
+    for g in view.segments:
+        total = total + counts[g]
+    return total if view.repeat == 1 else total * view.repeat
+
+
+def layer_records(layers, counts=None):
     """Normalise a list of layer records, a ChannelPlan (``.layers``) or a
     single record list into a list of ``(name, op, geometry, cin, cout)``.
+
+    With ``counts`` (one channel count per group: ints, or tensors for soft counts),
+    ``layers`` is a ChannelPlan and ``cin`` / ``cout`` are the counts its views give.
 
     Example:
 
@@ -210,6 +224,15 @@ def layer_records(layers):
     >>> len(compute.layer_records([("dense", {}, 4, 2), ("add", {}, 2, 2)]))
     2
     """
+    if counts is not None:
+        records = []
+        for info in layers.layers:
+            cin = view_count(info.inputs[0], counts) if info.inputs else 0
+            cout = view_count(info.output, counts)
+            if info.op == "depthwise":
+                cin = cout
+            records.append((info.name, info.op, info.geometry, cin, cout))
+        return records
     if hasattr(layers, "layers") and not isinstance(layers, collections.abc.Sequence):
         layers = layers.layers
     return [layer_fields(r) for r in layers]

@@ -7,83 +7,17 @@ exact value of its frozen model.
 
 A plan with choice blocks (``plan.choices``) takes one more entry per block after
 the groups: the weight of each alternative (its probability during the search, the
-one-hot of the argmax for exact values). Every layer inside an alternative counts
-with that weight, so params, MACs, latency and energy are the probability-weighted
-sums over the alternatives, and exactly the chosen alternative's at a one-hot.
+one-hot of the argmax for exact values; :mod:`keras_dnas.graph.counts` gives both).
+Every layer inside an alternative counts with that weight, so params, MACs, latency
+and energy are the probability-weighted sums over the alternatives, and exactly the
+chosen alternative's at a one-hot.
 """
 
 import numpy as np
 from keras import ops
 
-from keras_dnas import masks, targets
 from keras_dnas.costs import compute, latency
-from keras_dnas.graph import walk
-
-
-def view_count(view, counts):
-    """Effective channels of a tensor view: ``repeat * sum(counts of its groups)``."""
-    total = 0
-    for g in view.segments:
-        total = total + counts[g]
-    return total if view.repeat == 1 else total * view.repeat
-
-
-def layer_records(plan, counts):
-    """Per layer call: dict(name, op, geometry, cin, cout, weight) with effective counts.
-
-    ``weight`` is 1, or for a layer inside a choice block its alternative's weight.
-    """
-    inside = plan.choice_of() if plan.choices else {}
-    records = []
-    for info in plan.layers:
-        cin = view_count(info.inputs[0], counts) if info.inputs else 0
-        cout = view_count(info.output, counts)
-        if info.op == "depthwise":
-            cin = cout
-        weight = 1
-        if info.name in inside:
-            b, j = inside[info.name]
-            weight = counts[len(plan.groups) + b][j]
-        records.append({"name": info.name, "op": info.op, "geometry": info.geometry,
-                        "cin": cin, "cout": cout, "weight": weight})
-    return records
-
-
-def _weighted(weight, value):
-    return value if isinstance(weight, int) and weight == 1 else weight * value
-
-
-def choice_layers(model, plan):
-    """The ``kd.layers.Choice`` merge layer of each choice block of ``plan``."""
-    by_name = {layer.name: layer for layer in walk.functional_of(model).layers}
-    return [by_name[block["name"]] for block in plan.choices]
-
-
-def one_hot(index, n):
-    return [1 if j == index else 0 for j in range(n)]
-
-
-def group_owners(model, plan):
-    """Layer holding each searchable group's mask (``None`` for frozen groups)."""
-    by_name = {layer.name: layer for layer in walk.functional_of(model).layers}
-    return [None if g.frozen else by_name[g.leader] for g in plan.groups]
-
-
-def soft_counts(model, plan):
-    """Differentiable channel counts (forward value = the hard count), then the
-    probabilities of each choice block's alternatives."""
-    counts = [g.size if owner is None else ops.sum(masks.owner_gate(owner))
-              for g, owner in zip(plan.groups, group_owners(model, plan))]
-    return counts + [c.probabilities() for c in choice_layers(model, plan)]
-
-
-def hard_counts(model, plan):
-    """Integer channel counts of the current masks, then the one-hot of each choice
-    block's argmax alternative."""
-    counts = [g.size if owner is None else int(masks.hard_gate(owner.dnas_alpha).sum())
-              for g, owner in zip(plan.groups, group_owners(model, plan))]
-    return counts + [one_hot(c.chosen(), len(block["alternatives"]))
-                     for c, block in zip(choice_layers(model, plan), plan.choices)]
+from keras_dnas.targets import registry
 
 
 class CostModel:
@@ -108,7 +42,7 @@ class CostModel:
 
     def __init__(self, plan, target, memory=None):
         self.plan = plan
-        self.target = targets.get(target)
+        self.target = registry.get(target)
         self.memory = memory
         self._seen = self._first_calls()
 
@@ -130,21 +64,31 @@ class CostModel:
         counts = [g.size if g.frozen else 1 for g in self.plan.groups]
         if not self.plan.choices:
             return counts
-        records = layer_records(self.plan, counts + [
-            [1] * len(block["alternatives"]) for block in self.plan.choices])
+        records = compute.layer_records(self.plan, counts)
         by_name = {}
         for r in records:
-            by_name.setdefault(r["name"], r)
+            by_name.setdefault(r[0], r)
 
         def cost(names):
             rs = [by_name[n] for n in names if n in by_name]
-            return (sum(compute.macs(r["op"], r["geometry"], r["cin"], r["cout"]) for r in rs),
-                    sum(compute.params(r["op"], r["geometry"], r["cin"], r["cout"]) for r in rs))
+            return (sum(compute.macs(*r[1:]) for r in rs), sum(compute.params(*r[1:]) for r in rs))
 
         for block in self.plan.choices:
             costs = [cost(names) for names in block["alternatives"]]
             counts.append(one_hot(costs.index(min(costs)), len(costs)))
         return counts
+
+    def _weights(self, counts):
+        """Per plan layer call: 1, or its alternative's weight inside a choice block."""
+        if not self.plan.choices:
+            return [1] * len(self.plan.layers)
+        inside = self.plan.choice_of()
+        n = len(self.plan.groups)
+        out = []
+        for info in self.plan.layers:
+            b, j = inside.get(info.name, (None, None))
+            out.append(1 if b is None else counts[n + b][j])
+        return out
 
     def available(self):
         names = ["params", "macs", "latency_cycles", "latency_ms", "energy_uj"]
@@ -160,23 +104,21 @@ class CostModel:
                 rather than the differentiable liveness bound.
         """
         metrics = list(metrics or self.available())
-        records = layer_records(self.plan, counts)
+        records = compute.layer_records(self.plan, counts)
+        weights = self._weights(counts)
         out = {}
         for m in metrics:
             if m == "params":
-                out[m] = _sum(_weighted(r["weight"], compute.params(
-                    r["op"], r["geometry"], r["cin"], r["cout"]))
-                    for r, first in zip(records, self._seen) if first)
+                out[m] = _sum(_weighted(w, compute.params(*r[1:]))
+                              for r, w, first in zip(records, weights, self._seen) if first)
             elif m == "macs":
-                out[m] = _sum(_weighted(r["weight"], compute.macs(
-                    r["op"], r["geometry"], r["cin"], r["cout"])) for r in records)
+                out[m] = _sum(_weighted(w, compute.macs(*r[1:])) for r, w in zip(records, weights))
             elif m in ("latency_cycles", "latency_ms", "energy_uj"):
                 if "_cycles" not in out and not self.plan.choices:
                     out["_cycles"] = latency.model_cycles(records, self.target)
                 elif "_cycles" not in out:
-                    out["_cycles"] = _sum(_weighted(r["weight"], latency.layer_cycles(
-                        r["op"], r["geometry"], r["cin"], r["cout"], self.target))
-                        for r in records)
+                    out["_cycles"] = _sum(_weighted(w, latency.layer_cycles(*r[1:], self.target))
+                                          for r, w in zip(records, weights))
                 cycles = out["_cycles"]
                 out[m] = {"latency_cycles": cycles,
                           "latency_ms": latency.cycles_to_ms(cycles, self.target),
@@ -192,6 +134,15 @@ class CostModel:
                 raise ValueError(f"Unknown metric '{m}'. Available: {self.available()}")
         out.pop("_cycles", None)
         return out
+
+
+def one_hot(index, n):
+    """``[0, ..., 1, ..., 0]``: the weights of choosing alternative ``index`` of ``n``."""
+    return [1 if j == index else 0 for j in range(n)]
+
+
+def _weighted(weight, value):
+    return value if isinstance(weight, int) and weight == 1 else weight * value
 
 
 def _sum(values):

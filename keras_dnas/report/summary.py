@@ -4,7 +4,9 @@ import json
 
 from keras_dnas import targets
 from keras_dnas.costs import compute, latency
-from keras_dnas.costs.model import CostModel, hard_counts, layer_records, to_python
+from keras_dnas.costs.compute import layer_records
+from keras_dnas.costs.model import CostModel, to_python
+from keras_dnas.graph.counts import hard_counts
 from keras_dnas.graph import analyze, walk
 from keras_dnas.layers.masked import is_masked
 
@@ -80,9 +82,9 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan=
     if not searchable:  # nested sub-models: one flat graph, layer names as kd.prepare's
         model = walk.flatten(model)
     else:  # Choice blocks: the structure of the argmax alternatives (what freeze keeps)
-        from keras_dnas import choices
+        from keras_dnas.prepare import collapse
 
-        model = choices.collapse(model)
+        model = collapse(model)
     plan = analyze(model, masked_only=searchable)
     counts = hard_counts(model, plan) if searchable else [g.size for g in plan.groups]
     if memory == "auto":
@@ -95,10 +97,9 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan=
     cost_model = CostModel(plan, target, memory=memory)
     totals = {k: to_python(v) for k, v in cost_model.evaluate(counts).items()}
     rows, seen = [], set()
-    for info, rec in zip(plan.layers, layer_records(plan, counts)):
+    for info, (_, op, geo, cin, cout) in zip(plan.layers, layer_records(plan, counts)):
         first = info.name not in seen
         seen.add(info.name)
-        geo, op, cin, cout = rec["geometry"], rec["op"], rec["cin"], rec["cout"]
         rows.append({
             "name": info.name, "op": op, "role": info.role,
             "channels_kept": int(cout), "channels_total": int(plan.view_size(info.output)),
