@@ -62,8 +62,8 @@ def main(argv=None):
                 row = {"point": f"F{flash:g}/R{ram:g}/L{latency:g}x", "method": name,
                        "int8_acc": measured["int8_acc"], "flash": measured["flash"],
                        "arena": measured["arena"],
-                       "holds": measured["flash"] <= budgets["flash"]
-                       and measured["arena"] <= budgets["ram"],
+                       "holds": measured["flash"] <= budgets["flash_bytes"]
+                       and measured["arena"] <= budgets["ram_bytes"],
                        "certified": result["certified"], "chosen": result["chosen"],
                        "wall_s": round(time.perf_counter() - start, 1)}
             except Exception as e:  # noqa: BLE001 - report and go on with the next run

@@ -217,15 +217,15 @@ def test_flash_and_ram_exact_for_the_chosen_structure():
     cm = CostModel(plan, "stm32h743", memory=memory)
     _set_choice(search, "block", 1)
     search.get_layer("c0").dnas_alpha.assign([1, 0, 1, 1, 0, 1, 1, 1])
-    hard = cm.evaluate(hard_counts(search, plan), ["flash", "ram"])
+    hard = cm.evaluate(hard_counts(search, plan), ["flash_bytes", "ram_bytes"])
     frozen = kd.freeze(search, verbose=0)
     blob = kd.export.to_tflite(frozen, representative_data=np.random.default_rng(0).random(
         (8, 8, 8, 3)).astype("float32"))
-    assert hard["flash"] == len(blob)
-    assert hard["ram"] == kd.costs.arena.tflite_arena(blob, pointer_bytes=4)["total"]
+    assert hard["flash_bytes"] == len(blob)
+    assert hard["ram_bytes"] == kd.costs.arena.tflite_arena(blob, pointer_bytes=4)["total"]
     # soft: a differentiable estimate between the cheapest and the dearest alternative
-    soft = cm.evaluate(soft_counts(search, plan), ["flash", "ram"], exact=False)
-    assert np.isfinite(float(soft["flash"])) and float(soft["ram"]) > 0
+    soft = cm.evaluate(soft_counts(search, plan), ["flash_bytes", "ram_bytes"], exact=False)
+    assert np.isfinite(float(soft["flash_bytes"])) and float(soft["ram_bytes"]) > 0
 
 
 def test_temperature_anneals_without_retracing():
@@ -357,7 +357,7 @@ def test_latency_budget_search_picks_cheaper_alternatives():
     search.fit(x[:640], y[:640], epochs=8, batch_size=32, verbose=0, callbacks=[cb])
     chosen = kd.choices.chosen(search)
     assert any(k != 0 for k in chosen.values()), chosen  # a cheaper alternative than conv 3x3
-    assert cb.history[-1]["dnas/feasible"] == 1.0
+    assert any(h["dnas/feasible"] for h in cb.history) and cb.restored_epoch is not None
     frozen = kd.freeze(search, verbose=0, calibration_data=x)
     assert frozen.dnas_certificate["all_hold"]
     fplan = kd.graph.analyze(frozen)
