@@ -8,7 +8,7 @@ Example:
 """
 
 from keras_dnas import _keras  # noqa: F401  (checks the Keras version before anything else)
-from keras_dnas import costs, datasets, export, graph, layers, masks, qat, report, search, targets, zoo
+from keras_dnas import choices, costs, datasets, export, graph, layers, masks, qat, report, search, targets, zoo
 from keras_dnas import freeze as freeze_lib
 from keras_dnas.prepare import SearchableModel, prepare
 from keras_dnas.freeze import freeze, recalibrate_batchnorm
@@ -22,6 +22,7 @@ __all__ = [
     "DNASCallback",
     "Minimize",
     "SearchableModel",
+    "choices",
     "costs",
     "datasets",
     "export",

@@ -443,6 +443,8 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     Flatten (tiled masks), concatenations and residual adds. The result uses
     standard Keras layers only (loads without custom objects) and computes
     the same outputs as ``model`` in inference mode. ``model`` is not modified.
+    Choice blocks (``kd.layers.Choice``) keep only their argmax alternative, inlined (an
+    identity alternative leaves no layer); budgets are certified on that model.
 
     With ``target`` and ``budgets`` it also certifies each budget with the
     exact costs (TFLite Micro planner replay for RAM, flash model for flash);
@@ -511,7 +513,13 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     >>> round(float(slim.optimizer.learning_rate), 6), slim.optimizer is s.optimizer
     (0.0003, False)
     """
+    from keras_dnas.prepare import collapse
+
     search = getattr(model, "dnas_search", None) or {}
+    searched = model
+    model = collapse(model)  # Choice blocks: the argmax alternative only
+    if model is not searched:
+        search = {k: v for k, v in search.items() if k != "memory"}  # the supernet's
     searched_target = search.get("target")
     target = target if target is not None else searched_target
     budgets = budgets if budgets is not None else search.get("budgets")
@@ -565,8 +573,8 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
             "with the weights they had when closed, so the frozen model does not compute what "
             "the searched one did. Fine-tune it before evaluating or converting it (or pass "
             "fill=False).", stacklevel=2)
-    if compile and getattr(model, "compiled", False):
-        _compile_like(frozen, model)
+    if compile and getattr(searched, "compiled", False):
+        _compile_like(frozen, searched)
     return frozen
 
 

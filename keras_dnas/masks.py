@@ -20,6 +20,12 @@ from keras import ops
 ALPHA_NAME = "dnas_alpha"
 """Name of every channel-mask variable (``layer_name/dnas_alpha``)."""
 
+CHOICE_NAME = "dnas_choice"
+"""Name of every choice-block logit vector (``block_name/dnas_choice``)."""
+
+SEARCH_VARIABLE_NAMES = (ALPHA_NAME, CHOICE_NAME)
+"""Variables the search trains: no weight decay (and frozen during warm-up)."""
+
 THRESHOLD = 0.5
 """A channel is kept while ``|alpha| > THRESHOLD``."""
 
@@ -240,7 +246,7 @@ def mask_variables(model, trainable_only=True):
 
 
 def exclude_from_weight_decay(optimizer):
-    """Keep ``optimizer``'s weight decay off every mask variable.
+    """Keep ``optimizer``'s weight decay off every mask and choice variable.
 
     Keeps any exclusions the user configured before. ``kd.SearchableModel``
     calls it in ``compile`` and ``kd.DNASCallback`` at the start of training.
@@ -257,4 +263,4 @@ def exclude_from_weight_decay(optimizer):
     """
     from keras_dnas import _keras
 
-    return _keras.exclude_from_weight_decay(optimizer, [ALPHA_NAME])
+    return _keras.exclude_from_weight_decay(optimizer, list(SEARCH_VARIABLE_NAMES))

@@ -4,10 +4,14 @@ import re
 import warnings
 
 import keras
+import numpy as np
 
 from keras_dnas import masks
 from keras_dnas.graph import analyze, bind, walk
+from keras_dnas.layers.choice import is_choice
 from keras_dnas.layers.masked import MASKED_OF, plain_class
+
+L = keras.layers
 
 
 @keras.saving.register_keras_serializable(package="keras_dnas")
@@ -77,7 +81,7 @@ class SearchableModel(keras.Model):
         return model
 
 
-def prepare(model, exclude=None):
+def prepare(model, exclude=None, alternatives=None):
     """A searchable copy of ``model``: masked Conv/Dense layers, tied channel masks.
 
     Every Conv1D/Conv2D/Dense that reads or writes a searchable channel group
@@ -108,6 +112,14 @@ def prepare(model, exclude=None):
             (``search.layers``); the name of a sub-model keeps that whole
             sub-model as one opaque, nested block (not searched, not
             flattened, so the frozen model contains it too).
+        alternatives: path-based search (``kd.layers.Choice`` blocks) on top of the
+            channels: ``"paper_b"`` (every conv + BatchNormalization (+ activation) block
+            becomes a choice of the block itself, a 5x5 kernel, a depthwise-separable
+            block and, where shapes allow, identity; see :mod:`keras_dnas.choices`), or
+            ``fn(layer) -> list | None`` giving the alternatives of a layer (Keras
+            layers, Sequential / Functional blocks or ``"identity"``; the layer itself
+            may be one of them and keeps its weights). The first alternative starts as
+            the argmax, so put the layer itself first to start from the seed.
 
     Returns:
         A :class:`SearchableModel`.
@@ -131,6 +143,15 @@ def prepare(model, exclude=None):
         raise ValueError(f"prepare() expects a keras.Model. Received: {type(model).__name__}")
     exclude = set(exclude or ())
     model = walk.flatten(model, keep=exclude)
+    if alternatives is not None:
+        from keras_dnas import choices
+
+        model, n_blocks = choices.add_choices(model, alternatives)
+        if not n_blocks:
+            warnings.warn(f"kd.prepare(alternatives={alternatives!r}): no layer of model "
+                          f"'{model.name}' got alternatives (no eligible conv block); only "
+                          "channels are searched.", stacklevel=2)
+        model = walk.flatten(model, keep=exclude)
     plan = analyze(model, exclude=exclude)
     searchable = {g.id for g in plan.searchable_groups()}
     to_mask = set()
@@ -216,3 +237,49 @@ def _warn_frozen(plan, exclude=()):
             + "\n".join(lines) + "\n" + _fix_hint(exclude),
             stacklevel=3,
         )
+
+
+def collapse(model, config=None):
+    """A searchable model with only the argmax alternative of every Choice block.
+
+    Masks carry over: a channel group that loses its leader (a layer of an alternative
+    left out) takes the old leader's mask. Returns ``model`` itself when it has no Choice.
+
+    Args:
+        model: a searchable model.
+        config: optional alternative index per choice block (``plan.choices`` order)
+            instead of the argmax.
+    """
+    plan = getattr(model, "dnas_plan", None) or analyze(model, masked_only=True)
+    if not plan.choices:
+        return model
+
+    inside = plan.choice_of()
+    picked = {b["name"]: int(k) for b, k in zip(plan.choices, config)} if config else {}
+
+    def replace(op):
+        if is_choice(op):
+            k = picked.get(op.name, op.chosen()) if picked else op.chosen()
+            return lambda inputs, *args, **kwargs: inputs[k]
+        if plain_class(op) is L.Identity and getattr(op, "name", None) in inside:
+            return lambda x, *args, **kwargs: x  # an identity alternative leaves no layer
+        if not isinstance(op, L.Layer):
+            return op
+        return walk.clone_layer(op)
+
+    kept, replaced = walk.rebuild(model, replace, model_class=SearchableModel)
+    for gnode in walk.nodes(model):
+        new = replaced[id(gnode.operation)]
+        if isinstance(new, L.Layer) and new.built:
+            _copy_weights(gnode.operation, new)
+    new_plan = kept.rebind()
+    old_layers = {layer.name: layer for layer in walk.functional_of(model).layers}
+    new_layers = {layer.name: layer for layer in walk.functional_of(kept).layers}
+    for g in new_plan.searchable_groups():
+        old_group = plan.groups[plan.layer(g.leader).output.segments[0]]
+        alpha = new_layers[g.leader].dnas_alpha
+        if old_group.frozen:
+            alpha.assign(np.ones(alpha.shape, "float32"))
+        else:
+            alpha.assign(keras.ops.convert_to_numpy(old_layers[old_group.leader].dnas_alpha))
+    return kept

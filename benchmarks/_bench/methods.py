@@ -206,20 +206,24 @@ def l1_finetune(task, data, epochs, warm, pruned):
 
 
 def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=None,
-         observers=None, verbose=0, arena_plan="tflm"):
+         observers=None, verbose=0, arena_plan="tflm", alternatives=None):
     """(d) keras_dnas: warm-up checkpoint, search with DNASCallback, certified freeze, fine-tune.
 
     ``callback_options``: extra ``DNASCallback`` arguments (e.g. ``centred_gradients``);
     ``observers(callback)``: returns more Keras callbacks for the search (``trace_search.py``);
     ``verbose``: passed to ``kd.freeze``; ``arena_plan``: passed to ``DNASCallback`` and
     ``kd.freeze`` (``"offline"``: RAM is budgeted and certified against the arena plan
-    ``kd.export.to_tflite(..., arena_plan="offline")`` writes).
+    ``kd.export.to_tflite(..., arena_plan="offline")`` writes); ``alternatives``: passed to ``kd.prepare``
+    (choice blocks; the seed's ``memory`` does not describe that model, so the callback and
+    freeze build their own).
     """
     keras.utils.set_random_seed(tasks.SEED)
     start = time.perf_counter()
     model = task.build()
     model.set_weights(warm["warm_weights"])
-    search = compile_model(kd.prepare(model), task)
+    search = compile_model(kd.prepare(model, alternatives=alternatives), task)
+    if alternatives is not None:
+        memory = None
     # The seed's flash / RAM model (8-byte pointers, see _bench.costs.POINTER_BYTES), built
     # once per architecture and shared by every method, goes to the callback and freeze.
     callback = kd.DNASCallback(target, budgets=dict(budgets), memory=memory, verbose=0,
@@ -242,6 +246,7 @@ def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=Non
     times = {"warmup": warm["times"]["warmup"], "prepare": prepare, "search": search_time,
              "freeze": freeze, "finetune": finetune, "recalibrate": recal}
     return {"model": slim, "times": times, "wall": sum(times.values()),
+            "chosen": kd.choices.chosen(search),
             "removed": len(certificate.get("removed_channels", [])),
             "certified": certificate.get("all_hold"),
             "first_feasible_epoch": feasible_epochs[0] if feasible_epochs else None}

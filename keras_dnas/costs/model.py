@@ -4,6 +4,13 @@ Counts are one entry per channel group: Keras tensors (straight-through soft
 counts, differentiable) during the search, Python ints for certification. The
 same functions serve both, so the hard value of a searchable model equals the
 exact value of its frozen model.
+
+A plan with choice blocks (``plan.choices``) takes one more entry per block after
+the groups: the weight of each alternative (its probability during the search, the
+one-hot of the argmax for exact values; :mod:`keras_dnas.graph.counts` gives both).
+Every layer inside an alternative counts with that weight, so params, MACs, latency
+and energy are the probability-weighted sums over the alternatives, and exactly the
+chosen alternative's at a one-hot.
 """
 
 import numpy as np
@@ -48,11 +55,41 @@ class CostModel:
         return first
 
     def full_counts(self):
-        return [g.size for g in self.plan.groups]
+        """Every channel open (and the first alternative of each choice block)."""
+        return [g.size for g in self.plan.groups] + [
+            one_hot(0, len(block["alternatives"])) for block in self.plan.choices]
 
     def min_counts(self):
-        """Counts of the smallest reachable model: one channel per searchable group."""
-        return [g.size if g.frozen else 1 for g in self.plan.groups]
+        """Counts of the smallest reachable model: one channel per searchable group (and, in
+        each choice block, the alternative with the fewest MACs there, fewest params on ties)."""
+        counts = [g.size if g.frozen else 1 for g in self.plan.groups]
+        if not self.plan.choices:
+            return counts
+        records = compute.layer_records(self.plan, counts)
+        by_name = {}
+        for r in records:
+            by_name.setdefault(r[0], r)
+
+        def cost(names):
+            rs = [by_name[n] for n in names if n in by_name]
+            return (sum(compute.macs(*r[1:]) for r in rs), sum(compute.params(*r[1:]) for r in rs))
+
+        for block in self.plan.choices:
+            costs = [cost(names) for names in block["alternatives"]]
+            counts.append(one_hot(costs.index(min(costs)), len(costs)))
+        return counts
+
+    def _weights(self, counts):
+        """Per plan layer call: 1, or its alternative's weight inside a choice block."""
+        if not self.plan.choices:
+            return [1] * len(self.plan.layers)
+        inside = self.plan.choice_of()
+        n = len(self.plan.groups)
+        out = []
+        for info in self.plan.layers:
+            b, j = inside.get(info.name, (None, None))
+            out.append(1 if b is None else counts[n + b][j])
+        return out
 
     def available(self):
         names = ["params", "macs", "latency_cycles", "latency_ms", "energy_uj"]
@@ -70,6 +107,7 @@ class CostModel:
         """
         metrics = list(metrics or self.available())
         records = compute.layer_records(self.plan, counts)
+        weights = self._weights(counts)
         out = {}
         asked = {}
         for m in metrics:
@@ -78,13 +116,16 @@ class CostModel:
                 asked[name] = m
             m = name
             if m == "params":
-                out[m] = _sum(compute.params(*r[1:])
-                              for r, first in zip(records, self._seen) if first)
+                out[m] = _sum(_weighted(w, compute.params(*r[1:]))
+                              for r, w, first in zip(records, weights, self._seen) if first)
             elif m == "macs":
-                out[m] = _sum(compute.macs(*r[1:]) for r in records)
+                out[m] = _sum(_weighted(w, compute.macs(*r[1:])) for r, w in zip(records, weights))
             elif m in ("latency_cycles", "latency_ms", "energy_uj"):
-                if "_cycles" not in out:
+                if "_cycles" not in out and not self.plan.choices:
                     out["_cycles"] = latency.model_cycles(records, self.target)
+                elif "_cycles" not in out:
+                    out["_cycles"] = _sum(_weighted(w, latency.layer_cycles(*r[1:], self.target))
+                                          for r, w in zip(records, weights))
                 cycles = out["_cycles"]
                 out[m] = {"latency_cycles": cycles,
                           "latency_ms": latency.cycles_to_ms(cycles, self.target),
@@ -101,6 +142,15 @@ class CostModel:
                 raise ValueError(f"Unknown metric '{m}'. Available: {self.available()}")
         out.pop("_cycles", None)
         return Results({asked.get(k, k): v for k, v in out.items()})
+
+
+def one_hot(index, n):
+    """``[0, ..., 1, ..., 0]``: the weights of choosing alternative ``index`` of ``n``."""
+    return [1 if j == index else 0 for j in range(n)]
+
+
+def _weighted(weight, value):
+    return value if isinstance(weight, int) and weight == 1 else weight * value
 
 
 def _sum(values):

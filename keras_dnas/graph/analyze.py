@@ -218,7 +218,51 @@ def analyze(model, exclude=None, masked_only=False):
         grp.leader = grp.defined_by[0] if grp.defined_by else None
         if not grp.frozen and grp.leader is None:  # defensive: nothing owns a mask
             grp.frozen, grp.reason = True, "no Conv/Dense layer defines it"
-    return ChannelPlan(model.name, groups, plan_layers, plan_inputs, plan_outputs)
+    choices = _choice_blocks(graph_nodes, describe)
+    return ChannelPlan(model.name, groups, plan_layers, plan_inputs, plan_outputs, choices)
+
+
+def _choice_blocks(graph_nodes, describe):
+    """The layers of each alternative of every ``kd.layers.Choice`` merge, in graph order.
+
+    Calling a Choice calls every alternative on the block's input and the merge on their
+    outputs, so the layers of alternative ``i`` are the ancestors of the merge's input ``i``
+    that are not ancestors of every input (those are upstream of the block's input).
+    """
+    from keras_dnas.layers.choice import is_choice
+
+    producer = {}
+    for n in graph_nodes:
+        for t in n.outputs:
+            producer[id(t)] = n
+    order = {id(n): k for k, n in enumerate(graph_nodes)}
+    blocks = []
+    for node in graph_nodes:
+        if not is_choice(node.operation):
+            continue
+        ancestors = []
+        for t in node.inputs:
+            seen, todo = {}, [t]
+            while todo:
+                p = producer.get(id(todo.pop()))
+                if p is None or id(p) in seen:
+                    continue
+                seen[id(p)] = p
+                todo.extend(p.inputs)
+            ancestors.append(seen)
+        common = set.intersection(*(set(a) for a in ancestors))
+        alternatives = []
+        for a in ancestors:
+            inside = sorted((n for k, n in a.items() if k not in common),
+                            key=lambda n: order[id(n)])
+            names = []
+            for n in inside:
+                name = describe(n)[0]
+                if name not in names:
+                    names.append(name)
+            alternatives.append(names)
+        blocks.append({"name": describe(node)[0], "alternatives": alternatives})
+    return blocks
 
 
 def _describer(model, graph_nodes):

@@ -16,13 +16,24 @@ def group_owners(model, plan):
     return [None if g.frozen else by_name[g.leader] for g in plan.groups]
 
 
+def choice_layers(model, plan):
+    """The ``kd.layers.Choice`` merge layer of each choice block of ``plan``."""
+    by_name = {layer.name: layer for layer in walk.functional_of(model).layers}
+    return [by_name[block["name"]] for block in plan.choices]
+
+
 def soft_counts(model, plan):
-    """Differentiable channel counts (forward value = the hard count)."""
-    return [g.size if owner is None else ops.sum(masks.owner_gate(owner))
-            for g, owner in zip(plan.groups, group_owners(model, plan))]
+    """Differentiable channel counts (forward value = the hard count), then the
+    probabilities of each choice block's alternatives (``softmax(logits / T)``)."""
+    counts = [g.size if owner is None else ops.sum(masks.owner_gate(owner))
+              for g, owner in zip(plan.groups, group_owners(model, plan))]
+    return counts + [c.probabilities() for c in choice_layers(model, plan)]
 
 
 def hard_counts(model, plan):
-    """Integer channel counts of the current masks."""
-    return [g.size if owner is None else int(masks.hard_gate(owner.dnas_alpha).sum())
-            for g, owner in zip(plan.groups, group_owners(model, plan))]
+    """Integer channel counts of the current masks, then the one-hot of each choice
+    block's argmax alternative."""
+    counts = [g.size if owner is None else int(masks.hard_gate(owner.dnas_alpha).sum())
+              for g, owner in zip(plan.groups, group_owners(model, plan))]
+    return counts + [[1 if j == c.chosen() else 0 for j in range(len(block["alternatives"]))]
+                     for c, block in zip(choice_layers(model, plan), plan.choices)]

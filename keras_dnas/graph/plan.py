@@ -73,6 +73,9 @@ class ChannelPlan:
     layers: list
     inputs: list
     outputs: list
+    #: choice blocks (``kd.layers.Choice``), each ``{"name": merge layer, "alternatives":
+    #: [[layer names of alternative 0], ...]}`` (an identity alternative may list no layer)
+    choices: list = dataclasses.field(default_factory=list)
 
     def searchable_groups(self):
         """Groups whose channels the search may prune."""
@@ -84,6 +87,15 @@ class ChannelPlan:
             if info.name == name:
                 return info
         raise ValueError(f"No layer named '{name}' in plan of model '{self.model_name}'.")
+
+    def choice_of(self):
+        """``{layer name: (block index, alternative index)}`` of the layers inside choice blocks."""
+        found = {}
+        for b, block in enumerate(self.choices):
+            for j, names in enumerate(block["alternatives"]):
+                for name in names:
+                    found[name] = (b, j)
+        return found
 
     def groups_of(self, view):
         return [self.groups[g] for g in view.segments]
@@ -116,6 +128,8 @@ class ChannelPlan:
             ],
             inputs=[view(v) for v in d["inputs"]],
             outputs=[view(v) for v in d["outputs"]],
+            choices=[{"name": c["name"], "alternatives": [list(a) for a in c["alternatives"]]}
+                     for c in d.get("choices", [])],
         )
 
     @classmethod

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from keras_dnas import _keras
+from keras_dnas.layers.choice import Choice
 from keras_dnas.layers.masked import plain_class
 
 L = keras.layers
@@ -171,6 +172,9 @@ ROLES = {
                 L.Cropping2D, L.Cropping3D, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D],
                "propagating", "pad", _channels_last),
     L.Add: ("joining", "add", None),
+    # a choice block's merge joins its alternatives' outputs like an Add (and costs nothing:
+    # the frozen model keeps one alternative, no merge)
+    Choice: ("joining", "choice", None),
     L.Subtract: ("joining", "subtract", None),
     L.Multiply: ("joining", "multiply", None),
     L.Average: ("joining", "average", None),

@@ -1,5 +1,6 @@
 """Masked drop-in replacements for Keras layers (see :mod:`keras_dnas.layers.masked`)."""
 
+from keras_dnas.layers.choice import Choice, is_choice
 from keras_dnas.layers.masked import (
     MaskedBatchNormalization,
     MaskedConv1D,
@@ -15,6 +16,8 @@ from keras_dnas.layers.masked import (
 )
 
 __all__ = [
+    "Choice",
+    "is_choice",
     "MaskedBatchNormalization",
     "MaskedConv1D",
     "MaskedConv2D",

@@ -85,6 +85,10 @@ def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm")
     searchable = any(is_masked(layer) for layer in walk.functional_of(model).layers)
     if not searchable:  # nested sub-models: one flat graph, layer names as kd.prepare's
         model = walk.flatten(model)
+    else:  # Choice blocks: the structure of the argmax alternatives (what freeze keeps)
+        from keras_dnas.prepare import collapse
+
+        model = collapse(model)
     plan = analyze(model, masked_only=searchable)
     counts = hard_counts(model, plan) if searchable else [g.size for g in plan.groups]
     if memory == "auto":

@@ -54,6 +54,7 @@ class _SearchState(keras.layers.Layer):
                                    autocast=False, aggregation=aggregation, name=name)
 
         self.grad_scale = variable("grad_scale")
+        self.temperature = variable("choice_temperature", initializer="ones")
         self.strengths = [variable(f"strength_{i}") for i in range(n_strengths)]
         # every replica adds the same penalty in a step: their mean is that step's value
         self.penalty_sum = variable("penalty_sum", aggregation="mean")
@@ -147,6 +148,10 @@ class DNASCallback(keras.callbacks.Callback):
             drawn with a fixed seed, set BatchNormalization statistics
             before each validation and in :func:`keras_dnas.freeze`. Without
             it, validation uses the lagging moving averages.
+        choice_temperature: ``(start, end)`` temperature of the ``kd.layers.Choice``
+            blocks, annealed geometrically over the search epochs (a variable: no
+            retracing). Costs weight the alternatives by ``softmax(logits / T)``, so at a
+            low final temperature they approach the argmax alternative's exact costs.
         arena_plan: ``"tflm"`` (default) budgets RAM with TFLite Micro's own arena layout;
             ``"offline"`` with the plan ``kd.export.to_tflite(..., arena_plan="offline")``
             writes (the soft RAM term is the liveness bound that plan reaches).
@@ -176,7 +181,8 @@ class DNASCallback(keras.callbacks.Callback):
     def __init__(self, target, budgets=None, objectives=None, warmup_epochs=0, monitor=None,
                  restore_best_weights=True, stop_when_feasible=None, margin=0.02,
                  mask_lr_multiplier=10.0, bn_momentum=0.9, centred_gradients=True, memory=None,
-                 calibration_data=None, verbose=1, arena_plan="tflm"):
+                 calibration_data=None, verbose=1, arena_plan="tflm",
+                 choice_temperature=(1.0, 0.1)):
         super().__init__()
         self.target = targets.get(target)
         self._budgets_arg = budgets
@@ -206,6 +212,11 @@ class DNASCallback(keras.callbacks.Callback):
                              f"bn_momentum={bn_momentum!r}")
         self.bn_momentum = bn_momentum
         self.centred_gradients = bool(centred_gradients)
+        if not (isinstance(choice_temperature, (tuple, list)) and len(choice_temperature) == 2
+                and all(isinstance(t, (int, float)) and t > 0 for t in choice_temperature)):
+            raise ValueError("choice_temperature must be (start, end) with both > 0. "
+                             f"Received: choice_temperature={choice_temperature!r}")
+        self.choice_temperature = tuple(float(t) for t in choice_temperature)
         self.memory = memory
         from keras_dnas.export import offline
 
@@ -241,7 +252,11 @@ class DNASCallback(keras.callbacks.Callback):
                 "groups)."
             )
         memory = self.memory
-        if memory is None and self._needs_memory():
+        if memory is None and self._needs_memory() and plan.choices:
+            from keras_dnas.choice_memory import ChoiceMemory
+
+            memory = ChoiceMemory.from_model(model, plan, target=self.target)
+        elif memory is None and self._needs_memory():
             from keras_dnas import memory as memory_lib
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=self.target)
@@ -291,6 +306,13 @@ class DNASCallback(keras.callbacks.Callback):
         for owner in self._owners:
             object.__setattr__(owner, masks.HOOKS_ATTR, masks.SearchHooks(
                 grad_scale=self._grad_scale, centred=self.centred_gradients))
+        # choice blocks: logits frozen during warm-up like the masks; annealed temperature
+        self._choices = counts_lib.choice_layers(model, plan)
+        self._temperature = self._state.temperature
+        self._temperature.assign(self.choice_temperature[0])
+        for layer in self._choices:
+            object.__setattr__(layer, "_dnas_grad_scale", self._grad_scale)
+            object.__setattr__(layer, "_dnas_temperature", self._temperature)
         self._boost = [1.0] * len(self.objectives)
         self._base = None
         self._bound_model = model
@@ -395,6 +417,7 @@ class DNASCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         searching = epoch >= self.warmup_epochs
         self._grad_scale.assign(1.0 if searching else 0.0)
+        self._temperature.assign(self.temperature_at(epoch))
         for owner in self._owners:  # the gate reads alpha itself at the start of each epoch
             owner.__dict__[masks.HOOKS_ATTR].restart(owner.dnas_alpha)
         self._folded = False
@@ -402,6 +425,16 @@ class DNASCallback(keras.callbacks.Callback):
         self._penalty_sum.assign(0.0)
         self._penalty_steps.assign(0.0)
         self._train_penalty = None
+
+    def temperature_at(self, epoch):
+        """Choice temperature of ``epoch``: the start value during warm-up, then geometric
+        from start to end over the search epochs."""
+        start, end = self.choice_temperature
+        e = epoch - self.warmup_epochs
+        if e <= 0 or self._search_epochs <= 1:
+            return start
+        return start * (end / start) ** (min(e, self._search_epochs - 1)
+                                         / (self._search_epochs - 1))
 
     def on_train_batch_end(self, batch, logs=None):
         steps = self.params.get("steps")
@@ -553,6 +586,9 @@ class DNASCallback(keras.callbacks.Callback):
             layer.momentum = momentum
         for owner in self._owners:
             owner.__dict__.pop(masks.HOOKS_ATTR, None)
+        for layer in self._choices:
+            layer.__dict__.pop("_dnas_grad_scale", None)
+            layer.__dict__.pop("_dnas_temperature", None)
         _detach_state(self.model)
         self._state_model = None
         self.model.make_train_function(force=True)
