@@ -76,7 +76,7 @@ MODELS = {
     "ds_cnn": (lambda: kd.zoo.ds_cnn(), (49, 10, 1), 12),
 }
 COMPUTE = ("params", "macs", "latency_ms")
-MEMORY = ("flash", "ram")
+MEMORY = ("flash_bytes", "ram_bytes")
 
 
 @contextlib.contextmanager

@@ -224,9 +224,10 @@ def mask_variables(model, trainable_only=True):
     Example:
 
     >>> import keras, keras_dnas as kd
-    >>> m = keras.Sequential([keras.Input((8,)), kd.layers.MaskedDense(4), keras.layers.Dense(2)])
-    >>> [v.path for v in kd.masks.mask_variables(m)]
-    ['masked_dense/dnas_alpha']
+    >>> m = keras.Sequential([keras.Input((8,)), kd.layers.MaskedDense(4, name="hidden"),
+    ...                       keras.layers.Dense(2)])
+    >>> [v.path.split("/")[-2:] for v in kd.masks.mask_variables(m)]
+    [['hidden', 'dnas_alpha']]
     """
     seen, out = set(), []
     for v in model.weights:

@@ -107,7 +107,7 @@ class DNASCallback(keras.callbacks.Callback):
         target: a :class:`~keras_dnas.targets.HardwareTarget` or a built-in
             name (``"stm32h743"``, ``"nrf52840"``, ...).
         budgets: ``{metric: limit}`` with metrics from
-            :data:`keras_dnas.search.METRICS` (``flash``, ``ram`` in bytes,
+            :data:`keras_dnas.search.METRICS` (``flash_bytes``, ``ram_bytes``,
             ``latency_ms``, ``latency_cycles``, ``energy_uj``, ``params``,
             ``macs``). Default: the target's flash and RAM.
         objectives: ``Minimize`` objects (or metric names) to reduce beyond
@@ -252,8 +252,8 @@ class DNASCallback(keras.callbacks.Callback):
         # rebuilt from the arguments on every bind: a second fit must not add the defaults twice
         self.objectives = _as_objectives(self._budgets_arg, self._objectives_arg)
         if self._budgets_arg is None:
-            self.objectives = [Budget("flash", self.target.flash_bytes),
-                               Budget("ram", self.target.ram_bytes)] + self.objectives
+            self.objectives = [Budget("flash_bytes", self.target.flash_bytes),
+                               Budget("ram_bytes", self.target.ram_bytes)] + self.objectives
         available = self.cost_model.available()
         for o in self.objectives:
             if o.metric not in available:
@@ -303,7 +303,7 @@ class DNASCallback(keras.callbacks.Callback):
 
     def _needs_memory(self):
         metrics = {o.metric for o in self.objectives}
-        return self._budgets_arg is None or bool(metrics & {"flash", "ram"})
+        return self._budgets_arg is None or bool(metrics & {"flash_bytes", "ram_bytes"})
 
     def costs(self, exact=True):
         """Exact costs of the current hard masks, ``{metric: number}``."""
@@ -344,8 +344,17 @@ class DNASCallback(keras.callbacks.Callback):
         self._fitting = True
         self._folded = True
         self._train_penalty = None
+        self._calibrator = None
         self._regularized = self._owners[0].dnas_alpha
         self._regularized.regularizer = self._tracked_penalty
+        self._penalty_fn = self.penalty
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            # Keras traces the train step twice (the last, smaller batch of an epoch relaxes
+            # the shapes); the penalty graph (thousands of scalar ops for flash, RAM and
+            # latency) takes no input, so one trace of it serves both.
+            self._penalty_fn = tf.function(lambda: self.penalty(), autograph=False)
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None:
             masks.exclude_from_weight_decay(optimizer)
@@ -378,7 +387,7 @@ class DNASCallback(keras.callbacks.Callback):
 
     def _tracked_penalty(self, _variable):
         # the regularizer Keras adds to the loss; also summed so the logs can show it apart
-        value = self.penalty()
+        value = self._penalty_fn()
         self._penalty_sum.assign_add(ops.cast(value, "float32"))
         self._penalty_steps.assign_add(1.0)
         return value
@@ -427,13 +436,19 @@ class DNASCallback(keras.callbacks.Callback):
         self._saved_strengths = [keras.ops.convert_to_numpy(v) for v in self._strengths]
         for var in self._strengths:
             var.assign(0.0)
+        # nor in the test step's graph: it would be traced and run at every validation batch
+        self._regularized.regularizer = None
         if self.calibration_data is not None:
-            from keras_dnas.freeze import recalibrate_batchnorm
+            if getattr(self, "_calibrator", None) is None:  # traced once per fit, then reused
+                from keras_dnas.freeze import BatchNormCalibrator
 
-            n = self.VALIDATION_CALIBRATION_SAMPLES
-            recalibrate_batchnorm(self.model, [a[:n] for a in self.calibration_data])
+                self._calibrator = BatchNormCalibrator(self.model)
+            sample = [a[:self.VALIDATION_CALIBRATION_SAMPLES] for a in self.calibration_data]
+            self._calibrator(sample if len(sample) > 1 else sample[0])
 
     def on_test_end(self, logs=None):
+        if getattr(self, "_fitting", False):
+            self._regularized.regularizer = self._tracked_penalty
         if getattr(self, "_fitting", False) and getattr(self, "_saved_strengths", None):
             for var, value in zip(self._strengths, self._saved_strengths):
                 var.assign(value)
