@@ -51,7 +51,7 @@ def test_budgeted_search_certifies_on_every_backend(backend, tensorflow_seed_cos
     # the strengths reached the compiled step: a penalty, and the masks closed channels
     last = out["history"][-1]
     assert last["dnas/penalty"] > 0
-    assert last["dnas/flash"] < out["seed_costs"]["flash"]
+    assert last["dnas/flash_bytes"] < out["seed_costs"]["flash_bytes"]
     assert any(abs(a) <= 0.5 for group in out["masks"] for a in group)
     cert = out["certificate"]
     assert cert["all_hold"] and cert["flash_source"].startswith("int8 TFLite conversion")
