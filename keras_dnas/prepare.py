@@ -3,6 +3,8 @@
 import re
 import warnings
 
+import numpy as np
+
 import keras
 import numpy as np
 
@@ -189,7 +191,9 @@ def _copy_weights(old, new):
     has_alpha = any(w.name == masks.ALPHA_NAME for w in old.weights)
     keep = [w for w in new.weights if has_alpha or w.name != masks.ALPHA_NAME]
     for dst, src in zip(keep, old.weights):
-        dst.assign(src)
+        # a copy: on JAX, assigning a variable shares its buffer, which the search's training
+        # step then donates (deletes) under the seed model
+        dst.assign(np.array(keras.ops.convert_to_numpy(src)))
     if isinstance(new, keras.layers.Normalization):
         new.finalize_state()  # its mean / variance constants come from its weights
 
