@@ -7,7 +7,11 @@ import keras
 
 from keras_dnas import masks
 from keras_dnas.graph import analyze, bind, walk
+from keras_dnas.layers import taps
 from keras_dnas.layers.masked import MASKED_OF, plain_class
+
+#: What ``prepare(search=...)`` can search.
+SEARCH_SPACES = ("channels",) + taps.AXES
 
 
 @keras.saving.register_keras_serializable(package="keras_dnas")
@@ -45,7 +49,7 @@ class SearchableModel(keras.Model):
             masks.exclude_from_weight_decay(self.optimizer)
 
 
-def prepare(model, exclude=None):
+def prepare(model, exclude=None, search=("channels",)):
     """A searchable copy of ``model``: masked Conv/Dense layers, tied channel masks.
 
     Every Conv1D/Conv2D/Dense that reads or writes a searchable channel group
@@ -76,13 +80,19 @@ def prepare(model, exclude=None):
             (``search.layers``); the name of a sub-model keeps that whole
             sub-model as one opaque, nested block (not searched, not
             flattened, so the frozen model contains it too).
+        search: what to search: ``"channels"`` (always), plus PIT's time axis
+            of every stride-1 ``Conv1D`` / ``DepthwiseConv1D``:
+            ``"receptive_field"`` (taps close from the oldest end, mask
+            ``dnas_beta``) and ``"dilation"`` (power-of-two dilation, mask
+            ``dnas_gamma``); see :mod:`keras_dnas.layers.taps`. Their masks
+            start open, so the result still computes what ``model`` does.
 
     Returns:
         A :class:`SearchableModel`.
 
     Raises:
         ValueError: for a subclassed model, an unbuilt Sequential, unknown
-            ``exclude`` names, or a model with no searchable channel group
+            ``exclude`` names, unknown ``search`` names, or a model with no searchable channel group
             (the message says why each group is frozen).
 
     Example:
@@ -98,6 +108,7 @@ def prepare(model, exclude=None):
     if not isinstance(model, keras.Model):
         raise ValueError(f"prepare() expects a keras.Model. Received: {type(model).__name__}")
     exclude = set(exclude or ())
+    time_axes = _check_search(search)
     model = walk.flatten(model, keep=exclude)
     plan = analyze(model, exclude=exclude)
     searchable = {g.id for g in plan.searchable_groups()}
@@ -112,19 +123,63 @@ def prepare(model, exclude=None):
             "nothing to search. Why each group is frozen:\n" + "\n".join(_frozen_lines(plan))
             + "\n" + _fix_hint(exclude))
     _warn_frozen(plan, exclude)
+    timed = _time_searched(model, plan, time_axes, exclude)
+    to_mask |= set(timed)
 
     def replace(op):
         if not isinstance(op, keras.layers.Layer):
             return op  # a stateless keras.ops operation
         cls = plain_class(op)
         if op.name in to_mask and cls in MASKED_OF:
-            return walk.clone_layer(op, MASKED_OF[cls])
+            update = {"dnas_time": list(time_axes)} if op.name in timed else None
+            return walk.clone_layer(op, MASKED_OF[cls], update)
         return walk.clone_layer(op)
 
     searchable_model, replaced = walk.rebuild(model, replace, model_class=SearchableModel)
     for gnode in walk.nodes(model):
         _copy_weights(gnode.operation, replaced[id(gnode.operation)])
     return searchable_model
+
+
+def _check_search(search):
+    """The time axes of a valid ``search=`` argument (a clear error otherwise)."""
+    names = (search,) if isinstance(search, str) else tuple(search or ())
+    unknown = [n for n in names if n not in SEARCH_SPACES]
+    if unknown:
+        raise ValueError(f"kd.prepare: unknown search= names {unknown}. Known: "
+                         f"{list(SEARCH_SPACES)}, e.g. search=('channels', 'receptive_field', "
+                         "'dilation').")
+    if "channels" not in names:
+        raise ValueError("kd.prepare: search= must include 'channels' (a search of the time "
+                         f"axis alone is not supported). Received: search={names!r}; use "
+                         f"search=('channels', {', '.join(repr(n) for n in names)}).")
+    return tuple(a for a in taps.AXES if a in names)
+
+
+def _time_searched(model, plan, axes, exclude):
+    """Names of the Conv1D / DepthwiseConv1D layers whose taps are searched; warns about
+    those that cannot be (strided, grouped, ...)."""
+    if not axes:
+        return []
+    roles = {info.name: info.role for info in plan.layers}
+    names, skipped = [], []
+    for layer in walk.functional_of(model).layers:
+        if plain_class(layer) not in (keras.layers.Conv1D, keras.layers.DepthwiseConv1D) \
+                or layer.name in exclude or roles.get(layer.name, "opaque") == "opaque":
+            continue
+        problem = taps.check(layer)
+        if problem is None and int(layer.kernel_size[0]) > 1:
+            names.append(layer.name)
+        elif problem is not None:
+            skipped.append(f"'{layer.name}' ({problem})")
+    if skipped:
+        warnings.warn("keras_dnas.prepare: the taps of these layers are not searched: "
+                      + ", ".join(skipped), stacklevel=3)
+    if not names:
+        warnings.warn(f"keras_dnas.prepare: search={list(axes)} found no Conv1D / "
+                      "DepthwiseConv1D with more than one tap and strides=1; only channels "
+                      "are searched.", stacklevel=3)
+    return names
 
 
 def _copy_weights(old, new):

@@ -198,14 +198,16 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     removed = []
     costs = evaluate(counts, metrics)
     if violation(costs, budgets) > 0:
-        least = evaluate(cost_model.min_counts(), metrics)  # costs only fall as channels close
+        # costs only fall as channels close (taps stay as they are: the group counts only)
+        least = evaluate(cost_model.min_counts()[:len(plan.groups)], metrics)
         if violation(least, budgets) > 0:
             from keras_dnas.report.floor import describe_floor
 
             raise ValueError("Budgets cannot hold even with one channel per group. "
                              "What sets the floor (loosen the budget, or change / exclude "
                              "the largest layers):\n"
-                             + describe_floor(cost_model, budgets, cost_model.min_counts()))
+                             + describe_floor(cost_model, budgets,
+                                              cost_model.min_counts()[:len(plan.groups)]))
     while violation(costs, budgets) > 0:
         failing = [b for b in budgets if not b.holds(costs[b.metric])]
         wanted = [b.metric for b in failing]
@@ -670,26 +672,35 @@ def _compile_like(frozen, model):
                       "fit.", stacklevel=3)
 
 
-def rebuild_with(model, plan, keep):
+def rebuild_with(model, plan, keep, full_taps=False):
     """The plain model keeping channels ``keep[group_id]`` (bool arrays) of ``model``.
+
+    Layers whose taps are searched keep the taps their masks keep (all of them
+    with ``full_taps``), see :mod:`keras_dnas.freeze_taps`.
 
     Used by :func:`freeze` and by cost models that need the frozen structure
     at other channel counts.
     """
+    from keras_dnas import freeze_taps
+
     first = {}
     for info in plan.layers:
         first.setdefault(info.name, info)
+    tap_plans = freeze_taps.tap_plans(model, plan, full=full_taps)
 
     def replace(op):
         if not isinstance(op, keras.layers.Layer):
             return op
         info = first[op.name]
         update = _config_update(op, info, keep) if info.role != "opaque" else {}
+        if "dnas_time" in op.get_config() or op.name in tap_plans:
+            return freeze_taps.clone(op, plain_class(op), update, tap_plans.get(op.name))
         return walk.clone_layer(op, plain_class(op), update)
 
     frozen, replaced = walk.rebuild(model, replace)
     for layer in walk.functional_of(model).layers:
         new = replaced.get(id(layer))
+        new = getattr(new, "dnas_layer", new)  # a conv behind explicit padding
         if new is None or not layer.weights:
             continue
         if isinstance(layer, keras.Model):
@@ -704,6 +715,8 @@ def rebuild_with(model, plan, keep):
         src = {w.name: w for w in layer.weights if w.name != masks.ALPHA_NAME}
         for w in new.weights:
             value = keras.ops.convert_to_numpy(src[w.name])
+            if w.name == "kernel" and layer.name in tap_plans:
+                value = value[tap_plans[layer.name]["kernel_index"]]
             w.assign(_slice(op, w.name, value, in_keep, out_keep))
         if isinstance(new, L.Normalization):
             new.finalize_state()  # its mean / variance constants come from its weights
@@ -721,7 +734,11 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
         from keras_dnas.costs import memory as memory_lib
 
         memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
-    cost_model = CostModel(plan, target, memory=memory)
+    from keras_dnas.costs.model import tap_owners
+
+    # the taps stay as searched: projection and growth change channels only
+    cost_model = CostModel(plan, target, memory=memory,
+                           taps=[t.dnas_tap_count(exact=True) for t in tap_owners(model, plan)])
     keep, removed, costs = project(model, cost_model, budgets, plan=plan, keep=keep)
     keep, removed, costs = list(keep), list(removed), dict(costs)
     added = []

@@ -20,6 +20,22 @@ from keras import ops
 ALPHA_NAME = "dnas_alpha"
 """Name of every channel-mask variable (``layer_name/dnas_alpha``)."""
 
+TIME_NAMES = ("dnas_beta", "dnas_gamma")
+"""Names of the time-axis masks of Conv1D / DepthwiseConv1D (:mod:`keras_dnas.layers.taps`)."""
+
+MASK_NAMES = (ALPHA_NAME,) + TIME_NAMES
+"""Every search-mask variable name: no weight decay, frozen during warm-up."""
+
+
+def is_mask_name(name):
+    """Whether a variable name (or path) is a search mask's.
+
+    >>> is_mask_name("conv1d/dnas_beta"), is_mask_name("conv1d/kernel")
+    (True, False)
+    """
+    return any(m in str(name) for m in MASK_NAMES)
+
+
 THRESHOLD = 0.5
 """A channel is kept while ``|alpha| > THRESHOLD``."""
 
@@ -181,7 +197,7 @@ def mask_variables(model, trainable_only=True):
 
 
 def exclude_from_weight_decay(optimizer):
-    """Keep ``optimizer``'s weight decay off every mask variable.
+    """Keep ``optimizer``'s weight decay off every mask variable (:data:`MASK_NAMES`).
 
     Keeps any exclusions the user configured before. ``kd.SearchableModel``
     calls it in ``compile`` and ``kd.DNASCallback`` at the start of training.
@@ -196,7 +212,7 @@ def exclude_from_weight_decay(optimizer):
     """
     previous_ids = set(getattr(optimizer, "_exclude_from_weight_decay", set()) or set())
     pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
-    names = [ALPHA_NAME] if pattern is None else [ALPHA_NAME, pattern.pattern]
+    names = list(MASK_NAMES) if pattern is None else list(MASK_NAMES) + [pattern.pattern]
     optimizer.exclude_from_weight_decay(var_names=names)
     optimizer._exclude_from_weight_decay = previous_ids
     return optimizer

@@ -22,15 +22,37 @@ def view_count(view, counts):
     return total if view.repeat == 1 else total * view.repeat
 
 
+def with_taps(plan, counts, taps=None):
+    """``counts`` with the effective tap counts of the plan's searched layers appended.
+
+    A counts list holds one entry per group, then one per layer whose taps are
+    searched (:meth:`~keras_dnas.graph.ChannelPlan.tap_slot`). A list of group
+    counts only is completed with ``taps`` (default: the full kernels).
+    """
+    missing = len(plan.groups) + len(plan.tap_layers()) - len(counts)
+    if missing <= 0:
+        return counts
+    taps = plan.full_taps() if taps is None else list(taps)
+    return list(counts) + taps[len(taps) - missing:]
+
+
 def layer_records(plan, counts):
-    """Per layer call: dict(name, op, geometry, cin, cout) with effective counts."""
+    """Per layer call: dict(name, op, geometry, cin, cout) with effective counts.
+
+    A layer whose taps are searched gets ``geometry["taps"]`` = its effective
+    tap count (so params, MACs, latency and energy follow it).
+    """
+    counts = with_taps(plan, counts)
     records = []
     for info in plan.layers:
         cin = view_count(info.inputs[0], counts) if info.inputs else 0
         cout = view_count(info.output, counts)
         if info.op == "depthwise":
             cin = cout
-        records.append({"name": info.name, "op": info.op, "geometry": info.geometry,
+        geometry = info.geometry
+        if info.taps:
+            geometry = dict(geometry, taps=counts[plan.tap_slot(info.name)])
+        records.append({"name": info.name, "op": info.op, "geometry": geometry,
                         "cin": cin, "cout": cout})
     return records
 
@@ -42,15 +64,23 @@ def group_owners(model, plan):
 
 
 def soft_counts(model, plan):
-    """Differentiable channel counts (forward value = the hard count)."""
+    """Differentiable channel counts (forward value = the hard count), then tap counts."""
     return [g.size if owner is None else ops.sum(masks.owner_gate(owner))
-            for g, owner in zip(plan.groups, group_owners(model, plan))]
+            for g, owner in zip(plan.groups, group_owners(model, plan))] + \
+        [layer.dnas_tap_count() for layer in tap_owners(model, plan)]
 
 
 def hard_counts(model, plan):
-    """Integer channel counts of the current masks."""
+    """Integer channel counts of the current masks, then tap counts."""
     return [g.size if owner is None else int(masks.hard_gate(owner.dnas_alpha).sum())
-            for g, owner in zip(plan.groups, group_owners(model, plan))]
+            for g, owner in zip(plan.groups, group_owners(model, plan))] + \
+        [layer.dnas_tap_count(exact=True) for layer in tap_owners(model, plan)]
+
+
+def tap_owners(model, plan):
+    """The layers of ``plan.tap_layers()`` (they hold ``dnas_beta`` / ``dnas_gamma``)."""
+    by_name = {layer.name: layer for layer in walk.functional_of(model).layers}
+    return [by_name[n] for n in plan.tap_layers()]
 
 
 class CostModel:
@@ -73,8 +103,10 @@ class CostModel:
     766624
     """
 
-    def __init__(self, plan, target, memory=None):
+    def __init__(self, plan, target, memory=None, taps=None):
         self.plan = plan
+        # tap counts that complete a counts list of groups only (kd.freeze: the hard ones)
+        self.taps = plan.full_taps() if taps is None else list(taps)
         self.target = targets.get(target)
         self.memory = memory
         self._seen = self._first_calls()
@@ -87,11 +119,13 @@ class CostModel:
         return first
 
     def full_counts(self):
-        return [g.size for g in self.plan.groups]
+        return [g.size for g in self.plan.groups] + self.plan.full_taps()
 
     def min_counts(self):
-        """Counts of the smallest reachable model: one channel per searchable group."""
-        return [g.size if g.frozen else 1 for g in self.plan.groups]
+        """Counts of the smallest reachable model: one channel per searchable group (and
+        one tap per searched kernel)."""
+        return [g.size if g.frozen else 1 for g in self.plan.groups] + \
+            [1] * len(self.plan.tap_layers())
 
     def available(self):
         names = ["params", "macs", "latency_cycles", "latency_ms", "energy_uj"]
@@ -107,6 +141,7 @@ class CostModel:
                 rather than the differentiable liveness bound.
         """
         metrics = list(metrics or self.available())
+        counts = with_taps(self.plan, counts, self.taps)
         records = layer_records(self.plan, counts)
         out = {}
         for m in metrics:

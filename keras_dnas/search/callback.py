@@ -238,6 +238,8 @@ class DNASCallback(keras.callbacks.Callback):
         self._bound_model = model  # costs() reads the masks of the model being bound
         self.seed_costs = self.costs()
         self._owners = [o for o in cost_model.group_owners(model, plan) if o is not None]
+        # every layer holding a search mask (channels, taps) reads the warm-up gradient scale
+        self._owners += [t for t in cost_model.tap_owners(model, plan) if t not in self._owners]
         self._grad_scale = keras.Variable(0.0, trainable=False, name="dnas_grad_scale")
         for owner in self._owners:
             object.__setattr__(owner, "_dnas_grad_scale", self._grad_scale)
@@ -460,7 +462,7 @@ class DNASCallback(keras.callbacks.Callback):
         multiplier = self.mask_lr_multiplier
 
         def update_step(gradient, variable, learning_rate):
-            if masks.ALPHA_NAME in getattr(variable, "name", ""):
+            if masks.is_mask_name(getattr(variable, "name", "")):
                 learning_rate = learning_rate * multiplier
             return original(gradient, variable, learning_rate)
 
