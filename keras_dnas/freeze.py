@@ -745,7 +745,9 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     if fill:
         keep, added, costs = grow(model, cost_model, budgets, plan=plan, keep=keep)
     flash_source = None
-    if "flash" in costs:
+    # frozen taps may add PAD / slice operators the search-time model does not have: their
+    # flash and arena are certified on the conversion
+    if "flash" in costs or (plan.tap_layers() and "ram" in costs):
         keep, costs, more, flash_source = _verify_flash(model, plan, keep, costs, budgets,
                                                         cost_model)
         removed += more
