@@ -72,7 +72,7 @@ def _scaled_abs(variable, grad_scale):
     return ops.abs(v)
 
 
-def tap_gate(beta, gamma, kernel_size, grad_scale=None):
+def tap_gate(beta, gamma, kernel_size, grad_scale=None, centred=False):
     """Gate of every tap, by age (newest first), exactly 0/1 forward, straight-through backward.
 
     Args:
@@ -80,6 +80,11 @@ def tap_gate(beta, gamma, kernel_size, grad_scale=None):
         gamma: dilation parameters (:func:`dilation_levels` entries) or ``None``.
         kernel_size: ``K``.
         grad_scale: optional scalar multiplying the gradient (0 during warm-up).
+        centred: remove from the gradient of the open taps its mean over them, as
+            :func:`keras_dnas.masks.gate` does for channels: scaling every tap of a
+            kernel by one factor scales the layer's output, which the task loss
+            always wants larger and the next layers undo; it says nothing about
+            which taps to keep. Used on the forward path only, not on costs.
 
     Returns:
         A float32 tensor of ``K`` gates; age 0 is always 1.
@@ -104,6 +109,11 @@ def tap_gate(beta, gamma, kernel_size, grad_scale=None):
         pick[np.arange(k), _level_of_age(k)] = 1.0
         with_one = ops.concatenate([ops.ones((1,), "float32"), open_], axis=0)
         gate = gate * ops.matmul(ops.convert_to_tensor(pick), with_one)
+    if centred:
+        hard = ops.stop_gradient(gate)
+        residual = gate - hard  # forward value 0
+        mean = ops.sum(hard * residual) / ops.maximum(ops.sum(hard), 1.0)
+        gate = hard + residual - hard * mean
     return gate
 
 
@@ -198,12 +208,14 @@ class TimeMaskMixin:
         return [v for v in (getattr(self, "dnas_beta", None), getattr(self, "dnas_gamma", None))
                 if v is not None]
 
-    def dnas_tap_gate(self):
-        """Soft gate by age (``None`` without time masks)."""
+    def dnas_tap_gate(self, centred=False):
+        """Soft gate by age (``None`` without time masks). ``centred`` (the forward path)
+        applies while a search enables it (``_dnas_centred``, set by ``DNASCallback``)."""
         if not self._dnas_time_variables():
             return None
+        centred = centred and bool(self.__dict__.get("_dnas_centred", False))
         return tap_gate(self.dnas_beta, self.dnas_gamma, self.dnas_taps,
-                        grad_scale=self.__dict__.get("_dnas_grad_scale"))
+                        grad_scale=self.__dict__.get("_dnas_grad_scale"), centred=centred)
 
     def dnas_tap_count(self, exact=False):
         """Effective taps: a tensor (differentiable, forward value exact) or an int."""
@@ -218,7 +230,7 @@ class TimeMaskMixin:
             if self._dnas_time_variables() else np.ones(self.dnas_taps, dtype=bool)
 
     def _dnas_time_subs(self, subs):
-        gate = self.dnas_tap_gate()
+        gate = self.dnas_tap_gate(centred=True)
         if gate is None:
             return subs
         kernel = self.__dict__.get("_kernel", self.__dict__.get("kernel"))
