@@ -131,8 +131,8 @@ def prepare(model, exclude=None, search=("channels",)):
             return op  # a stateless keras.ops operation
         cls = plain_class(op)
         if op.name in to_mask and cls in MASKED_OF:
-            update = {"dnas_time": list(time_axes)} if op.name in timed else None
-            return walk.clone_layer(op, MASKED_OF[cls], update)
+            layer = walk.clone_layer(op, MASKED_OF[cls])
+            return layer.dnas_search_time(time_axes) if op.name in timed else layer
         return walk.clone_layer(op)
 
     searchable_model, replaced = walk.rebuild(model, replace, model_class=SearchableModel)

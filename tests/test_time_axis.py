@@ -145,7 +145,7 @@ def _tcn():
     h = L.Conv1D(8, 9, padding="causal", dilation_rate=2, activation="relu", name="c2")(h)
     h = L.DepthwiseConv1D(5, padding="same", name="dw")(h)
     h = L.Conv1D(6, 7, padding="causal", name="c3")(h)
-    return keras.Model(x, L.Dense(2, name="head")(L.GlobalAveragePooling1D()(h)))
+    return keras.Model(x, L.Dense(2, name="head")(L.GlobalAveragePooling1D()(h)), name="tcn")
 
 
 def _set(search, name, beta=None, gamma=None):

@@ -273,9 +273,9 @@ class _DepthwiseFoldMixin(_FollowingMixin):
 class MaskedConv1D(TimeMaskMixin, _DefiningMixin, keras.layers.Conv1D):
     """``keras.layers.Conv1D`` with a searchable mask over its output channels.
 
-    Same constructor as ``keras.layers.Conv1D``, plus ``dnas_time``: a tuple of
-    ``"receptive_field"`` / ``"dilation"`` to search the kernel taps too
-    (PIT's ``dnas_beta`` / ``dnas_gamma`` masks, see :mod:`keras_dnas.layers.taps`).
+    Same constructor as ``keras.layers.Conv1D``. ``dnas_search_time(("receptive_field",
+    "dilation"))`` before it is built searches its kernel taps too (PIT's ``dnas_beta`` /
+    ``dnas_gamma`` masks, see :mod:`keras_dnas.layers.taps`).
 
     Example:
 
@@ -350,7 +350,7 @@ class MaskedDepthwiseConv2D(_DepthwiseFoldMixin, keras.layers.DepthwiseConv2D):
 class MaskedDepthwiseConv1D(TimeMaskMixin, _DepthwiseFoldMixin, keras.layers.DepthwiseConv1D):
     """``keras.layers.DepthwiseConv1D`` that re-masks its output (bias included).
 
-    Same constructor, plus ``dnas_time`` as :class:`MaskedConv1D`.
+    Same constructor; ``dnas_search_time`` as :class:`MaskedConv1D`.
 
     Example:
 

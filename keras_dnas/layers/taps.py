@@ -160,25 +160,42 @@ def grid_of(keep_by_age):
 class TimeMaskMixin:
     """Adds ``dnas_beta`` / ``dnas_gamma`` to a masked Conv1D or DepthwiseConv1D.
 
-    Takes one extra constructor argument, ``dnas_time``: a tuple of
-    :data:`AXES` names (empty: the layer is its masked parent, unchanged).
+    The constructor is the Keras parent's; :meth:`dnas_search_time` (before the
+    layer is built) chooses the :data:`AXES` to search, and the config keeps
+    them as ``dnas_time`` (empty: the layer is its masked parent, unchanged).
     Only for ``strides=1``, ``data_format="channels_last"`` and
     ``depth_multiplier``/``groups`` as Keras allows; :func:`check` tells why not.
     """
 
-    def __init__(self, *args, dnas_time=(), **kwargs):
-        super().__init__(*args, **kwargs)
-        dnas_time = tuple(dnas_time or ())
-        unknown = [a for a in dnas_time if a not in AXES]
+    dnas_time = ()
+
+    def dnas_search_time(self, axes):
+        """Search the taps along ``axes`` (names of :data:`AXES`); call before the layer is
+        built. Returns the layer.
+
+        Raises:
+            ValueError: for an unknown name, a built layer, or a layer that cannot
+                search its taps (see :func:`check`).
+        """
+        axes = tuple(axes or ())
+        unknown = [a for a in axes if a not in AXES]
         if unknown:
-            raise ValueError(f"Layer '{self.name}': unknown dnas_time axes {unknown}. "
+            raise ValueError(f"Layer '{self.name}': unknown time axes {unknown}. "
                              f"Known: {list(AXES)}")
-        self.dnas_time = dnas_time
-        if dnas_time:
-            problem = check(self)
-            if problem:
-                raise ValueError(f"Layer '{self.name}' cannot search {list(dnas_time)}: "
-                                 f"{problem}.")
+        if self.built:
+            raise ValueError(f"Layer '{self.name}' is built: choose its time axes before "
+                             "calling it.")
+        problem = check(self) if axes else None
+        if problem:
+            raise ValueError(f"Layer '{self.name}' cannot search {list(axes)}: {problem}.")
+        self.dnas_time = axes
+        return self
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        axes = config.pop("dnas_time", ())
+        return super().from_config(config).dnas_search_time(axes)
 
     def get_config(self):
         config = super().get_config()
