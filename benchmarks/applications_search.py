@@ -26,7 +26,7 @@ import numpy as np
 import keras
 import keras_dnas as kd
 from keras_dnas.costs import arena
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from searchable_fraction import MODELS, searchable_fraction  # noqa: E402

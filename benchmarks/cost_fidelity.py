@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 import keras_dnas as kd  # noqa: E402
-from keras_dnas.costs import model as cost_model  # noqa: E402
-from keras_dnas.costs.memory import MemoryModel  # noqa: E402
+from keras_dnas.graph import counts as counts_lib  # noqa: E402
+from keras_dnas.memory import MemoryModel  # noqa: E402
 
 ZOO = ("resnet8", "ds_cnn", "mobilenet_v1", "fc_autoencoder", "tcn")
 
@@ -79,7 +79,7 @@ def build(name, seed=0, untrained=False):
 def measure_variant(searchable, host, mcu, keep, seed):
     name = searchable.name
     close_masks(searchable, keep, seed)
-    counts = cost_model.hard_counts(searchable, host.plan)
+    counts = counts_lib.hard_counts(searchable, host.plan)
     t0 = time.perf_counter()
     parts = host.ram_parts(counts)
     t_eval = time.perf_counter() - t0

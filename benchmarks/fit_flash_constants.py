@@ -1,11 +1,11 @@
-"""Fits the flatbuffer-overhead constants of `keras_dnas.costs.flash` on real int8 conversions.
+"""Fits the flatbuffer-overhead constants of `benchmarks/_bench/flash_model.py` on real int8 conversions.
 
 For every layer kind a chain of 0..3 such layers is appended to a small base model, converted to
 full-int8 TFLite (batch 1, like `keras_dnas.export.to_tflite`), and the part of `len(tflite)`
 that is not the layer payload (int8 weights, int32 biases, per-channel scales / zero points) nor
 tensor names is regressed on the number of layers per kind and the number of distinct operator
 codes, by least squares. The fitted numbers are printed as Python literals to paste into
-`keras_dnas/costs/flash.py`, followed by a validation on mixed models.
+`benchmarks/_bench/flash_model.py`, followed by a validation on mixed models.
 
 The fit set is the chains plus 40 random small CNNs; the toy models of
 `tests/test_costs_memory.py` are held out and reported as validation.
@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 
 import keras  # noqa: E402
 
-from keras_dnas.costs import flash  # noqa: E402
-from keras_dnas.export._flatbuffer import read_tflite  # noqa: E402
+from benchmarks._bench import flash_model as flash  # noqa: E402
+from keras_dnas._flatbuffer import read_tflite  # noqa: E402
 
 L = keras.layers
 

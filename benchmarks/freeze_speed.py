@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 import keras_dnas as kd  # noqa: E402
 freeze_lib = kd.freeze_lib
-from keras_dnas.costs import memory as memory_lib  # noqa: E402
+from keras_dnas import memory as memory_lib  # noqa: E402
 from keras_dnas.costs.model import CostModel  # noqa: E402
 
 TARGET = "stm32h743"

@@ -82,8 +82,9 @@ def summarise(results, roles):
     per_role = {r: {"graphs": 0, "failed": 0, "classes": defaultdict(int)} for r in roles}
     skipped = defaultdict(int)
     for r in results:
-        for check in r.get("skipped", {}):
+        for check, why in r.get("skipped", {}).items():
             skipped[check] += 1
+            skipped[f"{check}: {why.split(':')[0]}"] += 1  # not applicable, by reason
         for role in r.get("used", []):
             per_role[role]["graphs"] += 1
             per_role[role]["failed"] += bool(r["failures"])
@@ -109,6 +110,8 @@ def _print(report):
           f"worker CPU {report['worker_cpu_s']:.0f} s ({report['graphs_per_minute_cpu']} "
           f"graphs per CPU-minute); check d not comparable (operators differ) on "
           f"{report['check_d_skipped_structure_differs']}")
+    print("Not applicable (graphs, by check and reason): " + ", ".join(
+        f"{k} {v}" for k, v in sorted(report.get("not_applicable", {}).items()) if ":" in k))
     print("\nFailure classes (graphs, smallest example seed):")
     for name, c in report["failure_classes"].items():
         print(f"  {c['count']:4d}  seed {c['example']['seed']:<6} {name}")
@@ -140,8 +143,8 @@ def main(argv=None):
         with open(args.summarise) as f:
             report = json.load(f)
         classes, per_role, skipped = summarise(report["results"], fz.ALL_ROLES)
-        report.update(failure_classes=classes, per_role=per_role,
-                      check_d_skipped_structure_differs=skipped.get("d", 0))
+        report.update(failure_classes=classes, per_role=per_role, not_applicable=skipped,
+                      check_d_skipped_structure_differs=skipped.get("d: operators differ", 0))
         _print(report)
         with open(args.summarise, "w") as f:
             json.dump(report, f, indent=1)
@@ -192,7 +195,8 @@ def main(argv=None):
         "wall_s": round(wall, 1), "worker_cpu_s": round(cpu, 1),
         "graphs_per_minute_wall": round(60 * len(results) / wall, 2) if wall else None,
         "graphs_per_minute_cpu": round(60 * len(results) / cpu, 2) if cpu else None,
-        "check_d_skipped_structure_differs": skipped.get("d", 0),
+        "check_d_skipped_structure_differs": skipped.get("d: operators differ", 0),
+        "not_applicable": skipped,
         "failure_classes": classes, "per_role": per_role, "results": results,
     }
     _print(report)

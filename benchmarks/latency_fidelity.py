@@ -6,7 +6,7 @@ excluded) that reports all four benchmarks, calibrate the ``cmsis_nn`` latency
 model on two reference models and predict the other two.
 
 - Documented choice: one conv model + the dense-only FC auto-encoder
-  (``mlperf.CALIBRATION_PAIRS``); all six pairs are summarised too.
+  (``mlperf_fidelity.CALIBRATION_PAIRS``); all six pairs are summarised too.
 - Prior: the built-in ``nrf52840`` target, i.e. the generic, unmeasured
   Cortex-M4 + CMSIS-NN coefficients of ``shared/data/README.md``.
 
@@ -18,6 +18,7 @@ Usage::
 
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -25,6 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from keras_dnas import targets  # noqa: E402
 from keras_dnas.costs import latency  # noqa: E402
 from keras_dnas.targets import mlperf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._bench import mlperf_fidelity  # noqa: E402
 
 
 def _summary(rows):
@@ -66,24 +70,24 @@ def main():
     parser.add_argument("--base", default="nrf52840", help="prior target (default nrf52840)")
     args = parser.parse_args()
     start = time.perf_counter()
-    configs = mlperf.configurations()
-    rows = mlperf.fidelity(args.base, pairs=mlperf.CALIBRATION_PAIRS, configs=configs)
+    configs = mlperf_fidelity.configurations()
+    rows = mlperf_fidelity.fidelity(args.base, pairs=mlperf_fidelity.CALIBRATION_PAIRS, configs=configs)
     worst = max(abs(r["error"]) for r in rows)
     print(f"## Latency fidelity: calibrate on a conv model + AD, predict the other two "
           f"(prior '{args.base}')\n")
-    print(mlperf.format_table(rows))
+    print(mlperf_fidelity.format_table(rows))
     print(f"\nWorst error: {100 * worst:.1f} % over {len(rows)} predictions "
           f"({len(configs)} board/stack submissions).\n")
-    all_rows = mlperf.fidelity(args.base, pairs=mlperf.ALL_PAIRS, configs=configs)
+    all_rows = mlperf_fidelity.fidelity(args.base, pairs=mlperf_fidelity.ALL_PAIRS, configs=configs)
     print("## All six calibration pairs\n")
     print(_summary(all_rows))
     print("\n## Coefficients fitted on all four models (scale x coefficient = cycles per unit)\n")
     print(_fitted(configs, args.base))
     if args.all:
-        onnc = mlperf.configurations(
+        onnc = mlperf_fidelity.configurations(
             select=lambda stack, round_: "ONNC" in stack and "CMSIS-NN" in stack)
         print("\n## Informational: ONNC + CMSIS-NN (a different graph compiler; not in the claim)\n")
-        print(mlperf.format_table(mlperf.fidelity(args.base, configs=onnc)))
+        print(mlperf_fidelity.format_table(mlperf_fidelity.fidelity(args.base, configs=onnc)))
     g = latency.model_cycles(mlperf.reference_layers("ic"), "gap8")
     print(f"\nGAP8 paper-B model, seed ResNet-8: {g:,} cycles (paper: 766,624).")
     print(f"\n({time.perf_counter() - start:.2f} s)")

@@ -34,8 +34,8 @@ import keras  # noqa: E402
 
 import keras_dnas as kd  # noqa: E402
 from keras_dnas.costs import arena  # noqa: E402
-from keras_dnas.costs import model as cost_model  # noqa: E402
-from keras_dnas.costs.memory import MemoryModel, _generic_weights  # noqa: E402
+from keras_dnas.graph import counts as counts_lib  # noqa: E402
+from keras_dnas.memory import MemoryModel, _generic_weights  # noqa: E402
 
 MODELS = {
     "mnv2": lambda: keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35,
@@ -78,7 +78,7 @@ def run(name):
           f"({len(plan.searchable_groups())} searchable), {len(memory.unattributed)} dimensions "
           f"not attributed; flash at full width {memory.flash(full):,} B", flush=True)
     close_random_masks(search)
-    counts = cost_model.hard_counts(search, plan)
+    counts = counts_lib.hard_counts(search, plan)
     frozen = kd.freeze(search)
     frozen_blob = kd.export.to_tflite(frozen, representative_data=rep)
     # The planner replay of the frozen file (equal to TFLite Micro's head on every model of

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 import keras_dnas as kd  # noqa: E402
 import freeze_speed as fs  # noqa: E402
-from keras_dnas.costs.memory import MemoryModel  # noqa: E402
+from keras_dnas.memory import MemoryModel  # noqa: E402
 from keras_dnas.costs.model import CostModel  # noqa: E402
 from keras_dnas.search.objectives import Budget  # noqa: E402
 

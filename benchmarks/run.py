@@ -22,6 +22,7 @@ Usage::
     python benchmarks/run.py --datasets hapt --targets stm32h743
     python benchmarks/run.py --report-only    # tables and plots from an existing CSV
     python benchmarks/run.py --methods dnas --baselines-from benchmarks/results/full_results.csv
+    python benchmarks/run.py --methods dnas,dnas_offline --points 1:0.5:1   # arena plans
 """
 
 import argparse
@@ -55,13 +56,14 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0,
                    help="training seed (initialisation, shuffling); the data splits stay fixed")
     p.add_argument("--methods", default=None,
-                   help="comma-separated subset of hand,l1,dnas to train (default: all; the "
-                        "seed always trains: it gives the warm-up checkpoint)")
+                   help="comma-separated subset of hand,l1,dnas,dnas_offline to train (default: "
+                        "hand,l1,dnas; the seed always trains: it gives the warm-up checkpoint; "
+                        "dnas_offline: keras_dnas with arena_plan='offline')")
     p.add_argument("--baselines-from", default=None,
                    help="CSVs (comma-separated) of earlier runs with the same --seed: rows of the methods not "
                         "in --methods are copied from it (marked 'reused from' in the note)")
     p.add_argument("--no-memory", action="store_true",
-                   help="do not use keras_dnas.costs.memory even if present (params proxy)")
+                   help="do not use keras_dnas.memory even if present (params proxy)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--search-cost", action="store_true",
                    help="only the interleaved search-cost timing (seed training vs the whole "
@@ -122,9 +124,10 @@ def _run(args, tag, csv_path):
     points = tasks.parse_points(args.points) if args.points else None
     use_memory = costs_lib.memory_available() and not args.no_memory
     run_methods = tuple(args.methods.split(",")) if args.methods else runner.METHODS
-    unknown = set(run_methods) - set(runner.METHODS)
+    unknown = set(run_methods) - set(runner.METHODS + runner.EXTRA_METHODS)
     if unknown:
-        raise SystemExit(f"--methods takes a subset of {','.join(runner.METHODS)}. "
+        raise SystemExit(f"--methods takes a subset of "
+                         f"{','.join(runner.METHODS + runner.EXTRA_METHODS)}. "
                          f"Received: {args.methods}")
     reuse = {}
     if args.baselines_from:

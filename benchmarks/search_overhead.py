@@ -17,7 +17,7 @@ callback's ``on_epoch_end``, so the DNAS callback's own per-epoch work (exact
 costs, best-weights snapshot) is inside the search time.
 
 Budgets: ``params``, ``macs`` and ``latency_ms`` at ``--fraction`` (50 %) of
-the seed on ``stm32h743``; when ``keras_dnas.costs.memory`` is importable, a
+the seed on ``stm32h743``; when ``keras_dnas.memory`` is importable, a
 second search variant adds ``flash`` and ``ram`` at the same fraction.
 
 ``--unfolded`` adds a variant whose masked layers multiply every gate into the
@@ -151,7 +151,7 @@ class _TurnEnd(keras.callbacks.Callback):
 
 def _memory_available():
     try:
-        from keras_dnas.costs import memory  # noqa: F401
+        from keras_dnas import memory  # noqa: F401
     except ImportError:
         return False
     return True
@@ -176,7 +176,7 @@ def _variants(plain, args, use_memory):
         search = _compile(kd.prepare(plain))
         memory = None
         if with_memory:
-            from keras_dnas.costs import memory as memory_lib
+            from keras_dnas import memory as memory_lib
 
             memory = memory_lib.MemoryModel.from_model(search, search.dnas_plan)
         cm = CostModel(search.dnas_plan, TARGET, memory=memory)
@@ -295,7 +295,7 @@ def main(argv=None):
                    help="timed epochs per variant (one more, the tracing one, is discarded)")
     p.add_argument("--fraction", type=float, default=0.5, help="budgets as a fraction of the seed")
     p.add_argument("--memory", choices=("auto", "on", "off"), default="auto",
-                   help="also search with flash and ram budgets (needs keras_dnas.costs.memory)")
+                   help="also search with flash and ram budgets (needs keras_dnas.memory)")
     p.add_argument("--unfolded", action="store_true",
                    help="also time the masked layers without gate folding (before/after)")
     p.add_argument("--check", action="store_true",

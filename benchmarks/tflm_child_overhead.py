@@ -20,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import keras_dnas as kd  # noqa: E402
-from keras_dnas.export import _flatbuffer, runtime  # noqa: E402
+from keras_dnas import _flatbuffer  # noqa: E402
+from keras_dnas.export import runtime  # noqa: E402
 
 
 def in_process(tflite, x):

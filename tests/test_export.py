@@ -21,7 +21,7 @@ import keras
 import keras_dnas as kd
 from keras_dnas import export as kx
 from keras_dnas.costs import arena
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 L = keras.layers
 
@@ -782,6 +782,28 @@ def test_tflm_abort_raises_instead_of_killing_the_process():
     _, _, _, good = converted("dense")
     assert kx.tflm_preflight(good) == []
     assert kx.measure(good).arena_bytes > 0
+
+
+def test_dead_relu_after_an_add_is_found_before_tflite_micro_aborts():
+    """An int8 ADD whose fused ReLU is never positive on the calibration data has an output
+    scale ~8e-9 while its inputs vary: TFLite Micro's add Prepare aborts on the output multiplier
+    (QuantizeMultiplierSmallerThanOneExp). Fuzzer seed 233 (a Dense on one channel, converted to
+    MUL + ADD with the ReLU fused). to_tflite warns naming the layer; measuring raises."""
+    x = keras.Input((4,))
+    h = L.Dense(4, name="varies")(x)
+    low = L.Dense(4, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(
+        -100.0), name="very_negative")(x)
+    model = keras.Model(x, L.Dense(2, name="head")(L.ReLU(name="dead")(L.Add(name="sum")(
+        [h, low]))))
+    rep = np.random.default_rng(0).random((16, 4)).astype("float32")
+    with pytest.warns(UserWarning, match=r"would abort TensorFlow Lite Micro(.|\n)*layer "
+                      r"'(sum|dead)', operator \d+ \(ADD\)"):
+        tflite = kx.to_tflite(model, representative_data=rep)
+    problems = kx.tflm_preflight(tflite)
+    assert [p["op"] for p in problems] == ["ADD"]
+    with pytest.raises(RuntimeError, match=r"SIGABRT(.|\n)*\(ADD\)(.|\n)*"
+                       r"QuantizeMultiplierSmallerThanOneExp"):
+        kx.arena_usage(tflite)
 
 
 def test_a_child_crash_without_known_cause_is_reported(tmp_path, monkeypatch):

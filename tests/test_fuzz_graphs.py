@@ -116,3 +116,21 @@ def test_benchmark_groups_failures_into_classes():
     assert classes["d: tail (N vs N)"]["example"]["seed"] == 9  # the smallest graph
     assert per_role["conv2d"]["graphs"] == 2 and per_role["conv2d"]["failed"] == 1
     assert per_role["nested"]["graphs"] == 0 and skipped == {"d": 1}
+
+
+def test_a_graph_with_nothing_to_search_is_not_applicable():
+    """Seed 193: a Multiply of a concatenation (8 + 4 + 2 channels) and one conv's 14 channels
+    ties no group, so prepare raises its "no searchable channel group" error (the right one:
+    the plan has none); the fuzzer counts the graph as not applicable, not as a failure."""
+    result = fz.fuzz_one(193, checks=("a",))
+    assert result["failures"] == []
+    assert "has no searchable channel group" in result["skipped"]["a"]
+
+
+def test_a_model_tflite_micro_would_abort_on_is_named_not_run():
+    """Seed 233: random weights leave a ReLU fused into an int8 ADD dead on the calibration
+    data; TFLite Micro's add Prepare would abort. The preflight names the operator (the fuzzer
+    counts it as not applicable; tests/test_export.py checks the abort and the warning)."""
+    result = fz.fuzz_one(233, checks=("c",))
+    assert result["failures"] == []
+    assert "operator 19 (ADD)" in result["skipped"]["c"]

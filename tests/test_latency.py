@@ -8,6 +8,7 @@ import pytest
 
 from keras_dnas import targets
 from keras_dnas.costs import compute, latency
+from benchmarks._bench import mlperf_fidelity
 from keras_dnas.targets import mlperf
 
 LAYERS = {b: mlperf.reference_layers(b) for b in mlperf.BENCHMARKS}
@@ -285,7 +286,7 @@ def test_latency_model_registry_matches_the_target_schema():
 
 
 def test_configurations_selected_from_the_csv():
-    configs = mlperf.configurations()
+    configs = mlperf_fidelity.configurations()
     assert {(c["board"], c["stack"].split(" (")[0]) for c in configs} == {
         ("RX65N Cloud Kit", "TFLM + CMSIS-NN ported to RX"),
         ("NUCLEO-L4R5ZI", "microTVM + CMSIS-NN"),
@@ -297,8 +298,8 @@ def test_configurations_selected_from_the_csv():
 
 def test_latency_fidelity_within_20_percent():
     """Calibrate on a conv model + the dense auto-encoder, predict the other two models."""
-    rows = mlperf.fidelity("nrf52840", pairs=mlperf.CALIBRATION_PAIRS)
-    print("\n" + mlperf.format_table(rows))
+    rows = mlperf_fidelity.fidelity("nrf52840", pairs=mlperf_fidelity.CALIBRATION_PAIRS)
+    print("\n" + mlperf_fidelity.format_table(rows))
     assert len(rows) == 5 * 3 * 2
     worst = max(rows, key=lambda r: abs(r["error"]))
     assert abs(worst["error"]) <= 0.20, worst
@@ -307,8 +308,8 @@ def test_latency_fidelity_within_20_percent():
 def test_any_pair_predicts_the_conv_models_within_20_percent():
     """All six pairs: conv models are always within 20 %; the dense-only AD model is not
     predictable from conv models alone (its relative cost varies 0.94x-1.40x across boards)."""
-    rows = mlperf.fidelity("nrf52840", pairs=mlperf.ALL_PAIRS)
-    print("\n" + mlperf.format_table(rows))
+    rows = mlperf_fidelity.fidelity("nrf52840", pairs=mlperf_fidelity.ALL_PAIRS)
+    print("\n" + mlperf_fidelity.format_table(rows))
     conv = [r for r in rows if r["model"] != "ad"]
     assert max(abs(r["error"]) for r in conv) <= 0.20
     ad = [r["error"] for r in rows if r["model"] == "ad"]
@@ -318,7 +319,7 @@ def test_any_pair_predicts_the_conv_models_within_20_percent():
 def _energy_per_cycle_spread(select):
     """Per configuration with energy for all four models: max |e_cyc(model) / geomean - 1|."""
     spreads = {}
-    for cfg in mlperf.configurations(select=select):
+    for cfg in mlperf_fidelity.configurations(select=select):
         energy = cfg["energy_uJ"]
         if not all(energy.get(b) for b in mlperf.BENCHMARKS):
             continue
@@ -339,7 +340,7 @@ def test_energy_is_cycles_times_energy_per_cycle_on_measured_boards():
     assert len(every) >= 20
     assert sum(d < 0.10 for d in deviations) >= 0.9 * len(deviations)
     target = targets.get("stm32l4r5")  # e_cyc measured on this board + stack
-    l4r5 = next(c for c in mlperf.configurations()
+    l4r5 = next(c for c in mlperf_fidelity.configurations()
                 if c["board"] == "NUCLEO-L4R5ZI" and c["round"] == "v1.0")
     for b in mlperf.BENCHMARKS:
         predicted = latency.model_energy_uj(LAYERS[b], target)

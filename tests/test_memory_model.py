@@ -19,8 +19,9 @@ import keras_dnas as kd
 from keras_dnas import targets
 from keras_dnas.costs import arena
 from keras_dnas.costs import model as cost_model
-from keras_dnas.export._flatbuffer import read_tflite
-from keras_dnas.costs.memory import MemoryModel
+from keras_dnas.graph import counts as counts_lib
+from keras_dnas._flatbuffer import read_tflite
+from keras_dnas.memory import MemoryModel
 from keras_dnas.freeze import rebuild_with
 from tests import toys
 
@@ -52,7 +53,7 @@ def case(name):
     non_zero(searchable)
     toys.close_random_masks(searchable, seed=1, keep=0.5)
     memory = MemoryModel.from_model(searchable, pointer_bytes=HOST)
-    counts = cost_model.hard_counts(searchable, memory.plan)
+    counts = counts_lib.hard_counts(searchable, memory.plan)
     frozen = kd.freeze(searchable)
     rep = np.random.default_rng(0).normal(size=(8,) + tuple(frozen.inputs[0].shape[1:]))
     tflite = kd.export.to_tflite(frozen, representative_data=rep.astype("float32"))
@@ -145,7 +146,7 @@ def test_soft_costs_have_gradients_for_the_masks(name):
     model, memory = c["searchable"], c["memory"]
     variables = kd.masks.mask_variables(model)
     with tf.GradientTape(persistent=True) as tape:
-        counts = cost_model.soft_counts(model, memory.plan)
+        counts = counts_lib.soft_counts(model, memory.plan)
         ram = memory.ram(counts, exact=False)
         flash = memory.flash(counts)
     # Forward values are the hard ones.
@@ -259,7 +260,7 @@ def any_graph_case(name, seed=1):
     non_zero(searchable)
     toys.close_random_masks(searchable, seed=seed, keep=0.5)
     memory = MemoryModel.from_model(searchable, pointer_bytes=HOST)
-    counts = cost_model.hard_counts(searchable, memory.plan)
+    counts = counts_lib.hard_counts(searchable, memory.plan)
     frozen = kd.freeze(searchable)
     tflite = converted(frozen)
     return dict(searchable=searchable, memory=memory, counts=counts, frozen=frozen,
@@ -346,8 +347,8 @@ def test_generic_weights_keep_every_bias_of_a_deep_network():
     layer after layer, deep int32 biases quantise to zero and the converter stores those once
     (EfficientNetB0 flash was 1.55 % low). The conversion copy's kernels are fan-in scaled:
     every bias of the converted copy is non-zero."""
-    from keras_dnas.costs.memory import _generic_weights
-    from keras_dnas.export._flatbuffer import read_constant
+    from keras_dnas.memory import _generic_weights
+    from keras_dnas._flatbuffer import read_constant
 
     layers = [keras.Input((6, 6, 8))]
     for _ in range(12):
@@ -396,7 +397,7 @@ def test_flash_exact_when_frozen_has_the_rescaled_tensors(kind, alphas):
     for name, alpha in alphas.items():
         search.get_layer(name).dnas_alpha.assign(np.asarray(alpha, "float32"))
     memory = MemoryModel.from_model(search, pointer_bytes=4)
-    counts = cost_model.hard_counts(search, memory.plan)
+    counts = counts_lib.hard_counts(search, memory.plan)
     frozen = kd.freeze(search, verbose=0)
     rep = np.random.default_rng(1).normal(size=(8, 21, 4)).astype("float32")
     tflite = kd.export.to_tflite(frozen, representative_data=rep)
@@ -408,3 +409,81 @@ def test_flash_exact_when_frozen_has_the_rescaled_tensors(kind, alphas):
     assert memory.flash(counts) == len(tflite)
     as_tensors = [keras.ops.convert_to_tensor(float(n)) for n in counts]
     assert float(memory.flash(as_tensors)) == len(tflite)
+
+
+def test_tail_counts_the_shape_constants_of_the_frozen_widths():
+    """Equal causal Conv1D widths share one RESHAPE shape constant at full width; at other
+    widths the converter stores one per distinct value, one more tensor each, and TFLite Micro's
+    tail holds a TfLiteEvalTensor per tensor (fuzzer seed 256: the tail was 16 B short)."""
+    c = any_graph_case("causal_tcn")
+    memory, counts = c["memory"], c["counts"]
+    real = read_tflite(c["tflite"])
+    assert len(memory.scaled_model(counts).tensors) == len(real.tensors)
+    assert len(memory.full.tensors) != len(real.tensors)  # the premise: the count changed
+    assert memory.ram_parts(counts)["tail"] == arena.tflite_arena(real, pointer_bytes=HOST)["tail"]
+
+
+def _conv_then_separable(kind):
+    """Conv "a" (8 channels) -> separable "b" (8 -> 8 at full width) -> pooling -> Dense."""
+    layers = keras.layers
+    if kind == "2d":
+        x = keras.Input((9, 9, 3))
+        h = layers.SeparableConv2D(8, 3, name="b")(layers.Conv2D(8, 3, name="a")(x))
+        h = layers.GlobalAveragePooling2D()(h)
+    else:
+        x = keras.Input((24, 3))
+        h = layers.SeparableConv1D(8, 3, name="b")(layers.Conv1D(8, 3, name="a")(x))
+        h = layers.GlobalAveragePooling1D()(h)
+    return keras.Model(x, layers.Dense(3)(h))
+
+
+@pytest.mark.parametrize("kind", ["2d", "1d"])
+def test_depthwise_half_of_a_separable_conv_follows_its_input(kind):
+    """The depthwise operator of a SeparableConv has its input's channels, not the layer's
+    output group, even when both are 8 wide at full width (fuzzer seeds 50 and 80: the rescaled
+    depthwise kernel had the pointwise width; flash +176 B, arena head +320 B)."""
+    keras.utils.set_random_seed(0)
+    search = kd.prepare(_conv_then_separable(kind))
+    non_zero(search)
+    search.get_layer("a").dnas_alpha.assign(np.array([1, 1, 0, 0, 0, 0, 0, 0], "float32"))
+    search.get_layer("b").dnas_alpha.assign(np.array([1, 1, 1, 1, 1, 1, 0, 0], "float32"))
+    memory = MemoryModel.from_model(search, pointer_bytes=HOST)
+    counts = cost_model.hard_counts(search, memory.plan)
+    scaled = memory.scaled_model(counts)
+    depthwise = [op for op in scaled.operators if op.name == "DEPTHWISE_CONV_2D"]
+    assert [scaled.tensors[op.outputs[0]].shape[-1] for op in depthwise] == [2]
+    assert scaled.tensors[depthwise[0].inputs[1]].shape[-1] == 2  # the kernel
+    tflite = converted(kd.freeze(search, verbose=0))
+    assert memory.ram_parts(counts)["head"] == kd.export.arena_usage(tflite)["arena_head_bytes"]
+    assert memory.flash(counts) == len(tflite)
+
+
+def test_zero_biases_are_stored_once_per_width():
+    """DenseNet-style BN-ReLU-Conv blocks with concatenations: every conv is bias-less and its
+    BN cannot fold into it, so the converter gives it an all-zero int32 bias, stored once per
+    distinct size. At full width (six convs of 6) that is one buffer; at widths 5, 4, 3, 5, 2,
+    4 four. Modelled: was 104 B short (fz.randomize weights); 24-32 B left on two weight draws:
+    the names of the two zero biases used by one layer each (the converter names them after the
+    layer, 12 B longer than 'arith.constantN'), and up to 8 B of zero-point padding."""
+    layers = keras.layers
+    x = keras.Input((8, 8, 3))
+    h = x
+    for i in range(6):
+        y = layers.Conv2D(6, 3, padding="same", use_bias=False, name=f"c{i}")(
+            layers.ReLU()(layers.BatchNormalization()(h)))
+        h = layers.Concatenate()([h, y])
+    model = keras.Model(x, layers.Dense(3)(layers.GlobalAveragePooling2D()(h)))
+    keras.utils.set_random_seed(0)
+    non_zero(model)
+    search = kd.prepare(model)
+    for i, k in enumerate([5, 4, 3, 5, 2, 4]):
+        search.get_layer(f"c{i}").dnas_alpha.assign(np.where(np.arange(6) < k, 1.0, 0.2)
+                                                    .astype("float32"))
+    memory = MemoryModel.from_model(search, pointer_bytes=HOST)
+    full = [g.size for g in memory.plan.groups]
+    assert memory.flash(full) == len(memory.full_bytes)
+    counts = cost_model.hard_counts(search, memory.plan)
+    tflite = converted(kd.freeze(search, verbose=0))
+    assert abs(memory.flash(counts) - len(tflite)) <= 32, (memory.flash(counts), len(tflite))
+    as_tensors = [keras.ops.convert_to_tensor(float(n)) for n in counts]
+    assert float(memory.flash(as_tensors)) == memory.flash(counts)

@@ -6,7 +6,7 @@ import re
 import pytest
 
 import keras_dnas as kd
-from keras_dnas.costs.memory import MemoryModel
+from keras_dnas.memory import MemoryModel
 from keras_dnas.costs.model import CostModel
 from keras_dnas.report.floor import budget_floor, describe_floor
 from keras_dnas.report.format import fmt_quantity

@@ -134,7 +134,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_dnas as kd  # noqa: E402
-from keras_dnas.export import _flatbuffer, offline, runtime  # noqa: E402
+from keras_dnas import _flatbuffer  # noqa: E402
+from keras_dnas.export import offline, runtime  # noqa: E402
 from tests.toys import inverted_residual, residual_ds, waiting_branch  # noqa: E402
 
 

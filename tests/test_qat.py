@@ -17,8 +17,8 @@ import pytest
 import keras
 from keras_dnas import qat
 from keras_dnas.export import TFLM_BUILTIN_OPS, measure, op_names, run_tflm, tflm_problems
-from keras_dnas.export import _flatbuffer
-from keras_dnas.export.qat import to_tflite_qat
+from keras_dnas import _flatbuffer
+from keras_dnas.qat.tflite import to_tflite_qat
 from tests import toys
 
 L = keras.layers
@@ -83,7 +83,7 @@ def test_outputs_at_initialisation_are_close_to_the_float_model(name):
 def test_batchnorm_is_folded_exactly():
     model = toys.randomize_bn(toys.plain_cnn())
     conv, bn = model.get_layer("c1"), model.get_layer("bn1")
-    kernel, bias = qat._fold(conv, bn)
+    kernel, bias = qat.native._fold(conv, bn)
     x = toys.sample(model, n=8)
     probe = keras.Model(model.inputs, bn.output)
     plain = keras.Sequential([keras.Input(x.shape[1:]),
@@ -257,7 +257,7 @@ JAX_SCRIPT = textwrap.dedent(
     import numpy as np, keras
     from keras_dnas import qat
     from keras_dnas.export import run_tflm, tflm_problems
-    from keras_dnas.export.qat import to_tflite_qat
+    from keras_dnas.qat.tflite import to_tflite_qat
     from tests import toys
     assert keras.backend.backend() == "jax"
     keras.utils.set_random_seed(0)

@@ -7,7 +7,8 @@ import pytest
 
 import keras
 import keras_dnas as kd
-from keras_dnas.costs.model import CostModel, hard_counts
+from keras_dnas.costs.model import CostModel
+from keras_dnas.graph.counts import hard_counts
 from keras_dnas.search import Budget, Minimize, base_strength, ramp
 
 from tests import toys
@@ -312,7 +313,7 @@ def test_freeze_fills_the_budget_the_search_left_unused():
 
 
 def test_freeze_certifies_flash_by_conversion_even_if_the_flash_model_is_optimistic():
-    from keras_dnas.costs.memory import MemoryModel
+    from keras_dnas.memory import MemoryModel
 
     search = kd.prepare(toys.randomize_bn(toys.plain_cnn()))
     memory = MemoryModel.from_model(search, search.dnas_plan, target="stm32h743")

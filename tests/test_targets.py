@@ -10,6 +10,7 @@ import pytest
 
 from keras_dnas import targets
 from keras_dnas.costs import latency
+from benchmarks._bench import mlperf_fidelity
 from keras_dnas.targets import HardwareTarget, calibration, mlperf
 
 MIB, KIB = 1 << 20, 1 << 10
@@ -66,8 +67,8 @@ def test_sources_are_honest():
     assert targets.get("stm32l4r5").sources["scale"].startswith("fitted")
     assert targets.get("stm32l4r5").sources["energy_nj_per_cycle"].startswith("measured")
     assert targets.get("stm32f746").sources["flash_read_cycles"].startswith("measured")
-    assert not any(mlperf.is_cmsis_nn_stack(r["stack"], r["round"])
-                   for r in mlperf.load_results() if r["core"] == "Cortex-M7")
+    assert not any(mlperf_fidelity.is_cmsis_nn_stack(r["stack"], r["round"])
+                   for r in mlperf_fidelity.load_results() if r["core"] == "Cortex-M7")
 
 
 def test_builtin_files_are_exactly_the_registry_builtins():
@@ -310,7 +311,7 @@ def test_nnls_matches_scipy():
 
 def test_builtin_l4r5_reproduces_its_source_measurements():
     """stm32l4r5.json is calibrate(nrf52840, four MLPerf Tiny L4R5 latencies), rounded."""
-    cfg = next(c for c in mlperf.configurations()
+    cfg = next(c for c in mlperf_fidelity.configurations()
                if c["board"] == "NUCLEO-L4R5ZI" and c["round"] == "v1.0")
     meas = [(LAYERS[b], cfg["latency_ms"][b]) for b in mlperf.BENCHMARKS]
     refit = targets.calibrate("nrf52840", meas, clock_mhz=120)

@@ -15,9 +15,10 @@ import pytest
 
 import keras
 import keras_dnas as kd
-from keras_dnas.export import _flatbuffer, measure, op_names, run_tflm, tflm_problems
-from keras_dnas.export import tfmot_qat
-from keras_dnas.export.tfmot_qat import to_tflite_tfmot
+from keras_dnas import _flatbuffer
+from keras_dnas.export import measure, op_names, run_tflm, tflm_problems
+from keras_dnas.qat import tfmot as tfmot_qat
+from keras_dnas.qat.tfmot import to_tflite_tfmot
 from tests import toys
 
 L = keras.layers

@@ -5,8 +5,9 @@ import pytest
 
 import keras
 import keras_dnas as kd
-from keras_dnas.costs.memory import MemoryModel
-from keras_dnas.costs.model import CostModel, hard_counts, soft_counts, to_python
+from keras_dnas.memory import MemoryModel
+from keras_dnas.costs.model import CostModel, to_python
+from keras_dnas.graph.counts import hard_counts, soft_counts
 from keras_dnas.layers import taps
 
 L = keras.layers

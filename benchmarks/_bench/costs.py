@@ -16,9 +16,9 @@ from keras_dnas.costs.model import CostModel, to_python
 
 
 def memory_available():
-    """True once ``keras_dnas.costs.memory`` (the flash / arena model) exists."""
+    """True once ``keras_dnas.memory`` (the flash / arena model) exists."""
     try:
-        return importlib.util.find_spec("keras_dnas.costs.memory") is not None
+        return importlib.util.find_spec("keras_dnas.memory") is not None
     except (ImportError, ValueError):
         return False
 
@@ -32,7 +32,7 @@ budget that holds here also holds there)."""
 
 
 def build_memory(search_model, plan):
-    from keras_dnas.costs import memory as memory_lib
+    from keras_dnas import memory as memory_lib
 
     return memory_lib.MemoryModel.from_model(search_model, plan, pointer_bytes=POINTER_BYTES)
 
@@ -43,7 +43,7 @@ class SeedCosts:
     Args:
         seed: the plain seed model (any weights).
         targets: target names.
-        use_memory: build the flash / RAM model (``keras_dnas.costs.memory``).
+        use_memory: build the flash / RAM model (``keras_dnas.memory``).
     """
 
     def __init__(self, seed, targets, use_memory):

@@ -20,6 +20,8 @@ loss and total number of epochs (``task.epochs.total``):
 - ``dnas``: keras_dnas: warm-up checkpoint, ``kd.prepare``, ``search`` epochs
   with ``kd.DNASCallback`` (validation split picks the checkpoint),
   ``kd.freeze(..., budgets=...)`` (certified), fine-tune ``finetune`` epochs.
+- ``dnas_offline`` (only when asked for, ``run.py --methods``): ``dnas`` with
+  ``arena_plan="offline"`` in the callback, ``kd.freeze`` and the exported file.
 
 BatchNormalization statistics are recalibrated exactly (``kd.recalibrate_batchnorm``
 on ``RECALIBRATION_SAMPLES`` training samples, as ``examples/quickstart.py`` does) at
@@ -204,12 +206,14 @@ def l1_finetune(task, data, epochs, warm, pruned):
 
 
 def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=None,
-         observers=None, verbose=0):
+         observers=None, verbose=0, arena_plan="tflm"):
     """(d) keras_dnas: warm-up checkpoint, search with DNASCallback, certified freeze, fine-tune.
 
     ``callback_options``: extra ``DNASCallback`` arguments (e.g. ``centred_gradients``);
     ``observers(callback)``: returns more Keras callbacks for the search (``trace_search.py``);
-    ``verbose``: passed to ``kd.freeze``.
+    ``verbose``: passed to ``kd.freeze``; ``arena_plan``: passed to ``DNASCallback`` and
+    ``kd.freeze`` (``"offline"``: RAM is budgeted and certified against the arena plan
+    ``kd.export.to_tflite(..., arena_plan="offline")`` writes).
     """
     keras.utils.set_random_seed(tasks.SEED)
     start = time.perf_counter()
@@ -219,14 +223,14 @@ def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=Non
     # The seed's flash / RAM model (8-byte pointers, see _bench.costs.POINTER_BYTES), built
     # once per architecture and shared by every method, goes to the callback and freeze.
     callback = kd.DNASCallback(target, budgets=dict(budgets), memory=memory, verbose=0,
-                               **(callback_options or {}))
+                               arena_plan=arena_plan, **(callback_options or {}))
     extra = list(observers(callback)) if observers is not None else []
     prepare = time.perf_counter() - start
     search_time = fit(search, task, data, epochs.search, callbacks=[callback, *extra],
                       validation=True)
     start = time.perf_counter()
     slim = kd.freeze(search, target=target, budgets=dict(budgets), memory=memory,
-                     verbose=verbose)
+                     verbose=verbose, arena_plan=arena_plan)
     freeze = time.perf_counter() - start
     recal = recalibrate(slim, data)
     keras.utils.set_random_seed(tasks.SEED)

@@ -7,9 +7,11 @@ import os
 from _bench.runner import FIELDS
 
 METHOD_NAMES = {"seed": "seed (no constraint)", "hand": "hand-tuned width",
-                "l1": "L1 filter pruning", "dnas": "keras_dnas"}
-COLORS = {"seed": "black", "hand": "tab:blue", "l1": "tab:orange", "dnas": "tab:green"}
-MARKERS = {"seed": "*", "hand": "s", "l1": "^", "dnas": "o"}
+                "l1": "L1 filter pruning", "dnas": "keras_dnas",
+                "dnas_offline": "keras_dnas, offline arena plan"}
+COLORS = {"seed": "black", "hand": "tab:blue", "l1": "tab:orange", "dnas": "tab:green",
+          "dnas_offline": "tab:purple"}
+MARKERS = {"seed": "*", "hand": "s", "l1": "^", "dnas": "o", "dnas_offline": "D"}
 
 
 class CsvWriter:
@@ -240,7 +242,7 @@ def pareto_plots(rows, out_dir, prefix):
                       for t in targets]
         fig, axes = plt.subplots(1, len(axes_spec), figsize=(4.2 * len(axes_spec), 3.8))
         for ax, (key, label, target, scale) in zip(axes, axes_spec):
-            for m in ("seed", "hand", "l1", "dnas"):
+            for m in METHOD_NAMES:
                 sel = [r for r in ds_rows if r["method"] == m
                        and (target is None or r["target"] == target)]
                 pts = sorted({(_num(r[key]) * scale, _num(r["int8_acc"]) * 100) for r in sel})

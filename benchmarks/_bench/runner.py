@@ -12,6 +12,9 @@ from _bench import evaluate, methods
 from _bench.tasks import grid
 
 METHODS = ("hand", "l1", "dnas")
+EXTRA_METHODS = ("dnas_offline",)
+"""Methods run only when asked for (``run.py --methods``): keras_dnas with
+``arena_plan="offline"`` (search, certified freeze and file use the offline arena plan)."""
 
 FIELDS = (
     "dataset", "mode", "target", "point", "flash_frac", "ram_frac", "latency_frac",
@@ -22,7 +25,7 @@ FIELDS = (
     "first_feasible_epoch", "epochs_total", "wall_s", "t_warmup", "t_scan", "t_prune",
     "t_prepare", "t_search", "t_freeze", "t_finetune", "t_train", "t_recalibrate", "eval_s",
     "seed_train_s",
-    "search_cost_ratio",
+    "search_cost_ratio", "arena_plan", "greedy_arena_head",
 )
 
 
@@ -104,7 +107,7 @@ def run_task(task, quick, targets, points, use_memory, write_row, log, methods_t
             continue
         log(f"{task.name} {point.key}: budgets "
             + ", ".join(f"{m}<={v:,.4g}" for m, v in budgets.items()))
-        for method in METHODS:
+        for method in METHODS + tuple(m for m in EXTRA_METHODS if m in methods_to_run):
             if method not in methods_to_run:
                 earlier = reuse.get((task.name, point.target, point.label, method))
                 if earlier is not None:
@@ -175,9 +178,11 @@ def _run_method(method, task, data, epochs, seed, seed_costs, leaders, point, bu
         result, measured = l1_cache[pruned["key"]]
         return _result_row(target, point, budgets, method, result, measured, seed_costs,
                            leaders, note=note, removed=result["removed"])
-    if method == "dnas":
-        result = methods.dnas(task, data, epochs, seed, target, budgets, seed_costs.memory)
-        measured = evaluate.measure(result["model"], data)
+    if method in ("dnas", "dnas_offline"):
+        arena_plan = "offline" if method == "dnas_offline" else "tflm"
+        result = methods.dnas(task, data, epochs, seed, target, budgets, seed_costs.memory,
+                              arena_plan=arena_plan)
+        measured = evaluate.measure(result["model"], data, arena_plan=arena_plan)
         note = (f"first feasible search epoch {result['first_feasible_epoch']}; "
                 f"freeze closed {result['removed']} more channels")
         return _result_row(target, point, budgets, method, result, measured, seed_costs,
@@ -199,7 +204,8 @@ def _result_row(target, point, budgets, method, result, measured, seed_costs, le
            "latency_ms_est": est["latency_ms"], "flash_est": est.get("flash"),
            "ram_est": est.get("ram"),
            **{k: measured[k] for k in ("float_acc", "int8_acc", "agreement", "flash", "arena",
-                                       "arena_head", "arena_tail", "eval_s")},
+                                       "arena_head", "arena_tail", "eval_s", "arena_plan",
+                                       "greedy_arena_head")},
            "removed": removed, "certified": certified,
            "first_feasible_epoch": first_feasible_epoch, "wall_s": result["wall"],
            "search_cost_ratio": ratio}

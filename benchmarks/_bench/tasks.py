@@ -11,6 +11,7 @@ import numpy as np
 
 import keras
 import keras_dnas as kd
+from _bench import hapt
 
 SEED = 0
 """Training seed: weight initialisation and shuffling (``run.py --seed``). The data splits
@@ -108,7 +109,7 @@ def _pack(train, test, val_fraction, quick, quick_sizes=(256, 64, 128)):
 def load_hapt(quick):
     # Rows are ordered by user, so the held-out tail is the last training users
     # (subject-wise validation, as the test split is subject-wise).
-    train, test = kd.datasets.hapt()
+    train, test = hapt.hapt()
     return _pack(train, test, 0.15, quick)
 
 

@@ -47,7 +47,7 @@ import math
 
 import keras
 
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment() in TFLM.
 
@@ -183,7 +183,7 @@ def tflite_buffers(tflite, scratch=None):
 
     Args:
         tflite: the `.tflite` model (bytes) or a model decoded by
-            `keras_dnas.export._flatbuffer.read_tflite`.
+            `keras_dnas._flatbuffer.read_tflite`.
         scratch: dict operator name -> `fn(model, op) -> [bytes, ...]` of kernel scratch
             requests; default `REFERENCE_SCRATCH` (TFLM reference kernels).
 
@@ -419,130 +419,6 @@ def tflite_arena(tflite, pointer_bytes=8, scratch=None):
     )
     tail = tflite_tail(model, pointer_bytes=pointer_bytes, scratch=scratch)
     return dict(head=head, tail=tail, total=head + tail, buffers=buffers, offsets=offsets)
-
-
-# Plan-level layer kinds (the layer dicts of `keras_dnas.costs.flash`) -> (TFLite operators,
-# tensors they add: outputs, weights, biases, int32 constants). Conv1D runs add RESHAPEs and a
-# causal Conv1D a PAD, as in `flash.flash_features`.
-_KIND_TAIL = {
-    "conv": (("CONV_2D",), 3),
-    "conv1d": (("CONV_2D",), 3),
-    "depthwise": (("DEPTHWISE_CONV_2D",), 3),
-    "dense": (("FULLY_CONNECTED",), 3),
-    "add": (("ADD",), 1),
-    "subtract": (("SUB",), 1),
-    "multiply": (("MUL",), 1),
-    "maximum": (("MAXIMUM",), 1),
-    "minimum": (("MINIMUM",), 1),
-    "average": (("ADD", "MUL"), 3),
-    "concat": (("CONCATENATION",), 1),
-    "pool": (("MAX_POOL_2D",), 1),
-    "avg_pool": (("AVERAGE_POOL_2D",), 1),
-    "global_pool": (("MEAN",), 2),
-    "global_max_pool": (("REDUCE_MAX",), 2),
-    "flatten": (("RESHAPE",), 2),
-    "reshape": (("RESHAPE",), 2),
-    "pad": (("PAD",), 2),
-    "activation": (("LOGISTIC",), 1),
-    "softmax": (("SOFTMAX",), 1),
-    "batchnorm": (("MUL", "ADD"), 4),
-}
-_KIND_SCRATCH = {"global_pool": 3, "global_max_pool": 2}  # scratch requests (handles)
-
-
-def _align_number(n, alignment):
-    return n if alignment <= 1 else _align_up(n, alignment)
-
-
-def _op_tail(name, pointer_bytes):
-    opdata_64, opdata_32, builtin, builtin_align, _ = TAIL_OPS.get(name, _UNKNOWN_OP)
-    opdata = opdata_64 if pointer_bytes == 8 else opdata_32
-    st = TAIL_STRUCTS[pointer_bytes]
-    return _align_up(opdata, ARENA_ALIGNMENT) + _align_number(builtin, 4) + st["node"]
-
-
-def layer_tail_bytes(op, cin=0, cout=0, depth_multiplier=1, pointer_bytes=4, **unused):
-    """Persistent (tail) bytes one layer adds to the TFLite Micro arena.
-
-    The per-channel output multipliers and shifts of a conv / depthwise / dense layer
-    (2 x 4 B x Cout, each 16-byte aligned) are the part that depends on channels; the rest is
-    the layer's OpData, builtin options, `NodeAndRegistration` and `TfLiteEvalTensor`s (see
-    `TAIL_OPS`, `TAIL_STRUCTS`). Alignment between allocations is approximated, so a sum of
-    layers is within a few percent of `tflite_tail` (which replays it exactly).
-
-    Args:
-        op: layer kind, as in `keras_dnas.costs.flash.layer_flash_bytes`.
-        cin: input channels (depthwise: the output is `cin * depth_multiplier`).
-        cout: output channels (conv, conv1d, dense). Number or keras tensor.
-        depth_multiplier: depthwise channel multiplier.
-        pointer_bytes: 4 for a 32-bit MCU (default), 8 for the 64-bit Python interpreter.
-        **unused: other layer-dict keys (taps, use_bias, ...) are accepted and ignored.
-
-    Returns:
-        Bytes (number, or keras tensor when a channel count is a tensor).
-
-    Example:
-
-    >>> layer_tail_bytes("conv", cout=16, pointer_bytes=8)
-    372
-    """
-    if op not in _KIND_TAIL:
-        return 0  # input, dropout, folded batchnorm, fused activation
-    st = TAIL_STRUCTS[pointer_bytes]
-    names, n_tensors = _KIND_TAIL[op]
-    fixed = sum(_op_tail(n, pointer_bytes) for n in names) + st["eval_tensor"] * n_tensors
-    fixed += st["pointer"] * _KIND_SCRATCH.get(op, 0)
-    if op in ("conv", "conv1d", "dense"):
-        channels = cout
-    elif op == "depthwise":
-        channels = cin * depth_multiplier
-    else:
-        return fixed
-    per_channel = _aligned(4 * channels, ARENA_ALIGNMENT)
-    if _is_number(per_channel):
-        per_channel = int(per_channel)
-    return fixed + 2 * per_channel
-
-
-def model_tail_bytes(layers, pointer_bytes=4, n_outputs=1):
-    """Persistent (tail) bytes of a model from its layer dicts (see `layer_tail_bytes`).
-
-    Adds the fixed allocator objects, one `TfLiteEvalTensor` and one persistent `TfLiteTensor`
-    (with per-tensor quantisation) per graph input and output, and the RESHAPE / PAD operators a
-    Conv1D run converts to.
-
-    Args:
-        layers: layer dicts in execution order (`op` plus channel counts), the format of
-            `keras_dnas.costs.flash.model_flash_bytes`.
-        pointer_bytes: 4 for a 32-bit MCU (default), 8 for the 64-bit Python interpreter.
-        n_outputs: number of graph outputs.
-
-    Returns:
-        Bytes (number, or keras tensor when a channel count is a tensor).
-    """
-    if pointer_bytes not in TAIL_STRUCTS:
-        raise ValueError(f"`pointer_bytes` must be 4 or 8. Received: pointer_bytes={pointer_bytes}")
-    st = TAIL_STRUCTS[pointer_bytes]
-    layers = [dict(layer) for layer in layers]
-    n_inputs = sum(layer["op"] == "input" for layer in layers) or 1
-    io = st["tflite_tensor"] + st["quantization"] + 8
-    total = st["fixed"] + (n_inputs + n_outputs) * io
-    total += _align_up(st["pointer"] * n_inputs, ARENA_ALIGNMENT)
-    total += _align_up(st["pointer"] * n_outputs, ARENA_ALIGNMENT)
-    total += st["eval_tensor"] * n_inputs
-    body = [layer for layer in layers if layer["op"] in _KIND_TAIL]
-    reshape = _op_tail("RESHAPE", pointer_bytes) + 2 * st["eval_tensor"]
-    pad = _op_tail("PAD", pointer_bytes) + 2 * st["eval_tensor"]
-    for k, layer in enumerate(body):
-        spec = dict(layer)
-        total = total + layer_tail_bytes(spec.pop("op"), pointer_bytes=pointer_bytes, **spec)
-        if layer["op"] == "conv1d":
-            causal = layer.get("padding") == "causal"
-            prev_run = k > 0 and body[k - 1]["op"] == "conv1d" and not causal
-            nxt = body[k + 1] if k + 1 < len(body) else {}
-            next_run = nxt.get("op") == "conv1d" and nxt.get("padding") != "causal"
-            total += reshape * (int(not prev_run) + int(not next_run)) + (pad if causal else 0)
-    return total
 
 
 # ----------------------------------------------------------------------------------------------

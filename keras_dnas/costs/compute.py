@@ -155,7 +155,8 @@ def layer_fields(record):
 
     A record is a dict with keys ``op``, ``geometry`` and optionally ``cin``,
     ``cout``, ``name``; an object with those attributes (a ChannelPlan
-    ``LayerInfo``); or a tuple ``(op, geometry, cin, cout)``. Missing counts
+    ``LayerInfo``); a tuple ``(op, geometry, cin, cout)``; or a normalised
+    ``(name, op, geometry, cin, cout)`` (returned as it is). Missing counts
     default to the full channel counts of the geometry (``in_channels``,
     ``out_channels``).
 
@@ -167,6 +168,8 @@ def layer_fields(record):
     >>> compute.layer_fields({"op": "dense", "geometry": {"in_channels": 8, "out_channels": 2}})[3:]
     (8, 2)
     """
+    if isinstance(record, (tuple, list)) and len(record) == 5:  # already normalised
+        return tuple(record)
     if isinstance(record, (tuple, list)):
         if len(record) != 4:
             raise ValueError(
@@ -200,9 +203,36 @@ def layer_fields(record):
     return name, op, geometry, cin, cout
 
 
-def layer_records(layers):
+def view_count(view, counts):
+    """Effective channels of a tensor view: ``repeat * sum(counts of its groups)``."""
+    total = 0
+    for g in view.segments:
+        total = total + counts[g]
+    return total if view.repeat == 1 else total * view.repeat
+
+
+def with_taps(plan, counts, taps=None):
+    """``counts`` with the effective tap counts of the plan's searched layers appended.
+
+    A counts list holds one entry per group, then one per layer whose taps are
+    searched (:meth:`~keras_dnas.graph.ChannelPlan.tap_slot`). A list of group
+    counts only is completed with ``taps`` (default: the full kernels).
+    """
+    missing = len(plan.groups) + len(plan.tap_layers()) - len(counts)
+    if missing <= 0:
+        return counts
+    taps = plan.full_taps() if taps is None else list(taps)
+    return list(counts) + taps[len(taps) - missing:]
+
+
+def layer_records(layers, counts=None):
     """Normalise a list of layer records, a ChannelPlan (``.layers``) or a
     single record list into a list of ``(name, op, geometry, cin, cout)``.
+
+    With ``counts`` (one channel count per group: ints, or tensors for soft counts),
+    ``layers`` is a ChannelPlan and ``cin`` / ``cout`` are the counts its views give; a
+    layer whose taps are searched gets ``geometry["taps"]`` = its effective tap count
+    (:func:`with_taps`), so params, MACs, latency and energy follow it.
 
     Example:
 
@@ -210,6 +240,19 @@ def layer_records(layers):
     >>> len(compute.layer_records([("dense", {}, 4, 2), ("add", {}, 2, 2)]))
     2
     """
+    if counts is not None:
+        counts = with_taps(layers, counts)
+        records = []
+        for info in layers.layers:
+            cin = view_count(info.inputs[0], counts) if info.inputs else 0
+            cout = view_count(info.output, counts)
+            if info.op == "depthwise":
+                cin = cout
+            geometry = info.geometry
+            if getattr(info, "taps", None):
+                geometry = dict(geometry, taps=counts[layers.tap_slot(info.name)])
+            records.append((info.name, info.op, geometry, cin, cout))
+        return records
     if hasattr(layers, "layers") and not isinstance(layers, collections.abc.Sequence):
         layers = layers.layers
     return [layer_fields(r) for r in layers]

@@ -57,6 +57,7 @@ import numpy as np
 from keras import ops
 
 from keras_dnas.costs.compute import _dm, _positions, _taps, layer_records
+from keras_dnas.targets import registry
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
 
@@ -158,8 +159,6 @@ def simd_length(n, multiple, penalty):
 
 
 def _resolve(target):
-    from keras_dnas.targets import registry  # noqa: PLC0415 (targets import costs lazily too)
-
     return registry.get(target)
 
 

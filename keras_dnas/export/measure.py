@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 from keras_dnas.export import runtime as _runtime
 
 _TASKS = ("classification", "regression")

@@ -30,7 +30,7 @@ from keras_dnas.costs.offline_plan import (
     check_offsets,
     plan_offsets,
 )
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 METADATA_NAME = "OfflineMemoryAllocation"
 ARENA_PLANS = ("tflm", "offline")
@@ -281,7 +281,7 @@ def greedy_head(tflite, scratch=None):
 class OfflineArenaMemory:
     """A flash / RAM model for files written with `arena_plan="offline"`.
 
-    Wraps a `keras_dnas.costs.memory.MemoryModel` (everything else is delegated to it):
+    Wraps a `keras_dnas.memory.MemoryModel` (everything else is delegated to it):
 
     - `ram(counts)` / `ram_parts(counts)` (integer counts): the head of the offline plan that
       `to_tflite(..., arena_plan="offline")` would write for the model at these counts (the

@@ -2,7 +2,7 @@
 
 import re
 
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 # Builtin operators with a TFLite Micro kernel (`MicroMutableOpResolver::Add*`, tflite-micro
 # 2025/2026). Read off the kernels registered in the `tflite_micro` Python package. Signal and

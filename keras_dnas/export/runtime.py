@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 
-from keras_dnas.export import _flatbuffer, _tflm_child
+from keras_dnas import _flatbuffer
+from keras_dnas.export import _tflm_child
 from keras_dnas.export._quiet import captured_fds
 
 _ARENA_RE = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
@@ -132,7 +133,10 @@ def tflm_preflight(tflite_bytes):
     positive scale; an int8 `SOFTMAX`'s `beta * input_scale * 2**26` exceeds 1 (TFLM's
     `PreprocessSoftmaxScaling` calls `QuantizeMultiplierGreaterThanOne` on it, which aborts
     otherwise: the layer before the softmax outputs (nearly) constant values, e.g. all
-    channels pruned to zero or an untrained layer).
+    channels pruned to zero or an untrained layer); an int8 `ADD` / `SUB`'s output multiplier
+    `2 * max(input scales) / (2**20 * output scale)` is below 1 (`CalculateOpDataAdd` calls
+    `QuantizeMultiplierSmallerThanOneExp` on it: an output that is constant on the
+    representative data, e.g. a dead ReLU fused into the add, while an input varies).
 
     Args:
         tflite_bytes: The model as `bytes` or a path to a `.tflite` file.
@@ -163,6 +167,18 @@ def tflm_preflight(tflite_bytes):
                     op_index=op.index, op=op.name, tensor=tensor.name,
                     reason=f"tensor '{tensor.name}' has quantisation scale {bad[0]!r} (TFLite "
                     "Micro needs a finite, positive scale)"))
+        multiplier = _add_output_multiplier(info, op)
+        if multiplier is not None and not multiplier < 1.0:
+            out = info.tensors[op.outputs[0]]
+            problems.append(dict(
+                op_index=op.index, op=op.name, tensor=out.name,
+                reason=f"its int8 output '{out.name}' has scale {out.scales[0]:.3g}, so the "
+                f"output multiplier 2 * max(input scales) / (2**20 * output scale) = "
+                f"{multiplier:.3g} is not below 1 and TFLite Micro's "
+                "QuantizeMultiplierSmallerThanOneExp (add/sub Prepare) aborts; the output is "
+                "(nearly) constant on the representative data (e.g. a ReLU that is never "
+                "positive) while an input varies: train the model, or calibrate with data "
+                "on which that layer is active"))
         if op.name == "SOFTMAX" and op.inputs and info.tensors[op.inputs[0]].dtype == "INT8":
             tensor = info.tensors[op.inputs[0]]
             scale = float(tensor.scales[0]) if tensor.scales else 0.0
@@ -178,6 +194,21 @@ def tflm_preflight(tflite_bytes):
                     "representative data (scale below 2**-26 = 1.49e-08): train the model, "
                     "or check that it does not prune every channel feeding the softmax"))
     return problems
+
+
+def _add_output_multiplier(info, op):
+    """The output rescale of an int8 ADD / SUB in TFLite Micro's Prepare (`add_common.cc`,
+    `sub_common.cc`: inputs are left-shifted by 20 bits, so `2 * max(input scales) / (2**20 *
+    output scale)`, which must be below 1), or None for other operators."""
+    if op.name not in ("ADD", "SUB") or len(op.inputs) < 2 or not op.outputs:
+        return None
+    tensors = [info.tensors[t] for t in list(op.inputs[:2]) + [op.outputs[0]]]
+    if any(t.dtype != "INT8" or not t.scales for t in tensors):
+        return None
+    a, b, out = (float(np.float32(t.scales[0])) for t in tensors)
+    if not out > 0:
+        return None  # reported as a non-positive scale
+    return 2.0 * max(a, b) / (2.0 ** 20 * out)
 
 
 def _crash_error(data, info, returncode, log, phase):

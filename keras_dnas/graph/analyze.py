@@ -1,5 +1,6 @@
 """Graph analysis: union-find over tensors -> ChannelPlan; binding masks to groups."""
 
+from keras_dnas import _keras
 from keras_dnas.graph import roles, walk
 from keras_dnas.graph.plan import ChannelPlan, Group, LayerInfo, View
 from keras_dnas.layers.masked import _Link, is_masked
@@ -183,7 +184,7 @@ def analyze(model, exclude=None, masked_only=False):
         v = view_of[id(t)]
         outputs.append(v)
         for g in v[0]:
-            frozen.append((g, f"reaches the model output '{t._keras_history.operation.name}'"))
+            frozen.append((g, f"reaches the model output '{_keras.producer(t).name}'"))
 
     # Resolve union-find roots and renumber groups in order of appearance.
     number = {}

@@ -19,6 +19,7 @@ import math
 import keras
 import numpy as np
 
+from keras_dnas import _keras
 from keras_dnas.layers.masked import plain_class
 
 L = keras.layers
@@ -188,7 +189,7 @@ SLICEABLE = (L.Conv1D, L.Conv2D, L.Dense, L.DepthwiseConv1D, L.DepthwiseConv2D,
 
 # ---- keras.ops operations (by class name; Keras defines them in keras.src.ops / activations)
 
-_OP_MODULES = ("keras.src.ops.", "keras.src.activations.")
+_OP_MODULES = _keras.OP_MODULES
 
 #: Element-wise functions of one tensor, finite for every finite input.
 UNARY_OPS = frozenset({

@@ -1,14 +1,14 @@
 """Walking and rebuilding Keras functional graphs.
 
-This module (with the rest of :mod:`keras_dnas.graph`) is the only place in
-keras_dnas that reads Keras graph internals (``Function._nodes_by_depth``,
-``Node.arguments``, ``Sequential._functional``).
+With the rest of :mod:`keras_dnas.graph` it reads Keras functional graphs; the private Keras
+APIs this takes (nodes by depth, a node's call arguments, a Sequential model's graph) are in
+:mod:`keras_dnas._keras`.
 """
 
 import keras
-from keras.src import tree
-from keras.src.models.functional import Functional
-from keras.src.saving import serialization_lib
+from keras import tree
+
+from keras_dnas import _keras
 
 
 class GraphNode:
@@ -33,7 +33,7 @@ class GraphNode:
 def functional_of(model):
     """The functional graph behind ``model`` or a clear error."""
     if isinstance(model, keras.Sequential):
-        fn = getattr(model, "_functional", None)
+        fn = _keras.sequential_graph(model)
         if fn is None:
             raise ValueError(
                 f"Sequential model '{model.name}' has no known input shape, so its graph "
@@ -41,7 +41,7 @@ def functional_of(model):
                 "`model.build(input_shape)` first."
             )
         return fn
-    if isinstance(model, Functional):
+    if isinstance(model, _keras.Functional):
         return model
     if isinstance(model, keras.Model):
         raise ValueError(
@@ -57,8 +57,9 @@ def nodes(model):
     """Graph nodes in execution order (model inputs excluded)."""
     fn = functional_of(model)
     ordered = []
-    for depth in sorted(fn._nodes_by_depth.keys(), reverse=True):
-        for node in fn._nodes_by_depth[depth]:
+    by_depth = _keras.nodes_by_depth(fn)
+    for depth in sorted(by_depth.keys(), reverse=True):
+        for node in by_depth[depth]:
             if node.operation is None or node.is_input:
                 continue
             ordered.append(GraphNode(node))
@@ -75,7 +76,7 @@ def model_outputs(model):
 
 def input_layer_name(tensor):
     """Name of the InputLayer that created a model-input KerasTensor."""
-    return tensor._keras_history.operation.name
+    return _keras.producer(tensor).name
 
 
 def rebuild(model, operation_fn, name=None, model_class=None):
@@ -100,12 +101,12 @@ def rebuild(model, operation_fn, name=None, model_class=None):
         op = gnode.operation
         if id(op) not in replaced:
             replaced[id(op)] = operation_fn(op)
-        args, kwargs = gnode.node.arguments.fill_in(tensor_map)
+        args, kwargs = _keras.call_arguments(gnode.node, tensor_map)
         out = replaced[id(op)](*args, **kwargs)
         for old, new in zip(gnode.outputs, tree.flatten(out)):
             tensor_map[id(old)] = new
-    inputs_struct = getattr(fn, "_inputs_struct", fn.inputs)
-    outputs_struct = getattr(fn, "_outputs_struct", fn.outputs)
+    inputs_struct = _keras.inputs_struct(fn)
+    outputs_struct = _keras.outputs_struct(fn)
     new_in = tree.map_structure(lambda t: tensor_map[id(t)], inputs_struct)
     new_out = tree.map_structure(lambda t: tensor_map[id(t)], outputs_struct)
     cls = model_class or keras.Model
@@ -125,7 +126,7 @@ def clone_layer(layer, cls=None, config_update=None):
     try:
         # The user's own layers (Lambda with Python code included) are rebuilt
         # from their own config in this process: unsafe deserialisation is fine.
-        with serialization_lib.SafeModeScope(False):
+        with _keras.unsafe_deserialization():
             if isinstance(layer, keras.Model):
                 return keras.models.clone_model(layer)
             return cls.from_config(config)
@@ -260,11 +261,11 @@ def flatten(model, keep=(), weights=True):
     def inline(m, tensor_map, training):
         for gnode in nodes(m):
             op = gnode.operation
-            args, kwargs = gnode.node.arguments.fill_in(tensor_map)
+            args, kwargs = _keras.call_arguments(gnode.node, tensor_map)
             if _is_submodel(op, keep):
                 sub = functional_of(op)
                 given = tree.flatten(args[0] if args else kwargs.get("inputs"))
-                expected = tree.flatten(getattr(sub, "_inputs_struct", sub.inputs))
+                expected = tree.flatten(_keras.inputs_struct(sub))
                 if len(given) != len(expected):
                     raise ValueError(
                         f"Nested model '{op.name}' is called on {len(given)} tensors but has "
@@ -273,7 +274,7 @@ def flatten(model, keep=(), weights=True):
                 inner_map = {id(t): v for t, v in zip(expected, given)}
                 flag = kwargs.get("training")
                 inline(op, inner_map, training if flag is None else flag)
-                outs = tree.flatten(getattr(sub, "_outputs_struct", sub.outputs))
+                outs = tree.flatten(_keras.outputs_struct(sub))
                 for old, t in zip(gnode.outputs, outs):
                     tensor_map[id(old)] = inner_map[id(t)]
                 continue
@@ -293,9 +294,9 @@ def flatten(model, keep=(), weights=True):
                                         name=input_layer_name(x))
     inline(model, tensor_map, None)
     new_in = tree.map_structure(lambda t: tensor_map[id(t)],
-                                getattr(fn, "_inputs_struct", fn.inputs))
+                                _keras.inputs_struct(fn))
     new_out = tree.map_structure(lambda t: tensor_map[id(t)],
-                                 getattr(fn, "_outputs_struct", fn.outputs))
+                                 _keras.outputs_struct(fn))
     flat = keras.Model(new_in, new_out, name=model.name)
     if weights:
         originals = {}

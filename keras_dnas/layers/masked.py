@@ -43,12 +43,7 @@ from keras import ops
 
 from keras_dnas import masks
 from keras_dnas.layers.taps import TimeMaskMixin
-
-try:  # not exported by Keras; without it, never fold (always correct)
-    from keras.src.backend.common.stateless_scope import in_stateless_scope as _in_stateless_scope
-except ImportError:  # pragma: no cover
-    def _in_stateless_scope():
-        return True
+from keras_dnas._keras import in_stateless_scope as _in_stateless_scope
 
 _PACKAGE = "keras_dnas"
 

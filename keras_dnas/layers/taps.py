@@ -35,6 +35,7 @@ import numpy as np
 from keras import ops
 
 from keras_dnas import masks
+from keras_dnas._keras import in_stateless_scope
 
 BETA_NAME = masks.TIME_NAMES[0]
 """Name of every receptive-field mask variable."""
@@ -260,9 +261,7 @@ class TimeMaskMixin:
                 break
         else:
             subs.append((kernel, kernel * ops.cast(by_index, kernel.dtype)))
-        from keras_dnas.layers.masked import _in_stateless_scope
-
-        if _in_stateless_scope():  # the inner scope must hold every variable the call reads
+        if in_stateless_scope():  # the inner scope must hold every variable the call reads
             have = {id(v) for v, _ in subs}
             subs += [(v, v.value) for v in self.variables if id(v) not in have]
         return subs

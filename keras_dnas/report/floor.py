@@ -8,7 +8,8 @@ with the largest share of the metric, marking the frozen ones and why they are f
 """
 
 from keras_dnas.costs import compute, latency
-from keras_dnas.costs.model import layer_records, to_python
+from keras_dnas.costs.compute import layer_records
+from keras_dnas.costs.model import to_python
 from keras_dnas.report.format import fmt_quantity
 
 # metric -> (per-layer quantity, its unit, what it stands for)
@@ -70,10 +71,9 @@ def budget_floor(cost_model, budgets, counts=None, top=5):
     if not failing:
         return []
     rows, seen = [], set()
-    for info, rec in zip(plan.layers, layer_records(plan, counts)):
+    for info, (_, op, geo, cin, cout) in zip(plan.layers, layer_records(plan, counts)):
         first = info.name not in seen
         seen.add(info.name)
-        op, geo, cin, cout = rec["op"], rec["geometry"], rec["cin"], rec["cout"]
         rows.append({
             "name": info.name, "op": op, "frozen": _frozen_reason(plan, info),
             "params": int(compute.params(op, geo, cin, cout)) if first else 0,

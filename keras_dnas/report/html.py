@@ -269,9 +269,9 @@ def _matplotlib():
 
 
 def _version():
-    import keras_dnas
+    from keras_dnas import __version__
 
-    return getattr(keras_dnas, "__version__", None)
+    return __version__
 
 
 # ------------------------------------------------------------------ numbers

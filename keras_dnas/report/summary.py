@@ -4,7 +4,9 @@ import json
 
 from keras_dnas import targets
 from keras_dnas.costs import compute, latency
-from keras_dnas.costs.model import CostModel, hard_counts, layer_records, to_python
+from keras_dnas.costs.compute import layer_records
+from keras_dnas.costs.model import CostModel, to_python
+from keras_dnas.graph.counts import hard_counts
 from keras_dnas.graph import analyze, walk
 from keras_dnas.layers.masked import is_masked
 
@@ -82,7 +84,7 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan=
     plan = analyze(model, masked_only=searchable)
     counts = hard_counts(model, plan) if searchable else [g.size for g in plan.groups]
     if memory == "auto":
-        from keras_dnas.costs import memory as memory_lib
+        from keras_dnas import memory as memory_lib
 
         memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
     from keras_dnas.export import offline
@@ -91,10 +93,9 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan=
     cost_model = CostModel(plan, target, memory=memory)
     totals = {k: to_python(v) for k, v in cost_model.evaluate(counts).items()}
     rows, seen = [], set()
-    for info, rec in zip(plan.layers, layer_records(plan, counts)):
+    for info, (_, op, geo, cin, cout) in zip(plan.layers, layer_records(plan, counts)):
         first = info.name not in seen
         seen.add(info.name)
-        geo, op, cin, cout = rec["geometry"], rec["op"], rec["cin"], rec["cout"]
         rows.append({
             "name": info.name, "op": op, "role": info.role,
             "channels_kept": int(cout), "channels_total": int(plan.view_size(info.output)),

@@ -9,7 +9,9 @@ import keras
 from keras import ops
 
 from keras_dnas import masks, targets
+from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample
 from keras_dnas.costs import model as cost_model
+from keras_dnas.graph import counts as counts_lib
 from keras_dnas.graph import analyze, bind
 from keras_dnas.search.objectives import METRICS, Budget, Minimize, base_strength, ramp
 
@@ -126,7 +128,7 @@ class DNASCallback(keras.callbacks.Callback):
     #: Factor applied each epoch to a budget's strength while it still fails after the ramp.
     BOOST = 1.5
     #: Largest calibration sample kept (a few thousand samples fix BN statistics well).
-    CALIBRATION_SAMPLES = 2048
+    CALIBRATION_SAMPLES = CALIBRATION_SAMPLES
     #: Samples of it used before each validation (cheaper; ranks epochs, not deployed).
     VALIDATION_CALIBRATION_SAMPLES = 256
 
@@ -203,7 +205,7 @@ class DNASCallback(keras.callbacks.Callback):
             )
         memory = self.memory
         if memory is None and self._needs_memory():
-            from keras_dnas.costs import memory as memory_lib
+            from keras_dnas import memory as memory_lib
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=self.target)
         from keras_dnas.export import offline
@@ -237,9 +239,9 @@ class DNASCallback(keras.callbacks.Callback):
                 )
         self._bound_model = model  # costs() reads the masks of the model being bound
         self.seed_costs = self.costs()
-        self._owners = [o for o in cost_model.group_owners(model, plan) if o is not None]
+        self._owners = [o for o in counts_lib.group_owners(model, plan) if o is not None]
         # every layer holding a search mask (channels, taps) reads the warm-up gradient scale
-        self._owners += [t for t in cost_model.tap_owners(model, plan) if t not in self._owners]
+        self._owners += [t for t in counts_lib.tap_owners(model, plan) if t not in self._owners]
         self._grad_scale = keras.Variable(0.0, trainable=False, name="dnas_grad_scale")
         for owner in self._owners:
             object.__setattr__(owner, "_dnas_grad_scale", self._grad_scale)
@@ -264,7 +266,7 @@ class DNASCallback(keras.callbacks.Callback):
 
     def costs(self, exact=True):
         """Exact costs of the current hard masks, ``{metric: number}``."""
-        counts = cost_model.hard_counts(self._model_for_costs(), self.cost_model.plan)
+        counts = counts_lib.hard_counts(self._model_for_costs(), self.cost_model.plan)
         values = self.cost_model.evaluate(counts, self.metrics, exact=exact)
         return {k: cost_model.to_python(v) for k, v in values.items()}
 
@@ -274,7 +276,7 @@ class DNASCallback(keras.callbacks.Callback):
     def penalty(self):
         """The penalty tensor (differentiable in the masks), for custom loops."""
         model = self._model_for_costs()
-        counts = cost_model.soft_counts(model, self.cost_model.plan)
+        counts = counts_lib.soft_counts(model, self.cost_model.plan)
         values = self.cost_model.evaluate(counts, self.metrics, exact=False)
         total = 0.0
         for obj, strength in zip(self.objectives, self._strengths):
@@ -417,7 +419,7 @@ class DNASCallback(keras.callbacks.Callback):
             self._keep_if_best(logs, epoch)
         elif searching and self._best is None:
             self._keep_if_least_violating(logs, epoch, values)
-        counts = tuple(cost_model.hard_counts(self.model, self.cost_model.plan))
+        counts = tuple(counts_lib.hard_counts(self.model, self.cost_model.plan))
         stable = counts == self._last_counts
         self._last_counts = counts
         self._feasible_streak = self._feasible_streak + 1 if (feasible and stable and ramp_done) \
@@ -503,33 +505,3 @@ class DNASCallback(keras.callbacks.Callback):
 
     def _limit(self, metric):
         return next(b.limit for b in self.budgets if b.metric == metric)
-
-
-def calibration_sample(data, limit, seed=0):
-    """Up to ``limit`` samples of ``data`` (array or list of arrays), drawn with a fixed seed.
-
-    A random subset in random order (so any prefix of it is a random subset
-    too), because training sets are often sorted by class and BN statistics
-    of one class are wrong for the others. Returns a list of NumPy arrays
-    (one per model input), or ``None``.
-
-    Example:
-
-    >>> import numpy as np
-    >>> [a.shape for a in calibration_sample(np.zeros((5000, 3)), 2048)]
-    [(2048, 3)]
-    """
-    if data is None:
-        return None
-    if isinstance(data, dict) or (isinstance(data, tuple) and len(data) == 2
-                                  and np.ndim(data[1]) == 1):
-        raise ValueError("calibration_data takes input samples only (an array, or a list of "
-                         "arrays for several inputs), not (x, y) or a dict. Received: a "
-                         f"{type(data).__name__}; pass x.")
-    arrays = [np.asarray(a) for a in (data if isinstance(data, (list, tuple)) else [data])]
-    n = len(arrays[0])
-    if n == 0 or any(len(a) != n for a in arrays):
-        raise ValueError("calibration_data needs at least one sample and the same number of "
-                         f"samples in every input. Received lengths {[len(a) for a in arrays]}")
-    idx = np.random.default_rng(seed).permutation(n)[:limit]
-    return [a[idx] for a in arrays]

