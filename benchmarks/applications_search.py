@@ -51,8 +51,8 @@ def run(key, fraction, samples=64, epochs=1):
     search = kd.prepare(model)
     times["prepare"] = time.perf_counter() - t
     searchable, total = searchable_fraction(kd.graph.analyze(model))
-    budgets = {"flash": int(fraction * seed["flash_bytes"]),
-               "ram": int(fraction * seed["arena_bytes"])}
+    budgets = {"flash_bytes": int(fraction * seed["flash_bytes"]),
+               "ram_bytes": int(fraction * seed["ram_bytes"])}
     search.compile("adam", keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     t = time.perf_counter()
     search.fit(x, y, epochs=epochs, batch_size=16, verbose=0,
@@ -70,11 +70,11 @@ def run(key, fraction, samples=64, epochs=1):
     cert = slim.dnas_certificate
     return {
         "model": title, "searchable": f"{searchable:,}/{total:,} ({100 * searchable / total:.0f} %)",
-        "seed flash": seed["flash_bytes"], "seed ram": seed["arena_bytes"],
-        "flash budget": budgets["flash"], "flash": len(tflite),
-        "ram budget": budgets["ram"], "ram": ram,
+        "seed flash": seed["flash_bytes"], "seed ram": seed["ram_bytes"],
+        "flash budget": budgets["flash_bytes"], "flash": len(tflite),
+        "ram budget": budgets["ram_bytes"], "ram": ram,
         "certified": cert["all_hold"],
-        "hold": len(tflite) <= budgets["flash"] and ram <= budgets["ram"],
+        "hold": len(tflite) <= budgets["flash_bytes"] and ram <= budgets["ram_bytes"],
         "times": times,
     }
 

@@ -139,7 +139,7 @@ def run(name, keep, fraction, fill, profile=None):
     memory = memory_lib.MemoryModel.from_model(search, plan, target=TARGET)
     build = time.perf_counter() - start
     cm = CostModel(plan, TARGET, memory=memory)
-    metrics = ["flash", "ram", "latency_ms"]
+    metrics = ["flash_bytes", "ram_bytes", "latency_ms"]
     full = cm.evaluate(cm.full_counts(), metrics)
     least = cm.evaluate(cm.min_counts(), metrics)
     # feasible by construction: a fraction of the way from one channel per group to the seed

@@ -39,7 +39,7 @@ def main(argv=None):
     old = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(old)
     new = kd.freeze_lib
-    metrics = ["flash", "ram", "latency_ms"]
+    metrics = ["flash_bytes", "ram_bytes", "latency_ms"]
     print("| model | budgets | fraction | old: closed, lost abs(alpha), s, holds "
           "| new: closed, lost abs(alpha), s, holds |")
     print("|---|---|---|---|---|")
@@ -55,7 +55,7 @@ def main(argv=None):
         theta = {g.id: np.abs(np.asarray(search.get_layer(g.leader).dnas_alpha))
                  for g in plan.groups if not g.frozen}
         full, least = cm.evaluate(cm.full_counts(), metrics), cm.evaluate(cm.min_counts(), metrics)
-        for combo in (["flash"], ["ram"], metrics):
+        for combo in (["flash_bytes"], ["ram_bytes"], metrics):
             for frac in args.fractions:
                 budgets = [Budget(m, float(least[m]) + frac * (float(full[m]) - float(least[m])))
                            for m in combo]

@@ -33,6 +33,7 @@ Usage::
     python benchmarks/search_overhead.py --unfolded       # also the unfolded masked layers
     python benchmarks/search_overhead.py --models ds_cnn --epochs 6 --samples 2048
     python benchmarks/search_overhead.py --check          # folded == unfolded, then exit
+    python benchmarks/search_overhead.py --backend jax    # the same on JAX (or torch)
 """
 
 import argparse
@@ -45,6 +46,21 @@ import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _backend_argument(argv):
+    """``--backend`` must take effect before Keras is imported (it fixes its backend then)."""
+    for i, arg in enumerate(argv):
+        if arg == "--backend" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+if _backend_argument(sys.argv[1:]) in BACKENDS:
+    os.environ["KERAS_BACKEND"] = _backend_argument(sys.argv[1:])
 
 import numpy as np  # noqa: E402
 
@@ -60,7 +76,7 @@ MODELS = {
     "ds_cnn": (lambda: kd.zoo.ds_cnn(), (49, 10, 1), 12),
 }
 COMPUTE = ("params", "macs", "latency_ms")
-MEMORY = ("flash", "ram")
+MEMORY = ("flash_bytes", "ram_bytes")
 
 
 @contextlib.contextmanager
@@ -289,6 +305,8 @@ def check_equivalence(models):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="Keras backend (default: KERAS_BACKEND, else tensorflow)")
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=12,

@@ -81,7 +81,7 @@ def main(argv=None):
     seed.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     seed.fit(x_train, y_train, epochs=args.warmup, batch_size=64, verbose=0)
     s = kd.summary(seed, "nrf52840")
-    budgets = {"flash": int(0.5 * s["flash_bytes"]), "ram": int(0.5 * s["arena_bytes"]),
+    budgets = {"flash_bytes": int(0.5 * s["flash_bytes"]), "ram_bytes": int(0.5 * s["ram_bytes"]),
                "latency_ms": round(0.5 * s["latency_ms"], 3)}
     search = kd.prepare(seed)
     search.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])

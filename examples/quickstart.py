@@ -56,11 +56,11 @@ def main(argv=None):
     seed.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=warmup, batch_size=64,
              verbose=2)
     before = kd.summary(seed, args.target)
-    budgets = {"flash": int(args.fraction * before["flash_bytes"]),
-               "ram": int(args.fraction * before["arena_bytes"]),
+    budgets = {"flash_bytes": int(args.fraction * before["flash_bytes"]),
+               "ram_bytes": int(args.fraction * before["ram_bytes"]),
                "latency_ms": round(args.fraction * before["latency_ms"], 3)}
     print(f"Seed on {args.target}: flash {before['flash_bytes']:,} B, arena "
-          f"{before['arena_bytes']:,} B, latency {before['latency_ms']:.2f} ms  ->  budgets {budgets}")
+          f"{before['ram_bytes']:,} B, latency {before['latency_ms']:.2f} ms  ->  budgets {budgets}")
 
     print(f"\n2. Search: {search_epochs} epochs, weights and channel masks together")
     search = kd.prepare(seed)
@@ -93,12 +93,12 @@ def main(argv=None):
     print(" | ".join(header))
     for name, summ, m, acc in rows:
         print(" | ".join([name, f"{summ['params']:,}", f"{summ['macs']:,}", f"{m['flash_bytes']:,}",
-                          f"{m['arena_bytes']:,}", f"{summ['arena_bytes']:,}",
+                          f"{m['ram_bytes']:,}", f"{summ['ram_bytes']:,}",
                           f"{summ['latency_ms']:.2f}", f"{acc:.3f}", f"{m['accuracy']:.3f}"]))
     slim_m = rows[1][2]
     print("\nBudgets on the final int8 model:")
-    checks = [("flash", slim_m["flash_bytes"], "measured: len(.tflite)"),
-              ("ram", after["arena_bytes"], "TFLM planner replay (head exact) + 32-bit tail model"),
+    checks = [("flash_bytes", slim_m["flash_bytes"], "measured: len(.tflite)"),
+              ("ram_bytes", after["ram_bytes"], "TFLM planner replay (head exact) + 32-bit tail model"),
               ("latency_ms", after["latency_ms"], f"{args.target} latency model (estimated)")]
     for metric, value, how in checks:
         ok = "holds" if value <= budgets[metric] else "EXCEEDED"

@@ -175,3 +175,31 @@ def elementwise_add_as_add():
         yield
     finally:
         tf_numpy.add = keras_add
+
+
+def forget_sublayer(owner, attribute):
+    """Drop the sub-layer ``owner.<attribute>`` and stop ``owner`` tracking its variables.
+
+    Keras tracks a layer set as an attribute (``Layer.__setattr__``) but has no public call to
+    forget it; ``del`` forgets variables only. The search attaches its state to the model for
+    the length of ``fit`` and detaches it here.
+    """
+    sub = owner.__dict__.get(attribute)
+    if sub is None:
+        return
+    owner._tracker.untrack(sub)
+    object.__delattr__(owner, attribute)
+
+
+def exclude_from_weight_decay(optimizer, var_names):
+    """``optimizer.exclude_from_weight_decay`` that keeps the exclusions configured before.
+
+    The public method replaces both the excluded variables and the name patterns; neither can be
+    read publicly.
+    """
+    previous_ids = set(getattr(optimizer, "_exclude_from_weight_decay", set()) or set())
+    pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
+    names = list(var_names) + ([] if pattern is None else [pattern.pattern])
+    optimizer.exclude_from_weight_decay(var_names=names)
+    optimizer._exclude_from_weight_decay = previous_ids
+    return optimizer

@@ -30,6 +30,8 @@ import json
 import os
 import sys
 
+from keras_dnas.vocabulary import Results
+
 _PROG = "keras-dnas"
 
 # Where the latency coefficients of a latency model come from when the target's sources do
@@ -129,9 +131,9 @@ def inspect_model(path, target=None):
         target: Optional target name or `HardwareTarget`.
 
     Returns:
-        A dict with `file`, `flash_bytes`, `arena_bytes`, `arena_head_bytes`,
-        `arena_tail_bytes` (the arena on the target: its `pointer_bytes`, 4 without a target,
-        as `kd.summary` certifies it), `host_arena_bytes` / `host_arena_head_bytes` /
+        A dict with `file`, `flash_bytes`, `ram_bytes` (the arena on the target, for its
+        `pointer_bytes`, 4 without a target, as `kd.summary` certifies it; = `arena_head_bytes`
+        + `arena_tail_bytes`; the old `arena_bytes` still reads), `host_arena_bytes` / `host_arena_head_bytes` /
         `host_arena_tail_bytes` (what the 64-bit host interpreter allocated), `quantization`,
         `inputs`, `outputs`, `ops` (operator type -> count, in order of first use),
         `operators` (per operator: index, name, MACs), `macs`,
@@ -144,12 +146,12 @@ def inspect_model(path, target=None):
 
     Example:
 
-    >>> import keras, numpy as np, os, tempfile
+    >>> import keras, numpy as np, os, pathlib, tempfile
     >>> from keras_dnas.export import to_tflite
     >>> from keras_dnas.cli import inspect_model
     >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     >>> path = os.path.join(tempfile.mkdtemp(), "m.tflite")
-    >>> _ = open(path, "wb").write(to_tflite(model, np.random.rand(16, 8).astype("float32")))
+    >>> _ = pathlib.Path(path).write_bytes(to_tflite(model, np.random.rand(16, 8).astype("float32")))
     >>> r = inspect_model(path, target="stm32h743")
     >>> r["flash_bytes"] == os.path.getsize(path), r["ops"], r["target"]["fits_ram"]
     (True, {'FULLY_CONNECTED': 1}, True)
@@ -183,10 +185,10 @@ def _inspect(path, target_name):
         if layer["index"] in per_op:
             row["cycles"] = per_op[layer["index"]]["cycles"]
         operators.append(row)
-    report = {
+    report = Results({
         "file": os.path.abspath(path),
         "flash_bytes": measured.flash_bytes,
-        "arena_bytes": measured.arena_bytes,
+        "ram_bytes": measured.ram_bytes,
         "arena_head_bytes": measured.arena_head_bytes,
         "arena_tail_bytes": measured.arena_tail_bytes,
         "pointer_bytes": measured.pointer_bytes,
@@ -201,7 +203,7 @@ def _inspect(path, target_name):
         "ops": dict(collections.Counter(measured.ops)),
         "operators": operators,
         "macs": sum(r["macs"] for r in operators),
-    }
+    })
     if target is not None:
         report["target"] = {
             "name": target.name,
@@ -210,9 +212,9 @@ def _inspect(path, target_name):
             "flash_bytes": target.flash_bytes,
             "ram_bytes": target.ram_bytes,
             "fits_flash": measured.flash_bytes <= target.flash_bytes,
-            "fits_ram": measured.arena_bytes <= target.ram_bytes,
+            "fits_ram": measured.ram_bytes <= target.ram_bytes,
             "flash_percent": 100.0 * measured.flash_bytes / target.flash_bytes,
-            "ram_percent": 100.0 * measured.arena_bytes / target.ram_bytes,
+            "ram_percent": 100.0 * measured.ram_bytes / target.ram_bytes,
             "latency_ms": est["latency_ms"],
             "latency_cycles": est["cycles"],
             "latency_estimated": True,
@@ -243,7 +245,7 @@ def _format_inspect(r):
     lines = [
         f"{r['file']}",
         f"  flash   {_mib(r['flash_bytes'])}  (flatbuffer size)",
-        f"  arena   {_mib(r['arena_bytes'])}  = head {r['arena_head_bytes']:,} B (activations, "
+        f"  arena   {_mib(r['ram_bytes'])}  = head {r['arena_head_bytes']:,} B (activations, "
         f"scratch) + tail {r['arena_tail_bytes']:,} B (persistent), TFLite Micro on a "
         f"{8 * r['pointer_bytes']}-bit target",
         f"          host interpreter (64-bit): {r['host_arena_bytes']:,} B, not the board's",
@@ -286,7 +288,7 @@ def _format_inspect(r):
             f"Target {t['name']} ({t['core']}, {t['clock_mhz']:g} MHz)",
             f"  flash    {r['flash_bytes']:>12,} B of {t['flash_bytes']:>12,} B  "
             f"{t['flash_percent']:6.1f} %  {verdict[t['fits_flash']]}",
-            f"  RAM      {r['arena_bytes']:>12,} B of {t['ram_bytes']:>12,} B  "
+            f"  RAM      {r['ram_bytes']:>12,} B of {t['ram_bytes']:>12,} B  "
             f"{t['ram_percent']:6.1f} %  {verdict[t['fits_ram']]}  (tensor arena)",
             f"  latency  {t['latency_ms']:.3f} ms ({t['latency_cycles']:,.0f} cycles), estimated "
             f"from tensor shapes with the {t['latency_model']} model "

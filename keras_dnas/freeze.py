@@ -11,6 +11,7 @@ from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample
 from keras_dnas.graph import walk
 from keras_dnas.report.format import fmt_quantity
 from keras_dnas.slicing import kept_channels, rebuild_with
+from keras_dnas.vocabulary import canonical
 
 L = keras.layers
 
@@ -90,7 +91,7 @@ def project(model, cost_model, budgets, plan=None, keep=None):
             trial = list(counts)
             for g in subset:
                 trial[g] -= step[g]
-            return ram_now - evaluate(trial, ["ram"])["ram"]
+            return ram_now - evaluate(trial, ["ram_bytes"])["ram_bytes"]
 
         found, joint = {}, []
         todo = [(list(groups), drop_of(groups))] if groups else []
@@ -124,8 +125,8 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     while violation(costs, budgets) > 0:
         failing = [b for b in budgets if not b.holds(costs[b.metric])]
         wanted = [b.metric for b in failing]
-        cheap = [m for m in wanted if m != "ram"]
-        ram_failing = "ram" in wanted
+        cheap = [m for m in wanted if m != "ram_bytes"]
+        ram_failing = "ram_bytes" in wanted
         now = violation(costs, failing)
         floor = 2 if any(counts[g] > 2 for g in theta) else 1
         groups = [g for g in theta if counts[g] > floor]
@@ -147,14 +148,14 @@ def project(model, cost_model, budgets, plan=None, keep=None):
                 trial[g] -= step[g]
                 values[g] = evaluate(trial, cheap)
             if ram_failing:
-                drops, together = ram_drops(list(step), step, costs["ram"])
+                drops, together = ram_drops(list(step), step, costs["ram_bytes"])
                 for g in step:
-                    values[g]["ram"] = costs["ram"] - drops.get(g, 0.0)
+                    values[g]["ram_bytes"] = costs["ram_bytes"] - drops.get(g, 0.0)
                 if all(v == 1 for v in step.values()):
                     for subset, drop in together:
                         t = {m: costs[m] - sum(costs[m] - values[g][m] for g in subset)
                              for m in cheap}
-                        t["ram"] = costs["ram"] - drop
+                        t["ram_bytes"] = costs["ram_bytes"] - drop
                         joint.append((subset, now - violation(t, failing)))
             return values, {g: (now - violation(values[g], failing)) / step[g] for g in step}
 
@@ -203,7 +204,7 @@ def project(model, cost_model, budgets, plan=None, keep=None):
                 trial = list(counts)
                 trial[g] -= 1
                 shrink[g] = max(1e-12, sum(
-                    ((mass_now - float(cost_model.memory.ram_mass(trial))) if b.metric == "ram"
+                    ((mass_now - float(cost_model.memory.ram_mass(trial))) if b.metric == "ram_bytes"
                      else (costs[b.metric] - one[g][b.metric])) / b.limit for b in failing))
             chosen = [(g, int(c)) for _, g, c in sorted(
                 ((theta[g][c] + 1e-9) / shrink[g], g, int(c)) for g in saved
@@ -349,8 +350,8 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
     if found is not None:
         keep, costs = found
     # 3. single channels, cheapest first, several per exact evaluation (see the docstring)
-    cheap = [b for b in budgets if b.metric != "ram"]
-    ram = next((b for b in budgets if b.metric == "ram"), None)
+    cheap = [b for b in budgets if b.metric != "ram_bytes"]
+    ram = next((b for b in budgets if b.metric == "ram_bytes"), None)
     full = set()  # groups whose next channel breaks a budget other than RAM: these costs only
     while True:   # grow with channels, so such a group never fits again
         counts = {g: int(keep[g].sum()) for g in order}
@@ -368,8 +369,8 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
             trials[g] = t_costs
         if ram is not None and trials:
             for g, rise in _ram_rises(cost_model, keep, with_counts, counts, list(trials),
-                                      costs["ram"]).items():
-                trials[g]["ram"] = costs["ram"] + rise
+                                      costs["ram_bytes"]).items():
+                trials[g]["ram_bytes"] = costs["ram_bytes"] + rise
         cands = []
         for g, t_costs in trials.items():
             if not holds(t_costs):
@@ -420,7 +421,7 @@ def _ram_rises(cost_model, keep, with_counts, counts, groups, ram_now):
     while stack:
         subset = stack.pop()
         trial = with_counts({g: counts[g] + 1 for g in subset})
-        rise = float(_number(cost_model.evaluate(_counts(trial), ["ram"])["ram"])) - ram_now
+        rise = float(_number(cost_model.evaluate(_counts(trial), ["ram_bytes"])["ram_bytes"])) - ram_now
         if rise <= 0:
             continue
         if len(subset) == 1:
@@ -516,6 +517,8 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     searched_target = search.get("target")
     target = target if target is not None else searched_target
     budgets = budgets if budgets is not None else search.get("budgets")
+    if budgets:  # an old metric spelling ("ram") warns here, once
+        budgets = {canonical(m): b for m, b in budgets.items()}
     if memory is None and target is not None and searched_target is not None \
             and _target_name(target) == _target_name(searched_target):
         memory = search.get("memory")  # same architecture, same target: reuse
@@ -534,7 +537,7 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
 
         offline.check_arena_plan(arena_plan)
         if arena_plan == "offline" and memory is None and target is not None and set(
-                budgets) & {"flash", "ram"}:
+                budgets) & {"flash_bytes", "ram_bytes"}:
             from keras_dnas import memory as memory_lib
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
@@ -590,7 +593,7 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     if target is None:
         raise ValueError("freeze(..., budgets=...) needs target= to evaluate the budgets.")
     budgets = [b if isinstance(b, Budget) else Budget(m, b) for m, b in budgets.items()]
-    if memory is None and {b.metric for b in budgets} & {"flash", "ram"}:
+    if memory is None and {b.metric for b in budgets} & {"flash_bytes", "ram_bytes"}:
         from keras_dnas import memory as memory_lib
 
         memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
@@ -607,7 +610,7 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     flash_source = None
     # frozen taps may add PAD / slice operators the search-time model does not have: their
     # flash and arena are certified on the conversion
-    if "flash" in costs or (plan.tap_layers() and "ram" in costs):
+    if "flash_bytes" in costs or (plan.tap_layers() and "ram_bytes" in costs):
         keep, costs, more, flash_source = _verify_flash(model, plan, keep, costs, budgets,
                                                         cost_model)
         removed += more
@@ -615,12 +618,13 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     rows = [{"metric": b.metric, "limit": b.limit, "value": costs[b.metric],
              "unit": METRICS[b.metric], "holds": b.holds(costs[b.metric])} for b in budgets]
     certificate = {"target": cost_model.target.name, "budgets": rows,
+                   "target_config": cost_model.target.to_dict(),
                    "removed_channels": [{"layer": n, "channel": c} for n, c in removed],
                    "added_channels": [{"layer": n, "channel": c} for n, c in added],
                    "all_hold": all(r["holds"] for r in rows)}
     if flash_source:
         certificate["flash_source"] = flash_source
-        if flash_source.startswith("int8") and "ram" in costs and \
+        if flash_source.startswith("int8") and "ram_bytes" in costs and \
                 getattr(cost_model.memory, "pointer_bytes", None):
             certificate["ram_source"] = ("TFLite Micro planner replay of the frozen model's "
                                          "int8 conversion")
@@ -667,15 +671,16 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4):
     if len(frozen.inputs) != 1 or any(d is None for d in shape):
         return keep, costs, [], "flash model (input shape not fixed: not converted)"
     pointer_bytes = getattr(cost_model.memory, "pointer_bytes", None)
-    metrics = ["flash"] + (["ram"] if "ram" in costs and pointer_bytes else [])
+    metrics = ["flash_bytes"] + (["ram_bytes"] if "ram_bytes" in costs and pointer_bytes else [])
     checked = [b for b in budgets if b.metric in metrics]
     x = np.random.default_rng(0).normal(size=(8,) + shape).astype("float32")
 
     def measured(frozen):
         blob = to_tflite(frozen, representative_data=x)
-        values = {"flash": float(len(blob))}
-        if "ram" in metrics:
-            values["ram"] = float(arena.tflite_arena(blob, pointer_bytes=pointer_bytes)["total"])
+        values = {"flash_bytes": float(len(blob))}
+        if "ram_bytes" in metrics:
+            values["ram_bytes"] = float(
+                arena.tflite_arena(blob, pointer_bytes=pointer_bytes)["total"])
         return values
 
     removed, working = [], list(budgets)
@@ -730,27 +735,124 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     n = len(inputs[0])
     if n == 0:
         raise ValueError("recalibrate_batchnorm needs at least one sample. Received: 0 samples")
-    count = 0
-    for layer in fn.layers:
-        if not isinstance(layer, L.BatchNormalization):
-            continue
+    layers = [layer for layer in fn.layers if isinstance(layer, L.BatchNormalization)]
+    for layer in layers:
         if _keras.inbound_node_count(layer) != 1:
             raise ValueError(f"BatchNormalization '{layer.name}' is shared by several calls; "
                              "its statistics cannot be recalibrated per call.")
+    if n <= batch_size:
+        # One forward pass: each BN sets its statistics on its input as the pass reaches it, so
+        # it sees the recalibrated ones before it, as the layer-by-layer passes below would
+        # (same sums), without re-running every prefix of the network once per BN.
+        _recalibrate_in_one_pass(fn, layers, inputs)
+        return len(layers)
+    for layer in layers:
         probe = keras.Model(fn.inputs if len(fn.inputs) > 1 else fn.inputs[0], layer.input)
-        total, total_sq, rows = 0.0, 0.0, 0
-        axis = layer.axis if layer.axis >= 0 else len(layer.input.shape) + layer.axis
+        stats = _MomentSums(layer)
         for start in range(0, n, batch_size):
             batch = [a[start:start + batch_size] for a in inputs]
-            z = keras.ops.convert_to_numpy(probe(batch if len(batch) > 1 else batch[0],
-                                                 training=False)).astype("float64")
-            z = np.moveaxis(z, axis, -1).reshape(-1, z.shape[axis])
-            total = total + z.sum(0)
-            total_sq = total_sq + (z * z).sum(0)
-            rows += z.shape[0]
-        mean = total / rows
-        var = np.maximum(total_sq / rows - mean * mean, 0.0)
-        layer.moving_mean.assign(mean.astype("float32"))
-        layer.moving_variance.assign(var.astype("float32"))
-        count += 1
-    return count
+            stats.add(probe(batch if len(batch) > 1 else batch[0], training=False))
+        stats.assign()
+    return len(layers)
+
+
+class _MomentSums:
+    """Per-channel sums of a BN layer's inputs (float64) and the exact statistics they give."""
+
+    def __init__(self, layer):
+        self.layer, self.total, self.total_sq, self.rows = layer, 0.0, 0.0, 0
+        self.axis = layer.axis if layer.axis >= 0 else len(layer.input.shape) + layer.axis
+
+    def add(self, z):
+        z = keras.ops.convert_to_numpy(z).astype("float64")
+        z = np.moveaxis(z, self.axis, -1).reshape(-1, z.shape[self.axis])
+        self.total = self.total + z.sum(0)
+        self.total_sq = self.total_sq + (z * z).sum(0)
+        self.rows += z.shape[0]
+
+    def assign(self):
+        mean = self.total / self.rows
+        var = np.maximum(self.total_sq / self.rows - mean * mean, 0.0)
+        self.layer.moving_mean.assign(mean.astype("float32"))
+        self.layer.moving_variance.assign(var.astype("float32"))
+
+
+def _recalibrate_in_one_pass(fn, layers, inputs):
+    def hooked(layer):
+        original = layer.call
+
+        def call(z, *args, **kwargs):
+            stats = _MomentSums(layer)
+            stats.add(z)
+            stats.assign()
+            return original(z, *args, **kwargs)
+
+        return call
+
+    try:
+        for layer in layers:  # an instance attribute, removed below: the class is untouched
+            object.__setattr__(layer, "call", hooked(layer))
+        fn(inputs if len(inputs) > 1 else inputs[0], training=False)
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("call", None)
+
+
+class BatchNormCalibrator:
+    """Exact BN statistics of a fixed-size sample, again and again, in one compiled pass.
+
+    What :func:`recalibrate_batchnorm` does for a sample that fits one batch, for a caller
+    that recalibrates often (``DNASCallback`` before every validation): the forward pass is
+    Keras' compiled ``predict_on_batch`` of a model sharing ``model``'s layers, traced once,
+    so each later call costs one inference pass instead of an eager one (an eager pass through
+    masked layers costs several times a validation of a small model). Each BN sets its
+    moving statistics to the moments of its input over the sample (float32
+    ``keras.ops.moments``; the float64 sums of :func:`recalibrate_batchnorm` differ in the
+    last bits) as the pass reaches it.
+
+    Example:
+
+    >>> import numpy as np, keras, keras_dnas as kd
+    >>> from keras_dnas.freeze import BatchNormCalibrator
+    >>> x = np.random.rand(32, 8, 8, 1).astype("float32")
+    >>> m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+    ...                       keras.layers.BatchNormalization()])
+    >>> BatchNormCalibrator(m)(x)
+    1
+    """
+
+    def __init__(self, model):
+        fn = walk.functional_of(model)
+        self.layers = [layer for layer in fn.layers if isinstance(layer, L.BatchNormalization)]
+        for layer in self.layers:
+            if _keras.inbound_node_count(layer) != 1:
+                raise ValueError(f"BatchNormalization '{layer.name}' is shared by several "
+                                 "calls; its statistics cannot be recalibrated per call.")
+        self._pass = keras.Model(fn.inputs, fn.outputs, name=f"{fn.name}_bn_calibration")
+
+    def __call__(self, x):
+        """Set the statistics on ``x`` (all of it is one batch); returns the BN count."""
+        def hooked(layer):
+            original = layer.call
+            rank = len(layer.input.shape)
+            axis = layer.axis if layer.axis >= 0 else rank + layer.axis
+            axes = [a for a in range(rank) if a != axis]
+
+            def call(z, *args, **kwargs):
+                mean, var = keras.ops.moments(z, axes=axes)
+                layer.moving_mean.assign(keras.ops.cast(mean, layer.moving_mean.dtype))
+                layer.moving_variance.assign(keras.ops.cast(var, layer.moving_variance.dtype))
+                return original(z, *args, **kwargs)
+
+            return call
+
+        if not self.layers:
+            return 0
+        try:  # the hooks are traced into the pass's compiled function on its first call
+            for layer in self.layers:
+                object.__setattr__(layer, "call", hooked(layer))
+            self._pass.predict_on_batch(x)
+        finally:
+            for layer in self.layers:
+                layer.__dict__.pop("call", None)
+        return len(self.layers)

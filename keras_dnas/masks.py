@@ -27,15 +27,6 @@ MASK_NAMES = (ALPHA_NAME,) + TIME_NAMES
 """Every search-mask variable name: no weight decay, frozen during warm-up."""
 
 
-def is_mask_name(name):
-    """Whether a variable name (or path) is a search mask's.
-
-    >>> is_mask_name("conv1d/dnas_beta"), is_mask_name("conv1d/kernel")
-    (True, False)
-    """
-    return any(m in str(name) for m in MASK_NAMES)
-
-
 THRESHOLD = 0.5
 """A channel is kept while ``|alpha| > THRESHOLD``."""
 
@@ -91,15 +82,73 @@ def gate(alpha, keep_alive=True, grad_scale=None, centred=False):
     return hard + residual
 
 
+class SearchHooks:
+    """What a running search changes in the gate of one group (set by the callback).
+
+    Attributes:
+        grad_scale: scalar variable multiplying the gradient that reaches the
+            mask (0 during warm-up), see :func:`gate`.
+        anchor: non-trainable copy of the mask taken at the start of each
+            epoch, or ``None``.
+        lr_scale: the gate reads ``anchor + lr_scale * (alpha - anchor)``:
+            the mask moves ``lr_scale`` times as far as the optimizer moves
+            ``alpha``, so its learning rate is scaled without touching the
+            optimizer (exactly for scale-invariant optimizers such as Adam,
+            whose step does not depend on the gradient's scale; plain SGD
+            sees ``lr_scale ** 2``). :meth:`fold` writes the moved value back
+            into ``alpha`` between epochs, so ``alpha`` holds the mask then.
+        centred: centre the task gradient on the forward path (see :func:`gate`).
+
+    The variables belong to the model while a search runs (the compiled train
+    step reads them as state on every backend), and the hooks object itself is
+    not tracked by Keras.
+    """
+
+    __slots__ = ("grad_scale", "anchor", "lr_scale", "centred")
+
+    def __init__(self, grad_scale=None, anchor=None, lr_scale=1.0, centred=False):
+        self.grad_scale = grad_scale
+        self.anchor = anchor
+        self.lr_scale = float(lr_scale)
+        self.centred = bool(centred)
+
+    def effective(self, alpha):
+        """The mask the gate reads (``alpha`` itself unless the learning rate is scaled)."""
+        if self.anchor is None or self.lr_scale == 1.0:
+            return alpha
+        anchor = ops.convert_to_tensor(self.anchor)
+        return anchor + self.lr_scale * (ops.convert_to_tensor(alpha) - anchor)
+
+    def fold(self, alpha):
+        """Write the moved mask into ``alpha`` and restart the anchor there (between steps)."""
+        if self.anchor is None:
+            return
+        if self.lr_scale != 1.0:
+            alpha.assign(self.effective(alpha))
+        self.restart(alpha)
+
+    def restart(self, alpha):
+        """Anchor at ``alpha``'s current value (the gate then reads ``alpha`` itself)."""
+        if self.anchor is not None:
+            # a copy: JAX would otherwise hold one buffer in two variables of the step's state
+            self.anchor.assign(np.array(ops.convert_to_numpy(alpha)))
+
+
+HOOKS_ATTR = "_dnas_search"
+"""Attribute of a mask owner holding its :class:`SearchHooks` while a search runs."""
+
+
 def owner_gate(owner, centred=False):
     """Gate of the group whose mask ``owner`` (a masked layer) holds.
 
     ``centred`` (the forward path) applies only while a search enables it
-    (``owner._dnas_centred``, set by :class:`~keras_dnas.DNASCallback`).
+    (the owner's :class:`SearchHooks`, set by :class:`~keras_dnas.DNASCallback`).
     """
-    centred = centred and bool(owner.__dict__.get("_dnas_centred", False))
-    return gate(owner.dnas_alpha, grad_scale=owner.__dict__.get("_dnas_grad_scale"),
-                centred=centred)
+    hooks = owner.__dict__.get(HOOKS_ATTR)
+    if hooks is None:
+        return gate(owner.dnas_alpha)
+    return gate(hooks.effective(owner.dnas_alpha), grad_scale=hooks.grad_scale,
+                centred=centred and hooks.centred)
 
 
 def hard_gate(alpha, keep_alive=True):
@@ -182,9 +231,10 @@ def mask_variables(model, trainable_only=True):
     Example:
 
     >>> import keras, keras_dnas as kd
-    >>> m = keras.Sequential([keras.Input((8,)), kd.layers.MaskedDense(4), keras.layers.Dense(2)])
-    >>> [v.path for v in kd.masks.mask_variables(m)]
-    ['masked_dense/dnas_alpha']
+    >>> m = keras.Sequential([keras.Input((8,)), kd.layers.MaskedDense(4, name="hidden"),
+    ...                       keras.layers.Dense(2)])
+    >>> [v.path.split("/")[-2:] for v in kd.masks.mask_variables(m)]
+    [['hidden', 'dnas_alpha']]
     """
     seen, out = set(), []
     for v in model.weights:
@@ -207,12 +257,11 @@ def exclude_from_weight_decay(optimizer):
 
     >>> import keras, keras_dnas as kd
     >>> opt = kd.masks.exclude_from_weight_decay(keras.optimizers.AdamW())
-    >>> bool(opt._exclude_from_weight_decay_pattern.search("dnas_alpha"))
-    True
+    >>> alpha = keras.Variable([1.0], name="dnas_alpha")
+    >>> kernel = keras.Variable([1.0], name="kernel")
+    >>> opt._use_weight_decay(alpha), opt._use_weight_decay(kernel)
+    (False, True)
     """
-    previous_ids = set(getattr(optimizer, "_exclude_from_weight_decay", set()) or set())
-    pattern = getattr(optimizer, "_exclude_from_weight_decay_pattern", None)
-    names = list(MASK_NAMES) if pattern is None else list(MASK_NAMES) + [pattern.pattern]
-    optimizer.exclude_from_weight_decay(var_names=names)
-    optimizer._exclude_from_weight_decay = previous_ids
-    return optimizer
+    from keras_dnas import _keras
+
+    return _keras.exclude_from_weight_decay(optimizer, list(MASK_NAMES))

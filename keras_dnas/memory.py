@@ -32,7 +32,10 @@ rescaled and
   ``force_align: 16``) and of every per-channel quantisation array (float32
   scale + int64 zero point per channel), plus ``SHAPE_CONSTANT_BYTES`` per RESHAPE target
   shape that becomes distinct (the converter stores equal ones once, and they hold channel
-  counts: two causal Conv1D of equal width share one at full width, not at other widths).
+  counts: two causal Conv1D of equal width share one at full width, not at other widths; the
+  rescaled graph gets one shape tensor per distinct value, so the tail counts them too), and
+  all-zero int32 vectors (the biases of bias-less layers) stored once per distinct size, plus
+  ``BUFFER_ENTRY_BYTES`` per buffer.
 
 This is exact wherever the converter emits the same graph at the other widths. Where it does
 not (a dimension of 1 squeezed away, a one-channel tensor quantised per tensor, tensor names
@@ -41,8 +44,10 @@ graph is the estimate the search uses (tens of bytes of flash on the models of
 ``tests/test_memory_model.py``), and ``kd.freeze`` certifies flash, and RAM with it, on the
 conversion of the frozen model itself. Measured with ``benchmarks/memory_applications.py`` on
 random frozen models (arena head exact on all three): MobileNetV2 +36 B, EfficientNetB0
-+132 B, DenseNet121 +10,376 B (+0.42 %: its bias-less convolutions get all-zero int32 biases
-that the converter stores once per width, not yet modelled).
++132 B, DenseNet121 +10,376 B (+0.42 %, measured before the zero vectors were modelled).
+Which constants are *equal* can also depend on the weights (a 1-element int8 kernel is +-127
+by its weight's sign, and equal ones are stored once): the search-time value is then an
+estimate too (fuzzer: 16-32 B on small graphs).
 
 The soft values (tensor counts) have the exact values (int counts) as their
 forward value wherever the exact value is a closed formula: flash, the

@@ -48,6 +48,38 @@ class SearchableModel(keras.Model):
         if getattr(self, "optimizer", None) is not None:
             masks.exclude_from_weight_decay(self.optimizer)
 
+    # What DNASCallback leaves for kd.freeze (``dnas_search``) is saved in the ``.keras`` file
+    # as plain config: the target (its JSON fields), the budgets' limits and the arena plan.
+    # The calibration sample and the flash/RAM model are not: freeze rebuilds the latter, and
+    # takes ``calibration_data=`` for the former.
+    def get_config(self):
+        config = super().get_config()
+        search = getattr(self, "dnas_search", None)
+        if search:
+            target = search.get("target")
+            config["dnas_search"] = {
+                "target": None if target is None else target.to_dict(),
+                "budgets": {m: float(getattr(b, "limit", b))
+                            for m, b in (search.get("budgets") or {}).items()},
+                "arena_plan": search.get("arena_plan"),
+            }
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        saved = config.pop("dnas_search", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        if saved:
+            from keras_dnas.targets import HardwareTarget
+
+            target = saved.get("target")
+            object.__setattr__(model, "dnas_search", {
+                "target": None if target is None else HardwareTarget.from_dict(target),
+                "budgets": dict(saved.get("budgets") or {}),
+                "arena_plan": saved.get("arena_plan")})
+        return model
+
 
 def prepare(model, exclude=None, search=("channels",)):
     """A searchable copy of ``model``: masked Conv/Dense layers, tied channel masks.
@@ -99,10 +131,10 @@ def prepare(model, exclude=None, search=("channels",)):
 
     >>> import keras, keras_dnas as kd
     >>> x = keras.Input((28, 28, 1))
-    >>> h = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    >>> h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(x)
     >>> y = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
     >>> search = kd.prepare(keras.Model(x, y))
-    >>> type(search.get_layer("conv2d")).__name__
+    >>> type(search.get_layer("conv")).__name__
     'MaskedConv2D'
     """
     if not isinstance(model, keras.Model):

@@ -31,3 +31,44 @@ def test_recalibrate_sets_exact_population_statistics_in_graph_order():
 def test_recalibrate_rejects_empty_data():
     with pytest.raises(ValueError, match="at least one sample"):
         kd.recalibrate_batchnorm(toys.plain_cnn(), np.zeros((0, 12, 12, 3), "float32"))
+
+
+def test_recalibrate_in_one_pass_matches_layer_by_layer_passes():
+    # n <= batch_size takes one forward pass with every BN setting its statistics as the pass
+    # reaches it; it must give what the per-BN passes give (closed channels: the statistics
+    # of later BNs depend on the earlier ones), and leave no hook behind.
+    search = kd.prepare(toys.residual())
+    toys.close_random_masks(search, seed=1)
+    x = toys.sample(search, n=64, seed=2)
+    bns = [layer for layer in search.layers if isinstance(layer, L.BatchNormalization)]
+    kd.recalibrate_batchnorm(search, x, batch_size=16)  # 4 chunks: the per-BN passes
+    chunked = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in bns]
+    for layer in bns:  # stale statistics (gamma and beta stay)
+        layer.moving_mean.assign(np.full(layer.moving_mean.shape, 3.0, "float32"))
+        layer.moving_variance.assign(np.full(layer.moving_variance.shape, 9.0, "float32"))
+    assert kd.recalibrate_batchnorm(search, x) == len(bns) == 3
+    for layer, (mean, var) in zip(bns, chunked):
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-6, atol=1e-7)
+        assert "call" not in layer.__dict__
+
+
+def test_compiled_calibrator_matches_recalibrate_and_reuses_its_trace():
+    from keras_dnas.freeze import BatchNormCalibrator
+
+    search = kd.prepare(toys.residual())
+    toys.close_random_masks(search, seed=1)
+    x = toys.sample(search, n=64, seed=2)
+    bns = [layer for layer in search.layers if isinstance(layer, L.BatchNormalization)]
+    kd.recalibrate_batchnorm(search, x)
+    exact = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in bns]
+    calibrate = BatchNormCalibrator(search)
+    for _ in range(2):  # the second call runs the traced pass with the hooks in it
+        for layer in bns:
+            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 3.0, "float32"))
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 9.0, "float32"))
+        assert calibrate(x) == 3
+        for layer, (mean, var) in zip(bns, exact):
+            np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-4, atol=1e-5)
+            assert "call" not in layer.__dict__

@@ -73,7 +73,7 @@ def test_to_c_writes_the_exact_bytes_ops_and_arena(tmp_path):
     # The arena: the planner replay for 4-byte pointers, equal to measure's target arena.
     replay = arena.tflite_arena(data, pointer_bytes=4)
     measured = kd.export.measure(data, target="stm32h743")
-    assert out["replay_arena_bytes"] == replay["total"] == measured.arena_bytes
+    assert out["replay_arena_bytes"] == replay["total"] == measured.ram_bytes
     assert out["arena_head_bytes"] == replay["head"] == measured.host_arena_head_bytes
     assert out["arena_bytes"] == -(-replay["total"] // 16) * 16
     assert f"#define MODEL_ARENA_SIZE {out['arena_bytes']}" in header

@@ -72,7 +72,7 @@ def test_inspect_prints_flash_arena_ops_and_quantisation(tiny_tflite, runs):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out, m = proc.stdout, tiny_tflite["measured"]
     assert f"flash   {len(tiny_tflite['bytes']):,} B" in out
-    assert f"arena   {m.arena_bytes:,} B" in out
+    assert f"arena   {m.ram_bytes:,} B" in out
     assert f"head {m.arena_head_bytes:,} B" in out and f"tail {m.arena_tail_bytes:,} B" in out
     for op in ("CONV_2D", "MAX_POOL_2D", "DEPTHWISE_CONV_2D", "MEAN", "FULLY_CONNECTED",
                "SOFTMAX"):
@@ -87,8 +87,8 @@ def test_inspect_json_equals_measure_and_compares_with_the_target(tiny_tflite, r
     report = json.loads(proc.stdout)
     m = tiny_tflite["measured"]
     assert report["flash_bytes"] == len(tiny_tflite["bytes"]) == m.flash_bytes
-    assert (report["arena_bytes"], report["arena_head_bytes"], report["arena_tail_bytes"]) == (
-        m.arena_bytes, m.arena_head_bytes, m.arena_tail_bytes)
+    assert (report["ram_bytes"], report["arena_head_bytes"], report["arena_tail_bytes"]) == (
+        m.ram_bytes, m.arena_head_bytes, m.arena_tail_bytes)
     assert report["ops"] == {"CONV_2D": 1, "MAX_POOL_2D": 1, "DEPTHWISE_CONV_2D": 1, "MEAN": 1,
                              "FULLY_CONNECTED": 1, "SOFTMAX": 1}
     assert [o["name"] for o in report["operators"]] == m.ops
@@ -100,7 +100,7 @@ def test_inspect_json_equals_measure_and_compares_with_the_target(tiny_tflite, r
         "stm32h743", target.flash_bytes, target.ram_bytes)
     assert t["fits_flash"] and t["fits_ram"]
     assert t["flash_percent"] == pytest.approx(100 * m.flash_bytes / target.flash_bytes)
-    assert t["ram_percent"] == pytest.approx(100 * m.arena_bytes / target.ram_bytes)
+    assert t["ram_percent"] == pytest.approx(100 * m.ram_bytes / target.ram_bytes)
     assert t["latency_estimated"] is True and t["latency_ms"] > 0
     # The estimate is the Keras model's latency under the same cost model.
     expected = kd.summary(tiny_tflite["model"], "stm32h743", memory=None)
@@ -207,11 +207,11 @@ def test_tflite_layers_read_geometry_from_tensor_shapes(tiny_tflite):
 def test_inspect_shows_the_target_arena_and_labels_the_host_one(tiny_tflite, capsys):
     assert cli.main(["inspect", tiny_tflite["path"]]) == 0
     out, m = capsys.readouterr().out, tiny_tflite["measured"]
-    assert m.pointer_bytes == 4 and m.host_arena_bytes > m.arena_bytes
+    assert m.pointer_bytes == 4 and m.host_arena_bytes > m.ram_bytes
     assert "on a 32-bit target" in out
     assert f"host interpreter (64-bit): {m.host_arena_bytes:,} B, not the board's" in out
     report = cli.inspect_model(tiny_tflite["path"], target="stm32h743")
-    assert report["arena_bytes"] == measure(tiny_tflite["bytes"], "stm32h743").arena_bytes
+    assert report["ram_bytes"] == measure(tiny_tflite["bytes"], "stm32h743").ram_bytes
     assert report["host_arena_bytes"] == m.host_arena_bytes
 
 

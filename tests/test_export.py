@@ -668,7 +668,7 @@ def test_measure_flash_and_arena(name, capfd):
     assert result.arena_tail_bytes == reported["tail"] + arena.tflite_tail(
         tflite, pointer_bytes=4) - arena.tflite_tail(tflite, pointer_bytes=8)
     assert result.arena_tail_bytes < reported["tail"]
-    assert result.arena_bytes == result.arena_head_bytes + result.arena_tail_bytes
+    assert result.ram_bytes == result.arena_head_bytes + result.arena_tail_bytes
     # The arena given does not change what is used.
     assert kx.arena_usage(tflite, arena_size=1 << 22)["arena_bytes"] == result.host_arena_bytes
     # Lower bound: every operator's non-constant inputs and outputs are live together.
@@ -728,7 +728,7 @@ def test_measure_host_pointer_target_reports_the_host_arena():
     host = kd.targets.get("stm32h743").replace(name="host64", pointer_bytes=8)
     result = kx.measure(tflite, target=host)
     assert result.pointer_bytes == 8
-    assert (result.arena_bytes, result.arena_tail_bytes) == (
+    assert (result.ram_bytes, result.arena_tail_bytes) == (
         result.host_arena_bytes, result.host_arena_tail_bytes)
     assert "host_arena_bytes" in str(result)
 
@@ -753,10 +753,10 @@ def test_measure_arena_equals_the_certified_arena_on_ds_cnn():
     rep = np.random.default_rng(1).normal(size=(8,) + tuple(model.inputs[0].shape[1:]))
     tflite = kx.to_tflite(model, representative_data=rep.astype("float32"))
     m = kx.measure(tflite, target="stm32h743")
-    assert (m.arena_bytes, m.arena_head_bytes, m.arena_tail_bytes) == (
-        s["arena_bytes"], s["arena_head_bytes"], s["arena_tail_bytes"])
+    assert (m.ram_bytes, m.arena_head_bytes, m.arena_tail_bytes) == (
+        s["ram_bytes"], s["arena_head_bytes"], s["arena_tail_bytes"])
     assert m.fits_ram == s["fits_ram"]
-    assert m.host_arena_bytes > m.arena_bytes  # 8-byte pointers on the host
+    assert m.host_arena_bytes > m.ram_bytes  # 8-byte pointers on the host
 
 
 def _degenerate_softmax_tflite():
@@ -781,7 +781,7 @@ def test_tflm_abort_raises_instead_of_killing_the_process():
     # Still alive, and a sane model still measures.
     _, _, _, good = converted("dense")
     assert kx.tflm_preflight(good) == []
-    assert kx.measure(good).arena_bytes > 0
+    assert kx.measure(good).ram_bytes > 0
 
 
 def test_dead_relu_after_an_add_is_found_before_tflite_micro_aborts():

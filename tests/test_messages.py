@@ -25,7 +25,7 @@ def test_fmt_quantity(value, unit, text):
 
 
 def test_measure_prints_no_exponent():
-    r = kd.export.MeasureResult(flash_bytes=39340, arena_bytes=123456, host_arena_bytes=130000)
+    r = kd.export.MeasureResult(flash_bytes=39340, ram_bytes=123456, host_arena_bytes=130000)
     assert "39,340 B" in str(r) and "123,456 B" in str(r) and "e+" not in str(r)
 
 
@@ -38,11 +38,12 @@ def test_budget_floor_names_the_layers(search):
     plan = search.dnas_plan
     cm = CostModel(plan, "stm32h743", memory=MemoryModel.from_model(search, plan,
                                                                     target="stm32h743"))
-    floor_costs = cm.evaluate(cm.min_counts(), ["macs", "flash", "ram"])
-    rows = budget_floor(cm, [Budget("macs", 10), Budget("flash", 10 ** 9), Budget("ram", 100)])
-    assert [r["metric"] for r in rows] == ["macs", "ram"]  # flash holds: not listed
+    floor_costs = cm.evaluate(cm.min_counts(), ["macs", "flash_bytes", "ram_bytes"])
+    rows = budget_floor(cm, [Budget("macs", 10), Budget("flash_bytes", 10 ** 9),
+                             Budget("ram_bytes", 100)])
+    assert [r["metric"] for r in rows] == ["macs", "ram_bytes"]  # flash holds: not listed
     macs, ram = rows
-    assert macs["floor"] == floor_costs["macs"] and ram["floor"] == floor_costs["ram"]
+    assert macs["floor"] == floor_costs["macs"] and ram["floor"] == floor_costs["ram_bytes"]
     # Layers by decreasing share; their MACs add up to the floor.
     values = [layer["value"] for layer in macs["layers"]]
     assert values == sorted(values, reverse=True) and macs["layers"][0]["name"] == "c1"

@@ -7,6 +7,8 @@ the `tflite_micro` Python interpreter (arena head, outputs) for files carrying a
 import itertools
 import random
 
+import warnings
+
 import pytest
 
 from keras_dnas.costs import arena
@@ -228,21 +230,24 @@ def test_summary_and_freeze_predict_the_offline_file():
     # freeze certifies RAM against the plan that ships: a budget between the two heads holds
     # only with the offline plan.
     search = kd.prepare(model)
-    budget = (off["arena_bytes"] + tflm["arena_bytes"]) // 2
-    frozen = kd.freeze(search, "stm32h743", budgets={"ram": budget}, fill=False, verbose=0,
+    budget = (off["ram_bytes"] + tflm["ram_bytes"]) // 2
+    frozen = kd.freeze(search, "stm32h743", budgets={"ram_bytes": budget}, fill=False, verbose=0,
                        arena_plan="offline")
     assert frozen.count_params() == model.count_params()  # nothing had to close
-    greedy = kd.freeze(search, "stm32h743", budgets={"ram": budget}, fill=False, verbose=0)
+    with warnings.catch_warnings():  # channels close; only their count matters here
+        warnings.filterwarnings("ignore", "keras_dnas.freeze: closing channels", UserWarning)
+        greedy = kd.freeze(search, "stm32h743", budgets={"ram_bytes": budget}, fill=False,
+                           verbose=0)
     assert greedy.count_params() < model.count_params()  # TFLM's plan: channels must close
     # The search's RAM metric: exact = the offline head, soft = the liveness bound (+ tail).
-    callback = kd.DNASCallback("stm32h743", budgets={"ram": budget}, arena_plan="offline")
+    callback = kd.DNASCallback("stm32h743", budgets={"ram_bytes": budget}, arena_plan="offline")
     callback.bind(search)
     full = callback.cost_model.full_counts()
-    assert callback.cost_model.evaluate(full, ["ram"])["ram"] == off["arena_bytes"]
-    soft = callback.cost_model.evaluate(full, ["ram"], exact=False)["ram"]
+    assert callback.cost_model.evaluate(full, ["ram_bytes"])["ram_bytes"] == off["ram_bytes"]
+    soft = callback.cost_model.evaluate(full, ["ram_bytes"], exact=False)["ram_bytes"]
     assert float(keras.ops.convert_to_numpy(soft)) == plan["bound"] + off["arena_tail_bytes"]
     with pytest.raises(ValueError, match="arena_plan"):
-        kd.freeze(search, "stm32h743", budgets={"ram": budget}, arena_plan="best")
+        kd.freeze(search, "stm32h743", budgets={"ram_bytes": budget}, arena_plan="best")
     with pytest.raises(ValueError, match="arena_plan"):
         kd.DNASCallback("stm32h743", arena_plan="best")
 

@@ -71,7 +71,7 @@ def test_budget_hinge_and_validation():
     with pytest.raises(ValueError, match="Unknown metric 'flash_kb'.*Known metrics"):
         Budget("flash_kb", 10)
     with pytest.raises(ValueError, match="positive finite limit"):
-        Budget("ram", 0)
+        Budget("ram_bytes", 0)
     with pytest.raises(ValueError, match="strength >= 0"):
         Minimize("energy_uj", -1.0)
     assert kd.search.objectives.objective_from_dict(b.to_dict()) == b
@@ -321,7 +321,7 @@ def test_freeze_certifies_flash_by_conversion_even_if_the_flash_model_is_optimis
     memory.flash = lambda counts, exact=True: honest(counts, exact) - 1000  # 1 kB too low
     x = toys.sample(search, n=8)
     limit = 0.7 * len(kd.export.to_tflite(kd.freeze(search), representative_data=x))
-    slim = kd.freeze(search, target="stm32h743", budgets={"flash": limit}, memory=memory,
+    slim = kd.freeze(search, target="stm32h743", budgets={"flash_bytes": limit}, memory=memory,
                      verbose=0)
     cert = slim.dnas_certificate
     assert cert["flash_source"].startswith("int8 TFLite conversion")
@@ -333,7 +333,7 @@ def test_freeze_certifies_flash_by_conversion_even_if_the_flash_model_is_optimis
     from keras_dnas.freeze import grow, project, rebuild_with
 
     plan = search.dnas_plan
-    cm, budgets = CostModel(plan, "stm32h743", memory=memory), [Budget("flash", limit)]
+    cm, budgets = CostModel(plan, "stm32h743", memory=memory), [Budget("flash_bytes", limit)]
     keep, _, _ = project(search, cm, budgets, plan=plan)
     keep, _, _ = grow(search, cm, budgets, plan=plan, keep=keep)
     trusted = rebuild_with(search, plan, keep)
@@ -345,7 +345,7 @@ def test_flash_ram_latency_budgets_hold_on_the_measured_int8_model(trained_seed)
     (x, y), (xv, yv) = digits()
     target = kd.targets.get("nrf52840")
     before = kd.summary(trained_seed, target)
-    budgets = {"flash": 0.5 * before["flash_bytes"], "ram": 0.5 * before["arena_bytes"],
+    budgets = {"flash_bytes": 0.5 * before["flash_bytes"], "ram_bytes": 0.5 * before["ram_bytes"],
                "latency_ms": 0.5 * before["latency_ms"]}
     search = kd.prepare(trained_seed)
     search.compile(keras.optimizers.Adam(1e-3), LOSS, metrics=["accuracy"])
@@ -359,9 +359,9 @@ def test_flash_ram_latency_budgets_hold_on_the_measured_int8_model(trained_seed)
     tflite = kd.export.to_tflite(slim, representative_data=x[:64])
     measured = kd.export.measure(tflite, data=(xv, yv))
     after = kd.summary(slim, target)
-    assert measured["flash_bytes"] <= budgets["flash"]
+    assert measured["flash_bytes"] <= budgets["flash_bytes"]
     certified = {r["metric"]: r["value"] for r in slim.dnas_certificate["budgets"]}
-    assert certified["flash"] == measured["flash_bytes"]  # certified by conversion, data-free
+    assert certified["flash_bytes"] == measured["flash_bytes"]  # certified by conversion, data-free
     assert measured["arena_head_bytes"] == after["arena_head_bytes"]  # exact planner replay
-    assert after["arena_bytes"] <= budgets["ram"] and after["latency_ms"] <= budgets["latency_ms"]
+    assert after["ram_bytes"] <= budgets["ram_bytes"] and after["latency_ms"] <= budgets["latency_ms"]
     assert measured["accuracy"] > 0.5  # int8 on TFLite Micro, before any fine-tuning

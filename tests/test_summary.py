@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 import keras
 import keras_dnas as kd
@@ -14,6 +15,7 @@ def conv_dense_params(model):
                if isinstance(layer, (L.Conv1D, L.Conv2D, L.Dense, L.DepthwiseConv2D)))
 
 
+@pytest.mark.filterwarnings("ignore:keras_dnas.freeze. closing channels:UserWarning")  # costs only
 def test_summary_of_original_searchable_and_frozen_models():
     model = toys.randomize_bn(toys.residual())
     search = kd.prepare(model)

@@ -175,7 +175,7 @@ def test_frozen_exact_costs_equal_searchable_hard_costs():
     assert counts[len(plan.groups):] == [3, 4, 3, 2]
     memory = MemoryModel.from_model(search, plan, pointer_bytes=8)
     assert memory.unattributed == []
-    metrics = ["params", "macs", "latency_ms", "energy_uj", "flash"]
+    metrics = ["params", "macs", "latency_ms", "energy_uj", "flash_bytes"]
     frozen = kd.freeze(search, verbose=0)
     assert [frozen.get_layer(n).kernel_size[0] for n in ("c1", "c2", "dw", "c3")] == [3, 4, 3, 2]
     assert [frozen.get_layer(n).dilation_rate[0] for n in ("c1", "c2", "dw", "c3")] == \
@@ -189,7 +189,7 @@ def test_frozen_exact_costs_equal_searchable_hard_costs():
                 searched.evaluate(soft_counts(search, plan), metrics, exact=False).items()}
         fcm = CostModel(fplan, target, memory=fmemory)
         real = {k: to_python(v) for k, v in fcm.evaluate(fcm.full_counts(), metrics).items()}
-        assert exact["flash"] == real["flash"] == len(fmemory.full_bytes)
+        assert exact["flash_bytes"] == real["flash_bytes"] == len(fmemory.full_bytes)
         for m in metrics:
             assert exact[m] == pytest.approx(real[m], rel=1e-9), (target, m)
             assert soft[m] == pytest.approx(exact[m], rel=1e-6), (target, m)  # same function
@@ -205,7 +205,7 @@ def test_soft_tap_costs_have_gradients():
     cm = CostModel(plan, "stm32h743", memory=MemoryModel.from_model(search, plan))
     beta = search.get_layer("c2").dnas_beta
     gamma = search.get_layer("c2").dnas_gamma
-    for metric in ("params", "macs", "latency_ms", "flash"):
+    for metric in ("params", "macs", "latency_ms", "flash_bytes"):
         with tf.GradientTape() as tape:
             value = cm.evaluate(soft_counts(search, plan), [metric], exact=False)[metric]
         g_beta, g_gamma = tape.gradient(value, [beta, gamma])

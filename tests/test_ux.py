@@ -57,6 +57,7 @@ def full_params():
 # ------------------------------------------------------------------ logs and validation
 
 
+@pytest.mark.filterwarnings("ignore:DNASCallback. no search epoch:UserWarning")  # short search
 def test_logs_split_task_loss_and_penalty_and_val_loss_has_no_penalty():
     (x, y), (xv, yv) = digits()
     search = searchable()
@@ -84,6 +85,7 @@ def test_logs_split_task_loss_and_penalty_and_val_loss_has_no_penalty():
         assert with_penalty == pytest.approx(hist["val_loss"][epoch] + penalty, rel=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:DNASCallback. no search epoch:UserWarning")  # short search
 def test_validation_uses_exact_batchnorm_statistics_of_the_calibration_sample():
     (x, y), (xv, yv) = digits()
     kw = dict(budgets={"params": 0.5 * full_params()}, restore_best_weights=False, verbose=0)
@@ -123,7 +125,7 @@ def test_second_fit_with_default_budgets_keeps_two_objectives():
     cb = kd.DNASCallback("stm32h743", verbose=0)  # budgets=None: the target's flash and RAM
     for _ in range(2):
         search.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[cb])
-        assert [o.metric for o in cb.objectives] == ["flash", "ram"]
+        assert [o.metric for o in cb.objectives] == ["flash_bytes", "ram_bytes"]
     cb = kd.DNASCallback("stm32h743", budgets={"params": 1e6}, objectives=["macs"], verbose=0)
     for _ in range(2):
         search.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[cb])
@@ -232,6 +234,7 @@ def _search_masks(seed, budget_fraction=0.4):
             if getattr(layer, "dnas_alpha", None) is not None]
 
 
+@pytest.mark.filterwarnings("ignore:DNASCallback. no search epoch:UserWarning")  # short search
 def test_same_seed_same_search_whatever_ran_before():
     first = _search_masks(7)
     _search_masks(11, budget_fraction=0.6)  # another search, other seed, in between
@@ -239,3 +242,23 @@ def test_same_seed_same_search_whatever_ran_before():
     again = _search_masks(7)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_search_settings_survive_a_keras_file_and_freeze_reuses_them(tmp_path):
+    search, cb, (x, _), _ = _searched(calibrate=True)
+    path = str(tmp_path / "search.keras")
+    search.save(path)
+    loaded = keras.saving.load_model(path)
+    saved = loaded.dnas_search
+    assert saved["target"] == cb.target and saved["arena_plan"] == "tflm"
+    assert saved["budgets"] == {b.metric: b.limit for b in cb.budgets}
+    # the calibration sample is not in the file: pass it again
+    again = kd.freeze(loaded, calibration_data=x, verbose=0)
+    first = kd.freeze(search, verbose=0)
+    assert again.dnas_certificate == first.dnas_certificate
+    assert again.dnas_certificate["target"] == "nrf52840"
+    for a, b in zip(again.get_weights(), first.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # kd.summary of the frozen model defaults to the target it was certified on
+    assert kd.summary(first, memory=None)["target"] == "nrf52840"
+    assert kd.summary(search, memory=None)["target"] == "nrf52840"

@@ -97,8 +97,8 @@ def budgets_for(point, seed_measured, seed_latency_ms, use_memory, seed_params):
     """
     budgets = {}
     if use_memory:
-        budgets["flash"] = float(np.floor(point.flash * seed_measured["flash"]))
-        budgets["ram"] = float(np.floor(point.ram * seed_measured["arena"]))
+        budgets["flash_bytes"] = float(np.floor(point.flash * seed_measured["flash"]))
+        budgets["ram_bytes"] = float(np.floor(point.ram * seed_measured["arena"]))
     else:
         budgets["params"] = float(np.floor(point.flash * seed_params))
     budgets["latency_ms"] = point.latency * seed_latency_ms[point.target]

@@ -63,8 +63,9 @@ def run(task, quick, target, point, rounds, use_memory, out_csv, log):
                     full = costs.evaluate(target, costs.full())
                     budgets = {"latency_ms": point.latency * full["latency_ms"]}
                     if use_memory:
-                        budgets = {"flash": float(int(point.flash * full["flash"])),
-                                   "ram": float(int(point.ram * full["ram"])), **budgets}
+                        budgets = {"flash_bytes": float(int(point.flash * full["flash_bytes"])),
+                                   "ram_bytes": float(int(point.ram * full["ram_bytes"])),
+                                   **budgets}
                     else:
                         budgets["params"] = float(int(point.flash * full["params"]))
                 note = ""

@@ -405,10 +405,12 @@ def tflite_arena(tflite, pointer_bytes=8, scratch=None):
 
     Example:
 
-    ```python
-    report = tflite_arena(open("model.tflite", "rb").read(), pointer_bytes=4)
-    print(report["head"], report["tail"], report["total"])
-    ```
+    >>> import keras, numpy as np
+    >>> from keras_dnas.export import to_tflite
+    >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8), keras.layers.Dense(2)])
+    >>> report = tflite_arena(to_tflite(model, np.random.rand(8, 16).astype("float32")), 4)
+    >>> report["total"] == report["head"] + report["tail"], report["head"] > 0
+    (True, True)
     """
     model = _as_model(tflite)
     buffers = tflite_buffers(model, scratch=scratch)

@@ -11,6 +11,7 @@ from keras import ops
 
 from keras_dnas.costs import compute, latency
 from keras_dnas.targets import registry
+from keras_dnas.vocabulary import Results, canonical
 
 
 class CostModel:
@@ -21,7 +22,7 @@ class CostModel:
         target: a :class:`~keras_dnas.targets.HardwareTarget` or its name.
         memory: optional flash/RAM estimator with ``flash(counts, exact)`` and
             ``ram(counts, exact)`` (see :mod:`keras_dnas.memory`); without
-            it the ``flash`` and ``ram`` metrics are unavailable.
+            it the ``flash_bytes`` and ``ram_bytes`` metrics are unavailable.
 
     Example:
 
@@ -59,22 +60,28 @@ class CostModel:
 
     def available(self):
         names = ["params", "macs", "latency_cycles", "latency_ms", "energy_uj"]
-        return names + (["flash", "ram"] if self.memory is not None else [])
+        return names + (["flash_bytes", "ram_bytes"] if self.memory is not None else [])
 
     def evaluate(self, counts, metrics=None, exact=True):
         """``{metric: value}`` for the given per-group counts.
 
         Args:
             counts: one count per group (ints, or tensors for a soft value).
-            metrics: names (default: every available metric).
-            exact: for ``ram``: the exact TFLite Micro planner replay (ints)
+            metrics: names (default: every available metric; old spellings such as
+                ``"ram"`` warn, and their values come back under the name asked for).
+            exact: for ``ram_bytes``: the exact TFLite Micro planner replay (ints)
                 rather than the differentiable liveness bound.
         """
         metrics = list(metrics or self.available())
         counts = compute.with_taps(self.plan, counts, self.taps)
         records = compute.layer_records(self.plan, counts)
         out = {}
+        asked = {}
         for m in metrics:
+            name = canonical(m)
+            if name != m:
+                asked[name] = m
+            m = name
             if m == "params":
                 out[m] = _sum(compute.params(*r[1:])
                               for r, first in zip(records, self._seen) if first)
@@ -87,17 +94,18 @@ class CostModel:
                 out[m] = {"latency_cycles": cycles,
                           "latency_ms": latency.cycles_to_ms(cycles, self.target),
                           "energy_uj": latency.cycles_to_uj(cycles, self.target)}[m]
-            elif m in ("flash", "ram"):
+            elif m in ("flash_bytes", "ram_bytes"):
                 if self.memory is None:
                     raise ValueError(
                         f"Metric '{m}' needs a memory model (CostModel(..., memory=...)); "
                         f"available here: {self.available()}"
                     )
-                out[m] = getattr(self.memory, m)(counts, exact=exact)
+                out[m] = (self.memory.flash if m == "flash_bytes" else self.memory.ram)(
+                    counts, exact=exact)
             else:
                 raise ValueError(f"Unknown metric '{m}'. Available: {self.available()}")
         out.pop("_cycles", None)
-        return out
+        return Results({asked.get(k, k): v for k, v in out.items()})
 
 
 def _sum(values):

@@ -285,7 +285,7 @@ def to_c(tflite_bytes, path, target=None, arena_bytes=None, name="model", verify
         # the board); its target arena is what `measure` / `keras-dnas inspect` report.
         measured = measure(data, target=target)
         report = dict(report, head=measured.arena_head_bytes, tail=measured.arena_tail_bytes,
-                      total=max(report["total"], measured.arena_bytes),
+                      total=max(report["total"], measured.ram_bytes),
                       replay_total=report["total"])
     planned = arena_lib._align_up(report["total"], arena_lib.ARENA_ALIGNMENT)
     if arena_bytes is None:

@@ -1,7 +1,12 @@
 """Keras model -> TFLite flatbuffer for TensorFlow Lite Micro (full int8 or float32)."""
 
+import atexit
 import dataclasses
+import os
+import pickle
 import re
+import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -190,17 +195,74 @@ def _layer_names(model):
     return names
 
 
-def _backend_export_kwargs():
-    """Export options per Keras backend: JAX must trace a static function to plain TF ops."""
+_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_convert_child.py")
+# `python -c`: drop the current directory from sys.path, then run the child file as __main__.
+_BOOT = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
+_converter = {}  # the TensorFlow child of this process: "proc", "log"
+
+
+def _stop_converter():
+    proc = _converter.pop("proc", None)
+    if proc is not None and proc.poll() is None:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+
+
+def _converter_process():
+    proc = _converter.get("proc")
+    if proc is not None and proc.poll() is None:
+        return proc
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    # the child imports this copy of keras_dnas, installed or not
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-c", _BOOT, _CHILD], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=log, env=env)
+    if not _converter:
+        atexit.register(_stop_converter)
+    _converter.update(proc=proc, log=log)
+    return proc
+
+
+def _convert_in_tensorflow(model, arrays, quantization, allow_float_ops, arena_plan):
+    """`to_tflite` in a child process under the TensorFlow backend (for JAX and PyTorch).
+
+    The model goes as a `.keras` file; the child stays up for the next conversion.
+    """
+    data = None if arrays is None else (arrays[0] if len(arrays) == 1 else list(arrays))
+    with tempfile.TemporaryDirectory(prefix="keras_dnas_convert_") as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        request = {"path": path, "representative_data": data, "quantization": quantization,
+                   "allow_float_ops": allow_float_ops, "arena_plan": arena_plan}
+        proc = _converter_process()
+        try:
+            pickle.dump(request, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            proc.stdin.flush()
+            reply = pickle.load(proc.stdout)
+        except (EOFError, BrokenPipeError, pickle.UnpicklingError) as e:
+            log = _converter["log"]
+            log.seek(0)
+            text = log.read().decode("utf-8", errors="replace")[-3000:]
+            _stop_converter()
+            raise RuntimeError(
+                "The TensorFlow process converting the model to TFLite ended unexpectedly "
+                f"(the search runs on the {_backend()!r} backend; conversion needs "
+                f"TensorFlow). Its log (end):\n{text}") from e
+    if not reply["ok"]:
+        error = ValueError if reply["error_type"] == "ValueError" else RuntimeError
+        raise error(reply["error"])
+    return reply["tflite"]
+
+
+def _backend():
     import keras
 
-    if keras.backend.backend() == "jax":
-        # Weights become constants (BN folds, no READ_VARIABLE), no XLA-only TF ops.
-        return {
-            "is_static": True,
-            "jax2tf_kwargs": {"enable_xla": False, "native_serialization": False},
-        }
-    return {}
+    return keras.backend.backend()
 
 
 def _output_layers(model):
@@ -319,6 +381,8 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
         )
     signature, flat_inputs = _input_signature(model)
     arrays = _calibration_arrays(representative_data, flat_inputs) if mode.needs_data else None
+    if _backend() != "tensorflow":  # the converter reads TensorFlow graphs
+        return _convert_in_tensorflow(model, arrays, quantization, allow_float_ops, arena_plan)
     if signature is None and arrays is not None and len(arrays) == 1:
         # Subclassed model: take the (batch-1) input shape from the calibration samples.
         signature = [
@@ -344,7 +408,7 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
 
                 with _keras.elementwise_add_as_add():
                     model.export(tmp, format="tf_saved_model", verbose=False,
-                                 input_signature=signature, **_backend_export_kwargs())
+                                 input_signature=signature)
                 converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
                 converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, mode.ops_set)]
                 if mode.integer_io:

@@ -6,6 +6,7 @@ import numpy as np
 
 from keras_dnas import _flatbuffer
 from keras_dnas.export import runtime as _runtime
+from keras_dnas.vocabulary import Results, canonical
 
 _TASKS = ("classification", "regression")
 #: Pointer size the arena is reported for when no target says otherwise (32-bit MCU, as
@@ -16,7 +17,7 @@ _HOST_POINTER_BYTES = 8  # the tflite_micro Python interpreter (64-bit host)
 # Keys of a MeasureResult, in display order (all present; None when not measured).
 _KEYS = (
     "flash_bytes",
-    "arena_bytes",
+    "ram_bytes",
     "arena_head_bytes",
     "arena_tail_bytes",
     "pointer_bytes",
@@ -44,11 +45,11 @@ _KEYS = (
 )
 
 
-class MeasureResult(dict):
+class MeasureResult(Results):
     """What `measure` found: a plain `dict` (JSON-serialisable) with attribute access.
 
-    Keys: `flash_bytes` (= `len(tflite)`); `arena_bytes` / `arena_head_bytes` /
-    `arena_tail_bytes`, the tensor arena on the target (its `pointer_bytes`: 4 on a 32-bit
+    Keys: `flash_bytes` (= `len(tflite)`); `ram_bytes` (the old `arena_bytes` still reads) =
+    `arena_head_bytes` + `arena_tail_bytes`, the tensor arena on the target (its `pointer_bytes`: 4 on a 32-bit
     MCU), the number `kd.summary` and `kd.freeze` certify; `host_arena_bytes` /
     `host_arena_head_bytes` / `host_arena_tail_bytes` / `host_arena_breakdown`, what the
     64-bit host TFLite Micro interpreter allocated (its recording allocator);
@@ -62,12 +63,13 @@ class MeasureResult(dict):
 
     Example:
 
-    >>> r = MeasureResult(flash_bytes=1000, arena_bytes=400)
-    >>> r.flash_bytes, r["arena_bytes"], r.accuracy
+    >>> r = MeasureResult(flash_bytes=1000, ram_bytes=400)
+    >>> r.flash_bytes, r["ram_bytes"], r.accuracy
     (1000, 400, None)
     """
 
     def __init__(self, **fields):
+        fields = {canonical(k): v for k, v in fields.items()}
         unknown = set(fields) - set(_KEYS)
         if unknown:
             raise ValueError(f"Unknown MeasureResult fields {sorted(unknown)}.")
@@ -91,7 +93,7 @@ class MeasureResult(dict):
         lines = ["TFLite Micro measurement"]
         fmt = {
             "flash_bytes": "{:,} B",
-            "arena_bytes": "{:,} B",
+            "ram_bytes": "{:,} B",
             "arena_head_bytes": "{:,} B",
             "arena_tail_bytes": "{:,} B",
             "host_arena_bytes": "{:,} B",
@@ -171,7 +173,7 @@ def target_arena(tflite_bytes, host_usage, pointer_bytes=DEFAULT_POINTER_BYTES):
         pointer_bytes: The target's pointer size (4: 32-bit MCU; 8: the host itself).
 
     Returns:
-        `{"arena_bytes", "arena_head_bytes", "arena_tail_bytes"}` for the target.
+        `{"ram_bytes", "arena_head_bytes", "arena_tail_bytes"}` for the target.
     """
     from keras_dnas.costs import arena
 
@@ -181,7 +183,7 @@ def target_arena(tflite_bytes, host_usage, pointer_bytes=DEFAULT_POINTER_BYTES):
         model = _flatbuffer.read_tflite(tflite_bytes)
         tail += arena.tflite_tail(model, pointer_bytes=pointer_bytes) - arena.tflite_tail(
             model, pointer_bytes=_HOST_POINTER_BYTES)
-    return {"arena_bytes": head + tail, "arena_head_bytes": head, "arena_tail_bytes": tail}
+    return {"ram_bytes": head + tail, "arena_head_bytes": head, "arena_tail_bytes": tail}
 
 
 def _is_one_hot(y):
@@ -267,7 +269,7 @@ def measure(
 ):
     """Measure a TFLite model as TensorFlow Lite Micro runs it.
 
-    Flash is the flatbuffer size. RAM (`arena_bytes`) is the tensor arena on the target, the
+    Flash is the flatbuffer size. RAM (`ram_bytes`) is the tensor arena on the target, the
     same number `kd.summary` and `kd.freeze` certify: the head (activations and scratch, as
     laid out by TFLite Micro's memory planner, measured on the host) plus the tail (persistent
     tensor structs, per-channel quantisation data, op data) for the target's pointer size
@@ -349,7 +351,7 @@ def measure(
             target_flash_bytes=None if flash is None else int(flash),
             target_ram_bytes=None if ram is None else int(ram),
             fits_flash=None if flash is None else bool(fields["flash_bytes"] <= flash),
-            fits_ram=None if ram is None else bool(fields["arena_bytes"] <= ram),
+            fits_ram=None if ram is None else bool(fields["ram_bytes"] <= ram),
         )
     if data is not None:
         out = _runtime._finish_outputs(info, reply["outputs"], True)

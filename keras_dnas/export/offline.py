@@ -295,10 +295,18 @@ class OfflineArenaMemory:
 
     Example:
 
-    ```python
-    mem = OfflineArenaMemory(MemoryModel.from_model(model))
-    mem.ram_parts(counts)  # {"head", "tail", "total", "greedy_head"}
-    ```
+    >>> import keras_dnas as kd
+    >>> from keras_dnas.memory import MemoryModel
+    >>> import keras
+    >>> x = keras.Input((8, 8, 1))
+    >>> h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    >>> h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(h)
+    >>> y = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h))
+    >>> search = kd.prepare(keras.Model(x, y))
+    >>> mem = OfflineArenaMemory(MemoryModel.from_model(search, target="stm32h743"))
+    >>> parts = mem.ram_parts([g.size for g in search.dnas_plan.groups])
+    >>> sorted(parts)[:4], parts["head"] <= parts["greedy_head"]
+    (['greedy_head', 'head', 'tail', 'total'], True)
     """
 
     arena_plan = "offline"

@@ -72,12 +72,12 @@ def analyze(model, exclude=None, masked_only=False):
 
     >>> import keras, keras_dnas as kd
     >>> x = keras.Input((16, 16, 3))
-    >>> a = keras.layers.Conv2D(8, 3, padding="same")(x)
-    >>> b = keras.layers.Conv2D(8, 3, padding="same")(a)
+    >>> a = keras.layers.Conv2D(8, 3, padding="same", name="conv_a")(x)
+    >>> b = keras.layers.Conv2D(8, 3, padding="same", name="conv_b")(a)
     >>> y = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([a, b])))
     >>> plan = kd.graph.analyze(keras.Model(x, y))
     >>> plan.searchable_groups()[0].defined_by   # the residual add ties both convs
-    ['conv2d', 'conv2d_1']
+    ['conv_a', 'conv_b']
     """
     exclude = set(exclude or ())
     if not masked_only:

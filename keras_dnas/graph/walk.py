@@ -90,27 +90,23 @@ def rebuild(model, operation_fn, name=None, model_class=None):
         A new functional model (``model_class``, default ``keras.Model``).
     """
     fn = functional_of(model)
-    tensor_map = {}
-    new_inputs = []
-    for x in fn.inputs:
-        y = keras.Input(batch_shape=x.shape, dtype=x.dtype, name=input_layer_name(x))
-        tensor_map[id(x)] = y
-        new_inputs.append(y)
     replaced = {}
-    for gnode in nodes(model):
-        op = gnode.operation
-        if id(op) not in replaced:
-            replaced[id(op)] = operation_fn(op)
-        args, kwargs = _keras.call_arguments(gnode.node, tensor_map)
-        out = replaced[id(op)](*args, **kwargs)
-        for old, new in zip(gnode.outputs, tree.flatten(out)):
-            tensor_map[id(old)] = new
-    inputs_struct = _keras.inputs_struct(fn)
-    outputs_struct = _keras.outputs_struct(fn)
-    new_in = tree.map_structure(lambda t: tensor_map[id(t)], inputs_struct)
-    new_out = tree.map_structure(lambda t: tensor_map[id(t)], outputs_struct)
+
+    def clone_function(op):  # keras.models.clone_model calls it once per operation
+        replaced[id(op)] = operation_fn(op)
+        return replaced[id(op)]
+
+    # A plain Functional over the same graph: clone_model builds an instance of the source's
+    # class (a SearchableModel would re-bind on construction) and recompiles a compiled one.
+    view = _keras.Functional(_keras.inputs_struct(fn), _keras.outputs_struct(fn), name=fn.name)
+    inputs = tree.map_structure(
+        lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=input_layer_name(x)),
+        view.input)
+    clone = keras.models.clone_model(view, input_tensors=inputs, clone_function=clone_function)
     cls = model_class or keras.Model
-    return cls(new_in, new_out, name=name or model.name), replaced
+    new_model = cls(_keras.inputs_struct(clone), _keras.outputs_struct(clone),
+                    name=name or model.name)
+    return new_model, replaced
 
 
 def clone_layer(layer, cls=None, config_update=None):

@@ -200,20 +200,21 @@ class _DefiningMixin(_GateMixin):
             autocast=False,
         )
 
-    # Keras' Conv and Dense save only kernel and bias under keys "0", "1";
-    # the mask follows them.
+    # Keras' Conv and Dense save kernel and bias under the positional keys "0", "1"; the mask
+    # is saved by name. Files written before it was named hold it under the next position.
     def _dnas_alpha_key(self):
         return str(2 if self.use_bias else 1)
 
     def save_own_variables(self, store):
         super().save_own_variables(store)
         if self.built:
-            store[self._dnas_alpha_key()] = self.dnas_alpha
+            store[masks.ALPHA_NAME] = self.dnas_alpha
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
         if self.built:
-            self.dnas_alpha.assign(store[self._dnas_alpha_key()])
+            key = masks.ALPHA_NAME if masks.ALPHA_NAME in store else self._dnas_alpha_key()
+            self.dnas_alpha.assign(store[key])
 
 
 class _SeparableMixin(_DefiningMixin):
@@ -237,13 +238,24 @@ class _SeparableMixin(_DefiningMixin):
                 subs.append((self.bias, _folded(self.bias, gout, -1)))
         return subs, fin, fout
 
-    # Keras' separable convs save every variable by index (the mask included),
-    # unlike Conv and Dense: keep the Layer default.
+    # Keras' separable convs save every variable by position (Layer's default); the mask is
+    # saved by name, the others keep their positions. Older files hold the mask by position.
+    def _dnas_others(self):
+        return [v for v in self.weights if v is not self.__dict__.get("dnas_alpha")]
+
     def save_own_variables(self, store):
-        super(_DefiningMixin, self).save_own_variables(store)
+        if not self.built:
+            return super(_DefiningMixin, self).save_own_variables(store)
+        for i, v in enumerate(self._dnas_others()):
+            store[str(i)] = v
+        store[masks.ALPHA_NAME] = self.dnas_alpha
 
     def load_own_variables(self, store):
-        super(_DefiningMixin, self).load_own_variables(store)
+        if not self.built or masks.ALPHA_NAME not in store:
+            return super(_DefiningMixin, self).load_own_variables(store)
+        for i, v in enumerate(self._dnas_others()):
+            v.assign(store[str(i)])
+        self.dnas_alpha.assign(store[masks.ALPHA_NAME])
 
 
 class _FollowingMixin(_GateMixin):

@@ -228,12 +228,14 @@ class TimeMaskMixin:
 
     def dnas_tap_gate(self, centred=False):
         """Soft gate by age (``None`` without time masks). ``centred`` (the forward path)
-        applies while a search enables it (``_dnas_centred``, set by ``DNASCallback``)."""
+        applies while a search enables it (the layer's ``masks.SearchHooks``, set by
+        ``DNASCallback``, which also hold the warm-up gradient scale)."""
         if not self._dnas_time_variables():
             return None
-        centred = centred and bool(self.__dict__.get("_dnas_centred", False))
+        hooks = self.__dict__.get(masks.HOOKS_ATTR)
         return tap_gate(self.dnas_beta, self.dnas_gamma, self.dnas_taps,
-                        grad_scale=self.__dict__.get("_dnas_grad_scale"), centred=centred)
+                        grad_scale=hooks.grad_scale if hooks is not None else None,
+                        centred=centred and hooks is not None and hooks.centred)
 
     def dnas_tap_count(self, exact=False):
         """Effective taps: a tensor (differentiable, forward value exact) or an int."""
@@ -266,20 +268,19 @@ class TimeMaskMixin:
             subs += [(v, v.value) for v in self.variables if id(v) not in have]
         return subs
 
-    # Conv saves kernel, bias (and the mask) under "0", "1", ("2"): the time masks follow.
+    # A masked Conv saves its kernel and bias by index and its mask by name: the time masks
+    # follow by name (a DepthwiseConv1D saves every variable by index, these included).
     def save_own_variables(self, store):
         super().save_own_variables(store)
         if self.built and self._dnas_role == "defining":
-            start = int(self._dnas_alpha_key()) + 1
-            for i, v in enumerate(self._dnas_time_variables()):
-                store[str(start + i)] = v
+            for v in self._dnas_time_variables():
+                store[v.name] = v
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
         if self.built and self._dnas_role == "defining":
-            start = int(self._dnas_alpha_key()) + 1
-            for i, v in enumerate(self._dnas_time_variables()):
-                v.assign(store[str(start + i)])
+            for v in self._dnas_time_variables():
+                v.assign(store[v.name])
 
 
 def check(layer):

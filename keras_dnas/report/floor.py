@@ -14,13 +14,13 @@ from keras_dnas.report.format import fmt_quantity
 
 # metric -> (per-layer quantity, its unit, what it stands for)
 _LAYER_METRIC = {
-    "flash": ("params", "parameters", "weights (about one flash byte per int8 parameter)"),
+    "flash_bytes": ("params", "parameters", "weights (about one flash byte per int8 parameter)"),
     "params": ("params", "parameters", "parameters"),
     "macs": ("macs", "MACs", "MACs"),
     "latency_ms": ("cycles", "cycles", "estimated cycles"),
     "latency_cycles": ("cycles", "cycles", "estimated cycles"),
     "energy_uj": ("cycles", "cycles", "estimated cycles"),
-    "ram": ("activation", "bytes", "arena buffers (int8 activations)"),
+    "ram_bytes": ("activation", "bytes", "arena buffers (int8 activations)"),
 }
 
 
@@ -95,7 +95,7 @@ def budget_floor(cost_model, budgets, counts=None, top=5):
     for b in failing:
         key, unit, what = _LAYER_METRIC.get(b.metric, ("params", "parameters", "parameters"))
         candidates = rows
-        if b.metric == "ram":  # folded / fused into the previous operator: no buffer of their own
+        if b.metric == "ram_bytes":  # folded / fused into the previous operator: no buffer of their own
             candidates = [r for r in rows if r["op"] not in _FUSED_OPS]
         total = sum(r[key] for r in candidates) or 1
         ranked = sorted(candidates, key=lambda r: -r[key])[:top]
@@ -115,12 +115,12 @@ _FUSED_OPS = ("batchnorm", "activation", "dropout")
 
 def _fixed_part(cost_model, metric, counts, floor, layer_total):
     """Text for the part of the floor no layer's channels change, or None."""
-    if metric == "flash":
+    if metric == "flash_bytes":
         fixed = floor - layer_total
         if fixed > 0:
             return (f"{fmt_quantity(fixed, 'bytes')} of it is the flatbuffer's fixed part "
                     "(operators, tensors, quantisation parameters, biases' int32 width)")
-    if metric == "ram" and getattr(cost_model, "memory", None) is not None:
+    if metric == "ram_bytes" and getattr(cost_model, "memory", None) is not None:
         parts = cost_model.memory.ram_parts(counts)
         return (f"head (activations) {fmt_quantity(parts['head'], 'bytes')} + persistent tail "
                 f"{fmt_quantity(parts['tail'], 'bytes')} (TFLite Micro structs per tensor and "
@@ -129,7 +129,7 @@ def _fixed_part(cost_model, metric, counts, floor, layer_total):
 
 
 def _unit(metric):
-    from keras_dnas.search.objectives import METRICS
+    from keras_dnas.vocabulary import METRICS
 
     return METRICS.get(metric, "")
 

@@ -24,18 +24,9 @@ import keras
 
 from keras_dnas import targets as targets_lib
 from keras_dnas.report.summary import summary as summary_fn
-from keras_dnas.search.objectives import METRICS, Budget
-
-#: kd.summary key holding the value of each budget metric.
-SUMMARY_KEYS = {
-    "flash": "flash_bytes",
-    "ram": "arena_bytes",
-    "params": "params",
-    "macs": "macs",
-    "latency_ms": "latency_ms",
-    "latency_cycles": "latency_cycles",
-    "energy_uj": "energy_uj",
-}
+from keras_dnas.report.summary import target_of
+from keras_dnas.search.objectives import Budget
+from keras_dnas.vocabulary import METRICS, Results
 
 #: Per-layer cost columns of kd.summary shown before/after: (key, chart title).
 COST_COLUMNS = (
@@ -72,7 +63,7 @@ _RC = {
 }
 
 
-def write_report(path, *, seed, frozen, target, callback=None, budgets=None, data=None,
+def write_report(path, *, seed, frozen, target=None, callback=None, budgets=None, data=None,
                  title=None):
     """Write an HTML report of a search (charts embedded) and its numbers as JSON.
 
@@ -110,7 +101,8 @@ def write_report(path, *, seed, frozen, target, callback=None, budgets=None, dat
         seed: the model before the search (as given to ``kd.prepare``).
         frozen: the model after it (from ``kd.freeze``).
         target: a :class:`~keras_dnas.targets.HardwareTarget` or a built-in
-            name (``"stm32h743"``, ...).
+            name (``"stm32h743"``, ...). Default: the one ``frozen`` was
+            certified on (as :func:`~keras_dnas.summary`).
         callback: the :class:`~keras_dnas.DNASCallback` used in ``fit``
             (optional): its history and budgets.
         budgets: ``{metric: limit}`` or a list of :class:`~keras_dnas.Budget`.
@@ -149,7 +141,7 @@ def write_report(path, *, seed, frozen, target, callback=None, budgets=None, dat
     for name, model in (("seed", seed), ("frozen", frozen)):
         if not isinstance(model, keras.Model):
             raise ValueError(f"{name}= must be a keras.Model. Received: {name}={model!r}")
-    target = targets_lib.get(target)
+    target = targets_lib.get(target if target is not None else target_of(frozen))
     certificate = getattr(frozen, "dnas_certificate", None)
     budget_list = _resolve_budgets(budgets, callback, certificate)
     if data is not None:
@@ -171,8 +163,8 @@ def write_report(path, *, seed, frozen, target, callback=None, budgets=None, dat
         "title": title or f"{frozen.name} on {target.name}",
         "target": {"name": target.name, "flash_bytes": int(target.flash_bytes),
                    "ram_bytes": int(target.ram_bytes)},
-        "seed": _clean(dict(s_seed)),
-        "frozen": _clean(dict(s_frozen)),
+        "seed": Results(_clean(dict(s_seed))),
+        "frozen": Results(_clean(dict(s_frozen))),
         "layers": layers,
         "budgets": budget_rows,
         "all_budgets_hold": all(r["holds"] for r in budget_rows) if budget_rows else None,
@@ -237,8 +229,8 @@ def _resolve_budgets(budgets, callback, certificate):
         raise ValueError("budgets must be a dict {metric: limit}, a list of kd.Budget or None. "
                          f"Received: budgets={budgets!r}")
     for b in items:
-        if b.metric not in SUMMARY_KEYS:
-            raise ValueError(f"Unknown budget metric. Known metrics: {sorted(SUMMARY_KEYS)}. "
+        if b.metric not in METRICS:
+            raise ValueError(f"Unknown budget metric. Known metrics: {sorted(METRICS)}. "
                              f"Received: {b.metric!r}")
     return items
 
@@ -316,12 +308,10 @@ def _budget_rows(budgets, s_seed, s_frozen, certificate, accuracy):
     certified = {r["metric"]: r for r in (certificate or {}).get("budgets", [])}
     measured = {}
     if accuracy is not None:
-        measured = {"flash": accuracy["frozen"]["tflite_bytes"],
-                    "ram": accuracy["frozen"]["tflm_arena_bytes"]}
+        measured = {m: accuracy["frozen"][m] for m in ("flash_bytes", "ram_bytes")}
     rows = []
     for b in budgets:
-        key = SUMMARY_KEYS[b.metric]
-        seed_value, final = s_seed[key], s_frozen[key]
+        seed_value, final = s_seed[b.metric], s_frozen[b.metric]
         cert = certified.get(b.metric)
         rows.append({
             "metric": b.metric, "unit": METRICS[b.metric], "limit": b.limit,
@@ -344,11 +334,11 @@ def _measure_accuracy(seed, frozen, target, data):
         tflite = export.to_tflite(model, representative_data=x[:_REPRESENTATIVE_SAMPLES])
         m = export.measure(tflite, target=target, data=(x, y), keras_model=model)
         out["task"] = m["task"]
-        out[key] = _clean({
+        out[key] = Results(_clean({
             "float_accuracy": m["float_accuracy"], "int8_accuracy": m["accuracy"],
             "agreement": m["agreement"], "float_mse": m["float_mse"], "int8_mse": m["mse"],
-            "tflite_bytes": m["flash_bytes"], "tflm_arena_bytes": m["arena_bytes"],
-        })
+            "flash_bytes": m["flash_bytes"], "ram_bytes": m["ram_bytes"],
+        }))
     return out
 
 
@@ -468,9 +458,10 @@ def _unit_label(unit):
 
 
 def _metric_label(metric):
-    """``"flash (bytes)"``; no unit when it repeats the name (``params``, ``macs``)."""
+    """The metric's name: its unit is in it (``flash_bytes``, ``latency_ms``) or it is one."""
     unit = _unit_label(METRICS.get(metric, ""))
-    return metric if not unit or unit.lower() in (metric, metric.rstrip("s")) else \
+    named = metric.rsplit("_", 1)[-1] in ("bytes", "ms", "cycles", "uj")
+    return metric if named or not unit or unit.lower() in (metric, metric.rstrip("s")) else \
         f"{metric} ({unit})"
 
 
@@ -707,7 +698,7 @@ def _cards(report):
     s, f = report["seed"], report["frozen"]
     items = [("params", "params", None), ("MACs", "macs", None),
              ("latency (est.)", "latency_ms", "ms"), ("energy (est.)", "energy_uj", "uJ"),
-             ("flash (est.)", "flash_bytes", "B"), ("RAM arena (est.)", "arena_bytes", "B")]
+             ("flash (est.)", "flash_bytes", "B"), ("RAM arena (est.)", "ram_bytes", "B")]
     out = ['<div class="cards">']
     for label, key, unit in items:
         if key not in s or key not in f:
@@ -801,8 +792,8 @@ def _render_html(report, figures, budgets):
             else:
                 vals = [f'{100 * m["float_accuracy"]:.2f} %', f'{100 * m["int8_accuracy"]:.2f} %']
             agree = "–" if m["agreement"] is None else f'{100 * m["agreement"]:.1f} %'
-            rows.append([label] + vals + [agree, _fmt(m["tflite_bytes"], "B"),
-                                          _fmt(m["tflm_arena_bytes"], "B")])
+            rows.append([label] + vals + [agree, _fmt(m["flash_bytes"], "B"),
+                                          _fmt(m["ram_bytes"], "B")])
         parts.append(_table(head, rows))
         parts.append(f'<p class="note">{acc["num_samples"]:,} samples; int8 calibrated on the '
                      f'first {acc["representative_samples"]:,}. Float: the Keras model; int8: '

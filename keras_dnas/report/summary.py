@@ -9,9 +9,10 @@ from keras_dnas.costs.model import CostModel, to_python
 from keras_dnas.graph.counts import hard_counts
 from keras_dnas.graph import analyze, walk
 from keras_dnas.layers.masked import is_masked
+from keras_dnas.vocabulary import Results
 
 
-class Summary(dict):
+class Summary(Results):
     """Result of :func:`summary`: a dict (JSON-ready) that prints as a table."""
 
     def to_json(self, **kwargs):
@@ -40,24 +41,27 @@ class Summary(dict):
         if "flash_bytes" in t:
             out.append(f"flash {t['flash_bytes']:,} B of {t['target_flash_bytes']:,} "
                        f"({100 * t['flash_bytes'] / t['target_flash_bytes']:.1f} %)   "
-                       f"arena {t['arena_bytes']:,} B of {t['target_ram_bytes']:,} "
-                       f"({100 * t['arena_bytes'] / t['target_ram_bytes']:.1f} %; "
+                       f"arena {t['ram_bytes']:,} B of {t['target_ram_bytes']:,} "
+                       f"({100 * t['ram_bytes'] / t['target_ram_bytes']:.1f} %; "
                        f"head {t['arena_head_bytes']:,} B)")
         return "\n".join(out)
 
 
-def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan="tflm"):
+def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm"):
     """Per-layer channels, params, MACs, activation bytes and cycles, plus totals.
 
     Works for an original model, a searchable one (current masks) and a
     frozen one. Totals include ``params``, ``macs``, ``latency_ms``,
     ``latency_cycles``, ``energy_uj`` and, with a memory model,
-    ``flash_bytes``, ``arena_bytes`` (total), ``arena_head_bytes`` and
-    ``arena_tail_bytes`` against the target's flash and RAM.
+    ``flash_bytes``, ``ram_bytes`` (the tensor arena on the target: its
+    ``arena_head_bytes`` plus ``arena_tail_bytes``) against the target's flash
+    and RAM (``arena_bytes``, the old name of ``ram_bytes``, still reads).
 
     Args:
         model: a Functional or Sequential Keras model.
-        target: a :class:`~keras_dnas.targets.HardwareTarget` or its name.
+        target: a :class:`~keras_dnas.targets.HardwareTarget` or its name. Default: the
+            target a ``DNASCallback`` searched ``model`` for, or the one ``kd.freeze``
+            certified it on, else ``"stm32h743"``.
         memory: ``"auto"`` builds the flash/RAM model (one int8 conversion, cached per structure:
             a plain model's own conversion, so its flash is ``len`` of that ``.tflite``; a
             searchable model's full-width structure with realistic weights);
@@ -77,7 +81,7 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan=
     >>> s["macs"]
     2656768
     """
-    target = targets.get(target)
+    target = targets.get(target if target is not None else target_of(model))
     searchable = any(is_masked(layer) for layer in walk.functional_of(model).layers)
     if not searchable:  # nested sub-models: one flat graph, layer names as kd.prepare's
         model = walk.flatten(model)
@@ -110,11 +114,22 @@ def summary(model, target="stm32h743", memory="auto", print_fn=None, arena_plan=
                   latency_ms=float(totals["latency_ms"]), energy_uj=float(totals["energy_uj"]))
     if memory is not None:
         parts = memory.ram_parts(counts)
-        out.update(flash_bytes=int(totals["flash"]), arena_bytes=int(totals["ram"]),
+        out.update(flash_bytes=int(totals["flash_bytes"]), ram_bytes=int(totals["ram_bytes"]),
                    arena_head_bytes=int(parts["head"]), arena_tail_bytes=int(parts["tail"]),
                    target_flash_bytes=int(target.flash_bytes), target_ram_bytes=int(target.ram_bytes),
-                   fits_flash=totals["flash"] <= target.flash_bytes,
-                   fits_ram=totals["ram"] <= target.ram_bytes)
+                   fits_flash=totals["flash_bytes"] <= target.flash_bytes,
+                   fits_ram=totals["ram_bytes"] <= target.ram_bytes)
     if print_fn is not None:
         print_fn(out.table())
     return out
+
+
+def target_of(model):
+    """The target ``model`` was searched for or certified on (``"stm32h743"`` if neither)."""
+    searched = (getattr(model, "dnas_search", None) or {}).get("target")
+    certified = (getattr(model, "dnas_certificate", None) or {}).get("target_config")
+    if searched is not None:
+        return searched
+    if certified is not None:
+        return targets.HardwareTarget.from_dict(certified)
+    return "stm32h743"

@@ -1,5 +1,6 @@
 """DNASCallback: hardware budgets as differentiable penalties inside ``model.fit``."""
 
+import contextlib
 import math
 import warnings
 
@@ -8,7 +9,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_dnas import masks, targets
+from keras_dnas import _keras, masks, targets
 from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample
 from keras_dnas.costs import model as cost_model
 from keras_dnas.graph import counts as counts_lib
@@ -28,6 +29,46 @@ def _as_objectives(budgets, objectives):
                              f"Received: {obj!r}")
         out.append(obj)
     return out
+
+
+_STATE_ATTR = "dnas_search_state"
+
+
+class _SearchState(keras.layers.Layer):
+    """The variables a search changes between steps, as one non-trainable layer.
+
+    Strengths, the masks' gradient scale, the per-epoch anchors of the masks
+    and the penalty's running sum. While ``fit`` runs it is a tracked
+    sub-layer of the model, so every backend hands these variables to the
+    compiled train step as state (JAX's step is a pure function of the
+    model's variables: any other variable would be traced once as a
+    constant); afterwards it is detached and the model's weights are the
+    user's again.
+    """
+
+    def __init__(self, n_strengths, mask_shapes):
+        super().__init__(name=_STATE_ATTR, trainable=False)
+
+        def variable(name, shape=(), initializer="zeros", aggregation="none"):
+            return self.add_weight(shape=shape, initializer=initializer, trainable=False,
+                                   autocast=False, aggregation=aggregation, name=name)
+
+        self.grad_scale = variable("grad_scale")
+        self.strengths = [variable(f"strength_{i}") for i in range(n_strengths)]
+        # every replica adds the same penalty in a step: their mean is that step's value
+        self.penalty_sum = variable("penalty_sum", aggregation="mean")
+        self.penalty_steps = variable("penalty_steps", aggregation="mean")
+        self.anchors = [variable(f"anchor_{i}", shape, "ones")
+                        for i, shape in enumerate(mask_shapes)]
+        self.built = True
+
+
+def _attach_state(model, state):
+    setattr(model, _STATE_ATTR, state)  # Layer.__setattr__ tracks it
+
+
+def _detach_state(model):
+    _keras.forget_sublayer(model, _STATE_ATTR)
 
 
 class DNASCallback(keras.callbacks.Callback):
@@ -66,7 +107,7 @@ class DNASCallback(keras.callbacks.Callback):
         target: a :class:`~keras_dnas.targets.HardwareTarget` or a built-in
             name (``"stm32h743"``, ``"nrf52840"``, ...).
         budgets: ``{metric: limit}`` with metrics from
-            :data:`keras_dnas.search.METRICS` (``flash``, ``ram`` in bytes,
+            :data:`keras_dnas.search.METRICS` (``flash_bytes``, ``ram_bytes``,
             ``latency_ms``, ``latency_cycles``, ``energy_uj``, ``params``,
             ``macs``). Default: the target's flash and RAM.
         objectives: ``Minimize`` objects (or metric names) to reduce beyond
@@ -173,6 +214,8 @@ class DNASCallback(keras.callbacks.Callback):
         self.history = []
         self.cost_model = None
         self._bound_model = None
+        self._state = None
+        self._state_model = None
 
     # ------------------------------------------------------------------ setup
     @property
@@ -190,12 +233,6 @@ class DNASCallback(keras.callbacks.Callback):
                 below the smallest reachable model (naming the metric and the
                 minimum reachable value).
         """
-        if keras.backend.backend() == "jax":
-            raise ValueError(
-                "DNASCallback changes penalty strengths between epochs through variables that "
-                "jit-compiled JAX steps would bake in as constants; use the TensorFlow (or "
-                "torch) backend for the search. Masked layers themselves work on JAX."
-            )
         plan = model.rebind() if hasattr(model, "rebind") else bind(model)
         if not plan.searchable_groups():
             raise ValueError(
@@ -215,8 +252,8 @@ class DNASCallback(keras.callbacks.Callback):
         # rebuilt from the arguments on every bind: a second fit must not add the defaults twice
         self.objectives = _as_objectives(self._budgets_arg, self._objectives_arg)
         if self._budgets_arg is None:
-            self.objectives = [Budget("flash", self.target.flash_bytes),
-                               Budget("ram", self.target.ram_bytes)] + self.objectives
+            self.objectives = [Budget("flash_bytes", self.target.flash_bytes),
+                               Budget("ram_bytes", self.target.ram_bytes)] + self.objectives
         available = self.cost_model.available()
         for o in self.objectives:
             if o.metric not in available:
@@ -240,19 +277,30 @@ class DNASCallback(keras.callbacks.Callback):
         self._bound_model = model  # costs() reads the masks of the model being bound
         self.seed_costs = self.costs()
         self._owners = [o for o in counts_lib.group_owners(model, plan) if o is not None]
-        # every layer holding a search mask (channels, taps) reads the warm-up gradient scale
-        self._owners += [t for t in counts_lib.tap_owners(model, plan) if t not in self._owners]
-        self._grad_scale = keras.Variable(0.0, trainable=False, name="dnas_grad_scale")
+        if self._state is not None and self._state_model is not None:
+            _detach_state(self._state_model)
+        strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's trainer only
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            self._state = _SearchState(len(self.objectives),
+                                       [tuple(o.dnas_alpha.shape) for o in self._owners])
+        self._state_model = None
+        self._grad_scale = self._state.grad_scale
+        self._strengths = list(self._state.strengths)
+        self._penalty_sum = self._state.penalty_sum
+        self._penalty_steps = self._state.penalty_steps
         for owner in self._owners:
-            object.__setattr__(owner, "_dnas_grad_scale", self._grad_scale)
-            object.__setattr__(owner, "_dnas_centred", self.centred_gradients)
-        self._strengths = [keras.Variable(0.0, trainable=False, name=f"dnas_strength_{i}")
-                           for i in range(len(self.objectives))]
+            object.__setattr__(owner, masks.HOOKS_ATTR, masks.SearchHooks(
+                grad_scale=self._grad_scale, centred=self.centred_gradients))
+        # layers with searched taps read the same warm-up gate and centring (the mask
+        # learning-rate multiplier moves the channel masks only)
+        self._tap_owners = [t for t in counts_lib.tap_owners(model, plan)
+                            if masks.HOOKS_ATTR not in t.__dict__]
+        for layer in self._tap_owners:
+            object.__setattr__(layer, masks.HOOKS_ATTR, masks.SearchHooks(
+                grad_scale=self._grad_scale, centred=self.centred_gradients))
         self._boost = [1.0] * len(self.objectives)
         self._base = None
         self._bound_model = model
-        self._penalty_sum = keras.Variable(0.0, trainable=False, name="dnas_penalty_sum")
-        self._penalty_steps = keras.Variable(0.0, trainable=False, name="dnas_penalty_steps")
         # what kd.freeze(model) reuses when its arguments are not given
         object.__setattr__(model, "dnas_search", {
             "target": self.target, "budgets": {b.metric: b for b in self.budgets},
@@ -262,7 +310,7 @@ class DNASCallback(keras.callbacks.Callback):
 
     def _needs_memory(self):
         metrics = {o.metric for o in self.objectives}
-        return self._budgets_arg is None or bool(metrics & {"flash", "ram"})
+        return self._budgets_arg is None or bool(metrics & {"flash_bytes", "ram_bytes"})
 
     def costs(self, exact=True):
         """Exact costs of the current hard masks, ``{metric: number}``."""
@@ -301,13 +349,31 @@ class DNASCallback(keras.callbacks.Callback):
         self._last_counts = None
         self._first_feasible = None
         self._fitting = True
+        self._folded = True
         self._train_penalty = None
+        self._calibrator = None
         self._regularized = self._owners[0].dnas_alpha
         self._regularized.regularizer = self._tracked_penalty
+        self._penalty_fn = self.penalty
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            # Keras traces the train step twice (the last, smaller batch of an epoch relaxes
+            # the shapes); the penalty graph (thousands of scalar ops for flash, RAM and
+            # latency) takes no input, so one trace of it serves both.
+            self._penalty_fn = tf.function(lambda: self.penalty(), autograph=False)
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None:
             masks.exclude_from_weight_decay(optimizer)
-            self._patch_optimizer(optimizer)
+        # the masks' learning rate: the gate reads anchor + multiplier * (alpha - anchor)
+        for owner, anchor in zip(self._owners, self._state.anchors):
+            hooks = owner.__dict__[masks.HOOKS_ATTR]
+            hooks.anchor, hooks.lr_scale = anchor, self.mask_lr_multiplier
+            hooks.restart(owner.dnas_alpha)
+        # the compiled step must see the search state as the model's (JAX passes only the
+        # model's variables into its jitted step; others would be traced as constants)
+        _attach_state(self.model, self._state)
+        self._state_model = self.model
         self._saved_momentum = {}
         if self.bn_momentum is not None:
             for layer in self.model.layers:
@@ -328,7 +394,7 @@ class DNASCallback(keras.callbacks.Callback):
 
     def _tracked_penalty(self, _variable):
         # the regularizer Keras adds to the loss; also summed so the logs can show it apart
-        value = self.penalty()
+        value = self._penalty_fn()
         self._penalty_sum.assign_add(ops.cast(value, "float32"))
         self._penalty_steps.assign_add(1.0)
         return value
@@ -336,16 +402,33 @@ class DNASCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         searching = epoch >= self.warmup_epochs
         self._grad_scale.assign(1.0 if searching else 0.0)
+        for owner in self._owners:  # the gate reads alpha itself at the start of each epoch
+            owner.__dict__[masks.HOOKS_ATTR].restart(owner.dnas_alpha)
+        self._folded = False
         self._assign_strengths(epoch)
         self._penalty_sum.assign(0.0)
         self._penalty_steps.assign(0.0)
         self._train_penalty = None
 
     def on_train_batch_end(self, batch, logs=None):
+        steps = self.params.get("steps")
+        if steps and batch + 1 >= steps and self.mask_lr_multiplier != 1.0:
+            # the last step of the epoch: the masks' variables hold the masks again before any
+            # callback's on_epoch_end reads or sets them
+            self._jax_sync()
+            self._fold_masks()
         # Without warm-up, the first batch's task loss (no penalty yet) sets the strengths.
         if self._base is None and self._epoch >= self.warmup_epochs and logs and "loss" in logs:
             self._set_base(float(logs["loss"]))
+            self._jax_sync()
             self._assign_strengths(self._epoch)
+
+    def _jax_sync(self):
+        # JAX keeps the state outside the variables during an epoch: write it back first, so
+        # variables read and set here are current and the next step reads them (JAX only)
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
 
     def _mean_penalty(self):
         steps = float(keras.ops.convert_to_numpy(self._penalty_steps))
@@ -360,13 +443,19 @@ class DNASCallback(keras.callbacks.Callback):
         self._saved_strengths = [keras.ops.convert_to_numpy(v) for v in self._strengths]
         for var in self._strengths:
             var.assign(0.0)
+        # nor in the test step's graph: it would be traced and run at every validation batch
+        self._regularized.regularizer = None
         if self.calibration_data is not None:
-            from keras_dnas.freeze import recalibrate_batchnorm
+            if getattr(self, "_calibrator", None) is None:  # traced once per fit, then reused
+                from keras_dnas.freeze import BatchNormCalibrator
 
-            n = self.VALIDATION_CALIBRATION_SAMPLES
-            recalibrate_batchnorm(self.model, [a[:n] for a in self.calibration_data])
+                self._calibrator = BatchNormCalibrator(self.model)
+            sample = [a[:self.VALIDATION_CALIBRATION_SAMPLES] for a in self.calibration_data]
+            self._calibrator(sample if len(sample) > 1 else sample[0])
 
     def on_test_end(self, logs=None):
+        if getattr(self, "_fitting", False):
+            self._regularized.regularizer = self._tracked_penalty
         if getattr(self, "_fitting", False) and getattr(self, "_saved_strengths", None):
             for var, value in zip(self._strengths, self._saved_strengths):
                 var.assign(value)
@@ -391,8 +480,16 @@ class DNASCallback(keras.callbacks.Callback):
             else:
                 var.assign(ramp(self._base[i], e, self._search_epochs) * self._boost[i])
 
+    def _fold_masks(self):
+        if getattr(self, "_folded", True):
+            return
+        for owner in self._owners:
+            owner.__dict__[masks.HOOKS_ATTR].fold(owner.dnas_alpha)
+        self._folded = True
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        self._fold_masks()  # the masks' variables hold the masks again
         penalty = self._train_penalty if self._train_penalty is not None else self._mean_penalty()
         if "loss" in logs:
             logs["dnas/task_loss"] = float(logs["loss"]) - penalty
@@ -444,55 +541,39 @@ class DNASCallback(keras.callbacks.Callback):
         score = self._score(logs)
         if self._best_value is None or score >= self._best_value:
             self._best_value = score
-            self._best = [np.array(w) for w in self.model.get_weights()]
+            self._best = self._model_weights()
             self._best_epoch = epoch
 
     def _keep_if_least_violating(self, logs, epoch, values):
         violation = sum(b.violation(values[b.metric]) for b in self.budgets)
         rank = (violation, -self._score(logs))
         if self._least is None or rank <= self._least[0]:
-            self._least = (rank, epoch, [np.array(w) for w in self.model.get_weights()],
+            self._least = (rank, epoch, self._model_weights(),
                            {b.metric: values[b.metric] for b in self.budgets
                             if not b.holds(values[b.metric])})
 
-    def _patch_optimizer(self, optimizer):
-        """Scale the learning rate of mask variables inside ``optimizer.update_step``."""
-        self._patched = None
-        if self.mask_lr_multiplier == 1.0:
-            return
-        original = optimizer.update_step
-        multiplier = self.mask_lr_multiplier
-
-        def update_step(gradient, variable, learning_rate):
-            if masks.is_mask_name(getattr(variable, "name", "")):
-                learning_rate = learning_rate * multiplier
-            return original(gradient, variable, learning_rate)
-
-        optimizer.update_step = update_step
-        self._patched = optimizer
-
     def on_train_end(self, logs=None):
         self._fitting = False
-        if self._patched is not None:
-            self._patched.__dict__.pop("update_step", None)
+        self._fold_masks()  # an epoch interrupted by a callback still counts
         self._regularized.regularizer = None
         for layer, momentum in self._saved_momentum.items():
             layer.momentum = momentum
-        for owner in self._owners:
-            owner.__dict__.pop("_dnas_grad_scale", None)
-            owner.__dict__.pop("_dnas_centred", None)
+        for owner in self._owners + self._tap_owners:
+            owner.__dict__.pop(masks.HOOKS_ATTR, None)
+        _detach_state(self.model)
+        self._state_model = None
         self.model.make_train_function(force=True)
         if getattr(self.model, "test_function", None) is not None:
             self.model.make_test_function(force=True)
         if self._best is not None:
             if self.restore_best_weights:
-                self.model.set_weights(self._best)
+                self._set_model_weights(self._best)
                 self.restored_epoch = self._best_epoch
             return
         message = "DNASCallback: no search epoch met every budget."
         if self._least is not None and self.restore_best_weights:
             (violation, _), epoch, weights, over = self._least
-            self.model.set_weights(weights)
+            self._set_model_weights(weights)
             self.restored_epoch = epoch
             excess = ", ".join(f"{m}={v:,.6g} > {self._limit(m):,.6g}" for m, v in over.items())
             message += (f" Restored the least violating epoch, {epoch + 1} ({excess}; summed "
@@ -502,6 +583,18 @@ class DNASCallback(keras.callbacks.Callback):
         warnings.warn(message, stacklevel=2)
         if self.verbose:
             print(f"\nkeras_dnas: {message[len('DNASCallback: '):]}")
+
+    def _model_variables(self):
+        state = {id(v) for v in self._state.weights} if self._state is not None else set()
+        return [v for v in self.model.weights if id(v) not in state]
+
+    def _model_weights(self):
+        """The model's weights without the search state (which is attached during ``fit``)."""
+        return [np.array(keras.ops.convert_to_numpy(v)) for v in self._model_variables()]
+
+    def _set_model_weights(self, weights):
+        for variable, value in zip(self._model_variables(), weights, strict=True):
+            variable.assign(value)
 
     def _limit(self, metric):
         return next(b.limit for b in self.budgets if b.metric == metric)

@@ -5,19 +5,13 @@ import math
 
 from keras import ops
 
-#: Metric name -> unit. Budgets and logs use these names (units in the names).
-METRICS = {
-    "flash": "bytes",
-    "ram": "bytes",
-    "params": "parameters",
-    "macs": "MACs",
-    "latency_ms": "ms",
-    "latency_cycles": "cycles",
-    "energy_uj": "uJ",
-}
+from keras_dnas.vocabulary import METRICS, canonical
 
 
-def _check_metric(metric):
+def _check_metric(obj):
+    """Put an old metric spelling into the current vocabulary (with a warning), or raise."""
+    metric = canonical(obj.metric)
+    object.__setattr__(obj, "metric", metric)
     if metric not in METRICS:
         raise ValueError(
             f"Unknown metric '{metric}'. Known metrics: {sorted(METRICS)}. Received: "
@@ -33,13 +27,14 @@ class Budget:
     10 % over its flash budget pays the same as one 10 % over its latency.
 
     Args:
-        metric: one of :data:`METRICS` (``"flash"``, ``"ram"``, ``"latency_ms"``, ...).
+        metric: one of :data:`METRICS` (``"flash_bytes"``, ``"ram_bytes"``,
+            ``"latency_ms"``, ...; the old ``"flash"`` / ``"ram"`` still work and warn).
         limit: the budget, in the metric's unit (bytes, ms, ...).
 
     Example:
 
     >>> from keras_dnas.search import Budget
-    >>> b = Budget("flash", 48_000)
+    >>> b = Budget("flash_bytes", 48_000)
     >>> float(b.penalty(60_000.0))
     0.25
     """
@@ -48,7 +43,7 @@ class Budget:
     limit: float
 
     def __post_init__(self):
-        _check_metric(self.metric)
+        _check_metric(self)
         if not isinstance(self.limit, (int, float)) or not math.isfinite(self.limit) \
                 or self.limit <= 0:
             raise ValueError(f"A budget needs a positive finite limit. Received: "
@@ -89,7 +84,7 @@ class Minimize:
     strength: float = 1.0
 
     def __post_init__(self):
-        _check_metric(self.metric)
+        _check_metric(self)
         if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength) \
                 or self.strength < 0:
             raise ValueError(f"Minimize needs a finite strength >= 0. Received: "

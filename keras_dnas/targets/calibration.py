@@ -301,10 +301,11 @@ def read_layer_csv(path):
 
     Example:
 
-    >>> import os, tempfile
+    >>> import pathlib, tempfile
     >>> from keras_dnas.targets.calibration import read_layer_csv
-    >>> path = os.path.join(tempfile.mkdtemp(), "layers.csv")
-    >>> _ = open(path, "w").write("layer,op,taps,cin,cout,out_positions,cycles\\nfc,dense,1,64,10,1,2400\\n")
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "layers.csv"
+    >>> _ = path.write_text("layer,op,taps,cin,cout,out_positions,cycles\\n"
+    ...                     "fc,dense,1,64,10,1,2400\\n")
     >>> record, cycles, ms = read_layer_csv(path)[0]
     >>> record["op"], record["cin"], cycles
     ('dense', 64, 2400)
@@ -370,10 +371,10 @@ def calibrate_from_csv(base, path, clock_mhz=None, *, fit="auto", prior_weight=0
 
     Example:
 
-    >>> import os, tempfile
+    >>> import pathlib, tempfile
     >>> from keras_dnas import targets
-    >>> path = os.path.join(tempfile.mkdtemp(), "layers.csv")
-    >>> _ = open(path, "w").write(
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "layers.csv"
+    >>> _ = path.write_text(
     ...     "layer,op,taps,cin,cout,out_positions,cycles\\n"
     ...     "conv,conv,9,16,16,1024,1000000\\n"
     ...     "fc,dense,1,256,128,1,90000\\n")

@@ -1,0 +1,19 @@
+"""Doctests of the package run with the test suite (``testpaths`` in setup.cfg).
+
+Docstring examples get the same fixed seed as the tests, so their random data is the same
+whatever ran before.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seeded_doctest(request):
+    if type(request.node).__name__ == "DoctestItem":
+        keras.utils.set_random_seed(1234)
+    yield

@@ -1,0 +1,60 @@
+"""The search on JAX and PyTorch, each in a child process (Keras fixes its backend at import).
+
+tests/backend_flow.py runs prepare -> fit (flash, RAM and latency budgets, all binding) ->
+freeze (certified by converting, in a TensorFlow child of the child) -> summary -> report ->
+QAT -> int8 file, and prints its numbers; here they are checked against the same seed's costs
+computed in this (TensorFlow) process.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import keras_dnas as kd
+
+from tests import backend_flow
+
+FLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend_flow.py")
+
+
+def run_flow(backend, **env):
+    env = dict(os.environ, KERAS_BACKEND=backend, **env)
+    proc = subprocess.run([sys.executable, FLOW], env=env, capture_output=True, text=True,
+                          timeout=1200, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BACKEND_FLOW ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    return json.loads(lines[-1][len("BACKEND_FLOW "):])
+
+
+@pytest.fixture(scope="module")
+def tensorflow_seed_costs():
+    search = kd.prepare(backend_flow.seed_model())
+    cb = kd.DNASCallback("stm32h743", budgets=backend_flow.BUDGETS, verbose=0)
+    cb.bind(search)
+    return cb.seed_costs
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_budgeted_search_certifies_on_every_backend(backend, tensorflow_seed_costs):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (pip install 'keras_dnas[{backend}]')")
+    out = run_flow(backend)
+    assert out["backend"] == backend
+    # the flash / RAM model converted through the TensorFlow child: the same numbers
+    assert out["seed_costs"] == pytest.approx(tensorflow_seed_costs)
+    for metric, limit in backend_flow.BUDGETS.items():
+        assert out["seed_costs"][metric] > limit  # every budget binds
+    # the strengths reached the compiled step: a penalty, and the masks closed channels
+    last = out["history"][-1]
+    assert last["dnas/penalty"] > 0
+    assert last["dnas/flash"] < out["seed_costs"]["flash"]
+    assert any(abs(a) <= 0.5 for group in out["masks"] for a in group)
+    cert = out["certificate"]
+    assert cert["all_hold"] and cert["flash_source"].startswith("int8 TFLite conversion")
+    assert {r["metric"] for r in cert["budgets"]} == set(backend_flow.BUDGETS)
+    assert out["summary_type"] == "Summary"
+    assert out["report_bytes"] > 10_000 and out["qat_tflite_bytes"] > 1_000
