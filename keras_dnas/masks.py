@@ -26,7 +26,6 @@ TIME_NAMES = ("dnas_beta", "dnas_gamma")
 MASK_NAMES = (ALPHA_NAME,) + TIME_NAMES
 """Every search-mask variable name: no weight decay, frozen during warm-up."""
 
-
 THRESHOLD = 0.5
 """A channel is kept while ``|alpha| > THRESHOLD``."""
 
@@ -136,6 +135,10 @@ class SearchHooks:
 
 HOOKS_ATTR = "_dnas_search"
 """Attribute of a mask owner holding its :class:`SearchHooks` while a search runs."""
+
+TIME_HOOKS_ATTR = "_dnas_search_time"
+"""Attribute of a layer with searched taps: ``{id(variable): SearchHooks}`` of its
+``dnas_beta`` / ``dnas_gamma`` while a search runs (their anchors and learning-rate scale)."""
 
 
 def owner_gate(owner, centred=False):

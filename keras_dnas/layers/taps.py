@@ -233,7 +233,12 @@ class TimeMaskMixin:
         if not self._dnas_time_variables():
             return None
         hooks = self.__dict__.get(masks.HOOKS_ATTR)
-        return tap_gate(self.dnas_beta, self.dnas_gamma, self.dnas_taps,
+        moved = self.__dict__.get(masks.TIME_HOOKS_ATTR) or {}
+
+        def effective(v):  # the mask's learning rate scaled as a channel mask's
+            return v if v is None or id(v) not in moved else moved[id(v)].effective(v)
+
+        return tap_gate(effective(self.dnas_beta), effective(self.dnas_gamma), self.dnas_taps,
                         grad_scale=hooks.grad_scale if hooks is not None else None,
                         centred=centred and hooks is not None and hooks.centred)
 

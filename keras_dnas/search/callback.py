@@ -277,12 +277,18 @@ class DNASCallback(keras.callbacks.Callback):
         self._bound_model = model  # costs() reads the masks of the model being bound
         self.seed_costs = self.costs()
         self._owners = [o for o in counts_lib.group_owners(model, plan) if o is not None]
+        # layers with searched taps: their dnas_beta / dnas_gamma, each with its own hooks
+        # (anchor and learning-rate scale, as a channel mask's)
+        self._tap_owners = counts_lib.tap_owners(model, plan)
+        self._time_masks = [(v, masks.SearchHooks()) for t in self._tap_owners
+                            for v in t._dnas_time_variables()]
         if self._state is not None and self._state_model is not None:
             _detach_state(self._state_model)
         strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's trainer only
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self._state = _SearchState(len(self.objectives),
-                                       [tuple(o.dnas_alpha.shape) for o in self._owners])
+                                       [tuple(o.dnas_alpha.shape) for o in self._owners]
+                                       + [tuple(v.shape) for v, _ in self._time_masks])
         self._state_model = None
         self._grad_scale = self._state.grad_scale
         self._strengths = list(self._state.strengths)
@@ -291,13 +297,13 @@ class DNASCallback(keras.callbacks.Callback):
         for owner in self._owners:
             object.__setattr__(owner, masks.HOOKS_ATTR, masks.SearchHooks(
                 grad_scale=self._grad_scale, centred=self.centred_gradients))
-        # layers with searched taps read the same warm-up gate and centring (the mask
-        # learning-rate multiplier moves the channel masks only)
-        self._tap_owners = [t for t in counts_lib.tap_owners(model, plan)
-                            if masks.HOOKS_ATTR not in t.__dict__]
-        for layer in self._tap_owners:
-            object.__setattr__(layer, masks.HOOKS_ATTR, masks.SearchHooks(
-                grad_scale=self._grad_scale, centred=self.centred_gradients))
+        for layer in self._tap_owners:  # the same warm-up gate and centring as the channels
+            if not any(layer is o for o in self._owners):
+                object.__setattr__(layer, masks.HOOKS_ATTR, masks.SearchHooks(
+                    grad_scale=self._grad_scale, centred=self.centred_gradients))
+            object.__setattr__(layer, masks.TIME_HOOKS_ATTR, {
+                id(v): h for v, h in self._time_masks
+                if any(v is w for w in layer._dnas_time_variables())})
         self._boost = [1.0] * len(self.objectives)
         self._base = None
         self._bound_model = model
@@ -370,6 +376,10 @@ class DNASCallback(keras.callbacks.Callback):
             hooks = owner.__dict__[masks.HOOKS_ATTR]
             hooks.anchor, hooks.lr_scale = anchor, self.mask_lr_multiplier
             hooks.restart(owner.dnas_alpha)
+        for (variable, hooks), anchor in zip(self._time_masks,
+                                             self._state.anchors[len(self._owners):]):
+            hooks.anchor, hooks.lr_scale = anchor, self.mask_lr_multiplier
+            hooks.restart(variable)
         # the compiled step must see the search state as the model's (JAX passes only the
         # model's variables into its jitted step; others would be traced as constants)
         _attach_state(self.model, self._state)
@@ -404,6 +414,8 @@ class DNASCallback(keras.callbacks.Callback):
         self._grad_scale.assign(1.0 if searching else 0.0)
         for owner in self._owners:  # the gate reads alpha itself at the start of each epoch
             owner.__dict__[masks.HOOKS_ATTR].restart(owner.dnas_alpha)
+        for variable, hooks in self._time_masks:
+            hooks.restart(variable)
         self._folded = False
         self._assign_strengths(epoch)
         self._penalty_sum.assign(0.0)
@@ -485,6 +497,8 @@ class DNASCallback(keras.callbacks.Callback):
             return
         for owner in self._owners:
             owner.__dict__[masks.HOOKS_ATTR].fold(owner.dnas_alpha)
+        for variable, hooks in self._time_masks:
+            hooks.fold(variable)
         self._folded = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -560,6 +574,7 @@ class DNASCallback(keras.callbacks.Callback):
             layer.momentum = momentum
         for owner in self._owners + self._tap_owners:
             owner.__dict__.pop(masks.HOOKS_ATTR, None)
+            owner.__dict__.pop(masks.TIME_HOOKS_ATTR, None)
         _detach_state(self.model)
         self._state_model = None
         self.model.make_train_function(force=True)
