@@ -244,6 +244,7 @@ def _sines(n=384, length=64, seed=0):
     return np.repeat(x, 3, axis=-1).astype("float32"), y.astype("int32")
 
 
+@pytest.mark.filterwarnings("ignore:keras_dnas.freeze reopened")  # no fine-tuning here
 def test_budgeted_search_shrinks_taps_and_warmup_freezes_them():
     keras.utils.set_random_seed(0)
     search = kd.prepare(_tcn(), search=TIME)
