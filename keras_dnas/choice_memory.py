@@ -100,7 +100,7 @@ class ChoiceMemory:
         from keras_dnas.choices import chosen
 
         picked = chosen(self.model)
-        counts = [g.size for g in self.plan.groups] + [
+        counts = [g.size for g in self.plan.groups] + self.plan.full_taps() + [
             [1 if j == picked[b["name"]] else 0 for j in range(len(b["alternatives"]))]
             for b in self.plan.choices]
         groups, weights = self._split(counts)
@@ -111,7 +111,7 @@ class ChoiceMemory:
 
     def _split(self, counts):
         n = len(self.plan.groups)
-        return list(counts[:n]), list(counts[n:])
+        return list(counts[:n]), list(counts[self.plan.choice_slot(0):])
 
     @staticmethod
     def _hard(groups, weights):

@@ -112,14 +112,16 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     removed = []
     costs = evaluate(counts, metrics)
     if violation(costs, budgets) > 0:
-        least = evaluate(cost_model.min_counts(), metrics)  # costs only fall as channels close
+        # costs only fall as channels close (taps stay as they are: the group counts only)
+        least = evaluate(cost_model.min_counts()[:len(plan.groups)], metrics)
         if violation(least, budgets) > 0:
             from keras_dnas.report.floor import describe_floor
 
             raise ValueError("Budgets cannot hold even with one channel per group. "
                              "What sets the floor (loosen the budget, or change / exclude "
                              "the largest layers):\n"
-                             + describe_floor(cost_model, budgets, cost_model.min_counts()))
+                             + describe_floor(cost_model, budgets,
+                                              cost_model.min_counts()[:len(plan.groups)]))
     while violation(costs, budgets) > 0:
         failing = [b for b in budgets if not b.holds(costs[b.metric])]
         wanted = [b.metric for b in failing]
@@ -603,14 +605,20 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
         from keras_dnas import memory as memory_lib
 
         memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
-    cost_model = CostModel(plan, target, memory=memory)
+    from keras_dnas.graph.counts import tap_owners
+
+    # the taps stay as searched: projection and growth change channels only
+    cost_model = CostModel(plan, target, memory=memory,
+                           taps=[t.dnas_tap_count(exact=True) for t in tap_owners(model, plan)])
     keep, removed, costs = project(model, cost_model, budgets, plan=plan, keep=keep)
     keep, removed, costs = list(keep), list(removed), dict(costs)
     added = []
     if fill:
         keep, added, costs = grow(model, cost_model, budgets, plan=plan, keep=keep)
     flash_source = None
-    if "flash_bytes" in costs:
+    # frozen taps may add PAD / slice operators the search-time model does not have: their
+    # flash and arena are certified on the conversion
+    if "flash_bytes" in costs or (plan.tap_layers() and "ram_bytes" in costs):
         keep, costs, more, flash_source = _verify_flash(model, plan, keep, costs, budgets,
                                                         cost_model)
         removed += more

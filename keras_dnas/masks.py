@@ -20,10 +20,16 @@ from keras import ops
 ALPHA_NAME = "dnas_alpha"
 """Name of every channel-mask variable (``layer_name/dnas_alpha``)."""
 
+TIME_NAMES = ("dnas_beta", "dnas_gamma")
+"""Names of the time-axis masks of Conv1D / DepthwiseConv1D (:mod:`keras_dnas.layers.taps`)."""
+
+MASK_NAMES = (ALPHA_NAME,) + TIME_NAMES
+"""Every search-mask variable name (channels and taps)."""
+
 CHOICE_NAME = "dnas_choice"
 """Name of every choice-block logit vector (``block_name/dnas_choice``)."""
 
-SEARCH_VARIABLE_NAMES = (ALPHA_NAME, CHOICE_NAME)
+SEARCH_VARIABLE_NAMES = MASK_NAMES + (CHOICE_NAME,)
 """Variables the search trains: no weight decay (and frozen during warm-up)."""
 
 THRESHOLD = 0.5
@@ -136,6 +142,10 @@ class SearchHooks:
 HOOKS_ATTR = "_dnas_search"
 """Attribute of a mask owner holding its :class:`SearchHooks` while a search runs."""
 
+TIME_HOOKS_ATTR = "_dnas_search_time"
+"""Attribute of a layer with searched taps: ``{id(variable): SearchHooks}`` of its
+``dnas_beta`` / ``dnas_gamma`` while a search runs (their anchors and learning-rate scale)."""
+
 
 def owner_gate(owner, centred=False):
     """Gate of the group whose mask ``owner`` (a masked layer) holds.
@@ -246,7 +256,7 @@ def mask_variables(model, trainable_only=True):
 
 
 def exclude_from_weight_decay(optimizer):
-    """Keep ``optimizer``'s weight decay off every mask and choice variable.
+    """Keep ``optimizer``'s weight decay off every search variable (:data:`SEARCH_VARIABLE_NAMES`).
 
     Keeps any exclusions the user configured before. ``kd.SearchableModel``
     calls it in ``compile`` and ``kd.DNASCallback`` at the start of training.

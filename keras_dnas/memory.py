@@ -156,6 +156,8 @@ class _Dim:
     def count(self, counts):
         if not self.terms:
             return self.const
+        if self.terms[-1][0] >= len(counts):  # a tap count not given: the full kernel
+            return self.value
         total = self.const
         for g, k in self.terms:
             total = total + (counts[g] if k == 1 else counts[g] * k)
@@ -215,6 +217,7 @@ class _Attribution:
         self.notes = []
         self.used = set()
         self.views = {}  # full size -> {key: _Dim} of the searchable views
+        self._matched = None  # plan layer of the weight operator being attributed
         for info in plan.layers:
             for v in info.inputs + [info.output]:
                 d = _view_dim(plan, v)
@@ -385,6 +388,7 @@ class _Attribution:
                 elif d.terms:
                     self._note(w, f"(weights of {op.name}): axis {axis} is {w.shape[axis]}, "
                                   f"not {d.value}; kept fixed")
+            self._tap_axis(w, dims, (out_axis, in_axis))
             scales = out_dim if w.n_scales > 1 and w.n_scales == out_dim.value else None
             self._set_const(w.index, dims, scales)
         if bias < len(op.inputs) and op.inputs[bias] >= 0:
@@ -392,6 +396,20 @@ class _Attribution:
             if len(b.shape) == 1 and b.shape[0] == out_dim.value:
                 scales = out_dim if b.n_scales > 1 and b.n_scales == out_dim.value else None
                 self._set_const(b.index, [out_dim], scales)
+
+    def _tap_axis(self, w, dims, channel_axes):
+        """The kernel axis of a layer whose taps are searched follows its tap count (a
+        Conv1D / DepthwiseConv1D converts to a 2-D kernel of height 1: [O|1, 1, K, I|C])."""
+        info = self.plan.layers[self._matched] if self._matched is not None else None
+        if info is None or not info.taps or info.op not in ("conv", "depthwise"):
+            return
+        k = info.taps["kernel_size"]
+        axes = [a for a in range(len(dims)) if a not in channel_axes and w.shape[a] == k]
+        if not axes:
+            self._note(w, f"(kernel of '{info.name}'): no axis of {k} taps; kept fixed")
+            return
+        # tap slots come after every group, so they never clash with a group's terms
+        dims[axes[-1]] = _Dim(k, ((self.plan.tap_slot(info.name), 1),), 0)
 
     def _broadcast(self, op, out_dim):
         out_shape = self._shape(op.outputs[0])
@@ -420,9 +438,12 @@ class _Attribution:
                 # size (matching it to that layer took the pointwise output's group: fuzzer
                 # seeds 50 and 80).
                 self.last[out] = passed
+                # which layer it is matters only for its taps, when they are searched
+                self._matched = self._match_layer(op) if self.plan.tap_layers() else None
                 self._weights(op, passed)
             elif op.name in _WEIGHT_OPS and self._shape(out):
                 k = self._match_layer(op)
+                self._matched = k
                 if k is not None:
                     self.used.add(k)
                     d = _view_dim(self.plan, self.plan.layers[k].output)
@@ -584,7 +605,7 @@ class MemoryModel:
         if own_weights:
             return to_tflite(model, representative_data=rep)
         keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
-        structure = rebuild_with(model, plan, keep_full)
+        structure = rebuild_with(model, plan, keep_full, full_taps=True)
         _generic_weights(structure)
         return to_tflite(structure, representative_data=rep)
 

@@ -10,10 +10,14 @@ import numpy as np
 
 from keras_dnas import masks
 from keras_dnas.graph import analyze, bind, walk
+from keras_dnas.layers import taps
 from keras_dnas.layers.choice import is_choice
 from keras_dnas.layers.masked import MASKED_OF, plain_class
 
 L = keras.layers
+
+#: What ``prepare(search=...)`` can search.
+SEARCH_SPACES = ("channels",) + taps.AXES
 
 
 @keras.saving.register_keras_serializable(package="keras_dnas")
@@ -83,7 +87,7 @@ class SearchableModel(keras.Model):
         return model
 
 
-def prepare(model, exclude=None, alternatives=None):
+def prepare(model, exclude=None, search=("channels",), alternatives=None):
     """A searchable copy of ``model``: masked Conv/Dense layers, tied channel masks.
 
     Every Conv1D/Conv2D/Dense that reads or writes a searchable channel group
@@ -114,6 +118,12 @@ def prepare(model, exclude=None, alternatives=None):
             (``search.layers``); the name of a sub-model keeps that whole
             sub-model as one opaque, nested block (not searched, not
             flattened, so the frozen model contains it too).
+        search: what to search: ``"channels"`` (always), plus PIT's time axis
+            of every stride-1 ``Conv1D`` / ``DepthwiseConv1D``:
+            ``"receptive_field"`` (taps close from the oldest end, mask
+            ``dnas_beta``) and ``"dilation"`` (power-of-two dilation, mask
+            ``dnas_gamma``); see :mod:`keras_dnas.layers.taps`. Their masks
+            start open, so the result still computes what ``model`` does.
         alternatives: path-based search (``kd.layers.Choice`` blocks) on top of the
             channels: ``"paper_b"`` (every conv + BatchNormalization (+ activation) block
             becomes a choice of the block itself, a 5x5 kernel, a depthwise-separable
@@ -128,7 +138,7 @@ def prepare(model, exclude=None, alternatives=None):
 
     Raises:
         ValueError: for a subclassed model, an unbuilt Sequential, unknown
-            ``exclude`` names, or a model with no searchable channel group
+            ``exclude`` names, unknown ``search`` names, or a model with no searchable channel group
             (the message says why each group is frozen).
 
     Example:
@@ -144,6 +154,13 @@ def prepare(model, exclude=None, alternatives=None):
     if not isinstance(model, keras.Model):
         raise ValueError(f"prepare() expects a keras.Model. Received: {type(model).__name__}")
     exclude = set(exclude or ())
+    time_axes = _check_search(search)
+    if time_axes and alternatives is not None:
+        raise ValueError(
+            f"kd.prepare(search={tuple(search)!r}, alternatives={alternatives!r}): searching the "
+            "time axis and choice blocks in one model is not supported yet (the choice blocks' "
+            "flash / RAM model does not count taps). Search one of them: drop "
+            "'receptive_field' / 'dilation' from `search`, or pass `alternatives=None`.")
     model = walk.flatten(model, keep=exclude)
     if alternatives is not None:
         from keras_dnas import choices
@@ -167,19 +184,63 @@ def prepare(model, exclude=None, alternatives=None):
             "nothing to search. Why each group is frozen:\n" + "\n".join(_frozen_lines(plan))
             + "\n" + _fix_hint(exclude))
     _warn_frozen(plan, exclude)
+    timed = _time_searched(model, plan, time_axes, exclude)
+    to_mask |= set(timed)
 
     def replace(op):
         if not isinstance(op, keras.layers.Layer):
             return op  # a stateless keras.ops operation
         cls = plain_class(op)
         if op.name in to_mask and cls in MASKED_OF:
-            return walk.clone_layer(op, MASKED_OF[cls])
+            layer = walk.clone_layer(op, MASKED_OF[cls])
+            return layer.dnas_search_time(time_axes) if op.name in timed else layer
         return walk.clone_layer(op)
 
     searchable_model, replaced = walk.rebuild(model, replace, model_class=SearchableModel)
     for gnode in walk.nodes(model):
         _copy_weights(gnode.operation, replaced[id(gnode.operation)])
     return searchable_model
+
+
+def _check_search(search):
+    """The time axes of a valid ``search=`` argument (a clear error otherwise)."""
+    names = (search,) if isinstance(search, str) else tuple(search or ())
+    unknown = [n for n in names if n not in SEARCH_SPACES]
+    if unknown:
+        raise ValueError(f"kd.prepare: unknown search= names {unknown}. Known: "
+                         f"{list(SEARCH_SPACES)}, e.g. search=('channels', 'receptive_field', "
+                         "'dilation').")
+    if "channels" not in names:
+        raise ValueError("kd.prepare: search= must include 'channels' (a search of the time "
+                         f"axis alone is not supported). Received: search={names!r}; use "
+                         f"search=('channels', {', '.join(repr(n) for n in names)}).")
+    return tuple(a for a in taps.AXES if a in names)
+
+
+def _time_searched(model, plan, axes, exclude):
+    """Names of the Conv1D / DepthwiseConv1D layers whose taps are searched; warns about
+    those that cannot be (strided, grouped, ...)."""
+    if not axes:
+        return []
+    roles = {info.name: info.role for info in plan.layers}
+    names, skipped = [], []
+    for layer in walk.functional_of(model).layers:
+        if plain_class(layer) not in (keras.layers.Conv1D, keras.layers.DepthwiseConv1D) \
+                or layer.name in exclude or roles.get(layer.name, "opaque") == "opaque":
+            continue
+        problem = taps.check(layer)
+        if problem is None and int(layer.kernel_size[0]) > 1:
+            names.append(layer.name)
+        elif problem is not None:
+            skipped.append(f"'{layer.name}' ({problem})")
+    if skipped:
+        warnings.warn("keras_dnas.prepare: the taps of these layers are not searched: "
+                      + ", ".join(skipped), stacklevel=3)
+    if not names:
+        warnings.warn(f"keras_dnas.prepare: search={list(axes)} found no Conv1D / "
+                      "DepthwiseConv1D with more than one tap and strides=1; only channels "
+                      "are searched.", stacklevel=3)
+    return names
 
 
 def _copy_weights(old, new):

@@ -206,14 +206,17 @@ def l1_finetune(task, data, epochs, warm, pruned):
 
 
 def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=None,
-         observers=None, verbose=0, arena_plan="tflm", alternatives=None):
+         observers=None, verbose=0, arena_plan="tflm", search=("channels",),
+         alternatives=None):
     """(d) keras_dnas: warm-up checkpoint, search with DNASCallback, certified freeze, fine-tune.
 
     ``callback_options``: extra ``DNASCallback`` arguments (e.g. ``centred_gradients``);
     ``observers(callback)``: returns more Keras callbacks for the search (``trace_search.py``);
     ``verbose``: passed to ``kd.freeze``; ``arena_plan``: passed to ``DNASCallback`` and
     ``kd.freeze`` (``"offline"``: RAM is budgeted and certified against the arena plan
-    ``kd.export.to_tflite(..., arena_plan="offline")`` writes); ``alternatives``: passed to ``kd.prepare``
+    ``kd.export.to_tflite(..., arena_plan="offline")`` writes); ``search``: passed to
+    ``kd.prepare`` (with the time axis the searchable model has its own flash / RAM model,
+    built here with the same 8-byte pointers); ``alternatives``: passed to ``kd.prepare``
     (choice blocks; the seed's ``memory`` does not describe that model, so the callback and
     freeze build their own).
     """
@@ -221,9 +224,11 @@ def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=Non
     start = time.perf_counter()
     model = task.build()
     model.set_weights(warm["warm_weights"])
-    search = compile_model(kd.prepare(model, alternatives=alternatives), task)
+    search = compile_model(kd.prepare(model, search=search, alternatives=alternatives), task)
     if alternatives is not None:
         memory = None
+    elif tuple(search.dnas_plan.tap_layers()):
+        memory = costs_lib.build_memory(search, search.dnas_plan)
     # The seed's flash / RAM model (8-byte pointers, see _bench.costs.POINTER_BYTES), built
     # once per architecture and shared by every method, goes to the callback and freeze.
     callback = kd.DNASCallback(target, budgets=dict(budgets), memory=memory, verbose=0,

@@ -12,9 +12,11 @@ from _bench import evaluate, methods
 from _bench.tasks import grid
 
 METHODS = ("hand", "l1", "dnas")
-EXTRA_METHODS = ("dnas_offline",)
+EXTRA_METHODS = ("dnas_offline", "dnas_time")
 """Methods run only when asked for (``run.py --methods``): keras_dnas with
-``arena_plan="offline"`` (search, certified freeze and file use the offline arena plan)."""
+``arena_plan="offline"`` (search, certified freeze and file use the offline arena plan);
+keras_dnas searching PIT's time axis too (``kd.prepare(search=TIME_SEARCH)``, Conv1D models)."""
+TIME_SEARCH = ("channels", "receptive_field", "dilation")
 
 FIELDS = (
     "dataset", "mode", "target", "point", "flash_frac", "ram_frac", "latency_frac",
@@ -178,19 +180,41 @@ def _run_method(method, task, data, epochs, seed, seed_costs, leaders, point, bu
         result, measured = l1_cache[pruned["key"]]
         return _result_row(target, point, budgets, method, result, measured, seed_costs,
                            leaders, note=note, removed=result["removed"])
-    if method in ("dnas", "dnas_offline"):
+    if method in ("dnas", "dnas_offline", "dnas_time"):
         arena_plan = "offline" if method == "dnas_offline" else "tflm"
+        search = TIME_SEARCH if method == "dnas_time" else ("channels",)
         result = methods.dnas(task, data, epochs, seed, target, budgets, seed_costs.memory,
-                              arena_plan=arena_plan)
+                              arena_plan=arena_plan, search=search)
         measured = evaluate.measure(result["model"], data, arena_plan=arena_plan)
         note = (f"first feasible search epoch {result['first_feasible_epoch']}; "
                 f"freeze closed {result['removed']} more channels")
-        return _result_row(target, point, budgets, method, result, measured, seed_costs,
-                           leaders, note=note, removed=result["removed"],
-                           certified=result["certified"],
-                           first_feasible_epoch=result["first_feasible_epoch"],
-                           ratio=result["wall"] / seed["wall"])
+        row = _result_row(target, point, budgets, method, result, measured, seed_costs,
+                          leaders, note=note, removed=result["removed"],
+                          certified=result["certified"],
+                          first_feasible_epoch=result["first_feasible_epoch"],
+                          ratio=result["wall"] / seed["wall"])
+        if method == "dnas_time":  # the seed's plan has full kernels: estimate the frozen one
+            row.update(_own_estimate(result["model"], target))
+            row["note"] += "; kernels (taps@dilation) " + _kernels(result["model"])
+        return row
     raise ValueError(method)
+
+
+def _own_estimate(model, target):
+    """params / MACs / latency of a frozen model from its own plan (its kernels as frozen)."""
+    import keras_dnas as kd
+    from keras_dnas.costs.model import CostModel, to_python
+
+    cm = CostModel(kd.graph.analyze(model), target)
+    est = {k: to_python(v) for k, v in
+           cm.evaluate(cm.full_counts(), ["params", "macs", "latency_ms"]).items()}
+    return {"params": int(est["params"]), "macs": int(est["macs"]),
+            "latency_ms_est": est["latency_ms"], "flash_est": None, "ram_est": None}
+
+
+def _kernels(model):
+    return " ".join(f"{layer.kernel_size[0]}@{layer.dilation_rate[0]}" for layer in model.layers
+                    if isinstance(layer, (keras.layers.Conv1D, keras.layers.DepthwiseConv1D)))
 
 
 def _result_row(target, point, budgets, method, result, measured, seed_costs, leaders, note="",

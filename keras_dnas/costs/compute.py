@@ -211,12 +211,28 @@ def view_count(view, counts):
     return total if view.repeat == 1 else total * view.repeat
 
 
+def with_taps(plan, counts, taps=None):
+    """``counts`` with the effective tap counts of the plan's searched layers appended.
+
+    A counts list holds one entry per group, then one per layer whose taps are
+    searched (:meth:`~keras_dnas.graph.ChannelPlan.tap_slot`). A list of group
+    counts only is completed with ``taps`` (default: the full kernels).
+    """
+    missing = len(plan.groups) + len(plan.tap_layers()) - len(counts)
+    if missing <= 0:
+        return counts
+    taps = plan.full_taps() if taps is None else list(taps)
+    return list(counts) + taps[len(taps) - missing:]
+
+
 def layer_records(layers, counts=None):
     """Normalise a list of layer records, a ChannelPlan (``.layers``) or a
     single record list into a list of ``(name, op, geometry, cin, cout)``.
 
     With ``counts`` (one channel count per group: ints, or tensors for soft counts),
-    ``layers`` is a ChannelPlan and ``cin`` / ``cout`` are the counts its views give.
+    ``layers`` is a ChannelPlan and ``cin`` / ``cout`` are the counts its views give; a
+    layer whose taps are searched gets ``geometry["taps"]`` = its effective tap count
+    (:func:`with_taps`), so params, MACs, latency and energy follow it.
 
     Example:
 
@@ -225,13 +241,17 @@ def layer_records(layers, counts=None):
     2
     """
     if counts is not None:
+        counts = with_taps(layers, counts)
         records = []
         for info in layers.layers:
             cin = view_count(info.inputs[0], counts) if info.inputs else 0
             cout = view_count(info.output, counts)
             if info.op == "depthwise":
                 cin = cout
-            records.append((info.name, info.op, info.geometry, cin, cout))
+            geometry = info.geometry
+            if getattr(info, "taps", None):
+                geometry = dict(geometry, taps=counts[layers.tap_slot(info.name)])
+            records.append((info.name, info.op, geometry, cin, cout))
         return records
     if hasattr(layers, "layers") and not isinstance(layers, collections.abc.Sequence):
         layers = layers.layers

@@ -169,11 +169,18 @@ def _cmsis_conv(g, cin, cout, t):
     taps, pos = _taps(g), _positions(g)
     m, p = t.channel_multiple, t.scalar_penalty
     feats = {"requant": pos * cout, "overhead": 1, "flash_bytes": taps * cin * cout}
-    if taps == 1:
-        feats["conv1x1"] = pos * cout * simd_length(cin, m, p)
-    else:
-        feats["conv"] = pos * cout * simd_length(taps * cin, m, p)
-        feats["im2col"] = pos * taps * cin
+    if _is_number(taps):
+        if taps == 1:
+            feats["conv1x1"] = pos * cout * simd_length(cin, m, p)
+        else:
+            feats["conv"] = pos * cout * simd_length(taps * cin, m, p)
+            feats["im2col"] = pos * taps * cin
+        return feats
+    # searched taps (a tensor): the 1x1 kernel once one tap is left, as the frozen model
+    one = ops.stop_gradient(ops.cast(ops.less(taps, 1.5), "float32"))
+    feats["conv1x1"] = one * (pos * cout * simd_length(cin, m, p))
+    feats["conv"] = (1.0 - one) * (pos * cout * simd_length(taps * cin, m, p))
+    feats["im2col"] = (1.0 - one) * (pos * taps * cin)
     return feats
 
 

@@ -6,7 +6,7 @@ same functions serve both, so the hard value of a searchable model equals the
 exact value of its frozen model.
 
 A plan with choice blocks (``plan.choices``) takes one more entry per block after
-the groups: the weight of each alternative (its probability during the search, the
+the groups and the tap counts (``ChannelPlan.choice_slot``): the weight of each alternative (its probability during the search, the
 one-hot of the argmax for exact values; :mod:`keras_dnas.graph.counts` gives both).
 Every layer inside an alternative counts with that weight, so params, MACs, latency
 and energy are the probability-weighted sums over the alternatives, and exactly the
@@ -41,8 +41,10 @@ class CostModel:
     766624
     """
 
-    def __init__(self, plan, target, memory=None):
+    def __init__(self, plan, target, memory=None, taps=None):
         self.plan = plan
+        # tap counts that complete a counts list of groups only (kd.freeze: the hard ones)
+        self.taps = plan.full_taps() if taps is None else list(taps)
         self.target = registry.get(target)
         self.memory = memory
         self._seen = self._first_calls()
@@ -55,14 +57,16 @@ class CostModel:
         return first
 
     def full_counts(self):
-        """Every channel open (and the first alternative of each choice block)."""
-        return [g.size for g in self.plan.groups] + [
+        """Every channel open, every tap kept (and the first alternative of each choice block)."""
+        return [g.size for g in self.plan.groups] + self.plan.full_taps() + [
             one_hot(0, len(block["alternatives"])) for block in self.plan.choices]
 
     def min_counts(self):
-        """Counts of the smallest reachable model: one channel per searchable group (and, in
-        each choice block, the alternative with the fewest MACs there, fewest params on ties)."""
-        counts = [g.size if g.frozen else 1 for g in self.plan.groups]
+        """Counts of the smallest reachable model: one channel per searchable group, one tap
+        per searched kernel (and, in each choice block, the alternative with the fewest MACs
+        there, fewest params on ties)."""
+        counts = [g.size if g.frozen else 1 for g in self.plan.groups] + \
+            [1] * len(self.plan.tap_layers())
         if not self.plan.choices:
             return counts
         records = compute.layer_records(self.plan, counts)
@@ -84,7 +88,7 @@ class CostModel:
         if not self.plan.choices:
             return [1] * len(self.plan.layers)
         inside = self.plan.choice_of()
-        n = len(self.plan.groups)
+        n = self.plan.choice_slot(0)
         out = []
         for info in self.plan.layers:
             b, j = inside.get(info.name, (None, None))
@@ -106,6 +110,7 @@ class CostModel:
                 rather than the differentiable liveness bound.
         """
         metrics = list(metrics or self.available())
+        counts = compute.with_taps(self.plan, counts, self.taps)
         records = compute.layer_records(self.plan, counts)
         weights = self._weights(counts)
         out = {}

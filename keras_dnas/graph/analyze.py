@@ -176,7 +176,8 @@ def analyze(model, exclude=None, masked_only=False):
         cls = type(layer).__name__
         if roles.is_keras_op(layer):
             cls = f"keras.ops.{cls}"
-        records.append((name, cls, role, op, in_views, out_views[0], geo, reason))
+        records.append((name, cls, role, op, in_views, out_views[0], geo, reason,
+                        _searched_taps(layer, role)))
 
     outputs = []
     for t in walk.model_outputs(model):
@@ -199,8 +200,8 @@ def analyze(model, exclude=None, masked_only=False):
 
     plan_inputs = [view(v) for v in inputs]
     plan_layers = [
-        LayerInfo(name, cls, role, op, [view(v) for v in ins], view(out), geo, reason)
-        for name, cls, role, op, ins, out, geo, reason in records
+        LayerInfo(name, cls, role, op, [view(v) for v in ins], view(out), geo, reason, taps)
+        for name, cls, role, op, ins, out, geo, reason, taps in records
     ]
     plan_outputs = [view(v) for v in outputs]
     groups = [None] * len(number)
@@ -263,6 +264,15 @@ def _choice_blocks(graph_nodes, describe):
             alternatives.append(names)
         blocks.append({"name": describe(node)[0], "alternatives": alternatives})
     return blocks
+
+
+def _searched_taps(layer, role):
+    """The plan's ``taps`` entry of a layer whose kernel taps are searched, else ``None``."""
+    axes = tuple(getattr(layer, "dnas_time", ()) or ())
+    if not axes or role == "opaque" or not is_masked(layer):
+        return None
+    return {"kernel_size": int(layer.kernel_size[0]),
+            "dilation_rate": int(layer.dilation_rate[0]), "axes": list(axes)}
 
 
 def _describer(model, graph_nodes):

@@ -39,7 +39,14 @@ class View:
 
 @dataclasses.dataclass
 class LayerInfo:
-    """One layer call in execution order (see ``PLAN_FORMAT``)."""
+    """One layer call in execution order (see ``PLAN_FORMAT``).
+
+    ``taps`` is set only on a Conv1D / DepthwiseConv1D whose kernel taps are
+    searched (``kd.prepare(search=(..., "receptive_field", "dilation"))``):
+    ``{"kernel_size": K, "dilation_rate": d, "axes": [...]}``. Its effective
+    number of taps is an extra count after the group counts
+    (:meth:`ChannelPlan.tap_slot`).
+    """
 
     name: str
     class_name: str
@@ -49,6 +56,7 @@ class LayerInfo:
     output: View
     geometry: dict
     reason: str = None
+    taps: dict = None
 
 
 @dataclasses.dataclass
@@ -97,6 +105,28 @@ class ChannelPlan:
                     found[name] = (b, j)
         return found
 
+    def tap_layers(self):
+        """Names of the layers whose taps are searched, in order (first calls)."""
+        names = []
+        for info in self.layers:
+            if info.taps and info.name not in names:
+                names.append(info.name)
+        return names
+
+    def tap_slot(self, name):
+        """Index of layer ``name``'s effective tap count in a counts list: after the
+        group counts, one per :meth:`tap_layers` entry."""
+        return len(self.groups) + self.tap_layers().index(name)
+
+    def choice_slot(self, block):
+        """Index of choice block ``block``'s weights in a counts list: after the group
+        counts and the tap counts."""
+        return len(self.groups) + len(self.tap_layers()) + block
+
+    def full_taps(self):
+        """Full tap counts of :meth:`tap_layers` (what a counts list without them means)."""
+        return [self.layer(n).taps["kernel_size"] for n in self.tap_layers()]
+
     def groups_of(self, view):
         return [self.groups[g] for g in view.segments]
 
@@ -123,6 +153,7 @@ class ChannelPlan:
                     name=li["name"], class_name=li["class_name"], role=li["role"], op=li["op"],
                     inputs=[view(v) for v in li["inputs"]], output=view(li["output"]),
                     geometry=dict(li["geometry"]), reason=li.get("reason"),
+                    taps=dict(li["taps"]) if li.get("taps") else None,
                 )
                 for li in d["layers"]
             ],

@@ -42,6 +42,7 @@ import keras
 from keras import ops
 
 from keras_dnas import masks
+from keras_dnas.layers.taps import TimeMaskMixin
 from keras_dnas._keras import in_stateless_scope as _in_stateless_scope
 
 _PACKAGE = "keras_dnas"
@@ -146,12 +147,17 @@ class _GateMixin:
         """``(substitutions, gin_folded, gout_folded)``; subclasses say what folds."""
         return [], False, False
 
+    def _dnas_time_subs(self, subs):
+        """Substitutions plus the time masks of the kernel (see :mod:`.taps`)."""
+        return subs
+
     def _dnas_gated_call(self, call, inputs, **kwargs):
         """Parent ``call`` with the input and output gates, folded where exact."""
         gin, gout = self._dnas_in_gate(), self._dnas_out_gate()
         subs, fin, fout = [], False, False
         if (gin is not None or gout is not None) and not _in_stateless_scope():
             subs, fin, fout = self._dnas_fold_plan(gin, gout, inputs)
+        subs = self._dnas_time_subs(subs)
         if not fin:
             inputs = self._dnas_apply(inputs, gin)
         outputs = _call_substituted(self, lambda: call(inputs, **kwargs), subs)
@@ -271,10 +277,12 @@ class _DepthwiseFoldMixin(_FollowingMixin):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class MaskedConv1D(_DefiningMixin, keras.layers.Conv1D):
+class MaskedConv1D(TimeMaskMixin, _DefiningMixin, keras.layers.Conv1D):
     """``keras.layers.Conv1D`` with a searchable mask over its output channels.
 
-    Same constructor as ``keras.layers.Conv1D``.
+    Same constructor as ``keras.layers.Conv1D``. ``dnas_search_time(("receptive_field",
+    "dilation"))`` before it is built searches its kernel taps too (PIT's ``dnas_beta`` /
+    ``dnas_gamma`` masks, see :mod:`keras_dnas.layers.taps`).
 
     Example:
 
@@ -346,8 +354,10 @@ class MaskedDepthwiseConv2D(_DepthwiseFoldMixin, keras.layers.DepthwiseConv2D):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class MaskedDepthwiseConv1D(_DepthwiseFoldMixin, keras.layers.DepthwiseConv1D):
+class MaskedDepthwiseConv1D(TimeMaskMixin, _DepthwiseFoldMixin, keras.layers.DepthwiseConv1D):
     """``keras.layers.DepthwiseConv1D`` that re-masks its output (bias included).
+
+    Same constructor; ``dnas_search_time`` as :class:`MaskedConv1D`.
 
     Example:
 

@@ -292,12 +292,18 @@ class DNASCallback(keras.callbacks.Callback):
         self._bound_model = model  # costs() reads the masks of the model being bound
         self.seed_costs = self.costs()
         self._owners = [o for o in counts_lib.group_owners(model, plan) if o is not None]
+        # layers with searched taps: their dnas_beta / dnas_gamma, each with its own hooks
+        # (anchor and learning-rate scale, as a channel mask's)
+        self._tap_owners = counts_lib.tap_owners(model, plan)
+        self._time_masks = [(v, masks.SearchHooks()) for t in self._tap_owners
+                            for v in t._dnas_time_variables()]
         if self._state is not None and self._state_model is not None:
             _detach_state(self._state_model)
         strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's trainer only
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self._state = _SearchState(len(self.objectives),
-                                       [tuple(o.dnas_alpha.shape) for o in self._owners])
+                                       [tuple(o.dnas_alpha.shape) for o in self._owners]
+                                       + [tuple(v.shape) for v, _ in self._time_masks])
         self._state_model = None
         self._grad_scale = self._state.grad_scale
         self._strengths = list(self._state.strengths)
@@ -306,6 +312,13 @@ class DNASCallback(keras.callbacks.Callback):
         for owner in self._owners:
             object.__setattr__(owner, masks.HOOKS_ATTR, masks.SearchHooks(
                 grad_scale=self._grad_scale, centred=self.centred_gradients))
+        for layer in self._tap_owners:  # the same warm-up gate and centring as the channels
+            if not any(layer is o for o in self._owners):
+                object.__setattr__(layer, masks.HOOKS_ATTR, masks.SearchHooks(
+                    grad_scale=self._grad_scale, centred=self.centred_gradients))
+            object.__setattr__(layer, masks.TIME_HOOKS_ATTR, {
+                id(v): h for v, h in self._time_masks
+                if any(v is w for w in layer._dnas_time_variables())})
         # choice blocks: logits frozen during warm-up like the masks; annealed temperature
         self._choices = counts_lib.choice_layers(model, plan)
         self._temperature = self._state.temperature
@@ -385,6 +398,10 @@ class DNASCallback(keras.callbacks.Callback):
             hooks = owner.__dict__[masks.HOOKS_ATTR]
             hooks.anchor, hooks.lr_scale = anchor, self.mask_lr_multiplier
             hooks.restart(owner.dnas_alpha)
+        for (variable, hooks), anchor in zip(self._time_masks,
+                                             self._state.anchors[len(self._owners):]):
+            hooks.anchor, hooks.lr_scale = anchor, self.mask_lr_multiplier
+            hooks.restart(variable)
         # the compiled step must see the search state as the model's (JAX passes only the
         # model's variables into its jitted step; others would be traced as constants)
         _attach_state(self.model, self._state)
@@ -420,6 +437,8 @@ class DNASCallback(keras.callbacks.Callback):
         self._temperature.assign(self.temperature_at(epoch))
         for owner in self._owners:  # the gate reads alpha itself at the start of each epoch
             owner.__dict__[masks.HOOKS_ATTR].restart(owner.dnas_alpha)
+        for variable, hooks in self._time_masks:
+            hooks.restart(variable)
         self._folded = False
         self._assign_strengths(epoch)
         self._penalty_sum.assign(0.0)
@@ -511,6 +530,8 @@ class DNASCallback(keras.callbacks.Callback):
             return
         for owner in self._owners:
             owner.__dict__[masks.HOOKS_ATTR].fold(owner.dnas_alpha)
+        for variable, hooks in self._time_masks:
+            hooks.fold(variable)
         self._folded = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -584,8 +605,9 @@ class DNASCallback(keras.callbacks.Callback):
         self._regularized.regularizer = None
         for layer, momentum in self._saved_momentum.items():
             layer.momentum = momentum
-        for owner in self._owners:
+        for owner in self._owners + self._tap_owners:
             owner.__dict__.pop(masks.HOOKS_ATTR, None)
+            owner.__dict__.pop(masks.TIME_HOOKS_ATTR, None)
         for layer in self._choices:
             layer.__dict__.pop("_dnas_grad_scale", None)
             layer.__dict__.pop("_dnas_temperature", None)
