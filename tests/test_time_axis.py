@@ -58,6 +58,8 @@ def test_prepare_search_names():
         kd.prepare(model, search=("channels", "receptive_fields"))
     with pytest.raises(ValueError, match="must include 'channels'"):
         kd.prepare(model, search=("dilation",))
+    with pytest.raises(ValueError, match="time axis and choice blocks in one model"):
+        kd.prepare(model, search=TIME, alternatives="paper_b")
     plain = kd.prepare(model)
     assert plain.get_layer("conv").get_config().get("dnas_time") is None
     assert plain.dnas_plan.tap_layers() == []
