@@ -93,7 +93,7 @@ def main(argv=None):
     print(" | ".join(header))
     for name, summ, m, acc in rows:
         print(" | ".join([name, f"{summ['params']:,}", f"{summ['macs']:,}", f"{m['flash_bytes']:,}",
-                          f"{m['ram_bytes']:,}", f"{summ['ram_bytes']:,}",
+                          f"{m['host_arena_bytes']:,}", f"{summ['ram_bytes']:,}",
                           f"{summ['latency_ms']:.2f}", f"{acc:.3f}", f"{m['accuracy']:.3f}"]))
     slim_m = rows[1][2]
     print("\nBudgets on the final int8 model:")
