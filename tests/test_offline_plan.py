@@ -234,6 +234,17 @@ def test_summary_and_freeze_predict_the_offline_file():
     frozen = kd.freeze(search, "stm32h743", budgets={"ram_bytes": budget}, fill=False, verbose=0,
                        arena_plan="offline")
     assert frozen.count_params() == model.count_params()  # nothing had to close
+    # with a flash budget too, freeze certifies on the converted file: that must be the file
+    # that ships, with its plan (TFLM's own plan would need more RAM than the budget and
+    # close channels the offline plan does not need closed; it did, before)
+    loose_flash = 2 * tflm["flash_bytes"]
+    both = kd.freeze(search, "stm32h743", budgets={"ram_bytes": budget, "flash_bytes": loose_flash},
+                     fill=False, verbose=0, arena_plan="offline")
+    assert both.count_params() == model.count_params()
+    rows = {r["metric"]: r for r in both.dnas_certificate["budgets"]}
+    shipped = kd.export.to_tflite(both, x, arena_plan="offline")
+    assert rows["ram_bytes"]["value"] == off["ram_bytes"] <= budget
+    assert rows["flash_bytes"]["value"] >= len(shipped) - 64  # the planned file, not TFLM's
     with warnings.catch_warnings():  # channels close; only their count matters here
         warnings.filterwarnings("ignore", "keras_dnas.freeze: closing channels", UserWarning)
         greedy = kd.freeze(search, "stm32h743", budgets={"ram_bytes": budget}, fill=False,
