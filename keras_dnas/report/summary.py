@@ -47,7 +47,8 @@ class Summary(Results):
         return "\n".join(out)
 
 
-def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm"):
+def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm",
+            representative_data=None):
     """Per-layer channels, params, MACs, activation bytes and cycles, plus totals.
 
     Works for an original model, a searchable one (current masks) and a
@@ -70,6 +71,12 @@ def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm")
             by default.
         arena_plan: ``"tflm"`` (TFLite Micro's own arena layout) or ``"offline"``: the
             arena of the file ``kd.export.to_tflite(..., arena_plan="offline")`` writes.
+        representative_data: the calibration inputs the shipped file is converted with (an
+            array, or a list of arrays for several inputs), for ``memory="auto"``. Default: 8
+            fixed random samples. The flash of an int8 file depends on calibration only where
+            it decides which constants are equal (e.g. a bias that saturates int32 on one
+            data set: the converter rescales that kernel); with the same data as
+            ``kd.export.to_tflite``, a plain model's ``flash_bytes`` is ``len`` of that file.
 
     Returns:
         A :class:`Summary` (a dict; ``str()`` gives the table).
@@ -94,7 +101,8 @@ def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm")
     if memory == "auto":
         from keras_dnas import memory as memory_lib
 
-        memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
+        memory = memory_lib.MemoryModel.from_model(model, plan, target=target,
+                                                   representative_data=representative_data)
     from keras_dnas.export import offline
 
     memory = offline.memory_for(memory, arena_plan)
