@@ -97,6 +97,39 @@ def _load_done(out, partial):
     return list(results.values()), runs
 
 
+def _merged(paths):
+    """One report over the results of several --out files or .partial.jsonl files."""
+    results, runs = {}, []
+    for path in paths:
+        if path.endswith(".jsonl"):
+            part, more = _load_done(path[:-len(".partial.jsonl")] + ".none", path)
+        else:
+            part, more = _load_done(path, path + ".none")
+        results.update((r["seed"], dict(r, source=path)) for r in part)
+        runs += [dict(r, source=path) for r in more]
+    results = sorted(results.values(), key=lambda r: r["seed"])
+    classes, per_role, _ = summarise(results, fz.ALL_ROLES)
+    na = not_applicable(results)
+    cpu = sum(r.get("cpu_s") or 0 for r in results)
+    # Runs may have been concurrent: wall time is the span from the first graph's start to the
+    # last graph's end, where the results carry their end time.
+    timed = [r for r in results if r.get("finished_utc_s")]
+    span = (max(r["finished_utc_s"] for r in timed) - min(
+        r["finished_utc_s"] - (r.get("wall_s") or 0) for r in timed)) if timed else None
+    wall = span or sum(r.get("wall_s") or 0 for r in runs)
+    return {
+        "command": "python benchmarks/fuzz_graphs.py --summarise " + " ".join(paths),
+        "runs": runs, "graphs": len(results),
+        "graphs_failed": sum(bool(r["failures"]) for r in results),
+        "wall_s": round(wall, 1), "worker_cpu_s": round(cpu, 1),
+        "graphs_per_minute_wall": round(60 * len(results) / wall, 2) if wall else None,
+        "graphs_per_minute_cpu": round(60 * len(results) / cpu, 2) if cpu else None,
+        "check_d_skipped_structure_differs": na.get("d: operators differ", 0),
+        "not_applicable": na, "failure_classes": classes, "per_role": per_role,
+        "results": results,
+    }
+
+
 def _crash_result(seed, message):
     return {"seed": seed, "used": [], "failures": [
         {"check": "crash", "class": f"crash: {message.split(' (')[0]}", "detail": message}],
@@ -176,18 +209,18 @@ def main(argv=None):
                    help="keep the graphs already in OUT.partial.jsonl (or OUT) and run only "
                         "the seeds they lack; the report covers all of them")
     p.add_argument("--verbose", action="store_true", help="print every failure's detail")
-    p.add_argument("--summarise", metavar="JSON",
-                   help="recompute the classes and per-role counts of an earlier --out file")
+    p.add_argument("--summarise", metavar="JSON", nargs="+",
+                   help="recompute the classes and per-role counts of earlier --out files "
+                        "(or their .partial.jsonl); several files (parallel runs, reruns with "
+                        "--only: a later file's result for a seed replaces an earlier one's) "
+                        "are merged into --out")
     args = p.parse_args(argv)
     if args.summarise:
-        with open(args.summarise) as f:
-            report = json.load(f)
-        classes, per_role, skipped = summarise(report["results"], fz.ALL_ROLES)
-        na = not_applicable(report["results"])
-        report.update(failure_classes=classes, per_role=per_role, not_applicable=na,
-                      check_d_skipped_structure_differs=na.get("d: operators differ", 0))
+        if len(args.summarise) > 1 and not args.out:
+            p.error("merging several --summarise files needs --out")
+        report = _merged(args.summarise)
         _print(report)
-        with open(args.summarise, "w") as f:
+        with open(args.out or args.summarise[0], "w") as f:
             json.dump(report, f, indent=1)
         return 0
 
