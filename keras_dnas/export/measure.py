@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from keras_dnas import _flatbuffer
+from keras_dnas._data import labelled_pair
 from keras_dnas.export import runtime as _runtime
 from keras_dnas.vocabulary import Results, canonical
 
@@ -215,16 +216,6 @@ def _labels(y, out):
     return labels.astype(np.int64)
 
 
-def _check_data(data):
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(
-            "data must be a pair (x, y) of inputs and labels (or targets). "
-            f"Received: {type(data).__name__}"
-            + (f" of length {len(data)}" if hasattr(data, "__len__") else "")
-        )
-    return data
-
-
 def _evaluate(out, data, keras_model, task):
     x, y = data
     if isinstance(out, list):  # several outputs: evaluate the first
@@ -338,7 +329,7 @@ def measure(
     # One TFLite Micro child process: the inference on `x` (if any) and the arena report.
     arrays, count, batch = None, 0, 1
     if data is not None:
-        arrays, count, batch = _runtime._prepare_inputs(info, _check_data(data)[0])
+        arrays, count, batch = _runtime._prepare_inputs(info, labelled_pair(data)[0])
     reply = _runtime._tflm_child_run(data_bytes, info, arrays, count, batch, arena_size,
                                      allocations=True)
     host = _runtime.parse_allocations(reply["allocations"])
