@@ -20,7 +20,7 @@ LAYERS = [
     ("base", ["keras_dnas._keras", "keras_dnas._flatbuffer", "keras_dnas._data",
               "keras_dnas.vocabulary",
               "keras_dnas.masks", "keras_dnas.targets.target", "keras_dnas.targets.registry",
-              "keras_dnas.targets.mlperf", "keras_dnas.report.format", "keras_dnas.datasets",
+              "keras_dnas.report.format", "keras_dnas.datasets",
               "keras_dnas.zoo"]),
     ("layers", ["keras_dnas.layers"]),
     ("graph", ["keras_dnas.graph"]),
