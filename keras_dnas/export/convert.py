@@ -10,8 +10,6 @@ import sys
 import tempfile
 import warnings
 
-import numpy as np
-
 from keras_dnas import _keras
 from keras_dnas._data import input_arrays
 from keras_dnas.export import ops as _ops
@@ -371,10 +369,10 @@ def _warn_tflm_aborts(tflite, model, layer_names):
     from keras_dnas import _flatbuffer
     from keras_dnas.export import runtime
 
-    problems = runtime.tflm_preflight(tflite)
+    info = _flatbuffer.read_model(tflite)  # decoded once, for the checks and the layer names
+    problems = runtime._preflight(tflite, info)
     if not problems:
         return
-    info = _flatbuffer.read_model(tflite)
     lines = []
     for p in problems:
         op = next(o for o in info.main_ops if o.index == p["op_index"])

@@ -128,7 +128,11 @@ def tflm_preflight(tflite_bytes):
     []
     """
     data = _flatbuffer.as_model_bytes(tflite_bytes)
-    info = _flatbuffer.read_model(data)
+    return _preflight(data, _flatbuffer.read_model(data))
+
+
+def _preflight(data, info):
+    """`tflm_preflight` on a model already decoded (`info` is `read_model(data)`)."""
     problems = []
     for op in info.main_ops:
         for t in op.inputs + op.outputs:
