@@ -23,7 +23,7 @@ The `.cc` file needs no TFLite Micro header (the macro is expanded where it is u
 import os
 import re
 
-from keras_dnas import _flatbuffer
+from keras_dnas import _flatbuffer, _ste
 
 # TFLite builtin operator -> `tflite::MicroMutableOpResolver` method (read off TFLite Micro's
 # micro_mutable_op_resolver.h, 2025). Builtins without an entry have no TFLite Micro kernel.
@@ -287,7 +287,7 @@ def to_c(tflite_bytes, path, target=None, arena_bytes=None, name="model", verify
         report = dict(report, head=measured.arena_head_bytes, tail=measured.arena_tail_bytes,
                       total=max(report["total"], measured.ram_bytes),
                       replay_total=report["total"])
-    planned = arena_lib._align_up(report["total"], arena_lib.ARENA_ALIGNMENT)
+    planned = _ste.align_up(report["total"], arena_lib.ARENA_ALIGNMENT)
     if arena_bytes is None:
         size = planned
     else:

@@ -30,7 +30,7 @@ from keras_dnas.costs.offline_plan import (
     check_offsets,
     plan_offsets,
 )
-from keras_dnas import _flatbuffer
+from keras_dnas import _flatbuffer, _ste
 
 METADATA_NAME = "OfflineMemoryAllocation"
 ARENA_PLANS = ("tflm", "offline")
@@ -188,7 +188,7 @@ def _best_order(model, scratch=None):
     scratch_rules = arena.REFERENCE_SCRATCH if scratch is None else scratch
     sizes = [0 if model.is_constant(t.index) or t.is_variable else t.nbytes
              for t in model.tensors]
-    per_op = [sum(arena._align_up(b, arena.ARENA_ALIGNMENT)
+    per_op = [sum(_ste.align_up(b, arena.ARENA_ALIGNMENT)
                   for b in (scratch_rules[op.name](model, op) if op.name in scratch_rules else []))
               for op in model.operators]
     order, peak, current = best_operator_order(

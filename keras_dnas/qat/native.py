@@ -55,6 +55,7 @@ import keras
 from keras import ops
 
 from keras_dnas._data import input_arrays
+from keras_dnas._ste import straight_through
 from keras_dnas.graph import walk
 
 L = keras.layers
@@ -108,7 +109,7 @@ def quantize_kernel(kernel, channel_axes=(-1,)):
     scale = ops.stop_gradient(ops.maximum(scale, 1e-12))
     v = kernel / scale
     q = ops.clip(ops.sign(v) * ops.floor(ops.abs(v) + 0.5), -127.0, 127.0) * scale
-    return kernel + ops.stop_gradient(q - kernel)
+    return straight_through(q, kernel)
 
 
 def _numpy(value, dtype=np.float32):
