@@ -197,21 +197,6 @@ def _best_order(model, scratch=None):
     return order if peak < current else None
 
 
-def reorder_operators(tflite, scratch=None):
-    """`(tflite bytes, reordered)`: operators in the topological order with the lowest peak
-    of live buffers (`keras_dnas.costs.offline_plan.best_operator_order`), when it is lower
-    than the current order's; otherwise the bytes unchanged. Each operator keeps its inputs
-    and outputs, so the outputs are the same (checked on TFLite Micro by the tests)."""
-    data = _flatbuffer.as_model_bytes(tflite)
-    order = _best_order(_flatbuffer.read_tflite(data), scratch=scratch)
-    if order is None:
-        return data, False
-    sch, fb = _unpack(data)
-    sub = fb.subgraphs[0]
-    sub.operators = [sub.operators[i] for i in order]
-    return _pack(sch, fb), True
-
-
 def plan_model(model, scratch=None, max_nodes=DEFAULT_MAX_NODES, reorder=True):
     """The plan `with_offline_plan` makes, on a decoded model (no bytes written).
 
