@@ -169,7 +169,7 @@ def target_arena(tflite_bytes, host_usage, pointer_bytes=DEFAULT_POINTER_BYTES):
     certified RAM budget and a measured one are the same number.
 
     Args:
-        tflite_bytes: The model (bytes).
+        tflite_bytes: The model (bytes), or its `_flatbuffer.read_tflite` view.
         host_usage: `runtime.arena_usage`'s dict for the host interpreter.
         pointer_bytes: The target's pointer size (4: 32-bit MCU; 8: the host itself).
 
@@ -181,7 +181,8 @@ def target_arena(tflite_bytes, host_usage, pointer_bytes=DEFAULT_POINTER_BYTES):
     head = int(host_usage["arena_head_bytes"])
     tail = int(host_usage["arena_tail_bytes"])
     if pointer_bytes != _HOST_POINTER_BYTES:
-        model = _flatbuffer.read_tflite(tflite_bytes)
+        model = tflite_bytes if isinstance(tflite_bytes, _flatbuffer.TFLiteModel) else \
+            _flatbuffer.read_tflite(tflite_bytes)
         tail += arena.tflite_tail(model, pointer_bytes=pointer_bytes) - arena.tflite_tail(
             model, pointer_bytes=_HOST_POINTER_BYTES)
     return {"ram_bytes": head + tail, "arena_head_bytes": head, "arena_tail_bytes": tail}
@@ -322,8 +323,8 @@ def measure(
         "outputs": [t.to_dict() for t in info.outputs],
         "quantization": next(iter(io_types)).lower() if len(io_types) == 1 else "mixed",
     }
-    fields["arena_plan"] = "offline" if _flatbuffer.read_tflite(
-        data_bytes).offline_offsets is not None else "tflm"
+    memory_view = _flatbuffer.read_tflite(data_bytes)  # decoded once: the plan and the tail
+    fields["arena_plan"] = "offline" if memory_view.offline_offsets is not None else "tflm"
     resolved = _resolve_target(target)
     pointer_bytes = DEFAULT_POINTER_BYTES if resolved is None else resolved[3]
     # One TFLite Micro child process: the inference on `x` (if any) and the arena report.
@@ -334,7 +335,7 @@ def measure(
                                      allocations=True)
     host = _runtime.parse_allocations(reply["allocations"])
     fields.update({"host_" + k: v for k, v in host.items()})
-    fields.update(target_arena(data_bytes, host, pointer_bytes), pointer_bytes=pointer_bytes)
+    fields.update(target_arena(memory_view, host, pointer_bytes), pointer_bytes=pointer_bytes)
     if resolved is not None:
         name, flash, ram, _ = resolved
         fields.update(
