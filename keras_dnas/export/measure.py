@@ -134,16 +134,7 @@ def _resolve_target(target):
     if isinstance(target, str):
         from keras_dnas import targets as registry
 
-        getter = next(
-            (getattr(registry, n) for n in ("get", "get_target") if hasattr(registry, n)),
-            None,
-        )
-        if getter is None:
-            raise ValueError(
-                "Pass the target as a HardwareTarget object (keras_dnas.targets). "
-                f"Received: target={target!r}"
-            )
-        target = getter(target)
+        target = registry.get(target)
     get = target.get if isinstance(target, dict) else lambda k, d=None: getattr(target, k, d)
     flash, ram = get("flash_bytes"), get("ram_bytes")
     if flash is None and ram is None:
