@@ -229,6 +229,29 @@ def _conversion_error(error, log_text, layer_names):
     return "\n".join(parts)
 
 
+def _write_saved_model(model, path, signature):
+    """The SavedModel the converter reads: `model.export(path, format="tf_saved_model")`'s
+    serving function, without its walk of the model.
+
+    `model.export` tracks the model in its `ExportArchive`, and writing the archive then walks
+    every layer for lookup tables, tracing each layer's functions (about 3/4 of an int8
+    conversion's CPU time on the zoo models). This archive only has the endpoint: the same
+    function (`model.__call__`, the same input signature), the variables it uses, the same
+    `serve` / `serving_default` signatures, so the converter reads the same graph and writes the
+    same bytes (`tests/test_export.py::test_lean_saved_model_writes_the_same_file`). Lookup
+    tables are not tracked: TensorFlow Lite Micro has no kernel for them. Without a signature
+    (a subclassed model, float32, no data) `model.export` infers one.
+    """
+    import keras
+
+    if signature is None:
+        model.export(path, format="tf_saved_model", verbose=False)
+        return
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint("serve", model.__call__, input_signature=signature)
+    archive.write_out(path, verbose=False)
+
+
 def to_tflite(model, representative_data=None, quantization="int8", *, allow_float_ops=False,
               arena_plan="tflm"):
     """Convert a Keras model to a TFLite flatbuffer that TensorFlow Lite Micro can run.
@@ -325,8 +348,7 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
                 import tensorflow as tf
 
                 with _keras.elementwise_add_as_add():
-                    model.export(tmp, format="tf_saved_model", verbose=False,
-                                 input_signature=signature)
+                    _write_saved_model(model, tmp, signature)
                 converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
                 converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, mode.ops_set)]
                 if mode.integer_io:
