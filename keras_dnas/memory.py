@@ -82,6 +82,7 @@ from keras import ops
 
 from keras_dnas.costs import arena
 from keras_dnas import _flatbuffer
+from keras_dnas._ste import aligned as _aligned
 
 #: Flatbuffer bytes per output channel of a per-channel quantised tensor:
 #: a float32 scale and an int64 zero point.
@@ -949,12 +950,6 @@ def _is_number(x):
     return isinstance(x, (int, float, np.number))
 
 
-def _aligned(n, alignment):
-    """``n`` rounded up to ``alignment``: an int for ints, else a tensor whose forward value is
-    the rounded integer and whose gradient is 1 (straight-through)."""
-    if isinstance(n, (int, np.integer)):
-        return -(-int(n) // alignment) * alignment
-    return arena._aligned(n, alignment)
 
 
 def _step(n, above):

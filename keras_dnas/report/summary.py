@@ -3,12 +3,11 @@
 import json
 
 from keras_dnas import targets
-from keras_dnas.costs import compute, latency
-from keras_dnas.costs.compute import layer_records
 from keras_dnas.costs.model import CostModel, to_python
 from keras_dnas.graph.counts import hard_counts
 from keras_dnas.graph import analyze, walk
 from keras_dnas.layers.masked import is_masked
+from keras_dnas.report.floor import layer_rows
 from keras_dnas.vocabulary import Results
 
 
@@ -108,18 +107,7 @@ def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm",
     memory = offline.memory_for(memory, arena_plan)
     cost_model = CostModel(plan, target, memory=memory)
     totals = {k: to_python(v) for k, v in cost_model.evaluate(counts).items()}
-    rows, seen = [], set()
-    for info, (_, op, geo, cin, cout) in zip(plan.layers, layer_records(plan, counts)):
-        first = info.name not in seen
-        seen.add(info.name)
-        rows.append({
-            "name": info.name, "op": op, "role": info.role,
-            "channels_kept": int(cout), "channels_total": int(plan.view_size(info.output)),
-            "params": int(compute.params(op, geo, cin, cout)) if first else 0,
-            "macs": int(compute.macs(op, geo, cin, cout)),
-            "activation_bytes": int(geo["out_positions"] * cout),
-            "cycles": float(to_python(latency.layer_cycles(op, geo, cin, cout, target))),
-        })
+    rows = layer_rows(plan, counts, target)
     out = Summary(model=model.name, target=target.name, layers=rows,
                   params=int(totals["params"]), macs=int(totals["macs"]),
                   latency_cycles=float(totals["latency_cycles"]),
