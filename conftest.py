@@ -21,9 +21,9 @@ def _seeded_doctest(request):
 
 
 def pytest_collection_finish(session):
-    # TensorFlow's converter runs a full gc.collect() per int8 conversion (hundreds per run),
-    # and a full collection scans every tracked object: after collection that is ~0.5 M of them
-    # (TensorFlow, Keras, the test modules), long-lived, never garbage. Freezing them keeps each
-    # collection to what the tests create (gc.freeze: "after import, before the work").
+    # TensorFlow's SavedModel converter runs a full gc.collect() per conversion, and a full
+    # collection scans every tracked object: after collection ~0.5 M of them (TensorFlow, Keras,
+    # the test modules), long-lived. Frozen, they are left out of every later collection, which
+    # then scans only what the tests create.
     gc.collect()
     gc.freeze()
