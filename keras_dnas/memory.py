@@ -599,15 +599,54 @@ class MemoryModel:
         from keras_dnas.export.convert import to_tflite
         from keras_dnas.slicing import rebuild_with
 
-        rng = np.random.default_rng(0)
-        rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
-        rep = rep[0] if len(rep) == 1 else rep
         if own_weights:
-            return to_tflite(model, representative_data=rep)
+            return to_tflite(model, representative_data=_representative(model))
         keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
-        structure = rebuild_with(model, plan, keep_full, full_taps=True)
+        return MemoryModel.convert_structure(rebuild_with(model, plan, keep_full,
+                                                          full_taps=True))
+
+    @staticmethod
+    def convert_structure(structure):
+        """The int8 ``.tflite`` of ``structure`` (a plain model, modified: a throwaway copy)
+        with generic weights (see :func:`_generic_weights`): what a memory model is built on."""
+        from keras_dnas.export.convert import to_tflite
+
         _generic_weights(structure)
-        return to_tflite(structure, representative_data=rep)
+        return to_tflite(structure, representative_data=_representative(structure))
+
+    # ----------------------------------------------------------------- parts (ChoiceMemory)
+    def constant_bytes(self, index, counts):
+        """Bytes constant tensor ``index`` of the full-width file takes in the file at
+        ``counts``: its data (buffer-aligned) plus its per-channel scales and zero points."""
+        size = _aligned(self._tensor_bytes(index, counts), BUFFER_ALIGNMENT)
+        if self.full.tensors[index].n_scales > 1:
+            size = size + QUANT_BYTES_PER_CHANNEL * self._scales[index].count(counts)
+        return size
+
+    def constant_tensors(self):
+        """Indices of the full-width file's constant tensors, one per buffer (a buffer two
+        tensors share counts once)."""
+        seen, found = set(), []
+        for t in self.full.tensors:
+            if self.full.is_constant(t.index) and t.buffer not in seen:
+                seen.add(t.buffer)
+                found.append(t.index)
+        return found
+
+    def activation_buffers(self, counts):
+        """``[(tensor index, bytes, first operator, last operator)]`` of the arena head's
+        tensor buffers at ``counts`` (kernel scratch left out)."""
+        return [(b["tensor"], self._tensor_bytes(b["tensor"], counts), b["first"], b["last"])
+                for b in self._buffers if b["kind"] == "tensor"]
+
+    def tensors_named(self, layer_names):
+        """Per tensor of the full-width file, the set of ``layer_names`` its name's scopes
+        name (how a tensor is attributed to a layer)."""
+        found = []
+        for t in self.full.tensors:
+            parts = _name_parts(t.name)
+            found.append({n for n in layer_names if _name_score(parts, n) > 0})
+        return found
 
     # ----------------------------------------------------------------- exact
     def scaled_model(self, counts):
@@ -931,6 +970,13 @@ class _ZeroPointPadding:
                 quarters = ops.round(ops.stop_gradient(ops.cast(moved, "float32")) / 4.0)
                 total = total + 4.0 * ops.mod(old // 4 - quarters, 2.0) - old
         return total
+
+
+def _representative(model):
+    """Eight normal samples per input of ``model`` (calibration of a structure's conversion)."""
+    rng = np.random.default_rng(0)
+    rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
+    return rep[0] if len(rep) == 1 else rep
 
 
 def _is_number(x):

@@ -155,12 +155,6 @@ def prepare(model, exclude=None, search=("channels",), alternatives=None):
         raise ValueError(f"prepare() expects a keras.Model. Received: {type(model).__name__}")
     exclude = set(exclude or ())
     time_axes = _check_search(search)
-    if time_axes and alternatives is not None:
-        raise ValueError(
-            f"kd.prepare(search={tuple(search)!r}, alternatives={alternatives!r}): searching the "
-            "time axis and choice blocks in one model is not supported yet (the choice blocks' "
-            "flash / RAM model does not count taps). Search one of them: drop "
-            "'receptive_field' / 'dilation' from `search`, or pass `alternatives=None`.")
     model = walk.flatten(model, keep=exclude)
     if alternatives is not None:
         from keras_dnas import choices

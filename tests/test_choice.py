@@ -366,3 +366,56 @@ def test_latency_budget_search_picks_cheaper_alternatives():
     kept = {layer.name for layer in frozen.layers}
     for i, k in enumerate(chosen[f"block{i}"] for i in range(2)):
         assert (f"conv{i}" in kept, f"sep{i}" in kept) == (k == 0, k == 1)
+
+
+def _trained_blocks_search(epochs=3):
+    """``conv_block_model`` trained on digits, then ``paper_b``: the seed's alternative of
+    each block is trained, the 5x5 / separable / identity alternatives are not."""
+    x, y = digits()
+    keras.utils.set_random_seed(0)
+    seed = conv_block_model()
+    seed.compile(keras.optimizers.Adam(3e-3), LOSS)
+    seed.fit(x[:640], y[:640], epochs=epochs, batch_size=32, verbose=0)
+    return kd.prepare(seed, alternatives="paper_b"), x, y
+
+
+def test_choice_logits_move_as_fast_as_the_masks():
+    """The logits are read through the masks' hooks: with Adam, ``choice_lr_multiplier`` m
+    moves them m times as far in an epoch as the optimizer moves the variable (the default is
+    the masks' multiplier), and the variable holds the moved logits after the epoch."""
+    moved = {}
+    for multiplier in (1.0, None):
+        search, x, y = _trained_blocks_search(epochs=1)
+        search.compile(keras.optimizers.Adam(1e-3), LOSS)
+        plan = search.dnas_plan
+        cb = kd.DNASCallback("stm32h743", budgets={"macs": 1e3}, verbose=0,
+                             choice_lr_multiplier=multiplier)
+        keras.utils.set_random_seed(1)
+        search.fit(x[:320], y[:320], epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+        moved[multiplier] = np.array([np.abs(search.get_layer(b["name"]).dnas_choice.numpy())
+                                      .max() for b in plan.choices])
+        assert cb.choice_lr_multiplier == (multiplier or cb.mask_lr_multiplier)
+    # 10 steps of Adam at 1e-3 move a logit at most ~1e-2; ten times that with the default
+    assert moved[1.0].max() <= 10 * 1.05e-3
+    assert moved[None].max() > 3 * moved[1.0].max()
+    assert moved[None].max() <= 10 * 10 * 1.05e-3
+
+
+def test_choice_warmup_trains_every_alternative():
+    """Warm-up epochs sample every alternative (logits frozen at equal values), so the
+    alternatives a trained seed did not have are trained before the search moves the logits."""
+    search, x, y = _trained_blocks_search(epochs=1)
+    plan = search.dnas_plan
+    block = plan.choices[1]
+    names = [n for alt in block["alternatives"] for n in alt if "identity" not in n]
+    before = {n: [np.array(w) for w in search.get_layer(n).get_weights()] for n in names}
+    search.compile(keras.optimizers.Adam(1e-3), LOSS)
+    cb = kd.DNASCallback("stm32h743", budgets={"macs": 1e3}, warmup_epochs=1, verbose=0)
+    search.fit(x[:320], y[:320], epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    for n in names:
+        after = search.get_layer(n).get_weights()
+        if before[n]:
+            assert any(not np.array_equal(a, b) for a, b in zip(after, before[n])), n
+    np.testing.assert_array_equal(search.get_layer(block["name"]).dnas_choice.numpy(),
+                                  np.zeros(len(block["alternatives"])))
+
