@@ -114,7 +114,14 @@ class DNASCallback(keras.callbacks.Callback):
         objectives: ``Minimize`` objects (or metric names) to reduce beyond
             the budgets.
         warmup_epochs: epochs at the start of ``fit`` that train the weights
-            only (masks frozen, no penalty).
+            only (masks and choice logits frozen, no penalty). With choice blocks
+            they train every alternative: at equal logits the hard Gumbel-softmax
+            samples each alternative of each block uniformly, one per step (a
+            supernet warm-up, as PLiNIO's SuperNet trains all paths before it
+            searches). Give at least one when the seed was trained but the
+            alternatives ``kd.prepare(alternatives=...)`` added were not: an
+            untrained alternative otherwise loses to the trained one on task loss
+            alone.
         monitor: log key ranking feasible epochs (default ``val_loss``, which
             excludes the penalty, when validation data is given, else
             ``dnas/task_loss``).
