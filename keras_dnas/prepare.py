@@ -131,7 +131,9 @@ def prepare(model, exclude=None, search=("channels",), alternatives=None):
             ``fn(layer) -> list | None`` giving the alternatives of a layer (Keras
             layers, Sequential / Functional blocks or ``"identity"``; the layer itself
             may be one of them and keeps its weights). The first alternative starts as
-            the argmax, so put the layer itself first to start from the seed.
+            the argmax, so put the layer itself first to start from the seed. With a
+            time axis in ``search``, the alternatives' Conv1D / DepthwiseConv1D are
+            searched on it too.
 
     Returns:
         A :class:`SearchableModel`.
