@@ -118,10 +118,9 @@ class DNASCallback(keras.callbacks.Callback):
             they train every alternative: at equal logits the hard Gumbel-softmax
             samples each alternative of each block uniformly, one per step (a
             supernet warm-up, as PLiNIO's SuperNet trains all paths before it
-            searches). Give at least one when the seed was trained but the
-            alternatives ``kd.prepare(alternatives=...)`` added were not: an
-            untrained alternative otherwise loses to the trained one on task loss
-            alone.
+            searches). On a trained seed whose alternatives are new, this also
+            trains the shared layers on the untrained alternatives' outputs, which
+            costs accuracy (BENCHMARKS.md, "Choice blocks").
         monitor: log key ranking feasible epochs (default ``val_loss``, which
             excludes the penalty, when validation data is given, else
             ``dnas/task_loss``).
