@@ -82,6 +82,7 @@ from keras import ops
 
 from keras_dnas.costs import arena
 from keras_dnas import _flatbuffer
+from keras_dnas._data import input_arrays
 from keras_dnas._ste import aligned as _aligned
 
 #: Flatbuffer bytes per output channel of a per-channel quantised tensor:
@@ -589,6 +590,10 @@ class MemoryModel:
             plan = analyze(model, masked_only=searchable)
         if pointer_bytes is None:
             pointer_bytes = targets_lib.get(target).pointer_bytes if target is not None else 4
+        if representative_data is not None:  # read once (a generator is consumed here)
+            arrays = input_arrays(representative_data, "representative_data",
+                                  names=[t.name for t in model.inputs])
+            representative_data = arrays[0] if len(arrays) == 1 else arrays
         cache = model.__dict__.setdefault(_CACHE_ATTR, {})
         # A plain model's conversion depends on its weights (the converter drops all-zero
         # biases and stores equal constants once): the key includes them.
@@ -975,12 +980,7 @@ def _data_fingerprint(data):
         return None
     import hashlib
 
-    arrays = list(data) if isinstance(data, (list, tuple)) else [data]
-    if not all(isinstance(a, np.ndarray) or hasattr(a, "__array__") for a in arrays):
-        raise ValueError(
-            "representative_data for the flash/RAM model must be an array (or a list of "
-            "arrays, one per model input) of calibration inputs. Received: "
-            f"{type(data).__name__}")
+    arrays = data if isinstance(data, list) else [data]
     digest = hashlib.blake2b(digest_size=16)
     for a in arrays:
         a = np.ascontiguousarray(np.asarray(a, dtype="float32"))
