@@ -7,7 +7,7 @@ import numpy as np
 import keras
 
 from keras_dnas import _keras
-from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample
+from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample, input_arrays
 from keras_dnas.graph import walk
 from keras_dnas.report.format import fmt_quantity
 from keras_dnas.slicing import kept_channels, rebuild_with
@@ -794,10 +794,8 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     1
     """
     fn = walk.functional_of(model)
-    inputs = x if isinstance(x, (list, tuple)) else [x]
+    inputs = input_arrays(x, "x", dtype=None)  # a list: one array per input
     n = len(inputs[0])
-    if n == 0:
-        raise ValueError("recalibrate_batchnorm needs at least one sample. Received: 0 samples")
     layers = [layer for layer in fn.layers if isinstance(layer, L.BatchNormalization)]
     for layer in layers:
         if _keras.inbound_node_count(layer) != 1:
