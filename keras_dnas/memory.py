@@ -82,6 +82,8 @@ from keras import ops
 
 from keras_dnas.costs import arena
 from keras_dnas import _flatbuffer
+from keras_dnas._data import input_arrays
+from keras_dnas._ste import aligned as _aligned
 
 #: Flatbuffer bytes per output channel of a per-channel quantised tensor:
 #: a float32 scale and an int64 zero point.
@@ -556,7 +558,8 @@ class MemoryModel:
 
     # ----------------------------------------------------------------- building
     @classmethod
-    def from_model(cls, model, plan=None, target=None, pointer_bytes=None):
+    def from_model(cls, model, plan=None, target=None, pointer_bytes=None,
+                   representative_data=None):
         """Convert ``model`` once (full width) and build the model.
 
         A searchable model (with ``kd.layers.Masked*`` layers) is converted as a plain copy of
@@ -571,6 +574,12 @@ class MemoryModel:
             target: a HardwareTarget or name; gives ``pointer_bytes`` (default 4).
             pointer_bytes: overrides the target's pointer size (8 to compare with the
                 ``tflite_micro`` host interpreter).
+            representative_data: calibration inputs for the conversion (an array, or a list
+                of arrays for several inputs; default: 8 fixed random samples). Sizes do not
+                depend on them except where calibration decides which constants are equal
+                (a bias that saturates int32 on one data set and not on another makes the
+                converter rescale that kernel): give the data the shipped file is converted
+                with, and a plain model's flash is ``len`` of exactly that file.
         """
         from keras_dnas import targets as targets_lib
         from keras_dnas.graph import analyze, walk
@@ -581,38 +590,50 @@ class MemoryModel:
             plan = analyze(model, masked_only=searchable)
         if pointer_bytes is None:
             pointer_bytes = targets_lib.get(target).pointer_bytes if target is not None else 4
+        if representative_data is not None:  # read once (a generator is consumed here)
+            arrays = input_arrays(representative_data, "representative_data",
+                                  names=[t.name for t in model.inputs])
+            representative_data = arrays[0] if len(arrays) == 1 else arrays
         cache = model.__dict__.setdefault(_CACHE_ATTR, {})
         # A plain model's conversion depends on its weights (the converter drops all-zero
         # biases and stores equal constants once): the key includes them.
-        structure = (plan.to_json(), None if searchable else _fingerprint(model))
+        structure = (plan.to_json(), None if searchable else _fingerprint(model),
+                     _data_fingerprint(representative_data))
         if (structure, pointer_bytes) not in cache:
             if structure not in cache:  # the conversion does not depend on the pointer size
-                cache[structure] = cls._convert(model, plan, own_weights=not searchable)
+                cache[structure] = cls._convert(model, plan, own_weights=not searchable,
+                                                representative_data=representative_data)
             cache[(structure, pointer_bytes)] = cls(
                 plan, cache[structure], pointer_bytes=pointer_bytes)
         return cache[(structure, pointer_bytes)]
 
     @staticmethod
-    def _convert(model, plan, own_weights=False):
+    def _convert(model, plan, own_weights=False, representative_data=None):
         """The int8 ``.tflite`` of ``model`` (own weights) or of its full-width structure with
         realistic weights."""
         from keras_dnas.export.convert import to_tflite
         from keras_dnas.slicing import rebuild_with
 
         if own_weights:
-            return to_tflite(model, representative_data=_representative(model))
+            rep = representative_data
+            return to_tflite(model, representative_data=_representative(model)
+                             if rep is None else rep)
         keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
-        return MemoryModel.convert_structure(rebuild_with(model, plan, keep_full,
-                                                          full_taps=True))
+        return MemoryModel.convert_structure(
+            rebuild_with(model, plan, keep_full, full_taps=True),
+            representative_data=representative_data)
 
     @staticmethod
-    def convert_structure(structure):
+    def convert_structure(structure, representative_data=None):
         """The int8 ``.tflite`` of ``structure`` (a plain model, modified: a throwaway copy)
-        with generic weights (see :func:`_generic_weights`): what a memory model is built on."""
+        with generic weights (see :func:`_generic_weights`): what a memory model is built on.
+        ``representative_data``: calibration inputs (default: 8 fixed random samples)."""
         from keras_dnas.export.convert import to_tflite
 
         _generic_weights(structure)
-        return to_tflite(structure, representative_data=_representative(structure))
+        rep = representative_data
+        return to_tflite(structure, representative_data=_representative(structure)
+                         if rep is None else rep)
 
     # ----------------------------------------------------------------- parts (ChoiceMemory)
     def constant_bytes(self, index, counts):
@@ -983,12 +1004,6 @@ def _is_number(x):
     return isinstance(x, (int, float, np.number))
 
 
-def _aligned(n, alignment):
-    """``n`` rounded up to ``alignment``: an int for ints, else a tensor whose forward value is
-    the rounded integer and whose gradient is 1 (straight-through)."""
-    if isinstance(n, (int, np.integer)):
-        return -(-int(n) // alignment) * alignment
-    return arena._aligned(n, alignment)
 
 
 def _step(n, above):
@@ -1005,6 +1020,20 @@ def _fingerprint(model):
     digest = hashlib.blake2b(digest_size=16)
     for w in model.weights:
         digest.update(np.ascontiguousarray(ops.convert_to_numpy(w)).tobytes())
+    return digest.hexdigest()
+
+
+def _data_fingerprint(data):
+    """A digest of calibration arrays (None for the default data), for the conversion cache."""
+    if data is None:
+        return None
+    import hashlib
+
+    arrays = data if isinstance(data, list) else [data]
+    digest = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a, dtype="float32"))
+        digest.update(repr(a.shape).encode() + a.tobytes())
     return digest.hexdigest()
 
 

@@ -270,6 +270,33 @@ def test_multi_input_model_keeps_input_order():
     assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("quantization", ["int8", "float32"])
+def test_lean_saved_model_writes_the_same_file(monkeypatch, quantization):
+    # `to_tflite` writes the serving function's SavedModel without `model.export`'s walk of the
+    # layers (issue 17: most of a conversion's time). The file must stay the one
+    # `model.export` gave: the same bytes, on a residual model with BN and on two inputs.
+    from keras_dnas.export import convert
+
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((8, 8, 2))
+    h = L.ReLU()(L.BatchNormalization()(L.Conv2D(4, 3, padding="same")(inp)))
+    h = L.Add()([h, L.Conv2D(4, 1)(inp)])
+    single = keras.Model(inp, L.Dense(3)(L.GlobalAveragePooling2D()(h)))
+    a, b = keras.Input((6,), name="zeta"), keras.Input((3,), name="alpha")
+    double = keras.Model([a, b], L.Dense(2)(L.Concatenate()([L.Dense(4)(a), b])))
+    rng = np.random.default_rng(0)
+    cases = [(single, rng.normal(size=(16, 8, 8, 2)).astype("f")),
+             (double, [rng.normal(size=(16, 6)).astype("f"),
+                       rng.normal(size=(16, 3)).astype("f")])]
+    lean = [kx.to_tflite(m, x, quantization=quantization) for m, x in cases]
+
+    def with_model_export(model, path, signature):
+        model.export(path, format="tf_saved_model", verbose=False, input_signature=signature)
+
+    monkeypatch.setattr(convert, "_write_saved_model", with_model_export)
+    assert [kx.to_tflite(m, x, quantization=quantization) for m, x in cases] == lean
+
+
 class SubclassedNet(keras.Model):
     def __init__(self):
         super().__init__()

@@ -31,6 +31,7 @@ import keras
 from keras import ops
 
 from keras_dnas import masks
+from keras_dnas._ste import scale_gradient, straight_through
 
 _PACKAGE = "keras_dnas"
 
@@ -147,8 +148,7 @@ class Choice(keras.layers.Layer):
             return logits
         logits = ops.convert_to_tensor(hooks.effective(logits))
         if hooks.grad_scale is not None:  # 0 during warm-up: the forward value is unchanged
-            s = ops.cast(hooks.grad_scale, logits.dtype)
-            logits = logits * s + ops.stop_gradient(logits * (1.0 - s))
+            logits = scale_gradient(logits, hooks.grad_scale)
         return logits
 
     def _temperature(self):
@@ -176,7 +176,7 @@ class Choice(keras.layers.Layer):
         soft = ops.softmax(logits / self._temperature())
         if self.mode == "gumbel":
             hard = ops.one_hot(ops.argmax(soft), self.num_alternatives, dtype=soft.dtype)
-            weights = soft + ops.stop_gradient(hard - soft)
+            weights = straight_through(hard, soft)
         else:
             weights = soft
         weights = ops.cast(weights, stacked.dtype)
