@@ -70,6 +70,66 @@ class _Worker:
         self.proc.join(5)
 
 
+def _load_done(out, partial):
+    """Results (and run records) of earlier runs: OUT's report, then OUT.partial.jsonl."""
+    results, runs = {}, []
+    if os.path.exists(out):
+        with open(out) as f:
+            report = json.load(f)
+        results.update((r["seed"], r) for r in report["results"])
+        runs = report.get("runs") or [{k: report.get(k) for k in (
+            "started_utc", "command", "graphs", "wall_s")}]
+    if os.path.exists(partial):
+        counted = set(results)
+        extra = []
+        with open(partial) as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    if r["seed"] not in counted:
+                        extra.append(r)
+                    results[r["seed"]] = r
+        if extra:  # graphs of a run stopped before it wrote its report: wall from timestamps
+            ends = [r["finished_utc_s"] for r in extra if r.get("finished_utc_s")]
+            wall = (max(ends) - min(ends) + (extra[0].get("wall_s") or 0)) if ends else 0.0
+            runs.append({"started_utc": None, "command": "(stopped run, from the .jsonl)",
+                         "graphs": len(extra), "wall_s": round(wall, 1)})
+    return list(results.values()), runs
+
+
+def _merged(paths):
+    """One report over the results of several --out files or .partial.jsonl files."""
+    results, runs = {}, []
+    for path in paths:
+        if path.endswith(".jsonl"):
+            part, more = _load_done(path[:-len(".partial.jsonl")] + ".none", path)
+        else:
+            part, more = _load_done(path, path + ".none")
+        results.update((r["seed"], dict(r, source=path)) for r in part)
+        runs += [dict(r, source=path) for r in more]
+    results = sorted(results.values(), key=lambda r: r["seed"])
+    classes, per_role, _ = summarise(results, fz.ALL_ROLES)
+    na = not_applicable(results)
+    cpu = sum(r.get("cpu_s") or 0 for r in results)
+    # Runs may have been concurrent: wall time is the span from the first graph's start to the
+    # last graph's end, where the results carry their end time.
+    timed = [r for r in results if r.get("finished_utc_s")]
+    span = (max(r["finished_utc_s"] for r in timed) - min(
+        r["finished_utc_s"] - (r.get("wall_s") or 0) for r in timed)) if timed else None
+    wall = span or sum(r.get("wall_s") or 0 for r in runs)
+    return {
+        "command": "python benchmarks/fuzz_graphs.py --summarise " + " ".join(paths),
+        "runs": runs, "graphs": len(results),
+        "graphs_failed": sum(bool(r["failures"]) for r in results),
+        "wall_s": round(wall, 1), "worker_cpu_s": round(cpu, 1),
+        "graphs_per_minute_wall": round(60 * len(results) / wall, 2) if wall else None,
+        "graphs_per_minute_cpu": round(60 * len(results) / cpu, 2) if cpu else None,
+        "check_d_skipped_structure_differs": na.get("d: operators differ", 0),
+        "not_applicable": na, "failure_classes": classes, "per_role": per_role,
+        "results": results,
+    }
+
+
 def _crash_result(seed, message):
     return {"seed": seed, "used": [], "failures": [
         {"check": "crash", "class": f"crash: {message.split(' (')[0]}", "detail": message}],
@@ -142,20 +202,25 @@ def main(argv=None):
     p.add_argument("--time-budget", type=float, default=None,
                    help="stop starting new graphs after this many seconds")
     p.add_argument("--quick", action="store_true", help="5 graphs (smoke run)")
-    p.add_argument("--out", default=None, help="JSON file for the results")
+    p.add_argument("--out", default=None,
+                   help="JSON file for the results; each graph's result is also appended to "
+                        "OUT.partial.jsonl as soon as it is done, so a stopped run keeps them")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the graphs already in OUT.partial.jsonl (or OUT) and run only "
+                        "the seeds they lack; the report covers all of them")
     p.add_argument("--verbose", action="store_true", help="print every failure's detail")
-    p.add_argument("--summarise", metavar="JSON",
-                   help="recompute the classes and per-role counts of an earlier --out file")
+    p.add_argument("--summarise", metavar="JSON", nargs="+",
+                   help="recompute the classes and per-role counts of earlier --out files "
+                        "(or their .partial.jsonl); several files (parallel runs, reruns with "
+                        "--only: a later file's result for a seed replaces an earlier one's) "
+                        "are merged into --out")
     args = p.parse_args(argv)
     if args.summarise:
-        with open(args.summarise) as f:
-            report = json.load(f)
-        classes, per_role, skipped = summarise(report["results"], fz.ALL_ROLES)
-        na = not_applicable(report["results"])
-        report.update(failure_classes=classes, per_role=per_role, not_applicable=na,
-                      check_d_skipped_structure_differs=na.get("d: operators differ", 0))
+        if len(args.summarise) > 1 and not args.out:
+            p.error("merging several --summarise files needs --out")
+        report = _merged(args.summarise)
         _print(report)
-        with open(args.summarise, "w") as f:
+        with open(args.out or args.summarise[0], "w") as f:
             json.dump(report, f, indent=1)
         return 0
 
@@ -168,8 +233,20 @@ def main(argv=None):
     n = 5 if args.quick else args.n
     seeds = args.only or list(range(args.seed, args.seed + n))
 
+    results, earlier_runs = [], []
+    partial = args.out + ".partial.jsonl" if args.out else None
+    if args.resume:
+        if not partial:
+            p.error("--resume needs --out")
+        results, earlier_runs = _load_done(args.out, partial)
+        done = {r["seed"] for r in results}
+        print(f"resuming: {len(done)} graphs already done", flush=True)
+        seeds = [s for s in seeds if s not in done]
+    elif partial and os.path.exists(partial):
+        os.remove(partial)  # a fresh run: do not mix in an older run's graphs
+    first_new = len(results)
+
     worker = _Worker()
-    results = []
     start_wall, start = time.perf_counter(), time.time()
     try:
         for i, seed in enumerate(seeds):
@@ -180,7 +257,11 @@ def main(argv=None):
             if isinstance(out, str):  # crashed or hung: new worker for the next graph
                 out = _crash_result(seed, out)
                 worker = _Worker()
+            out["finished_utc_s"] = round(time.time(), 1)
             results.append(out)
+            if partial:
+                with open(partial, "a") as f:
+                    f.write(json.dumps(out) + "\n")
             status = "ok" if not out["failures"] else "; ".join(
                 sorted({f["class"][:90] for f in out["failures"]}))
             print(f"[{i + 1}/{len(seeds)}] seed {seed} ({out.get('wall_s') or 0:.1f} s, "
@@ -191,7 +272,12 @@ def main(argv=None):
     finally:
         worker.conn.send(None) if worker.proc.is_alive() else None
         worker.stop()
-    wall = time.perf_counter() - start_wall
+    runs = earlier_runs + [{
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start)),
+        "command": "python benchmarks/fuzz_graphs.py " + " ".join(argv or sys.argv[1:]),
+        "graphs": len(results) - first_new,
+        "wall_s": round(time.perf_counter() - start_wall, 1)}]
+    wall = sum(r["wall_s"] for r in runs)
     cpu = sum(r["cpu_s"] or 0 for r in results)
     classes, per_role, skipped = summarise(results, fz.ALL_ROLES)
     failed = sum(bool(r["failures"]) for r in results)
@@ -199,6 +285,7 @@ def main(argv=None):
         "command": "python benchmarks/fuzz_graphs.py " + " ".join(argv or sys.argv[1:]),
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start)),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
+        "runs": runs,
         "roles": list(roles), "checks": list(checks),
         "graphs": len(results), "graphs_failed": failed,
         "wall_s": round(wall, 1), "worker_cpu_s": round(cpu, 1),

@@ -1,4 +1,10 @@
-"""Input samples the user passes (calibration data): read once, one way.
+"""Data the user passes (representative / calibration samples, labelled pairs): read one way.
+
+Every entry point that takes input samples (`to_tflite`'s and `quantize_aware`'s
+``representative_data``, `DNASCallback`'s ``calibration_data``, `run_tflm`'s ``x``) reads them
+with `input_arrays`; every one that takes ``(x, y)`` (`measure`'s and the report's ``data``,
+`to_tflite_tfmot`'s ``train_data``) with `labelled_pair`. So they accept the same forms and fail
+with the same messages, naming the argument and the fix.
 
 Example:
 
@@ -12,14 +18,145 @@ import numpy as np
 #: Largest calibration sample kept (a few thousand samples fix BN statistics well).
 CALIBRATION_SAMPLES = 2048
 
+_FORMS = ("an array of input samples (samples first), a list of arrays or a dict by input name "
+          "for a model with several inputs, or an iterable of batches (tf.data.Dataset, "
+          "generator, keras.utils.PyDataset)")
+
+
+def _array(data, argument, dtype):
+    try:
+        return np.asarray(data) if dtype is None else np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"Could not read {argument} as a numeric array. Received: "
+                         f"{type(data).__name__}") from e
+
+
+def _by_name(data, names, argument):
+    missing = [n for n in names or () if n not in data]
+    if missing or not names:
+        raise ValueError(f"{argument} as a dict must map every model input name "
+                         f"{list(names or [])} to an array. Received: keys {sorted(data)}")
+    return [data[n] for n in names]
+
+
+def _parts(data, n_inputs, names, argument):
+    """One batch or the whole data -> one item per input (``n_inputs=None``: as given)."""
+    if isinstance(data, dict):
+        return _by_name(data, names, argument)
+    if isinstance(data, (list, tuple)) and (n_inputs is None or n_inputs > 1):
+        return list(data)
+    return [data]
+
+
+def _collect(batches, n_inputs, names, argument, dtype):
+    """An iterable of batches -> one concatenated array per input."""
+    per_input = None
+    for element in batches:
+        if isinstance(element, tuple) and (n_inputs == 1 or len(element) in (2, 3)):
+            element = element[0]  # (x, y) or (x, y, sample_weight)
+        parts = [_array(p, f"a batch of {argument}", dtype)
+                 for p in _parts(element, n_inputs, names, argument)]
+        per_input = per_input or [[] for _ in parts]
+        if len(parts) != len(per_input):
+            raise ValueError(f"Each batch of {argument} must hold {len(per_input)} inputs. "
+                             f"Received: {len(parts)}")
+        for k, part in enumerate(parts):
+            per_input[k].append(part)
+    if per_input is None:
+        raise ValueError(f"{argument} is empty: it needs at least one batch of samples. "
+                         "Received: an empty iterable")
+    return [np.concatenate(p, axis=0) for p in per_input]
+
+
+def input_arrays(data, argument, *, names=None, shapes=None, dtype=np.float32, allow_empty=False):
+    """Input samples in any accepted form -> a list of NumPy arrays, one per model input.
+
+    Args:
+        data: an array (samples first), a list / tuple of arrays or a dict by input name for
+            several inputs, or an iterable of batches (tf.data.Dataset, generator,
+            keras.utils.PyDataset) whose elements are such an ``x`` or ``(x, y[, weight])``.
+        argument: the argument's name, for the errors (e.g. ``"representative_data"``).
+        names: the model's input names (their number is the number of inputs); ``None``: a
+            list or tuple is one array per input.
+        shapes: the per-sample shape of each input (``None`` entries are free), checked.
+        dtype: the arrays' dtype (``None``: as given).
+        allow_empty: accept zero samples.
+
+    Example:
+
+    >>> import numpy as np
+    >>> [a.shape for a in input_arrays(iter([np.zeros((2, 3)), np.ones((1, 3))]), "x")]
+    [(3, 3)]
+    >>> input_arrays(np.zeros((0, 3)), "representative_data")
+    Traceback (most recent call last):
+    ...
+    ValueError: representative_data is empty: it needs at least one sample (a few hundred are \
+typical), e.g. `representative_data=x_train[:256]`. Received: an array of shape (0, 3)
+    """
+    n_inputs = len(names) if names is not None else len(shapes) if shapes is not None else None
+    if isinstance(data, (dict, list, tuple)) or hasattr(data, "__array__"):
+        arrays = [_array(a, argument, dtype) for a in _parts(data, n_inputs, names, argument)]
+    elif hasattr(data, "__iter__"):
+        arrays = _collect(data, n_inputs, names, argument, dtype)
+    else:
+        raise ValueError(f"{argument} must be {_FORMS}. Received: {type(data).__name__}")
+    if n_inputs is not None and len(arrays) != n_inputs:
+        listed = f" ({list(names)})" if names is not None else ""
+        raise ValueError(f"The model has {n_inputs} inputs{listed}; pass {argument} as one array "
+                         f"of samples per input. Received: {len(arrays)} arrays")
+    for k, arr in enumerate(arrays):
+        if arr.ndim == 0 or (arr.shape[0] == 0 and not allow_empty):
+            raise ValueError(f"{argument} is empty: it needs at least one sample (a few hundred "
+                             f"are typical), e.g. `{argument}=x_train[:256]`. Received: an array "
+                             f"of shape {arr.shape}")
+        expected = None if shapes is None else tuple(shapes[k])
+        if expected is not None and (arr.ndim != len(expected) + 1 or any(
+                e is not None and e != g for e, g in zip(expected, arr.shape[1:]))):
+            name = f" ({names[k]!r})" if names is not None else ""
+            raise ValueError(f"{argument} for input {k}{name} must have samples of shape "
+                             f"{expected} (batch first). Received: shape {arr.shape}")
+    if len({arr.shape[0] for arr in arrays}) != 1:
+        raise ValueError(f"Every input of {argument} needs the same number of samples. "
+                         f"Received: {[arr.shape[0] for arr in arrays]}")
+    return arrays
+
+
+def labelled_pair(data, argument="data"):
+    """``(x, y)`` -> ``(x, y as an array)``, checked: a pair, as many labels as samples.
+
+    ``x`` is returned as given (an array, or a list / dict for several inputs).
+
+    Example:
+
+    >>> import numpy as np
+    >>> labelled_pair(np.zeros((4, 3)))
+    Traceback (most recent call last):
+    ...
+    ValueError: data must be a pair (x, y) of inputs and labels (or targets), samples first. \
+Received: ndarray of length 4
+    """
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(f"{argument} must be a pair (x, y) of inputs and labels (or targets), "
+                         f"samples first. Received: {type(data).__name__}"
+                         + (f" of length {len(data)}" if hasattr(data, "__len__") else ""))
+    x, y = data
+    first = next(iter(x.values()), None) if isinstance(x, dict) else (
+        x[0] if isinstance(x, (list, tuple)) and x and hasattr(x[0], "shape") else x)
+    n = len(first) if hasattr(first, "__len__") else 0
+    y = _array(y, f"{argument}[1]", None)
+    if y.ndim == 0 or len(y) != n or n == 0:
+        raise ValueError(f"{argument}=(x, y) needs as many labels as samples, at least one. "
+                         f"Received: {n} samples and {len(y) if y.ndim else 0} labels")
+    return x, y
+
 
 def calibration_sample(data, limit, seed=0):
-    """Up to ``limit`` samples of ``data`` (array or list of arrays), drawn with a fixed seed.
+    """Up to ``limit`` samples of ``data`` (input samples, as `input_arrays` reads them).
 
-    A random subset in random order (so any prefix of it is a random subset
-    too), because training sets are often sorted by class and BN statistics
-    of one class are wrong for the others. Returns a list of NumPy arrays
-    (one per model input), or ``None``.
+    A random subset in random order, drawn with a fixed seed (so any prefix of it is a random
+    subset too), because training sets are often sorted by class and BN statistics of one
+    class are wrong for the others. Returns a list of NumPy arrays (one per model input), or
+    ``None``.
 
     Example:
 
@@ -34,10 +171,6 @@ def calibration_sample(data, limit, seed=0):
         raise ValueError("calibration_data takes input samples only (an array, or a list of "
                          "arrays for several inputs), not (x, y) or a dict. Received: a "
                          f"{type(data).__name__}; pass x.")
-    arrays = [np.asarray(a) for a in (data if isinstance(data, (list, tuple)) else [data])]
-    n = len(arrays[0])
-    if n == 0 or any(len(a) != n for a in arrays):
-        raise ValueError("calibration_data needs at least one sample and the same number of "
-                         f"samples in every input. Received lengths {[len(a) for a in arrays]}")
-    idx = np.random.default_rng(seed).permutation(n)[:limit]
+    arrays = input_arrays(data, "calibration_data", dtype=None)
+    idx = np.random.default_rng(seed).permutation(len(arrays[0]))[:limit]
     return [a[idx] for a in arrays]

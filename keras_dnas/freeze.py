@@ -7,7 +7,7 @@ import numpy as np
 import keras
 
 from keras_dnas import _keras
-from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample
+from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample, input_arrays
 from keras_dnas.graph import walk
 from keras_dnas.report.format import fmt_quantity
 from keras_dnas.slicing import kept_channels, rebuild_with
@@ -498,6 +498,11 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     Returns:
         A plain functional ``keras.Model``.
 
+    Searched kernel taps (PIT's time axis) stay as searched, except when the converted
+    file shows that the shorter kernels' explicit padding (not priced by the flash model)
+    cannot fit by closing channels: then those layers keep their full kernels, with a
+    warning, and ``certificate["taps_reopened"]`` names them.
+
     Raises:
         ValueError: if the budgets cannot hold with one channel per group.
 
@@ -539,7 +544,7 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
         calibration_data = search.get("calibration_data")
     plan, keep = kept_channels(model)
     closed = any(not k.all() for k in keep)
-    certificate = None
+    certificate, full_taps = None, False
     if budgets:
         from keras_dnas.export import offline
 
@@ -550,8 +555,19 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
         memory = offline.memory_for(memory, arena_plan)
-        keep, certificate = _certify(model, plan, keep, target, budgets, memory, fill, verbose)
-    frozen = rebuild_with(model, plan, keep)
+        try:
+            keep, certificate = _certify(model, plan, keep, target, budgets, memory, fill,
+                                         verbose)
+        except _ShortTapsOverBudget as error:
+            # the shorter kernels' explicit padding costs flash the search's flash model does
+            # not count; the full kernels (the seed's structure) are what the model prices
+            # exactly, so certify those rather than give up after a whole search
+            warnings.warn(str(error), stacklevel=2)
+            full_taps = True
+            keep, certificate = _certify(model, plan, keep, target, budgets, memory, fill,
+                                         verbose, full_taps=True)
+            certificate["taps_reopened"] = error.layers
+    frozen = rebuild_with(model, plan, keep, full_taps=full_taps)
     if certificate is not None:
         object.__setattr__(frozen, "dnas_certificate", certificate)
     added = len(certificate["added_channels"]) if certificate else 0
@@ -594,7 +610,15 @@ def _compile_like(frozen, model):
                       "fit.", stacklevel=3)
 
 
-def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
+class _ShortTapsOverBudget(ValueError):
+    """The searched (shorter) kernels cannot meet the flash / RAM budgets on the converted file."""
+
+    def __init__(self, message, layers):
+        super().__init__(message)
+        self.layers = layers
+
+
+def _certify(model, plan, keep, target, budgets, memory, fill, verbose, full_taps=False):
     from keras_dnas.costs.model import CostModel
     from keras_dnas.search.objectives import METRICS, Budget
 
@@ -607,9 +631,10 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
         memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
     from keras_dnas.graph.counts import tap_owners
 
-    # the taps stay as searched: projection and growth change channels only
-    cost_model = CostModel(plan, target, memory=memory,
-                           taps=[t.dnas_tap_count(exact=True) for t in tap_owners(model, plan)])
+    # the taps stay as searched (or all open, ``full_taps``): projection and growth change
+    # channels only
+    cost_model = CostModel(plan, target, memory=memory, taps=None if full_taps else
+                           [t.dnas_tap_count(exact=True) for t in tap_owners(model, plan)])
     keep, removed, costs = project(model, cost_model, budgets, plan=plan, keep=keep)
     keep, removed, costs = list(keep), list(removed), dict(costs)
     added = []
@@ -620,7 +645,7 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose):
     # flash and arena are certified on the conversion
     if "flash_bytes" in costs or (plan.tap_layers() and "ram_bytes" in costs):
         keep, costs, more, flash_source = _verify_flash(model, plan, keep, costs, budgets,
-                                                        cost_model)
+                                                        cost_model, full_taps=full_taps)
         removed += more
         added = [a for a in added if keep[_group_of(plan, a[0])][a[1]]]
     rows = [{"metric": b.metric, "limit": b.limit, "value": costs[b.metric],
@@ -656,7 +681,7 @@ def _group_of(plan, leader):
     return next(g.id for g in plan.groups if g.leader == leader)
 
 
-def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4):
+def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4, full_taps=False):
     """Certify flash, and RAM from the same file, by converting the frozen model (int8, as
     ``kd.export.to_tflite``).
 
@@ -668,13 +693,16 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4):
     (the search-time model rescales the full-width conversion, which is an
     estimate where the converter emits another graph at small widths). If a
     value exceeds its limit, projection runs again with the limit tightened by
-    the excess. Returns ``(keep, costs, removed, source)``.
+    the excess. If no channels can absorb an excess while taps are closed (the shorter
+    kernels' explicit padding, which the flash model does not price, see
+    ``slicing.rebuild_with``), raises ``_ShortTapsOverBudget``: ``freeze`` then certifies the
+    full kernels. Returns ``(keep, costs, removed, source)``.
     """
     from keras_dnas.costs import arena
     from keras_dnas.export.convert import to_tflite
     from keras_dnas.search.objectives import Budget
 
-    frozen = rebuild_with(model, plan, keep)
+    frozen = rebuild_with(model, plan, keep, full_taps=full_taps)
     shape = tuple(frozen.inputs[0].shape[1:])
     if len(frozen.inputs) != 1 or any(d is None for d in shape):
         return keep, costs, [], "flash model (input shape not fixed: not converted)"
@@ -703,13 +731,36 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4):
             break
         working = [Budget(b.metric, b.limit - max(excess[b.metric], 0) - 16)
                    if b.metric in excess else b for b in working]
-        keep, more, costs = project(model, cost_model, working, plan=plan, keep=keep)
+        try:
+            keep, more, costs = project(model, cost_model, working, plan=plan, keep=keep)
+        except ValueError:
+            short = [] if full_taps else _short_tap_layers(model, plan)
+            if not short:
+                raise
+            raise _ShortTapsOverBudget(
+                "keras_dnas.freeze: with the searched kernel taps of "
+                + ", ".join(f"'{n}'" for n in short) + " the converted file exceeds "
+                + ", ".join(f"{m}={real[m]:,.0f} > {limit:,.0f}" for m, limit in
+                            ((b.metric, b.limit) for b in checked) if m in excess)
+                + " and no choice of channels absorbs the excess: the shorter kernels need "
+                "explicit padding (a shorter receptive field under padding='same' is not "
+                "centred), whose operators the search's flash / RAM model does not price. The "
+                "frozen model keeps these layers' full kernels (the seed's); fine-tune it. To "
+                "keep shorter kernels, leave that much budget unused in the search, or use "
+                "padding='causal'.", short) from None
         removed += more
-        frozen = rebuild_with(model, plan, keep)
+        frozen = rebuild_with(model, plan, keep, full_taps=full_taps)
     else:
         real = measured(frozen)
     costs = dict(costs, **real)
     return keep, costs, removed, "int8 TFLite conversion of the frozen model"
+
+
+def _short_tap_layers(model, plan):
+    """Names of the searched layers whose masks closed taps."""
+    from keras_dnas.graph.counts import tap_owners
+
+    return [t.name for t in tap_owners(model, plan) if t.dnas_tap_count(exact=True) < t.dnas_taps]
 
 
 def recalibrate_batchnorm(model, x, batch_size=256):
@@ -742,10 +793,8 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     1
     """
     fn = walk.functional_of(model)
-    inputs = x if isinstance(x, (list, tuple)) else [x]
+    inputs = input_arrays(x, "x", dtype=None)  # a list: one array per input
     n = len(inputs[0])
-    if n == 0:
-        raise ValueError("recalibrate_batchnorm needs at least one sample. Received: 0 samples")
     layers = [layer for layer in fn.layers if isinstance(layer, L.BatchNormalization)]
     for layer in layers:
         if _keras.inbound_node_count(layer) != 1:

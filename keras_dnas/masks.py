@@ -17,6 +17,8 @@ Mask variables are ordinary Keras weights named ``dnas_alpha`` (see
 import numpy as np
 from keras import ops
 
+from keras_dnas._ste import scale_gradient
+
 ALPHA_NAME = "dnas_alpha"
 """Name of every channel-mask variable (``layer_name/dnas_alpha``)."""
 
@@ -72,8 +74,7 @@ def gate(alpha, keep_alive=True, grad_scale=None, centred=False):
     """
     alpha = ops.convert_to_tensor(alpha)
     if grad_scale is not None:
-        scale = ops.cast(grad_scale, alpha.dtype)
-        alpha = alpha * scale + ops.stop_gradient(alpha * (1.0 - scale))
+        alpha = scale_gradient(alpha, grad_scale)
     theta = ops.abs(alpha)
     hard = ops.cast(ops.greater(theta, THRESHOLD), theta.dtype)
     if keep_alive:

@@ -82,6 +82,7 @@ from keras import ops
 
 from keras_dnas.costs import arena
 from keras_dnas import _flatbuffer
+from keras_dnas._ste import aligned as _aligned
 
 #: Flatbuffer bytes per output channel of a per-channel quantised tensor:
 #: a float32 scale and an int64 zero point.
@@ -556,7 +557,8 @@ class MemoryModel:
 
     # ----------------------------------------------------------------- building
     @classmethod
-    def from_model(cls, model, plan=None, target=None, pointer_bytes=None):
+    def from_model(cls, model, plan=None, target=None, pointer_bytes=None,
+                   representative_data=None):
         """Convert ``model`` once (full width) and build the model.
 
         A searchable model (with ``kd.layers.Masked*`` layers) is converted as a plain copy of
@@ -571,6 +573,12 @@ class MemoryModel:
             target: a HardwareTarget or name; gives ``pointer_bytes`` (default 4).
             pointer_bytes: overrides the target's pointer size (8 to compare with the
                 ``tflite_micro`` host interpreter).
+            representative_data: calibration inputs for the conversion (an array, or a list
+                of arrays for several inputs; default: 8 fixed random samples). Sizes do not
+                depend on them except where calibration decides which constants are equal
+                (a bias that saturates int32 on one data set and not on another makes the
+                converter rescale that kernel): give the data the shipped file is converted
+                with, and a plain model's flash is ``len`` of exactly that file.
         """
         from keras_dnas import targets as targets_lib
         from keras_dnas.graph import analyze, walk
@@ -584,24 +592,29 @@ class MemoryModel:
         cache = model.__dict__.setdefault(_CACHE_ATTR, {})
         # A plain model's conversion depends on its weights (the converter drops all-zero
         # biases and stores equal constants once): the key includes them.
-        structure = (plan.to_json(), None if searchable else _fingerprint(model))
+        structure = (plan.to_json(), None if searchable else _fingerprint(model),
+                     _data_fingerprint(representative_data))
         if (structure, pointer_bytes) not in cache:
             if structure not in cache:  # the conversion does not depend on the pointer size
-                cache[structure] = cls._convert(model, plan, own_weights=not searchable)
+                cache[structure] = cls._convert(model, plan, own_weights=not searchable,
+                                                representative_data=representative_data)
             cache[(structure, pointer_bytes)] = cls(
                 plan, cache[structure], pointer_bytes=pointer_bytes)
         return cache[(structure, pointer_bytes)]
 
     @staticmethod
-    def _convert(model, plan, own_weights=False):
+    def _convert(model, plan, own_weights=False, representative_data=None):
         """The int8 ``.tflite`` of ``model`` (own weights) or of its full-width structure with
         realistic weights."""
         from keras_dnas.export.convert import to_tflite
         from keras_dnas.slicing import rebuild_with
 
-        rng = np.random.default_rng(0)
-        rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
-        rep = rep[0] if len(rep) == 1 else rep
+        rep = representative_data
+        if rep is None:
+            rng = np.random.default_rng(0)
+            rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32")
+                   for x in model.inputs]
+            rep = rep[0] if len(rep) == 1 else rep
         if own_weights:
             return to_tflite(model, representative_data=rep)
         keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
@@ -937,12 +950,6 @@ def _is_number(x):
     return isinstance(x, (int, float, np.number))
 
 
-def _aligned(n, alignment):
-    """``n`` rounded up to ``alignment``: an int for ints, else a tensor whose forward value is
-    the rounded integer and whose gradient is 1 (straight-through)."""
-    if isinstance(n, (int, np.integer)):
-        return -(-int(n) // alignment) * alignment
-    return arena._aligned(n, alignment)
 
 
 def _step(n, above):
@@ -959,6 +966,25 @@ def _fingerprint(model):
     digest = hashlib.blake2b(digest_size=16)
     for w in model.weights:
         digest.update(np.ascontiguousarray(ops.convert_to_numpy(w)).tobytes())
+    return digest.hexdigest()
+
+
+def _data_fingerprint(data):
+    """A digest of calibration arrays (None for the default data), for the conversion cache."""
+    if data is None:
+        return None
+    import hashlib
+
+    arrays = list(data) if isinstance(data, (list, tuple)) else [data]
+    if not all(isinstance(a, np.ndarray) or hasattr(a, "__array__") for a in arrays):
+        raise ValueError(
+            "representative_data for the flash/RAM model must be an array (or a list of "
+            "arrays, one per model input) of calibration inputs. Received: "
+            f"{type(data).__name__}")
+    digest = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a, dtype="float32"))
+        digest.update(repr(a.shape).encode() + a.tobytes())
     return digest.hexdigest()
 
 

@@ -4,7 +4,9 @@
     python tests/distributed_flow.py jax 1|2    # JAX; 2: keras.distribution.DataParallel
     TF_CONFIG=... python tests/distributed_flow.py tfmw 2   # one MultiWorkerMirroredStrategy worker
 
-(``--no-freeze``: skip kd.freeze at the end.)
+(``--no-freeze``: skip kd.freeze at the end. ``--one-device-first``, with 2 devices: first the same
+search on one device in the same process, no strategy and no freeze, printed as its own line; the
+test compares the two lines without paying a second interpreter and Keras import.)
 
 Two logical CPU devices stand in for two GPUs. The same global batches in the same order
 (no shuffling) reach both runs, so the masks after the search must agree up to float
@@ -17,6 +19,7 @@ import sys
 
 engine, devices = sys.argv[1], int(sys.argv[2])
 freeze = "--no-freeze" not in sys.argv
+one_device_first = "--one-device-first" in sys.argv
 os.environ["KERAS_BACKEND"] = "jax" if engine == "jax" else "tensorflow"
 if engine == "jax" and devices > 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -57,6 +60,18 @@ def build_and_search(x, y):
     return search, cb, hist, epochs_seen
 
 
+def report(search, cb, hist, epochs_seen, replicas, slim):
+    out = {"engine": engine, "replicas": replicas,
+           "masks": [np.asarray(keras.ops.convert_to_numpy(v)).tolist()
+                     for v in kd.masks.mask_variables(search)],
+           "loss": [float(v) for v in hist.history["loss"]],
+           "history": [{k: v for k, v in h.items() if k.startswith("dnas/")} for h in cb.history],
+           "epochs_seen": epochs_seen, "seed_costs": cb.seed_costs,
+           "restored_epoch": cb.restored_epoch,
+           "certificate": slim.dnas_certificate if slim is not None else None}
+    print("DISTRIBUTED_FLOW " + json.dumps(out, default=float), flush=True)
+
+
 def main():
     x, y = digits(512)
     strategy = None
@@ -75,6 +90,11 @@ def main():
         import jax
 
         assert len(jax.devices()) == devices, jax.devices()
+    if one_device_first and devices > 1:
+        # before any distribution is set: the default (first) device only
+        report(*build_and_search(x, y), replicas=1, slim=None)
+        keras.backend.clear_session()  # the next run starts from Keras' state of a fresh process
+    if engine == "jax" and devices > 1:
         keras.distribution.set_distribution(keras.distribution.DataParallel())
     if strategy is not None:
         with strategy.scope():
@@ -84,15 +104,7 @@ def main():
         search, cb, hist, epochs_seen = build_and_search(x, y)
         replicas = devices
     slim = kd.freeze(search, verbose=0) if freeze else None
-    out = {"engine": engine, "replicas": replicas,
-           "masks": [np.asarray(keras.ops.convert_to_numpy(v)).tolist()
-                     for v in kd.masks.mask_variables(search)],
-           "loss": [float(v) for v in hist.history["loss"]],
-           "history": [{k: v for k, v in h.items() if k.startswith("dnas/")} for h in cb.history],
-           "epochs_seen": epochs_seen, "seed_costs": cb.seed_costs,
-           "restored_epoch": cb.restored_epoch,
-           "certificate": slim.dnas_certificate if slim is not None else None}
-    print("DISTRIBUTED_FLOW " + json.dumps(out, default=float))
+    report(search, cb, hist, epochs_seen, replicas, slim)
 
 
 if __name__ == "__main__":

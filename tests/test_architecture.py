@@ -17,10 +17,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "keras_dnas"
 # A package's ``__init__`` (its public face, e.g. ``kd.export``) has the layer of its package
 # unless FACADES says otherwise.
 LAYERS = [
-    ("base", ["keras_dnas._keras", "keras_dnas._flatbuffer", "keras_dnas._data",
+    ("base", ["keras_dnas._keras", "keras_dnas._flatbuffer", "keras_dnas._data", "keras_dnas._ste",
               "keras_dnas.vocabulary",
               "keras_dnas.masks", "keras_dnas.targets.target", "keras_dnas.targets.registry",
-              "keras_dnas.targets.mlperf", "keras_dnas.report.format", "keras_dnas.datasets",
+              "keras_dnas.report.format", "keras_dnas.datasets",
               "keras_dnas.zoo"]),
     ("layers", ["keras_dnas.layers"]),
     ("graph", ["keras_dnas.graph"]),
@@ -42,7 +42,7 @@ FACADES = {"keras_dnas.export": "report", "keras_dnas": "cli"}
 # Costs are pure functions of plain data: the plan, channel counts, target data, a decoded
 # .tflite. They never read Keras layers or models, nor the code that converts them.
 COSTS_MAY_IMPORT = ("keras_dnas.costs", "keras_dnas.graph.plan", "keras_dnas.targets.target",
-                    "keras_dnas.targets.registry", "keras_dnas._flatbuffer",
+                    "keras_dnas.targets.registry", "keras_dnas._flatbuffer", "keras_dnas._ste",
                     "keras_dnas.vocabulary")
 
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

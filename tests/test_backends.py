@@ -2,29 +2,28 @@
 
 tests/backend_flow.py runs prepare -> fit (flash, RAM and latency budgets, all binding) ->
 freeze (certified by converting, in a TensorFlow child of the child) -> summary -> report ->
-QAT -> int8 file, and prints its numbers; here they are checked against the same seed's costs
+QAT -> int8 file, and prints its numbers (in tests/child.py's child for the backend, which the
+JAX tests of test_layers and test_qat share); here they are checked against the same seed's costs
 computed in this (TensorFlow) process.
 """
 
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 import keras_dnas as kd
 
-from tests import backend_flow
+from tests import backend_flow, child
 
 FLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend_flow.py")
 
 
 def run_flow(backend, **env):
-    env = dict(os.environ, KERAS_BACKEND=backend, **env)
-    proc = subprocess.run([sys.executable, FLOW], env=env, capture_output=True, text=True,
-                          timeout=1200, check=False)
+    # in the session's child for the backend (tests/child.py): its TensorFlow converter child too
+    proc = child.run(f"import runpy; runpy.run_path({FLOW!r}, run_name='__main__')", backend,
+                     env=env, timeout=1200)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BACKEND_FLOW ")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
     return json.loads(lines[-1][len("BACKEND_FLOW "):])

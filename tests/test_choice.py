@@ -1,9 +1,6 @@
 """Path-based choice blocks (issue 14, part 2): kd.layers.Choice, prepare(alternatives=...),
 costs as expectations, freeze inlining the chosen alternative, a search that picks one."""
 
-import os
-import subprocess
-import sys
 import textwrap
 import warnings
 
@@ -14,6 +11,8 @@ import keras
 import keras_dnas as kd
 from keras_dnas.costs.model import CostModel
 from keras_dnas.graph.counts import hard_counts, soft_counts
+
+from tests import child
 
 L = keras.layers
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -170,9 +169,8 @@ def test_frozen_choice_model_reloads_without_custom_objects(tmp_path):
         assert np.allclose(y, np.load({str(tmp_path / 'y.npy')!r}), atol=1e-6)
         print("OK", len(m.layers))
     """)
-    env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="2")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=env, cwd=str(tmp_path), timeout=300)
+    # the session's TensorFlow child with an empty PYTHONPATH that never imports keras_dnas
+    out = child.run(script, plain=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "OK" in out.stdout
 

@@ -1,7 +1,8 @@
 """Data-parallel search: TensorFlow MirroredStrategy and JAX DataParallel on two CPU devices.
 
-Each run is a child process (tests/distributed_flow.py; the device count is fixed when the
-backend starts). The same global batches reach a one-device run and a two-device run, so:
+Each engine runs in one child process (tests/distributed_flow.py; the device count is fixed when
+the backend starts) with two devices: first a one-device search (no strategy, the first device),
+then the data-parallel one. The same global batches reach both runs, so:
 the masks agree up to float rounding, the penalty logged per epoch is the same (counted once
 per global batch: Keras scales regularisation losses by 1 / replicas and sums the replicas'
 gradients), the callback's epoch logic ran once per epoch, and the frozen model certifies
@@ -19,23 +20,17 @@ import pytest
 FLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed_flow.py")
 
 
-def start(engine, devices, *flags):
-    return subprocess.Popen([sys.executable, FLOW, engine, str(devices), *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def result(proc):
-    out, err = proc.communicate(timeout=1200)
-    lines = [ln for ln in out.splitlines() if ln.startswith("DISTRIBUTED_FLOW ")]
-    assert proc.returncode == 0 and lines, err[-4000:]
-    return json.loads(lines[-1][len("DISTRIBUTED_FLOW "):])
+def run(engine):
+    proc = subprocess.run([sys.executable, FLOW, engine, "2", "--one-device-first"],
+                          capture_output=True, text=True, timeout=1200, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("DISTRIBUTED_FLOW ")]
+    assert proc.returncode == 0 and len(lines) == 2, proc.stderr[-4000:]
+    return [json.loads(ln[len("DISTRIBUTED_FLOW "):]) for ln in lines]
 
 
 @pytest.mark.parametrize("engine", ["tf", "jax"])
 def test_data_parallel_search_matches_one_device(engine):
-    single = start(engine, 1, "--no-freeze")
-    parallel = start(engine, 2)
-    one, two = result(single), result(parallel)
+    one, two = run(engine)
     assert one["replicas"] == 1 and two["replicas"] == 2
     for a, b in zip(one["masks"], two["masks"], strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)

@@ -134,3 +134,34 @@ def test_a_model_tflite_micro_would_abort_on_is_named_not_run():
     result = fz.fuzz_one(233, checks=("c",))
     assert result["failures"] == []
     assert "operator 19 (ADD)" in result["skipped"]["c"]
+
+
+def test_benchmark_keeps_partial_results_and_merges_runs(tmp_path):
+    """A run stopped by its time budget (or killed) keeps every finished graph in
+    OUT.partial.jsonl; --resume and --summarise read them back, a later file's result for a
+    seed replacing an earlier one's (a rerun with --only after a fix)."""
+    import importlib.util
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
+                        "fuzz_graphs.py")
+    spec = importlib.util.spec_from_file_location("bench_fuzz_graphs", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def result(seed, failed, end):
+        fail = [{"check": "c", "class": "c: summary flash != len(tflite)", "detail": "+16"}]
+        return {"seed": seed, "used": ["conv2d"], "failures": fail if failed else [],
+                "skipped": {}, "cpu_s": 4.0, "wall_s": 10.0, "finished_utc_s": end}
+
+    first = tmp_path / "a.json.partial.jsonl"  # a run killed after two graphs
+    first.write_text("".join(json.dumps(result(s, s == 1, 100.0 + 10 * s)) + "\n"
+                             for s in (0, 1)))
+    done, runs = bench._load_done(str(tmp_path / "a.json"), str(first))
+    assert sorted(r["seed"] for r in done) == [0, 1] and runs[0]["graphs"] == 2
+    rerun = tmp_path / "rerun.json.partial.jsonl"  # seed 1 again after a fix
+    rerun.write_text(json.dumps(result(1, False, 130.0)) + "\n")
+    report = bench._merged([str(first), str(rerun)])
+    assert report["graphs"] == 2 and report["graphs_failed"] == 0
+    assert report["worker_cpu_s"] == 8.0 and report["wall_s"] == 40.0  # 90 s to 130 s

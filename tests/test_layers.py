@@ -2,9 +2,6 @@
 
 import importlib.util
 import inspect
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -13,6 +10,8 @@ import pytest
 import keras
 import keras_dnas as kd
 from keras_dnas.layers.masked import MASKED_OF
+
+from tests import child
 
 # class, constructor args, input shape (no batch)
 CASES = [
@@ -116,10 +115,7 @@ JAX_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_masked_models_train_and_freeze_under_jax():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = child.run(JAX_SCRIPT, "jax", timeout=300)  # the session's JAX child
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "JAX OK" in proc.stdout
 

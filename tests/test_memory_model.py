@@ -491,3 +491,32 @@ def test_zero_biases_are_stored_once_per_width():
     assert abs(memory.flash(counts) - len(tflite)) <= 32, (memory.flash(counts), len(tflite))
     as_tensors = [keras.ops.convert_to_tensor(float(n)) for n in counts]
     assert float(memory.flash(as_tensors)) == memory.flash(counts)
+
+
+def test_summary_flash_is_the_file_converted_with_the_same_calibration_data():
+    """Fuzzer seed 78 (check c, +16 B): an int8 file's constants can depend on the calibration
+    data. Dense d2 (1 -> 1) reads a (nearly) constant input on one data set: its int32 bias
+    saturates, the converter rescales its kernel, and d2's and d3's 1-element kernels (both
+    +127 otherwise) are no longer one shared buffer. `kd.summary(..., representative_data=)`
+    converts with the data the shipped file is converted with, so it is `len` of that file."""
+    layers = keras.layers
+    x = keras.Input((3,))
+    h = layers.Dense(1, name="d1")(x)
+    h = layers.Dense(1, activation="relu", name="d2")(h)
+    model = keras.Model(x, layers.Dense(1, name="d3")(h))
+    weights = {"d1": ([[0.5], [0.25], [0.75]], [0.0]), "d2": ([[0.8]], [0.5]),
+               "d3": ([[0.6]], [0.3])}
+    for name, (kernel, bias) in weights.items():
+        model.get_layer(name).set_weights([np.array(kernel, "float32"),
+                                           np.array(bias, "float32")])
+    rng = np.random.default_rng(0)
+    flat = (1e-7 * rng.normal(size=(8, 3))).astype("float32")  # d2's input scale ~1e-9
+    varied = rng.normal(size=(8, 3)).astype("float32")
+    sizes = {}
+    for name, data in (("flat", flat), ("varied", varied)):
+        sizes[name] = len(kd.export.to_tflite(model, representative_data=data))
+        s = kd.summary(model, "stm32h743", representative_data=data)
+        assert s["flash_bytes"] == sizes[name], (name, s["flash_bytes"], sizes[name])
+    assert sizes["flat"] > sizes["varied"]  # the phenomenon this guards against is real
+    with pytest.raises(ValueError, match="representative_data for the flash/RAM model"):
+        kd.summary(model, "stm32h743", representative_data=iter([varied]))

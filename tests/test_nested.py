@@ -1,8 +1,5 @@
 """Nested Functional / Sequential sub-models: prepare flattens them and searches their channels."""
 
-import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -12,7 +9,7 @@ import keras
 import keras_dnas as kd
 from keras_dnas.graph import walk
 
-from tests import toys
+from tests import child, toys
 from tests.test_prepare_freeze import RELOAD
 
 L = keras.layers
@@ -230,10 +227,9 @@ def test_frozen_nested_model_reloads_plain_without_custom_objects(tmp_path):
     x = toys.sample(search)
     slim.save(tmp_path / "slim.keras")
     np.save(tmp_path / "x.npy", x)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(
-        [sys.executable, "-c", RELOAD, str(tmp_path / "slim.keras"), str(tmp_path / "x.npy"),
-         str(tmp_path / "y.npy")], env=env, capture_output=True, text=True, timeout=300)
+    # the session's TensorFlow child that never imports keras_dnas
+    proc = child.run(RELOAD, plain=True, argv=[tmp_path / "slim.keras", tmp_path / "x.npy",
+                                               tmp_path / "y.npy"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), slim(x), atol=1e-5)
 

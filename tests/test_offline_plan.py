@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 
+from keras_dnas._ste import align_up
 from keras_dnas.costs import arena
 from keras_dnas.costs.offline_plan import _conflicts, _place_in_order, check_offsets, plan_offsets
 
@@ -26,7 +27,7 @@ def _random_buffers(rng, n, scopes=6, max_len=3):
 
 def _brute_force_head(buffers):
     """Best first-fit head over every placement order (complete: see offline_plan's docstring)."""
-    sizes = [arena._align_up(s, 16) for s, _, _ in buffers]
+    sizes = [align_up(s, 16) for s, _, _ in buffers]
     conflicts = _conflicts([f for _, f, _ in buffers], [l for _, _, l in buffers])
     return min(_place_in_order(order, sizes, conflicts)[1]
                for order in itertools.permutations(range(len(buffers))))

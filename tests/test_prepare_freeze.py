@@ -1,8 +1,5 @@
 """prepare() and freeze() invariants (DESIGN.md invariants 1, 2 and 5)."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -13,7 +10,7 @@ import keras_dnas as kd
 from keras_dnas import zoo
 from keras_dnas.freeze import kept_channels
 
-from tests import toys
+from tests import child, toys
 
 # Invariants of the structure and of inference outputs against the masked model, which
 # keeps its BN statistics: freeze must not recalibrate here, so its warning is expected.
@@ -174,9 +171,8 @@ def test_frozen_model_reloads_in_a_fresh_process_without_custom_objects(tmp_path
     slim.save(tmp_path / "slim.keras")
     x = toys.sample(search)
     np.save(tmp_path / "x.npy", x)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(
-        [sys.executable, "-c", RELOAD, str(tmp_path / "slim.keras"), str(tmp_path / "x.npy"),
-         str(tmp_path / "y.npy")], env=env, capture_output=True, text=True, timeout=300)
+    # the session's TensorFlow child that never imports keras_dnas
+    proc = child.run(RELOAD, plain=True, argv=[tmp_path / "slim.keras", tmp_path / "x.npy",
+                                               tmp_path / "y.npy"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), slim(x), atol=1e-6)

@@ -6,9 +6,6 @@ full-int8 model on real digits (the fake-quant simulation must predict what it c
 """
 
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -19,7 +16,7 @@ from keras_dnas import qat
 from keras_dnas.export import TFLM_BUILTIN_OPS, measure, op_names, run_tflm, tflm_problems
 from keras_dnas import _flatbuffer
 from keras_dnas.qat.tflite import to_tflite_qat
-from tests import toys
+from tests import child, toys
 
 L = keras.layers
 
@@ -285,9 +282,6 @@ JAX_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_qat_trains_and_exports_under_jax():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = child.run(JAX_SCRIPT, "jax", timeout=300)  # the session's JAX child
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "JAX OK" in proc.stdout

@@ -199,6 +199,39 @@ def test_frozen_exact_costs_equal_searchable_hard_costs():
     assert full.evaluate(full.full_counts(), ["macs"])["macs"] > exact["macs"]
 
 
+def test_freeze_keeps_full_kernels_when_the_short_ones_padding_breaks_flash():
+    """Regression (HAPT benchmark, seed 2): a shorter receptive field under padding='same' needs
+    explicit padding, whose operators the flash model does not price; when no channels can
+    absorb that on the converted file, freeze certified nothing and raised after the whole
+    search. It now certifies the full kernels, with a warning."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((32, 3))
+    h = L.Conv1D(4, 5, padding="same", activation="relu", name="c")(x)
+    search = kd.prepare(keras.Model(x, L.Dense(2, name="head")(L.GlobalAveragePooling1D()(h))),
+                        search=TIME)
+    rng = np.random.default_rng(3)
+    for layer in search.layers:  # non-zero weights: the converter keeps every bias
+        for w in layer.weights:
+            if not w.name.startswith("dnas_"):
+                w.assign(rng.normal(size=w.shape).astype("float32"))
+    _set(search, "c", beta=[1, 1, 1, 0.2, 0.1])  # ages 0-2 of a centred 5-tap kernel
+    plan = search.rebind()
+    memory = MemoryModel.from_model(search, plan, pointer_bytes=8)
+    short = CostModel(plan, "stm32h743", memory=memory).evaluate(
+        hard_counts(search, plan), ["flash_bytes"])["flash_bytes"]
+    full = CostModel(plan, "stm32h743", memory=memory)
+    full = full.evaluate(full.full_counts(), ["flash_bytes"])["flash_bytes"]
+    limit = float(max(to_python(short), to_python(full))) + 32  # the model says both fit
+    with pytest.warns(UserWarning, match="keeps these layers' full kernels"):
+        frozen = kd.freeze(search, target="stm32h743", budgets={"flash_bytes": limit},
+                           memory=memory, verbose=0)
+    assert frozen.get_layer("c").kernel_size == (5,)
+    certificate = frozen.dnas_certificate
+    assert certificate["all_hold"] and certificate["taps_reopened"] == ["c"]
+    blob = kd.export.to_tflite(frozen, rng.normal(size=(8, 32, 3)).astype("float32"))
+    assert len(blob) <= limit
+
+
 def test_soft_tap_costs_have_gradients():
     import tensorflow as tf
 

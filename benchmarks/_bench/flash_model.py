@@ -35,12 +35,12 @@ Conv1D TCN); with the default name allowance instead of real names, rms 127 B on
 """
 
 from keras_dnas import _flatbuffer
+from keras_dnas._ste import align_up as _align_up
+from keras_dnas._ste import aligned as _aligned
 from keras_dnas.costs.arena import (
     ARENA_ALIGNMENT,
     TAIL_OPS,
     TAIL_STRUCTS,
-    _align_up,
-    _aligned,
     _is_number,
     _UNKNOWN_OP,
 )

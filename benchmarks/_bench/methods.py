@@ -207,7 +207,7 @@ def l1_finetune(task, data, epochs, warm, pruned):
 
 def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=None,
          observers=None, verbose=0, arena_plan="tflm", search=("channels",),
-         alternatives=None):
+         alternatives=None, freeze_options=None):
     """(d) keras_dnas: warm-up checkpoint, search with DNASCallback, certified freeze, fine-tune.
 
     ``callback_options``: extra ``DNASCallback`` arguments (e.g. ``centred_gradients``);
@@ -218,7 +218,9 @@ def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=Non
     ``kd.prepare`` (with the time axis the searchable model has its own flash / RAM model,
     built here with the same 8-byte pointers); ``alternatives``: passed to ``kd.prepare``
     (choice blocks; the seed's ``memory`` does not describe that model, so the callback and
-    freeze build their own).
+    freeze build their own); ``freeze_options``: extra ``kd.freeze`` arguments
+    (``energy_front.py`` passes ``fill=False``: reopening channels into the unused memory
+    budget would undo a ``Minimize`` objective).
     """
     keras.utils.set_random_seed(tasks.SEED)
     start = time.perf_counter()
@@ -239,7 +241,7 @@ def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=Non
                       validation=True)
     start = time.perf_counter()
     slim = kd.freeze(search, target=target, budgets=dict(budgets), memory=memory,
-                     verbose=verbose, arena_plan=arena_plan)
+                     verbose=verbose, arena_plan=arena_plan, **(freeze_options or {}))
     freeze = time.perf_counter() - start
     recal = recalibrate(slim, data)
     keras.utils.set_random_seed(tasks.SEED)

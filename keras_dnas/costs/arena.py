@@ -43,21 +43,16 @@ the default under-counts the head on such a build. Only the first subgraph is pl
 with control flow are rejected).
 """
 
-import math
-
 import keras
 
 from keras_dnas import _flatbuffer
+from keras_dnas._ste import align_up, aligned
 
 ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment() in TFLM.
 
 # ----------------------------------------------------------------------------------------------
 # Planner replay
 # ----------------------------------------------------------------------------------------------
-
-
-def _align_up(n, alignment):
-    return ((int(n) + alignment - 1) // alignment) * alignment
 
 
 def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
@@ -81,7 +76,7 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
     >>> greedy_plan([(100, 0, 1), (100, 1, 2), (100, 2, 3)])
     ([0, 112, 0], 224)
     """
-    sizes = [_align_up(s, alignment) for s, _, _ in buffers]
+    sizes = [align_up(s, alignment) for s, _, _ in buffers]
     first = [int(f) for _, f, _ in buffers]
     last = [int(l) for _, _, l in buffers]
     n = len(sizes)
@@ -470,22 +465,6 @@ def _is_number(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _aligned(size, alignment):
-    """Rounds a size (bytes: an integer value) up to `alignment`.
-
-    For tensors the rounding passes the gradient straight through. The size is rounded to the
-    nearest integer first, so float noise in soft channel counts (12.999999 for 13) cannot
-    push it over an alignment boundary.
-    """
-    if alignment <= 1:
-        return size
-    if _is_number(size):
-        return float(math.ceil(round(size) / alignment) * alignment)
-    x = keras.ops.convert_to_tensor(size, dtype="float32")
-    target = keras.ops.ceil(keras.ops.round(x) / alignment) * alignment
-    return x + keras.ops.stop_gradient(target - x)
-
-
 def liveness_bound(buffers, alignment=ARENA_ALIGNMENT):
     """A lower bound on the arena head: the largest sum of simultaneously live buffers.
 
@@ -511,7 +490,7 @@ def liveness_bound(buffers, alignment=ARENA_ALIGNMENT):
     buffers = list(buffers)
     if not buffers:
         return 0.0
-    sizes = [_aligned(s, alignment) for s, _, _ in buffers]
+    sizes = [aligned(s, alignment) for s, _, _ in buffers]
     lo = min(int(f) for _, f, _ in buffers)
     hi = max(int(l) for _, _, l in buffers)
     scopes = range(lo, hi + 1)

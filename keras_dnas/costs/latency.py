@@ -56,6 +56,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_dnas._ste import straight_through
 from keras_dnas.costs.compute import _dm, _positions, _taps, layer_records
 from keras_dnas.targets import registry
 
@@ -91,7 +92,7 @@ def ceil_ste(x):
     if _is_number(x):
         return math.ceil(float(x))
     x = _as_float_tensor(x)
-    return x + ops.stop_gradient(ops.ceil(x) - x)
+    return straight_through(ops.ceil(x), x)
 
 
 def floor_ste(x):
@@ -106,7 +107,7 @@ def floor_ste(x):
     if _is_number(x):
         return math.floor(float(x))
     x = _as_float_tensor(x)
-    return x + ops.stop_gradient(ops.floor(x) - x)
+    return straight_through(ops.floor(x), x)
 
 
 def ceil_div(x, n):

@@ -24,14 +24,15 @@ that plan is the first incumbent.
 
 import random
 
-from keras_dnas.costs.arena import ARENA_ALIGNMENT, _align_up, greedy_plan
+from keras_dnas._ste import align_up
+from keras_dnas.costs.arena import ARENA_ALIGNMENT, greedy_plan
 
 DEFAULT_MAX_NODES = 50000  # lowest-fit evaluations: a few seconds at most in pure Python
 DEFAULT_LOCAL_STEPS = 400
 
 
 def _normalise(buffers, alignment):
-    sizes = [_align_up(s, alignment) for s, _, _ in buffers]
+    sizes = [align_up(s, alignment) for s, _, _ in buffers]
     first = [int(f) for _, f, _ in buffers]
     last = [int(l) for _, _, l in buffers]
     for i, (f, l) in enumerate(zip(first, last)):
@@ -319,8 +320,8 @@ def best_operator_order(n_tensors, ops, inputs, outputs, sizes, scratch=None,
     >>> best_operator_order(5, ops, [0], [4], [16, 160, 160, 16, 16])
     ([1, 2, 0, 3], 192, 336)
     """
-    sizes = [_align_up(s, alignment) for s in sizes]
-    scratch = [_align_up(s, alignment) for s in (scratch or [0] * len(ops))]
+    sizes = [align_up(s, alignment) for s in sizes]
+    scratch = [align_up(s, alignment) for s in (scratch or [0] * len(ops))]
     n_ops = len(ops)
     producer = {}
     consumers = [set() for _ in range(n_tensors)]

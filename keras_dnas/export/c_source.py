@@ -23,7 +23,8 @@ The `.cc` file needs no TFLite Micro header (the macro is expanded where it is u
 import os
 import re
 
-from keras_dnas import _flatbuffer
+from keras_dnas import _flatbuffer, _ste
+from keras_dnas.export.measure import _resolve_target, measure
 
 # TFLite builtin operator -> `tflite::MicroMutableOpResolver` method (read off TFLite Micro's
 # micro_mutable_op_resolver.h, 2025). Builtins without an entry have no TFLite Micro kernel.
@@ -176,20 +177,6 @@ def resolver_ops(tflite_bytes):
     return [(n, RESOLVER_METHODS[n]) for n in names]
 
 
-def _pointer_bytes(target):
-    if target is None:
-        return 4, None
-    from keras_dnas import targets as registry
-
-    if isinstance(target, str):
-        target = registry.get(target)
-    get = target.get if isinstance(target, dict) else lambda k, d=None: getattr(target, k, d)
-    pointer = get("pointer_bytes", None) or 4
-    if pointer not in (4, 8):
-        raise ValueError(f"target's `pointer_bytes` must be 4 or 8. Received: {pointer!r}")
-    return int(pointer), str(get("name", "custom"))
-
-
 def _array_lines(data):
     return [
         "    " + " ".join(f"0x{b:02x}," for b in data[i:i + _BYTES_PER_LINE])
@@ -274,20 +261,19 @@ def to_c(tflite_bytes, path, target=None, arena_bytes=None, name="model", verify
         )
     data = _flatbuffer.as_model_bytes(tflite_bytes)
     registrations = resolver_ops(data)
-    pointer_bytes, target_name = _pointer_bytes(target)
+    resolved = _resolve_target(target)  # (name, flash, ram, pointer bytes) or None: 32-bit
+    pointer_bytes, target_name = (4, None) if resolved is None else (resolved[3], resolved[0])
     model = _flatbuffer.read_tflite(data)
     report = arena_lib.tflite_arena(model, pointer_bytes=pointer_bytes)
     measured = None
     if verify:
-        from keras_dnas.export.measure import measure
-
         # TFLite Micro prepares the model (in a child process: an abort raises here, not on
         # the board); its target arena is what `measure` / `keras-dnas inspect` report.
         measured = measure(data, target=target)
         report = dict(report, head=measured.arena_head_bytes, tail=measured.arena_tail_bytes,
                       total=max(report["total"], measured.ram_bytes),
                       replay_total=report["total"])
-    planned = arena_lib._align_up(report["total"], arena_lib.ARENA_ALIGNMENT)
+    planned = _ste.align_up(report["total"], arena_lib.ARENA_ALIGNMENT)
     if arena_bytes is None:
         size = planned
     else:

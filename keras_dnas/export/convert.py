@@ -10,9 +10,8 @@ import sys
 import tempfile
 import warnings
 
-import numpy as np
-
 from keras_dnas import _keras
+from keras_dnas._data import input_arrays
 from keras_dnas.export import ops as _ops
 from keras_dnas.export._quiet import captured_fds
 
@@ -85,37 +84,8 @@ def _input_signature(model):
     return [keras.tree.map_structure(spec, structure)], flat
 
 
-def _as_float_array(data, what):
-    try:
-        arr = np.asarray(data, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"Could not read {what} as a float array. Received: {type(data).__name__}"
-        ) from e
-    return arr
-
-
-def _collect_batches(data, n_inputs):
-    """An iterable of batches (tf.data.Dataset, generator, PyDataset) -> per-input arrays."""
-    per_input = [[] for _ in range(n_inputs)]
-    for element in data:
-        if isinstance(element, tuple) and n_inputs == 1:
-            element = element[0]  # (x, y) or (x, y, sample_weight)
-        elif isinstance(element, tuple) and len(element) in (2, 3) and n_inputs > 1:
-            element = element[0]
-        parts = list(element) if n_inputs > 1 else [element]
-        if len(parts) != n_inputs:
-            raise ValueError(
-                f"Each batch of representative_data must hold {n_inputs} inputs. "
-                f"Received: {len(parts)}"
-            )
-        for k, part in enumerate(parts):
-            per_input[k].append(_as_float_array(part, "a representative_data batch"))
-    return [np.concatenate(p, axis=0) if p else np.zeros((0,)) for p in per_input]
-
-
 def _calibration_arrays(representative_data, flat_inputs):
-    """representative_data -> list of float32 arrays (one per model input, samples first)."""
+    """representative_data -> list of arrays (one per model input, samples first, typed)."""
     if representative_data is None:
         raise ValueError(
             "Full-integer (int8) quantisation needs a representative dataset to calibrate the "
@@ -124,65 +94,13 @@ def _calibration_arrays(representative_data, flat_inputs):
             "array per input for a multi-input model), or use quantization='float32'. "
             "Received: representative_data=None"
         )
-    n_inputs = len(flat_inputs) if flat_inputs else 1
-    names = [t.name for t in flat_inputs] if flat_inputs else []
-    if isinstance(representative_data, dict):
-        missing = [n for n in names if n not in representative_data]
-        if missing or not names:
-            raise ValueError(
-                f"representative_data as a dict must map every model input name {names} to "
-                f"an array. Received: keys {sorted(representative_data)}"
-            )
-        arrays = [_as_float_array(representative_data[n], f"input {n!r}") for n in names]
-    elif isinstance(representative_data, (list, tuple)) and n_inputs > 1:
-        if len(representative_data) != n_inputs:
-            raise ValueError(
-                f"The model has {n_inputs} inputs; pass representative_data as a list of "
-                f"{n_inputs} arrays. Received: {len(representative_data)} arrays"
-            )
-        arrays = [_as_float_array(a, "representative_data") for a in representative_data]
-    elif hasattr(representative_data, "__array__") or isinstance(
-        representative_data, (list, tuple)
-    ):
-        arrays = [_as_float_array(representative_data, "representative_data")]
-    elif hasattr(representative_data, "__iter__"):
-        arrays = _collect_batches(representative_data, n_inputs)
-    else:
-        raise ValueError(
-            "representative_data must be an array of input samples (samples first), a list "
-            "of arrays for a multi-input model, or an iterable of batches. Received: "
-            f"{type(representative_data).__name__}"
-        )
-    if len(arrays) != n_inputs:
-        raise ValueError(
-            f"The model has {n_inputs} inputs; pass one array of samples per input. "
-            f"Received: {len(arrays)}"
-        )
-    for k, arr in enumerate(arrays):
-        if arr.ndim == 0 or arr.shape[0] == 0:
-            raise ValueError(
-                "representative_data is empty; int8 calibration needs at least one sample "
-                "(a few hundred are typical), e.g. `representative_data=x_train[:256]`. "
-                f"Received: an array of shape {arr.shape}"
-            )
-        if flat_inputs:
-            expected = tuple(flat_inputs[k].shape[1:])
-            got = tuple(arr.shape[1:])
-            if len(got) != len(expected) or any(
-                e is not None and e != g for e, g in zip(expected, got)
-            ):
-                raise ValueError(
-                    f"representative_data for input {k} ({names[k]!r}) must have samples of shape "
-                    f"{expected} (batch first). Received: shape {arr.shape}"
-                )
-    if flat_inputs:  # the signature's dtype (float32 unless the model says otherwise)
-        arrays = [arr.astype(t.dtype, copy=False) for arr, t in zip(arrays, flat_inputs)]
-    if len({arr.shape[0] for arr in arrays}) != 1:
-        raise ValueError(
-            "Every input of representative_data needs the same number of samples. "
-            f"Received: {[arr.shape[0] for arr in arrays]}"
-        )
-    return arrays
+    if not flat_inputs:  # subclassed model: one input, shape unknown
+        return input_arrays(representative_data, "representative_data", names=[None])
+    arrays = input_arrays(representative_data, "representative_data",
+                          names=[t.name for t in flat_inputs],
+                          shapes=[tuple(t.shape[1:]) for t in flat_inputs])
+    # the signature's dtype (float32 unless the model says otherwise)
+    return [arr.astype(t.dtype, copy=False) for arr, t in zip(arrays, flat_inputs)]
 
 
 def _layer_names(model):
@@ -473,10 +391,10 @@ def _warn_tflm_aborts(tflite, model, layer_names):
     from keras_dnas import _flatbuffer
     from keras_dnas.export import runtime
 
-    problems = runtime.tflm_preflight(tflite)
+    info = _flatbuffer.read_model(tflite)  # decoded once, for the checks and the layer names
+    problems = runtime._preflight(tflite, info)
     if not problems:
         return
-    info = _flatbuffer.read_model(tflite)
     lines = []
     for p in problems:
         op = next(o for o in info.main_ops if o.index == p["op_index"])

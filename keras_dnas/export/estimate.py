@@ -8,6 +8,7 @@ estimate a model that exists only as a `.tflite` file. No TensorFlow is needed.
 import math
 
 from keras_dnas import _flatbuffer
+from keras_dnas.graph.plan import layer_geometry
 
 # TFLite builtin -> cost-function op (ChannelPlan vocabulary) for element-wise and data ops.
 _ELEMENTWISE = {
@@ -31,29 +32,11 @@ _POOLS = {"AVERAGE_POOL_2D": "pool", "MAX_POOL_2D": "pool", "L2_POOL_2D": "pool"
 _REDUCTIONS = {"MEAN": "global_pool", "REDUCE_MAX": "global_pool", "SUM": "global_pool"}
 
 
-def _spatial(shape):
-    """(positions, channels) of an activation shape with the batch first."""
-    dims = [max(int(d), 1) for d in shape]
-    if len(dims) <= 1:
-        return 1, dims[-1] if dims else 1
-    return math.prod(dims[1:-1]), dims[-1]
-
-
 def _geometry(inp, out, kernel=(), use_bias=False, depth_multiplier=1):
-    in_pos, cin = _spatial(inp.shape)
-    out_pos, cout = _spatial(out.shape)
-    return {
-        "kernel_size": list(kernel),
-        "taps": math.prod(kernel) if kernel else 1,
-        "use_bias": use_bias,
-        "depth_multiplier": depth_multiplier,
-        "input_shapes": [[int(d) for d in inp.shape[1:]]],
-        "output_shape": [int(d) for d in out.shape[1:]],
-        "in_positions": in_pos,
-        "out_positions": out_pos,
-        "in_channels": cin,
-        "out_channels": cout,
-    }
+    """The geometry record of an operator from its (batch-first) tensor shapes."""
+    return layer_geometry([[int(d) for d in inp.shape[1:]]], [int(d) for d in out.shape[1:]],
+                          kernel_size=kernel, use_bias=use_bias,
+                          depth_multiplier=depth_multiplier)
 
 
 def _record(op, info):
@@ -71,7 +54,7 @@ def _record(op, info):
         return {"op": "conv", "geometry": geometry, "cin": cin, "cout": cout}
     if op.name == "DEPTHWISE_CONV_2D" and len(ins) >= 2:  # filter (1, kh, kw, C * dm)
         _, kh, kw, channels_out = (int(d) for d in ins[1].shape)
-        cin = _spatial(x.shape)[1]
+        cin = int(x.shape[-1])
         dm = max(channels_out // max(cin, 1), 1)
         geometry = _geometry(x, y, (kh, kw), has_bias, dm)
         return {"op": "depthwise", "geometry": geometry, "cin": cin, "cout": cin * dm}

@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from keras_dnas import _flatbuffer
+from keras_dnas._data import labelled_pair
 from keras_dnas.export import runtime as _runtime
 from keras_dnas.vocabulary import Results, canonical
 
@@ -133,16 +134,7 @@ def _resolve_target(target):
     if isinstance(target, str):
         from keras_dnas import targets as registry
 
-        getter = next(
-            (getattr(registry, n) for n in ("get", "get_target") if hasattr(registry, n)),
-            None,
-        )
-        if getter is None:
-            raise ValueError(
-                "Pass the target as a HardwareTarget object (keras_dnas.targets). "
-                f"Received: target={target!r}"
-            )
-        target = getter(target)
+        target = registry.get(target)
     get = target.get if isinstance(target, dict) else lambda k, d=None: getattr(target, k, d)
     flash, ram = get("flash_bytes"), get("ram_bytes")
     if flash is None and ram is None:
@@ -168,7 +160,7 @@ def target_arena(tflite_bytes, host_usage, pointer_bytes=DEFAULT_POINTER_BYTES):
     certified RAM budget and a measured one are the same number.
 
     Args:
-        tflite_bytes: The model (bytes).
+        tflite_bytes: The model (bytes), or its `_flatbuffer.read_tflite` view.
         host_usage: `runtime.arena_usage`'s dict for the host interpreter.
         pointer_bytes: The target's pointer size (4: 32-bit MCU; 8: the host itself).
 
@@ -180,7 +172,8 @@ def target_arena(tflite_bytes, host_usage, pointer_bytes=DEFAULT_POINTER_BYTES):
     head = int(host_usage["arena_head_bytes"])
     tail = int(host_usage["arena_tail_bytes"])
     if pointer_bytes != _HOST_POINTER_BYTES:
-        model = _flatbuffer.read_tflite(tflite_bytes)
+        model = tflite_bytes if isinstance(tflite_bytes, _flatbuffer.TFLiteModel) else \
+            _flatbuffer.read_tflite(tflite_bytes)
         tail += arena.tflite_tail(model, pointer_bytes=pointer_bytes) - arena.tflite_tail(
             model, pointer_bytes=_HOST_POINTER_BYTES)
     return {"ram_bytes": head + tail, "arena_head_bytes": head, "arena_tail_bytes": tail}
@@ -213,16 +206,6 @@ def _labels(y, out):
             "the output's shape."
         )
     return labels.astype(np.int64)
-
-
-def _check_data(data):
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(
-            "data must be a pair (x, y) of inputs and labels (or targets). "
-            f"Received: {type(data).__name__}"
-            + (f" of length {len(data)}" if hasattr(data, "__len__") else "")
-        )
-    return data
 
 
 def _evaluate(out, data, keras_model, task):
@@ -331,19 +314,19 @@ def measure(
         "outputs": [t.to_dict() for t in info.outputs],
         "quantization": next(iter(io_types)).lower() if len(io_types) == 1 else "mixed",
     }
-    fields["arena_plan"] = "offline" if _flatbuffer.read_tflite(
-        data_bytes).offline_offsets is not None else "tflm"
+    memory_view = _flatbuffer.read_tflite(data_bytes)  # decoded once: the plan and the tail
+    fields["arena_plan"] = "offline" if memory_view.offline_offsets is not None else "tflm"
     resolved = _resolve_target(target)
     pointer_bytes = DEFAULT_POINTER_BYTES if resolved is None else resolved[3]
     # One TFLite Micro child process: the inference on `x` (if any) and the arena report.
     arrays, count, batch = None, 0, 1
     if data is not None:
-        arrays, count, batch = _runtime._prepare_inputs(info, _check_data(data)[0])
+        arrays, count, batch = _runtime._prepare_inputs(info, labelled_pair(data)[0])
     reply = _runtime._tflm_child_run(data_bytes, info, arrays, count, batch, arena_size,
                                      allocations=True)
     host = _runtime.parse_allocations(reply["allocations"])
     fields.update({"host_" + k: v for k, v in host.items()})
-    fields.update(target_arena(data_bytes, host, pointer_bytes), pointer_bytes=pointer_bytes)
+    fields.update(target_arena(memory_view, host, pointer_bytes), pointer_bytes=pointer_bytes)
     if resolved is not None:
         name, flash, ram, _ = resolved
         fields.update(

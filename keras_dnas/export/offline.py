@@ -30,7 +30,7 @@ from keras_dnas.costs.offline_plan import (
     check_offsets,
     plan_offsets,
 )
-from keras_dnas import _flatbuffer
+from keras_dnas import _flatbuffer, _ste
 
 METADATA_NAME = "OfflineMemoryAllocation"
 ARENA_PLANS = ("tflm", "offline")
@@ -188,28 +188,13 @@ def _best_order(model, scratch=None):
     scratch_rules = arena.REFERENCE_SCRATCH if scratch is None else scratch
     sizes = [0 if model.is_constant(t.index) or t.is_variable else t.nbytes
              for t in model.tensors]
-    per_op = [sum(arena._align_up(b, arena.ARENA_ALIGNMENT)
+    per_op = [sum(_ste.align_up(b, arena.ARENA_ALIGNMENT)
                   for b in (scratch_rules[op.name](model, op) if op.name in scratch_rules else []))
               for op in model.operators]
     order, peak, current = best_operator_order(
         len(model.tensors), [(op.inputs, op.outputs) for op in model.operators],
         model.inputs, model.outputs, sizes, scratch=per_op)
     return order if peak < current else None
-
-
-def reorder_operators(tflite, scratch=None):
-    """`(tflite bytes, reordered)`: operators in the topological order with the lowest peak
-    of live buffers (`keras_dnas.costs.offline_plan.best_operator_order`), when it is lower
-    than the current order's; otherwise the bytes unchanged. Each operator keeps its inputs
-    and outputs, so the outputs are the same (checked on TFLite Micro by the tests)."""
-    data = _flatbuffer.as_model_bytes(tflite)
-    order = _best_order(_flatbuffer.read_tflite(data), scratch=scratch)
-    if order is None:
-        return data, False
-    sch, fb = _unpack(data)
-    sub = fb.subgraphs[0]
-    sub.operators = [sub.operators[i] for i in order]
-    return _pack(sch, fb), True
 
 
 def plan_model(model, scratch=None, max_nodes=DEFAULT_MAX_NODES, reorder=True):

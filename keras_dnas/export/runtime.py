@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from keras_dnas import _flatbuffer
+from keras_dnas._data import input_arrays
 from keras_dnas.export import _tflm_child
 from keras_dnas.export._quiet import captured_fds
 
@@ -39,38 +40,11 @@ def dequantize(q, tensor):
 
 def _prepare_inputs(info, x):
     """User inputs (array, list of arrays or dict by name) -> arrays in user order, typed."""
-    names = [t.name for t in info.inputs]
-    if isinstance(x, dict):
-        missing = [n for n in names if n not in x]
-        if missing:
-            raise ValueError(
-                f"Missing model inputs {missing}; the model's inputs are {names}. "
-                f"Received: keys {sorted(x)}"
-            )
-        arrays = [x[n] for n in names]
-    elif isinstance(x, (list, tuple)) and len(info.inputs) > 1:
-        arrays = list(x)
-    else:
-        arrays = [x]
-    if len(arrays) != len(info.inputs):
-        raise ValueError(
-            f"The model has {len(info.inputs)} inputs ({names}); pass one array per input. "
-            f"Received: {len(arrays)} arrays"
-        )
-    prepared, count = [], None
+    arrays = input_arrays(x, "x", names=[t.name for t in info.inputs],
+                          shapes=[tuple(t.shape[1:]) for t in info.inputs], dtype=None,
+                          allow_empty=True)
+    prepared, count = [], len(arrays[0])
     for arr, t in zip(arrays, info.inputs):
-        arr = np.asarray(arr)
-        if arr.ndim != len(t.shape) or tuple(arr.shape[1:]) != tuple(t.shape[1:]):
-            raise ValueError(
-                f"Input {t.name!r} expects samples of shape {tuple(t.shape[1:])} (batch first, "
-                f"model shape {tuple(t.shape)}). Received: x of shape {arr.shape}"
-            )
-        if count is not None and arr.shape[0] != count:
-            raise ValueError(
-                f"All inputs need the same number of samples. Received: {count} and "
-                f"{arr.shape[0]}"
-            )
-        count = arr.shape[0]
         if t.numpy_dtype is None:
             raise ValueError(f"Unsupported input tensor type {t.dtype} for {t.name!r}.")
         if np.issubdtype(t.numpy_dtype, np.integer) and t.scales and np.issubdtype(
@@ -154,7 +128,11 @@ def tflm_preflight(tflite_bytes):
     []
     """
     data = _flatbuffer.as_model_bytes(tflite_bytes)
-    info = _flatbuffer.read_model(data)
+    return _preflight(data, _flatbuffer.read_model(data))
+
+
+def _preflight(data, info):
+    """`tflm_preflight` on a model already decoded (`info` is `read_model(data)`)."""
     problems = []
     for op in info.main_ops:
         for t in op.inputs + op.outputs:

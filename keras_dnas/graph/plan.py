@@ -6,6 +6,7 @@ Keras objects and round-trips through JSON.
 
 import dataclasses
 import json
+import math
 
 
 @dataclasses.dataclass
@@ -57,6 +58,49 @@ class LayerInfo:
     geometry: dict
     reason: str = None
     taps: dict = None
+
+
+def _positions(shape):
+    """Output positions of a per-sample shape: the product of its dimensions but the last."""
+    return math.prod(max(int(d), 1) for d in shape[:-1] if d is not None) if shape else 1
+
+
+def layer_geometry(input_shapes, output_shape, *, kernel_size=(), strides=(), dilation_rate=(),
+                   padding="", use_bias=False, depth_multiplier=1, activation=None,
+                   channel_params=0, in_positions=None, out_positions=None):
+    """The geometry record of one layer (``LayerInfo.geometry``): plain data the costs read.
+
+    The one builder of this dict: the graph reader (`graph.roles`), the `.tflite` reader
+    (`export.estimate`), the MLPerf Tiny reference layers and the calibration CSV all call it.
+    Shapes are per sample (no batch axis; ``None`` for an unknown dimension); positions (the
+    product of the dimensions but the channels) are derived from them unless given.
+
+    Example:
+
+    >>> g = layer_geometry([[32, 32, 3]], [16, 16, 8], kernel_size=(3, 3), strides=(2, 2))
+    >>> g["taps"], g["in_positions"], g["out_positions"], g["in_channels"], g["out_channels"]
+    (9, 1024, 256, 3, 8)
+    """
+    in0 = list(input_shapes[0]) if input_shapes else []
+    output_shape = list(output_shape)
+    return {
+        "channel_params": int(channel_params),
+        "kernel_size": [int(k) for k in kernel_size],
+        "taps": int(math.prod(kernel_size)) if len(kernel_size) else 1,
+        "strides": [int(s) for s in strides],
+        "dilation_rate": [int(d) for d in dilation_rate],
+        "padding": str(padding),
+        "use_bias": bool(use_bias),
+        "depth_multiplier": int(depth_multiplier or 1),
+        "activation": activation,
+        "input_shapes": [list(s) for s in input_shapes],
+        "output_shape": output_shape,
+        "in_positions": int(in_positions) if in_positions is not None else _positions(in0),
+        "out_positions": (int(out_positions) if out_positions is not None
+                          else _positions(output_shape)),
+        "in_channels": in0[-1] if in0 else None,
+        "out_channels": output_shape[-1] if output_shape else None,
+    }
 
 
 @dataclasses.dataclass

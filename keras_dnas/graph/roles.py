@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from keras_dnas import _keras
+from keras_dnas.graph.plan import layer_geometry
 from keras_dnas.layers.choice import Choice
 from keras_dnas.layers.masked import plain_class
 
@@ -298,36 +299,17 @@ def role_of(layer, in_shapes, out_shape, arguments=None):
 
 
 def geometry(layer, op, in_shapes, out_shape):
-    """Plain-data geometry of a layer call (PLAN_FORMAT: kernel, shapes, positions)."""
+    """Plain-data geometry of a layer call (`graph.plan.layer_geometry` of its attributes)."""
     in0 = list(in_shapes[0]) if in_shapes else []
-    kernel = list(getattr(layer, "kernel_size", ()) or ())
-    if op == "pool":
-        kernel = list(getattr(layer, "pool_size", ()) or ())
-
-    def positions(shape):
-        spatial = shape[1:-1]
-        return int(math.prod(d for d in spatial if d is not None)) if spatial else 1
-
-    use_bias = getattr(layer, "use_bias", False)
-    if op == "batchnorm":
-        use_bias = False
-    return {
-        "channel_params": _channel_params(layer, op, in0),
-        "kernel_size": [int(k) for k in kernel],
-        "taps": int(math.prod(kernel)) if kernel else 1,
-        "strides": [int(s) for s in (getattr(layer, "strides", ()) or ())],
-        "dilation_rate": [int(d) for d in (getattr(layer, "dilation_rate", ()) or ())],
-        "padding": str(getattr(layer, "padding", "")),
-        "use_bias": bool(use_bias),
-        "depth_multiplier": int(getattr(layer, "depth_multiplier", 1) or 1),
-        "activation": _activation_name(layer),
-        "input_shapes": [[d for d in s[1:]] for s in in_shapes],
-        "output_shape": list(out_shape[1:]),
-        "in_positions": positions(in0) if in0 else 1,
-        "out_positions": positions(list(out_shape)),
-        "in_channels": in0[-1] if in0 else None,
-        "out_channels": out_shape[-1] if len(out_shape) else None,
-    }
+    kernel = getattr(layer, "pool_size" if op == "pool" else "kernel_size", ()) or ()
+    return layer_geometry(
+        [s[1:] for s in in_shapes], list(out_shape)[1:], kernel_size=kernel,
+        strides=getattr(layer, "strides", ()) or (),
+        dilation_rate=getattr(layer, "dilation_rate", ()) or (),
+        padding=getattr(layer, "padding", ""),
+        use_bias=getattr(layer, "use_bias", False) and op != "batchnorm",
+        depth_multiplier=getattr(layer, "depth_multiplier", 1),
+        activation=_activation_name(layer), channel_params=_channel_params(layer, op, in0))
 
 
 def _activation_name(layer):

@@ -28,6 +28,7 @@ import keras
 from keras import ops
 
 from keras_dnas import masks
+from keras_dnas._ste import scale_gradient, straight_through
 
 _PACKAGE = "keras_dnas"
 
@@ -139,8 +140,7 @@ class Choice(keras.layers.Layer):
         logits = ops.convert_to_tensor(self.dnas_choice)
         scale = self.__dict__.get("_dnas_grad_scale")
         if scale is not None:  # 0 during warm-up: the forward value is unchanged
-            s = ops.cast(scale, logits.dtype)
-            logits = logits * s + ops.stop_gradient(logits * (1.0 - s))
+            logits = scale_gradient(logits, scale)
         return logits
 
     def _temperature(self):
@@ -168,7 +168,7 @@ class Choice(keras.layers.Layer):
         soft = ops.softmax(logits / self._temperature())
         if self.mode == "gumbel":
             hard = ops.one_hot(ops.argmax(soft), self.num_alternatives, dtype=soft.dtype)
-            weights = soft + ops.stop_gradient(hard - soft)
+            weights = straight_through(hard, soft)
         else:
             weights = soft
         weights = ops.cast(weights, stacked.dtype)

@@ -36,6 +36,7 @@ from keras import ops
 
 from keras_dnas import masks
 from keras_dnas._keras import in_stateless_scope
+from keras_dnas._ste import scale_gradient, straight_through
 
 BETA_NAME = masks.TIME_NAMES[0]
 """Name of every receptive-field mask variable."""
@@ -61,15 +62,13 @@ def _level_of_age(kernel_size):
 
 def _ste(sums):
     theta = ops.convert_to_tensor(sums)
-    hard = ops.stop_gradient(ops.cast(ops.greater(theta, masks.THRESHOLD), theta.dtype))
-    return hard + (theta - ops.stop_gradient(theta))
+    return straight_through(ops.cast(ops.greater(theta, masks.THRESHOLD), theta.dtype), theta)
 
 
 def _scaled_abs(variable, grad_scale):
     v = ops.cast(ops.convert_to_tensor(variable), "float32")
     if grad_scale is not None:  # 0 during warm-up: frozen, same forward value
-        scale = ops.cast(grad_scale, v.dtype)
-        v = v * scale + ops.stop_gradient(v * (1.0 - scale))
+        v = scale_gradient(v, grad_scale)
     return ops.abs(v)
 
 

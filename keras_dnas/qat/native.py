@@ -54,6 +54,8 @@ import numpy as np
 import keras
 from keras import ops
 
+from keras_dnas._data import input_arrays
+from keras_dnas._ste import straight_through
 from keras_dnas.graph import walk
 
 L = keras.layers
@@ -107,7 +109,7 @@ def quantize_kernel(kernel, channel_axes=(-1,)):
     scale = ops.stop_gradient(ops.maximum(scale, 1e-12))
     v = kernel / scale
     q = ops.clip(ops.sign(v) * ops.floor(ops.abs(v) + 0.5), -127.0, 127.0) * scale
-    return kernel + ops.stop_gradient(q - kernel)
+    return straight_through(q, kernel)
 
 
 def _numpy(value, dtype=np.float32):
@@ -760,39 +762,6 @@ def is_quantize_aware(model):
     )
 
 
-def _batches(data, batch_size, n_inputs):
-    """Representative data -> batches (one array, or a list / dict for several inputs)."""
-
-    def split(arrays):
-        arrays = [np.asarray(a, np.float32) for a in arrays]
-        if any(a.ndim == 0 or a.shape[0] == 0 for a in arrays):
-            raise ValueError(
-                "representative_data must hold at least one sample. Received: shapes "
-                f"{[a.shape for a in arrays]}"
-            )
-        for start in range(0, arrays[0].shape[0], batch_size):
-            yield [a[start : start + batch_size] for a in arrays]
-
-    if isinstance(data, dict):
-        keys = list(data)
-        for part in split([data[k] for k in keys]):
-            yield dict(zip(keys, part))
-    elif isinstance(data, (list, tuple)) and n_inputs > 1:
-        yield from split(list(data))
-    elif hasattr(data, "__array__") or isinstance(data, (list, tuple)):
-        for (part,) in split([data]):
-            yield part
-    elif hasattr(data, "__iter__"):
-        for element in data:
-            yield element[0] if isinstance(element, tuple) else element  # (x, y[, w])
-    else:
-        raise ValueError(
-            "representative_data must be an array of input samples (samples first), a list "
-            "of arrays for several inputs, or an iterable of batches. Received: "
-            f"{type(data).__name__}"
-        )
-
-
 def calibrate(qat_model, data, batch_size=128):
     """Set every activation range to the float model's min / max over `data`.
 
@@ -827,16 +796,12 @@ def calibrate(qat_model, data, batch_size=128):
         )
     for fq in quantizers:
         fq._calibration = [np.inf, -np.inf]
+    arrays = input_arrays(data, "representative_data", names=[t.name for t in qat_model.inputs],
+                          shapes=[tuple(t.shape[1:]) for t in qat_model.inputs])
     try:
-        count = 0
-        for batch in _batches(data, batch_size, len(qat_model.inputs)):
-            qat_model(batch, training=False)
-            count += 1
-        if not count:
-            raise ValueError(
-                "representative_data must hold at least one batch of samples. "
-                "Received: an empty iterable"
-            )
+        for start in range(0, len(arrays[0]), batch_size):
+            batch = [a[start : start + batch_size] for a in arrays]
+            qat_model(batch if len(batch) > 1 else batch[0], training=False)
     finally:
         recorded = {fq.name: tuple(fq._calibration) for fq in quantizers}
         for fq in quantizers:

@@ -28,6 +28,8 @@ import tempfile
 
 import numpy as np
 
+from keras_dnas._data import input_arrays, labelled_pair
+
 _INSTALL = 'pip install "keras_dnas[tfmot]"'
 _PACKAGES = {"tf_keras": "tf-keras",
              "tensorflow_model_optimization": "tensorflow-model-optimization"}
@@ -163,29 +165,9 @@ def _loss_spec(loss):
     )
 
 
-def _as_array(data, what):
-    try:
-        return np.asarray(data)
-    except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"Could not read {what} as an array. Received: {type(data).__name__}"
-        ) from e
-
-
-def _xy(data, what):
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        length = f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""
-        raise ValueError(
-            f"{what} must be a tuple (x, y) of arrays with samples first. Received: "
-            f"{type(data).__name__}{length}"
-        )
-    x, y = _as_array(data[0], f"{what}[0]"), _as_array(data[1], f"{what}[1]")
-    if x.ndim == 0 or len(x) != len(y) or len(x) == 0:
-        raise ValueError(
-            f"{what} must hold the same (non-zero) number of inputs and targets. Received: x of "
-            f"shape {x.shape} and y of shape {y.shape}"
-        )
-    return x.astype(np.float32, copy=False), y
+def _xy(data, what, shape):
+    x, y = labelled_pair(data, what)
+    return input_arrays(x, what, shapes=[shape])[0], y
 
 
 def _child_error(result):
@@ -267,33 +249,22 @@ def to_tflite_tfmot(model, train_data, representative_data=None, *, loss, epochs
 
     _check_installed()
     spec, weights, input_shape = _graph_spec(model)
-    x, y = _xy(train_data, "train_data")
     expected_shape = input_shape[1:]
     if any(d is None for d in expected_shape):
         raise ValueError(
             "TensorFlow Lite Micro needs static shapes, but the model input has shape "
             f"{input_shape}. Build the model with a fixed `keras.Input(shape=...)`."
         )
-    if tuple(x.shape[1:]) != expected_shape:
-        raise ValueError(
-            f"train_data inputs must have samples of shape {expected_shape} (batch first). "
-            f"Received: shape {x.shape}"
-        )
-    rep = x[:256] if representative_data is None else _as_array(representative_data,
-                                                                "representative_data")
-    rep = np.asarray(rep, np.float32)
-    if rep.ndim == 0 or len(rep) == 0 or tuple(rep.shape[1:]) != expected_shape:
-        raise ValueError(
-            f"representative_data must be a non-empty array of inputs of shape {expected_shape} "
-            f"(batch first). Received: shape {rep.shape}"
-        )
+    x, y = _xy(train_data, "train_data", expected_shape)
+    rep = x[:256] if representative_data is None else input_arrays(
+        representative_data, "representative_data", shapes=[expected_shape])[0]
     if metrics is not None and not all(isinstance(m, str) for m in metrics):
         raise TypeError(f"metrics must be a list of metric names. Received: {metrics!r}")
     check = rep[:_N_CHECK]
     data = {"x": x, "y": y, "rep": rep, "check_x": check,
             "check_y": keras.ops.convert_to_numpy(model(check, training=False))}
     if validation_data is not None:
-        data["val_x"], data["val_y"] = _xy(validation_data, "validation_data")
+        data["val_x"], data["val_y"] = _xy(validation_data, "validation_data", expected_shape)
     job = {"loss": _loss_spec(loss), "epochs": int(epochs), "batch_size": int(batch_size),
            "learning_rate": float(learning_rate), "metrics": list(metrics or []),
            "calibrate": bool(calibrate), "seed": seed, "verbose": int(verbose)}

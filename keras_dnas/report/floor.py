@@ -20,8 +20,39 @@ _LAYER_METRIC = {
     "latency_ms": ("cycles", "cycles", "estimated cycles"),
     "latency_cycles": ("cycles", "cycles", "estimated cycles"),
     "energy_uj": ("cycles", "cycles", "estimated cycles"),
-    "ram_bytes": ("activation", "bytes", "arena buffers (int8 activations)"),
+    "ram_bytes": ("activation_bytes", "bytes", "arena buffers (int8 activations)"),
 }
+
+
+def layer_rows(plan, counts, target):
+    """Per-layer costs at ``counts``: the rows of `kd.summary` and of `budget_floor`.
+
+    One dict per layer call of ``plan`` in execution order: ``name``, ``op``, ``role``,
+    ``channels_kept``, ``channels_total``, ``params`` (a shared layer's counted at its first
+    call), ``macs``, ``activation_bytes`` (int8 output) and ``cycles`` on ``target``.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> x = keras.Input((8, 8, 3))
+    >>> plan = kd.graph.analyze(keras.Model(x, keras.layers.Conv2D(4, 3, name="c")(x)))
+    >>> row = layer_rows(plan, [3, 4], kd.targets.get("stm32h743"))[0]
+    >>> row["name"], row["params"], row["macs"], row["activation_bytes"]
+    ('c', 112, 3888, 144)
+    """
+    rows, seen = [], set()
+    for info, (_, op, geo, cin, cout) in zip(plan.layers, layer_records(plan, counts)):
+        first = info.name not in seen
+        seen.add(info.name)
+        rows.append({
+            "name": info.name, "op": op, "role": info.role,
+            "channels_kept": int(cout), "channels_total": int(plan.view_size(info.output)),
+            "params": int(compute.params(op, geo, cin, cout)) if first else 0,
+            "macs": int(compute.macs(op, geo, cin, cout)),
+            "activation_bytes": int(geo["out_positions"] * cout),
+            "cycles": float(to_python(latency.layer_cycles(op, geo, cin, cout, target))),
+        })
+    return rows
 
 
 def _frozen_reason(plan, info):
@@ -70,18 +101,8 @@ def budget_floor(cost_model, budgets, counts=None, top=5):
     failing = [b for b in budgets if not b.holds(values[b.metric])]
     if not failing:
         return []
-    rows, seen = [], set()
-    for info, (_, op, geo, cin, cout) in zip(plan.layers, layer_records(plan, counts)):
-        first = info.name not in seen
-        seen.add(info.name)
-        rows.append({
-            "name": info.name, "op": op, "frozen": _frozen_reason(plan, info),
-            "params": int(compute.params(op, geo, cin, cout)) if first else 0,
-            "macs": int(compute.macs(op, geo, cin, cout)),
-            "cycles": float(to_python(latency.layer_cycles(op, geo, cin, cout,
-                                                           cost_model.target))),
-            "activation": int(geo.get("out_positions", 1) * cout),
-        })
+    rows = [dict(row, frozen=_frozen_reason(plan, info)) for info, row in
+            zip(plan.layers, layer_rows(plan, counts, cost_model.target))]
     # Graph inputs are arena buffers too (frozen: the data's channels).
     for k, view in enumerate(plan.inputs):
         consumer = next((info for info in plan.layers
@@ -90,7 +111,7 @@ def budget_floor(cost_model, budgets, counts=None, top=5):
             channels = view.repeat * sum(counts[g] for g in view.segments)
             rows.append({"name": f"model input {k}", "op": "input", "frozen": "model input",
                          "params": 0, "macs": 0, "cycles": 0.0,
-                         "activation": int(consumer.geometry.get("in_positions", 1) * channels)})
+                         "activation_bytes": int(consumer.geometry.get("in_positions", 1) * channels)})
     out = []
     for b in failing:
         key, unit, what = _LAYER_METRIC.get(b.metric, ("params", "parameters", "parameters"))
@@ -164,4 +185,4 @@ def describe_floor(cost_model, budgets, counts=None, top=5):
     return "\n".join(parts)
 
 
-__all__ = ["budget_floor", "describe_floor"]
+__all__ = ["budget_floor", "describe_floor", "layer_rows"]

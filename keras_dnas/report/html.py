@@ -23,6 +23,7 @@ import numpy as np
 import keras
 
 from keras_dnas import targets as targets_lib
+from keras_dnas._data import labelled_pair
 from keras_dnas.report.summary import summary as summary_fn
 from keras_dnas.report.summary import target_of
 from keras_dnas.search.objectives import Budget
@@ -145,7 +146,8 @@ def write_report(path, *, seed, frozen, target=None, callback=None, budgets=None
     certificate = getattr(frozen, "dnas_certificate", None)
     budget_list = _resolve_budgets(budgets, callback, certificate)
     if data is not None:
-        data = _check_data(data)
+        x, y = labelled_pair(data)
+        data = (np.asarray(x), y)
     if title is not None and not isinstance(title, str):
         raise ValueError(f"title must be a string or None. Received: title={title!r}")
     figure_cls, canvas_cls = _matplotlib()  # fail before the slow part
@@ -233,18 +235,6 @@ def _resolve_budgets(budgets, callback, certificate):
             raise ValueError(f"Unknown budget metric. Known metrics: {sorted(METRICS)}. "
                              f"Received: {b.metric!r}")
     return items
-
-
-def _check_data(data):
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError("data must be a pair (x, y) of inputs and labels. Received: "
-                         f"{type(data).__name__}"
-                         + (f" of length {len(data)}" if hasattr(data, "__len__") else ""))
-    x, y = np.asarray(data[0]), np.asarray(data[1])
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError("data=(x, y) needs as many labels as samples, at least one. "
-                         f"Received: {len(x)} samples and {len(y)} labels")
-    return x, y
 
 
 def _matplotlib():

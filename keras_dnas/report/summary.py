@@ -3,12 +3,11 @@
 import json
 
 from keras_dnas import targets
-from keras_dnas.costs import compute, latency
-from keras_dnas.costs.compute import layer_records
 from keras_dnas.costs.model import CostModel, to_python
 from keras_dnas.graph.counts import hard_counts
 from keras_dnas.graph import analyze, walk
 from keras_dnas.layers.masked import is_masked
+from keras_dnas.report.floor import layer_rows
 from keras_dnas.vocabulary import Results
 
 
@@ -47,7 +46,8 @@ class Summary(Results):
         return "\n".join(out)
 
 
-def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm"):
+def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm",
+            representative_data=None):
     """Per-layer channels, params, MACs, activation bytes and cycles, plus totals.
 
     Works for an original model, a searchable one (current masks) and a
@@ -70,6 +70,12 @@ def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm")
             by default.
         arena_plan: ``"tflm"`` (TFLite Micro's own arena layout) or ``"offline"``: the
             arena of the file ``kd.export.to_tflite(..., arena_plan="offline")`` writes.
+        representative_data: the calibration inputs the shipped file is converted with (an
+            array, or a list of arrays for several inputs), for ``memory="auto"``. Default: 8
+            fixed random samples. The flash of an int8 file depends on calibration only where
+            it decides which constants are equal (e.g. a bias that saturates int32 on one
+            data set: the converter rescales that kernel); with the same data as
+            ``kd.export.to_tflite``, a plain model's ``flash_bytes`` is ``len`` of that file.
 
     Returns:
         A :class:`Summary` (a dict; ``str()`` gives the table).
@@ -94,24 +100,14 @@ def summary(model, target=None, memory="auto", print_fn=None, arena_plan="tflm")
     if memory == "auto":
         from keras_dnas import memory as memory_lib
 
-        memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
+        memory = memory_lib.MemoryModel.from_model(model, plan, target=target,
+                                                   representative_data=representative_data)
     from keras_dnas.export import offline
 
     memory = offline.memory_for(memory, arena_plan)
     cost_model = CostModel(plan, target, memory=memory)
     totals = {k: to_python(v) for k, v in cost_model.evaluate(counts).items()}
-    rows, seen = [], set()
-    for info, (_, op, geo, cin, cout) in zip(plan.layers, layer_records(plan, counts)):
-        first = info.name not in seen
-        seen.add(info.name)
-        rows.append({
-            "name": info.name, "op": op, "role": info.role,
-            "channels_kept": int(cout), "channels_total": int(plan.view_size(info.output)),
-            "params": int(compute.params(op, geo, cin, cout)) if first else 0,
-            "macs": int(compute.macs(op, geo, cin, cout)),
-            "activation_bytes": int(geo["out_positions"] * cout),
-            "cycles": float(to_python(latency.layer_cycles(op, geo, cin, cout, target))),
-        })
+    rows = layer_rows(plan, counts, target)
     out = Summary(model=model.name, target=target.name, layers=rows,
                   params=int(totals["params"]), macs=int(totals["macs"]),
                   latency_cycles=float(totals["latency_cycles"]),

@@ -30,6 +30,7 @@ import warnings
 
 import numpy as np
 
+from keras_dnas.graph.plan import layer_geometry
 from keras_dnas.targets import registry
 
 #: Typical magnitude of the unscaled coefficients, used to normalise their
@@ -333,9 +334,9 @@ def read_layer_csv(path):
         h, w = row.get("out_h", "").strip(), row.get("out_w", "").strip()
         shape = ([_row_number(row, "out_h", 1, i), _row_number(row, "out_w", 1, i), cout]
                  if h or w else [out_pos, cout])
-        geometry = {"kernel_size": [taps], "taps": taps, "use_bias": True,
-                    "depth_multiplier": dm, "output_shape": shape, "in_positions": in_pos,
-                    "out_positions": out_pos, "in_channels": cin, "out_channels": cout}
+        # the CSV gives positions, not shapes: the input as (positions, channels)
+        geometry = layer_geometry([[in_pos, cin]], shape, kernel_size=[taps], use_bias=True,
+                                  depth_multiplier=dm, out_positions=out_pos)
         cycles = ms = None
         if row.get("cycles", "").strip():
             cycles = _row_number(row, "cycles", None, i)

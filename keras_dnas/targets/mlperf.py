@@ -2,7 +2,8 @@
 
 The four reference networks are written out by hand, layer by layer, in the
 ChannelPlan format (``op`` + ``geometry``), independently of
-``keras_dnas.zoo`` and ``keras_dnas.graph`` so that each checks the other.
+``keras_dnas.zoo`` and the graph reader so that each checks the other (the record
+itself is `keras_dnas.graph.plan.layer_geometry`, the one builder of it).
 Only the operators TFLite Micro executes are listed (BatchNorm is folded,
 ReLU fused, the final softmax is free in the latency model).
 
@@ -17,7 +18,7 @@ Example:
 [12501632, 2656768, 7489664, 264192]
 """
 
-import math
+from keras_dnas.graph.plan import layer_geometry
 
 #: Benchmark keys: ic = ResNet-8 (CIFAR-10), kws = DS-CNN, vww = MobileNetV1-0.25
 #: at 96x96, ad = FC auto-encoder (one 640-value inference).
@@ -32,21 +33,11 @@ MODEL_NAMES = {
 
 
 def _layer(name, op, in_shape, out_shape, kernel=(), strides=(), dm=1, n_inputs=1):
-    geometry = {
-        "kernel_size": list(kernel),
-        "taps": math.prod(kernel) if kernel else 1,
-        "strides": list(strides),
-        "dilation_rate": [1] * len(kernel),
-        "padding": "same" if op in ("conv", "depthwise") else "valid",
-        "use_bias": op in ("conv", "depthwise", "dense"),
-        "depth_multiplier": dm,
-        "input_shapes": [list(in_shape)] * n_inputs,
-        "output_shape": list(out_shape),
-        "in_positions": math.prod(in_shape[:-1]),
-        "out_positions": math.prod(out_shape[:-1]),
-        "in_channels": in_shape[-1],
-        "out_channels": out_shape[-1],
-    }
+    geometry = layer_geometry(
+        [list(in_shape)] * n_inputs, out_shape, kernel_size=kernel, strides=strides,
+        dilation_rate=[1] * len(kernel),
+        padding="same" if op in ("conv", "depthwise") else "valid",
+        use_bias=op in ("conv", "depthwise", "dense"), depth_multiplier=dm)
     return {"name": name, "op": op, "geometry": geometry, "cin": in_shape[-1],
             "cout": out_shape[-1]}
 

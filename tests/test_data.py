@@ -1,0 +1,81 @@
+"""The one reader of user data (keras_dnas/_data.py): every form gives the same arrays, every
+mistake the same Keras-style error naming the argument."""
+
+import numpy as np
+import pytest
+
+import keras
+
+from keras_dnas import _data
+from keras_dnas.qat import calibrate, quantize_aware
+
+X = np.arange(24, dtype="float32").reshape(6, 4)
+
+
+def _forms(x):
+    """The same samples as an array, a generator of batches, a generator of (x, y) batches."""
+    return {
+        "array": x,
+        "batches": (x[i:i + 4] for i in range(0, len(x), 4)),
+        "xy batches": ((x[i:i + 4], np.zeros(len(x[i:i + 4]))) for i in range(0, len(x), 4)),
+    }
+
+
+@pytest.mark.parametrize("form", ["array", "batches", "xy batches"])
+def test_every_form_gives_the_same_arrays(form):
+    arrays = _data.input_arrays(_forms(X)[form], "representative_data", names=["x"],
+                                shapes=[(4,)])
+    assert len(arrays) == 1 and arrays[0].dtype == np.float32
+    np.testing.assert_array_equal(arrays[0], X)
+
+
+def test_several_inputs_as_list_dict_or_batches():
+    a, b = X, 2 * X[:, :2]
+    names = ["a", "b"]
+    expected = [a, b]
+    # batches as Keras' fit reads them: a list (or dict) is the inputs, a tuple is (x, y[, w])
+    for data in ([a, b], {"b": b, "a": a}, iter([[a[:3], b[:3]], [a[3:], b[3:]]]),
+                 iter([([a, b], np.zeros(6))]), iter([{"a": a, "b": b}])):
+        got = _data.input_arrays(data, "representative_data", names=names)
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("data, kwargs, match", [
+    (np.zeros((0, 4)), {}, r"representative_data is empty.*x_train\[:256\]"),
+    (iter([]), {}, "representative_data is empty"),
+    (np.zeros((3, 5)), {"shapes": [(4,)]}, r"must have samples of shape \(4,\)"),
+    ({"a": X}, {"names": ["a", "b"]}, r"map every model input name \['a', 'b'\]"),
+    ([X, X[:2]], {"names": ["a", "b"]}, "same number of samples"),
+    ([X], {"names": ["a", "b"]}, "has 2 inputs"),
+    (3.5, {"names": ["a"]}, "must be an array of input samples"),
+    (object(), {}, "must be an array of input samples"),
+])
+def test_errors_name_the_argument_and_the_fix(data, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _data.input_arrays(data, "representative_data", **kwargs)
+
+
+def test_labelled_pair():
+    x, y = _data.labelled_pair((X, np.arange(6)))
+    assert x is X and y.tolist() == list(range(6))
+    with pytest.raises(ValueError, match=r"data must be a pair \(x, y\)"):
+        _data.labelled_pair(X)
+    with pytest.raises(ValueError, match=r"train_data=\(x, y\) needs as many labels as samples"):
+        _data.labelled_pair((X, np.zeros(5)), "train_data")
+
+
+def test_calibration_sample_reads_batches_and_keeps_rejecting_labels():
+    sample = _data.calibration_sample((X[i:i + 2] for i in range(0, 6, 2)), 4)
+    assert sample[0].shape == (4, 4) and set(map(tuple, sample[0])) <= set(map(tuple, X))
+    with pytest.raises(ValueError, match=r"input samples only.*pass x"):
+        _data.calibration_sample((X, np.zeros(6)), 4)
+
+
+def test_qat_calibration_is_the_same_for_an_array_and_a_generator():
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, keras.layers.Dense(3, name="fc")(x))
+    q = quantize_aware(model)
+    from_array = calibrate(q, X, batch_size=2)
+    from_batches = calibrate(q, (X[i:i + 4] for i in range(0, 6, 4)), batch_size=2)
+    assert from_array == from_batches and from_array["x_fq"] == (0.0, 23.0)
