@@ -5,7 +5,9 @@ A searchable model with ``kd.layers.Choice`` blocks (a "supernet") is converted 
 Choice merge becomes an ``Add`` of its alternatives (every alternative's weights and
 activations are in that file). Each tensor of the file is attributed to the alternative whose
 layers its name scopes name (a tensor named by no alternative, or by several, belongs to none).
-Counts are those of :class:`~keras_dnas.costs.model.CostModel`: one per group, then one weight
+Counts are those of :class:`~keras_dnas.costs.model.CostModel`: one per group, then one
+effective tap count per layer whose taps are searched (``kd.prepare(search=(..., "receptive_field"))``:
+the supernet's file is converted at full taps and its tap dimensions follow them), then one weight
 vector per choice block (probabilities during the search, one-hot for exact values).
 
 - **exact** values (integer counts, one-hot weights): those of the chosen structure itself, the
@@ -33,19 +35,15 @@ _CACHE_ATTR = "_dnas_choice_memory_cache"
 def _convert_supernet(model, plan):
     import keras
 
-    from keras_dnas.export.convert import to_tflite
     from keras_dnas.slicing import rebuild_with
     from keras_dnas.graph import walk
     from keras_dnas.layers.choice import is_choice
 
     keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
-    structure = rebuild_with(model, plan, keep_full)
+    structure = rebuild_with(model, plan, keep_full, full_taps=True)
     summed, _ = walk.rebuild(structure, lambda op: keras.layers.Add(name=op.name)
                              if is_choice(op) else op)
-    memory_lib._generic_weights(summed)
-    rng = np.random.default_rng(0)
-    rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
-    return to_tflite(summed, representative_data=rep[0] if len(rep) == 1 else rep)
+    return memory_lib.MemoryModel.convert_structure(summed)
 
 
 class ChoiceMemory:
@@ -63,20 +61,17 @@ class ChoiceMemory:
         self.model = model
         self.pointer_bytes = base.pointer_bytes
         self._exact = {}  # choice of alternatives -> (MemoryModel of that structure, group map)
+        self._tap_slots = {}  # choice of alternatives -> supernet slot of each searched tap
         self._offsets = {"flash": 0, "ram": 0}
         self.unattributed = base.unattributed
         names = plan.choice_of()
         self.owner = []  # (block, alternative) or None, per tensor of the supernet file
-        for t in base.full.tensors:
-            parts = memory_lib._name_parts(t.name)
-            found = {names[n] for n in names if memory_lib._name_score(parts, n) > 0}
+        for named in base.tensors_named(names):
+            found = {names[n] for n in named}
             self.owner.append(found.pop() if len(found) == 1 else None)
-        seen, self._constants = set(), []  # (tensor index, owner), one per buffer
-        for t, owner in zip(base.full.tensors, self.owner):
-            if owner is None or not base.full.is_constant(t.index) or t.buffer in seen:
-                continue
-            seen.add(t.buffer)
-            self._constants.append((t.index, owner))
+        # (tensor index, owner), one per buffer
+        self._constants = [(i, self.owner[i]) for i in base.constant_tensors()
+                           if self.owner[i] is not None]
 
     @classmethod
     def from_model(cls, model, plan, target=None, pointer_bytes=None):
@@ -103,20 +98,22 @@ class ChoiceMemory:
         counts = [g.size for g in self.plan.groups] + self.plan.full_taps() + [
             [1 if j == picked[b["name"]] else 0 for j in range(len(b["alternatives"]))]
             for b in self.plan.choices]
-        groups, weights = self._split(counts)
+        sizes, weights = self._split(counts)
         for metric in ("flash", "ram"):
-            exact = self._exact_value(metric, groups, weights)
-            soft = getattr(self, f"_soft_{metric}")(groups, weights)
+            exact = self._exact_value(metric, sizes, weights)
+            soft = getattr(self, f"_soft_{metric}")(sizes, weights)
             self._offsets[metric] = exact - soft
 
     def _split(self, counts):
-        n = len(self.plan.groups)
-        return list(counts[:n]), list(counts[self.plan.choice_slot(0):])
+        """``(group and tap counts, choice weights)``: the supernet's own memory model reads
+        the first (its tap dimensions follow the plan's tap slots)."""
+        at = self.plan.choice_slot(0)
+        return list(counts[:at]), list(counts[at:])
 
     @staticmethod
-    def _hard(groups, weights):
+    def _hard(sizes, weights):
         ints = (int, np.integer)
-        return all(isinstance(c, ints) for c in groups) and all(
+        return all(isinstance(c, ints) for c in sizes) and all(
             isinstance(w, (list, tuple)) and all(isinstance(v, ints) for v in w)
             and sum(w) == 1 for w in weights)
 
@@ -142,54 +139,49 @@ class ChoiceMemory:
             memory = memory_lib.MemoryModel.from_model(kept, kplan,
                                                        pointer_bytes=self.pointer_bytes)
             self._exact[config] = (memory, mapping)
+            # searched taps: each layer of the structure reads its slot of the supernet's counts
+            self._tap_slots[config] = [self.plan.tap_slot(n) for n in kplan.tap_layers()]
         return self._exact[config]
 
-    def _exact_value(self, metric, groups, weights):
+    def _exact_value(self, metric, sizes, weights):
         config = [int(np.argmax(w)) for w in weights]
         memory, mapping = self.exact_memory(config)
-        counts = [g.size if old is None else int(groups[old])
+        counts = [g.size if old is None else int(sizes[old])
                   for g, old in zip(memory.plan.groups, mapping)]
+        counts += [int(sizes[slot]) for slot in self._tap_slots[tuple(config)]]
         return getattr(memory, metric)(counts, exact=True)
 
     def flash(self, counts, exact=True):
         """Bytes of the int8 file: exact for a choice of alternatives (one-hot weights and
         integer counts), else the supernet's minus the expected bytes left out."""
-        groups, weights = self._split(counts)
-        if self._hard(groups, weights):
-            return self._exact_value("flash", groups, weights)
-        return self._soft_flash(groups, weights) + self._offsets["flash"]
+        sizes, weights = self._split(counts)
+        if self._hard(sizes, weights):
+            return self._exact_value("flash", sizes, weights)
+        return self._soft_flash(sizes, weights) + self._offsets["flash"]
 
-    def _soft_flash(self, groups, weights):
-        total = self.base.flash(groups)
+    def _soft_flash(self, sizes, weights):
+        total = self.base.flash(sizes)
         for index, (b, j) in self._constants:
             w = weights[b][j]
             if isinstance(w, (int, np.integer)) and w == 1:
                 continue
-            t = self.base.full.tensors[index]
-            size = memory_lib._aligned(self.base._tensor_bytes(index, groups),
-                                       memory_lib.BUFFER_ALIGNMENT)
-            if t.n_scales > 1:
-                size = size + memory_lib.QUANT_BYTES_PER_CHANNEL * \
-                    self.base._scales[index].count(groups)
-            total = total - (1 - w) * size
+            total = total - (1 - w) * self.base.constant_bytes(index, sizes)
         return total
 
     def ram(self, counts, exact=True):
         """Arena bytes: the chosen structure's planner replay (one-hot weights, integer counts,
         ``exact``), else the liveness bound with each alternative's tensors weighted."""
-        groups, weights = self._split(counts)
-        if exact and self._hard(groups, weights):
-            return self._exact_value("ram", groups, weights)
-        return self._soft_ram(groups, weights) + self._offsets["ram"]
+        sizes, weights = self._split(counts)
+        if exact and self._hard(sizes, weights):
+            return self._exact_value("ram", sizes, weights)
+        return self._soft_ram(sizes, weights) + self._offsets["ram"]
 
-    def _soft_ram(self, groups, weights):
+    def _soft_ram(self, sizes, weights):
         buffers = []
-        for b in self.base._buffers:
-            if b["kind"] != "tensor":
-                continue  # kernel scratch: small, left out of the soft bound
-            size = self.base._tensor_bytes(b["tensor"], groups)
-            owner = self.owner[b["tensor"]]
+        # kernel scratch: small, left out of the soft bound
+        for index, size, first, last in self.base.activation_buffers(sizes):
+            owner = self.owner[index]
             if owner is not None:
                 size = weights[owner[0]][owner[1]] * size
-            buffers.append((size, b["first"], b["last"]))
-        return arena.liveness_bound(buffers) + self.base.tail(groups)
+            buffers.append((size, first, last))
+        return arena.liveness_bound(buffers) + self.base.tail(sizes)

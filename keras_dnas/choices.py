@@ -107,15 +107,15 @@ def _paper_b_pool(chain, identity):
                     + [_clone(op, "_k5") for op in rest])
     if any(d > 1 for d in k):
         dw_cls = L.DepthwiseConv1D if one_d else L.DepthwiseConv2D
-        dw = dw_cls(conv.kernel_size, strides=conv.strides, padding=conv.padding,
+        causal = conv.padding == "causal"  # Keras' depthwise convs have no causal padding
+        dw = dw_cls(conv.kernel_size, strides=conv.strides,
+                    padding="valid" if causal else conv.padding,
                     dilation_rate=conv.dilation_rate, use_bias=False, name=conv.name + "_dw")
         pw = _clone(conv, "_pw", kernel_size=(1,) * len(k), strides=(1,) * len(k),
                     dilation_rate=(1,) * len(k), padding="valid")
-        if conv.padding == "causal":
-            dw = dw_cls(conv.kernel_size, strides=conv.strides, padding="causal",
-                        dilation_rate=conv.dilation_rate, use_bias=False,
-                        name=conv.name + "_dw")
-        pool.append([dw] + [_clone(op, "_dw") for op in rest] + [pw]
+        pad = [L.ZeroPadding1D(((k[0] - 1) * conv.dilation_rate[0], 0),
+                               name=conv.name + "_dw_pad")] if causal else []
+        pool.append(pad + [dw] + [_clone(op, "_dw") for op in rest] + [pw]
                     + [_clone(op, "_pw") for op in rest])
     if identity:
         pool.append("identity")

@@ -740,7 +740,8 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4, ful
             raise _ShortTapsOverBudget(
                 "keras_dnas.freeze: with the searched kernel taps of "
                 + ", ".join(f"'{n}'" for n in short) + " the converted file exceeds "
-                + ", ".join(f"{m}={real[m]:,.0f} > {limit:,.0f}" for m, limit in
+                + ", ".join(f"{m}={real[m]:,.0f} > {limit:,.0f} (the flash / RAM model "
+                            f"says {costs[m]:,.0f})" for m, limit in
                             ((b.metric, b.limit) for b in checked) if m in excess)
                 + " and no choice of channels absorbs the excess: the shorter kernels need "
                 "explicit padding (a shorter receptive field under padding='same' is not "

@@ -82,6 +82,7 @@ from keras import ops
 
 from keras_dnas.costs import arena
 from keras_dnas import _flatbuffer
+from keras_dnas._data import input_arrays
 from keras_dnas._ste import aligned as _aligned
 
 #: Flatbuffer bytes per output channel of a per-channel quantised tensor:
@@ -589,6 +590,10 @@ class MemoryModel:
             plan = analyze(model, masked_only=searchable)
         if pointer_bytes is None:
             pointer_bytes = targets_lib.get(target).pointer_bytes if target is not None else 4
+        if representative_data is not None:  # read once (a generator is consumed here)
+            arrays = input_arrays(representative_data, "representative_data",
+                                  names=[t.name for t in model.inputs])
+            representative_data = arrays[0] if len(arrays) == 1 else arrays
         cache = model.__dict__.setdefault(_CACHE_ATTR, {})
         # A plain model's conversion depends on its weights (the converter drops all-zero
         # biases and stores equal constants once): the key includes them.
@@ -609,18 +614,60 @@ class MemoryModel:
         from keras_dnas.export.convert import to_tflite
         from keras_dnas.slicing import rebuild_with
 
-        rep = representative_data
-        if rep is None:
-            rng = np.random.default_rng(0)
-            rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32")
-                   for x in model.inputs]
-            rep = rep[0] if len(rep) == 1 else rep
         if own_weights:
-            return to_tflite(model, representative_data=rep)
+            rep = representative_data
+            return to_tflite(model, representative_data=_representative(model)
+                             if rep is None else rep)
         keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
-        structure = rebuild_with(model, plan, keep_full, full_taps=True)
+        return MemoryModel.convert_structure(
+            rebuild_with(model, plan, keep_full, full_taps=True),
+            representative_data=representative_data)
+
+    @staticmethod
+    def convert_structure(structure, representative_data=None):
+        """The int8 ``.tflite`` of ``structure`` (a plain model, modified: a throwaway copy)
+        with generic weights (see :func:`_generic_weights`): what a memory model is built on.
+        ``representative_data``: calibration inputs (default: 8 fixed random samples)."""
+        from keras_dnas.export.convert import to_tflite
+
         _generic_weights(structure)
-        return to_tflite(structure, representative_data=rep)
+        rep = representative_data
+        return to_tflite(structure, representative_data=_representative(structure)
+                         if rep is None else rep)
+
+    # ----------------------------------------------------------------- parts (ChoiceMemory)
+    def constant_bytes(self, index, counts):
+        """Bytes constant tensor ``index`` of the full-width file takes in the file at
+        ``counts``: its data (buffer-aligned) plus its per-channel scales and zero points."""
+        size = _aligned(self._tensor_bytes(index, counts), BUFFER_ALIGNMENT)
+        if self.full.tensors[index].n_scales > 1:
+            size = size + QUANT_BYTES_PER_CHANNEL * self._scales[index].count(counts)
+        return size
+
+    def constant_tensors(self):
+        """Indices of the full-width file's constant tensors, one per buffer (a buffer two
+        tensors share counts once)."""
+        seen, found = set(), []
+        for t in self.full.tensors:
+            if self.full.is_constant(t.index) and t.buffer not in seen:
+                seen.add(t.buffer)
+                found.append(t.index)
+        return found
+
+    def activation_buffers(self, counts):
+        """``[(tensor index, bytes, first operator, last operator)]`` of the arena head's
+        tensor buffers at ``counts`` (kernel scratch left out)."""
+        return [(b["tensor"], self._tensor_bytes(b["tensor"], counts), b["first"], b["last"])
+                for b in self._buffers if b["kind"] == "tensor"]
+
+    def tensors_named(self, layer_names):
+        """Per tensor of the full-width file, the set of ``layer_names`` its name's scopes
+        name (how a tensor is attributed to a layer)."""
+        found = []
+        for t in self.full.tensors:
+            parts = _name_parts(t.name)
+            found.append({n for n in layer_names if _name_score(parts, n) > 0})
+        return found
 
     # ----------------------------------------------------------------- exact
     def scaled_model(self, counts):
@@ -946,6 +993,13 @@ class _ZeroPointPadding:
         return total
 
 
+def _representative(model):
+    """Eight normal samples per input of ``model`` (calibration of a structure's conversion)."""
+    rng = np.random.default_rng(0)
+    rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
+    return rep[0] if len(rep) == 1 else rep
+
+
 def _is_number(x):
     return isinstance(x, (int, float, np.number))
 
@@ -975,12 +1029,7 @@ def _data_fingerprint(data):
         return None
     import hashlib
 
-    arrays = list(data) if isinstance(data, (list, tuple)) else [data]
-    if not all(isinstance(a, np.ndarray) or hasattr(a, "__array__") for a in arrays):
-        raise ValueError(
-            "representative_data for the flash/RAM model must be an array (or a list of "
-            "arrays, one per model input) of calibration inputs. Received: "
-            f"{type(data).__name__}")
+    arrays = data if isinstance(data, list) else [data]
     digest = hashlib.blake2b(digest_size=16)
     for a in arrays:
         a = np.ascontiguousarray(np.asarray(a, dtype="float32"))

@@ -131,7 +131,9 @@ def prepare(model, exclude=None, search=("channels",), alternatives=None):
             ``fn(layer) -> list | None`` giving the alternatives of a layer (Keras
             layers, Sequential / Functional blocks or ``"identity"``; the layer itself
             may be one of them and keeps its weights). The first alternative starts as
-            the argmax, so put the layer itself first to start from the seed.
+            the argmax, so put the layer itself first to start from the seed. With a
+            time axis in ``search``, the alternatives' Conv1D / DepthwiseConv1D are
+            searched on it too.
 
     Returns:
         A :class:`SearchableModel`.
@@ -155,12 +157,6 @@ def prepare(model, exclude=None, search=("channels",), alternatives=None):
         raise ValueError(f"prepare() expects a keras.Model. Received: {type(model).__name__}")
     exclude = set(exclude or ())
     time_axes = _check_search(search)
-    if time_axes and alternatives is not None:
-        raise ValueError(
-            f"kd.prepare(search={tuple(search)!r}, alternatives={alternatives!r}): searching the "
-            "time axis and choice blocks in one model is not supported yet (the choice blocks' "
-            "flash / RAM model does not count taps). Search one of them: drop "
-            "'receptive_field' / 'dilation' from `search`, or pass `alternatives=None`.")
     model = walk.flatten(model, keep=exclude)
     if alternatives is not None:
         from keras_dnas import choices

@@ -24,6 +24,7 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,6 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOOT = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
 _PLAIN = "--plain"
 _children = {}  # (backend, plain) -> {"proc", "log"}
+_locks = {}  # (backend, plain) -> lock: one script at a time (tests/background.py runs some)
+_locks_lock = threading.Lock()
 
 
 def _stop_all():
@@ -78,6 +81,13 @@ def _child(backend, plain):
 
 def run(script, backend="tensorflow", *, plain=False, argv=(), cwd=None, env=None, timeout=1200):
     """Run `script` (Python source) as `__main__` in the session's child for `backend`."""
+    with _locks_lock:
+        lock = _locks.setdefault((backend, plain), threading.Lock())
+    with lock:
+        return _run(script, backend, plain, argv, cwd, env, timeout)
+
+
+def _run(script, backend, plain, argv, cwd, env, timeout):
     child = _child(backend, plain)
     proc = child["proc"]
     request = {"script": script, "argv": [str(a) for a in argv], "cwd": cwd,

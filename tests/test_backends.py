@@ -4,9 +4,11 @@ tests/backend_flow.py runs prepare -> fit (flash, RAM and latency budgets, all b
 freeze (certified by converting, in a TensorFlow child of the child) -> summary -> report ->
 QAT -> int8 file, and prints its numbers (in tests/child.py's child for the backend, which the
 JAX tests of test_layers and test_qat share); here they are checked against the same seed's costs
-computed in this (TensorFlow) process.
+computed in this (TensorFlow) process. The flows start when collection ends and run beside the
+other tests (tests/background.py); these tests run last.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -15,7 +17,7 @@ import pytest
 
 import keras_dnas as kd
 
-from tests import backend_flow, child
+from tests import backend_flow, background, child
 
 FLOW = os.path.join(os.path.dirname(os.path.abspath(__file__)), "backend_flow.py")
 
@@ -37,11 +39,18 @@ def tensorflow_seed_costs():
     return cb.seed_costs
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+BACKENDS = ["jax", "torch"]
+for _backend in BACKENDS:  # started when collection ends, beside the other tests
+    if importlib.util.find_spec(_backend) is not None:
+        background.register(f"backend-{_backend}", functools.partial(run_flow, _backend))
+
+
+@pytest.mark.parametrize("backend", [
+    pytest.param(b, marks=pytest.mark.background(f"backend-{b}")) for b in BACKENDS])
 def test_budgeted_search_certifies_on_every_backend(backend, tensorflow_seed_costs):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (pip install 'keras_dnas[{backend}]')")
-    out = run_flow(backend)
+    out = background.result(f"backend-{backend}")
     assert out["backend"] == backend
     # the flash / RAM model converted through the TensorFlow child: the same numbers
     assert out["seed_costs"] == pytest.approx(tensorflow_seed_costs)

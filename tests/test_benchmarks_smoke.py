@@ -8,12 +8,17 @@ It makes no accuracy claim.
 
 import csv
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
 import pytest
+
+from tests import background
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "benchmarks", "run.py")
@@ -28,13 +33,40 @@ def _data_available():
     return True
 
 
-@pytest.mark.skipif(not _data_available(), reason="scikit-learn not installed")
-def test_quick_benchmark_runs_end_to_end(tmp_path):
+def quick_runs():
+    """`run.py --quick`, then the rerun of one method against its baselines, in a new directory."""
+    if not _data_available():
+        return None
+    out = tempfile.mkdtemp(prefix="keras_dnas_quick_")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, RUN, "--quick", "--out", str(tmp_path)], env=env,
+    proc = subprocess.run([sys.executable, RUN, "--quick", "--out", out], env=env,
                           capture_output=True, text=True, timeout=3 * TIME_LIMIT_S)
     elapsed = time.perf_counter() - start
+    rerun = None
+    if proc.returncode == 0:
+        rerun = subprocess.run([sys.executable, RUN, "--quick", "--out", out, "--tag", "rerun",
+                                "--methods", "l1", "--baselines-from",
+                                os.path.join(out, "quick_results.csv"), "--no-plots"],
+                               env=env, capture_output=True, text=True, timeout=3 * TIME_LIMIT_S)
+    return pathlib.Path(out), proc, elapsed, rerun
+
+
+# started when collection ends, beside the other tests (tests/background.py); the test runs last
+background.register("benchmarks-quick", quick_runs)
+
+
+@pytest.mark.skipif(not _data_available(), reason="scikit-learn not installed")
+@pytest.mark.background("benchmarks-quick")
+def test_quick_benchmark_runs_end_to_end():
+    tmp_path, proc, elapsed, rerun = background.result("benchmarks-quick")
+    try:
+        check_quick_runs(tmp_path, proc, elapsed, rerun)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def check_quick_runs(tmp_path, proc, elapsed, rerun):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     with open(tmp_path / "quick_results.csv", newline="") as f:
@@ -61,10 +93,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
 
     # Rerun one method against this run's baselines (run.py --methods / --baselines-from): the
     # other methods' rows are copied and marked, the seed retrains and reproduces exactly.
-    proc = subprocess.run([sys.executable, RUN, "--quick", "--out", str(tmp_path), "--tag", "rerun",
-                           "--methods", "l1", "--baselines-from",
-                           str(tmp_path / "quick_results.csv"), "--no-plots"],
-                          env=env, capture_output=True, text=True, timeout=3 * TIME_LIMIT_S)
+    proc = rerun
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "(same warm-up training)" in proc.stdout, proc.stdout[-3000:]
     with open(tmp_path / "rerun_results.csv", newline="") as f:

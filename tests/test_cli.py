@@ -1,4 +1,4 @@
-"""The `keras-dnas` command line, run as a subprocess (`python -m keras_dnas.cli`).
+"""The `keras-dnas` command line, run in a child process (`python -m keras_dnas.cli`).
 
 Oracles: `len(tflite bytes)` for flash, `keras_dnas.export.measure` for the arena and the
 operators, the target registry for the targets table, `kd.summary` for MACs and latency.
@@ -18,19 +18,25 @@ from keras_dnas import cli, targets
 from keras_dnas.export import measure, to_tflite
 from keras_dnas.export.estimate import estimate, tflite_layers
 
+from tests import child
+
 L = keras.layers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _start(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen([sys.executable, "-m", "keras_dnas.cli", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+# `python -m keras_dnas.cli ARGS`, one command after the other in the session's TensorFlow child
+# (tests/child.py): one interpreter and TensorFlow import for all of them, not one each
+CLI = """
+import runpy, sys
+sys.modules.pop("keras_dnas.cli", None)  # as a fresh `python -m` would: run the module anew
+runpy.run_module("keras_dnas.cli", run_name="__main__", alter_sys=True)
+"""
 
 
-def _finish(proc):
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+def _cli(*args):
+    proc = child.run(CLI, argv=args, cwd=ROOT, timeout=300)
+    return subprocess.CompletedProcess([sys.executable, "-m", "keras_dnas.cli", *args],
+                                       proc.returncode, proc.stdout, proc.stderr)
 
 
 def _tiny_model():
@@ -55,7 +61,7 @@ def tiny_tflite(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(tiny_tflite):
-    """Each command line run once, in parallel subprocesses (each imports TensorFlow)."""
+    """Each command line run once, as `python -m keras_dnas.cli` in a child process."""
     path = tiny_tflite["path"]
     commands = {
         "inspect": ("inspect", path),
@@ -63,8 +69,7 @@ def runs(tiny_tflite):
         "unknown_target": ("inspect", path, "--target", "stm32h7"),
         "targets": ("targets",),
     }
-    started = {key: _start(*args) for key, args in commands.items()}
-    return {key: _finish(proc) for key, proc in started.items()}
+    return {key: _cli(*args) for key, args in commands.items()}
 
 
 def test_inspect_prints_flash_arena_ops_and_quantisation(tiny_tflite, runs):

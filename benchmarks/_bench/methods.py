@@ -115,6 +115,20 @@ def seed(task, data, epochs):
             "wall": train + recal, "epoch_ends": clock.ends}
 
 
+def warm_up(task, data, epochs):
+    """The warm-up checkpoint of :func:`seed` without training the seed to the end.
+
+    The same initialisation, data order and ``epochs.warmup`` epochs as :func:`seed`'s first
+    epochs, then the same exact BN statistics (for benchmarks that need the checkpoint only).
+    """
+    keras.utils.set_random_seed(tasks.SEED)
+    model = compile_model(task.build(), task)
+    train = fit(model, task, data, epochs.warmup)
+    recal = recalibrate(model, data)
+    return {"warm_weights": [np.array(w) for w in model.get_weights()],
+            "times": {"warmup": train + recal}}
+
+
 def hand_tuned(task, data, epochs, seed_costs, target, budgets):
     """(b) The widest uniform width multiplier meeting every budget, trained from scratch."""
     start = time.perf_counter()
@@ -228,7 +242,11 @@ def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=Non
     model.set_weights(warm["warm_weights"])
     search = compile_model(kd.prepare(model, search=search, alternatives=alternatives), task)
     if alternatives is not None:
-        memory = None
+        # the supernet's own flash / RAM model, with the same 8-byte pointers as the seed's
+        from keras_dnas.choice_memory import ChoiceMemory
+
+        memory = ChoiceMemory.from_model(search, search.dnas_plan,
+                                         pointer_bytes=costs_lib.POINTER_BYTES)
     elif tuple(search.dnas_plan.tap_layers()):
         memory = costs_lib.build_memory(search, search.dnas_plan)
     # The seed's flash / RAM model (8-byte pointers, see _bench.costs.POINTER_BYTES), built
@@ -240,6 +258,9 @@ def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=Non
     search_time = fit(search, task, data, epochs.search, callbacks=[callback, *extra],
                       validation=True)
     start = time.perf_counter()
+    if alternatives is not None:  # freeze certifies the chosen structure: its memory model
+        picked = kd.choices.chosen(search)
+        memory = memory.exact_memory([picked[b["name"]] for b in search.dnas_plan.choices])[0]
     slim = kd.freeze(search, target=target, budgets=dict(budgets), memory=memory,
                      verbose=verbose, arena_plan=arena_plan, **(freeze_options or {}))
     freeze = time.perf_counter() - start
@@ -254,6 +275,9 @@ def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=Non
              "freeze": freeze, "finetune": finetune, "recalibrate": recal}
     return {"model": slim, "times": times, "wall": sum(times.values()),
             "chosen": kd.choices.chosen(search),
+            "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()
+                         if k in ("epoch", "dnas/flash_bytes", "dnas/feasible", "val_accuracy")}
+                        for h in callback.history],
             "removed": len(certificate.get("removed_channels", [])),
             "certified": certificate.get("all_hold"),
             "first_feasible_epoch": feasible_epochs[0] if feasible_epochs else None}

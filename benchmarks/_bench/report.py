@@ -8,10 +8,12 @@ from _bench.runner import FIELDS
 
 METHOD_NAMES = {"seed": "seed (no constraint)", "hand": "hand-tuned width",
                 "l1": "L1 filter pruning", "dnas": "keras_dnas",
-                "dnas_offline": "keras_dnas, offline arena plan"}
+                "dnas_offline": "keras_dnas, offline arena plan",
+                "dnas_time": "keras_dnas, channels + time"}
 COLORS = {"seed": "black", "hand": "tab:blue", "l1": "tab:orange", "dnas": "tab:green",
-          "dnas_offline": "tab:purple"}
-MARKERS = {"seed": "*", "hand": "s", "l1": "^", "dnas": "o", "dnas_offline": "D"}
+          "dnas_offline": "tab:purple", "dnas_time": "tab:red"}
+MARKERS = {"seed": "*", "hand": "s", "l1": "^", "dnas": "o", "dnas_offline": "D",
+           "dnas_time": "v"}
 
 
 class CsvWriter:

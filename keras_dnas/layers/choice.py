@@ -21,7 +21,10 @@ The merge owns ``dnas_choice``, one trainable logit per alternative
   alternative, compute the same.
 
 The temperature is ``temperature`` from the config unless a search binds a
-variable (``DNASCallback`` anneals it without retracing the train step).
+variable (``DNASCallback`` anneals it without retracing the train step). While a
+search runs, the logits are read through the same hooks as a channel mask
+(:class:`keras_dnas.masks.SearchHooks`: frozen during warm-up, learning rate
+scaled like the masks'), so a block's choice can move as fast as its channels.
 """
 
 import keras
@@ -137,10 +140,15 @@ class Choice(keras.layers.Layer):
         return tuple(input_shape[0])
 
     def _logits(self):
+        """The logits the block reads: ``dnas_choice`` itself, or while a search runs its
+        :class:`~keras_dnas.masks.SearchHooks` view (learning-rate scale, warm-up gate)."""
         logits = ops.convert_to_tensor(self.dnas_choice)
-        scale = self.__dict__.get("_dnas_grad_scale")
-        if scale is not None:  # 0 during warm-up: the forward value is unchanged
-            logits = scale_gradient(logits, scale)
+        hooks = self.__dict__.get(masks.HOOKS_ATTR)
+        if hooks is None:
+            return logits
+        logits = ops.convert_to_tensor(hooks.effective(logits))
+        if hooks.grad_scale is not None:  # 0 during warm-up: the forward value is unchanged
+            logits = scale_gradient(logits, hooks.grad_scale)
         return logits
 
     def _temperature(self):
@@ -153,13 +161,13 @@ class Choice(keras.layers.Layer):
 
     def chosen(self):
         """Index of the argmax alternative (a Python int)."""
-        return int(ops.convert_to_numpy(ops.argmax(self.dnas_choice)))
+        return int(ops.convert_to_numpy(ops.argmax(self._logits())))
 
     def call(self, inputs, training=None):
         stacked = ops.stack(inputs, axis=0)
         if not training:
             # the argmax alternative, selected exactly (what the frozen model keeps)
-            return ops.take(stacked, ops.argmax(self.dnas_choice), axis=0)
+            return ops.take(stacked, ops.argmax(self._logits()), axis=0)
         logits = self._logits()
         if self.mode == "gumbel":
             u = keras.random.uniform(ops.shape(logits), minval=1e-6, maxval=1.0 - 1e-6,

@@ -114,7 +114,13 @@ class DNASCallback(keras.callbacks.Callback):
         objectives: ``Minimize`` objects (or metric names) to reduce beyond
             the budgets.
         warmup_epochs: epochs at the start of ``fit`` that train the weights
-            only (masks frozen, no penalty).
+            only (masks and choice logits frozen, no penalty). With choice blocks
+            they train every alternative: at equal logits the hard Gumbel-softmax
+            samples each alternative of each block uniformly, one per step (a
+            supernet warm-up, as PLiNIO's SuperNet trains all paths before it
+            searches). On a trained seed whose alternatives are new, this also
+            trains the shared layers on the untrained alternatives' outputs, which
+            costs accuracy (BENCHMARKS.md, "Choice blocks").
         monitor: log key ranking feasible epochs (default ``val_loss``, which
             excludes the penalty, when validation data is given, else
             ``dnas/task_loss``).
@@ -152,6 +158,11 @@ class DNASCallback(keras.callbacks.Callback):
             blocks, annealed geometrically over the search epochs (a variable: no
             retracing). Costs weight the alternatives by ``softmax(logits / T)``, so at a
             low final temperature they approach the argmax alternative's exact costs.
+        choice_lr_multiplier: the choice logits' learning rate relative to the
+            optimizer's (default: ``mask_lr_multiplier``). At the optimizer's own rate a
+            logit moves ~lr per Adam step while the masks move ten times as far, so the
+            masks meet a budget before the choices move and the task loss then keeps
+            the alternative the seed trained.
         arena_plan: ``"tflm"`` (default) budgets RAM with TFLite Micro's own arena layout;
             ``"offline"`` with the plan ``kd.export.to_tflite(..., arena_plan="offline")``
             writes (the soft RAM term is the liveness bound that plan reaches).
@@ -182,7 +193,7 @@ class DNASCallback(keras.callbacks.Callback):
                  restore_best_weights=True, stop_when_feasible=None, margin=0.02,
                  mask_lr_multiplier=10.0, bn_momentum=0.9, centred_gradients=True, memory=None,
                  calibration_data=None, verbose=1, arena_plan="tflm",
-                 choice_temperature=(1.0, 0.1)):
+                 choice_temperature=(1.0, 0.1), choice_lr_multiplier=None):
         super().__init__()
         self.target = targets.get(target)
         self._budgets_arg = budgets
@@ -217,6 +228,12 @@ class DNASCallback(keras.callbacks.Callback):
             raise ValueError("choice_temperature must be (start, end) with both > 0. "
                              f"Received: choice_temperature={choice_temperature!r}")
         self.choice_temperature = tuple(float(t) for t in choice_temperature)
+        if choice_lr_multiplier is None:
+            choice_lr_multiplier = self.mask_lr_multiplier
+        if not isinstance(choice_lr_multiplier, (int, float)) or choice_lr_multiplier <= 0:
+            raise ValueError("choice_lr_multiplier must be a positive number or None. "
+                             f"Received: choice_lr_multiplier={choice_lr_multiplier!r}")
+        self.choice_lr_multiplier = float(choice_lr_multiplier)
         self.memory = memory
         from keras_dnas.export import offline
 
@@ -297,13 +314,15 @@ class DNASCallback(keras.callbacks.Callback):
         self._tap_owners = counts_lib.tap_owners(model, plan)
         self._time_masks = [(v, masks.SearchHooks()) for t in self._tap_owners
                             for v in t._dnas_time_variables()]
+        self._choices = counts_lib.choice_layers(model, plan)
         if self._state is not None and self._state_model is not None:
             _detach_state(self._state_model)
         strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's trainer only
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self._state = _SearchState(len(self.objectives),
                                        [tuple(o.dnas_alpha.shape) for o in self._owners]
-                                       + [tuple(v.shape) for v, _ in self._time_masks])
+                                       + [tuple(v.shape) for v, _ in self._time_masks]
+                                       + [tuple(c.dnas_choice.shape) for c in self._choices])
         self._state_model = None
         self._grad_scale = self._state.grad_scale
         self._strengths = list(self._state.strengths)
@@ -319,12 +338,13 @@ class DNASCallback(keras.callbacks.Callback):
             object.__setattr__(layer, masks.TIME_HOOKS_ATTR, {
                 id(v): h for v, h in self._time_masks
                 if any(v is w for w in layer._dnas_time_variables())})
-        # choice blocks: logits frozen during warm-up like the masks; annealed temperature
-        self._choices = counts_lib.choice_layers(model, plan)
+        # choice blocks: logits frozen during warm-up and their learning rate scaled like the
+        # masks' (the same hooks); annealed temperature
         self._temperature = self._state.temperature
         self._temperature.assign(self.choice_temperature[0])
         for layer in self._choices:
-            object.__setattr__(layer, "_dnas_grad_scale", self._grad_scale)
+            object.__setattr__(layer, masks.HOOKS_ATTR, masks.SearchHooks(
+                grad_scale=self._grad_scale))
             object.__setattr__(layer, "_dnas_temperature", self._temperature)
         self._boost = [1.0] * len(self.objectives)
         self._base = None
@@ -335,6 +355,10 @@ class DNASCallback(keras.callbacks.Callback):
             "memory": memory, "calibration_data": self.calibration_data,
             "arena_plan": self.arena_plan})
         return plan
+
+    def _choice_logits(self):
+        """``[(dnas_choice, its SearchHooks)]`` of the choice blocks."""
+        return [(c.dnas_choice, c.__dict__[masks.HOOKS_ATTR]) for c in self._choices]
 
     def _needs_memory(self):
         metrics = {o.metric for o in self.objectives}
@@ -398,9 +422,14 @@ class DNASCallback(keras.callbacks.Callback):
             hooks = owner.__dict__[masks.HOOKS_ATTR]
             hooks.anchor, hooks.lr_scale = anchor, self.mask_lr_multiplier
             hooks.restart(owner.dnas_alpha)
+        n = len(self._owners)
         for (variable, hooks), anchor in zip(self._time_masks,
-                                             self._state.anchors[len(self._owners):]):
+                                             self._state.anchors[n:n + len(self._time_masks)]):
             hooks.anchor, hooks.lr_scale = anchor, self.mask_lr_multiplier
+            hooks.restart(variable)
+        for (variable, hooks), anchor in zip(self._choice_logits(),
+                                             self._state.anchors[n + len(self._time_masks):]):
+            hooks.anchor, hooks.lr_scale = anchor, self.choice_lr_multiplier
             hooks.restart(variable)
         # the compiled step must see the search state as the model's (JAX passes only the
         # model's variables into its jitted step; others would be traced as constants)
@@ -437,7 +466,7 @@ class DNASCallback(keras.callbacks.Callback):
         self._temperature.assign(self.temperature_at(epoch))
         for owner in self._owners:  # the gate reads alpha itself at the start of each epoch
             owner.__dict__[masks.HOOKS_ATTR].restart(owner.dnas_alpha)
-        for variable, hooks in self._time_masks:
+        for variable, hooks in self._time_masks + self._choice_logits():
             hooks.restart(variable)
         self._folded = False
         self._assign_strengths(epoch)
@@ -457,7 +486,8 @@ class DNASCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         steps = self.params.get("steps")
-        if steps and batch + 1 >= steps and self.mask_lr_multiplier != 1.0:
+        if steps and batch + 1 >= steps and (self.mask_lr_multiplier != 1.0
+                                             or self.choice_lr_multiplier != 1.0):
             # the last step of the epoch: the masks' variables hold the masks again before any
             # callback's on_epoch_end reads or sets them
             self._jax_sync()
@@ -530,7 +560,7 @@ class DNASCallback(keras.callbacks.Callback):
             return
         for owner in self._owners:
             owner.__dict__[masks.HOOKS_ATTR].fold(owner.dnas_alpha)
-        for variable, hooks in self._time_masks:
+        for variable, hooks in self._time_masks + self._choice_logits():
             hooks.fold(variable)
         self._folded = True
 
@@ -609,7 +639,7 @@ class DNASCallback(keras.callbacks.Callback):
             owner.__dict__.pop(masks.HOOKS_ATTR, None)
             owner.__dict__.pop(masks.TIME_HOOKS_ATTR, None)
         for layer in self._choices:
-            layer.__dict__.pop("_dnas_grad_scale", None)
+            layer.__dict__.pop(masks.HOOKS_ATTR, None)
             layer.__dict__.pop("_dnas_temperature", None)
         _detach_state(self.model)
         self._state_model = None
