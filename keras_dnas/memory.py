@@ -121,8 +121,8 @@ _WEIGHT_OPS = {
 }
 #: Plan ops (``LayerInfo.op``) each TFLite weight operator may come from, best first.
 _KINDS = {
-    "CONV_2D": ("conv", "separable_conv", "dense"),
-    "DEPTHWISE_CONV_2D": ("depthwise", "separable_conv"),
+    "CONV_2D": ("conv", "separable", "dense"),
+    "DEPTHWISE_CONV_2D": ("depthwise", "separable"),
     "FULLY_CONNECTED": ("dense", "conv"),
     "TRANSPOSE_CONV": ("conv_transpose", "conv"),
 }

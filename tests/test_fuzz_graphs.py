@@ -31,7 +31,9 @@ class KnownFailure(Exception):
 # open now. A newly found class goes here with its seed until it is fixed.
 
 #: seed -> {check: known failure}; together the seeds use every role.
-SAMPLE = {1: {}, 2: {}, 3: {}, 6: {}, 11: {}, 14: {}, 20: {}, 24: {}}
+# Seed 643 (check d): a SeparableConv2D's pointwise half was matched to a later Conv2D of the
+# same width (the memory model's op kinds said "separable_conv", the plan says "separable").
+SAMPLE = {1: {}, 2: {}, 3: {}, 6: {}, 11: {}, 14: {}, 20: {}, 24: {}, 643: {}}
 
 CASES = [
     pytest.param(seed, check, id=f"seed{seed}-{check}",
