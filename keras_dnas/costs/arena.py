@@ -98,30 +98,45 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
     online.sort(key=lambda i: -sizes[i])  # Python's sort is stable, like the bubble sort.
     order = head_ids + online
 
+    # TFLM walks every placed buffer in offset order (ties: placement order) and skips those not
+    # simultaneously active; walking only the active ones, in the same order, places each buffer
+    # at the same offset and costs O(overlaps) instead of O(buffers) per buffer.
+    overlaps = _overlapping(first, last)
     offsets = [None] * n
-    placed = []  # buffer ids, kept sorted by offset (ties: insertion after equal offsets)
+    rank = [0] * n
     for k, b in enumerate(order):
+        rank[b] = k
         if fixed[b] is not None:
             off = fixed[b]
-        elif k == 0:
-            off = 0
         else:
             off = 0
-            for p in placed:
-                if first[p] > last[b] or first[b] > last[p]:
-                    continue  # not simultaneously active
-                if offsets[p] - off >= sizes[b]:
+            size = sizes[b]
+            active = [p for p in overlaps[b] if offsets[p] is not None]
+            active.sort(key=lambda p: (offsets[p], rank[p]))
+            for p in active:
+                if offsets[p] - off >= size:
                     break  # the gap before this buffer fits
-                off = max(off, offsets[p] + sizes[p])
+                end = offsets[p] + sizes[p]
+                if end > off:
+                    off = end
         offsets[b] = off
-        pos = len(placed)
-        for j, p in enumerate(placed):
-            if offsets[p] > off:
-                pos = j
-                break
-        placed.insert(pos, b)
     head = max(offsets[i] + sizes[i] for i in range(n))
     return offsets, head
+
+
+def _overlapping(first, last):
+    """For each buffer, the other buffers whose closed lifetime interval meets its own (a
+    sweep over the start order: lifetimes are short, so each list is)."""
+    found = [[] for _ in first]
+    live = []
+    for i in sorted(range(len(first)), key=first.__getitem__):
+        start = first[i]
+        live = [j for j in live if last[j] >= start]
+        for j in live:
+            found[i].append(j)
+            found[j].append(i)
+        live.append(i)
+    return found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,7 +338,7 @@ def _per_channel_count(model, op):
     return out.shape[-1] if out.shape else 1
 
 
-def tflite_tail(tflite, pointer_bytes=8, scratch=None):
+def tflite_tail(tflite, pointer_bytes=8, scratch=None, tensor_count=None):
     """Predicts TFLite Micro's persistent (tail) arena bytes for a model.
 
     The allocation sequence of `MicroInterpreter::AllocateTensors` is replayed with its
@@ -340,6 +355,8 @@ def tflite_tail(tflite, pointer_bytes=8, scratch=None):
         pointer_bytes: 8 for the 64-bit Python interpreter (`tflite_micro`, exact on the test
             set), 4 for a 32-bit MCU such as Cortex-M (estimated, see `TAIL_OPS`).
         scratch: scratch request rules (default `REFERENCE_SCRATCH`); each request costs a handle.
+        tensor_count: the number of tensors (one `TfLiteEvalTensor` each), when `tflite`'s
+            tensor list is not the final one (default: its length).
 
     Returns:
         The tail size in bytes (int).
@@ -351,7 +368,8 @@ def tflite_tail(tflite, pointer_bytes=8, scratch=None):
     ptr = st["pointer"]
     scratch = REFERENCE_SCRATCH if scratch is None else scratch
     tail = _Tail(st["fixed"])
-    tail.alloc(st["eval_tensor"] * len(model.tensors), ptr)
+    n_tensors = len(model.tensors) if tensor_count is None else tensor_count
+    tail.alloc(st["eval_tensor"] * n_tensors, ptr)
     tail.alloc(st["node"] * len(model.operators), ptr)
     rows = [TAIL_OPS.get(op.name, _UNKNOWN_OP) for op in model.operators]
     for row in rows:  # builtin options, parsed from the flatbuffer

@@ -1,0 +1,155 @@
+"""The fast paths of a budgeted ``kd.freeze`` (issue 13 item 4, issue 17) compute what the
+straightforward code computes.
+
+- ``arena.greedy_plan`` walks only the buffers whose lifetimes meet the one it places: the same
+  offsets as TFLite Micro's loop over every placed buffer (kept here as the reference).
+- ``MemoryModel.ram_parts`` / ``ram_mass`` replay the planner from structures built once: the
+  same numbers as the replay on the rescaled decoded model, on random counts, for models with
+  shape constants that split and merge (causal TCN), MEAN scratch buffers (squeeze-excite),
+  per-tensor fully connected layers and searched kernel taps.
+"""
+
+import numpy as np
+import pytest
+
+import keras
+
+import keras_dnas as kd
+from keras_dnas.costs import arena
+from keras_dnas.graph.counts import tap_owners
+from keras_dnas.memory import MemoryModel
+
+L = keras.layers
+
+
+def reference_greedy_plan(buffers, alignment=arena.ARENA_ALIGNMENT, offline_offsets=None):
+    """TFLite Micro's GreedyMemoryPlanner as written there: every placed buffer is walked in
+    offset order (the loop ``greedy_plan`` replaced)."""
+    sizes = [-(-s // alignment) * alignment for s, _, _ in buffers]
+    first = [f for _, f, _ in buffers]
+    last = [e for _, _, e in buffers]
+    n = len(sizes)
+    if n == 0:
+        return [], 0
+    fixed = [None] * n if offline_offsets is None else [
+        None if (o is None or o < 0) else int(o) for o in offline_offsets]
+    online = [i for i in reversed(range(n)) if fixed[i] is None]
+    online.sort(key=lambda i: -sizes[i])
+    order = [i for i in range(n) if fixed[i] is not None] + online
+    offsets, placed = [None] * n, []
+    for k, b in enumerate(order):
+        if fixed[b] is not None:
+            off = fixed[b]
+        else:
+            off = 0
+            for p in placed:
+                if first[p] > last[b] or first[b] > last[p]:
+                    continue
+                if offsets[p] - off >= sizes[b]:
+                    break
+                off = max(off, offsets[p] + sizes[p])
+        offsets[b] = off
+        pos = next((j for j, p in enumerate(placed) if offsets[p] > off), len(placed))
+        placed.insert(pos, b)
+    return offsets, max(offsets[i] + sizes[i] for i in range(n))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_greedy_plan_places_every_buffer_as_tflite_micro(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 120))
+    scopes = int(rng.integers(1, 40))
+    buffers = []
+    for _ in range(n):
+        a, b = sorted(rng.integers(0, scopes, size=2).tolist())
+        # few distinct sizes: many ties, which the order and the gaps must break as TFLM does
+        buffers.append((int(rng.choice([16, 32, 48, 100, 1000, int(rng.integers(1, 5000))])),
+                        a, b))
+    offline = None
+    if seed % 4 == 0:  # some buffers planned offline (fixed offsets)
+        offline = [int(rng.integers(0, 4000)) if rng.random() < 0.2 else None
+                   for _ in range(n)]
+    assert arena.greedy_plan(buffers, offline_offsets=offline) == \
+        reference_greedy_plan(buffers, offline_offsets=offline)
+    assert arena.greedy_plan(buffers, alignment=1) == reference_greedy_plan(buffers, alignment=1)
+
+
+def _se_net():
+    """Squeeze-excite (MEAN with keepdims, 1x1 convs, broadcasting multiply), a residual add
+    and a searchable Dense after Flatten."""
+    x = keras.Input((12, 12, 3))
+    h = L.Conv2D(12, 3, padding="same", activation="relu", name="stem")(x)
+    s = L.GlobalAveragePooling2D(keepdims=True)(h)
+    s = L.Conv2D(4, 1, activation="relu", name="squeeze")(s)
+    s = L.Conv2D(12, 1, activation="sigmoid", name="excite")(s)
+    h = L.Multiply()([h, s])
+    h = L.Add()([h, L.Conv2D(12, 1, name="skip")(x)])
+    h = L.Conv2D(6, 3, strides=2, name="tail")(h)
+    h = L.Dense(8, activation="relu", name="hidden")(L.Flatten()(h))
+    return keras.Model(x, L.Dense(3)(h))
+
+
+CASES = {
+    "causal_tcn": lambda: kd.zoo.tcn(padding="causal"),
+    "squeeze_excite": _se_net,
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def memory(request):
+    keras.utils.set_random_seed(0)
+    search = kd.prepare(CASES[request.param]())
+    return MemoryModel.from_model(search, pointer_bytes=8)
+
+
+def _random_counts(plan, rng, taps=()):
+    counts = []
+    for g in plan.groups:
+        if g.frozen:
+            counts.append(g.size)
+        else:  # extremes (1, 2, full) often: where shape constants merge and split
+            counts.append(int(rng.choice([1, 2, g.size, int(rng.integers(1, g.size + 1))])))
+    return counts + [int(rng.integers(1, t + 1)) for t in taps]
+
+
+def test_arena_replay_equals_the_replay_of_the_rescaled_model(memory):
+    rng = np.random.default_rng(0)
+    plan = memory.plan
+    assert memory._replay().requests or memory._shape_constants  # what the cases are for
+    for trial in range(60):
+        counts = _random_counts(plan, rng)
+        report = arena.tflite_arena(memory.scaled_model(counts), pointer_bytes=8)
+        assert memory.ram_parts(counts) == {k: report[k] for k in ("head", "tail", "total")}, \
+            counts
+        assert memory.ram_mass(counts) == sum(b["size"] for b in report["buffers"])
+
+
+def test_causal_tcn_shape_constants_split_in_the_replay():
+    """The premise of the causal case: random counts do change the tensor count (one shape
+    constant per distinct width), so the replay's tensor count is exercised."""
+    keras.utils.set_random_seed(0)
+    memory = MemoryModel.from_model(kd.prepare(kd.zoo.tcn(padding="causal")), pointer_bytes=8)
+    rng = np.random.default_rng(1)
+    seen = {len(memory.scaled_model(_random_counts(memory.plan, rng)).tensors)
+            for _ in range(20)}
+    assert len(seen) > 1 and memory._shape_constants
+
+
+def test_arena_replay_with_searched_taps():
+    """Counts longer than the groups (searched kernel taps): the replay's matrix for that
+    width, and taps not given (the full kernel)."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((32, 2))
+    h = L.Conv1D(8, 5, padding="causal", activation="relu", name="a")(x)
+    h = L.Conv1D(8, 3, padding="causal", dilation_rate=2, name="b")(h)
+    search = kd.prepare(keras.Model(x, L.Dense(2)(L.GlobalAveragePooling1D()(h))),
+                        search=("channels", "receptive_field"))
+    memory = MemoryModel.from_model(search, pointer_bytes=4)
+    plan = memory.plan
+    taps = [t.dnas_taps for t in tap_owners(search, plan)]
+    assert taps
+    rng = np.random.default_rng(2)
+    for trial in range(30):
+        counts = _random_counts(plan, rng, taps if trial % 2 else ())
+        report = arena.tflite_arena(memory.scaled_model(counts), pointer_bytes=4)
+        assert memory.ram_parts(counts) == {k: report[k] for k in ("head", "tail", "total")}
