@@ -960,6 +960,7 @@ class _ArenaReplay:
         self.tensor_ids = [b["tensor"] for b in buffers if b["kind"] == "tensor"]
         self.scratch = [b for b in buffers if b["kind"] == "scratch"]
         self.spans = [(b["first"], b["last"]) for b in buffers]
+        self.overlaps = arena._overlapping([f for f, _ in self.spans], [e for _, e in self.spans])
         offline = [b["offline"] for b in buffers]
         self.offline = offline if any(o is not None for o in offline) else None
         self.itemsize = np.array([full.tensors[i].itemsize for i in self.tensor_ids],
@@ -977,6 +978,9 @@ class _ArenaReplay:
         # (only those that change with the counts need a rescaled copy)
         self.read = sorted(i for i in read if memory._scales[i].terms
                            or any(d.terms for d in memory._dims[i]))
+        self.read_groups = [sorted({g for d in list(memory._dims[i]) + [memory._scales[i]]
+                                    for g, _ in d.terms}) for i in self.read]
+        self.memo = [{} for _ in self.read]
         self.requests = {}  # operator -> number of scratch requests at full width
         for b in self.scratch:
             self.requests[b["op"]] = self.requests.get(b["op"], 0) + 1
@@ -1030,8 +1034,17 @@ class _ArenaReplay:
         """The full-width model with the tensors the tail and the scratch rules read rescaled
         to ``counts`` (nothing here reads the others)."""
         tensors = list(self.memory.full.tensors)
-        for i in self.read:
-            tensors[i] = self.memory._scaled_tensor(i, counts)
+        width = len(counts)
+        for i, groups, memo in zip(self.read, self.read_groups, self.memo):
+            # a tensor follows a few groups: a projection's trials mostly leave them as they
+            # were, so its copy at those counts is reused (the copies are never modified)
+            key = (width,) + tuple(counts[g] if g < width else -1 for g in groups)
+            t = memo.get(key)
+            if t is None:
+                if len(memo) > 64:
+                    memo.clear()
+                t = memo[key] = self.memory._scaled_tensor(i, counts)
+            tensors[i] = t
         return dataclasses.replace(self.memory.full, tensors=tensors)
 
     def tensor_count(self, counts):
@@ -1054,7 +1067,7 @@ class _ArenaReplay:
         if sizes is None:
             return None
         _, head = arena.greedy_plan([(s, f, l) for s, (f, l) in zip(sizes, self.spans)],
-                                    offline_offsets=self.offline)
+                                    offline_offsets=self.offline, overlaps=self.overlaps)
         tail = arena.tflite_tail(model, pointer_bytes=self.memory.pointer_bytes,
                                  tensor_count=self.tensor_count(counts))
         return {"head": head, "tail": tail, "total": head + tail}

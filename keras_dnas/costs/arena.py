@@ -55,7 +55,7 @@ ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment() in TFLM.
 # ----------------------------------------------------------------------------------------------
 
 
-def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
+def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None, overlaps=None):
     """Replays TFLite Micro's `GreedyMemoryPlanner` on plain data.
 
     Args:
@@ -66,6 +66,9 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
             the sizes as given.
         offline_offsets: optional sequence, one entry per buffer: a fixed offset, or `None` /
             -1 for a buffer the planner places (TFLM's `OfflineMemoryAllocation` metadata).
+        overlaps: optional, per buffer the indices of the other buffers whose lifetimes meet
+            its own (computed when not given; a caller planning the same lifetimes many
+            times passes them once computed, see `_overlapping`).
 
     Returns:
         `(offsets, head)`: the offset of each buffer (same order as `buffers`) and the arena head
@@ -98,10 +101,18 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
     online.sort(key=lambda i: -sizes[i])  # Python's sort is stable, like the bubble sort.
     order = head_ids + online
 
-    # TFLM walks every placed buffer in offset order (ties: placement order) and skips those not
-    # simultaneously active; walking only the active ones, in the same order, places each buffer
-    # at the same offset and costs O(overlaps) instead of O(buffers) per buffer.
-    overlaps = _overlapping(first, last)
+    offsets = _place(sizes, order, fixed, _overlapping(first, last) if overlaps is None
+                     else overlaps)
+    head = max(offsets[i] + sizes[i] for i in range(n))
+    return offsets, head
+
+
+def _place(sizes, order, fixed, overlaps):
+    """The planner's placement loop. TFLM walks every placed buffer in offset order (ties:
+    placement order) and skips those not simultaneously active; walking only the active ones,
+    in the same order, places each buffer at the same offset and costs O(overlaps) instead of
+    O(buffers) per buffer."""
+    n = len(sizes)
     offsets = [None] * n
     rank = [0] * n
     for k, b in enumerate(order):
@@ -112,7 +123,7 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
             off = 0
             size = sizes[b]
             active = [p for p in overlaps[b] if offsets[p] is not None]
-            active.sort(key=lambda p: (offsets[p], rank[p]))
+            active.sort(key=lambda p: offsets[p] * n + rank[p])  # (offset, rank) order
             for p in active:
                 if offsets[p] - off >= size:
                     break  # the gap before this buffer fits
@@ -120,8 +131,7 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
                 if end > off:
                     off = end
         offsets[b] = off
-    head = max(offsets[i] + sizes[i] for i in range(n))
-    return offsets, head
+    return offsets
 
 
 def _overlapping(first, last):
