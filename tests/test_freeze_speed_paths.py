@@ -16,6 +16,7 @@ import keras
 
 import keras_dnas as kd
 from keras_dnas.costs import arena
+from keras_dnas.costs.model import CostModel
 from keras_dnas.graph.counts import tap_owners
 from keras_dnas.memory import MemoryModel
 
@@ -153,3 +154,47 @@ def test_arena_replay_with_searched_taps():
         counts = _random_counts(plan, rng, taps if trial % 2 else ())
         report = arena.tflite_arena(memory.scaled_model(counts), pointer_bytes=4)
         assert memory.ram_parts(counts) == {k: report[k] for k in ("head", "tail", "total")}
+
+
+def test_budgeted_freeze_returns_the_model_its_certificate_converted(monkeypatch, tmp_path):
+    """``freeze`` rebuilds the frozen model once and returns the one the certificate converted
+    (no second rebuild): it computes what a fresh rebuild computes, its own conversion is the
+    certified file, and it saves and loads as a plain Keras model."""
+    from keras_dnas import slicing
+
+    keras.utils.set_random_seed(0)
+    search = kd.prepare(_se_net())
+    rng = np.random.default_rng(0)
+    for layer in search.layers:
+        alpha = getattr(layer, "dnas_alpha", None)
+        if alpha is not None and alpha.trainable:
+            alpha.assign(rng.uniform(0.05, 1.0, alpha.shape).astype("float32"))
+    cm = CostModel(search.dnas_plan, "stm32h743",
+                   memory=MemoryModel.from_model(search, target="stm32h743"))
+    metrics = ["flash_bytes", "ram_bytes"]
+    full, least = cm.evaluate(cm.full_counts(), metrics), cm.evaluate(cm.min_counts(), metrics)
+    # half-way between one channel per group and the seed: projection has work to do
+    budgets = {m: float(least[m]) + 0.5 * (float(full[m]) - float(least[m])) for m in metrics}
+    rebuilds = []
+    original = slicing.rebuild_with
+
+    def counted(*args, **kwargs):
+        rebuilds.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kd.freeze_lib, "rebuild_with", counted)
+    slim = kd.freeze(search, target="stm32h743", budgets=budgets, verbose=0)
+    monkeypatch.undo()
+    cert = slim.dnas_certificate
+    assert cert["all_hold"] and cert["flash_source"].startswith("int8 TFLite conversion")
+    assert len(rebuilds) == 1
+    x = np.random.default_rng(0).normal(size=(8, 12, 12, 3)).astype("float32")
+    flash = {r["metric"]: r["value"] for r in cert["budgets"]}["flash_bytes"]
+    assert len(kd.export.to_tflite(slim, representative_data=x)) == flash
+    args, kwargs = rebuilds[0]
+    np.testing.assert_allclose(slim.predict(x, verbose=0),
+                               original(*args, **kwargs).predict(x, verbose=0), rtol=1e-6)
+    path = tmp_path / "slim.keras"
+    slim.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0),
+                               slim.predict(x, verbose=0), rtol=1e-6)
