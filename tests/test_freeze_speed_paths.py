@@ -198,3 +198,45 @@ def test_budgeted_freeze_returns_the_model_its_certificate_converted(monkeypatch
     slim.save(path)
     np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0),
                                slim.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_conversion_leaves_the_garbage_collector_as_it_was():
+    """``to_tflite`` hides older objects from the collector while converting (``gc.freeze``):
+    afterwards they are back, also after a failed conversion, and a process that froze objects
+    itself keeps exactly its own frozen set; objects the conversion drops are collected."""
+    import gc
+    import weakref
+
+    from keras_dnas.export import to_tflite
+
+    model = keras.Sequential([keras.Input((6,)), L.Dense(3)])
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    gc.unfreeze()  # conftest.py froze the suite's start-up objects: start as a user's process
+    try:
+        assert gc.get_freeze_count() == 0
+        to_tflite(model, representative_data=x)
+        assert gc.get_freeze_count() == 0
+        with pytest.raises(ValueError):
+            to_tflite(keras.Sequential([keras.Input((6,)), L.Lambda(keras.ops.sort)]),
+                      representative_data=x)
+        assert gc.get_freeze_count() == 0
+
+        class Node:
+            pass
+
+        cycle = Node()
+        cycle.me = cycle
+        dropped = weakref.ref(cycle)
+        gc.freeze()
+        to_tflite(model, representative_data=x)
+        # the caller's freeze is left alone: its objects are still out of the generations
+        assert gc.get_freeze_count() > 0
+        assert not any(o is cycle for o in gc.get_objects())
+        gc.unfreeze()
+        assert any(o is cycle for o in gc.get_objects())
+        del cycle
+        gc.collect()
+        assert dropped() is None
+    finally:
+        gc.collect()
+        gc.freeze()  # as conftest.py left it

@@ -1,7 +1,9 @@
 """Keras model -> TFLite flatbuffer for TensorFlow Lite Micro (full int8 or float32)."""
 
 import atexit
+import contextlib
 import dataclasses
+import gc
 import os
 import pickle
 import re
@@ -268,6 +270,25 @@ def _write_saved_model(model, path, signature):
                         options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
 
 
+@contextlib.contextmanager
+def _collector_skips_older_objects():
+    """`TFLiteConverter.convert` ends with a full `gc.collect()` (to free the SavedModel it loads
+    again for debug info), and tracing makes enough objects to start collections of its own. In
+    a process holding TensorFlow, Keras, a model and its data each walks every Python object:
+    0.26 s of resnet8's 1.1 s conversion CPU, 1.2 profiled seconds of EfficientNetB0's. During
+    the conversion the objects that existed before it are out of the collector's sight
+    (`gc.freeze`), so it walks only what the conversion makes; they are back under it as usual
+    afterwards. Left alone if the process froze objects itself."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def to_tflite(model, representative_data=None, quantization="int8", *, allow_float_ops=False,
               arena_plan="tflm"):
     """Convert a Keras model to a TFLite flatbuffer that TensorFlow Lite Micro can run.
@@ -363,16 +384,17 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
             try:
                 import tensorflow as tf
 
-                with _keras.elementwise_add_as_add():
-                    _write_saved_model(model, tmp, signature)
-                converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-                converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, mode.ops_set)]
-                if mode.integer_io:
-                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                    converter.representative_dataset = representative_dataset
-                    converter.inference_input_type = tf.int8
-                    converter.inference_output_type = tf.int8
-                tflite = converter.convert()
+                with _collector_skips_older_objects():
+                    with _keras.elementwise_add_as_add():
+                        _write_saved_model(model, tmp, signature)
+                    converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+                    converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, mode.ops_set)]
+                    if mode.integer_io:
+                        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                        converter.representative_dataset = representative_dataset
+                        converter.inference_input_type = tf.int8
+                        converter.inference_output_type = tf.int8
+                    tflite = converter.convert()
             except Exception as e:  # noqa: BLE001 - re-raised below with the converter log
                 error = e
     if error is not None:
