@@ -103,9 +103,9 @@ def tflite_layers(tflite_bytes):
     >>> [(r["name"], r["op"], r["cin"], r["cout"]) for r in rows][::2]
     [('CONV_2D', 'conv', 1, 4), ('FULLY_CONNECTED', 'dense', 144, 2)]
     """
-    info = _flatbuffer.read_model(tflite_bytes)
+    info = _flatbuffer.read_tflite(tflite_bytes)
     rows = []
-    for op in info.main_ops:
+    for op in info.operators:
         record = _record(op, info) or {"op": None, "geometry": None, "cin": None, "cout": None}
         rows.append({"index": op.index, "name": op.name, **record})
     return rows

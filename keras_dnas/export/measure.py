@@ -301,21 +301,20 @@ def measure(
     True
     """
     data_bytes = _flatbuffer.as_model_bytes(tflite_bytes)
-    info = _flatbuffer.read_model(data_bytes)
+    info = _flatbuffer.read_tflite(data_bytes)
     if data is None and (keras_model is not None or task is not None):
         raise ValueError(
             "keras_model= and task= need data=(x, y) to evaluate on. Received: data=None"
         )
-    io_types = {t.dtype for t in info.inputs + info.outputs}
+    io_types = {t.dtype for t in info.input_tensors + info.output_tensors}
     fields = {
         "flash_bytes": len(data_bytes),
-        "ops": [op.name for op in info.main_ops],
-        "inputs": [t.to_dict() for t in info.inputs],
-        "outputs": [t.to_dict() for t in info.outputs],
+        "ops": [op.name for op in info.operators],
+        "inputs": [t.to_dict() for t in info.input_tensors],
+        "outputs": [t.to_dict() for t in info.output_tensors],
         "quantization": next(iter(io_types)).lower() if len(io_types) == 1 else "mixed",
     }
-    memory_view = _flatbuffer.read_tflite(data_bytes)  # decoded once: the plan and the tail
-    fields["arena_plan"] = "offline" if memory_view.offline_offsets is not None else "tflm"
+    fields["arena_plan"] = "offline" if info.offline_offsets is not None else "tflm"
     resolved = _resolve_target(target)
     pointer_bytes = DEFAULT_POINTER_BYTES if resolved is None else resolved[3]
     # One TFLite Micro child process: the inference on `x` (if any) and the arena report.
@@ -326,7 +325,7 @@ def measure(
                                      allocations=True)
     host = _runtime.parse_allocations(reply["allocations"])
     fields.update({"host_" + k: v for k, v in host.items()})
-    fields.update(target_arena(memory_view, host, pointer_bytes), pointer_bytes=pointer_bytes)
+    fields.update(target_arena(info, host, pointer_bytes), pointer_bytes=pointer_bytes)
     if resolved is not None:
         name, flash, ram, _ = resolved
         fields.update(
