@@ -194,30 +194,14 @@ def tflite_buffers(tflite, scratch=None):
             f"a model with {model.num_subgraphs} subgraphs"
         )
     scratch = REFERENCE_SCRATCH if scratch is None else scratch
-    n_t = len(model.tensors)
-    first = [-1] * n_t
-    last = [-1] * n_t
-    for t in list(model.inputs) + list(model.outputs):
-        first[t] = last[t] = 0
+    spans = tensor_lifetimes(len(model.tensors), [(op.inputs, op.outputs) for op in model.operators],
+                             model.inputs, model.outputs)
     scratch_bufs = []
-    scope = 0
     for i, op in enumerate(model.operators):
-        scope = i + 1
-        for t in op.outputs:
-            if t >= 0:
-                first[t] = last[t] = scope
-        for t in op.inputs:
-            if t >= 0:
-                last[t] = scope
         rule = scratch.get(op.name)
-        if rule is not None:
-            for nbytes in rule(model, op):
-                scratch_bufs.append(
-                    dict(size=int(nbytes), first=scope, last=scope, offline=None,
-                         kind="scratch", tensor=None, op=i)
-                )
-    for t in model.outputs:
-        last[t] = scope
+        for nbytes in rule(model, op) if rule is not None else ():
+            scratch_bufs.append(dict(size=int(nbytes), first=i + 1, last=i + 1, offline=None,
+                                     kind="scratch", tensor=None, op=i))
     offline = model.offline_offsets
     out = []
     for t in model.tensors:
@@ -227,7 +211,7 @@ def tflite_buffers(tflite, scratch=None):
         if offline is not None and offline[t.index] >= 0:
             fixed = offline[t.index]
         out.append(
-            dict(size=t.nbytes, first=first[t.index], last=last[t.index], offline=fixed,
+            dict(size=t.nbytes, first=spans[t.index][0], last=spans[t.index][1], offline=fixed,
                  kind="tensor", tensor=t.index, op=None)
         )
     return out + scratch_bufs
@@ -452,7 +436,8 @@ def tensor_lifetimes(n_tensors, ops, inputs, outputs):
     for i, (ins, outs) in enumerate(ops):
         scope = i + 1
         for t in outs:
-            first[t] = last[t] = scope
+            if t >= 0:
+                first[t] = last[t] = scope
         for t in ins:
             if t >= 0:
                 last[t] = scope

@@ -13,8 +13,8 @@ live as JSON files in ``keras_dnas/targets/data``:
 | ``nrf52840`` | Cortex-M4F | 64 MHz | 256 KiB | 1 MiB | cmsis_nn (generic M4 defaults) |
 | ``gap8`` | 8-core RISC-V | 100 MHz | 512 KiB | 8 MiB | gap8_paper (paper B) |
 
-Use :func:`calibrate` / :func:`calibrate_from_csv` to fit a target to your own
-measurements.
+To fit a target's coefficients to your own measurements, see ``calibrate`` in
+``benchmarks/_bench/calibration.py`` (how ``stm32l4r5`` was fitted).
 
 Example:
 
@@ -24,8 +24,6 @@ Example:
 ('Cortex-M7', 480.0, 512)
 """
 
-from keras_dnas.targets import mlperf
-from keras_dnas.targets.calibration import calibrate, calibrate_from_csv, read_layer_csv
 from keras_dnas.targets.registry import (
     builtin_names,
     get,
@@ -42,13 +40,9 @@ __all__ = [
     "LATENCY_MODELS",
     "HardwareTarget",
     "builtin_names",
-    "calibrate",
-    "calibrate_from_csv",
     "get",
     "list_targets",
-    "mlperf",
     "names",
-    "read_layer_csv",
     "register",
     "unregister",
 ]

@@ -1,4 +1,4 @@
-"""Fit a target's latency coefficients to measured latencies.
+"""Fit a target's latency coefficients to measured latencies (how `stm32l4r5` was fitted).
 
 The latency models are linear in their coefficients once the scale is
 factored out (:class:`keras_dnas.costs.latency.LatencyModel`)::
@@ -30,6 +30,7 @@ import warnings
 
 import numpy as np
 
+from benchmarks._bench.layer_costs import model_features
 from keras_dnas.graph.plan import layer_geometry
 from keras_dnas.targets import registry
 
@@ -59,7 +60,7 @@ def nnls(a, b, max_iter=None):
     Example:
 
     >>> import numpy as np
-    >>> from keras_dnas.targets.calibration import nnls
+    >>> from benchmarks._bench.calibration import nnls
     >>> nnls(np.eye(2), np.array([1.0, -1.0])).tolist()
     [1.0, 0.0]
     """
@@ -239,15 +240,14 @@ def calibrate(base, measurements, clock_mhz=None, *, fit="auto", prior_weight=0.
 
     Example:
 
-    >>> from keras_dnas import targets
-    >>> from keras_dnas.targets import mlperf
-    >>> t = targets.calibrate("nrf52840", [(mlperf.reference_layers("ic"), 389.56),
+    >>> from benchmarks._bench import calibration, mlperf_reference as mlperf
+    >>> t = calibration.calibrate("nrf52840", [(mlperf.reference_layers("ic"), 389.56),
     ...                                    (mlperf.reference_layers("ad"), 8.605)], clock_mhz=120)
     >>> round(t.scale, 2), t.clock_mhz
     (2.04, 120.0)
     """
     base = registry.get(base)
-    from keras_dnas.costs import latency  # noqa: PLC0415
+    from keras_dnas.costs import latency
 
     model = latency.latency_model(base)
     clock = base.clock_mhz if clock_mhz is None else _check_positive(clock_mhz, "clock_mhz")
@@ -259,7 +259,7 @@ def calibrate(base, measurements, clock_mhz=None, *, fit="auto", prior_weight=0.
             )
         obj, ms = item
         ms = _check_positive(ms, "latency_ms")
-        rows.append((latency.model_features(_as_layers(obj), base), ms * clock * 1e3))
+        rows.append((model_features(_as_layers(obj), base), ms * clock * 1e3))
     return _calibrated_target(base, model, rows, clock, fit, prior_weight, name,
                               "whole-model measurement(s)")
 
@@ -303,7 +303,7 @@ def read_layer_csv(path):
     Example:
 
     >>> import pathlib, tempfile
-    >>> from keras_dnas.targets.calibration import read_layer_csv
+    >>> from benchmarks._bench.calibration import read_layer_csv
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "layers.csv"
     >>> _ = path.write_text("layer,op,taps,cin,cout,out_positions,cycles\\n"
     ...                     "fc,dense,1,64,10,1,2400\\n")
@@ -373,24 +373,24 @@ def calibrate_from_csv(base, path, clock_mhz=None, *, fit="auto", prior_weight=0
     Example:
 
     >>> import pathlib, tempfile
-    >>> from keras_dnas import targets
+    >>> from benchmarks._bench import calibration
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "layers.csv"
     >>> _ = path.write_text(
     ...     "layer,op,taps,cin,cout,out_positions,cycles\\n"
     ...     "conv,conv,9,16,16,1024,1000000\\n"
     ...     "fc,dense,1,256,128,1,90000\\n")
-    >>> t = targets.calibrate_from_csv("stm32l4r5", path)
+    >>> t = calibration.calibrate_from_csv("stm32l4r5", path)
     >>> t.name
     'stm32l4r5_calibrated'
     """
     base = registry.get(base)
-    from keras_dnas.costs import latency  # noqa: PLC0415
+    from keras_dnas.costs import latency
 
     model = latency.latency_model(base)
     clock = base.clock_mhz if clock_mhz is None else _check_positive(clock_mhz, "clock_mhz")
     rows, skipped = [], []
     for record, cycles, ms in read_layer_csv(path):
-        feats = latency.model_features([record], base)
+        feats = model_features([record], base)
         if not feats:
             skipped.append(record["name"])
             continue
