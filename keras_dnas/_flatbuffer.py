@@ -318,7 +318,8 @@ def read_tflite(tflite_bytes):
     """Decode a `.tflite` model into a `TFLiteModel`.
 
     Args:
-        tflite_bytes: the model (bytes-like) or a path to a `.tflite` file.
+        tflite_bytes: the model (bytes-like), a path to a `.tflite` file, or a `TFLiteModel`
+            (returned as it is, so a function can take a model decoded once or its bytes).
 
     Returns:
         A `TFLiteModel`.
@@ -335,6 +336,8 @@ def read_tflite(tflite_bytes):
     >>> [op.name for op in m.operators], [t.nbytes for t in m.input_tensors]
     (['FULLY_CONNECTED'], [4])
     """
+    if isinstance(tflite_bytes, TFLiteModel):
+        return tflite_bytes
     data = as_model_bytes(tflite_bytes)
     sch = schema()
     model = sch.Model.GetRootAs(data, 0)

@@ -167,12 +167,6 @@ REFERENCE_SCRATCH = {
 }
 
 
-def _as_model(tflite):
-    if isinstance(tflite, _flatbuffer.TFLiteModel):
-        return tflite
-    return _flatbuffer.read_tflite(tflite)
-
-
 def tflite_buffers(tflite, scratch=None):
     """Lists the buffers TFLite Micro plans for a model, in the order the planner receives them.
 
@@ -187,7 +181,7 @@ def tflite_buffers(tflite, scratch=None):
         scopes), `offline` (fixed offset or None), `kind` (`"tensor"` or `"scratch"`), `tensor`
         (tensor index, or None) and `op` (operator index of a scratch buffer, or None).
     """
-    model = _as_model(tflite)
+    model = _flatbuffer.read_tflite(tflite)
     if model.num_subgraphs != 1:
         raise ValueError(
             "Only single-subgraph models (no IF / WHILE / CALL_ONCE) are supported. Received: "
@@ -330,7 +324,7 @@ def tflite_tail(tflite, pointer_bytes=8, scratch=None):
     """
     if pointer_bytes not in TAIL_STRUCTS:
         raise ValueError(f"`pointer_bytes` must be 4 or 8. Received: pointer_bytes={pointer_bytes}")
-    model = _as_model(tflite)
+    model = _flatbuffer.read_tflite(tflite)
     st = TAIL_STRUCTS[pointer_bytes]
     ptr = st["pointer"]
     scratch = REFERENCE_SCRATCH if scratch is None else scratch
@@ -391,7 +385,7 @@ def tflite_arena(tflite, pointer_bytes=8, scratch=None):
     >>> report["total"] == report["head"] + report["tail"], report["head"] > 0
     (True, True)
     """
-    model = _as_model(tflite)
+    model = _flatbuffer.read_tflite(tflite)
     buffers = tflite_buffers(model, scratch=scratch)
     offline = [b["offline"] for b in buffers]
     offsets, head = greedy_plan(

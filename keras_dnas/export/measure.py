@@ -172,8 +172,7 @@ def target_arena(tflite_bytes, host_usage, pointer_bytes=DEFAULT_POINTER_BYTES):
     head = int(host_usage["arena_head_bytes"])
     tail = int(host_usage["arena_tail_bytes"])
     if pointer_bytes != _HOST_POINTER_BYTES:
-        model = tflite_bytes if isinstance(tflite_bytes, _flatbuffer.TFLiteModel) else \
-            _flatbuffer.read_tflite(tflite_bytes)
+        model = _flatbuffer.read_tflite(tflite_bytes)
         tail += arena.tflite_tail(model, pointer_bytes=pointer_bytes) - arena.tflite_tail(
             model, pointer_bytes=_HOST_POINTER_BYTES)
     return {"ram_bytes": head + tail, "arena_head_bytes": head, "arena_tail_bytes": tail}
