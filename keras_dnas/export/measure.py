@@ -92,30 +92,18 @@ class MeasureResult(Results):
 
     def __str__(self):
         lines = ["TFLite Micro measurement"]
-        fmt = {
-            "flash_bytes": "{:,} B",
-            "ram_bytes": "{:,} B",
-            "arena_head_bytes": "{:,} B",
-            "arena_tail_bytes": "{:,} B",
-            "host_arena_bytes": "{:,} B",
-            "host_arena_head_bytes": "{:,} B",
-            "host_arena_tail_bytes": "{:,} B",
-            "target_flash_bytes": "{:,} B",
-            "target_ram_bytes": "{:,} B",
-            "accuracy": "{:.4f}",
-            "float_accuracy": "{:.4f}",
-            "agreement": "{:.4f}",
-            "mse": "{:.6g}",
-            "float_mse": "{:.6g}",
-        }
         for key in _KEYS:
             value = self[key]
             if value is None or key in ("host_arena_breakdown", "inputs", "outputs"):
                 continue
             if key == "ops":
                 value = ", ".join(value)
-            elif key in fmt:
-                value = fmt[key].format(value)
+            elif key.endswith("_bytes") and key != "pointer_bytes":
+                value = f"{value:,} B"
+            elif key.endswith(("accuracy", "agreement")):
+                value = f"{value:.4f}"
+            elif key.endswith("mse"):
+                value = f"{value:.6g}"
             lines.append(f"  {key:<21} {value}")
         for key in ("inputs", "outputs"):
             for t in self[key] or ():
