@@ -235,6 +235,9 @@ class TFLiteModel:
         activation_bytes: bytes of every non-constant tensor of every subgraph (unknown
             dimensions count 1, types without a NumPy dtype 8 bytes: sizes a host arena).
         num_channel_params: quantisation scales of every subgraph.
+
+    The memory models' rescaled copies (`keras_dnas.memory`) replace `tensors`, `operators`,
+    `inputs` and `outputs` only; the whole-file fields after them describe the file as read.
     """
 
     tensors: list
