@@ -23,10 +23,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from keras_dnas import targets  # noqa: E402
 from keras_dnas.costs import latency  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._bench import calibration, layer_costs, mlperf_fidelity  # noqa: E402
+from benchmarks._bench import layer_costs, mlperf_fidelity  # noqa: E402
 from benchmarks._bench import mlperf_reference as mlperf  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def _fitted(configs, base):
              "|" + "---|" * (len(names) + 3)]
     layers = {b: mlperf.reference_layers(b) for b in mlperf.BENCHMARKS}
     for cfg in configs:
-        t = calibration.calibrate(base, [(layers[b], cfg["latency_ms"][b]) for b in mlperf.BENCHMARKS],
+        t = targets.calibrate(base, [(layers[b], cfg["latency_ms"][b]) for b in mlperf.BENCHMARKS],
                                   clock_mhz=cfg["mhz"])
         err = max(abs(float(layer_costs.model_latency_ms(layers[b], t)) / cfg["latency_ms"][b] - 1)
                   for b in mlperf.BENCHMARKS)

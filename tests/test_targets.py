@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from keras_dnas import targets
+from keras_dnas import calibration, targets
 from keras_dnas.costs import latency
-from benchmarks._bench import calibration, layer_costs, mlperf_fidelity
+from benchmarks._bench import layer_costs, mlperf_fidelity
 from benchmarks._bench import mlperf_reference as mlperf
 from keras_dnas.targets import HardwareTarget
 
@@ -187,10 +187,19 @@ def _measure(truth, layers):
     return float(layer_costs.model_latency_ms(layers, truth))
 
 
+def test_calibration_is_a_public_name_of_targets():
+    # kd.targets.calibrate & co. load keras_dnas.calibration on first use (it sits above costs)
+    for name in ("calibrate", "calibrate_from_csv", "read_layer_csv"):
+        assert getattr(targets, name) is getattr(calibration, name)
+        assert name in targets.__all__ and name in dir(targets)
+    with pytest.raises(AttributeError, match="no attribute 'calibration_table'"):
+        targets.calibration_table
+
+
 def test_calibrate_scale_only_recovers_the_scale():
     base = targets.get("nrf52840")
     truth = base.replace(scale=3.1)
-    t = calibration.calibrate(base, [(LAYERS[b], _measure(truth, LAYERS[b])) for b in ("ic", "vww")],
+    t = targets.calibrate(base, [(LAYERS[b], _measure(truth, LAYERS[b])) for b in ("ic", "vww")],
                           fit="scale")
     assert math.isclose(t.scale, 3.1, rel_tol=1e-9)
     assert t.cycles == base.cycles and t.name == "nrf52840_calibrated"
@@ -199,7 +208,7 @@ def test_calibrate_scale_only_recovers_the_scale():
 
 def test_single_measurement_fits_only_the_scale():
     base = targets.get("nrf52840")
-    t = calibration.calibrate(base, [(LAYERS["ic"], 300.0)])
+    t = targets.calibrate(base, [(LAYERS["ic"], 300.0)])
     assert t.cycles == base.cycles and t.flash_read_cycles == base.flash_read_cycles
     assert math.isclose(float(layer_costs.model_latency_ms(LAYERS["ic"], t)), 300.0, rel_tol=1e-9)
 
@@ -207,7 +216,7 @@ def test_single_measurement_fits_only_the_scale():
 def test_calibrate_two_measurements_fit_them_and_stay_non_negative():
     truth = _truth()
     meas = [(LAYERS[b], _measure(truth, LAYERS[b])) for b in ("ic", "ad")]
-    t = calibration.calibrate("nrf52840", meas, name="fitted")
+    t = targets.calibrate("nrf52840", meas, name="fitted")
     assert t.name == "fitted"
     assert all(v >= 0 for v in t.cycles.values()) and t.flash_read_cycles >= 0
     for layers, ms in meas:
@@ -226,7 +235,7 @@ def test_calibrate_from_per_layer_csv_recovers_the_coefficients(tmp_path):
             lines.append(f"{b}_{layer['name']},{layer['op']},{g['taps']},{layer['cin']},"
                          f"{layer['cout']},{g['in_positions']},{g['out_positions']},{cycles:.1f}")
     path.write_text("\n".join(lines) + "\n")
-    t = calibration.calibrate_from_csv("nrf52840", path, prior_weight=1e-6)
+    t = targets.calibrate_from_csv("nrf52840", path, prior_weight=1e-6)
     # The data fix every coefficient; compare the products scale * coefficient.
     for k in ("conv", "conv1x1", "depthwise", "dense", "im2col", "requant", "add", "pool"):
         assert math.isclose(t.scale * t.cycles[k], truth.scale * truth.cycles[k], rel_tol=0.02), k
@@ -244,29 +253,29 @@ def test_calibrate_from_csv_units_aliases_and_errors(tmp_path):
                     "bn,batchnorm,,64,64,125,0.1\n"
                     "fc,dense,1,64,12,1,0.02\n")
     with pytest.warns(UserWarning, match=r"skipped rows .*\['bn'\]"):
-        t = calibration.calibrate_from_csv("stm32l4r5", path, clock_mhz=80)
+        t = targets.calibrate_from_csv("stm32l4r5", path, clock_mhz=80)
     assert t.clock_mhz == 80.0
-    records = calibration.read_layer_csv(path)
+    records = targets.read_layer_csv(path)
     assert records[0][0]["op"] == "conv" and records[0][0]["geometry"]["taps"] == 1
     assert records[0][2] == 1.0
     bad = tmp_path / "bad.csv"
     bad.write_text("op,cin,cout\nconv,3,16\n")
     with pytest.raises(ValueError, match="'cycles', 'latency_ms' or 'latency_us'"):
-        calibration.calibrate_from_csv("stm32l4r5", bad)
+        targets.calibrate_from_csv("stm32l4r5", bad)
     bad.write_text("op,cin,cout,cycles\nwinograd,3,16,100\n")
     with pytest.raises(ValueError, match="unknown op.*Received: op='winograd'"):
-        calibration.calibrate_from_csv("stm32l4r5", bad)
+        targets.calibrate_from_csv("stm32l4r5", bad)
     bad.write_text("op,cin,cout,cycles\nbatchnorm,3,3,100\n")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="at least one measurement"):
-            calibration.calibrate_from_csv("stm32l4r5", bad)
+            targets.calibrate_from_csv("stm32l4r5", bad)
 
 
 def test_calibrate_gap8_fits_the_scale_of_paper_b():
-    t = calibration.calibrate("gap8", [(LAYERS["ic"], 2 * 766_624 / 100e3)])
+    t = targets.calibrate("gap8", [(LAYERS["ic"], 2 * 766_624 / 100e3)])
     assert math.isclose(t.scale, 2.0, rel_tol=1e-12)
-    t2 = calibration.calibrate("gap8", [(LAYERS[b], 3 * float(layer_costs.model_latency_ms(LAYERS[b], "gap8")))
+    t2 = targets.calibrate("gap8", [(LAYERS[b], 3 * float(layer_costs.model_latency_ms(LAYERS[b], "gap8")))
                                     for b in mlperf.BENCHMARKS])
     assert math.isclose(t2.scale, 3.0, rel_tol=1e-9) and t2.cycles == targets.get("gap8").cycles
 
@@ -275,9 +284,9 @@ def test_calibrate_accepts_a_keras_model_and_a_plan():
     zoo = pytest.importorskip("keras_dnas.zoo")
     graph = pytest.importorskip("keras_dnas.graph")
     model = zoo.resnet8()
-    by_records = calibration.calibrate("nrf52840", [(LAYERS["ic"], 380.0)])
-    by_model = calibration.calibrate("nrf52840", [(model, 380.0)])
-    by_plan = calibration.calibrate("nrf52840", [(graph.analyze(model), 380.0)])
+    by_records = targets.calibrate("nrf52840", [(LAYERS["ic"], 380.0)])
+    by_model = targets.calibrate("nrf52840", [(model, 380.0)])
+    by_plan = targets.calibrate("nrf52840", [(graph.analyze(model), 380.0)])
     assert math.isclose(by_model.scale, by_records.scale, rel_tol=1e-12)
     assert math.isclose(by_plan.scale, by_records.scale, rel_tol=1e-12)
 
@@ -295,7 +304,7 @@ def test_calibrate_accepts_a_keras_model_and_a_plan():
 ])
 def test_calibrate_errors(measurements, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        calibration.calibrate("nrf52840", measurements, **kwargs)
+        targets.calibrate("nrf52840", measurements, **kwargs)
 
 
 def test_nnls_matches_scipy():
@@ -315,7 +324,7 @@ def test_builtin_l4r5_reproduces_its_source_measurements():
     cfg = next(c for c in mlperf_fidelity.configurations()
                if c["board"] == "NUCLEO-L4R5ZI" and c["round"] == "v1.0")
     meas = [(LAYERS[b], cfg["latency_ms"][b]) for b in mlperf.BENCHMARKS]
-    refit = calibration.calibrate("nrf52840", meas, clock_mhz=120)
+    refit = targets.calibrate("nrf52840", meas, clock_mhz=120)
     builtin = targets.get("stm32l4r5")
     assert math.isclose(builtin.scale, refit.scale, rel_tol=1e-3)
     for k, v in builtin.cycles.items():

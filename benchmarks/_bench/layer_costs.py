@@ -1,9 +1,9 @@
-"""Cost totals over lists of layer records (the MLPerf Tiny reference layers, calibration).
+"""Cost totals over lists of layer records (the MLPerf Tiny reference layers).
 
 Sums and per-layer unit conversions of the cost functions of `keras_dnas.costs` over layer
-records (`compute.layer_records`): what the latency fidelity study, the calibration and the
-tests of the cost tables read. The package itself costs a `ChannelPlan`
-(`keras_dnas.costs.model`).
+records (`compute.layer_records`): what the latency fidelity study and the tests of the cost
+tables read. The package itself costs a `ChannelPlan` (`keras_dnas.costs.model`); the sum of
+latency features that calibration fits is `keras_dnas.calibration.model_features`.
 """
 
 from keras_dnas import targets
@@ -53,20 +53,6 @@ def model_macs(layers):
     return _model_total(compute.macs, layers)
 
 
-def layer_features(op, geometry, cin, cout, target):
-    """Latency-model features of one layer (the amounts the coefficients multiply).
-
-    Example:
-
-    >>> from benchmarks._bench import layer_costs
-    >>> f = layer_costs.layer_features("dense", {}, 64, 10, "stm32l4r5")
-    >>> f["dense"], f["requant"], f["flash_bytes"]
-    (640.0, 10, 640)
-    """
-    target = targets.get(target)
-    return latency.latency_model(target).features(op, geometry, cin, cout, target)
-
-
 def layer_latency_ms(op, geometry, cin, cout, target):
     """Latency of one layer in milliseconds (`latency.layer_cycles` / clock).
 
@@ -105,24 +91,6 @@ def per_layer_cycles(layers, target):
     target = targets.get(target)
     return [(name, op, latency.layer_cycles(op, g, cin, cout, target))
             for name, op, g, cin, cout in compute.layer_records(layers)]
-
-
-def model_features(layers, target):
-    """Sum of :func:`layer_features` over layer records (used by calibration).
-
-    Example:
-
-    >>> from benchmarks._bench import layer_costs, mlperf_reference as mlperf
-    >>> layer_costs.model_features(mlperf.reference_layers("ad"), "stm32l4r5")["flash_bytes"]
-    264192
-    """
-    target = targets.get(target)
-    model = latency.latency_model(target)
-    total = {}
-    for _, op, g, cin, cout in compute.layer_records(layers):
-        for k, v in model.features(op, g, cin, cout, target).items():
-            total[k] = total.get(k, 0) + v
-    return total
 
 
 def model_latency_ms(layers, target):

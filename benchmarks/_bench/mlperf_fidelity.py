@@ -16,7 +16,7 @@ import csv
 import itertools
 import os
 
-from benchmarks._bench.calibration import calibrate
+from keras_dnas.targets import calibrate
 from benchmarks._bench.layer_costs import model_latency_ms
 from benchmarks._bench.mlperf_reference import BENCHMARKS, MODEL_NAMES, reference_layers
 
@@ -120,7 +120,7 @@ def fidelity(base="nrf52840", pairs=CALIBRATION_PAIRS, configs=None, **calibrate
         pairs: calibration pairs (default :data:`CALIBRATION_PAIRS`; use
             :data:`ALL_PAIRS` for all six).
         configs: output of :func:`configurations` (default: CMSIS-NN stacks).
-        **calibrate_kwargs: passed to :func:`benchmarks._bench.calibration.calibrate`.
+        **calibrate_kwargs: passed to :func:`keras_dnas.targets.calibrate`.
 
     Returns:
         A list of dicts: ``board``, ``stack``, ``round``, ``mhz``,

@@ -296,7 +296,7 @@ class LatencyModel:
 
     ``cycles = scale * sum(coef[f] * feature[f] for f in scaled)
     + sum(coef[f] * feature[f] for f in unscaled)``. The decomposition into
-    features is what ``calibrate`` (``benchmarks/_bench/calibration.py``) fits.
+    features is what :func:`keras_dnas.targets.calibrate` fits.
 
     Attributes:
         name: registry key (``target.latency_model``).

@@ -13,8 +13,10 @@ live as JSON files in ``keras_dnas/targets/data``:
 | ``nrf52840`` | Cortex-M4F | 64 MHz | 256 KiB | 1 MiB | cmsis_nn (generic M4 defaults) |
 | ``gap8`` | 8-core RISC-V | 100 MHz | 512 KiB | 8 MiB | gap8_paper (paper B) |
 
-To fit a target's coefficients to your own measurements, see ``calibrate`` in
-``benchmarks/_bench/calibration.py`` (how ``stm32l4r5`` was fitted).
+Use :func:`calibrate` / :func:`calibrate_from_csv` to fit a target to your own
+measurements (they live in :mod:`keras_dnas.calibration`, above the cost
+functions they sum, and load on first use: the target data here stay below
+``costs``).
 
 Example:
 
@@ -40,9 +42,28 @@ __all__ = [
     "LATENCY_MODELS",
     "HardwareTarget",
     "builtin_names",
+    "calibrate",
+    "calibrate_from_csv",
     "get",
     "list_targets",
     "names",
+    "read_layer_csv",
     "register",
     "unregister",
 ]
+
+# Calibration sums the latency model's features (keras_dnas.costs), which read the target
+# data of this package: imported on first use, so loading a target never imports the costs.
+_CALIBRATION = ("calibrate", "calibrate_from_csv", "read_layer_csv")
+
+
+def __getattr__(name):
+    if name in _CALIBRATION:
+        from keras_dnas import calibration  # noqa: PLC0415
+
+        return getattr(calibration, name)
+    raise AttributeError(f"module 'keras_dnas.targets' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_CALIBRATION))

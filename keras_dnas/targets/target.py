@@ -4,7 +4,7 @@ A target is plain, immutable data: memory sizes, clock, the latency model that
 turns layer geometry into cycles and that model's coefficients, energy per
 cycle, and for every number where it comes from (``sources``). Built-in
 targets are JSON files in ``keras_dnas/targets/data``; users register their own
-or derive one from measurements with ``calibrate`` (``benchmarks/_bench/calibration.py``).
+or derive one from measurements with :func:`keras_dnas.targets.calibrate`.
 """
 
 import dataclasses
