@@ -524,3 +524,25 @@ def test_summary_flash_is_the_file_converted_with_the_same_calibration_data():
         sizes["varied"]
     with pytest.raises(ValueError, match="representative_data must be an array of input"):
         kd.summary(model, "stm32h743", representative_data=object())
+
+
+def test_buffer_under_the_shared_vtable_is_padded_from_its_two_byte_offset():
+    """Fuzzer seed 911 (check d, +8 B with the same tensors and shapes): buffer data is padded
+    to the 4-byte grid of the object above it, and for one buffer that object is the Buffer
+    tables' shared 6-byte vtable, 2 bytes off the grid. Here that buffer is the classifier's
+    kernel (2 x 12 = 24 B + 2 B padding at full width; 14 B or 18 B without padding at widths 7
+    and 9, where align4 would say 16 and 20), and the 4 bytes move the file's front padding:
+    the search-time flash was 8 B over `len(.tflite)` of the frozen model."""
+    layers = keras.layers
+    x = keras.Input((3, 3, 1))
+    h = layers.Conv2D(12, 3, name="c")(x)
+    model = keras.Model(x, layers.Dense(2, name="head")(layers.Flatten()(h)))
+    non_zero(model)
+    search = kd.prepare(model)
+    memory = MemoryModel.from_model(search, pointer_bytes=HOST)
+    assert list(memory._padding.data_skew.values()) == [2]  # the case this test is about
+    for kept in (7, 9):
+        search.get_layer("c").dnas_alpha.assign(
+            np.where(np.arange(12) < kept, 1.0, 0.2).astype("float32"))
+        counts = counts_lib.hard_counts(search, memory.plan)
+        assert memory.flash(counts) == len(converted(kd.freeze(search, verbose=0))), kept
