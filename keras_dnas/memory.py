@@ -119,12 +119,14 @@ _WEIGHT_OPS = {
     "FULLY_CONNECTED": (0, 1, 2, (0, 1)),
     "TRANSPOSE_CONV": (2, 1, 3, (0, 3)),
 }
-#: Plan ops (``LayerInfo.op``) each TFLite weight operator may come from, best first.
+#: Plan ops (``LayerInfo.op``, graph/roles.py) each TFLite weight operator may come from, best
+#: first (tests/test_memory_model.py checks them against the roles and a conversion). A
+#: Conv1DTranspose / Conv2DTranspose has no role: it is opaque, op "other".
 _KINDS = {
     "CONV_2D": ("conv", "separable", "dense"),
     "DEPTHWISE_CONV_2D": ("depthwise", "separable"),
     "FULLY_CONNECTED": ("dense", "conv"),
-    "TRANSPOSE_CONV": ("conv_transpose", "conv"),
+    "TRANSPOSE_CONV": ("other",),
 }
 #: Element-wise operators whose constant operands are data broadcast against the output
 #: (their other constants, e.g. a reshape's shape or a pad's paddings, never scale).

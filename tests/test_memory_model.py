@@ -546,3 +546,44 @@ def test_buffer_under_the_shared_vtable_is_padded_from_its_two_byte_offset():
             np.where(np.arange(12) < kept, 1.0, 0.2).astype("float32"))
         counts = counts_lib.hard_counts(search, memory.plan)
         assert memory.flash(counts) == len(converted(kd.freeze(search, verbose=0))), kept
+
+
+def test_weight_operator_kinds_are_the_plans_ops():
+    """Among layers of the right width the memory model prefers one whose plan op
+    (``LayerInfo.op``, from graph/roles.py) may give the TFLite weight operator
+    (``memory._KINDS``). A kind no role produces silently loses that preference: fuzzer seed
+    643 (``"separable_conv"`` where the plan says ``"separable"``: a SeparableConv2D's pointwise
+    CONV_2D went to a later Conv2D of the same width, +336 B). Every kind is a plan op, and in a
+    converted model with every weighted layer type each weight operator's own layer has an op
+    its kinds list (a Conv2DTranspose has no role: opaque, op "other")."""
+    from keras_dnas import memory
+    from keras_dnas.graph import analyze, roles
+
+    plan_ops = {op for _, op, _ in roles.ROLES.values()} | {"other"}
+    assert set(memory._KINDS) == set(memory._WEIGHT_OPS)
+    for name, kinds in memory._KINDS.items():
+        assert set(kinds) <= plan_ops, (name, sorted(set(kinds) - plan_ops))
+    layers = keras.layers
+    x = keras.Input((8, 8, 3))
+    h = layers.Conv2D(4, 3, name="conv")(x)
+    h = layers.DepthwiseConv2D(3, name="dw")(h)
+    h = layers.SeparableConv2D(5, 2, name="sep")(h)
+    h = layers.Conv2DTranspose(3, 2, name="up")(h)
+    model = keras.Model(x, layers.Dense(3, name="head")(layers.GlobalAveragePooling2D()(h)))
+    non_zero(model)
+    plan = analyze(model)
+    tflite = read_tflite(converted(model))
+    seen = set()
+    for op in tflite.operators:
+        if op.name not in memory._WEIGHT_OPS:
+            continue
+        _, weight, _, _ = memory._WEIGHT_OPS[op.name]
+        parts = memory._name_parts(tflite.tensors[op.outputs[0]].name) + \
+            memory._name_parts(tflite.tensors[op.inputs[weight]].name)
+        layer = max(plan.layers, key=lambda info: memory._name_score(parts, info.name))
+        assert memory._name_score(parts, layer.name) > 0, parts
+        assert layer.op in memory._KINDS[op.name], (op.name, layer.name, layer.op)
+        seen.add((op.name, layer.name))
+    assert seen == {("CONV_2D", "conv"), ("DEPTHWISE_CONV_2D", "dw"),
+                    ("DEPTHWISE_CONV_2D", "sep"), ("CONV_2D", "sep"),
+                    ("TRANSPOSE_CONV", "up"), ("FULLY_CONNECTED", "head")}, seen
