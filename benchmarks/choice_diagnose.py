@@ -42,6 +42,7 @@ def main(argv=None):
                    help="leave paper_b's new alternatives at Keras' initialisation (as before "
                         "they were started from the seed's block)")
     p.add_argument("--skip-per-alternative", action="store_true")
+    p.add_argument("--mode", default=None, help="set every Choice's mode (gumbel / softmax)")
     p.add_argument("--cache", default="/tmp/choice_diag_warm")
     args = p.parse_args(argv)
 
@@ -106,6 +107,8 @@ def main(argv=None):
     search = methods.compile_model(kd.prepare(model, alternatives=alternatives), task)
     choices = [layer for layer in walk.functional_of(search).layers
                if kd.layers.Choice is type(layer)]
+    for c in choices if args.mode else []:
+        c.mode = args.mode
 
     def per_alternative(tag):
         """Test accuracy with alternative ``i`` selected in every block that has it."""
