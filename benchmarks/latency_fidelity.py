@@ -25,10 +25,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from keras_dnas import targets  # noqa: E402
 from keras_dnas.costs import latency  # noqa: E402
-from keras_dnas.targets import mlperf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._bench import mlperf_fidelity  # noqa: E402
+from benchmarks._bench import layer_costs, mlperf_fidelity  # noqa: E402
+from benchmarks._bench import mlperf_reference as mlperf  # noqa: E402
 
 
 def _summary(rows):
@@ -54,8 +54,8 @@ def _fitted(configs, base):
     layers = {b: mlperf.reference_layers(b) for b in mlperf.BENCHMARKS}
     for cfg in configs:
         t = targets.calibrate(base, [(layers[b], cfg["latency_ms"][b]) for b in mlperf.BENCHMARKS],
-                              clock_mhz=cfg["mhz"])
-        err = max(abs(float(latency.model_latency_ms(layers[b], t)) / cfg["latency_ms"][b] - 1)
+                                  clock_mhz=cfg["mhz"])
+        err = max(abs(float(layer_costs.model_latency_ms(layers[b], t)) / cfg["latency_ms"][b] - 1)
                   for b in mlperf.BENCHMARKS)
         values = [t.scale] + [t.cycles[k] for k in names[1:-1]] + [t.flash_read_cycles]
         lines.append(f"| {cfg['board']} ({cfg['round']}) | {cfg['stack']} | "

@@ -27,7 +27,7 @@ from keras_dnas.export import runtime  # noqa: E402
 def in_process(tflite, x):
     from tflite_micro import runtime as tflm
 
-    info = _flatbuffer.read_model(tflite)
+    info = _flatbuffer.read_tflite(tflite)
     arrays, count, batch = runtime._prepare_inputs(info, x)
     interpreter = tflm.Interpreter.from_bytes(tflite, arena_size=runtime.default_arena_size(info))
     out = []

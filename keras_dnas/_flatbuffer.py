@@ -1,16 +1,11 @@
 """The one `.tflite` flatbuffer reader of keras_dnas (export and cost models), without TensorFlow.
 
 Decodes with the generated flatbuffer schema shipped with `tflite_micro` (falling back to the
-copy in `ai_edge_litert`), imported on first use. Everything is returned as plain Python data,
-in two views of the same decoding:
-
-- `read_model` -> `ModelInfo`: what export needs to run and check a model (operators of every
-  subgraph with fused activations, input / output tensors in user order with their
-  quantisation values, activation bytes);
-- `read_tflite` -> `TFLiteModel`: what the memory models need (`keras_dnas.costs.arena`,
-  `flash`, `memory`): the first subgraph's tensors with TFLite Micro's sizes (type, buffer,
-  variable flag, number of scales / zero points), operators with optional (-1) inputs and
-  intermediates, buffer sizes, metadata and the `OfflineMemoryAllocation` plan.
+copy in `ai_edge_litert`), imported on first use. `read_tflite` returns one plain-data view,
+`TFLiteModel`, that export, measurement and the memory models (`keras_dnas.costs.arena`,
+`keras_dnas.memory`) all read: the main subgraph's tensors with TFLite Micro's sizes and their
+quantisation, operators (with optional (-1) inputs, intermediates and fused activations),
+inputs and outputs in user order, buffer sizes, metadata and the `OfflineMemoryAllocation` plan.
 """
 
 import dataclasses
@@ -37,7 +32,7 @@ def _enum_names(enum_cls):
 
 
 # TensorType name -> (NumPy dtype or None, bytes per element as TFLite Micro allocates it, None
-# for types without a fixed size): the one dtype table of both views below.
+# for types without a fixed size): the one dtype table.
 TENSOR_TYPES = {
     "FLOAT32": (np.float32, 4),
     "FLOAT16": (np.float16, 2),
@@ -61,64 +56,7 @@ TENSOR_TYPES = {
     "INT2": (None, 1),
 }
 _NUMPY_DTYPES = {name: dtype for name, (dtype, _) in TENSOR_TYPES.items() if dtype is not None}
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    index: int
-    name: str
-    shape: tuple
-    dtype: str  # TensorType name, e.g. "INT8"
-    scales: tuple
-    zero_points: tuple
-    quantized_dimension: int
-    is_constant: bool
-
-    @property
-    def numpy_dtype(self):
-        return _NUMPY_DTYPES.get(self.dtype)
-
-    @property
-    def nbytes(self):
-        itemsize = np.dtype(self.numpy_dtype).itemsize if self.numpy_dtype else 8
-        return int(np.prod([max(int(d), 1) for d in self.shape], dtype=np.int64)) * itemsize
-
-    def to_dict(self):
-        """Plain JSON-able description (name, shape, dtype and quantisation)."""
-        return {
-            "name": self.name,
-            "shape": [int(d) for d in self.shape],
-            "dtype": self.dtype.lower(),
-            "scale": float(self.scales[0]) if len(self.scales) == 1 else None,
-            "zero_point": int(self.zero_points[0]) if len(self.zero_points) == 1 else None,
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class OpInfo:
-    index: int
-    name: str  # builtin name, or "CUSTOM:<code>"
-    inputs: tuple
-    outputs: tuple
-    subgraph: int
-    fused_activation: str = "NONE"
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelInfo:
-    ops: tuple  # OpInfo of every subgraph, main subgraph first
-    tensors: tuple  # TensorInfo of the main subgraph
-    inputs: tuple  # TensorInfo of the main subgraph's inputs, in user order
-    outputs: tuple  # TensorInfo of the outputs, in user order
-    input_positions: tuple  # position of each user-order input in the subgraph's input list
-    output_positions: tuple
-    num_tensors: int  # all subgraphs
-    activation_bytes: int  # bytes of every non-constant tensor (all subgraphs)
-    num_channel_params: int  # total number of quantisation scales
-
-    @property
-    def main_ops(self):
-        return tuple(op for op in self.ops if op.subgraph == 0)
+TYPE_BYTES = {name: size for name, (_, size) in TENSOR_TYPES.items()}
 
 
 def as_model_bytes(tflite_bytes):
@@ -143,30 +81,6 @@ def as_model_bytes(tflite_bytes):
 
 def _natural_key(name):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def _tensor_info(sch, tensor, index, buffers):
-    q = tensor.Quantization()
-    scales, zero_points, qdim = (), (), 0
-    if q is not None and q.ScaleLength():
-        scales = tuple(float(s) for s in q.ScaleAsNumpy())
-        zero_points = tuple(int(z) for z in q.ZeroPointAsNumpy()) if q.ZeroPointLength() else ()
-        qdim = int(q.QuantizedDimension())
-    buf = tensor.Buffer()
-    is_constant = False
-    if 0 < buf < len(buffers):
-        b = buffers[buf]
-        is_constant = b.DataLength() > 0 or b.Offset() > 1
-    return TensorInfo(
-        index=index,
-        name=tensor.Name().decode("utf-8", errors="replace"),
-        shape=tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else (),
-        dtype=_enum_names(sch.TensorType).get(tensor.Type(), str(tensor.Type())),
-        scales=scales,
-        zero_points=zero_points,
-        quantized_dimension=qdim,
-        is_constant=is_constant,
-    )
 
 
 def _fused_activation(sch, op, op_name):
@@ -209,115 +123,45 @@ def _int_vector(length, as_numpy):
     return [int(i) for i in as_numpy()] if length else []
 
 
-def read_model(tflite_bytes):
-    """Parse operators, tensors, inputs and outputs of a TFLite model into a `ModelInfo`."""
-    data = as_model_bytes(tflite_bytes)
-    sch = schema()
-    model = sch.Model.GetRootAs(data, 0)
-    codes = [name for _, name in _operator_codes(sch, model)]
-    buffers = [model.Buffers(i) for i in range(model.BuffersLength())]
-
-    ops, num_tensors, activation_bytes, num_channel_params = [], 0, 0, 0
-    main_tensors = ()
-    for s in range(model.SubgraphsLength()):
-        sg = model.Subgraphs(s)
-        tensors = tuple(
-            _tensor_info(sch, sg.Tensors(t), t, buffers) for t in range(sg.TensorsLength())
-        )
-        if s == 0:
-            main_tensors = tensors
-        num_tensors += len(tensors)
-        activation_bytes += sum(t.nbytes for t in tensors if not t.is_constant)
-        num_channel_params += sum(len(t.scales) for t in tensors)
-        for k in range(sg.OperatorsLength()):
-            op = sg.Operators(k)
-            name = codes[op.OpcodeIndex()]
-            ops.append(
-                OpInfo(
-                    index=k,
-                    name=name,
-                    inputs=tuple(int(i) for i in op.InputsAsNumpy()) if op.InputsLength() else (),
-                    outputs=tuple(int(i) for i in op.OutputsAsNumpy())
-                    if op.OutputsLength()
-                    else (),
-                    subgraph=s,
-                    fused_activation=_fused_activation(sch, op, name),
-                )
-            )
-
-    sg = model.Subgraphs(0)
-    sub_inputs = [int(i) for i in sg.InputsAsNumpy()] if sg.InputsLength() else []
-    sub_outputs = [int(i) for i in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
-    in_pos = list(range(len(sub_inputs)))
-    out_pos = list(range(len(sub_outputs)))
-    # With a signature (every converted Keras model has one), user order is the natural order
-    # of the signature names: to_tflite names inputs input_000, input_001, ... in model order.
-    for k in range(model.SignatureDefsLength()):
-        sig = model.SignatureDefs(k)
-        if sig.SubgraphIndex() != 0:
-            continue
-        ins = [(sig.Inputs(i).Name().decode(), sig.Inputs(i).TensorIndex())
-               for i in range(sig.InputsLength())]
-        outs = [(sig.Outputs(i).Name().decode(), sig.Outputs(i).TensorIndex())
-                for i in range(sig.OutputsLength())]
-        if sorted(t for _, t in ins) == sorted(sub_inputs) and sorted(
-            t for _, t in outs
-        ) == sorted(sub_outputs):
-            in_pos = [sub_inputs.index(t) for _, t in sorted(ins, key=lambda p: _natural_key(p[0]))]
-            out_pos = [
-                sub_outputs.index(t) for _, t in sorted(outs, key=lambda p: _natural_key(p[0]))
-            ]
-        break
-
-    return ModelInfo(
-        ops=tuple(ops),
-        tensors=main_tensors,
-        inputs=tuple(main_tensors[sub_inputs[p]] for p in in_pos),
-        outputs=tuple(main_tensors[sub_outputs[p]] for p in out_pos),
-        input_positions=tuple(in_pos),
-        output_positions=tuple(out_pos),
-        num_tensors=num_tensors,
-        activation_bytes=int(activation_bytes),
-        num_channel_params=int(num_channel_params),
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Memory view (keras_dnas.costs): tensors as TFLite Micro allocates them
-# ----------------------------------------------------------------------------------------------
-
-# TensorType name -> bytes per element as TFLite Micro allocates it (None: no fixed size).
-TYPE_BYTES = {name: size for name, (_, size) in TENSOR_TYPES.items()}
-
-
 @dataclasses.dataclass
 class Tensor:
-    """One tensor of the first subgraph, as TFLite Micro sizes it.
+    """One tensor of the main subgraph, as TFLite Micro sizes it.
 
     Attributes:
         index: position in the subgraph's tensor list.
         name: tensor name.
-        shape: list of dimensions (empty for a scalar). The cost models may put keras tensors
-            here (symbolic channel counts).
+        shape: the dimensions (empty for a scalar). The memory models put their rescaled
+            channel counts here.
         type: TensorType enum value.
         dtype: TensorType name, e.g. `"INT8"`.
         itemsize: bytes per element (0 for types without a fixed size).
         buffer: index into the model's buffers.
         is_variable: the `is_variable` flag.
-        n_scales: number of quantisation scales (0 when unquantised).
+        is_constant: the data lives in the flatbuffer (weights, biases, shapes).
+        n_scales: number of quantisation scales (0 when unquantised); the memory models
+            rescale it without values.
         n_zero_points: number of zero points.
+        scales, zero_points, quantized_dimension: the quantisation values as read.
     """
 
     index: int
     name: str
-    shape: list
+    shape: tuple
     type: int
     dtype: str
     itemsize: int
     buffer: int
     is_variable: bool
+    is_constant: bool
     n_scales: int
     n_zero_points: int
+    scales: tuple = ()
+    zero_points: tuple = ()
+    quantized_dimension: int = 0
+
+    @property
+    def numpy_dtype(self):
+        return _NUMPY_DTYPES.get(self.dtype)
 
     @property
     def num_elements(self):
@@ -331,10 +175,20 @@ class Tensor:
         """Bytes TFLite Micro allocates for the tensor's data (0 for unsized types)."""
         return self.num_elements * self.itemsize
 
+    def to_dict(self):
+        """Plain JSON-able description (name, shape, dtype and quantisation)."""
+        return {
+            "name": self.name,
+            "shape": [int(d) for d in self.shape],
+            "dtype": self.dtype.lower(),
+            "scale": float(self.scales[0]) if len(self.scales) == 1 else None,
+            "zero_point": int(self.zero_points[0]) if len(self.zero_points) == 1 else None,
+        }
+
 
 @dataclasses.dataclass
 class Operator:
-    """One operator of the first subgraph.
+    """One operator.
 
     Attributes:
         opcode: builtin operator code (max of `builtin_code` and `deprecated_builtin_code`).
@@ -342,6 +196,9 @@ class Operator:
         inputs: input tensor indices (-1 marks an omitted optional input).
         outputs: output tensor indices.
         intermediates: intermediate tensor indices.
+        index: position in its subgraph's operator list.
+        subgraph: the subgraph it belongs to (0: the main one).
+        fused_activation: the fused activation of its options (`"NONE"`, `"RELU"`, ...).
     """
 
     opcode: int
@@ -349,23 +206,38 @@ class Operator:
     inputs: list
     outputs: list
     intermediates: list
+    index: int = 0
+    subgraph: int = 0
+    fused_activation: str = "NONE"
 
 
 @dataclasses.dataclass
 class TFLiteModel:
-    """The first subgraph of a `.tflite` model with what the memory models need.
+    """A decoded `.tflite` model: the one view export, measurement and the memory models read.
 
     Attributes:
-        tensors: list of `Tensor`.
-        operators: list of `Operator` in execution order.
-        inputs: graph input tensor indices.
-        outputs: graph output tensor indices.
+        tensors: list of `Tensor` of the main subgraph.
+        operators: list of `Operator` of the main subgraph, in execution order.
+        inputs: the main subgraph's input tensor indices, in user order (the natural order of
+            the signature names: `to_tflite` names them input_000, input_001, ... in model
+            order; the subgraph's own order without a signature).
+        outputs: the output tensor indices, in user order.
         buffer_sizes: bytes of data held by each model buffer.
         metadata: dict metadata name -> buffer index.
         num_subgraphs: number of subgraphs in the model.
         num_operator_codes: number of entries in the operator code table.
         offline_offsets: per-tensor arena offsets from the `OfflineMemoryAllocation` metadata
             (-1: planned online), or None when the model has no such metadata.
+        all_operators: `Operator` of every subgraph, the main subgraph's first.
+        input_positions: position of each user-order input in the subgraph's input list.
+        output_positions: the same for the outputs.
+        num_tensors: tensors of every subgraph.
+        activation_bytes: bytes of every non-constant tensor of every subgraph (unknown
+            dimensions count 1, types without a NumPy dtype 8 bytes: sizes a host arena).
+        num_channel_params: quantisation scales of every subgraph.
+
+    The memory models' rescaled copies (`keras_dnas.memory`) replace `tensors`, `operators`,
+    `inputs` and `outputs` only; the whole-file fields after them describe the file as read.
     """
 
     tensors: list
@@ -377,18 +249,80 @@ class TFLiteModel:
     num_subgraphs: int
     num_operator_codes: int
     offline_offsets: list = None
+    all_operators: list = ()
+    input_positions: tuple = ()
+    output_positions: tuple = ()
+    num_tensors: int = 0
+    activation_bytes: int = 0
+    num_channel_params: int = 0
 
     def is_constant(self, tensor_index):
         """True when the tensor's data lives in the flatbuffer (weights, biases, shapes)."""
         t = self.tensors[tensor_index]
         return 0 <= t.buffer < len(self.buffer_sizes) and self.buffer_sizes[t.buffer] > 0
 
+    @property
+    def input_tensors(self):
+        """The input `Tensor`s, in user order."""
+        return [self.tensors[i] for i in self.inputs]
+
+    @property
+    def output_tensors(self):
+        """The output `Tensor`s, in user order."""
+        return [self.tensors[i] for i in self.outputs]
+
+
+def _tensor(t, index, type_names, buffer_sizes):
+    q = t.Quantization()
+    dtype = type_names.get(t.Type(), str(t.Type()))
+    scales = tuple(float(v) for v in q.ScaleAsNumpy()) if q is not None and q.ScaleLength() else ()
+    zero_points = (tuple(int(z) for z in q.ZeroPointAsNumpy())
+                   if q is not None and q.ZeroPointLength() else ())
+    buf = int(t.Buffer())
+    return Tensor(
+        index=index,
+        name=t.Name().decode("utf-8", errors="replace"),
+        shape=tuple(_int_vector(t.ShapeLength(), t.ShapeAsNumpy)),
+        type=int(t.Type()),
+        dtype=dtype,
+        itemsize=TYPE_BYTES.get(dtype) or 0,
+        buffer=buf,
+        is_variable=bool(t.IsVariable()),
+        is_constant=0 <= buf < len(buffer_sizes) and buffer_sizes[buf] > 0,
+        n_scales=len(scales),
+        n_zero_points=len(zero_points),
+        scales=scales,
+        zero_points=zero_points,
+        quantized_dimension=int(q.QuantizedDimension()) if scales else 0,
+    )
+
+
+def _user_order(model, sub_inputs, sub_outputs):
+    """Positions of the inputs and outputs in user order (see `TFLiteModel.inputs`)."""
+    in_pos, out_pos = list(range(len(sub_inputs))), list(range(len(sub_outputs)))
+    for k in range(model.SignatureDefsLength()):
+        sig = model.SignatureDefs(k)
+        if sig.SubgraphIndex() != 0:
+            continue
+        ins = [(sig.Inputs(i).Name().decode(), sig.Inputs(i).TensorIndex())
+               for i in range(sig.InputsLength())]
+        outs = [(sig.Outputs(i).Name().decode(), sig.Outputs(i).TensorIndex())
+                for i in range(sig.OutputsLength())]
+        if (sorted(t for _, t in ins) == sorted(sub_inputs)
+                and sorted(t for _, t in outs) == sorted(sub_outputs)):
+            in_pos = [sub_inputs.index(t) for _, t in sorted(ins, key=lambda p: _natural_key(p[0]))]
+            out_pos = [sub_outputs.index(t)
+                       for _, t in sorted(outs, key=lambda p: _natural_key(p[0]))]
+        break
+    return in_pos, out_pos
+
 
 def read_tflite(tflite_bytes):
-    """Decode a `.tflite` model into a `TFLiteModel` (the memory view, first subgraph).
+    """Decode a `.tflite` model into a `TFLiteModel`.
 
     Args:
-        tflite_bytes: the model (bytes-like) or a path to a `.tflite` file.
+        tflite_bytes: the model (bytes-like), a path to a `.tflite` file, or a `TFLiteModel`
+            (returned as it is, so a function can take a model decoded once or its bytes).
 
     Returns:
         A `TFLiteModel`.
@@ -402,9 +336,11 @@ def read_tflite(tflite_bytes):
     >>> from keras_dnas.export import to_tflite
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     >>> m = read_tflite(to_tflite(model, np.random.rand(8, 4).astype("float32")))
-    >>> [op.name for op in m.operators], [t.nbytes for t in m.tensors if t.index in m.inputs]
+    >>> [op.name for op in m.operators], [t.nbytes for t in m.input_tensors]
     (['FULLY_CONNECTED'], [4])
     """
+    if isinstance(tflite_bytes, TFLiteModel):
+        return tflite_bytes
     data = as_model_bytes(tflite_bytes)
     sch = schema()
     model = sch.Model.GetRootAs(data, 0)
@@ -425,49 +361,49 @@ def read_tflite(tflite_bytes):
         raw = model.Buffers(metadata["OfflineMemoryAllocation"]).DataAsNumpy().tobytes()
         words = struct.unpack("<%di" % (len(raw) // 4), raw)
         offline = list(words[3 : 3 + words[2]])
-    sg = model.Subgraphs(0)
-    tensors = []
-    for i in range(sg.TensorsLength()):
-        t = sg.Tensors(i)
-        q = t.Quantization()
-        dtype = type_names.get(t.Type(), str(t.Type()))
-        tensors.append(
-            Tensor(
-                index=i,
-                name=t.Name().decode("utf-8", errors="replace"),
-                shape=_int_vector(t.ShapeLength(), t.ShapeAsNumpy),
-                type=int(t.Type()),
-                dtype=dtype,
-                itemsize=TYPE_BYTES.get(dtype) or 0,
-                buffer=int(t.Buffer()),
-                is_variable=bool(t.IsVariable()),
-                n_scales=q.ScaleLength() if q is not None else 0,
-                n_zero_points=q.ZeroPointLength() if q is not None else 0,
-            )
-        )
-    operators = []
-    for k in range(sg.OperatorsLength()):
-        op = sg.Operators(k)
-        code, name = codes[op.OpcodeIndex()]
-        operators.append(
-            Operator(
+    subgraphs, operators, activation_bytes = [], [], 0
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        tensors = [_tensor(sg.Tensors(i), i, type_names, buffer_sizes)
+                   for i in range(sg.TensorsLength())]
+        subgraphs.append(tensors)
+        activation_bytes += sum(
+            int(np.prod([max(d, 1) for d in t.shape], dtype=np.int64))
+            * (np.dtype(t.numpy_dtype).itemsize if t.numpy_dtype else 8)
+            for t in tensors if not t.is_constant)
+        for k in range(sg.OperatorsLength()):
+            op = sg.Operators(k)
+            code, name = codes[op.OpcodeIndex()]
+            operators.append(Operator(
                 opcode=code,
                 name=name,
                 inputs=_int_vector(op.InputsLength(), op.InputsAsNumpy),
                 outputs=_int_vector(op.OutputsLength(), op.OutputsAsNumpy),
                 intermediates=_int_vector(op.IntermediatesLength(), op.IntermediatesAsNumpy),
-            )
-        )
+                index=k,
+                subgraph=s,
+                fused_activation=_fused_activation(sch, op, name),
+            ))
+    sg = model.Subgraphs(0)
+    sub_inputs = _int_vector(sg.InputsLength(), sg.InputsAsNumpy)
+    sub_outputs = _int_vector(sg.OutputsLength(), sg.OutputsAsNumpy)
+    in_pos, out_pos = _user_order(model, sub_inputs, sub_outputs)
     return TFLiteModel(
-        tensors=tensors,
-        operators=operators,
-        inputs=_int_vector(sg.InputsLength(), sg.InputsAsNumpy),
-        outputs=_int_vector(sg.OutputsLength(), sg.OutputsAsNumpy),
+        tensors=subgraphs[0],
+        operators=[op for op in operators if op.subgraph == 0],
+        inputs=[sub_inputs[p] for p in in_pos],
+        outputs=[sub_outputs[p] for p in out_pos],
         buffer_sizes=buffer_sizes,
         metadata=metadata,
         num_subgraphs=int(model.SubgraphsLength()),
         num_operator_codes=int(model.OperatorCodesLength()),
         offline_offsets=offline,
+        all_operators=operators,
+        input_positions=tuple(in_pos),
+        output_positions=tuple(out_pos),
+        num_tensors=sum(len(t) for t in subgraphs),
+        activation_bytes=int(activation_bytes),
+        num_channel_params=sum(t.n_scales for ts in subgraphs for t in ts),
     )
 
 

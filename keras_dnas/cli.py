@@ -163,28 +163,15 @@ def inspect_model(path, target=None):
 
 
 def _inspect(path, target_name):
-    from keras_dnas.costs import compute
-    from keras_dnas.export import measure, offline
-    from keras_dnas.export.estimate import estimate, tflite_layers
+    from keras_dnas.export import offline
+    from keras_dnas.export.estimate import estimate
 
     target = _target(target_name) if target_name is not None else None
     data = _read_model(path)
     measured = _measure(path, data, target)
-    layers = tflite_layers(data)
-    if target is not None:
-        est = estimate(data, target)
-        per_op = {row["index"]: row for row in est["layers"]}
-    else:
-        est, per_op = None, {}
-    operators = []
-    for layer in layers:
-        macs = 0
-        if layer["op"] is not None:
-            macs = int(compute.macs(layer["op"], layer["geometry"], layer["cin"], layer["cout"]))
-        row = {"index": layer["index"], "name": layer["name"], "op": layer["op"], "macs": macs}
-        if layer["index"] in per_op:
-            row["cycles"] = per_op[layer["index"]]["cycles"]
-        operators.append(row)
+    est = estimate(data, target)
+    operators = [{k: v for k, v in row.items() if k != "cycles" or target is not None}
+                 for row in est["layers"]]
     report = Results({
         "file": os.path.abspath(path),
         "flash_bytes": measured.flash_bytes,
@@ -202,7 +189,7 @@ def _inspect(path, target_name):
         "outputs": measured.outputs,
         "ops": dict(collections.Counter(measured.ops)),
         "operators": operators,
-        "macs": sum(r["macs"] for r in operators),
+        "macs": est["macs"],
     })
     if target is not None:
         report["target"] = {

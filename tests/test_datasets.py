@@ -17,6 +17,7 @@ import pytest
 
 from keras_dnas import datasets
 from benchmarks._bench import hapt as _hapt
+from benchmarks._bench import lfw as _lfw
 from keras_dnas.datasets import _common
 
 
@@ -115,7 +116,7 @@ def test_digits():
 
 @needs_skimage
 def test_lfw_faces():
-    split = _check_deterministic(datasets.lfw_faces)
+    split = _check_deterministic(_lfw.lfw_faces)
     _check_split(split, (25, 25, 1), 160, 40, 2)
     _check_images(split, 200)
     (_, y), (_, yt) = split
@@ -333,7 +334,7 @@ def test_docstring_examples_run():
     from keras_dnas.datasets import _images
 
     attempted = 0
-    for module in (datasets, _images, _hapt):
+    for module in (datasets, _images, _hapt, _lfw):
         result = doctest.testmod(module, verbose=False, report=False)
         assert result.failed == 0, module.__name__
         attempted += result.attempted

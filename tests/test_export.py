@@ -168,10 +168,10 @@ def test_toy_converts_to_int8_with_tflm_ops_only(name):
     assert EXPECTED_OPS[name] <= set(ops)
     assert not {"RELU", "RELU6", "MUL", "DEQUANTIZE", "QUANTIZE"} & set(ops)  # folded / fused
     assert kx.tflm_problems(tflite) == []
-    info = _flatbuffer.read_model(tflite)
-    assert [t.dtype for t in info.inputs + info.outputs] == ["INT8", "INT8"]
-    assert info.inputs[0].shape == (1,) + tuple(model.inputs[0].shape[1:])
-    assert info.outputs[0].shape == (1,) + tuple(model.outputs[0].shape[1:])
+    info = _flatbuffer.read_tflite(tflite)
+    assert [t.dtype for t in info.input_tensors + info.output_tensors] == ["INT8", "INT8"]
+    assert info.input_tensors[0].shape == (1,) + tuple(model.inputs[0].shape[1:])
+    assert info.output_tensors[0].shape == (1,) + tuple(model.outputs[0].shape[1:])
     activation_types = {t.dtype for t in info.tensors if not t.is_constant}
     assert activation_types == {"INT8"}
 
@@ -222,7 +222,7 @@ def test_tcn_frozen_to_one_channel_per_group_converts():
     tflite = kx.to_tflite(slim, x)
     assert kx.op_names(tflite).count("ADD") == 4 and kx.tflm_problems(tflite) == []
     # TFLite Micro runs it and tracks the float model to a few int8 steps of the output.
-    step = _flatbuffer.read_model(tflite).outputs[0].scales[0]
+    step = _flatbuffer.read_tflite(tflite).output_tensors[0].scales[0]
     np.testing.assert_allclose(kx.run_tflm(tflite, x, dequantize=True),
                                slim.predict(x, verbose=0), atol=3 * step)
 
@@ -247,8 +247,8 @@ def test_shared_toy_zoo_converts_and_tracks_float(name):
 def test_float32_conversion():
     model, _, x, _ = converted("residual")
     tflite = kx.to_tflite(model, quantization="float32")
-    info = _flatbuffer.read_model(tflite)
-    assert [t.dtype for t in info.inputs + info.outputs] == ["FLOAT32", "FLOAT32"]
+    info = _flatbuffer.read_tflite(tflite)
+    assert [t.dtype for t in info.input_tensors + info.output_tensors] == ["FLOAT32", "FLOAT32"]
     assert set(kx.op_names(tflite)) <= kx.TFLM_BUILTIN_OPS
     np.testing.assert_allclose(
         kx.run_tflm(tflite, x), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5
@@ -264,7 +264,7 @@ def test_multi_input_model_keeps_input_order():
     rng = np.random.default_rng(0)
     xa, xb = rng.normal(size=(32, 6)).astype("f"), rng.normal(size=(32, 3)).astype("f")
     tflite = kx.to_tflite(model, {"zeta": xa, "alpha": xb})
-    assert [t.shape for t in _flatbuffer.read_model(tflite).inputs] == [(1, 6), (1, 3)]
+    assert [t.shape for t in _flatbuffer.read_tflite(tflite).input_tensors] == [(1, 6), (1, 3)]
     out = kx.run_tflm(tflite, [xa, xb], dequantize=True)
     ref = model.predict([xa, xb], verbose=0)
     assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
@@ -487,12 +487,12 @@ def _fc_case(op, info, consts):
 @pytest.mark.parametrize("name", sorted(DENSE_TOYS))
 def test_tflm_fully_connected_equals_integer_oracle(name):
     _, _, x, tflite = converted(name)
-    info = _flatbuffer.read_model(tflite)
+    info = _flatbuffer.read_tflite(tflite)
     consts = _litert_preserving(tflite)  # only to read weights and biases
     tflm = _tflm_preserving(tflite)
-    fc_ops = [op for op in info.main_ops if op.name == "FULLY_CONNECTED"]
+    fc_ops = [op for op in info.operators if op.name == "FULLY_CONNECTED"]
     assert fc_ops and all(len(op.inputs) > 2 and op.inputs[2] >= 0 for op in fc_ops)  # biases
-    xq = kx.runtime.quantize(x, info.inputs[0])
+    xq = kx.runtime.quantize(x, info.input_tensors[0])
     checked = 0
     for sample in xq:
         tflm.set_input(sample[None], 0)
@@ -515,14 +515,14 @@ def test_litert_fully_connected_rescales_in_float64(name):
     # fixed-point code in both, hence bit-exact. This pins LiteRT's FC exactly, op by op on its
     # own intermediate inputs, and shows where and by how much the two roundings part.
     model, _, _, tflite = converted(name)
-    info = _flatbuffer.read_model(tflite)
+    info = _flatbuffer.read_tflite(tflite)
     litert = _litert_preserving(tflite)
-    fc_ops = [op for op in info.main_ops if op.name == "FULLY_CONNECTED"]
+    fc_ops = [op for op in info.operators if op.name == "FULLY_CONNECTED"]
     assert fc_ops
-    xq = kx.runtime.quantize(_data(model, 256, 2), info.inputs[0])
+    xq = kx.runtime.quantize(_data(model, 256, 2), info.input_tensors[0])
     checked, differ = 0, 0
     for sample in xq:
-        litert.set_tensor(info.inputs[0].index, sample[None])
+        litert.set_tensor(info.input_tensors[0].index, sample[None])
         litert.invoke()
         for op in fc_ops:
             w, bias, t_in, t_w, t_out = _fc_case(op, info, litert)
@@ -543,10 +543,10 @@ def test_litert_fully_connected_rescales_in_float64(name):
 
 def test_run_tflm_accepts_raw_int8_and_dequantizes():
     _, _, x, tflite = converted("conv2d")
-    info = _flatbuffer.read_model(tflite)
+    info = _flatbuffer.read_tflite(tflite)
     raw = kx.run_tflm(tflite, x)
-    np.testing.assert_array_equal(kx.run_tflm(tflite, kx.runtime.quantize(x, info.inputs[0])), raw)
-    out = info.outputs[0]
+    np.testing.assert_array_equal(kx.run_tflm(tflite, kx.runtime.quantize(x, info.input_tensors[0])), raw)
+    out = info.output_tensors[0]
     np.testing.assert_allclose(
         kx.run_tflm(tflite, x, dequantize=True),
         (raw.astype(np.float32) - out.zero_points[0]) * out.scales[0], rtol=1e-6,
@@ -600,14 +600,14 @@ def test_zoo_tflm_equals_litert_reference_up_to_fc_rounding(name, pruned):
         assert model.count_params() < converted_zoo(name, False)[0].count_params()
     ops = kx.op_names(tflite)
     assert set(ops) <= kx.TFLM_BUILTIN_OPS and kx.tflm_problems(tflite) == []
-    info = _flatbuffer.read_model(tflite)
-    assert [t.dtype for t in info.inputs + info.outputs] == ["INT8", "INT8"]
+    info = _flatbuffer.read_tflite(tflite)
+    assert [t.dtype for t in info.input_tensors + info.output_tensors] == ["INT8", "INT8"]
     assert {t.dtype for t in info.tensors if not t.is_constant} == {"INT8"}
-    xq = kx.runtime.quantize(x, info.inputs[0])
+    xq = kx.runtime.quantize(x, info.input_tensors[0])
 
-    main = info.main_ops
+    main = info.operators
     first_fc = next((k for k, op in enumerate(main) if op.name == "FULLY_CONNECTED"), len(main))
-    exact = sorted({info.inputs[0].index} | {t for op in main[:first_fc] for t in op.outputs})
+    exact = sorted({info.input_tensors[0].index} | {t for op in main[:first_fc] for t in op.outputs})
     fc_ops = [op for op in main if op.name == "FULLY_CONNECTED"]
     litert = _litert_preserving(tflite)
     tflm = _tflm_preserving(tflite, 2 * kx.runtime.default_arena_size(info))
@@ -617,7 +617,7 @@ def test_zoo_tflm_equals_litert_reference_up_to_fc_rounding(name, pruned):
     }
     tflm_out = []
     for sample in xq:
-        litert.set_tensor(info.inputs[0].index, sample[None])
+        litert.set_tensor(info.input_tensors[0].index, sample[None])
         litert.invoke()
         tflm.set_input(sample[None], 0)
         tflm.invoke()
@@ -637,7 +637,7 @@ def test_zoo_tflm_equals_litert_reference_up_to_fc_rounding(name, pruned):
             # On LiteRT's input, TFLite Micro's rounding is at most one step from LiteRT's.
             double = _fc_oracle(x_in, w, bias, t_in, t_w, t_out, op.fused_activation)
             assert np.abs(double.astype(int) - want.astype(int)).max() <= 1
-        tflm_out.append(runs["tflm"](info.outputs[0].index))
+        tflm_out.append(runs["tflm"](info.output_tensors[0].index))
     tflm_out = np.concatenate(tflm_out)
     assert tflm_out.shape == (len(x),) + tuple(model.outputs[0].shape[1:])
     assert len(np.unique(tflm_out)) >= min(tflm_out.size // 2, 32)  # not degenerate
@@ -699,11 +699,11 @@ def test_measure_flash_and_arena(name, capfd):
     # The arena given does not change what is used.
     assert kx.arena_usage(tflite, arena_size=1 << 22)["arena_bytes"] == result.host_arena_bytes
     # Lower bound: every operator's non-constant inputs and outputs are live together.
-    info = _flatbuffer.read_model(tflite)
+    info = _flatbuffer.read_tflite(tflite)
     live = max(
         sum(-(-info.tensors[t].nbytes // 16) * 16 for t in set(op.inputs + op.outputs)
             if t >= 0 and not info.tensors[t].is_constant)
-        for op in info.main_ops
+        for op in info.operators
     )
     assert result.arena_head_bytes >= live
     assert result.ops == kx.op_names(tflite)

@@ -8,8 +8,8 @@ import pytest
 
 from keras_dnas import targets
 from keras_dnas.costs import compute, latency
-from benchmarks._bench import mlperf_fidelity
-from keras_dnas.targets import mlperf
+from benchmarks._bench import layer_costs, mlperf_fidelity
+from benchmarks._bench import mlperf_reference as mlperf
 
 LAYERS = {b: mlperf.reference_layers(b) for b in mlperf.BENCHMARKS}
 
@@ -57,10 +57,10 @@ def grad(fn, *values):
 @pytest.mark.parametrize("bench", mlperf.BENCHMARKS)
 def test_reference_weights_biases_macs(bench):
     weights, biases, macs = REFERENCE[bench]
-    assert compute.model_weights(LAYERS[bench]) == weights
-    assert compute.model_params(LAYERS[bench]) == weights + biases
-    assert compute.model_params(LAYERS[bench], include_bias=False) == weights
-    assert compute.model_macs(LAYERS[bench]) == macs
+    assert layer_costs.model_weights(LAYERS[bench]) == weights
+    assert layer_costs.model_params(LAYERS[bench]) == weights + biases
+    assert layer_costs.model_params(LAYERS[bench], include_bias=False) == weights
+    assert layer_costs.model_macs(LAYERS[bench]) == macs
 
 
 def test_compute_rules():
@@ -102,7 +102,7 @@ def test_hand_written_layers_match_zoo_and_graph(bench):
     zoo = pytest.importorskip("keras_dnas.zoo")
     graph = pytest.importorskip("keras_dnas.graph")
     plan = graph.analyze(getattr(zoo, ZOO[bench])())
-    assert compute.model_macs(plan) == REFERENCE[bench][2]
+    assert layer_costs.model_macs(plan) == REFERENCE[bench][2]
 
     def key(name, op, g, cin, cout):
         return (op, g["taps"], g["in_positions"], g["out_positions"], cin, cout,
@@ -252,10 +252,10 @@ def test_straight_through_ceil_and_model_level_gradient():
         layers = [{**r, "cin": r["cin"] * width / 64 if r["cin"] == 64 else r["cin"],
                    "cout": r["cout"] * width / 64 if r["cout"] == 64 else r["cout"]}
                   for r in LAYERS["kws"]]
-        return latency.model_latency_ms(layers, "stm32h743")
+        return layer_costs.model_latency_ms(layers, "stm32h743")
 
     value, (d,) = grad(total, 64.0)
-    assert float(value) == pytest.approx(latency.model_latency_ms(LAYERS["kws"], "stm32h743"),
+    assert float(value) == pytest.approx(layer_costs.model_latency_ms(LAYERS["kws"], "stm32h743"),
                                          rel=1e-5)
     assert d > 0
 
@@ -265,14 +265,14 @@ def test_ms_and_energy_follow_cycles(name):
     t = targets.get(name)
     for layers in LAYERS.values():
         cycles = latency.model_cycles(layers, t)
-        assert latency.model_latency_ms(layers, t) == pytest.approx(cycles / (t.clock_mhz * 1e3))
-        assert latency.model_energy_uj(layers, t) == pytest.approx(
+        assert layer_costs.model_latency_ms(layers, t) == pytest.approx(cycles / (t.clock_mhz * 1e3))
+        assert layer_costs.model_energy_uj(layers, t) == pytest.approx(
             cycles * t.energy_nj_per_cycle / 1e3)
     layer = LAYERS["ic"][1]
     args = (layer["op"], layer["geometry"], layer["cin"], layer["cout"], t)
-    assert latency.layer_energy_uj(*args) == pytest.approx(
+    assert layer_costs.layer_energy_uj(*args) == pytest.approx(
         latency.layer_cycles(*args) * t.energy_nj_per_cycle / 1e3)
-    assert latency.layer_latency_ms(*args) == pytest.approx(
+    assert layer_costs.layer_latency_ms(*args) == pytest.approx(
         latency.layer_cycles(*args) / t.clock_mhz / 1e3)
 
 
@@ -343,5 +343,5 @@ def test_energy_is_cycles_times_energy_per_cycle_on_measured_boards():
     l4r5 = next(c for c in mlperf_fidelity.configurations()
                 if c["board"] == "NUCLEO-L4R5ZI" and c["round"] == "v1.0")
     for b in mlperf.BENCHMARKS:
-        predicted = latency.model_energy_uj(LAYERS[b], target)
+        predicted = layer_costs.model_energy_uj(LAYERS[b], target)
         assert abs(predicted / l4r5["energy_uJ"][b] - 1) < 0.05, b

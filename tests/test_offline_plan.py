@@ -181,8 +181,8 @@ def test_offline_plan_in_tflite_micro(name):
         assert plan["written"] and measured < tflm  # branches: greedy leaves holes
     if name == "waiting_branch":
         assert plan["reordered"] and measured < tflm
-    ops = [(op.name, op.inputs, op.outputs) for op in _flatbuffer.read_model(planned).ops]
-    before = [(op.name, op.inputs, op.outputs) for op in _flatbuffer.read_model(tflite).ops]
+    ops = [(op.name, op.inputs, op.outputs) for op in _flatbuffer.read_tflite(planned).all_operators]
+    before = [(op.name, op.inputs, op.outputs) for op in _flatbuffer.read_tflite(tflite).all_operators]
     assert ops == before if not plan["reordered"] else sorted(ops) == sorted(before)
     if plan["written"] or plan["reordered"]:
         assert np.array_equal(runtime.run_tflm(planned, x), runtime.run_tflm(tflite, x))

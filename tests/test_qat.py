@@ -209,15 +209,15 @@ def test_export_is_full_int8_with_tflm_ops_only(digits_qat):
     assert ops == ["CONV_2D", "MAX_POOL_2D", "CONV_2D", "RESHAPE", "FULLY_CONNECTED", "SOFTMAX"]
     assert set(ops) <= TFLM_BUILTIN_OPS and not {"QUANTIZE", "DEQUANTIZE"} & set(ops)
     assert tflm_problems(tflite, "int8") == []
-    info = _flatbuffer.read_model(tflite)
+    info = _flatbuffer.read_tflite(tflite)
     assert {t.dtype for t in info.tensors if not t.is_constant} <= {"INT8", "INT32"}
-    assert [t.dtype for t in info.inputs + info.outputs] == ["INT8", "INT8"]
+    assert [t.dtype for t in info.input_tensors + info.output_tensors] == ["INT8", "INT8"]
 
 
 def test_export_uses_the_learnt_ranges(digits_qat):
-    q, info = digits_qat["qat"], _flatbuffer.read_model(digits_qat["tflite"])
+    q, info = digits_qat["qat"], _flatbuffer.read_tflite(digits_qat["tflite"])
     lo, hi = q.get_layer("digit_fq").range
-    assert info.inputs[0].scales[0] == pytest.approx((hi - lo) / 255, rel=1e-5)
+    assert info.input_tensors[0].scales[0] == pytest.approx((hi - lo) / 255, rel=1e-5)
     # A ReLU output range [0, hi] gives zero point -128 and scale hi / 255.
     scales = {round(t.scales[0], 8) for t in info.tensors if len(t.scales) == 1}
     for fq in qat.fake_quant_layers(q):
@@ -237,7 +237,7 @@ def test_tflm_matches_the_fake_quant_model(digits_qat):
     assert result.accuracy >= 0.85
     # ... because its outputs are the simulated ones up to a couple of int8 steps.
     out = run_tflm(tflite, xt, dequantize=True)
-    step = _flatbuffer.read_model(tflite).outputs[0].scales[0]
+    step = _flatbuffer.read_tflite(tflite).output_tensors[0].scales[0]
     assert np.percentile(np.abs(out - simulated), 99) <= 2 * step + 1e-6
 
 

@@ -8,10 +8,11 @@ import warnings
 import numpy as np
 import pytest
 
-from keras_dnas import targets
+from keras_dnas import calibration, targets
 from keras_dnas.costs import latency
-from benchmarks._bench import mlperf_fidelity
-from keras_dnas.targets import HardwareTarget, calibration, mlperf
+from benchmarks._bench import layer_costs, mlperf_fidelity
+from benchmarks._bench import mlperf_reference as mlperf
+from keras_dnas.targets import HardwareTarget
 
 MIB, KIB = 1 << 20, 1 << 10
 
@@ -183,7 +184,16 @@ def _truth():
 
 
 def _measure(truth, layers):
-    return float(latency.model_latency_ms(layers, truth))
+    return float(layer_costs.model_latency_ms(layers, truth))
+
+
+def test_calibration_is_a_public_name_of_targets():
+    # kd.targets.calibrate & co. load keras_dnas.calibration on first use (it sits above costs)
+    for name in ("calibrate", "calibrate_from_csv", "read_layer_csv"):
+        assert getattr(targets, name) is getattr(calibration, name)
+        assert name in targets.__all__ and name in dir(targets)
+    with pytest.raises(AttributeError, match="no attribute 'calibration_table'"):
+        targets.calibration_table
 
 
 def test_calibrate_scale_only_recovers_the_scale():
@@ -200,7 +210,7 @@ def test_single_measurement_fits_only_the_scale():
     base = targets.get("nrf52840")
     t = targets.calibrate(base, [(LAYERS["ic"], 300.0)])
     assert t.cycles == base.cycles and t.flash_read_cycles == base.flash_read_cycles
-    assert math.isclose(float(latency.model_latency_ms(LAYERS["ic"], t)), 300.0, rel_tol=1e-9)
+    assert math.isclose(float(layer_costs.model_latency_ms(LAYERS["ic"], t)), 300.0, rel_tol=1e-9)
 
 
 def test_calibrate_two_measurements_fit_them_and_stay_non_negative():
@@ -210,7 +220,7 @@ def test_calibrate_two_measurements_fit_them_and_stay_non_negative():
     assert t.name == "fitted"
     assert all(v >= 0 for v in t.cycles.values()) and t.flash_read_cycles >= 0
     for layers, ms in meas:
-        assert abs(float(latency.model_latency_ms(layers, t)) / ms - 1) < 0.02
+        assert abs(float(layer_costs.model_latency_ms(layers, t)) / ms - 1) < 0.02
 
 
 def test_calibrate_from_per_layer_csv_recovers_the_coefficients(tmp_path):
@@ -245,7 +255,7 @@ def test_calibrate_from_csv_units_aliases_and_errors(tmp_path):
     with pytest.warns(UserWarning, match=r"skipped rows .*\['bn'\]"):
         t = targets.calibrate_from_csv("stm32l4r5", path, clock_mhz=80)
     assert t.clock_mhz == 80.0
-    records = calibration.read_layer_csv(path)
+    records = targets.read_layer_csv(path)
     assert records[0][0]["op"] == "conv" and records[0][0]["geometry"]["taps"] == 1
     assert records[0][2] == 1.0
     bad = tmp_path / "bad.csv"
@@ -265,7 +275,7 @@ def test_calibrate_from_csv_units_aliases_and_errors(tmp_path):
 def test_calibrate_gap8_fits_the_scale_of_paper_b():
     t = targets.calibrate("gap8", [(LAYERS["ic"], 2 * 766_624 / 100e3)])
     assert math.isclose(t.scale, 2.0, rel_tol=1e-12)
-    t2 = targets.calibrate("gap8", [(LAYERS[b], 3 * float(latency.model_latency_ms(LAYERS[b], "gap8")))
+    t2 = targets.calibrate("gap8", [(LAYERS[b], 3 * float(layer_costs.model_latency_ms(LAYERS[b], "gap8")))
                                     for b in mlperf.BENCHMARKS])
     assert math.isclose(t2.scale, 3.0, rel_tol=1e-9) and t2.cycles == targets.get("gap8").cycles
 
@@ -320,4 +330,4 @@ def test_builtin_l4r5_reproduces_its_source_measurements():
     for k, v in builtin.cycles.items():
         assert math.isclose(v, refit.cycles[k], rel_tol=1e-3, abs_tol=1e-3), k
     for layers, ms in meas:
-        assert abs(float(latency.model_latency_ms(layers, builtin)) / ms - 1) < 0.03
+        assert abs(float(layer_costs.model_latency_ms(layers, builtin)) / ms - 1) < 0.03

@@ -77,9 +77,9 @@ def test_tfmot_qat_runs_on_tflm_and_leaves_tf_keras_alone(frozen_digits):
     assert op_names(tflite) == ["CONV_2D", "MAX_POOL_2D", "DEPTHWISE_CONV_2D", "CONV_2D",
                                 "RESHAPE", "FULLY_CONNECTED"]
     assert tflm_problems(tflite, "int8") == []
-    info = _flatbuffer.read_model(tflite)
-    assert [t.dtype for t in info.inputs + info.outputs] == ["INT8", "INT8"]
-    assert list(info.inputs[0].shape) == [1, 8, 8, 1]
+    info = _flatbuffer.read_tflite(tflite)
+    assert [t.dtype for t in info.input_tensors + info.output_tensors] == ["INT8", "INT8"]
+    assert list(info.input_tensors[0].shape) == [1, 8, 8, 1]
     out = run_tflm(tflite, xt[:8])
     assert out.dtype == np.int8 and out.shape == (8, 10)
 

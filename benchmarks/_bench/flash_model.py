@@ -298,8 +298,7 @@ def tflite_name_bytes(tflite):
     Returns:
         int.
     """
-    model = tflite if isinstance(tflite, _flatbuffer.TFLiteModel) else (
-        _flatbuffer.read_tflite(tflite))
+    model = _flatbuffer.read_tflite(tflite)
     return sum(_string_bytes(t.name) for t in model.tensors)
 
 
@@ -313,8 +312,7 @@ def tflite_payload_bytes(tflite):
     Returns:
         int.
     """
-    model = tflite if isinstance(tflite, _flatbuffer.TFLiteModel) else (
-        _flatbuffer.read_tflite(tflite))
+    model = _flatbuffer.read_tflite(tflite)
     total = 0
     for op in model.operators:
         if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):

@@ -16,9 +16,9 @@ import csv
 import itertools
 import os
 
-from keras_dnas.costs import latency
-from keras_dnas.targets.calibration import calibrate
-from keras_dnas.targets.mlperf import BENCHMARKS, MODEL_NAMES, reference_layers
+from keras_dnas.targets import calibrate
+from benchmarks._bench.layer_costs import model_latency_ms
+from benchmarks._bench.mlperf_reference import BENCHMARKS, MODEL_NAMES, reference_layers
 
 #: All calibration pairs.
 ALL_PAIRS = tuple(itertools.combinations(BENCHMARKS, 2))
@@ -145,7 +145,7 @@ def fidelity(base="nrf52840", pairs=CALIBRATION_PAIRS, configs=None, **calibrate
             for b in BENCHMARKS:
                 if b in pair:
                     continue
-                predicted = float(latency.model_latency_ms(layers[b], target))
+                predicted = float(model_latency_ms(layers[b], target))
                 measured = cfg["latency_ms"][b]
                 out.append({
                     "round": cfg["round"], "submitter": cfg["submitter"], "board": cfg["board"],

@@ -167,12 +167,6 @@ REFERENCE_SCRATCH = {
 }
 
 
-def _as_model(tflite):
-    if isinstance(tflite, _flatbuffer.TFLiteModel):
-        return tflite
-    return _flatbuffer.read_tflite(tflite)
-
-
 def tflite_buffers(tflite, scratch=None):
     """Lists the buffers TFLite Micro plans for a model, in the order the planner receives them.
 
@@ -187,37 +181,21 @@ def tflite_buffers(tflite, scratch=None):
         scopes), `offline` (fixed offset or None), `kind` (`"tensor"` or `"scratch"`), `tensor`
         (tensor index, or None) and `op` (operator index of a scratch buffer, or None).
     """
-    model = _as_model(tflite)
+    model = _flatbuffer.read_tflite(tflite)
     if model.num_subgraphs != 1:
         raise ValueError(
             "Only single-subgraph models (no IF / WHILE / CALL_ONCE) are supported. Received: "
             f"a model with {model.num_subgraphs} subgraphs"
         )
     scratch = REFERENCE_SCRATCH if scratch is None else scratch
-    n_t = len(model.tensors)
-    first = [-1] * n_t
-    last = [-1] * n_t
-    for t in list(model.inputs) + list(model.outputs):
-        first[t] = last[t] = 0
+    spans = tensor_lifetimes(len(model.tensors), [(op.inputs, op.outputs) for op in model.operators],
+                             model.inputs, model.outputs)
     scratch_bufs = []
-    scope = 0
     for i, op in enumerate(model.operators):
-        scope = i + 1
-        for t in op.outputs:
-            if t >= 0:
-                first[t] = last[t] = scope
-        for t in op.inputs:
-            if t >= 0:
-                last[t] = scope
         rule = scratch.get(op.name)
-        if rule is not None:
-            for nbytes in rule(model, op):
-                scratch_bufs.append(
-                    dict(size=int(nbytes), first=scope, last=scope, offline=None,
-                         kind="scratch", tensor=None, op=i)
-                )
-    for t in model.outputs:
-        last[t] = scope
+        for nbytes in rule(model, op) if rule is not None else ():
+            scratch_bufs.append(dict(size=int(nbytes), first=i + 1, last=i + 1, offline=None,
+                                     kind="scratch", tensor=None, op=i))
     offline = model.offline_offsets
     out = []
     for t in model.tensors:
@@ -227,7 +205,7 @@ def tflite_buffers(tflite, scratch=None):
         if offline is not None and offline[t.index] >= 0:
             fixed = offline[t.index]
         out.append(
-            dict(size=t.nbytes, first=first[t.index], last=last[t.index], offline=fixed,
+            dict(size=t.nbytes, first=spans[t.index][0], last=spans[t.index][1], offline=fixed,
                  kind="tensor", tensor=t.index, op=None)
         )
     return out + scratch_bufs
@@ -346,7 +324,7 @@ def tflite_tail(tflite, pointer_bytes=8, scratch=None):
     """
     if pointer_bytes not in TAIL_STRUCTS:
         raise ValueError(f"`pointer_bytes` must be 4 or 8. Received: pointer_bytes={pointer_bytes}")
-    model = _as_model(tflite)
+    model = _flatbuffer.read_tflite(tflite)
     st = TAIL_STRUCTS[pointer_bytes]
     ptr = st["pointer"]
     scratch = REFERENCE_SCRATCH if scratch is None else scratch
@@ -407,7 +385,7 @@ def tflite_arena(tflite, pointer_bytes=8, scratch=None):
     >>> report["total"] == report["head"] + report["tail"], report["head"] > 0
     (True, True)
     """
-    model = _as_model(tflite)
+    model = _flatbuffer.read_tflite(tflite)
     buffers = tflite_buffers(model, scratch=scratch)
     offline = [b["offline"] for b in buffers]
     offsets, head = greedy_plan(
@@ -452,7 +430,8 @@ def tensor_lifetimes(n_tensors, ops, inputs, outputs):
     for i, (ins, outs) in enumerate(ops):
         scope = i + 1
         for t in outs:
-            first[t] = last[t] = scope
+            if t >= 0:
+                first[t] = last[t] = scope
         for t in ins:
             if t >= 0:
                 last[t] = scope

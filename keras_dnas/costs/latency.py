@@ -401,20 +401,6 @@ def latency_model(target):
 # --------------------------------------------------------------------------- public API
 
 
-def layer_features(op, geometry, cin, cout, target):
-    """Latency-model features of one layer (the amounts the coefficients multiply).
-
-    Example:
-
-    >>> from keras_dnas.costs import latency
-    >>> f = latency.layer_features("dense", {}, 64, 10, "stm32l4r5")
-    >>> f["dense"], f["requant"], f["flash_bytes"]
-    (640.0, 10, 640)
-    """
-    target = _resolve(target)
-    return latency_model(target).features(op, geometry, cin, cout, target)
-
-
 def layer_cycles(op, geometry, cin, cout, target):
     """Cycles of one layer on ``target`` (per its ``latency_model``).
 
@@ -466,66 +452,6 @@ def cycles_to_uj(cycles, target):
     return cycles * (_resolve(target).energy_nj_per_cycle / 1e3)
 
 
-def layer_latency_ms(op, geometry, cin, cout, target):
-    """Latency of one layer in milliseconds (:func:`layer_cycles` / clock).
-
-    Example:
-
-    >>> from keras_dnas.costs import latency
-    >>> latency.layer_latency_ms("dense", {}, 128, 128, "gap8")  # 64 * 32 cycles at 100 MHz
-    0.02048
-    """
-    return cycles_to_ms(layer_cycles(op, geometry, cin, cout, target), target)
-
-
-def layer_energy_uj(op, geometry, cin, cout, target):
-    """Energy of one layer in microjoules (:func:`layer_cycles` x nJ per cycle).
-
-    Example:
-
-    >>> from keras_dnas.costs import latency
-    >>> e = latency.layer_energy_uj("dense", {}, 128, 128, "gap8")
-    >>> round(e, 6)
-    0.3072
-    """
-    return cycles_to_uj(layer_cycles(op, geometry, cin, cout, target), target)
-
-
-def per_layer_cycles(layers, target):
-    """``[(name, op, cycles), ...]`` for every record (free ops included with 0).
-
-    Example:
-
-    >>> from keras_dnas.costs import latency
-    >>> from keras_dnas.targets import mlperf
-    >>> rows = latency.per_layer_cycles(mlperf.reference_layers("ad"), "gap8")
-    >>> rows[0]
-    ('dense', 'dense', 10240)
-    """
-    target = _resolve(target)
-    return [(name, op, layer_cycles(op, g, cin, cout, target))
-            for name, op, g, cin, cout in layer_records(layers)]
-
-
-def model_features(layers, target):
-    """Sum of :func:`layer_features` over layer records (used by calibration).
-
-    Example:
-
-    >>> from keras_dnas.costs import latency
-    >>> from keras_dnas.targets import mlperf
-    >>> latency.model_features(mlperf.reference_layers("ad"), "stm32l4r5")["flash_bytes"]
-    264192
-    """
-    target = _resolve(target)
-    model = latency_model(target)
-    total = {}
-    for _, op, g, cin, cout in layer_records(layers):
-        for k, v in model.features(op, g, cin, cout, target).items():
-            total[k] = total.get(k, 0) + v
-    return total
-
-
 def model_cycles(layers, target):
     """Cycles of a whole model: the sum of :func:`layer_cycles` over its layer records.
 
@@ -541,9 +467,9 @@ def model_cycles(layers, target):
 
     Example:
 
+    >>> from keras_dnas import graph, zoo
     >>> from keras_dnas.costs import latency
-    >>> from keras_dnas.targets import mlperf
-    >>> latency.model_cycles(mlperf.reference_layers("ic"), "gap8")
+    >>> latency.model_cycles(graph.analyze(zoo.resnet8()), "gap8")  # MLPerf Tiny's ResNet-8
     766624
     """
     target = _resolve(target)
@@ -551,34 +477,3 @@ def model_cycles(layers, target):
     for _, op, g, cin, cout in layer_records(layers):
         total = total + layer_cycles(op, g, cin, cout, target)
     return total
-
-
-def model_latency_ms(layers, target):
-    """Latency of a whole model in milliseconds.
-
-    Example:
-
-    >>> from keras_dnas.costs import latency
-    >>> from keras_dnas.targets import mlperf
-    >>> round(latency.model_latency_ms(mlperf.reference_layers("ic"), "gap8"), 3)
-    7.666
-    """
-    return cycles_to_ms(model_cycles(layers, target), target)
-
-
-def model_energy_uj(layers, target):
-    """Energy of one inference of a whole model in microjoules.
-
-    Example:
-
-    >>> from keras_dnas.costs import latency
-    >>> from keras_dnas.targets import mlperf
-    >>> layers = mlperf.reference_layers("kws")
-    >>> from keras_dnas import targets
-    >>> t = targets.get("stm32l4r5")
-    >>> import math
-    >>> cycles = latency.model_cycles(layers, t)
-    >>> math.isclose(latency.model_energy_uj(layers, t), cycles * t.energy_nj_per_cycle / 1e3)
-    True
-    """
-    return cycles_to_uj(model_cycles(layers, target), target)

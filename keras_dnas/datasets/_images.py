@@ -117,60 +117,6 @@ def digits(test_fraction=0.2, seed=0):
     return (_to_unit(x_tr, 16.0), y_tr), (_to_unit(x_te, 16.0), y_te)
 
 
-@functools.lru_cache(maxsize=1)
-def _lfw_raw():
-    skimage = require("skimage", "scikit-image", "lfw_faces")
-    # Read the array the wheel ships rather than calling skimage.data.lfw_subset(),
-    # whose fetcher may fall back to a download when a file is missing.
-    path = os.path.join(os.path.dirname(skimage.__file__), "data", "lfw_subset.npy")
-    if not os.path.isfile(path):
-        raise ImportError(
-            "`keras_dnas.datasets.lfw_faces()` needs `skimage/data/lfw_subset.npy`, which this "
-            f"scikit-image installation ({getattr(skimage, '__version__', '?')}) does not ship "
-            f"(looked for {path}). Reinstall it with `pip install scikit-image`."
-        )
-    x = np.load(path, allow_pickle=False)  # (200, 25, 25) float64 in [0, 1]
-    if x.shape != (200, 25, 25):
-        raise ValueError(f"Unexpected lfw_subset.npy shape. Received: shape={x.shape}")
-    x = np.asarray(x, dtype=np.float32).reshape(200, 25, 25, 1)
-    y = np.repeat(np.array([1, 0], dtype=np.int32), 100)  # first 100 are faces
-    return _readonly(x, y)
-
-
-def lfw_faces(test_fraction=0.2, seed=0):
-    """Face / non-face 25x25 grey crops from scikit-image's ``lfw_subset()``.
-
-    200 images: 100 faces picked at random from Labeled Faces in the Wild
-    (Huang et al.) and 100 background crops of the same photos, resized to
-    25x25. Label 1 is "face", 0 is "not a face". With the defaults the
-    stratified split is 160 train / 40 test images (80 / 20 per class).
-
-    Args:
-        test_fraction: share of each class put in the test split, in (0, 1).
-        seed: seed of the split and of the (shuffled) order of both splits.
-
-    Returns:
-        ``((x_train, y_train), (x_test, y_test))``: float32 images of shape
-        ``(N, 25, 25, 1)`` in ``[0, 1]`` and int32 labels in ``{0, 1}``.
-
-    Raises:
-        ImportError: scikit-image is not installed (``pip install scikit-image``).
-        ValueError: ``test_fraction`` or ``seed`` is out of range.
-
-    Example:
-
-    >>> from keras_dnas import datasets
-    >>> (x, y), (xt, yt) = datasets.lfw_faces()
-    >>> x.shape, xt.shape, int(y.sum()), int(yt.sum())
-    ((160, 25, 25, 1), (40, 25, 25, 1), 80, 20)
-    """
-    test_fraction = check_fraction(test_fraction)
-    seed = check_seed(seed)
-    x, y = _lfw_raw()
-    (x_tr, y_tr), (x_te, y_te) = stratified_split(x, y, test_fraction, seed)
-    return (_to_unit(x_tr, 1.0), y_tr), (_to_unit(x_te, 1.0), y_te)
-
-
 def _to_unit(x, scale):
     x = x.astype(np.float32)
     if scale != 1.0:

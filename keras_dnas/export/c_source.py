@@ -164,8 +164,8 @@ def resolver_ops(tflite_bytes):
     >>> resolver_ops(to_tflite(model, np.random.rand(8, 4).astype("float32")))
     [('FULLY_CONNECTED', 'AddFullyConnected'), ('SOFTMAX', 'AddSoftmax')]
     """
-    info = _flatbuffer.read_model(tflite_bytes)
-    names = list(dict.fromkeys(op.name for op in info.ops))
+    info = _flatbuffer.read_tflite(tflite_bytes)
+    names = list(dict.fromkeys(op.name for op in info.all_operators))
     unknown = [n for n in names if n not in RESOLVER_METHODS]
     if unknown:
         raise ValueError(

@@ -391,13 +391,13 @@ def _warn_tflm_aborts(tflite, model, layer_names):
     from keras_dnas import _flatbuffer
     from keras_dnas.export import runtime
 
-    info = _flatbuffer.read_model(tflite)  # decoded once, for the checks and the layer names
+    info = _flatbuffer.read_tflite(tflite)  # decoded once, for the checks and the layer names
     problems = runtime._preflight(tflite, info)
     if not problems:
         return
     lines = []
     for p in problems:
-        op = next(o for o in info.main_ops if o.index == p["op_index"])
+        op = next(o for o in info.operators if o.index == p["op_index"])
         layer = _ops._op_layer(op, info, set(layer_names), _output_layers(model))
         where = f"layer {layer!r}, " if layer else ""
         lines.append(f"{where}operator {p['op_index']} ({p['op']}): {p['reason']}")

@@ -103,15 +103,15 @@ def tflite_layers(tflite_bytes):
     >>> [(r["name"], r["op"], r["cin"], r["cout"]) for r in rows][::2]
     [('CONV_2D', 'conv', 1, 4), ('FULLY_CONNECTED', 'dense', 144, 2)]
     """
-    info = _flatbuffer.read_model(tflite_bytes)
+    info = _flatbuffer.read_tflite(tflite_bytes)
     rows = []
-    for op in info.main_ops:
+    for op in info.operators:
         record = _record(op, info) or {"op": None, "geometry": None, "cin": None, "cout": None}
         rows.append({"index": op.index, "name": op.name, **record})
     return rows
 
 
-def estimate(tflite_bytes, target):
+def estimate(tflite_bytes, target=None):
     """MACs and estimated cycles / latency of a `.tflite` model on a hardware target.
 
     Each operator becomes a layer record (`tflite_layers`) and is costed with the target's
@@ -121,7 +121,8 @@ def estimate(tflite_bytes, target):
 
     Args:
         tflite_bytes: The model as `bytes` or a path to a `.tflite` file.
-        target: A `keras_dnas.targets.HardwareTarget` or a registered target name.
+        target: A `keras_dnas.targets.HardwareTarget` or a registered target name; None
+            counts MACs only (`cycles`, `latency_ms`, `latency_model` are then None).
 
     Returns:
         A dict: `macs`, `cycles`, `latency_ms`, `latency_model`, `layers` (per operator:
@@ -141,7 +142,7 @@ def estimate(tflite_bytes, target):
     from keras_dnas import targets
     from keras_dnas.costs import compute, latency
 
-    target = targets.get(target)
+    target = None if target is None else targets.get(target)
     rows, unmodelled = [], set()
     total_macs, total_cycles = 0, 0.0
     for layer in tflite_layers(tflite_bytes):
@@ -151,16 +152,16 @@ def estimate(tflite_bytes, target):
         else:
             args = (layer["op"], layer["geometry"], layer["cin"], layer["cout"])
             macs = int(compute.macs(*args))
-            cycles = float(latency.layer_cycles(*args, target))
+            cycles = None if target is None else float(latency.layer_cycles(*args, target))
         total_macs += macs
-        total_cycles += cycles
+        total_cycles += cycles or 0.0
         rows.append({"index": layer["index"], "name": layer["name"], "op": layer["op"],
                      "macs": macs, "cycles": cycles})
     return {
         "macs": total_macs,
-        "cycles": total_cycles,
-        "latency_ms": float(latency.cycles_to_ms(total_cycles, target)),
-        "latency_model": target.latency_model,
+        "cycles": None if target is None else total_cycles,
+        "latency_ms": None if target is None else float(latency.cycles_to_ms(total_cycles, target)),
+        "latency_model": None if target is None else target.latency_model,
         "layers": rows,
         "unmodelled": sorted(unmodelled),
     }

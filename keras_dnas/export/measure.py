@@ -92,30 +92,18 @@ class MeasureResult(Results):
 
     def __str__(self):
         lines = ["TFLite Micro measurement"]
-        fmt = {
-            "flash_bytes": "{:,} B",
-            "ram_bytes": "{:,} B",
-            "arena_head_bytes": "{:,} B",
-            "arena_tail_bytes": "{:,} B",
-            "host_arena_bytes": "{:,} B",
-            "host_arena_head_bytes": "{:,} B",
-            "host_arena_tail_bytes": "{:,} B",
-            "target_flash_bytes": "{:,} B",
-            "target_ram_bytes": "{:,} B",
-            "accuracy": "{:.4f}",
-            "float_accuracy": "{:.4f}",
-            "agreement": "{:.4f}",
-            "mse": "{:.6g}",
-            "float_mse": "{:.6g}",
-        }
         for key in _KEYS:
             value = self[key]
             if value is None or key in ("host_arena_breakdown", "inputs", "outputs"):
                 continue
             if key == "ops":
                 value = ", ".join(value)
-            elif key in fmt:
-                value = fmt[key].format(value)
+            elif key.endswith("_bytes") and key != "pointer_bytes":
+                value = f"{value:,} B"
+            elif key.endswith(("accuracy", "agreement")):
+                value = f"{value:.4f}"
+            elif key.endswith("mse"):
+                value = f"{value:.6g}"
             lines.append(f"  {key:<21} {value}")
         for key in ("inputs", "outputs"):
             for t in self[key] or ():
@@ -172,8 +160,7 @@ def target_arena(tflite_bytes, host_usage, pointer_bytes=DEFAULT_POINTER_BYTES):
     head = int(host_usage["arena_head_bytes"])
     tail = int(host_usage["arena_tail_bytes"])
     if pointer_bytes != _HOST_POINTER_BYTES:
-        model = tflite_bytes if isinstance(tflite_bytes, _flatbuffer.TFLiteModel) else \
-            _flatbuffer.read_tflite(tflite_bytes)
+        model = _flatbuffer.read_tflite(tflite_bytes)
         tail += arena.tflite_tail(model, pointer_bytes=pointer_bytes) - arena.tflite_tail(
             model, pointer_bytes=_HOST_POINTER_BYTES)
     return {"ram_bytes": head + tail, "arena_head_bytes": head, "arena_tail_bytes": tail}
@@ -301,21 +288,20 @@ def measure(
     True
     """
     data_bytes = _flatbuffer.as_model_bytes(tflite_bytes)
-    info = _flatbuffer.read_model(data_bytes)
+    info = _flatbuffer.read_tflite(data_bytes)
     if data is None and (keras_model is not None or task is not None):
         raise ValueError(
             "keras_model= and task= need data=(x, y) to evaluate on. Received: data=None"
         )
-    io_types = {t.dtype for t in info.inputs + info.outputs}
+    io_types = {t.dtype for t in info.input_tensors + info.output_tensors}
     fields = {
         "flash_bytes": len(data_bytes),
-        "ops": [op.name for op in info.main_ops],
-        "inputs": [t.to_dict() for t in info.inputs],
-        "outputs": [t.to_dict() for t in info.outputs],
+        "ops": [op.name for op in info.operators],
+        "inputs": [t.to_dict() for t in info.input_tensors],
+        "outputs": [t.to_dict() for t in info.output_tensors],
         "quantization": next(iter(io_types)).lower() if len(io_types) == 1 else "mixed",
     }
-    memory_view = _flatbuffer.read_tflite(data_bytes)  # decoded once: the plan and the tail
-    fields["arena_plan"] = "offline" if memory_view.offline_offsets is not None else "tflm"
+    fields["arena_plan"] = "offline" if info.offline_offsets is not None else "tflm"
     resolved = _resolve_target(target)
     pointer_bytes = DEFAULT_POINTER_BYTES if resolved is None else resolved[3]
     # One TFLite Micro child process: the inference on `x` (if any) and the arena report.
@@ -326,7 +312,7 @@ def measure(
                                      allocations=True)
     host = _runtime.parse_allocations(reply["allocations"])
     fields.update({"host_" + k: v for k, v in host.items()})
-    fields.update(target_arena(memory_view, host, pointer_bytes), pointer_bytes=pointer_bytes)
+    fields.update(target_arena(info, host, pointer_bytes), pointer_bytes=pointer_bytes)
     if resolved is not None:
         name, flash, ram, _ = resolved
         fields.update(

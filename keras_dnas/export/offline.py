@@ -62,7 +62,7 @@ def plan_tflite(tflite, scratch=None, max_nodes=DEFAULT_MAX_NODES):
         plan), `bound` (liveness lower bound), `optimal` (the planner proved its layout
         optimal) and `method`.
     """
-    model = arena._as_model(tflite)
+    model = _flatbuffer.read_tflite(tflite)
     buffers = arena.tflite_buffers(model, scratch=scratch)
     if any(b["offline"] is not None for b in buffers):
         raise ValueError(
@@ -90,7 +90,7 @@ def replay_head(tflite, tensor_offsets, scratch=None):
     Raises:
         ValueError: if the offsets are malformed (count, alignment, overlap of live buffers).
     """
-    model = arena._as_model(tflite)
+    model = _flatbuffer.read_tflite(tflite)
     if len(tensor_offsets) != len(model.tensors):
         raise ValueError(
             f"Invalid arena plan: {len(tensor_offsets)} offsets for a subgraph of "
@@ -343,7 +343,7 @@ class OfflineArenaMemory:
 
 def greedy_tensor_offsets(tflite, scratch=None):
     """Tensor offsets of TFLM's own greedy plan (-1 for tensors it does not plan)."""
-    model = arena._as_model(tflite)
+    model = _flatbuffer.read_tflite(tflite)
     buffers = arena.tflite_buffers(model, scratch=scratch)
     offsets, _ = arena.greedy_plan([(b["size"], b["first"], b["last"]) for b in buffers])
     out = [-1] * len(model.tensors)

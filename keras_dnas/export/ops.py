@@ -54,7 +54,7 @@ def op_names(tflite_bytes):
     >>> op_names(to_tflite(model, np.random.rand(8, 4).astype("float32")))
     ['FULLY_CONNECTED']
     """
-    return [op.name for op in _flatbuffer.read_model(tflite_bytes).main_ops]
+    return [op.name for op in _flatbuffer.read_tflite(tflite_bytes).operators]
 
 
 def _layer_hint(tensor_name, layer_names):
@@ -82,13 +82,13 @@ def _op_layer(op, info, layer_names, output_layers, depth=3):
         layer = _layer_hint(t.name, layer_names)
         if layer:
             return layer
-    model_outputs = [t.index for t in info.outputs]
+    model_outputs = list(info.outputs)
     for t in outputs:
         if t.index in model_outputs and len(output_layers) == len(model_outputs):
             return output_layers[model_outputs.index(t.index)]
     if depth:
         produced = set(op.outputs)
-        for consumer in info.main_ops:
+        for consumer in info.operators:
             if op.subgraph == 0 and produced & set(consumer.inputs):
                 layer = _op_layer(consumer, info, layer_names, output_layers, depth - 1)
                 if layer:
@@ -133,23 +133,23 @@ def tflm_problems(
     >>> tflm_problems(to_tflite(model, np.random.rand(8, 4).astype("float32")))
     []
     """
-    info = _flatbuffer.read_model(tflite_bytes)
+    info = _flatbuffer.read_tflite(tflite_bytes)
     layer_names = set(layer_names or ())
     output_layers = list(output_layers or ())
     problems = []
     def describe(op):
         return _describe_op(op, info, layer_names, output_layers)
 
-    for op in info.ops:
+    for op in info.all_operators:
         if op.name not in TFLM_BUILTIN_OPS:
             problems.append(
                 f"operator {describe(op)} is not supported by TensorFlow Lite Micro"
             )
     if quantization == "int8":
-        for t in info.inputs + info.outputs:
+        for t in info.input_tensors + info.output_tensors:
             if t.dtype != "INT8":
                 problems.append(f"model input/output {t.name!r} is {t.dtype}, not INT8")
-        for op in () if allow_float_ops else info.main_ops:
+        for op in () if allow_float_ops else info.operators:
             if op.name == "DEQUANTIZE":
                 continue
             float_out = [

@@ -40,11 +40,11 @@ def dequantize(q, tensor):
 
 def _prepare_inputs(info, x):
     """User inputs (array, list of arrays or dict by name) -> arrays in user order, typed."""
-    arrays = input_arrays(x, "x", names=[t.name for t in info.inputs],
-                          shapes=[tuple(t.shape[1:]) for t in info.inputs], dtype=None,
+    arrays = input_arrays(x, "x", names=[t.name for t in info.input_tensors],
+                          shapes=[tuple(t.shape[1:]) for t in info.input_tensors], dtype=None,
                           allow_empty=True)
     prepared, count = [], len(arrays[0])
-    for arr, t in zip(arrays, info.inputs):
+    for arr, t in zip(arrays, info.input_tensors):
         if t.numpy_dtype is None:
             raise ValueError(f"Unsupported input tensor type {t.dtype} for {t.name!r}.")
         if np.issubdtype(t.numpy_dtype, np.integer) and t.scales and np.issubdtype(
@@ -54,7 +54,7 @@ def _prepare_inputs(info, x):
         else:
             arr = arr.astype(t.numpy_dtype, copy=False)
         prepared.append(arr)
-    batch = info.inputs[0].shape[0] if info.inputs[0].shape else 1
+    batch = info.input_tensors[0].shape[0] if info.input_tensors[0].shape else 1
     batch = max(int(batch), 1)
     if count % batch:
         raise ValueError(
@@ -66,7 +66,7 @@ def _prepare_inputs(info, x):
 
 def _finish_outputs(info, outputs, dequantize_outputs):
     result = []
-    for arrs, t in zip(outputs, info.outputs):
+    for arrs, t in zip(outputs, info.output_tensors):
         out = np.concatenate(arrs, axis=0) if arrs else np.zeros((0,) + t.shape[1:], t.numpy_dtype)
         result.append(dequantize(out, t) if dequantize_outputs else out)
     return result[0] if len(result) == 1 else result
@@ -76,7 +76,7 @@ def default_arena_size(info):
     """A generous arena for the TFLite Micro Python interpreter (it crashes when too small)."""
     size = (
         2 * info.activation_bytes
-        + 1024 * (info.num_tensors + len(info.ops))
+        + 1024 * (info.num_tensors + len(info.all_operators))
         + 16 * info.num_channel_params
         + 64 * 1024
     )
@@ -128,13 +128,13 @@ def tflm_preflight(tflite_bytes):
     []
     """
     data = _flatbuffer.as_model_bytes(tflite_bytes)
-    return _preflight(data, _flatbuffer.read_model(data))
+    return _preflight(data, _flatbuffer.read_tflite(data))
 
 
 def _preflight(data, info):
-    """`tflm_preflight` on a model already decoded (`info` is `read_model(data)`)."""
+    """`tflm_preflight` on a model already decoded (`info` is `read_tflite(data)`)."""
     problems = []
-    for op in info.main_ops:
+    for op in info.operators:
         for t in op.inputs + op.outputs:
             if t < 0 or info.tensors[t].is_constant or not info.tensors[t].scales:
                 continue
@@ -217,7 +217,7 @@ def _crash_error(data, info, returncode, log, phase):
         lines.append(f"Operator {index} ({name}) failed (from TFLite Micro's log below).")
     else:
         lines.append("The operator is unknown: TFLite Micro printed no error and no known "
-                     f"precondition is broken. Operators: {[op.name for op in info.main_ops]}.")
+                     f"precondition is broken. Operators: {[op.name for op in info.operators]}.")
     text = "\n".join(line for line in log.splitlines()
                      if not line.startswith(_tflm_child.PHASE_PREFIX)).strip()
     if text:
@@ -251,7 +251,7 @@ def _tflm_child_run(data, info, arrays=None, count=0, batch=1, arena_size=None,
         "batch": batch,
         "input_positions": list(info.input_positions),
         "output_positions": list(info.output_positions),
-        "zero_inputs": [(tuple(t.shape), t.numpy_dtype) for t in info.inputs],
+        "zero_inputs": [(tuple(t.shape), t.numpy_dtype) for t in info.input_tensors],
         "allocations": bool(allocations),
     }
     for attempt in range(2):
@@ -317,7 +317,7 @@ def run_tflm(tflite_bytes, x, *, dequantize=False, arena_size=None):
     dtype('int8')
     """
     data = _flatbuffer.as_model_bytes(tflite_bytes)
-    info = _flatbuffer.read_model(data)
+    info = _flatbuffer.read_tflite(data)
     arrays, count, batch = _prepare_inputs(info, x)
     reply = _tflm_child_run(data, info, arrays, count, batch, arena_size)
     return _finish_outputs(info, reply["outputs"], dequantize)
@@ -360,7 +360,7 @@ def run_litert(tflite_bytes, x, reference=True, *, dequantize=False):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     data = _flatbuffer.as_model_bytes(tflite_bytes)
-    info = _flatbuffer.read_model(data)
+    info = _flatbuffer.read_tflite(data)
     arrays, count, batch = _prepare_inputs(info, x)
     resolver = OpResolverType.BUILTIN_REF if reference else OpResolverType.AUTO
     with captured_fds((2,)):
@@ -368,7 +368,7 @@ def run_litert(tflite_bytes, x, reference=True, *, dequantize=False):
         interpreter.allocate_tensors()
     in_details = interpreter.get_input_details()
     out_details = interpreter.get_output_details()
-    outputs = [[] for _ in info.outputs]
+    outputs = [[] for _ in info.output_tensors]
     for start in range(0, count, batch):
         for arr, pos in zip(arrays, info.input_positions):
             interpreter.set_tensor(in_details[pos]["index"], arr[start : start + batch])
@@ -435,7 +435,7 @@ def arena_usage(tflite_bytes, arena_size=None):
     True
     """
     data = _flatbuffer.as_model_bytes(tflite_bytes)
-    info = _flatbuffer.read_model(data)
+    info = _flatbuffer.read_tflite(data)
     # One inference first (on zeros), as TFLite Micro's documentation asks for
     # print_allocations().
     reply = _tflm_child_run(data, info, arena_size=arena_size, allocations=True)

@@ -71,7 +71,8 @@ def layer_geometry(input_shapes, output_shape, *, kernel_size=(), strides=(), di
     """The geometry record of one layer (``LayerInfo.geometry``): plain data the costs read.
 
     The one builder of this dict: the graph reader (`graph.roles`), the `.tflite` reader
-    (`export.estimate`), the MLPerf Tiny reference layers and the calibration CSV all call it.
+    (`export.estimate`) and, in `benchmarks/_bench`, the MLPerf Tiny reference layers and the
+    calibration CSV all call it.
     Shapes are per sample (no batch axis; ``None`` for an unknown dimension); positions (the
     product of the dimensions but the channels) are derived from them unless given.
 
@@ -170,9 +171,6 @@ class ChannelPlan:
     def full_taps(self):
         """Full tap counts of :meth:`tap_layers` (what a counts list without them means)."""
         return [self.layer(n).taps["kernel_size"] for n in self.tap_layers()]
-
-    def groups_of(self, view):
-        return [self.groups[g] for g in view.segments]
 
     def view_size(self, view):
         """Full channel count of a view."""

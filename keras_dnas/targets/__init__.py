@@ -14,7 +14,9 @@ live as JSON files in ``keras_dnas/targets/data``:
 | ``gap8`` | 8-core RISC-V | 100 MHz | 512 KiB | 8 MiB | gap8_paper (paper B) |
 
 Use :func:`calibrate` / :func:`calibrate_from_csv` to fit a target to your own
-measurements.
+measurements (they live in :mod:`keras_dnas.calibration`, above the cost
+functions they sum, and load on first use: the target data here stay below
+``costs``).
 
 Example:
 
@@ -24,8 +26,6 @@ Example:
 ('Cortex-M7', 480.0, 512)
 """
 
-from keras_dnas.targets import mlperf
-from keras_dnas.targets.calibration import calibrate, calibrate_from_csv, read_layer_csv
 from keras_dnas.targets.registry import (
     builtin_names,
     get,
@@ -46,9 +46,24 @@ __all__ = [
     "calibrate_from_csv",
     "get",
     "list_targets",
-    "mlperf",
     "names",
     "read_layer_csv",
     "register",
     "unregister",
 ]
+
+# Calibration sums the latency model's features (keras_dnas.costs), which read the target
+# data of this package: imported on first use, so loading a target never imports the costs.
+_CALIBRATION = ("calibrate", "calibrate_from_csv", "read_layer_csv")
+
+
+def __getattr__(name):
+    if name in _CALIBRATION:
+        from keras_dnas import calibration  # noqa: PLC0415
+
+        return getattr(calibration, name)
+    raise AttributeError(f"module 'keras_dnas.targets' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_CALIBRATION))

@@ -97,3 +97,27 @@ def bn_relu(x, name):
     """``BatchNormalization`` followed by ``ReLU``, named ``{name}_bn`` and ``{name}_relu``."""
     x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def separable_block(x, filters, strides, weight_decay, prefix, initializer="glorot_uniform"):
+    """Depthwise 3x3 and pointwise 1x1 convolutions, each followed by ``bn_relu``
+    (``{prefix}_dw``, ``{prefix}_pw``): the block of DS-CNN and MobileNetV1."""
+    x = keras.layers.DepthwiseConv2D(
+        3, strides=strides, padding="same", depth_multiplier=1, use_bias=False,
+        depthwise_initializer=initializer, depthwise_regularizer=l2(weight_decay),
+        data_format=DATA_FORMAT, name=f"{prefix}_dw",
+    )(x)
+    x = bn_relu(x, f"{prefix}_dw")
+    x = keras.layers.Conv2D(
+        filters, 1, padding="same", use_bias=False, kernel_initializer=initializer,
+        kernel_regularizer=l2(weight_decay), data_format=DATA_FORMAT, name=f"{prefix}_pw",
+    )(x)
+    return bn_relu(x, f"{prefix}_pw")
+
+
+def average_pool_head(x):
+    """An ``AveragePooling2D`` over the whole feature map, then ``Flatten``."""
+    x = keras.layers.AveragePooling2D(
+        pool_size=tuple(x.shape[1:3]), data_format=DATA_FORMAT, name="avg_pool"
+    )(x)
+    return keras.layers.Flatten(data_format=DATA_FORMAT, name="flatten")(x)

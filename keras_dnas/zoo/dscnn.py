@@ -5,11 +5,13 @@ import keras
 from keras_dnas.zoo._common import (
     DATA_FORMAT,
     add_classifier,
+    average_pool_head,
     bn_relu,
     check_input_shape,
     check_positive_int,
     check_weight_decay,
     l2,
+    separable_block,
 )
 
 _FILTERS = 64
@@ -84,32 +86,9 @@ def ds_cnn(
     x = keras.layers.Dropout(0.2, name="stem_dropout")(x)
 
     for index in range(1, _NUM_BLOCKS + 1):
-        prefix = f"block{index}"
-        x = keras.layers.DepthwiseConv2D(
-            (3, 3),
-            padding="same",
-            depth_multiplier=1,
-            use_bias=False,
-            depthwise_regularizer=l2(weight_decay),
-            data_format=DATA_FORMAT,
-            name=f"{prefix}_dw",
-        )(x)
-        x = bn_relu(x, f"{prefix}_dw")
-        x = keras.layers.Conv2D(
-            _FILTERS,
-            (1, 1),
-            padding="same",
-            use_bias=False,
-            kernel_regularizer=l2(weight_decay),
-            data_format=DATA_FORMAT,
-            name=f"{prefix}_pw",
-        )(x)
-        x = bn_relu(x, f"{prefix}_pw")
+        x = separable_block(x, _FILTERS, 1, weight_decay, f"block{index}")
 
     x = keras.layers.Dropout(0.4, name="head_dropout")(x)
-    x = keras.layers.AveragePooling2D(
-        pool_size=tuple(x.shape[1:3]), data_format=DATA_FORMAT, name="avg_pool"
-    )(x)
-    x = keras.layers.Flatten(data_format=DATA_FORMAT, name="flatten")(x)
+    x = average_pool_head(x)
     outputs = add_classifier(x, num_classes, classifier_activation)
     return keras.Model(inputs, outputs, name=name)

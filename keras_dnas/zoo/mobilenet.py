@@ -7,11 +7,13 @@ import keras
 from keras_dnas.zoo._common import (
     DATA_FORMAT,
     add_classifier,
+    average_pool_head,
     bn_relu,
     check_input_shape,
     check_positive_int,
     check_weight_decay,
     l2,
+    separable_block,
 )
 
 _STEM_FILTERS = 32
@@ -112,34 +114,9 @@ def mobilenet_v1(
     x = bn_relu(x, "stem")
 
     for index, (filters, strides) in enumerate(_BLOCKS, start=1):
-        prefix = f"block{index}"
-        x = keras.layers.DepthwiseConv2D(
-            3,
-            strides=strides,
-            padding="same",
-            depth_multiplier=1,
-            use_bias=False,
-            depthwise_initializer="he_normal",
-            depthwise_regularizer=l2(weight_decay),
-            data_format=DATA_FORMAT,
-            name=f"{prefix}_dw",
-        )(x)
-        x = bn_relu(x, f"{prefix}_dw")
-        x = keras.layers.Conv2D(
-            _width(filters, alpha),
-            1,
-            padding="same",
-            use_bias=False,
-            kernel_initializer="he_normal",
-            kernel_regularizer=l2(weight_decay),
-            data_format=DATA_FORMAT,
-            name=f"{prefix}_pw",
-        )(x)
-        x = bn_relu(x, f"{prefix}_pw")
+        x = separable_block(x, _width(filters, alpha), strides, weight_decay, f"block{index}",
+                            initializer="he_normal")
 
-    x = keras.layers.AveragePooling2D(
-        pool_size=tuple(x.shape[1:3]), data_format=DATA_FORMAT, name="avg_pool"
-    )(x)
-    x = keras.layers.Flatten(data_format=DATA_FORMAT, name="flatten")(x)
+    x = average_pool_head(x)
     outputs = add_classifier(x, num_classes, classifier_activation)
     return keras.Model(inputs, outputs, name=name)

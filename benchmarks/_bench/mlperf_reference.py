@@ -12,9 +12,8 @@ model against them live in ``benchmarks/_bench/mlperf_fidelity.py``.
 
 Example:
 
->>> from keras_dnas.targets import mlperf
->>> from keras_dnas.costs import compute
->>> [compute.model_macs(mlperf.reference_layers(b)) for b in mlperf.BENCHMARKS]
+>>> from benchmarks._bench import layer_costs, mlperf_reference as mlperf
+>>> [layer_costs.model_macs(mlperf.reference_layers(b)) for b in mlperf.BENCHMARKS]
 [12501632, 2656768, 7489664, 264192]
 """
 
@@ -113,7 +112,7 @@ def reference_layers(benchmark):
 
     Example:
 
-    >>> from keras_dnas.targets import mlperf
+    >>> from benchmarks._bench import mlperf_reference as mlperf
     >>> [layer["op"] for layer in mlperf.reference_layers("kws")][:3]
     ['conv', 'depthwise', 'conv']
     """
