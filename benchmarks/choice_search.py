@@ -11,11 +11,12 @@ The seed is not trained to the end here: only its warm-up epochs (the checkpoint
 of the grid starts from, same training seed, data and order). The budgets need the seed's
 ``len(.tflite)`` and arena, which depend on its architecture, not on its weights.
 
-The supernet's new alternatives (5x5, depthwise-separable, identity) start untrained while the
-seed's own block carries the warm-up checkpoint; ``--choice-warmup`` search epochs (default 1)
-sample every alternative uniformly with the choices and masks frozen before they are searched
-(``DNASCallback(warmup_epochs=...)``, counted in the search epochs: both methods train the
-same number of epochs).
+The supernet's new alternatives start from the seed's block (``kd.prepare``: the 5x5 kernel is
+the 3x3 zero-padded, the separable block a rank-1 factorisation of it; identity has no
+weights); ``--choice-warmup`` search epochs (default 1) then distill the seed's block into them
+with the choices and masks frozen (``DNASCallback(warmup_epochs=..., choice_warmup=...)``,
+counted in the search epochs: both methods train the same number of epochs).
+``--choice-warmup-mode sample`` restores the earlier warm-up (every alternative sampled).
 
 Usage::
 
@@ -59,6 +60,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="training seed (as run.py --seed)")
     p.add_argument("--choice-warmup", type=int, default=1,
                    help="search epochs that train every alternative before the choices move")
+    p.add_argument("--choice-warmup-mode", default="distill", choices=("distill", "sample"),
+                   help="DNASCallback(choice_warmup=...)")
     p.add_argument("--channels-from", default=None,
                    help="grid CSV of the same --seed: channels-only rows are read from it "
                         "instead of being run again")
@@ -111,10 +114,16 @@ def main(argv=None):
                   "int8_acc": float(grid["int8_acc"]), "flash": int(grid["flash"]),
                   "arena": int(grid["arena"]), "certified": grid["certified"] == "True",
                   "source": os.path.basename(args.channels_from), "same_budgets": same})
+            hand = _grid_row(args.channels_from, args.target, label, "hand")
+            if hand is not None:  # the hand-tuned width, trained from scratch in the grid
+                emit({"point": label, "seed": args.seed, "method": "hand",
+                      "int8_acc": float(hand["int8_acc"]), "flash": int(hand["flash"]),
+                      "arena": int(hand["arena"]), "width": float(hand["width"]),
+                      "source": os.path.basename(args.channels_from)})
         else:
             runs.insert(0, ("channels", None))
         for name, alternatives in runs:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 if alternatives is None:  # the grid's run: the seed's memory model
                     result = methods.dnas(task, data, epochs, warm, args.target, budgets,
@@ -123,16 +132,19 @@ def main(argv=None):
                     warmup = min(args.choice_warmup, epochs.search - 1)
                     result = methods.dnas(task, data, epochs, warm, args.target, budgets, None,
                                           alternatives=alternatives,
-                                          callback_options={"warmup_epochs": warmup})
+                                          callback_options={
+                                              "warmup_epochs": warmup,
+                                              "choice_warmup": args.choice_warmup_mode})
                 measured = evaluate.measure(result["model"], data)
                 row = {"point": label, "seed": args.seed, "method": name,
-                       "int8_acc": measured["int8_acc"], "flash": measured["flash"],
+                       "int8_acc": measured["int8_acc"], "float_acc": measured["float_acc"], "flash": measured["flash"],
                        "arena": measured["arena"],
                        "holds": measured["flash"] <= budgets["flash_bytes"]
                        and measured["arena"] <= budgets["ram_bytes"],
                        "certified": result["certified"], "chosen": result["chosen"],
                        "history": result.get("history"),
-                       "wall_s": round(time.perf_counter() - start, 1)}
+                       "wall_s": round(time.perf_counter() - start, 1),
+                       "cpu_s": round(time.process_time() - cpu_start, 1)}
             except Exception as e:  # noqa: BLE001 - report and go on with the next run
                 row = {"point": label, "seed": args.seed, "method": name,
                        "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}

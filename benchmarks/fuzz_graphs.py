@@ -11,6 +11,7 @@ Usage::
     python benchmarks/fuzz_graphs.py --n 1000 --seed 0 --out benchmarks/results/fuzz_1000.json
     python benchmarks/fuzz_graphs.py --quick
     python benchmarks/fuzz_graphs.py --only 17 --only 42 --verbose
+    python benchmarks/fuzz_graphs.py --seeds-from seeds.txt --out rerun.json  # a list of seeds
     python benchmarks/fuzz_graphs.py --n 200 --skip-roles nested,ops   # roles not searchable yet
 """
 
@@ -194,6 +195,9 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=1000, help="number of graphs")
     p.add_argument("--seed", type=int, default=0, help="seed of the first graph")
     p.add_argument("--only", type=int, action="append", help="run only this graph seed")
+    p.add_argument("--seeds-from", metavar="FILE",
+                   help="run only the seeds listed in FILE (integers separated by white space "
+                        "or commas; '#' starts a comment), after any --only")
     p.add_argument("--roles", default=",".join(fz.ALL_ROLES),
                    help="comma-separated roles the generator may use")
     p.add_argument("--skip-roles", default="", help="comma-separated roles to leave out")
@@ -231,7 +235,14 @@ def main(argv=None):
         p.error(f"unknown roles {sorted(unknown)}; known: {','.join(fz.ALL_ROLES)}")
     checks = tuple(c for c in args.checks.split(",") if c)
     n = 5 if args.quick else args.n
-    seeds = args.only or list(range(args.seed, args.seed + n))
+    seeds = list(args.only or [])
+    if args.seeds_from:
+        with open(args.seeds_from) as f:
+            text = re.sub(r"#[^\n]*", " ", f.read())
+        for word in re.split(r"[\s,]+", text):
+            if word and int(word) not in seeds:
+                seeds.append(int(word))
+    seeds = seeds or list(range(args.seed, args.seed + n))
 
     results, earlier_runs = [], []
     partial = args.out + ".partial.jsonl" if args.out else None

@@ -19,6 +19,16 @@ only consumer -- becomes a Choice over
    nothing else (so not the first conv of a residual block: paper B's ResNet-8 keeps identity
    out of the first conv of each stack).
 
+The new alternatives start from the seed's block, so the search does not begin from untrained
+paths beside a trained one: the 5x5 kernel is the kxk kernel zero-padded around it (on the
+newest taps for causal padding), with the block's BN and activation weights, so it computes
+what the block does; the separable block's depthwise and pointwise kernels are, per input
+channel, the best rank-1 factorisation (SVD) of the kxk kernel's slice for that channel, with
+its middle BN shifted so that the ReLU between them passes almost everything, and the block's
+BN weights after the pointwise conv (an approximation: the middle BN normalises each channel).
+The Choice's ``reference`` is the block itself: during ``DNASCallback``'s warm-up the other
+alternatives learn to reproduce its output (:class:`keras_dnas.layers.Choice`).
+
 A conv with no BatchNormalization after it (e.g. ResNet's 1x1 projection shortcuts, a
 classifier) is left as it is.
 """
@@ -122,6 +132,73 @@ def _paper_b_pool(chain, identity):
     return pool
 
 
+#: Middle-BN shift (in standard deviations) of an initialised separable block: the ReLU after
+#: it passes all but ~2 % of a normal distribution, so the block stays nearly linear.
+SEPARABLE_SHIFT = 2.0
+
+
+def _padded_kernel(kernel, size, causal):
+    """``kernel`` (k..., cin, cout) zero-padded to ``size`` taps per spatial axis: centred
+    (odd sizes, the same output alignment under "same" padding), or on the newest taps."""
+    k = kernel.shape[:-2]
+    if not causal and any((size - d) % 2 for d in k):
+        return None
+    pads = [((size - d), 0) if causal else ((size - d) // 2, (size - d) // 2) for d in k]
+    return np.pad(kernel, pads + [(0, 0), (0, 0)])
+
+
+def _separable_factors(kernel):
+    """Depthwise (k..., cin, 1) and pointwise (1..., cin, cout) kernels whose composition is
+    each input channel's best rank-1 approximation of ``kernel`` (k..., cin, cout)."""
+    k, (cin, cout) = kernel.shape[:-2], kernel.shape[-2:]
+    taps = int(np.prod(k))
+    dw = np.zeros((taps, cin), kernel.dtype)
+    pw = np.zeros((cin, cout), kernel.dtype)
+    for c in range(cin):
+        u, s, vt = np.linalg.svd(kernel.reshape(taps, cin, cout)[:, c, :], full_matrices=False)
+        sign = 1.0 if u[:, 0].sum() >= 0 else -1.0  # inputs after a ReLU are mostly > 0
+        dw[:, c] = sign * u[:, 0] * np.sqrt(s[0])
+        pw[c] = sign * vt[0] * np.sqrt(s[0])
+    return dw.reshape(*k, cin, 1), pw.reshape(*(1,) * len(k), cin, cout)
+
+
+def _initialise_from_seed(pool, chain_ops):
+    """Set the weights of the new alternatives of one block from the block's (see the
+    module docstring). ``pool``: :func:`_paper_b_pool`'s layer lists, ``pool[0]`` the block."""
+    conv, rest = chain_ops[0], chain_ops[1:]
+    kernel = np.asarray(keras.ops.convert_to_numpy(conv.kernel))
+    bias = [np.asarray(keras.ops.convert_to_numpy(conv.bias))] if conv.use_bias else []
+    causal = conv.padding == "causal"
+    for layers in pool[1:]:
+        if layers == "identity":
+            continue
+        names = [layer.name for layer in layers]
+        if names[0] == conv.name + "_k5":
+            padded = _padded_kernel(kernel, layers[0].kernel_size[0], causal)
+            if padded is None:
+                continue
+            layers[0].set_weights([padded] + bias)
+            for new, old in zip(layers[1:], rest):
+                new.set_weights(old.get_weights())
+        elif conv.name + "_dw" in names:
+            at = names.index(conv.name + "_dw")
+            dw, pw = _separable_factors(kernel)
+            layers[at].set_weights([dw])
+            middle = layers[at + 1:at + len(rest) + 1]
+            after = layers[at + len(rest) + 2:]
+            pw_conv = layers[at + len(rest) + 1]
+            pw_conv.set_weights([pw] + [np.zeros_like(b) for b in bias])
+            bn = middle[0]
+            values = {v.path.split("/")[-1]: v for v in bn.weights}
+            if "beta" in values and "gamma" in values:
+                values["gamma"].assign(np.ones(values["gamma"].shape, "float32"))
+                values["beta"].assign(np.full(values["beta"].shape, SEPARABLE_SHIFT, "float32"))
+            for new, old in zip(middle[1:], rest[1:]):
+                new.set_weights(old.get_weights())
+            for new, old in zip(after, rest):
+                new.set_weights(old.get_weights())
+
+
 def _block_of(layers, x_shape, name):
     """A Sequential block of ``layers`` on inputs of ``x_shape`` (or the identity)."""
     if layers == "identity":
@@ -141,7 +218,8 @@ def add_choices(model, alternatives):
     Returns:
         ``(new model, number of blocks)``.
     """
-    replace = {}  # id(first node) -> (chain node ids, alternatives, block name)
+    replace = {}  # id(first node) -> (chain ids, alternatives, block name, kept, reference)
+    inits = []  # paper_b: (pool, the seed block's layers) whose new alternatives are initialised
     if isinstance(alternatives, str):
         if alternatives not in BUILTIN:
             raise ValueError(f"kd.prepare: unknown built-in alternatives {alternatives!r}. "
@@ -157,7 +235,8 @@ def add_choices(model, alternatives):
                     blocks.append(block)
             if len(blocks) > 1:
                 replace[id(chain[0].node)] = ([id(n.node) for n in chain], blocks,
-                                         f"{chain[0].operation.name}_choice", pool[0])
+                                         f"{chain[0].operation.name}_choice", pool[0], 0)
+                inits.append((pool, [n.operation for n in chain]))
     elif callable(alternatives):
         calls = {}
         for gnode in walk.nodes(model):
@@ -174,12 +253,13 @@ def add_choices(model, alternatives):
                     f"kd.prepare(alternatives=...): layer '{op.name}' has several inputs, "
                     "outputs or calls; a Choice block replaces a layer called once on one "
                     "tensor. Return None for it.")
-            alts, kept = list(alts), None
+            alts, kept, reference = list(alts), None, None
             for i, a in enumerate(alts):
                 if a is op:  # the layer itself: a copy with its weights
                     alts[i] = kept = _clone(op)
+                    reference = i
             replace[id(gnode.node)] = ([id(gnode.node)], alts, f"{op.name}_choice",
-                                  [kept] if kept is not None else None)
+                                  [kept] if kept is not None else None, reference)
     else:
         raise ValueError("kd.prepare: alternatives= takes 'paper_b' or a callable "
                          f"fn(layer) -> list | None. Received: {alternatives!r}")
@@ -198,10 +278,10 @@ def add_choices(model, alternatives):
         if id(gnode.node) in skip:
             continue
         if id(gnode.node) in replace:
-            ids, alts, name, kept = replace[id(gnode.node)]
+            ids, alts, name, kept, reference = replace[id(gnode.node)]
             skip.update(ids)
             x = tensor_map[id(gnode.inputs[0])]
-            out = Choice(alts, name=name)(x)
+            out = Choice(alts, reference=reference, name=name)(x)
             # the block itself keeps the seed's weights
             if kept:
                 for new, old_id in zip(kept, ids):
@@ -228,6 +308,8 @@ def add_choices(model, alternatives):
     for new, old in originals.values():
         if getattr(old, "weights", None):
             new.set_weights(old.get_weights())
+    for pool, chain_ops in inits:
+        _initialise_from_seed(pool, chain_ops)
     return result, len(replace)
 
 

@@ -119,12 +119,14 @@ _WEIGHT_OPS = {
     "FULLY_CONNECTED": (0, 1, 2, (0, 1)),
     "TRANSPOSE_CONV": (2, 1, 3, (0, 3)),
 }
-#: Plan ops (``LayerInfo.op``) each TFLite weight operator may come from, best first.
+#: Plan ops (``LayerInfo.op``, graph/roles.py) each TFLite weight operator may come from, best
+#: first (tests/test_memory_model.py checks them against the roles and a conversion). A
+#: Conv1DTranspose / Conv2DTranspose has no role: it is opaque, op "other".
 _KINDS = {
     "CONV_2D": ("conv", "separable", "dense"),
     "DEPTHWISE_CONV_2D": ("depthwise", "separable"),
     "FULLY_CONNECTED": ("dense", "conv"),
-    "TRANSPOSE_CONV": ("conv_transpose", "conv"),
+    "TRANSPOSE_CONV": ("other",),
 }
 #: Element-wise operators whose constant operands are data broadcast against the output
 #: (their other constants, e.g. a reshape's shape or a pad's paddings, never scale).
@@ -639,7 +641,8 @@ class MemoryModel:
     def constant_bytes(self, index, counts):
         """Bytes constant tensor ``index`` of the full-width file takes in the file at
         ``counts``: its data (buffer-aligned) plus its per-channel scales and zero points."""
-        size = _aligned(self._tensor_bytes(index, counts), BUFFER_ALIGNMENT)
+        size = self._data_bytes(self.full.tensors[index].buffer,
+                                self._tensor_bytes(index, counts))
         if self.full.tensors[index].n_scales > 1:
             size = size + QUANT_BYTES_PER_CHANNEL * self._scales[index].count(counts)
         return size
@@ -817,6 +820,14 @@ class MemoryModel:
             tail = tail + per_channel - 2 * _aligned(4 * d.value, arena.ARENA_ALIGNMENT)
         return tail
 
+    def _data_bytes(self, buffer, size):
+        """File bytes of ``size`` bytes of data in ``buffer``, padding included: the next
+        4-byte boundary, measured from where the object above it starts (see
+        ``_ZeroPointPadding.data_skew``: 2 bytes off the grid for the one buffer under the
+        Buffer tables' shared 6-byte vtable, fuzzer seed 911)."""
+        skew = self._padding.data_skew.get(buffer, 0)
+        return _aligned(size + skew, BUFFER_ALIGNMENT) - skew
+
     def _tensor_bytes(self, index, counts):
         size = self.full.tensors[index].itemsize
         for d in self._dims[index]:
@@ -843,8 +854,8 @@ class MemoryModel:
         for index in self._constants:
             t = self.full.tensors[index]
             size = self._tensor_bytes(index, counts)
-            deltas[self._padding.data_at[t.buffer]] = _aligned(size, BUFFER_ALIGNMENT) \
-                - _aligned(t.nbytes, BUFFER_ALIGNMENT)
+            deltas[self._padding.data_at[t.buffer]] = self._data_bytes(t.buffer, size) \
+                - self._data_bytes(t.buffer, t.nbytes)
         for index in self._quantized:
             s = self._scales[index]
             # The zero points' own change is a multiple of 8: it never moves a padding.
@@ -1084,8 +1095,18 @@ class _ZeroPointPadding:
     file (built just before it). The front padding (after the 8-byte header, making the length a
     multiple of 8) depends likewise on the bytes below the lowest one.
 
+    Buffer data is padded up to the 4-byte grid of the object above it (built just before it).
+    That object is the next buffer's table, 4-byte aligned, except for one buffer: the converter
+    writes the ``Buffer`` tables' shared vtable (6 bytes, 2-byte aligned) with the first table
+    that has data, right above the data of the next buffer it builds (unless an identical vtable
+    was written earlier and is reused). That buffer's data takes ``align4(n + 2) - 2`` bytes, not
+    ``align4(n)`` (fuzzer seed 911: the classifier kernel, 24 B + 2 B padding at full width,
+    6 B without padding once frozen: 4 B less than ``align4``, and the front padding moves).
+
     Attributes:
         data_at: file position of each buffer's data (buffer index -> position).
+        data_skew: buffer index -> how far (bytes, mod 4) the object right above its data is
+            off the 4-byte grid, where it is (only buffers with a non-zero skew are listed).
         scale_at: file position of each quantised tensor's scale vector.
     """
 
@@ -1093,14 +1114,22 @@ class _ZeroPointPadding:
         data = bytes(_flatbuffer.as_model_bytes(tflite_bytes))
         sch = _flatbuffer.schema()
         model = sch.Model.GetRootAs(data, 0)
-        self.data_at, self.scale_at = {}, {}
+        self.data_at, self.scale_at, self.data_skew = {}, {}, {}
         starts = set()  # start (length prefix) of every vector located, to tell padding apart
+        vtables = set()  # where the Buffer tables' vtables start
+        ends = {}  # buffer index -> end of its data
         for i in range(model.BuffersLength()):
             tab = model.Buffers(i)._tab
+            vtables.add(tab.Pos - struct.unpack_from("<i", data, tab.Pos)[0])
             o = tab.Offset(4)  # Buffer.data
             self.data_at[i] = tab.Vector(o) if o else -1
             if o:
                 starts.add(tab.Vector(o) - 4)
+                ends[i] = tab.Vector(o) + tab.VectorLen(o)
+        for i, end in ends.items():
+            above = [v for v in vtables if end <= v < end + BUFFER_ALIGNMENT]
+            if above and (len(data) - above[0]) % BUFFER_ALIGNMENT:
+                self.data_skew[i] = (len(data) - above[0]) % BUFFER_ALIGNMENT
         sg = model.Subgraphs(0)
         zero_points = []  # (position, end of the vector's data)
         for index in range(sg.TensorsLength()):

@@ -107,7 +107,11 @@ class _Builder:
     # --------------------------------------------------------------- helpers
     def name(self, kind):
         self.count += 1
-        return f"{kind}{self.count}"
+        name = f"{kind}{self.count}"
+        # Keras names an op node after its function (``keras.ops.relu6`` -> "relu6", then
+        # "relu6_1", ...) and refuses a model with two operations of one name (seed 846:
+        # ReLU layer "relu" + 6). Only such a name changes, so every other graph is as before.
+        return f"{name}_layer" if hasattr(keras.ops, name) else name
 
     def chance(self, p):
         return self.rng.random() < p

@@ -88,6 +88,19 @@ def test_generator_is_deterministic_and_respects_roles():
         fz.build(0, ("conv2d", "transformer"))
 
 
+def test_generated_names_never_clash_with_keras_op_names():
+    """Seed 846: the generator named a ReLU layer "relu6" (kind + counter) in a graph with a
+    ``keras.ops.relu6`` node, which Keras names "relu6" too, and Keras refused the model. A
+    generated name that is a ``keras.ops`` function's gets a suffix; no other name changes."""
+    import keras
+
+    g = fz.build(846)
+    names = {op.name for op in g.model.operations}
+    assert {"relu6_layer", "relu6"} <= names  # the ReLU layer and the keras.ops.relu6 node
+    layers = {layer.name for layer in g.model.layers}
+    assert not any(hasattr(keras.ops, name) for name in layers)
+
+
 def test_classify_groups_by_message_shape():
     a = fz.classify(RuntimeError("TFLite tensor 'x/conv1/Squeeze' has no counterpart (3, 4)."))
     b = fz.classify(RuntimeError("TFLite tensor 'y/conv7/Squeeze' has no counterpart (5, 6)."))

@@ -524,3 +524,66 @@ def test_summary_flash_is_the_file_converted_with_the_same_calibration_data():
         sizes["varied"]
     with pytest.raises(ValueError, match="representative_data must be an array of input"):
         kd.summary(model, "stm32h743", representative_data=object())
+
+
+def test_buffer_under_the_shared_vtable_is_padded_from_its_two_byte_offset():
+    """Fuzzer seed 911 (check d, +8 B with the same tensors and shapes): buffer data is padded
+    to the 4-byte grid of the object above it, and for one buffer that object is the Buffer
+    tables' shared 6-byte vtable, 2 bytes off the grid. Here that buffer is the classifier's
+    kernel (2 x 12 = 24 B + 2 B padding at full width; 14 B or 18 B without padding at widths 7
+    and 9, where align4 would say 16 and 20), and the 4 bytes move the file's front padding:
+    the search-time flash was 8 B over `len(.tflite)` of the frozen model."""
+    layers = keras.layers
+    x = keras.Input((3, 3, 1))
+    h = layers.Conv2D(12, 3, name="c")(x)
+    model = keras.Model(x, layers.Dense(2, name="head")(layers.Flatten()(h)))
+    non_zero(model)
+    search = kd.prepare(model)
+    memory = MemoryModel.from_model(search, pointer_bytes=HOST)
+    assert list(memory._padding.data_skew.values()) == [2]  # the case this test is about
+    for kept in (7, 9):
+        search.get_layer("c").dnas_alpha.assign(
+            np.where(np.arange(12) < kept, 1.0, 0.2).astype("float32"))
+        counts = counts_lib.hard_counts(search, memory.plan)
+        assert memory.flash(counts) == len(converted(kd.freeze(search, verbose=0))), kept
+
+
+def test_weight_operator_kinds_are_the_plans_ops():
+    """Among layers of the right width the memory model prefers one whose plan op
+    (``LayerInfo.op``, from graph/roles.py) may give the TFLite weight operator
+    (``memory._KINDS``). A kind no role produces silently loses that preference: fuzzer seed
+    643 (``"separable_conv"`` where the plan says ``"separable"``: a SeparableConv2D's pointwise
+    CONV_2D went to a later Conv2D of the same width, +336 B). Every kind is a plan op, and in a
+    converted model with every weighted layer type each weight operator's own layer has an op
+    its kinds list (a Conv2DTranspose has no role: opaque, op "other")."""
+    from keras_dnas import memory
+    from keras_dnas.graph import analyze, roles
+
+    plan_ops = {op for _, op, _ in roles.ROLES.values()} | {"other"}
+    assert set(memory._KINDS) == set(memory._WEIGHT_OPS)
+    for name, kinds in memory._KINDS.items():
+        assert set(kinds) <= plan_ops, (name, sorted(set(kinds) - plan_ops))
+    layers = keras.layers
+    x = keras.Input((8, 8, 3))
+    h = layers.Conv2D(4, 3, name="conv")(x)
+    h = layers.DepthwiseConv2D(3, name="dw")(h)
+    h = layers.SeparableConv2D(5, 2, name="sep")(h)
+    h = layers.Conv2DTranspose(3, 2, name="up")(h)
+    model = keras.Model(x, layers.Dense(3, name="head")(layers.GlobalAveragePooling2D()(h)))
+    non_zero(model)
+    plan = analyze(model)
+    tflite = read_tflite(converted(model))
+    seen = set()
+    for op in tflite.operators:
+        if op.name not in memory._WEIGHT_OPS:
+            continue
+        _, weight, _, _ = memory._WEIGHT_OPS[op.name]
+        parts = memory._name_parts(tflite.tensors[op.outputs[0]].name) + \
+            memory._name_parts(tflite.tensors[op.inputs[weight]].name)
+        layer = max(plan.layers, key=lambda info: memory._name_score(parts, info.name))
+        assert memory._name_score(parts, layer.name) > 0, parts
+        assert layer.op in memory._KINDS[op.name], (op.name, layer.name, layer.op)
+        seen.add((op.name, layer.name))
+    assert seen == {("CONV_2D", "conv"), ("DEPTHWISE_CONV_2D", "dw"),
+                    ("DEPTHWISE_CONV_2D", "sep"), ("CONV_2D", "sep"),
+                    ("TRANSPOSE_CONV", "up"), ("FULLY_CONNECTED", "head")}, seen

@@ -21,7 +21,17 @@ The merge owns ``dnas_choice``, one trainable logit per alternative
   alternative, compute the same.
 
 The temperature is ``temperature`` from the config unless a search binds a
-variable (``DNASCallback`` anneals it without retracing the train step). While a
+variable (``DNASCallback`` anneals it without retracing the train step).
+
+``reference`` names the alternative that carries trained weights (``kd.prepare``
+sets it to the seed's own block). While a search binds its distillation gate
+(``DNASCallback``'s warm-up), the block outputs the reference alone, so the
+layers around it keep the function they were trained for, and every other
+alternative with weights (the *students*) learns to reproduce the reference's
+output: a loss ``mean((student - stop_gradient(reference))**2)``, relative to
+the reference's mean square, is added for each. Sampling untrained alternatives
+instead would train the shared layers on their outputs (BENCHMARKS.md, "Choice
+blocks"). While a
 search runs, the logits are read through the same hooks as a channel mask
 (:class:`keras_dnas.masks.SearchHooks`: frozen during warm-up, learning rate
 scaled like the masks'), so a block's choice can move as fast as its channels.
@@ -60,8 +70,13 @@ class Choice(keras.layers.Layer):
             ``"softmax"`` (soft mixture at ``temperature``) during training.
         temperature: temperature of the softmax (annealed by ``kd.DNASCallback``).
         seed: seed of the Gumbel noise (``keras.random.SeedGenerator``).
+        reference: index of the alternative with trained weights, which the others
+            imitate during a search's warm-up (``None``: no imitation, the warm-up
+            samples every alternative).
         num_alternatives: set by ``from_config`` (a reloaded model holds the
             alternatives as its own layers; the layer is then the merge only).
+        students: set by ``from_config``: the alternatives that imitate the
+            reference (those with weights; an identity has nothing to learn).
 
     Example:
 
@@ -76,7 +91,7 @@ class Choice(keras.layers.Layer):
     """
 
     def __init__(self, alternatives=None, mode="gumbel", temperature=1.0, seed=None,
-                 num_alternatives=None, **kwargs):
+                 reference=None, num_alternatives=None, students=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"Choice '{self.name}': mode must be one of {MODES}. "
@@ -100,6 +115,13 @@ class Choice(keras.layers.Layer):
         self.temperature = float(temperature)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        if reference is not None and not (isinstance(reference, int)
+                                          and 0 <= reference < self.num_alternatives):
+            raise ValueError(f"Choice '{self.name}': reference must be the index of an "
+                             f"alternative (0 to {self.num_alternatives - 1}) or None. "
+                             f"Received: reference={reference!r}")
+        self.reference = reference
+        self.students = None if students is None else [int(i) for i in students]
 
     @property
     def alternatives(self):
@@ -123,6 +145,10 @@ class Choice(keras.layers.Layer):
                     f"maps the input {tuple(inputs.shape)} to {shape}, but alternative 0 "
                     f"('{self._alternatives[0].name}') maps it to {first}. Every alternative "
                     "must give the same output shape (same filters, strides and padding).")
+        if self.reference is not None and self.students is None:
+            # known once the alternatives are built: those with weights can learn
+            self.students = [i for i, alt in enumerate(self._alternatives)
+                             if i != self.reference and alt.trainable_weights]
         return super().__call__(outs, **kwargs)
 
     def build(self, input_shape):
@@ -163,11 +189,27 @@ class Choice(keras.layers.Layer):
         """Index of the argmax alternative (a Python int)."""
         return int(ops.convert_to_numpy(ops.argmax(self._logits())))
 
+    def _distill(self, inputs):
+        """The distillation gate (1 during a search's warm-up), after adding the students'
+        imitation loss; ``None`` when the block does not distill."""
+        gate = self.__dict__.get("_dnas_distill")
+        if gate is None or self.reference is None or not self.students:
+            return None
+        gate = ops.cast(gate, "float32")
+        target = ops.stop_gradient(ops.cast(inputs[self.reference], "float32"))
+        scale = ops.mean(ops.square(target)) + 1e-6
+        loss = 0.0
+        for i in self.students:
+            loss = loss + ops.mean(ops.square(ops.cast(inputs[i], "float32") - target)) / scale
+        self.add_loss(gate * loss)
+        return gate
+
     def call(self, inputs, training=None):
         stacked = ops.stack(inputs, axis=0)
         if not training:
             # the argmax alternative, selected exactly (what the frozen model keeps)
             return ops.take(stacked, ops.argmax(self._logits()), axis=0)
+        gate = self._distill(inputs)
         logits = self._logits()
         if self.mode == "gumbel":
             u = keras.random.uniform(ops.shape(logits), minval=1e-6, maxval=1.0 - 1e-6,
@@ -179,6 +221,9 @@ class Choice(keras.layers.Layer):
             weights = straight_through(hard, soft)
         else:
             weights = soft
+        if gate is not None:  # gate 1: the reference alone (a variable: no retracing)
+            reference = ops.one_hot(self.reference, self.num_alternatives, dtype=weights.dtype)
+            weights = gate * reference + (1.0 - gate) * weights
         weights = ops.cast(weights, stacked.dtype)
         shape = [self.num_alternatives] + [1] * (len(stacked.shape) - 1)
         return ops.sum(stacked * ops.reshape(weights, shape), axis=0)
@@ -186,7 +231,8 @@ class Choice(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"mode": self.mode, "temperature": self.temperature, "seed": self.seed,
-                       "num_alternatives": self.num_alternatives})
+                       "reference": self.reference, "num_alternatives": self.num_alternatives,
+                       "students": self.students})
         return config
 
 

@@ -55,6 +55,7 @@ class _SearchState(keras.layers.Layer):
 
         self.grad_scale = variable("grad_scale")
         self.temperature = variable("choice_temperature", initializer="ones")
+        self.distill = variable("choice_distill")  # 1 during warm-up: Choice blocks distill
         self.strengths = [variable(f"strength_{i}") for i in range(n_strengths)]
         # every replica adds the same penalty in a step: their mean is that step's value
         self.penalty_sum = variable("penalty_sum", aggregation="mean")
@@ -118,9 +119,12 @@ class DNASCallback(keras.callbacks.Callback):
             they train every alternative: at equal logits the hard Gumbel-softmax
             samples each alternative of each block uniformly, one per step (a
             supernet warm-up, as PLiNIO's SuperNet trains all paths before it
-            searches). On a trained seed whose alternatives are new, this also
-            trains the shared layers on the untrained alternatives' outputs, which
-            costs accuracy (BENCHMARKS.md, "Choice blocks").
+            searches) -- unless ``choice_warmup="distill"`` (the default) and the
+            block has a ``reference`` alternative (``kd.prepare`` sets the seed's own
+            block): then the block outputs the reference only and the other
+            alternatives learn to reproduce its output, because sampling
+            untrained alternatives beside a trained seed trains the shared layers
+            on their outputs and costs accuracy (BENCHMARKS.md, "Choice blocks").
         monitor: log key ranking feasible epochs (default ``val_loss``, which
             excludes the penalty, when validation data is given, else
             ``dnas/task_loss``).
@@ -163,6 +167,9 @@ class DNASCallback(keras.callbacks.Callback):
             logit moves ~lr per Adam step while the masks move ten times as far, so the
             masks meet a budget before the choices move and the task loss then keeps
             the alternative the seed trained.
+        choice_warmup: what warm-up epochs do to Choice blocks with a ``reference``:
+            ``"distill"`` (default; see ``warmup_epochs``) or ``"sample"`` (every
+            alternative sampled uniformly, as blocks without a reference are).
         arena_plan: ``"tflm"`` (default) budgets RAM with TFLite Micro's own arena layout;
             ``"offline"`` with the plan ``kd.export.to_tflite(..., arena_plan="offline")``
             writes (the soft RAM term is the liveness bound that plan reaches).
@@ -193,7 +200,8 @@ class DNASCallback(keras.callbacks.Callback):
                  restore_best_weights=True, stop_when_feasible=None, margin=0.02,
                  mask_lr_multiplier=10.0, bn_momentum=0.9, centred_gradients=True, memory=None,
                  calibration_data=None, verbose=1, arena_plan="tflm",
-                 choice_temperature=(1.0, 0.1), choice_lr_multiplier=None):
+                 choice_temperature=(1.0, 0.1), choice_lr_multiplier=None,
+                 choice_warmup="distill"):
         super().__init__()
         self.target = targets.get(target)
         self._budgets_arg = budgets
@@ -234,6 +242,10 @@ class DNASCallback(keras.callbacks.Callback):
             raise ValueError("choice_lr_multiplier must be a positive number or None. "
                              f"Received: choice_lr_multiplier={choice_lr_multiplier!r}")
         self.choice_lr_multiplier = float(choice_lr_multiplier)
+        if choice_warmup not in ("distill", "sample"):
+            raise ValueError("choice_warmup must be 'distill' or 'sample'. "
+                             f"Received: choice_warmup={choice_warmup!r}")
+        self.choice_warmup = choice_warmup
         self.memory = memory
         from keras_dnas.export import offline
 
@@ -346,6 +358,8 @@ class DNASCallback(keras.callbacks.Callback):
             object.__setattr__(layer, masks.HOOKS_ATTR, masks.SearchHooks(
                 grad_scale=self._grad_scale))
             object.__setattr__(layer, "_dnas_temperature", self._temperature)
+            if self.choice_warmup == "distill":
+                object.__setattr__(layer, "_dnas_distill", self._state.distill)
         self._boost = [1.0] * len(self.objectives)
         self._base = None
         self._bound_model = model
@@ -355,6 +369,11 @@ class DNASCallback(keras.callbacks.Callback):
             "memory": memory, "calibration_data": self.calibration_data,
             "arena_plan": self.arena_plan})
         return plan
+
+    def _distilling(self):
+        """Whether warm-up epochs distill into some Choice block's alternatives."""
+        return self.choice_warmup == "distill" and any(
+            c.reference is not None and c.students for c in self._choices)
 
     def _choice_logits(self):
         """``[(dnas_choice, its SearchHooks)]`` of the choice blocks."""
@@ -464,6 +483,7 @@ class DNASCallback(keras.callbacks.Callback):
         searching = epoch >= self.warmup_epochs
         self._grad_scale.assign(1.0 if searching else 0.0)
         self._temperature.assign(self.temperature_at(epoch))
+        self._state.distill.assign(0.0 if searching else 1.0)
         for owner in self._owners:  # the gate reads alpha itself at the start of each epoch
             owner.__dict__[masks.HOOKS_ATTR].restart(owner.dnas_alpha)
         for variable, hooks in self._time_masks + self._choice_logits():
@@ -571,7 +591,9 @@ class DNASCallback(keras.callbacks.Callback):
         if "loss" in logs:
             logs["dnas/task_loss"] = float(logs["loss"]) - penalty
         logs["dnas/penalty"] = penalty
-        if epoch == self.warmup_epochs - 1 and "loss" in logs:
+        if epoch == self.warmup_epochs - 1 and "loss" in logs and not self._distilling():
+            # (a distilling warm-up's loss holds the imitation losses: the first search
+            # step's task loss sets the strengths instead, as without warm-up)
             self._set_base(float(logs["loss"]))
         values = self.costs()
         feasible = all(b.holds(values[b.metric]) for b in self.budgets)
@@ -641,6 +663,8 @@ class DNASCallback(keras.callbacks.Callback):
         for layer in self._choices:
             layer.__dict__.pop(masks.HOOKS_ATTR, None)
             layer.__dict__.pop("_dnas_temperature", None)
+            layer.__dict__.pop("_dnas_distill", None)
+        self._state.distill.assign(0.0)
         _detach_state(self.model)
         self._state_model = None
         self.model.make_train_function(force=True)
