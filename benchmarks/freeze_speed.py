@@ -176,6 +176,7 @@ def run(name, keep, fraction, fill, profile=None):
     return dict(model=name, groups=len(plan.searchable_groups()), channels=searchable,
                 build_cpu=build_cpu, project=s.get("project", 0.0), fill=s.get("fill", 0.0),
                 certify=s.get("certify", 0.0), total=total, ok=ok,
+                project_cpu=phases.cpu.get("project", 0.0), fill_cpu=phases.cpu.get("fill", 0.0),
                 certify_cpu=phases.cpu.get("certify", 0.0), total_cpu=total_cpu,
                 budgets=" / ".join(f"{m} {v:,.4g}" for m, v in budgets.items()))
 
@@ -193,7 +194,8 @@ def main(argv=None):
           f"budgets at {args.fraction:.0%} of the way from one channel per group to the seed; "
           "wall seconds unless marked CPU (memory model built before freeze, cached)")
     head = ("model", "groups", "channels", "budgets", "memory build CPU", "project", "fill",
-            "certify", "certify CPU", "freeze total", "freeze total CPU", "holds")
+            "certify", "certify CPU", "freeze total", "freeze total CPU", "holds",
+            "project CPU", "fill CPU")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name in args.models:
@@ -202,7 +204,8 @@ def main(argv=None):
         print(f"| {r['model']} | {r['groups']} | {r['channels']} | {r['budgets']} | "
               f"{r['build_cpu']:.2f} | {r['project']:.2f} | {r['fill']:.2f} | "
               f"{r['certify']:.2f} | {r['certify_cpu']:.2f} | {r['total']:.2f} | "
-              f"{r['total_cpu']:.2f} | {r['ok']} |", flush=True)
+              f"{r['total_cpu']:.2f} | {r['ok']} | {r['project_cpu']:.2f} | "
+              f"{r['fill_cpu']:.2f} |", flush=True)
     return 0
 
 

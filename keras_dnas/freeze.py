@@ -544,7 +544,7 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
         calibration_data = search.get("calibration_data")
     plan, keep = kept_channels(model)
     closed = any(not k.all() for k in keep)
-    certificate, full_taps = None, False
+    certificate, full_taps, frozen = None, False, None
     if budgets:
         from keras_dnas.export import offline
 
@@ -556,18 +556,19 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
             memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
         memory = offline.memory_for(memory, arena_plan)
         try:
-            keep, certificate = _certify(model, plan, keep, target, budgets, memory, fill,
-                                         verbose)
+            keep, certificate, frozen = _certify(model, plan, keep, target, budgets, memory,
+                                                 fill, verbose)
         except _ShortTapsOverBudget as error:
             # the shorter kernels' explicit padding costs flash the search's flash model does
             # not count; the full kernels (the seed's structure) are what the model prices
             # exactly, so certify those rather than give up after a whole search
             warnings.warn(str(error), stacklevel=2)
             full_taps = True
-            keep, certificate = _certify(model, plan, keep, target, budgets, memory, fill,
-                                         verbose, full_taps=True)
+            keep, certificate, frozen = _certify(model, plan, keep, target, budgets, memory,
+                                                 fill, verbose, full_taps=True)
             certificate["taps_reopened"] = error.layers
-    frozen = rebuild_with(model, plan, keep, full_taps=full_taps)
+    if frozen is None:  # else: the model the certificate converted, rebuilt once only
+        frozen = rebuild_with(model, plan, keep, full_taps=full_taps)
     if certificate is not None:
         object.__setattr__(frozen, "dnas_certificate", certificate)
     added = len(certificate["added_channels"]) if certificate else 0
@@ -640,12 +641,12 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose, full_tap
     added = []
     if fill:
         keep, added, costs = grow(model, cost_model, budgets, plan=plan, keep=keep)
-    flash_source = None
+    flash_source, frozen = None, None
     # frozen taps may add PAD / slice operators the search-time model does not have: their
     # flash and arena are certified on the conversion
     if "flash_bytes" in costs or (plan.tap_layers() and "ram_bytes" in costs):
-        keep, costs, more, flash_source = _verify_flash(model, plan, keep, costs, budgets,
-                                                        cost_model, full_taps=full_taps)
+        keep, costs, more, flash_source, frozen = _verify_flash(
+            model, plan, keep, costs, budgets, cost_model, full_taps=full_taps)
         removed += more
         added = [a for a in added if keep[_group_of(plan, a[0])][a[1]]]
     rows = [{"metric": b.metric, "limit": b.limit, "value": costs[b.metric],
@@ -674,7 +675,7 @@ def _certify(model, plan, keep, target, budgets, memory, fill, verbose, full_tap
             print(f"  {r['metric']:>14}: {fmt_quantity(r['value'], r['unit']):>16} <= "
                   f"{fmt_quantity(r['limit'], r['unit']):>16}  "
                   f"{'OK' if r['holds'] else 'EXCEEDED'}")
-    return keep, certificate
+    return keep, certificate, frozen
 
 
 def _group_of(plan, leader):
@@ -696,7 +697,8 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4, ful
     the excess. If no channels can absorb an excess while taps are closed (the shorter
     kernels' explicit padding, which the flash model does not price, see
     ``slicing.rebuild_with``), raises ``_ShortTapsOverBudget``: ``freeze`` then certifies the
-    full kernels. Returns ``(keep, costs, removed, source)``.
+    full kernels. Returns ``(keep, costs, removed, source, frozen)``: ``frozen`` is the model
+    rebuilt with ``keep``, the one converted (``freeze`` returns it: no second rebuild).
     """
     from keras_dnas.costs import arena
     from keras_dnas.export.convert import to_tflite
@@ -705,7 +707,7 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4, ful
     frozen = rebuild_with(model, plan, keep, full_taps=full_taps)
     shape = tuple(frozen.inputs[0].shape[1:])
     if len(frozen.inputs) != 1 or any(d is None for d in shape):
-        return keep, costs, [], "flash model (input shape not fixed: not converted)"
+        return keep, costs, [], "flash model (input shape not fixed: not converted)", frozen
     pointer_bytes = getattr(cost_model.memory, "pointer_bytes", None)
     metrics = ["flash_bytes"] + (["ram_bytes"] if "ram_bytes" in costs and pointer_bytes else [])
     # the file that ships: with an offline arena plan it carries the plan's metadata (more
@@ -754,7 +756,7 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4, ful
     else:
         real = measured(frozen)
     costs = dict(costs, **real)
-    return keep, costs, removed, "int8 TFLite conversion of the frozen model"
+    return keep, costs, removed, "int8 TFLite conversion of the frozen model", frozen
 
 
 def _short_tap_layers(model, plan):

@@ -681,38 +681,49 @@ class MemoryModel:
         one shape tensor per distinct value, so the tensor count (TFLite Micro's tail holds one
         ``TfLiteEvalTensor`` per tensor) is the converter's (fuzzer seed 256: 16 B of tail).
         """
-        tensors = [
-            dataclasses.replace(t, shape=[int(d.count(counts)) for d in dims],
-                                n_scales=int(s.count(counts)),
-                                n_zero_points=int(s.count(counts)) if t.n_zero_points > 1
-                                else t.n_zero_points)
-            for t, dims, s in zip(self.full.tensors, self._dims, self._scales)
-        ]
+        tensors = [self._scaled_tensor(i, counts) for i in range(len(self.full.tensors))]
         model = dataclasses.replace(self.full, tensors=tensors)
         return self._shared_shapes(model, counts)
 
-    def _shared_shapes(self, model, counts):
-        """``model`` with one shape-constant tensor per distinct value of each bucket."""
-        if not self._shape_constants or model.offline_offsets is not None:
-            return model
+    def _scaled_tensor(self, index, counts):
+        """Tensor ``index`` of the full-width file with its shape and scales at ``counts``."""
+        t, s = self.full.tensors[index], self._scales[index]
+        return dataclasses.replace(
+            t, shape=[int(d.count(counts)) for d in self._dims[index]],
+            n_scales=int(s.count(counts)),
+            n_zero_points=int(s.count(counts)) if t.n_zero_points > 1 else t.n_zero_points)
+
+    def _shape_inputs(self, counts):
+        """``({operator: shape tensor}, copied)``: the shape-constant tensor each RESHAPE of
+        the buckets reads at ``counts``, one per distinct value; a value that became distinct
+        from the full-width tensor it shared reads a copy of it, numbered after the full-width
+        tensors (``copied`` lists the full-width tensor of each copy, in order)."""
         inputs = {}  # operator -> new shape tensor
-        extra = []  # copies of a shared tensor, for values that became distinct
+        copied = []
         taken = set()
+        n = len(self.full.tensors)
         for bucket, ops_of in zip(self._shape_constants, self._shape_ops):
             tensor_of = {}  # value -> tensor
             for entries, (op_index, tensor) in zip(bucket, ops_of):
                 value = tuple(int(d.count(counts)) for d in entries)
                 if value not in tensor_of:
                     if tensor in taken:  # shared at full width, distinct here: a new tensor
-                        copy = dataclasses.replace(model.tensors[tensor],
-                                                   index=len(model.tensors) + len(extra))
-                        extra.append(copy)
-                        tensor = copy.index
+                        copied.append(tensor)
+                        tensor = n + len(copied) - 1
                     taken.add(tensor)
                     tensor_of[value] = tensor
                 inputs[op_index] = tensor_of[value]
-        if not extra and all(model.operators[i].inputs[1] == t for i, t in inputs.items()):
+        return inputs, copied
+
+    def _shared_shapes(self, model, counts):
+        """``model`` with one shape-constant tensor per distinct value of each bucket."""
+        if not self._shape_constants or model.offline_offsets is not None:
             return model
+        inputs, copied = self._shape_inputs(counts)
+        if not copied and all(model.operators[i].inputs[1] == t for i, t in inputs.items()):
+            return model
+        extra = [dataclasses.replace(model.tensors[t], index=len(model.tensors) + k)
+                 for k, t in enumerate(copied)]
         operators = list(model.operators)
         for i, t in inputs.items():
             op = operators[i]
@@ -736,16 +747,33 @@ class MemoryModel:
             inputs=remap(model.inputs), outputs=remap(model.outputs))
 
     def ram_parts(self, counts):
-        """``{"head", "tail", "total"}`` arena bytes (exact planner replay) for int counts."""
+        """``{"head", "tail", "total"}`` arena bytes (exact planner replay) for int counts.
+
+        The same replay as ``arena.tflite_arena(self.scaled_model(counts))`` (a test checks
+        it on random counts), from structures built once: the planned buffers and their
+        lifetimes do not depend on the counts, only their sizes do (see :class:`_ArenaReplay`).
+        """
         counts = [int(c) for c in counts]
-        report = arena.tflite_arena(self.scaled_model(counts), pointer_bytes=self.pointer_bytes)
-        return {"head": report["head"], "tail": report["tail"], "total": report["total"]}
+        parts = self._replay().parts(counts)
+        if parts is None:  # a buffer is empty at these counts: the full replay drops it
+            report = arena.tflite_arena(self.scaled_model(counts),
+                                        pointer_bytes=self.pointer_bytes)
+            parts = {"head": report["head"], "tail": report["tail"], "total": report["total"]}
+        return parts
 
     def ram_mass(self, counts):
         """Total bytes of all planned buffers: shrinks with every channel removed, unlike
         the peak (used to break ties when closing channels for a RAM budget)."""
-        model = self.scaled_model([int(c) for c in counts])
-        return sum(b["size"] for b in arena.tflite_buffers(model))
+        counts = [int(c) for c in counts]
+        sizes = self._replay().sizes(counts)
+        if sizes is None:
+            return sum(b["size"] for b in arena.tflite_buffers(self.scaled_model(counts)))
+        return int(sum(sizes))
+
+    def _replay(self):
+        if self.__dict__.get("_arena_replay") is None:
+            self._arena_replay = _ArenaReplay(self)
+        return self._arena_replay
 
     # ----------------------------------------------------------------- metrics
     def ram(self, counts, exact=True):
@@ -922,6 +950,138 @@ class MemoryModel:
                     new = new * (1.0 - same)
                 total = total + new
         return total
+
+
+class _ArenaReplay:
+    """TFLite Micro's arena (planner replay and tail) of a memory model at integer counts,
+    without building the rescaled model.
+
+    Which buffers the planner gets, in which order, and their lifetimes depend only on the
+    operators, not on the counts, and so do the tensors the tail and the scratch rules read:
+    all of that is taken from the full-width file once. Per call, the tensor buffers' sizes
+    are one matrix product (every dimension is linear in the counts), the tail and the
+    scratch requests read rescaled copies of the few tensors they look at, and the tensor
+    count follows the shape constants (``MemoryModel._shape_inputs``).
+    """
+
+    def __init__(self, memory):
+        self.memory = memory
+        full = memory.full
+        buffers = memory._buffers
+        self.tensor_ids = [b["tensor"] for b in buffers if b["kind"] == "tensor"]
+        self.scratch = [b for b in buffers if b["kind"] == "scratch"]
+        self.spans = [(b["first"], b["last"]) for b in buffers]
+        self.overlaps = arena._overlapping([f for f, _ in self.spans], [e for _, e in self.spans])
+        offline = [b["offline"] for b in buffers]
+        self.offline = offline if any(o is not None for o in offline) else None
+        self.itemsize = np.array([full.tensors[i].itemsize for i in self.tensor_ids],
+                                 dtype=np.int64)
+        self._dims_by_width = {}  # len(counts) -> (coefficients, constants)
+        # tensors the tail model and the scratch rules read: rescaled at every call
+        read = set(full.inputs) | set(full.outputs)
+        read |= {t.index for t in full.tensors if t.is_variable}
+        for op in full.operators:
+            if op.name in arena.REFERENCE_SCRATCH:
+                read |= {i for i in op.inputs + op.outputs if i >= 0}
+            elif arena.TAIL_OPS.get(op.name, arena._UNKNOWN_OP)[4]:  # per-channel arrays
+                read |= set(op.outputs[:1] + (op.inputs[1:2] if op.name == "FULLY_CONNECTED"
+                                              else []))
+        # (only those that change with the counts need a rescaled copy)
+        self.read = sorted(i for i in read if memory._scales[i].terms
+                           or any(d.terms for d in memory._dims[i]))
+        self.read_groups = [sorted({g for d in list(memory._dims[i]) + [memory._scales[i]]
+                                    for g, _ in d.terms}) for i in self.read]
+        self.memo = [{} for _ in self.read]
+        self.requests = {}  # operator -> number of scratch requests at full width
+        for b in self.scratch:
+            self.requests[b["op"]] = self.requests.get(b["op"], 0) + 1
+        # tensors some operator (or the graph) reads, without the shape inputs the counts move
+        shape_ops = {i for ops_of in memory._shape_ops for i, _ in ops_of} \
+            if memory._shape_constants else set()
+        self.read_without_shapes = set(full.inputs) | set(full.outputs)
+        for i, op in enumerate(full.operators):
+            inputs = [op.inputs[0]] + op.inputs[2:] if i in shape_ops else op.inputs
+            self.read_without_shapes |= set(inputs + op.outputs + op.intermediates)
+
+    def _dims(self, width):
+        """``(A, c)``: the planned tensors' dimensions are ``A @ counts + c`` (padded with 1s
+        to one rank), for ``width`` counts."""
+        if width not in self._dims_by_width:
+            dims = [self.memory._dims[i] for i in self.tensor_ids]
+            rank = max((len(d) for d in dims), default=0)
+            a = np.zeros((len(dims), rank, width), dtype=np.int64)
+            c = np.ones((len(dims), rank), dtype=np.int64)
+            for row, tensor_dims in enumerate(dims):
+                for axis, d in enumerate(tensor_dims):
+                    if d.terms and d.terms[-1][0] >= width:  # a tap not given: the full kernel
+                        c[row, axis] = d.value
+                        continue
+                    c[row, axis] = d.const
+                    for g, k in d.terms:
+                        a[row, axis, g] += k
+            self._dims_by_width[width] = (a, c)
+        return self._dims_by_width[width]
+
+    def sizes(self, counts, model=None):
+        """Bytes of every planned buffer (tensors, then scratch) at ``counts``, or None when a
+        tensor's is 0 (the full replay then drops it). ``model``: ``self.model(counts)``."""
+        a, c = self._dims(len(counts))
+        dims = a @ np.asarray(counts, dtype=np.int64) + c if a.size else c
+        tensor_bytes = self.itemsize * np.prod(dims, axis=1)
+        if np.any(tensor_bytes <= 0):
+            return None
+        sizes = tensor_bytes.tolist()
+        if self.requests:
+            model = self.model(counts) if model is None else model
+            for op_index, n in self.requests.items():
+                op = model.operators[op_index]
+                scratch = arena.REFERENCE_SCRATCH[op.name](model, op)
+                if len(scratch) != n:
+                    return None
+                sizes += [int(v) for v in scratch]
+        return sizes
+
+    def model(self, counts):
+        """The full-width model with the tensors the tail and the scratch rules read rescaled
+        to ``counts`` (nothing here reads the others)."""
+        tensors = list(self.memory.full.tensors)
+        width = len(counts)
+        for i, groups, memo in zip(self.read, self.read_groups, self.memo):
+            # a tensor follows a few groups: a projection's trials mostly leave them as they
+            # were, so its copy at those counts is reused (the copies are never modified)
+            key = (width,) + tuple(counts[g] if g < width else -1 for g in groups)
+            t = memo.get(key)
+            if t is None:
+                if len(memo) > 64:
+                    memo.clear()
+                t = memo[key] = self.memory._scaled_tensor(i, counts)
+            tensors[i] = t
+        return dataclasses.replace(self.memory.full, tensors=tensors)
+
+    def tensor_count(self, counts):
+        """Tensors of the rescaled model (shape constants stored once per distinct value)."""
+        memory = self.memory
+        n = len(memory.full.tensors)
+        if not memory._shape_constants or memory.full.offline_offsets is not None:
+            return n
+        inputs, copied = memory._shape_inputs(counts)
+        if not copied and all(memory.full.operators[i].inputs[1] == t
+                              for i, t in inputs.items()):
+            return n
+        read = self.read_without_shapes | set(inputs.values())
+        return sum(1 for t in read if 0 <= t < n + len(copied))
+
+    def parts(self, counts):
+        """``{"head", "tail", "total"}`` at ``counts``, or None (see :meth:`sizes`)."""
+        model = self.model(counts)
+        sizes = self.sizes(counts, model)
+        if sizes is None:
+            return None
+        _, head = arena.greedy_plan([(s, f, l) for s, (f, l) in zip(sizes, self.spans)],
+                                    offline_offsets=self.offline, overlaps=self.overlaps)
+        tail = arena.tflite_tail(model, pointer_bytes=self.memory.pointer_bytes,
+                                 tensor_count=self.tensor_count(counts))
+        return {"head": head, "tail": tail, "total": head + tail}
 
 
 class _ZeroPointPadding:

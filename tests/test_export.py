@@ -273,13 +273,15 @@ def test_multi_input_model_keeps_input_order():
 @pytest.mark.parametrize("quantization", ["int8", "float32"])
 def test_lean_saved_model_writes_the_same_file(monkeypatch, quantization):
     # `to_tflite` writes the serving function's SavedModel without `model.export`'s walk of the
-    # layers (issue 17: most of a conversion's time). The file must stay the one
-    # `model.export` gave: the same bytes, on a residual model with BN and on two inputs.
+    # layers, its second trace of the model and its gradient functions (issues 13 and 17: most
+    # of a conversion's time). The file must stay the one `model.export` gave: the same bytes,
+    # on a residual model with BN and swish (a custom-gradient op) and on two inputs.
     from keras_dnas.export import convert
 
     keras.utils.set_random_seed(5)
     inp = keras.Input((8, 8, 2))
     h = L.ReLU()(L.BatchNormalization()(L.Conv2D(4, 3, padding="same")(inp)))
+    h = L.Activation("swish")(L.Conv2D(4, 1)(h))
     h = L.Add()([h, L.Conv2D(4, 1)(inp)])
     single = keras.Model(inp, L.Dense(3)(L.GlobalAveragePooling2D()(h)))
     a, b = keras.Input((6,), name="zeta"), keras.Input((3,), name="alpha")

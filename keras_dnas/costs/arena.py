@@ -55,7 +55,7 @@ ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment() in TFLM.
 # ----------------------------------------------------------------------------------------------
 
 
-def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
+def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None, overlaps=None):
     """Replays TFLite Micro's `GreedyMemoryPlanner` on plain data.
 
     Args:
@@ -66,6 +66,9 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
             the sizes as given.
         offline_offsets: optional sequence, one entry per buffer: a fixed offset, or `None` /
             -1 for a buffer the planner places (TFLM's `OfflineMemoryAllocation` metadata).
+        overlaps: optional, per buffer the indices of the other buffers whose lifetimes meet
+            its own (computed when not given; a caller planning the same lifetimes many
+            times passes them once computed, see `_overlapping`).
 
     Returns:
         `(offsets, head)`: the offset of each buffer (same order as `buffers`) and the arena head
@@ -98,30 +101,52 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None):
     online.sort(key=lambda i: -sizes[i])  # Python's sort is stable, like the bubble sort.
     order = head_ids + online
 
-    offsets = [None] * n
-    placed = []  # buffer ids, kept sorted by offset (ties: insertion after equal offsets)
-    for k, b in enumerate(order):
-        if fixed[b] is not None:
-            off = fixed[b]
-        elif k == 0:
-            off = 0
-        else:
-            off = 0
-            for p in placed:
-                if first[p] > last[b] or first[b] > last[p]:
-                    continue  # not simultaneously active
-                if offsets[p] - off >= sizes[b]:
-                    break  # the gap before this buffer fits
-                off = max(off, offsets[p] + sizes[p])
-        offsets[b] = off
-        pos = len(placed)
-        for j, p in enumerate(placed):
-            if offsets[p] > off:
-                pos = j
-                break
-        placed.insert(pos, b)
+    offsets = _place(sizes, order, fixed, _overlapping(first, last) if overlaps is None
+                     else overlaps)
     head = max(offsets[i] + sizes[i] for i in range(n))
     return offsets, head
+
+
+def _place(sizes, order, fixed, overlaps):
+    """The planner's placement loop. TFLM walks every placed buffer in offset order (ties:
+    placement order) and skips those not simultaneously active; walking only the active ones,
+    in the same order, places each buffer at the same offset and costs O(overlaps) instead of
+    O(buffers) per buffer."""
+    n = len(sizes)
+    offsets = [None] * n
+    rank = [0] * n
+    for k, b in enumerate(order):
+        rank[b] = k
+        if fixed[b] is not None:
+            off = fixed[b]
+        else:
+            off = 0
+            size = sizes[b]
+            active = [p for p in overlaps[b] if offsets[p] is not None]
+            active.sort(key=lambda p: offsets[p] * n + rank[p])  # (offset, rank) order
+            for p in active:
+                if offsets[p] - off >= size:
+                    break  # the gap before this buffer fits
+                end = offsets[p] + sizes[p]
+                if end > off:
+                    off = end
+        offsets[b] = off
+    return offsets
+
+
+def _overlapping(first, last):
+    """For each buffer, the other buffers whose closed lifetime interval meets its own (a
+    sweep over the start order: lifetimes are short, so each list is)."""
+    found = [[] for _ in first]
+    live = []
+    for i in sorted(range(len(first)), key=first.__getitem__):
+        start = first[i]
+        live = [j for j in live if last[j] >= start]
+        for j in live:
+            found[i].append(j)
+            found[j].append(i)
+        live.append(i)
+    return found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,7 +326,7 @@ def _per_channel_count(model, op):
     return out.shape[-1] if out.shape else 1
 
 
-def tflite_tail(tflite, pointer_bytes=8, scratch=None):
+def tflite_tail(tflite, pointer_bytes=8, scratch=None, tensor_count=None):
     """Predicts TFLite Micro's persistent (tail) arena bytes for a model.
 
     The allocation sequence of `MicroInterpreter::AllocateTensors` is replayed with its
@@ -318,6 +343,8 @@ def tflite_tail(tflite, pointer_bytes=8, scratch=None):
         pointer_bytes: 8 for the 64-bit Python interpreter (`tflite_micro`, exact on the test
             set), 4 for a 32-bit MCU such as Cortex-M (estimated, see `TAIL_OPS`).
         scratch: scratch request rules (default `REFERENCE_SCRATCH`); each request costs a handle.
+        tensor_count: the number of tensors (one `TfLiteEvalTensor` each), when `tflite`'s
+            tensor list is not the final one (default: its length).
 
     Returns:
         The tail size in bytes (int).
@@ -329,7 +356,8 @@ def tflite_tail(tflite, pointer_bytes=8, scratch=None):
     ptr = st["pointer"]
     scratch = REFERENCE_SCRATCH if scratch is None else scratch
     tail = _Tail(st["fixed"])
-    tail.alloc(st["eval_tensor"] * len(model.tensors), ptr)
+    n_tensors = len(model.tensors) if tensor_count is None else tensor_count
+    tail.alloc(st["eval_tensor"] * n_tensors, ptr)
     tail.alloc(st["node"] * len(model.operators), ptr)
     rows = [TAIL_OPS.get(op.name, _UNKNOWN_OP) for op in model.operators]
     for row in rows:  # builtin options, parsed from the flatbuffer
