@@ -697,7 +697,11 @@ class MemoryModel:
         """``({operator: shape tensor}, copied)``: the shape-constant tensor each RESHAPE of
         the buckets reads at ``counts``, one per distinct value; a value that became distinct
         from the full-width tensor it shared reads a copy of it, numbered after the full-width
-        tensors (``copied`` lists the full-width tensor of each copy, in order)."""
+        tensors (``copied`` lists the full-width tensor of each copy, in order). None when the
+        full-width file's shape tensors stay as they are (no buckets, an offline arena plan,
+        or every RESHAPE reading the tensor it reads at full width)."""
+        if not self._shape_constants or self.full.offline_offsets is not None:
+            return None
         inputs = {}  # operator -> new shape tensor
         copied = []
         taken = set()
@@ -713,15 +717,16 @@ class MemoryModel:
                     taken.add(tensor)
                     tensor_of[value] = tensor
                 inputs[op_index] = tensor_of[value]
+        if not copied and all(self.full.operators[i].inputs[1] == t for i, t in inputs.items()):
+            return None
         return inputs, copied
 
     def _shared_shapes(self, model, counts):
         """``model`` with one shape-constant tensor per distinct value of each bucket."""
-        if not self._shape_constants or model.offline_offsets is not None:
+        moved = self._shape_inputs(counts)
+        if moved is None:
             return model
-        inputs, copied = self._shape_inputs(counts)
-        if not copied and all(model.operators[i].inputs[1] == t for i, t in inputs.items()):
-            return model
+        inputs, copied = moved
         extra = [dataclasses.replace(model.tensors[t], index=len(model.tensors) + k)
                  for k, t in enumerate(copied)]
         operators = list(model.operators)
@@ -1060,14 +1065,11 @@ class _ArenaReplay:
 
     def tensor_count(self, counts):
         """Tensors of the rescaled model (shape constants stored once per distinct value)."""
-        memory = self.memory
-        n = len(memory.full.tensors)
-        if not memory._shape_constants or memory.full.offline_offsets is not None:
+        n = len(self.memory.full.tensors)
+        moved = self.memory._shape_inputs(counts)
+        if moved is None:
             return n
-        inputs, copied = memory._shape_inputs(counts)
-        if not copied and all(memory.full.operators[i].inputs[1] == t
-                              for i, t in inputs.items()):
-            return n
+        inputs, copied = moved
         read = self.read_without_shapes | set(inputs.values())
         return sum(1 for t in read if 0 <= t < n + len(copied))
 
