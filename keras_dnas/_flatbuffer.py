@@ -103,11 +103,11 @@ def _fused_activation(sch, op, op_name):
     return _enum_names(sch.ActivationFunctionType).get(options.FusedActivationFunction(), "NONE")
 
 
-def _operator_codes(sch, model):
-    """`(code, name)` of every operator code: the builtin code is the larger of `builtin_code`
-    and `deprecated_builtin_code`; custom operators are named `"CUSTOM:<custom_code>"`."""
+def _operator_names(sch, model):
+    """The name of every operator code: the builtin code is the larger of `builtin_code` and
+    `deprecated_builtin_code`; custom operators are named `"CUSTOM:<custom_code>"`."""
     op_names = _enum_names(sch.BuiltinOperator)
-    codes = []
+    names = []
     for i in range(model.OperatorCodesLength()):
         oc = model.OperatorCodes(i)
         code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
@@ -115,8 +115,8 @@ def _operator_codes(sch, model):
         if name == "CUSTOM":
             custom = oc.CustomCode()
             name = "CUSTOM:" + (custom.decode("utf-8", errors="replace") if custom else "?")
-        codes.append((code, name))
-    return codes
+        names.append(name)
+    return names
 
 
 def _int_vector(length, as_numpy):
@@ -132,7 +132,6 @@ class Tensor:
         name: tensor name.
         shape: the dimensions (empty for a scalar). The memory models put their rescaled
             channel counts here.
-        type: TensorType enum value.
         dtype: TensorType name, e.g. `"INT8"`.
         itemsize: bytes per element (0 for types without a fixed size).
         buffer: index into the model's buffers.
@@ -141,13 +140,12 @@ class Tensor:
         n_scales: number of quantisation scales (0 when unquantised); the memory models
             rescale it without values.
         n_zero_points: number of zero points.
-        scales, zero_points, quantized_dimension: the quantisation values as read.
+        scales, zero_points: the quantisation values as read.
     """
 
     index: int
     name: str
     shape: tuple
-    type: int
     dtype: str
     itemsize: int
     buffer: int
@@ -157,7 +155,6 @@ class Tensor:
     n_zero_points: int
     scales: tuple = ()
     zero_points: tuple = ()
-    quantized_dimension: int = 0
 
     @property
     def numpy_dtype(self):
@@ -191,7 +188,6 @@ class Operator:
     """One operator.
 
     Attributes:
-        opcode: builtin operator code (max of `builtin_code` and `deprecated_builtin_code`).
         name: builtin name (`"CONV_2D"`, ...; custom operators: `"CUSTOM:<code>"`).
         inputs: input tensor indices (-1 marks an omitted optional input).
         outputs: output tensor indices.
@@ -201,7 +197,6 @@ class Operator:
         fused_activation: the fused activation of its options (`"NONE"`, `"RELU"`, ...).
     """
 
-    opcode: int
     name: str
     inputs: list
     outputs: list
@@ -225,7 +220,6 @@ class TFLiteModel:
         buffer_sizes: bytes of data held by each model buffer.
         metadata: dict metadata name -> buffer index.
         num_subgraphs: number of subgraphs in the model.
-        num_operator_codes: number of entries in the operator code table.
         offline_offsets: per-tensor arena offsets from the `OfflineMemoryAllocation` metadata
             (-1: planned online), or None when the model has no such metadata.
         all_operators: `Operator` of every subgraph, the main subgraph's first.
@@ -247,7 +241,6 @@ class TFLiteModel:
     buffer_sizes: list
     metadata: dict
     num_subgraphs: int
-    num_operator_codes: int
     offline_offsets: list = None
     all_operators: list = ()
     input_positions: tuple = ()
@@ -283,7 +276,6 @@ def _tensor(t, index, type_names, buffer_sizes):
         index=index,
         name=t.Name().decode("utf-8", errors="replace"),
         shape=tuple(_int_vector(t.ShapeLength(), t.ShapeAsNumpy)),
-        type=int(t.Type()),
         dtype=dtype,
         itemsize=TYPE_BYTES.get(dtype) or 0,
         buffer=buf,
@@ -293,7 +285,6 @@ def _tensor(t, index, type_names, buffer_sizes):
         n_zero_points=len(zero_points),
         scales=scales,
         zero_points=zero_points,
-        quantized_dimension=int(q.QuantizedDimension()) if scales else 0,
     )
 
 
@@ -345,7 +336,7 @@ def read_tflite(tflite_bytes):
     sch = schema()
     model = sch.Model.GetRootAs(data, 0)
     type_names = _enum_names(sch.TensorType)
-    codes = _operator_codes(sch, model)
+    op_names = _operator_names(sch, model)
     buffer_sizes = []
     for i in range(model.BuffersLength()):
         b = model.Buffers(i)
@@ -373,9 +364,8 @@ def read_tflite(tflite_bytes):
             for t in tensors if not t.is_constant)
         for k in range(sg.OperatorsLength()):
             op = sg.Operators(k)
-            code, name = codes[op.OpcodeIndex()]
+            name = op_names[op.OpcodeIndex()]
             operators.append(Operator(
-                opcode=code,
                 name=name,
                 inputs=_int_vector(op.InputsLength(), op.InputsAsNumpy),
                 outputs=_int_vector(op.OutputsLength(), op.OutputsAsNumpy),
@@ -396,7 +386,6 @@ def read_tflite(tflite_bytes):
         buffer_sizes=buffer_sizes,
         metadata=metadata,
         num_subgraphs=int(model.SubgraphsLength()),
-        num_operator_codes=int(model.OperatorCodesLength()),
         offline_offsets=offline,
         all_operators=operators,
         input_positions=tuple(in_pos),

@@ -75,12 +75,6 @@ def coefficient_source(target):
     return "see target.sources"
 
 
-def _version():
-    from keras_dnas import __version__
-
-    return __version__
-
-
 def _target(name):
     from keras_dnas import targets
 
@@ -381,12 +375,14 @@ def _cmd_targets(args):
 
 
 def _parser():
+    from keras_dnas import __version__
+
     parser = argparse.ArgumentParser(
         prog=_PROG,
         description="keras_dnas: inspect int8 TFLite models for microcontrollers, export them "
         "as C source for TensorFlow Lite Micro and list the built-in hardware targets.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command")
     sub.required = True
     p = sub.add_parser(

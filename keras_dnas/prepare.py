@@ -6,7 +6,6 @@ import warnings
 import numpy as np
 
 import keras
-import numpy as np
 
 from keras_dnas import masks
 from keras_dnas.graph import analyze, bind, walk

@@ -20,6 +20,7 @@ Example:
 "keras_dnas: 'ram' is deprecated, use 'ram_bytes'."
 """
 
+import json
 import os
 import sys
 import warnings
@@ -90,3 +91,7 @@ class Results(dict):
             return self[key]
         except KeyError:
             return default
+
+    def to_json(self, **kwargs):
+        """The results as a JSON string (``kwargs`` go to ``json.dumps``)."""
+        return json.dumps(dict(self), **kwargs)

@@ -18,11 +18,9 @@ def require(module, pip_name, loader):
 
 
 def check_fraction(test_fraction):
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.floating)):
-        raise ValueError(
-            f"`test_fraction` must be a float in (0, 1). Received: test_fraction={test_fraction!r}"
-        )
-    if not 0.0 < float(test_fraction) < 1.0:
+    if (isinstance(test_fraction, bool)
+            or not isinstance(test_fraction, (int, float, np.floating))
+            or not 0.0 < float(test_fraction) < 1.0):
         raise ValueError(
             f"`test_fraction` must be a float in (0, 1). Received: test_fraction={test_fraction!r}"
         )

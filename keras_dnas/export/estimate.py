@@ -30,6 +30,7 @@ _KERNEL_ONLY = {
 }
 _POOLS = {"AVERAGE_POOL_2D": "pool", "MAX_POOL_2D": "pool", "L2_POOL_2D": "pool"}
 _REDUCTIONS = {"MEAN": "global_pool", "REDUCE_MAX": "global_pool", "SUM": "global_pool"}
+_SHAPE_ONLY = {**_ELEMENTWISE, **_KERNEL_ONLY, **_POOLS, **_REDUCTIONS}  # costed from shapes
 
 
 def _geometry(inp, out, kernel=(), use_bias=False, depth_multiplier=1):
@@ -64,20 +65,15 @@ def _record(op, info):
         rows = math.prod(max(int(d), 1) for d in y.shape[:-1])  # batch 1: rows per invoke
         geometry["out_positions"] = geometry["in_positions"] = rows
         return {"op": "dense", "geometry": geometry, "cin": cin, "cout": cout}
-    if op.name in _ELEMENTWISE:
-        geometry = _geometry(y, y)
-        c = geometry["out_channels"]
-        return {"op": _ELEMENTWISE[op.name], "geometry": geometry, "cin": c, "cout": c}
-    if op.name in _POOLS or op.name in _REDUCTIONS:
-        kind = _POOLS.get(op.name) or _REDUCTIONS[op.name]
-        geometry = _geometry(x, y)
-        c = geometry["in_channels"]
-        return {"op": kind, "geometry": geometry, "cin": c, "cout": c}
-    if op.name in _KERNEL_ONLY:
-        geometry = _geometry(x, y)
-        return {"op": _KERNEL_ONLY[op.name], "geometry": geometry,
-                "cin": geometry["in_channels"], "cout": geometry["out_channels"]}
-    return None
+    kind = _SHAPE_ONLY.get(op.name)
+    if kind is None:
+        return None
+    # element-wise ops are costed on their output (a broadcast input is not); pools keep the
+    # input's channels
+    geometry = _geometry(y, y) if op.name in _ELEMENTWISE else _geometry(x, y)
+    cin = geometry["in_channels"]
+    cout = cin if kind in ("pool", "global_pool") else geometry["out_channels"]
+    return {"op": kind, "geometry": geometry, "cin": cin, "cout": cout}
 
 
 def tflite_layers(tflite_bytes):

@@ -86,10 +86,6 @@ class MeasureResult(Results):
         """A plain `dict` copy (what `json.dumps` writes)."""
         return json.loads(json.dumps(dict(self)))
 
-    def to_json(self, **kwargs):
-        """The result as a JSON string (`kwargs` go to `json.dumps`)."""
-        return json.dumps(dict(self), **kwargs)
-
     def __str__(self):
         lines = ["TFLite Micro measurement"]
         for key in _KEYS:

@@ -280,6 +280,9 @@ class _QuantKernel:
         """The kernel on its per-channel int8 grid (what the int8 model computes with)."""
         return quantize_kernel(self.kernel, self._channel_axes)
 
+    def convolution_op(self, inputs, kernel):  # the hook of Conv1D / Conv2D
+        return super().convolution_op(inputs, quantize_kernel(kernel, self._channel_axes))
+
 
 @keras.saving.register_keras_serializable(package="keras_dnas")
 class QuantConv1D(_QuantKernel, L.Conv1D):
@@ -293,9 +296,6 @@ class QuantConv1D(_QuantKernel, L.Conv1D):
     (1, 6, 4)
     """
 
-    def convolution_op(self, inputs, kernel):
-        return super().convolution_op(inputs, quantize_kernel(kernel, self._channel_axes))
-
 
 @keras.saving.register_keras_serializable(package="keras_dnas")
 class QuantConv2D(_QuantKernel, L.Conv2D):
@@ -308,9 +308,6 @@ class QuantConv2D(_QuantKernel, L.Conv2D):
     >>> tuple(QuantConv2D(4, 3)(np.zeros((1, 8, 8, 2), "float32")).shape)
     (1, 6, 6, 4)
     """
-
-    def convolution_op(self, inputs, kernel):
-        return super().convolution_op(inputs, quantize_kernel(kernel, self._channel_axes))
 
 
 class _QuantDepthwise(_QuantKernel):
@@ -681,16 +678,13 @@ def quantize_aware(model, representative_data=None, *, ranges="ema", ema_decay=0
         kind = plan.quant_after[id(op)]
         if id(op) in plan.fold_into:
             layer = None  # folded: the BN disappears
-        elif type(op) in _QUANT_CLASSES:
+        elif isinstance(op, L.Layer):  # a convolution / dense layer becomes its Quant* class
             update = {}
             if id(op) in plan.folded_bn:
                 update["use_bias"] = True
             if id(op) in plan.split_activation:
                 update["activation"] = "linear"
-            layer = walk.clone_layer(op, _QUANT_CLASSES[type(op)], update)
-            copies.append((op, layer))
-        elif isinstance(op, L.Layer):
-            layer = walk.clone_layer(op)
+            layer = walk.clone_layer(op, _QUANT_CLASSES.get(type(op)), update)
             copies.append((op, layer))
         else:
             layer = op
@@ -867,12 +861,8 @@ def strip(qat_model, keep_activation_ranges=False):
             if not keep_activation_ranges:
                 return lambda x, *args, **kwargs: x
             return FakeQuant(fixed_range=op.range, name=op.name)
-        if isinstance(op, _QuantKernel):
-            layer = walk.clone_layer(op, _PLAIN_CLASSES[type(op)])
-            copies.append((op, layer))
-            return layer
-        if isinstance(op, L.Layer):
-            layer = walk.clone_layer(op)
+        if isinstance(op, L.Layer):  # a Quant* layer becomes its Keras class
+            layer = walk.clone_layer(op, _PLAIN_CLASSES.get(type(op)))
             copies.append((op, layer))
             return layer
         return op

@@ -138,6 +138,8 @@ def write_report(path, *, seed, frozen, target=None, callback=None, budgets=None
     >>> os.path.exists(path[:-len(".html")] + ".json")
     True
     """
+    from keras_dnas import __version__
+
     html_path = _check_path(path)
     for name, model in (("seed", seed), ("frozen", frozen)):
         if not isinstance(model, keras.Model):
@@ -161,7 +163,7 @@ def write_report(path, *, seed, frozen, target=None, callback=None, budgets=None
     report = {
         "format": "keras_dnas.report",
         "format_version": 1,
-        "keras_dnas_version": _version(),
+        "keras_dnas_version": __version__,
         "title": title or f"{frozen.name} on {target.name}",
         "target": {"name": target.name, "flash_bytes": int(target.flash_bytes),
                    "ram_bytes": int(target.ram_bytes)},
@@ -248,12 +250,6 @@ def _matplotlib():
             f'Install it with: pip install "keras_dnas[{_EXTRA}]" (or pip install matplotlib).'
         ) from err
     return Figure, FigureCanvasAgg
-
-
-def _version():
-    from keras_dnas import __version__
-
-    return __version__
 
 
 # ------------------------------------------------------------------ numbers

@@ -1,7 +1,5 @@
 """kd.summary(): per-layer costs and totals against a target's flash and RAM."""
 
-import json
-
 from keras_dnas import targets
 from keras_dnas.costs.model import CostModel, to_python
 from keras_dnas.graph.counts import hard_counts
@@ -13,9 +11,6 @@ from keras_dnas.vocabulary import Results
 
 class Summary(Results):
     """Result of :func:`summary`: a dict (JSON-ready) that prints as a table."""
-
-    def to_json(self, **kwargs):
-        return json.dumps(self, **kwargs)
 
     def __str__(self):
         return self.table()

@@ -5,6 +5,7 @@ import keras
 from keras_dnas.zoo._common import (
     DATA_FORMAT,
     add_classifier,
+    average_pool_head,
     bn_relu,
     check_input_shape,
     check_positive_int,
@@ -17,13 +18,14 @@ _STACKS = ((16, 1), (32, 2), (64, 2))
 _STEM_FILTERS = 16
 
 
-def _conv3x3(x, filters, strides, weight_decay, name):
+def _conv(x, filters, strides, weight_decay, name, kernel_size=3, use_bias=False):
+    # use_bias only where no BatchNormalization follows (it becomes the bias after folding)
     return keras.layers.Conv2D(
         filters,
-        3,
+        kernel_size,
         strides=strides,
         padding="same",
-        use_bias=False,  # a BatchNormalization follows; it becomes the bias after folding
+        use_bias=use_bias,
         kernel_initializer="he_normal",
         kernel_regularizer=l2(weight_decay),
         data_format=DATA_FORMAT,
@@ -85,35 +87,24 @@ def resnet8(
     weight_decay = check_weight_decay(weight_decay, builder)
 
     inputs = keras.Input(shape=input_shape, name="input")
-    x = _conv3x3(inputs, _STEM_FILTERS, 1, weight_decay, "stem_conv")
+    x = _conv(inputs, _STEM_FILTERS, 1, weight_decay, "stem_conv")
     x = bn_relu(x, "stem")
 
     for index, (filters, strides) in enumerate(_STACKS, start=1):
         prefix = f"stack{index}"
-        y = _conv3x3(x, filters, strides, weight_decay, f"{prefix}_conv1")
+        y = _conv(x, filters, strides, weight_decay, f"{prefix}_conv1")
         y = bn_relu(y, f"{prefix}_block1")
-        y = _conv3x3(y, filters, 1, weight_decay, f"{prefix}_conv2")
+        y = _conv(y, filters, 1, weight_decay, f"{prefix}_conv2")
         y = keras.layers.BatchNormalization(name=f"{prefix}_block2_bn")(y)
         if strides != 1 or x.shape[-1] != filters:
-            shortcut = keras.layers.Conv2D(
-                filters,
-                1,
-                strides=strides,
-                padding="same",
-                use_bias=True,  # no BatchNormalization on the reference's projection shortcut
-                kernel_initializer="he_normal",
-                kernel_regularizer=l2(weight_decay),
-                data_format=DATA_FORMAT,
-                name=f"{prefix}_shortcut",
-            )(x)
+            # no BatchNormalization on the reference's projection shortcut: it has a bias
+            shortcut = _conv(x, filters, strides, weight_decay, f"{prefix}_shortcut",
+                             kernel_size=1, use_bias=True)
         else:
             shortcut = x
         x = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
         x = keras.layers.ReLU(name=f"{prefix}_out_relu")(x)
 
-    x = keras.layers.AveragePooling2D(
-        pool_size=tuple(x.shape[1:3]), data_format=DATA_FORMAT, name="avg_pool"
-    )(x)
-    x = keras.layers.Flatten(data_format=DATA_FORMAT, name="flatten")(x)
+    x = average_pool_head(x)
     outputs = add_classifier(x, num_classes, classifier_activation, kernel_initializer="he_normal")
     return keras.Model(inputs, outputs, name=name)

@@ -115,13 +115,14 @@ def tcn(
         )
     weight_decay = check_weight_decay(weight_decay, builder)
 
-    def conv(x, channels, dilation, conv_name):
+    def conv(x, channels, dilation, conv_name, kernel=kernel_size, pad=padding, use_bias=False):
+        # use_bias only where no BatchNormalization follows (it becomes the bias after folding)
         return keras.layers.Conv1D(
             channels,
-            kernel_size,
-            padding=padding,
+            kernel,
+            padding=pad,
             dilation_rate=dilation,
-            use_bias=False,  # folded BatchNormalization provides the bias
+            use_bias=use_bias,
             kernel_initializer="he_normal",
             kernel_regularizer=l2(weight_decay),
             data_format=DATA_FORMAT,
@@ -139,15 +140,8 @@ def tcn(
         y = conv(y, channels, dilation, f"{prefix}_conv2")
         y = keras.layers.BatchNormalization(name=f"{prefix}_block2_bn")(y)
         if x.shape[-1] != channels:
-            shortcut = keras.layers.Conv1D(
-                channels,
-                1,
-                use_bias=True,
-                kernel_initializer="he_normal",
-                kernel_regularizer=l2(weight_decay),
-                data_format=DATA_FORMAT,
-                name=f"{prefix}_shortcut",
-            )(x)
+            shortcut = conv(x, channels, 1, f"{prefix}_shortcut", kernel=1, pad="valid",
+                            use_bias=True)
         else:
             shortcut = x
         x = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
