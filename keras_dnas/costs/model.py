@@ -111,8 +111,11 @@ class CostModel:
         """
         metrics = list(metrics or self.available())
         counts = compute.with_taps(self.plan, counts, self.taps)
-        records = compute.layer_records(self.plan, counts)
-        weights = self._weights(counts)
+        if all(m in ("flash_bytes", "ram_bytes") for m in metrics):
+            records = weights = ()  # the memory model reads the counts only (RAM-only trials)
+        else:
+            records = compute.layer_records(self.plan, counts)
+            weights = self._weights(counts)
         out = {}
         asked = {}
         for m in metrics:
