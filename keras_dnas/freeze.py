@@ -51,6 +51,9 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     lower it with a few replays (a set that lowers it more than its two
     halves do apart is a move of its own: one channel of each of its groups,
     for scopes sharing the peak); the other budgets are evaluated per group.
+    From one round to the next the peak moves among the same few scopes, so the groups
+    that lowered the arena in the last round are tried first, one by one and together, and
+    all the others as one set (split only if it lowers the arena).
     This takes ``O(groups x log(violation / one channel's saving))``
     evaluations of the cheap costs and far fewer replays, instead of
     ``O(groups x channels closed)`` of both. If even one channel per group
@@ -81,12 +84,17 @@ def project(model, cost_model, budgets, plan=None, keep=None):
     def violation(values, which):
         return sum(b.violation(values[b.metric]) for b in which)
 
-    def ram_drops(groups, step, ram_now):
+    def ram_drops(groups, step, ram_now, hot=()):
         """Exact RAM drops of closing ``step[g]`` channels, by group testing: closing the steps
         of a whole set at once, and splitting only the sets that lower the arena (only groups
         live at its peak can), so few planner replays are needed. Returns ``({g: drop},
         [(set, drop)])``: single groups that lower it, and sets that lower it more together
-        than their halves do apart (scopes sharing the peak, each needing its own group)."""
+        than their halves do apart (scopes sharing the peak, each needing its own group).
+
+        ``hot``: the groups that lowered it in the previous round (alone or in a set). The
+        peak moves among the same few scopes from one round to the next, so these are tried
+        one by one and as one set, and the others as one set first: about ``len(hot) + 2``
+        replays a round instead of a split down to each of them among all the groups."""
         def drop_of(subset):
             trial = list(counts)
             for g in subset:
@@ -94,6 +102,17 @@ def project(model, cost_model, budgets, plan=None, keep=None):
             return ram_now - evaluate(trial, ["ram_bytes"])["ram_bytes"]
 
         found, joint = {}, []
+        hot = [g for g in groups if g in hot]
+        if hot:
+            for g in hot:
+                drop = drop_of([g])
+                if drop > 0:
+                    found[g] = drop
+            if len(hot) > 1:
+                drop = drop_of(hot)
+                if drop > sum(found.values()):  # more together than apart
+                    joint.append((tuple(hot), drop))
+            groups = [g for g in groups if g not in found and g not in hot]
         todo = [(list(groups), drop_of(groups))] if groups else []
         while todo:
             subset, drop = todo.pop()
@@ -110,6 +129,7 @@ def project(model, cost_model, budgets, plan=None, keep=None):
         return found, joint
 
     removed = []
+    hot_groups = {True: set(), False: set()}  # groups whose step lowered the arena last time
     costs = evaluate(counts, metrics)
     if violation(costs, budgets) > 0:
         # costs only fall as channels close (taps stay as they are: the group counts only)
@@ -148,7 +168,12 @@ def project(model, cost_model, budgets, plan=None, keep=None):
                 trial[g] -= step[g]
                 values[g] = evaluate(trial, cheap)
             if ram_failing:
-                drops, together = ram_drops(list(step), step, costs["ram_bytes"])
+                unit = all(v == 1 for v in step.values())
+                hot = hot_groups[unit]  # one channel each, or a quarter of each group
+                drops, together = ram_drops(list(step), step, costs["ram_bytes"], hot)
+                hot.clear()
+                hot.update(drops)
+                hot.update(g for subset, _ in together for g in subset)
                 for g in step:
                     values[g]["ram_bytes"] = costs["ram_bytes"] - drops.get(g, 0.0)
                 if all(v == 1 for v in step.values()):
@@ -173,18 +198,32 @@ def project(model, cost_model, budgets, plan=None, keep=None):
         if useful or joint:
             # moves: one channel of a group, or one channel of each group of a set that lowers
             # the arena only together; ranked by the |alpha| they close per violation saved
-            moves = []
-            for g in useful:
-                cap = max(1, min(counts[g] - floor, counts[g] // 2))
-                for c in order[g][:cap]:
-                    moves.append(((theta[g][c] + 1e-9) / saved[g], [(g, int(c))], saved[g]))
+            # (arrays of the one-channel moves, in the order listed: thousands on a large
+            # network, of which the block takes the first few; a stable sort keeps ties in it)
+            caps = [max(1, min(counts[g] - floor, counts[g] // 2)) for g in useful]
+            single_c = [order[g][:cap] for g, cap in zip(useful, caps)]
+            keys = [(theta[g][cs] + 1e-9) / saved[g] for g, cs in zip(useful, single_c)]
+            single_g = np.repeat(np.array(useful, dtype=np.int64), [len(cs) for cs in single_c])
+            single_c = np.concatenate(single_c) if useful else np.zeros(0, dtype=np.int64)
+            together = []
             for subset, gain in joint:
                 if gain > 0:
                     cost = sum(theta[g][order[g][0]] for g in subset) + 1e-9
-                    moves.append((cost / gain, [(g, int(order[g][0])) for g in subset], gain))
-            moves.sort(key=lambda m: m[0])
+                    keys.append(np.array([cost / gain]))
+                    together.append(([(g, int(order[g][0])) for g in subset], gain))
+
+            def moves():
+                ranked = np.argsort(np.concatenate(keys).astype(np.float64), kind="stable") \
+                    if keys else []
+                for i in ranked:
+                    if i < len(single_g):
+                        g = int(single_g[i])
+                        yield [(g, int(single_c[i]))], saved[g]
+                    else:
+                        yield together[i - len(single_g)]
+
             chosen, gains, total, seen = [], [], 0.0, set()
-            for _, channels, gain in moves:
+            for channels, gain in moves():
                 fresh = [gc for gc in channels if gc not in seen]
                 seen.update(fresh)
                 chosen += fresh
@@ -352,6 +391,7 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
     # 3. single channels, cheapest first, several per exact evaluation (see the docstring)
     cheap = [b for b in budgets if b.metric != "ram_bytes"]
     ram = next((b for b in budgets if b.metric == "ram_bytes"), None)
+    raising = set()  # groups whose next channel raised the arena last round
     full = set()  # groups whose next channel breaks a budget other than RAM: these costs only
     while True:   # grow with channels, so such a group never fits again
         counts = {g: int(keep[g].sum()) for g in order}
@@ -368,8 +408,10 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
                     continue
             trials[g] = t_costs
         if ram is not None and trials:
-            for g, rise in _ram_rises(cost_model, keep, with_counts, counts, list(trials),
-                                      costs["ram_bytes"]).items():
+            rises = _ram_rises(cost_model, keep, with_counts, counts, list(trials),
+                               costs["ram_bytes"], hot=raising)
+            raising = set(rises)
+            for g, rise in rises.items():
                 trials[g]["ram_bytes"] = costs["ram_bytes"] + rise
         cands = []
         for g, t_costs in trials.items():
@@ -413,15 +455,28 @@ def _counts(keep):
     return [int(k.sum()) for k in keep]
 
 
-def _ram_rises(cost_model, keep, with_counts, counts, groups, ram_now):
+def _ram_rises(cost_model, keep, with_counts, counts, groups, ram_now, hot=()):
     """``{g: exact arena rise}`` of opening one more channel in group g, by group testing:
     opening one channel in every group of a set at once and splitting only the sets that raise
-    the arena (groups off its peak leave it as it is), so few planner replays are needed."""
-    found, stack = {}, [list(groups)]
+    the arena (groups off its peak leave it as it is), so few planner replays are needed.
+    ``hot``: the groups that raised it last round (the peak stays among the same few scopes),
+    tried one by one first; the others start as one set."""
+    def rise_of(subset):
+        trial = with_counts({g: counts[g] + 1 for g in subset})
+        return float(_number(cost_model.evaluate(_counts(trial), ["ram_bytes"])["ram_bytes"])) \
+            - ram_now
+
+    hot = [g for g in groups if g in hot]
+    found = {}
+    for g in hot:
+        rise = rise_of([g])
+        if rise > 0:
+            found[g] = rise
+    rest = [g for g in groups if g not in hot]
+    stack = [rest] if rest else []
     while stack:
         subset = stack.pop()
-        trial = with_counts({g: counts[g] + 1 for g in subset})
-        rise = float(_number(cost_model.evaluate(_counts(trial), ["ram_bytes"])["ram_bytes"])) - ram_now
+        rise = rise_of(subset)
         if rise <= 0:
             continue
         if len(subset) == 1:

@@ -977,6 +977,7 @@ class _ArenaReplay:
         self.scratch = [b for b in buffers if b["kind"] == "scratch"]
         self.spans = [(b["first"], b["last"]) for b in buffers]
         self.overlaps = arena._overlapping([f for f, _ in self.spans], [e for _, e in self.spans])
+        self.plan_memo = {}  # the last placement: the next call re-places only what changed
         offline = [b["offline"] for b in buffers]
         self.offline = offline if any(o is not None for o in offline) else None
         self.itemsize = np.array([full.tensors[i].itemsize for i in self.tensor_ids],
@@ -1080,7 +1081,8 @@ class _ArenaReplay:
         if sizes is None:
             return None
         _, head = arena.greedy_plan([(s, f, l) for s, (f, l) in zip(sizes, self.spans)],
-                                    offline_offsets=self.offline, overlaps=self.overlaps)
+                                    offline_offsets=self.offline, overlaps=self.overlaps,
+                                    memo=self.plan_memo)
         tail = arena.tflite_tail(model, pointer_bytes=self.memory.pointer_bytes,
                                  tensor_count=self.tensor_count(counts))
         return {"head": head, "tail": tail, "total": head + tail}

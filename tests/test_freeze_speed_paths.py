@@ -1,7 +1,8 @@
 """The fast paths of a budgeted ``kd.freeze`` (issue 13 item 4, issue 17) compute what the
 straightforward code computes.
 
-- ``arena.greedy_plan`` walks only the buffers whose lifetimes meet the one it places: the same
+- ``arena.greedy_plan`` walks only the buffers whose lifetimes meet the one it places, and with a
+  memo re-places only the buffers from the first one whose size or rank changed: the same
   offsets as TFLite Micro's loop over every placed buffer (kept here as the reference).
 - ``MemoryModel.ram_parts`` / ``ram_mass`` replay the planner from structures built once: the
   same numbers as the replay on the rescaled decoded model, on random counts, for models with
@@ -73,6 +74,15 @@ def test_greedy_plan_places_every_buffer_as_tflite_micro(seed):
     assert arena.greedy_plan(buffers, offline_offsets=offline) == \
         reference_greedy_plan(buffers, offline_offsets=offline)
     assert arena.greedy_plan(buffers, alignment=1) == reference_greedy_plan(buffers, alignment=1)
+    # with a memo (as the arena replay plans): between calls a few sizes change, and the
+    # buffers placed before the first changed one keep the last call's offsets
+    memo = {}
+    for _ in range(8):
+        assert arena.greedy_plan(buffers, offline_offsets=offline, memo=memo) == \
+            reference_greedy_plan(buffers, offline_offsets=offline)
+        for i in rng.choice(n, size=min(n, int(rng.integers(1, 4))), replace=False):
+            size, a, b = buffers[i]
+            buffers[i] = (max(1, size + int(rng.choice([-48, -16, -1, 1, 16, 200]))), a, b)
 
 
 def _se_net():

@@ -55,7 +55,8 @@ ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment() in TFLM.
 # ----------------------------------------------------------------------------------------------
 
 
-def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None, overlaps=None):
+def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None, overlaps=None,
+                memo=None):
     """Replays TFLite Micro's `GreedyMemoryPlanner` on plain data.
 
     Args:
@@ -69,6 +70,11 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None, overla
         overlaps: optional, per buffer the indices of the other buffers whose lifetimes meet
             its own (computed when not given; a caller planning the same lifetimes many
             times passes them once computed, see `_overlapping`).
+        memo: optional dict, kept by a caller that plans the same lifetimes (and offline
+            offsets) again and again with other sizes: the last call's placement is kept in
+            it, and the buffers placed before the first one whose size or place in the order
+            changed keep their offsets (a buffer's offset depends only on the buffers placed
+            before it), so only the rest are placed again.
 
     Returns:
         `(offsets, head)`: the offset of each buffer (same order as `buffers`) and the arena head
@@ -102,20 +108,30 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None, overla
     order = head_ids + online
 
     offsets = _place(sizes, order, fixed, _overlapping(first, last) if overlaps is None
-                     else overlaps)
+                     else overlaps, memo)
     head = max(offsets[i] + sizes[i] for i in range(n))
     return offsets, head
 
 
-def _place(sizes, order, fixed, overlaps):
+def _place(sizes, order, fixed, overlaps, memo=None):
     """The planner's placement loop. TFLM walks every placed buffer in offset order (ties:
     placement order) and skips those not simultaneously active; walking only the active ones,
     in the same order, places each buffer at the same offset and costs O(overlaps) instead of
-    O(buffers) per buffer."""
+    O(buffers) per buffer. With ``memo`` (see `greedy_plan`) the unchanged head of the order
+    keeps the last call's offsets."""
     n = len(sizes)
     offsets = [None] * n
     rank = [0] * n
-    for k, b in enumerate(order):
+    start = 0
+    if memo and len(memo["order"]) == n:
+        last_order, last_sizes, last_offsets = memo["order"], memo["sizes"], memo["offsets"]
+        while start < n and order[start] == last_order[start] and \
+                sizes[order[start]] == last_sizes[order[start]]:
+            b = order[start]
+            offsets[b], rank[b] = last_offsets[b], start
+            start += 1
+    for k in range(start, n):
+        b = order[k]
         rank[b] = k
         if fixed[b] is not None:
             off = fixed[b]
@@ -131,6 +147,8 @@ def _place(sizes, order, fixed, overlaps):
                 if end > off:
                     off = end
         offsets[b] = off
+    if memo is not None:
+        memo.update(order=order, sizes=sizes, offsets=offsets)
     return offsets
 
 
