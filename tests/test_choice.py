@@ -226,6 +226,39 @@ def test_flash_and_ram_exact_for_the_chosen_structure():
     assert np.isfinite(float(soft["flash_bytes"])) and float(soft["ram_bytes"]) > 0
 
 
+def test_soft_flash_counts_each_alternatives_fixed_flash():
+    """A separable block is two operators where the conv is one: its tensor tables, names and
+    activation quantisation cost flash at any width, and the identity saves an operator's. The
+    search's expected flash counts them, so at one channel it prices the separable block above
+    the conv as the converted files do (without them it priced it ~640 B lower here)."""
+    from keras_dnas.choice_memory import ChoiceMemory
+
+    search = kd.prepare(choice_model())
+    plan = search.dnas_plan
+    memory = ChoiceMemory.from_model(search, plan, target="stm32h743")
+    fixed = memory.fixed_flash()[0]
+    assert fixed[0] == 0 and fixed[1] > 0 > fixed[2]  # against the built alternative (conv)
+    full = [g.size for g in plan.groups]
+    for sizes in (full, [1] * len(full), [min(3, n) for n in full]):
+        exact, soft = [], []
+        for k in range(3):
+            w = kd.costs.model.one_hot(k, 3)
+            exact.append(memory.flash(sizes + [w]))  # the structure keeping k, converted
+            soft.append(float(memory.flash([float(c) for c in sizes] + [[float(v) for v in w]])))
+        if sizes == full:
+            assert soft == exact
+        else:  # the fixed part hardly moves with the width
+            np.testing.assert_allclose(soft, exact, atol=16)
+        assert (soft[1] > soft[0]) == (exact[1] > exact[0])
+        assert exact[2] < exact[0] < exact[1]
+    # during the search: the probability-weighted flash of the alternatives
+    p = [0.2, 0.5, 0.3]
+    soft = float(memory.flash([float(c) for c in full] + [p]))
+    expected = sum(pk * memory.flash(full + [kd.costs.model.one_hot(k, 3)])
+                   for k, pk in enumerate(p))
+    np.testing.assert_allclose(soft, expected, rtol=1e-6)
+
+
 def test_temperature_anneals_without_retracing():
     x, y = digits()
     search = kd.prepare(choice_model_digits())
