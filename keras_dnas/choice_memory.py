@@ -189,10 +189,10 @@ class ChoiceMemory:
             if isinstance(w, (int, np.integer)) and w == 1:
                 continue
             total = total - (1 - w) * self.base.constant_bytes(index, sizes)
-        for w, fixed in zip(weights, self._fixed_flash):
-            for wj, bytes_j in zip(w, fixed):
-                if bytes_j:
-                    total = total + wj * bytes_j
+        for b, fixed in enumerate(self._fixed_flash):
+            for j, bytes_j in enumerate(fixed):
+                if bytes_j:  # weights[b] may be a symbolic tensor: indexed, not iterated
+                    total = total + weights[b][j] * bytes_j
         return total
 
     def fixed_flash(self):
