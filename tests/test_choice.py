@@ -257,6 +257,47 @@ def test_soft_flash_counts_each_alternatives_fixed_flash():
     expected = sum(pk * memory.flash(full + [kd.costs.model.one_hot(k, 3)])
                    for k, pk in enumerate(p))
     np.testing.assert_allclose(soft, expected, rtol=1e-6)
+    # ... also as the search's traced step computes it (symbolic probabilities)
+    import tensorflow as tf
+
+    traced = tf.function(lambda q: memory.flash([float(c) for c in full] + [q]))
+    np.testing.assert_allclose(float(traced(tf.constant(p))), expected, rtol=1e-6)
+
+
+def test_freeze_falls_back_to_the_reference_then_identity_when_the_choice_cannot_fit():
+    """A chosen alternative whose fixed flash alone breaks the budget (the separable block at
+    one channel) is replaced by the block's reference, or by identity when even that cannot
+    fit; the result is certified on its own conversion. Without any fitting structure, freeze
+    still refuses."""
+    from keras_dnas.choice_memory import ChoiceMemory
+
+    x = keras.Input((8, 8, 3))
+    h = L.Conv2D(8, 3, padding="same", name="c0")(x)
+    sep = keras.Sequential([keras.Input((8, 8, 8)), L.DepthwiseConv2D(3, padding="same", name="dw"),
+                            L.Conv2D(8, 1, name="pw"), L.ReLU(name="pw_relu")], name="sep")
+    h = kd.layers.Choice([L.Conv2D(8, 3, padding="same", activation="relu", name="a3"), sep,
+                          "identity"], reference=0, seed=3, name="block")(h)
+    y = L.Dense(4, name="head")(L.GlobalAveragePooling2D()(h))
+    search = kd.prepare(keras.Model(x, y))
+    plan = search.dnas_plan
+    memory = ChoiceMemory.from_model(search, plan, target="stm32h743")
+    least = CostModel(plan, "stm32h743", memory=memory).min_counts()[:len(plan.groups)]
+    floor = [memory.flash(least + [kd.costs.model.one_hot(k, 3)]) for k in range(3)]
+    assert floor[2] < floor[0] < floor[1]
+    _set_choice(search, "block", 1)  # the separable block
+    rep = np.random.default_rng(0).random((8, 8, 8, 3)).astype("float32")
+    for limit, kept in (((floor[0] + floor[1]) // 2, 0), ((floor[2] + floor[0]) // 2, 2)):
+        with pytest.warns(UserWarning, match="fell back to alternative"):
+            frozen = kd.freeze(search, target="stm32h743", budgets={"flash_bytes": limit},
+                               verbose=0)
+        cert = frozen.dnas_certificate
+        assert cert["choices_fallback"] == [{"block": "block", "chosen": 1, "kept": kept}]
+        assert cert["all_hold"]
+        assert len(kd.export.to_tflite(frozen, representative_data=rep)) <= limit
+        names = {layer.name for layer in frozen.layers}
+        assert not names & {"dw", "pw"} and (("a3" in names) == (kept == 0))
+    with pytest.raises(ValueError, match="one channel per group"):
+        kd.freeze(search, target="stm32h743", budgets={"flash_bytes": floor[2] - 64}, verbose=0)
 
 
 def test_temperature_anneals_without_retracing():
