@@ -23,7 +23,8 @@ vector per choice block (probabilities during the search, one-hot for exact valu
   per alternative at full width, as the exact value of the structure that swaps this one
   block minus the soft value without it, so the soft flash is exact for every structure one
   block away from the built one at full width and, the fixed part not depending on the width,
-  within tens of bytes of it at any width. RAM is the liveness bound of the supernet's buffers
+  within tens of bytes of it at any width (swaps in several blocks add up: ResNet-8 with 3-4
+  swapped blocks is over-estimated by 144-192 B). RAM is the liveness bound of the supernet's buffers
   with every tensor of an alternative weighted by its probability, plus the tail. Both are
   shifted by a constant so that they equal the exact value at the alternatives chosen when the
   model is built and every channel open (the arena's per-operator tail is not modelled per
