@@ -142,6 +142,7 @@ def main(argv=None):
                        "holds": measured["flash"] <= budgets["flash_bytes"]
                        and measured["arena"] <= budgets["ram_bytes"],
                        "certified": result["certified"], "chosen": result["chosen"],
+                       "choices_fallback": result.get("choices_fallback"),
                        "history": result.get("history"),
                        "wall_s": round(time.perf_counter() - start, 1),
                        "cpu_s": round(time.process_time() - cpu_start, 1)}

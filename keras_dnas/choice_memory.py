@@ -16,12 +16,20 @@ vector per choice block (probabilities during the search, one-hot for exact valu
   distinct choice of alternatives, cached): exactly what ``kd.freeze`` certifies;
 - **soft** values (the search's penalty): flash is the supernet's at the group counts minus
   ``(1 - weight)`` times the bytes of each alternative's constants (weights, biases,
-  per-channel scales and zero points); RAM is the liveness bound of the supernet's buffers with
-  every tensor of an alternative weighted by its probability, plus the tail. Both are shifted
-  by a constant so that they equal the exact value at the alternatives chosen when the model
-  is built and every channel open (operator and tensor tables and the merges' additions are
-  not modelled per alternative). Estimates, differentiable in the channel counts and the
-  probabilities; ``kd.freeze`` certifies on the chosen model's own conversion.
+  per-channel scales and zero points), plus ``weight`` times the alternative's *fixed* flash:
+  what its operators, tensor tables, names and activation quantisation take whatever the
+  width (a separable block's second operator: ~1.1 KB on MNIST ResNet-8, more than its
+  weights at one channel; an identity saves an operator's). That fixed part is measured once
+  per alternative at full width, as the exact value of the structure that swaps this one
+  block minus the soft value without it, so the soft flash is exact for every structure one
+  block away from the built one at full width and, the fixed part not depending on the width,
+  within tens of bytes of it at any width (swaps in several blocks add up: ResNet-8 with 3-4
+  swapped blocks is over-estimated by 144-192 B). RAM is the liveness bound of the supernet's buffers
+  with every tensor of an alternative weighted by its probability, plus the tail. Both are
+  shifted by a constant so that they equal the exact value at the alternatives chosen when the
+  model is built and every channel open (the arena's per-operator tail is not modelled per
+  alternative). Estimates, differentiable in the channel counts and the probabilities;
+  ``kd.freeze`` certifies on the chosen model's own conversion.
 """
 
 import numpy as np
@@ -63,6 +71,8 @@ class ChoiceMemory:
         self._exact = {}  # choice of alternatives -> (MemoryModel of that structure, group map)
         self._tap_slots = {}  # choice of alternatives -> supernet slot of each searched tap
         self._offsets = {"flash": 0, "ram": 0}
+        # fixed flash of each alternative against the built one, per block (see _calibrate)
+        self._fixed_flash = [[0] * len(b["alternatives"]) for b in plan.choices]
         self.unattributed = base.unattributed
         names = plan.choice_of()
         self.owner = []  # (block, alternative) or None, per tensor of the supernet file
@@ -91,18 +101,32 @@ class ChoiceMemory:
         return cache[(key, pointer_bytes)]
 
     def _calibrate(self):
-        """Offsets making the soft values exact at the current choice, every channel open."""
+        """Offsets making the soft values exact at the current choice, every channel open;
+        then each other alternative's fixed flash, from the structure that swaps it in (one
+        conversion per alternative, cached for the exact values)."""
         from keras_dnas.choices import chosen
 
         picked = chosen(self.model)
-        counts = [g.size for g in self.plan.groups] + self.plan.full_taps() + [
-            [1 if j == picked[b["name"]] else 0 for j in range(len(b["alternatives"]))]
-            for b in self.plan.choices]
-        sizes, weights = self._split(counts)
+        built = [picked[b["name"]] for b in self.plan.choices]
+
+        def one_hot(config):
+            return [[1 if j == k else 0 for j in range(len(b["alternatives"]))]
+                    for b, k in zip(self.plan.choices, config)]
+
+        sizes = [g.size for g in self.plan.groups] + self.plan.full_taps()
         for metric in ("flash", "ram"):
-            exact = self._exact_value(metric, sizes, weights)
-            soft = getattr(self, f"_soft_{metric}")(sizes, weights)
+            exact = self._exact_value(metric, sizes, one_hot(built))
+            soft = getattr(self, f"_soft_{metric}")(sizes, one_hot(built))
             self._offsets[metric] = exact - soft
+        for b, block in enumerate(self.plan.choices):
+            for j in range(len(block["alternatives"])):
+                if j == built[b]:
+                    continue
+                config = list(built)
+                config[b] = j
+                weights = one_hot(config)
+                self._fixed_flash[b][j] = int(self._exact_value("flash", sizes, weights) - (
+                    self._soft_flash(sizes, weights) + self._offsets["flash"]))
 
     def _split(self, counts):
         """``(group and tap counts, choice weights)``: the supernet's own memory model reads
@@ -166,7 +190,16 @@ class ChoiceMemory:
             if isinstance(w, (int, np.integer)) and w == 1:
                 continue
             total = total - (1 - w) * self.base.constant_bytes(index, sizes)
+        for b, fixed in enumerate(self._fixed_flash):
+            for j, bytes_j in enumerate(fixed):
+                if bytes_j:  # weights[b] may be a symbolic tensor: indexed, not iterated
+                    total = total + weights[b][j] * bytes_j
         return total
+
+    def fixed_flash(self):
+        """Per block, per alternative: its fixed flash (bytes that do not follow the
+        channels) minus the built alternative's, as the soft flash counts it."""
+        return [list(f) for f in self._fixed_flash]
 
     def ram(self, counts, exact=True):
         """Arena bytes: the chosen structure's planner replay (one-hot weights, integer counts,

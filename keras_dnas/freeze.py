@@ -501,7 +501,12 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     standard Keras layers only (loads without custom objects) and computes
     the same outputs as ``model`` in inference mode. ``model`` is not modified.
     Choice blocks (``kd.layers.Choice``) keep only their argmax alternative, inlined (an
-    identity alternative leaves no layer); budgets are certified on that model.
+    identity alternative leaves no layer); budgets are certified on that model. When that
+    structure cannot meet the budgets even at one channel per group (its fixed flash alone,
+    say: a separable block is two operators), blocks fall back to their ``reference`` (the
+    seed's own block) or else to an identity alternative, with a warning, until one channel
+    per group fits; ``certificate["choices_fallback"]`` lists them (TFLite Micro's arena
+    layout only).
 
     With ``target`` and ``budgets`` it also certifies each budget with the
     exact costs (TFLite Micro planner replay for RAM, flash model for flash);
@@ -580,7 +585,9 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     search = getattr(model, "dnas_search", None) or {}
     searched = model
     model = collapse(model)  # Choice blocks: the argmax alternative only
+    supernet_memory = None
     if model is not searched:
+        supernet_memory = search.get("memory")
         search = {k: v for k, v in search.items() if k != "memory"}  # the supernet's
     searched_target = search.get("target")
     target = target if target is not None else searched_target
@@ -597,6 +604,12 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
         calibration_data = calibration_sample(calibration_data, CALIBRATION_SAMPLES)
     else:
         calibration_data = search.get("calibration_data")
+    swapped = []
+    if budgets and model is not searched and target is not None and arena_plan == "tflm":
+        fallback = _fall_back_choices(searched, model, target, budgets, memory,
+                                      supernet_memory)
+        if fallback is not None:
+            model, memory, swapped = fallback
     plan, keep = kept_channels(model)
     closed = any(not k.all() for k in keep)
     certificate, full_taps, frozen = None, False, None
@@ -625,6 +638,8 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     if frozen is None:  # else: the model the certificate converted, rebuilt once only
         frozen = rebuild_with(model, plan, keep, full_taps=full_taps)
     if certificate is not None:
+        if swapped:
+            certificate["choices_fallback"] = swapped
         object.__setattr__(frozen, "dnas_certificate", certificate)
     added = len(certificate["added_channels"]) if certificate else 0
     changed = closed or any(not k.all() for k in keep)
@@ -650,6 +665,85 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     if compile and getattr(searched, "compiled", False):
         _compile_like(frozen, searched)
     return frozen
+
+
+def _fall_back_choices(searched, model, target, budgets, memory, supernet_memory):
+    """``(model, memory, swapped)`` with other alternatives in the Choice blocks whose chosen
+    one leaves the budgets out of reach at one channel per group, or None when the argmax
+    structure (``model``) can meet them.
+
+    A block falls back to its ``reference`` (the seed's own block: trained, and what the
+    warm-up distilled) first, else to an identity alternative; each round takes the swap that
+    lowers the floor's violation most (a fitting floor: the most slack), until the floor fits.
+    The result is certified like any other structure. ``swapped``: ``[{"block", "chosen",
+    "kept"}]``."""
+    from keras_dnas.costs.model import CostModel
+    from keras_dnas.graph.counts import tap_owners
+    from keras_dnas.layers.masked import plain_class
+    from keras_dnas.prepare import collapse
+    from keras_dnas.search.objectives import Budget
+
+    budgets = [b if isinstance(b, Budget) else Budget(m, b) for m, b in budgets.items()]
+    metrics = [b.metric for b in budgets]
+    plan = searched.dnas_plan
+    layers = {layer.name: layer for layer in walk.functional_of(searched).layers}
+    pointer_bytes = getattr(memory, "pointer_bytes", None)
+
+    def floor(config, kept=None, mem=None):
+        """(violation, -slack) of the structure keeping ``config`` at one channel per group."""
+        kept = kept if kept is not None else collapse(searched, config)
+        kplan = kept.dnas_plan
+        if mem is None and set(metrics) & {"flash_bytes", "ram_bytes"}:
+            if hasattr(supernet_memory, "exact_memory"):  # cached by the search's model
+                mem = supernet_memory.exact_memory(config)[0]
+            else:
+                from keras_dnas import memory as memory_lib
+
+                mem = memory_lib.MemoryModel.from_model(kept, kplan, target=target,
+                                                        pointer_bytes=pointer_bytes)
+        cost_model = CostModel(kplan, target, memory=mem, taps=[
+            t.dnas_tap_count(exact=True) for t in tap_owners(kept, kplan)])
+        least = cost_model.evaluate(cost_model.min_counts()[:len(kplan.groups)], metrics,
+                                    exact=True)
+        values = {m: float(_number(v)) for m, v in least.items()}
+        return (sum(b.violation(values[b.metric]) for b in budgets),
+                -min(1.0 - values[b.metric] / b.limit for b in budgets), kept, mem)
+
+    config = [layers[b["name"]].chosen() for b in plan.choices]
+    now = floor(config, model, memory)
+    if now[0] <= 0:
+        return None
+    fallbacks = []  # per block: the reference, then identity alternatives
+    for b in plan.choices:
+        ref = layers[b["name"]].reference
+        ident = [j for j, names in enumerate(b["alternatives"]) if len(names) == 1
+                 and plain_class(layers[names[0]]) is L.Identity]
+        fallbacks.append([[ref] if ref is not None else [], ident])
+    original = list(config)
+    for tier in (0, 1):
+        while now[0] > 0:
+            best = None
+            for i, options in enumerate(fallbacks):
+                for j in options[tier]:
+                    if j == config[i]:
+                        continue
+                    trial = config[:i] + [j] + config[i + 1:]
+                    found = floor(trial)
+                    if best is None or found[:2] < best[0][:2]:
+                        best = (found, i, j)
+            if best is None or best[0][0] >= now[0]:
+                break
+            now, i, j = best
+            config[i] = j
+    if now[0] > 0:
+        return None  # nothing fits: certification reports the argmax structure's floor
+    swapped = [{"block": b["name"], "chosen": old, "kept": new}
+               for b, old, new in zip(plan.choices, original, config) if old != new]
+    warnings.warn("keras_dnas.freeze: the chosen alternatives cannot meet the budgets at any "
+                  "width; fell back to " + ", ".join(
+                      f"alternative {s['kept']} of '{s['block']}' (chosen: {s['chosen']})"
+                      for s in swapped) + ". Fine-tune the frozen model.", stacklevel=3)
+    return now[2], now[3], swapped
 
 
 def _target_name(target):

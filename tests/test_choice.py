@@ -226,6 +226,80 @@ def test_flash_and_ram_exact_for_the_chosen_structure():
     assert np.isfinite(float(soft["flash_bytes"])) and float(soft["ram_bytes"]) > 0
 
 
+def test_soft_flash_counts_each_alternatives_fixed_flash():
+    """A separable block is two operators where the conv is one: its tensor tables, names and
+    activation quantisation cost flash at any width, and the identity saves an operator's. The
+    search's expected flash counts them, so at one channel it prices the separable block above
+    the conv as the converted files do (without them it priced it ~640 B lower here)."""
+    from keras_dnas.choice_memory import ChoiceMemory
+
+    search = kd.prepare(choice_model())
+    plan = search.dnas_plan
+    memory = ChoiceMemory.from_model(search, plan, target="stm32h743")
+    fixed = memory.fixed_flash()[0]
+    assert fixed[0] == 0 and fixed[1] > 0 > fixed[2]  # against the built alternative (conv)
+    full = [g.size for g in plan.groups]
+    for sizes in (full, [1] * len(full), [min(3, n) for n in full]):
+        exact, soft = [], []
+        for k in range(3):
+            w = kd.costs.model.one_hot(k, 3)
+            exact.append(memory.flash(sizes + [w]))  # the structure keeping k, converted
+            soft.append(float(memory.flash([float(c) for c in sizes] + [[float(v) for v in w]])))
+        if sizes == full:
+            assert soft == exact
+        else:  # the fixed part hardly moves with the width
+            np.testing.assert_allclose(soft, exact, atol=16)
+        assert (soft[1] > soft[0]) == (exact[1] > exact[0])
+        assert exact[2] < exact[0] < exact[1]
+    # during the search: the probability-weighted flash of the alternatives
+    p = [0.2, 0.5, 0.3]
+    soft = float(memory.flash([float(c) for c in full] + [p]))
+    expected = sum(pk * memory.flash(full + [kd.costs.model.one_hot(k, 3)])
+                   for k, pk in enumerate(p))
+    np.testing.assert_allclose(soft, expected, rtol=1e-6)
+    # ... also as the search's traced step computes it (symbolic probabilities)
+    import tensorflow as tf
+
+    traced = tf.function(lambda q: memory.flash([float(c) for c in full] + [q]))
+    np.testing.assert_allclose(float(traced(tf.constant(p))), expected, rtol=1e-6)
+
+
+def test_freeze_falls_back_to_the_reference_then_identity_when_the_choice_cannot_fit():
+    """A chosen alternative whose fixed flash alone breaks the budget (the separable block at
+    one channel) is replaced by the block's reference, or by identity when even that cannot
+    fit; the result is certified on its own conversion. Without any fitting structure, freeze
+    still refuses."""
+    from keras_dnas.choice_memory import ChoiceMemory
+
+    x = keras.Input((8, 8, 3))
+    h = L.Conv2D(8, 3, padding="same", name="c0")(x)
+    sep = keras.Sequential([keras.Input((8, 8, 8)), L.DepthwiseConv2D(3, padding="same", name="dw"),
+                            L.Conv2D(8, 1, name="pw"), L.ReLU(name="pw_relu")], name="sep")
+    h = kd.layers.Choice([L.Conv2D(8, 3, padding="same", activation="relu", name="a3"), sep,
+                          "identity"], reference=0, seed=3, name="block")(h)
+    y = L.Dense(4, name="head")(L.GlobalAveragePooling2D()(h))
+    search = kd.prepare(keras.Model(x, y))
+    plan = search.dnas_plan
+    memory = ChoiceMemory.from_model(search, plan, target="stm32h743")
+    least = CostModel(plan, "stm32h743", memory=memory).min_counts()[:len(plan.groups)]
+    floor = [memory.flash(least + [kd.costs.model.one_hot(k, 3)]) for k in range(3)]
+    assert floor[2] < floor[0] < floor[1]
+    _set_choice(search, "block", 1)  # the separable block
+    rep = np.random.default_rng(0).random((8, 8, 8, 3)).astype("float32")
+    for limit, kept in (((floor[0] + floor[1]) // 2, 0), ((floor[2] + floor[0]) // 2, 2)):
+        with pytest.warns(UserWarning, match="fell back to alternative"):
+            frozen = kd.freeze(search, target="stm32h743", budgets={"flash_bytes": limit},
+                               verbose=0)
+        cert = frozen.dnas_certificate
+        assert cert["choices_fallback"] == [{"block": "block", "chosen": 1, "kept": kept}]
+        assert cert["all_hold"]
+        assert len(kd.export.to_tflite(frozen, representative_data=rep)) <= limit
+        names = {layer.name for layer in frozen.layers}
+        assert not names & {"dw", "pw"} and (("a3" in names) == (kept == 0))
+    with pytest.raises(ValueError, match="one channel per group"):
+        kd.freeze(search, target="stm32h743", budgets={"flash_bytes": floor[2] - 64}, verbose=0)
+
+
 def test_temperature_anneals_without_retracing():
     x, y = digits()
     search = kd.prepare(choice_model_digits())

@@ -275,6 +275,8 @@ def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=Non
              "freeze": freeze, "finetune": finetune, "recalibrate": recal}
     return {"model": slim, "times": times, "wall": sum(times.values()),
             "chosen": kd.choices.chosen(search),
+            # blocks kd.freeze gave another alternative (the chosen one could not fit)
+            "choices_fallback": certificate.get("choices_fallback"),
             "history": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()
                          if k in ("epoch", "dnas/flash_bytes", "dnas/feasible", "val_accuracy")}
                         for h in callback.history],
