@@ -213,11 +213,16 @@ def build_before_first_step(model):
             or not hasattr(model, "_symbolic_build")):
         return
 
+    import tensorflow as tf
+
     def first_step(iterator):
         model.train_function = step  # once: later steps call Keras' function directly
         spec = getattr(iterator, "element_spec", None)
         leaves = keras.tree.flatten(spec) if spec is not None else []
-        if leaves and all(hasattr(s, "shape") and hasattr(s, "dtype") for s in leaves):
+        # dense tensors of known rank only (not optionals, ragged or sparse data): else Keras
+        # builds them in its first trace, as before
+        if leaves and all(type(s) is tf.TensorSpec and s.shape.rank is not None
+                          for s in leaves):
             _symbolic_build(model, spec)
         return step(iterator)
 
