@@ -84,6 +84,7 @@ OP_MODULES = ("keras.src.ops.", "keras.src.activations.")
 __all__ = [
     "Functional",
     "OP_MODULES",
+    "build_before_first_step",
     "call_arguments",
     "check_version",
     "elementwise_add_as_add",
@@ -93,8 +94,10 @@ __all__ = [
     "nodes_by_depth",
     "outputs_struct",
     "producer",
+    "remat_scope_active",
     "sequential_graph",
     "unsafe_deserialization",
+    "uses_remat",
 ]
 
 
@@ -189,6 +192,81 @@ def forget_sublayer(owner, attribute):
         return
     owner._tracker.untrack(sub)
     object.__delattr__(owner, attribute)
+
+
+def build_before_first_step(model):
+    """Build the optimizer and the compiled loss and metrics before the first training step traces.
+
+    Keras' TensorFlow trainer without a distribution strategy creates those variables inside the
+    first trace of the train step, and a ``tf.function`` that created variables traces again at
+    its next call, so every ``fit`` of a fresh model traces its (whole) train step twice. With a
+    strategy Keras first builds them symbolically from a batch's shapes (``_symbolic_build``);
+    this makes the next call of ``model.train_function`` do the same, from its iterator's
+    element spec (the same shapes and dtypes), then hands over to Keras' function: one trace.
+    Changes no value (the variables are the same, created from zeros), only when they are
+    created. TensorFlow only; a no-op with a strategy (Keras builds then) or before
+    ``make_train_function``.
+    """
+    step = getattr(model, "train_function", None)
+    if (keras.backend.backend() != "tensorflow" or step is None
+            or getattr(model, "_distribute_strategy", None) is not None
+            or not hasattr(model, "_symbolic_build")):
+        return
+
+    import tensorflow as tf
+
+    def first_step(iterator):
+        model.train_function = step  # once: later steps call Keras' function directly
+        spec = getattr(iterator, "element_spec", None)
+        leaves = keras.tree.flatten(spec) if spec is not None else []
+        # dense tensors of known rank only (not optionals, ragged or sparse data): else Keras
+        # builds them in its first trace, as before
+        if leaves and all(type(s) is tf.TensorSpec and s.shape.rank is not None
+                          for s in leaves):
+            _symbolic_build(model, spec)
+        return step(iterator)
+
+    model.train_function = first_step
+
+
+def _symbolic_build(model, spec):
+    """Keras' ``_symbolic_build`` from a batch's spec; a built Functional model's output spec
+    is read off its graph (Keras' own shortcut for inputs of the graph's shapes) instead of
+    tracing the model's call once more."""
+    from keras.src.backend import compute_output_spec
+
+    if not isinstance(model, Functional) or not all(
+            layer.built for layer in model._flatten_layers()):
+        model._symbolic_build(data_batch=spec)
+        return
+    batch = keras.tree.map_structure(
+        lambda s: keras.KerasTensor(tuple(s.shape), keras.backend.standardize_dtype(s.dtype)),
+        spec)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+    y_pred = model.compute_output_spec(x, training=False)
+    if isinstance(y_pred, (list, tuple)) and len(y_pred) == 1:  # as Functional.call returns it
+        y_pred = y_pred[0]
+    if model._compile_metrics is not None and not model._compile_metrics.built:
+        compute_output_spec(model.compute_metrics, x, y, y_pred, sample_weight=sample_weight)
+    if model._compile_loss is not None and not model._compile_loss.built:
+        compute_output_spec(model._compute_loss, x, y, y_pred, sample_weight=sample_weight,
+                            training=False)
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+
+
+def uses_remat(model):
+    """Whether some layer of ``model`` was made in a Keras ``RematScope`` (it rematerialises
+    its call)."""
+    return any(getattr(layer, "_remat_mode", None) is not None
+               for layer in model._flatten_layers())
+
+
+def remat_scope_active():
+    """Whether a Keras ``RematScope`` is active now."""
+    from keras.src.backend.common.remat import get_current_remat_mode
+
+    return get_current_remat_mode() is not None
 
 
 def exclude_from_weight_decay(optimizer, var_names):

@@ -14,6 +14,9 @@ Mask variables are ordinary Keras weights named ``dnas_alpha`` (see
 :func:`exclude_from_weight_decay` keeps an optimizer's weight decay off them.
 """
 
+import contextlib
+import threading
+
 import numpy as np
 from keras import ops
 
@@ -148,17 +151,51 @@ TIME_HOOKS_ATTR = "_dnas_search_time"
 ``dnas_beta`` / ``dnas_gamma`` while a search runs (their anchors and learning-rate scale)."""
 
 
+_one_pass = threading.local()  # per thread: each replica of a distributed step traces its own
+
+
+@contextlib.contextmanager
+def one_gate_per_group():
+    """Within this context (one forward pass of a model) each group's gate is computed once.
+
+    Every masked layer reading a group (its defining layer's output, the BatchNormalization
+    after it, the next layer's input) otherwise builds the same gate again: on a traced
+    backend that is the same dozen ops and their gradient once per reader, in every trace and
+    every step. Inside one pass the readers share one tensor: the same forward values, and the
+    gradient reaching the mask is the sum of the readers' gradients either way (summed once
+    here instead of per copy). Nested contexts share the outermost one's gates.
+    """
+    if getattr(_one_pass, "gates", None) is not None:
+        yield
+        return
+    _one_pass.gates = {}
+    try:
+        yield
+    finally:
+        _one_pass.gates = None
+
+
 def owner_gate(owner, centred=False):
     """Gate of the group whose mask ``owner`` (a masked layer) holds.
 
     ``centred`` (the forward path) applies only while a search enables it
     (the owner's :class:`SearchHooks`, set by :class:`~keras_dnas.DNASCallback`).
+    Inside :func:`one_gate_per_group` it is computed once per owner.
     """
     hooks = owner.__dict__.get(HOOKS_ATTR)
+    centred = bool(centred and hooks is not None and hooks.centred)
+    gates = getattr(_one_pass, "gates", None)
+    key = (id(owner), centred)
+    if gates is not None and key in gates:
+        return gates[key][1]
     if hooks is None:
-        return gate(owner.dnas_alpha)
-    return gate(hooks.effective(owner.dnas_alpha), grad_scale=hooks.grad_scale,
-                centred=centred and hooks.centred)
+        value = gate(owner.dnas_alpha)
+    else:
+        value = gate(hooks.effective(owner.dnas_alpha), grad_scale=hooks.grad_scale,
+                     centred=centred)
+    if gates is not None:
+        gates[key] = (owner, value)  # the owner kept alive: its id stays its own in the pass
+    return value
 
 
 def hard_gate(alpha, keep_alive=True):

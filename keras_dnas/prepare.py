@@ -7,7 +7,7 @@ import numpy as np
 
 import keras
 
-from keras_dnas import masks
+from keras_dnas import _keras, masks
 from keras_dnas.graph import analyze, bind, walk
 from keras_dnas.layers import taps
 from keras_dnas.layers.choice import is_choice
@@ -47,6 +47,16 @@ class SearchableModel(keras.Model):
         """Re-derive the channel plan from the graph and re-tie the masks."""
         object.__setattr__(self, "dnas_plan", bind(self))
         return self.dnas_plan
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        if self.__dict__.get("_dnas_remat") is None:  # layers take their remat mode when made
+            object.__setattr__(self, "_dnas_remat", _keras.uses_remat(self))
+        if self._dnas_remat or _keras.remat_scope_active():
+            # a rematerialised layer recomputes its gates in its own backward pass: a gate
+            # shared from inside it would not reach the mask's gradient
+            return super().call(inputs, training=training, mask=mask, **kwargs)
+        with masks.one_gate_per_group():
+            return super().call(inputs, training=training, mask=mask, **kwargs)
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)

@@ -5,6 +5,7 @@ import tensorflow as tf
 import keras
 import keras_dnas as kd
 from keras_dnas import masks
+from keras_dnas._keras import Functional
 
 
 def test_gate_is_binary_with_threshold_and_keep_alive():
@@ -89,3 +90,34 @@ def test_exclude_from_weight_decay_keeps_user_exclusions():
     assert not opt._use_weight_decay(gamma)
     assert not opt._use_weight_decay(bias)
     assert opt._use_weight_decay(kernel)
+
+
+def test_one_gate_per_group_shares_the_gate_and_keeps_values_and_gradients():
+    x = keras.Input((6, 6, 2))
+    a = kd.layers.MaskedConv2D(4, 3, padding="same", name="a")(x)
+    b = kd.layers.MaskedBatchNormalization(name="a_bn")(a)
+    c = kd.layers.MaskedConv2D(5, 3, padding="same", name="c")(b)
+    y = kd.layers.MaskedDense(3, name="fc")(keras.layers.GlobalAveragePooling2D()(c))
+    model = kd.SearchableModel(x, y)
+    model.get_layer("a").dnas_alpha.assign([0.9, 0.2, -0.8, 0.6])
+    data = tf.constant(np.random.default_rng(0).normal(size=(3, 6, 6, 2)), "float32")
+    owner = model.get_layer("a")
+    with masks.one_gate_per_group():
+        assert masks.owner_gate(owner) is masks.owner_gate(owner)
+    assert masks.owner_gate(owner) is not masks.owner_gate(owner)
+
+    def forward_and_gradients(shared):
+        layers = [model.get_layer(n) for n in ("a", "c")]
+        alphas = [layer.dnas_alpha for layer in layers]
+        with tf.GradientTape() as tape:
+            # the model's own call shares the gates; the Functional parent's does not
+            out = model(data) if shared else Functional.call(model, data)
+            loss = tf.reduce_sum(out * tf.constant([1.0, -2.0, 0.5]))
+        return out.numpy(), [g.numpy() for g in tape.gradient(loss, alphas)]
+
+    out_shared, grads_shared = forward_and_gradients(True)
+    out_plain, grads_plain = forward_and_gradients(False)
+    np.testing.assert_array_equal(out_shared, out_plain)
+    for g_shared, g_plain in zip(grads_shared, grads_plain):
+        np.testing.assert_allclose(g_shared, g_plain, rtol=1e-5, atol=1e-6)
+    assert np.abs(grads_shared[0]).sum() > 0

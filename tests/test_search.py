@@ -150,6 +150,30 @@ def test_strengths_change_without_retracing(trained_seed):
     assert traces[0] == traces[1] and traces[0] >= 1
 
 
+def test_search_fit_traces_the_train_step_once(trained_seed):
+    # Keras' TensorFlow trainer creates the optimizer's and the metrics' variables in the first
+    # trace of the step and then traces it again; the callback builds them before the first step
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the TensorFlow trainer's tracing")
+    (x, y), (xv, yv) = digits()
+    search = kd.prepare(trained_seed)
+    search.compile("adam", LOSS, metrics=["accuracy"])
+    traces = []
+    step = search.train_step
+
+    def counting_step(data):
+        traces.append(1)  # runs in Python only while the step is traced
+        return step(data)
+
+    search.train_step = counting_step
+    cb = kd.DNASCallback("stm32h743", budgets={"macs": 1e5}, verbose=0)
+    history = search.fit(x[:300], y[:300], epochs=2, batch_size=64, verbose=0, callbacks=[cb],
+                         validation_data=(xv[:100], yv[:100]))
+    assert len(traces) == 1
+    assert search.optimizer.built and len(history.history["accuracy"]) == 2
+    assert all(np.isfinite(history.history["loss"]))
+
+
 def test_warmup_keeps_masks_frozen_and_no_callback_means_no_penalty(trained_seed):
     (x, y), _ = digits()
     search = kd.prepare(trained_seed)

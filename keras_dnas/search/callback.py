@@ -461,6 +461,8 @@ class DNASCallback(keras.callbacks.Callback):
                     self._saved_momentum[layer] = layer.momentum
                     layer.momentum = self.bn_momentum
         self.model.make_train_function(force=True)
+        # the masked train step is the costliest trace of the flow: once, not twice
+        _keras.build_before_first_step(self.model)
         if getattr(self.model, "test_function", None) is not None:
             self.model.make_test_function(force=True)
         if self.verbose:
@@ -546,7 +548,8 @@ class DNASCallback(keras.callbacks.Callback):
 
                 self._calibrator = BatchNormCalibrator(self.model)
             sample = [a[:self.VALIDATION_CALIBRATION_SAMPLES] for a in self.calibration_data]
-            self._calibrator(sample if len(sample) > 1 else sample[0])
+            with masks.one_gate_per_group():  # its pass is one forward pass of the model
+                self._calibrator(sample if len(sample) > 1 else sample[0])
 
     def on_test_end(self, logs=None):
         if getattr(self, "_fitting", False):
