@@ -318,7 +318,10 @@ def _converter_reads_protos_only():
         return
 
     def load(export_dir, tags=None, options=None):
-        view = _SavedModelProtos.read(export_dir) if options is None else None
+        try:
+            view = _SavedModelProtos.read(export_dir) if options is None else None
+        except (ImportError, AttributeError):  # the protos reader moved: TensorFlow's loader
+            view = None
         return real(export_dir, tags, options) if view is None else view
 
     tflite_lib._load = load
