@@ -230,7 +230,7 @@ def _format_inspect(r):
         f"scratch) + tail {r['arena_tail_bytes']:,} B (persistent), TFLite Micro on a "
         f"{8 * r['pointer_bytes']}-bit target",
         f"          host interpreter (64-bit): {r['host_arena_bytes']:,} B, not the board's",
-        f"  plan    " + ("offline (OfflineMemoryAllocation metadata); TFLite Micro's greedy "
+        "  plan    " + ("offline (OfflineMemoryAllocation metadata); TFLite Micro's greedy "
                          f"planner would need a head of {r['greedy_arena_head_bytes']:,} B"
                          if r["arena_plan"] == "offline" and r["greedy_arena_head_bytes"]
                          else "TFLite Micro's greedy planner"),

@@ -303,7 +303,7 @@ def _warn_frozen(plan, exclude=()):
     lines = _frozen_lines(plan, skip_outputs=True)
     if lines:
         warnings.warn(
-            f"keras_dnas.prepare: some channel groups are frozen (kept at full width):\n"
+            "keras_dnas.prepare: some channel groups are frozen (kept at full width):\n"
             + "\n".join(lines) + "\n" + _fix_hint(exclude),
             stacklevel=3,
         )

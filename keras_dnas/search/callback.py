@@ -13,7 +13,7 @@ from keras_dnas import _keras, masks, targets
 from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample
 from keras_dnas.costs import model as cost_model
 from keras_dnas.graph import counts as counts_lib
-from keras_dnas.graph import analyze, bind
+from keras_dnas.graph import bind
 from keras_dnas.search.objectives import METRICS, Budget, Minimize, base_strength, ramp
 
 
