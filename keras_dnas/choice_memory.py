@@ -36,6 +36,7 @@ import numpy as np
 
 from keras_dnas import memory as memory_lib
 from keras_dnas.costs import arena
+from keras_dnas.costs import model as cost_model
 
 _CACHE_ATTR = "_dnas_choice_memory_cache"
 
@@ -110,7 +111,7 @@ class ChoiceMemory:
         built = [picked[b["name"]] for b in self.plan.choices]
 
         def one_hot(config):
-            return [[1 if j == k else 0 for j in range(len(b["alternatives"]))]
+            return [cost_model.one_hot(k, len(b["alternatives"]))
                     for b, k in zip(self.plan.choices, config)]
 
         sizes = [g.size for g in self.plan.groups] + self.plan.full_taps()
