@@ -594,8 +594,9 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     budgets = budgets if budgets is not None else search.get("budgets")
     if budgets:  # an old metric spelling ("ram") warns here, once
         budgets = {canonical(m): b for m, b in budgets.items()}
-    if memory is None and target is not None and searched_target is not None \
-            and _target_name(target) == _target_name(searched_target):
+    same_target = target is not None and searched_target is not None \
+        and _target_name(target) == _target_name(searched_target)
+    if memory is None and same_target:
         memory = search.get("memory")  # same architecture, same target: reuse
     arena_plan = arena_plan or search.get("arena_plan") or "tflm"
     if arena_plan == "tflm" and memory is not None and hasattr(memory, "base"):
@@ -606,10 +607,9 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
         calibration_data = search.get("calibration_data")
     swapped = []
     if budgets and model is not searched and target is not None and arena_plan == "tflm":
-        fallback = _fall_back_choices(searched, model, target, budgets, memory,
-                                      supernet_memory)
-        if fallback is not None:
-            model, memory, swapped = fallback
+        # the supernet's exact memory models were built for the search's target (pointer size)
+        model, memory, swapped = _fall_back_choices(
+            searched, model, target, budgets, memory, supernet_memory if same_target else None)
     plan, keep = kept_channels(model)
     closed = any(not k.all() for k in keep)
     certificate, full_taps, frozen = None, False, None
@@ -668,9 +668,11 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
 
 
 def _fall_back_choices(searched, model, target, budgets, memory, supernet_memory):
-    """``(model, memory, swapped)`` with other alternatives in the Choice blocks whose chosen
-    one leaves the budgets out of reach at one channel per group, or None when the argmax
-    structure (``model``) can meet them.
+    """``(model, memory, swapped)``: ``model`` itself when the argmax structure can meet the
+    budgets at one channel per group (or when no fallback can), else the structure with other
+    alternatives in the Choice blocks whose chosen one leaves them out of reach; ``memory``
+    the flash / RAM model of the structure returned, built here once for certification to
+    reuse (None when no budget needs one).
 
     A block falls back to its ``reference`` (the seed's own block: trained, and what the
     warm-up distilled) first, else to an identity alternative; each round takes the swap that
@@ -681,9 +683,9 @@ def _fall_back_choices(searched, model, target, budgets, memory, supernet_memory
     from keras_dnas.graph.counts import tap_owners
     from keras_dnas.layers.masked import plain_class
     from keras_dnas.prepare import collapse
-    from keras_dnas.search.objectives import Budget
+    from keras_dnas.search.objectives import budget_list
 
-    budgets = [b if isinstance(b, Budget) else Budget(m, b) for m, b in budgets.items()]
+    budgets = budget_list(budgets)
     metrics = [b.metric for b in budgets]
     plan = searched.dnas_plan
     layers = {layer.name: layer for layer in walk.functional_of(searched).layers}
@@ -712,14 +714,14 @@ def _fall_back_choices(searched, model, target, budgets, memory, supernet_memory
     config = [layers[b["name"]].chosen() for b in plan.choices]
     now = floor(config, model, memory)
     if now[0] <= 0:
-        return None
+        return model, now[3], []
     fallbacks = []  # per block: the reference, then identity alternatives
     for b in plan.choices:
         ref = layers[b["name"]].reference
         ident = [j for j, names in enumerate(b["alternatives"]) if len(names) == 1
                  and plain_class(layers[names[0]]) is L.Identity]
         fallbacks.append([[ref] if ref is not None else [], ident])
-    original = list(config)
+    original, argmax = list(config), now
     for tier in (0, 1):
         while now[0] > 0:
             best = None
@@ -735,8 +737,8 @@ def _fall_back_choices(searched, model, target, budgets, memory, supernet_memory
                 break
             now, i, j = best
             config[i] = j
-    if now[0] > 0:
-        return None  # nothing fits: certification reports the argmax structure's floor
+    if now[0] > 0:  # nothing fits: certification reports the argmax structure's floor
+        return model, argmax[3], []
     swapped = [{"block": b["name"], "chosen": old, "kept": new}
                for b, old, new in zip(plan.choices, original, config) if old != new]
     warnings.warn("keras_dnas.freeze: the chosen alternatives cannot meet the budgets at any "
@@ -770,11 +772,11 @@ class _ShortTapsOverBudget(ValueError):
 
 def _certify(model, plan, keep, target, budgets, memory, fill, verbose, full_taps=False):
     from keras_dnas.costs.model import CostModel
-    from keras_dnas.search.objectives import METRICS, Budget
+    from keras_dnas.search.objectives import METRICS, budget_list
 
     if target is None:
         raise ValueError("freeze(..., budgets=...) needs target= to evaluate the budgets.")
-    budgets = [b if isinstance(b, Budget) else Budget(m, b) for m, b in budgets.items()]
+    budgets = budget_list(budgets)
     if memory is None and {b.metric for b in budgets} & {"flash_bytes", "ram_bytes"}:
         from keras_dnas import memory as memory_lib
 

@@ -26,7 +26,7 @@ from keras_dnas import targets as targets_lib
 from keras_dnas._data import labelled_pair
 from keras_dnas.report.summary import summary as summary_fn
 from keras_dnas.report.summary import target_of
-from keras_dnas.search.objectives import Budget
+from keras_dnas.search.objectives import Budget, budget_list
 from keras_dnas.vocabulary import METRICS, Results
 
 #: Per-layer cost columns of kd.summary shown before/after: (key, chart title).
@@ -226,7 +226,7 @@ def _resolve_budgets(budgets, callback, certificate):
             return [Budget(r["metric"], r["limit"]) for r in certificate["budgets"]]
         return []
     if isinstance(budgets, dict):
-        items = [b if isinstance(b, Budget) else Budget(m, b) for m, b in budgets.items()]
+        items = budget_list(budgets)
     elif isinstance(budgets, (list, tuple)) and all(isinstance(b, Budget) for b in budgets):
         items = list(budgets)
     else:

@@ -14,13 +14,12 @@ from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample
 from keras_dnas.costs import model as cost_model
 from keras_dnas.graph import counts as counts_lib
 from keras_dnas.graph import bind
-from keras_dnas.search.objectives import METRICS, Budget, Minimize, base_strength, ramp
+from keras_dnas.search.objectives import (METRICS, Budget, Minimize, base_strength, budget_list,
+                                          ramp)
 
 
 def _as_objectives(budgets, objectives):
-    out = []
-    for metric, limit in (budgets or {}).items():
-        out.append(limit if isinstance(limit, Budget) else Budget(metric, limit))
+    out = budget_list(budgets or {})
     for obj in objectives or ():
         if isinstance(obj, str):
             obj = Minimize(obj)

@@ -94,6 +94,16 @@ class Minimize:
         return {"type": "Minimize", **dataclasses.asdict(self)}
 
 
+def budget_list(budgets):
+    """``{metric: limit}`` (a limit may already be a :class:`Budget`) as a list of budgets.
+
+    >>> from keras_dnas.search.objectives import budget_list
+    >>> budget_list({"flash_bytes": 48_000, "ram_bytes": Budget("ram_bytes", 20_000)})
+    [Budget(metric='flash_bytes', limit=48000), Budget(metric='ram_bytes', limit=20000)]
+    """
+    return [b if isinstance(b, Budget) else Budget(m, b) for m, b in budgets.items()]
+
+
 def objective_from_dict(d):
     """Inverse of ``Budget.to_dict`` / ``Minimize.to_dict``."""
     d = dict(d)
