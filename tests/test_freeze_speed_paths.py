@@ -135,6 +135,19 @@ def test_arena_replay_equals_the_replay_of_the_rescaled_model(memory):
         assert memory.ram_mass(counts) == sum(b["size"] for b in report["buffers"])
 
 
+def test_flash_at_integer_counts_is_the_sum_term_by_term(memory):
+    # the vectorised flash (integer counts) against the sum over every changing vector, its
+    # paddings, the zero vectors and the shape constants
+    rng = np.random.default_rng(3)
+    values = set()
+    for trial in range(60):
+        counts = _random_counts(memory.plan, rng)
+        value = memory.flash(counts)
+        assert isinstance(value, int) and value == memory._flash_terms(counts), counts
+        values.add(value)
+    assert len(values) > 10
+
+
 def test_causal_tcn_shape_constants_split_in_the_replay():
     """The premise of the causal case: random counts do change the tensor count (one shape
     constant per distinct width), so the replay's tensor count is exercised."""
