@@ -1055,8 +1055,10 @@ class _ArenaReplay:
         self.spans = [(b["first"], b["last"]) for b in buffers]
         self.overlaps = arena._overlapping([f for f, _ in self.spans], [e for _, e in self.spans])
         self.plan_memo = {}  # the last placement: the next call re-places only what changed
-        offline = [b["offline"] for b in buffers]
-        self.offline = offline if any(o is not None for o in offline) else None
+        self.tail = None  # arena.TailReplay, on first use
+        # fixed offsets as `arena.greedy_plan` reads `offline_offsets` (None: planned)
+        self.fixed = [None if (b["offline"] is None or b["offline"] < 0) else int(b["offline"])
+                      for b in buffers]
         self.itemsize = np.array([full.tensors[i].itemsize for i in self.tensor_ids],
                                  dtype=np.int64)
         self._dims_by_width = {}  # len(counts) -> (coefficients, constants)
@@ -1146,11 +1148,12 @@ class _ArenaReplay:
         sizes = self.sizes(counts, model)
         if sizes is None:
             return None
-        _, head = arena.greedy_plan([(s, f, l) for s, (f, l) in zip(sizes, self.spans)],
-                                    offline_offsets=self.offline, overlaps=self.overlaps,
-                                    memo=self.plan_memo)
-        tail = arena.tflite_tail(model, pointer_bytes=self.memory.pointer_bytes,
-                                 tensor_count=self.tensor_count(counts))
+        alignment = arena.ARENA_ALIGNMENT
+        aligned = (-(-np.asarray(sizes, dtype=np.int64) // alignment) * alignment).tolist()
+        _, head = arena.plan_aligned(aligned, self.fixed, self.overlaps, memo=self.plan_memo)
+        if self.tail is None or self.tail.pointer_bytes != self.memory.pointer_bytes:
+            self.tail = arena.TailReplay(self.memory.full, self.memory.pointer_bytes)
+        tail = self.tail(model, tensor_count=self.tensor_count(counts))
         return {"head": head, "tail": tail, "total": head + tail}
 
 
