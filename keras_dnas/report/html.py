@@ -412,12 +412,20 @@ def _metric_label(metric):
         f"{metric} ({unit})"
 
 
-def _shade_epochs(ax, epochs, feasible, warmup):
-    for ep, ok in zip(epochs, feasible):
-        if ok:
+def _epoch_axis(ax, history, warmup):
+    """Integer epochs on the x axis, the epochs where every budget held and the warm-up
+    shaded; returns the epochs (1-based)."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [int(e.get("epoch", i)) + 1 for i, e in enumerate(history)]
+    for ep, entry in zip(epochs, history):
+        if entry.get("dnas/feasible"):
             ax.axvspan(ep - 0.5, ep + 0.5, color=_HOLDS_COLOR, alpha=0.15, linewidth=0)
     if warmup:
         ax.axvspan(0.5, warmup + 0.5, color="#999999", alpha=0.15, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    return epochs
 
 
 def _draw_budgets(fig, rows):
@@ -526,20 +534,17 @@ def _draw_costs(fig, layers):
 def _draw_search(fig, history, keys, budgets, warmup):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
-    from matplotlib.ticker import MaxNLocator
 
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
     fig.set_size_inches(2.6 * ncols + 0.4, 0.55 + 2.0 * nrows)
     limits = {f"dnas/{b.metric}": b.limit for b in budgets}
-    epochs = [int(e.get("epoch", i)) + 1 for i, e in enumerate(history)]
-    feasible = [bool(e.get("dnas/feasible")) for e in history]
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[len(keys):]:
         ax.set_visible(False)
     for ax, key in zip(axes, keys):
         metric = key[len("dnas/"):]
-        _shade_epochs(ax, epochs, feasible, warmup)
+        epochs = _epoch_axis(ax, history, warmup)
         values = [e.get(key) for e in history]
         ax.plot(epochs, [np.nan if v is None else v for v in values], "o-", color=_FINAL_COLOR,
                 markersize=3.5, linewidth=1.5)
@@ -553,8 +558,6 @@ def _draw_search(fig, history, keys, budgets, warmup):
             ax.set_ylim(min(0.0, lo) if lo - pad < 0 else lo - pad, hi + pad)
         ax.set_title(_metric_label(metric), loc="left")
         _eng(ax.yaxis)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     for i, ax in enumerate(axes[:len(keys)]):
         if i + ncols >= len(keys):  # nothing below it
             ax.set_xlabel("epoch")
@@ -568,14 +571,10 @@ def _draw_search(fig, history, keys, budgets, warmup):
 
 
 def _draw_training(fig, history, groups, warmup):
-    from matplotlib.ticker import MaxNLocator
-
     fig.set_size_inches(3.3 * len(groups) + 0.3, 2.4)
-    epochs = [int(e.get("epoch", i)) + 1 for i, e in enumerate(history)]
-    feasible = [bool(e.get("dnas/feasible")) for e in history]
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for ax, (base, keys) in zip(axes, groups.items()):
-        _shade_epochs(ax, epochs, feasible, warmup)
+        epochs = _epoch_axis(ax, history, warmup)
         for key in keys:
             val = key.startswith("val_")
             ax.plot(epochs, [np.nan if e.get(key) is None else e[key] for e in history],
@@ -584,8 +583,6 @@ def _draw_training(fig, history, groups, warmup):
                     label="validation" if val else "training")
         ax.set_title(base + (" (with DNAS penalty)" if base == "loss" else ""), loc="left")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.legend()
 
 
