@@ -326,10 +326,20 @@ def test_converter_reads_the_saved_model_protos_instead_of_loading_it(monkeypatc
         return views[-1]
 
     monkeypatch.setattr(convert._SavedModelProtos, "read", staticmethod(spy))
+    graphs = []
+    graph_def = convert._SavedModelProtos.graph_def
+
+    def graph_spy(export_dir, tags):
+        graphs.append(graph_def(export_dir, tags))
+        return graphs[-1]
+
+    monkeypatch.setattr(convert._SavedModelProtos, "graph_def", staticmethod(graph_spy))
     model = conv2d()
     kx.to_tflite(model, _data(model, 8, 0))
     assert len(views) == 2 and all(isinstance(v, convert._SavedModelProtos) for v in views)
     assert set(views[0].signatures) == {"serve", "serving_default"}
+    # and the graph `convert()` reads for its statistics comes from the protos too, once
+    assert len(graphs) == 1 and graphs[0] is not None and len(graphs[0].node) > 0
 
 
 def test_lean_saved_model_saver_only_restores(tmp_path):

@@ -340,24 +340,37 @@ class _SavedModelProtos:
         keys = [k for k in meta_graph.signature_def if k != "__saved_model_init_op"]
         return cls(keys, children, debug_info)
 
+    @staticmethod
+    def graph_def(export_dir, tags):
+        """The graph of the one meta graph with ``tags`` (None if there is not one)."""
+        from tensorflow.python.saved_model import loader_impl
+
+        proto = loader_impl.parse_saved_model(export_dir)
+        found = [m for m in proto.meta_graphs if set(m.meta_info_def.tags) == set(tags or [])]
+        return found[0].graph_def if len(found) == 1 else None
+
 
 @contextlib.contextmanager
 def _converter_reads_protos_only():
     """`TFLiteConverter.from_saved_model` loads the SavedModel as Python objects (restoring
     every function and variable) only to read its signature keys, and `convert()` loads it
-    again only for its graph debug info; the conversion itself reads the graph from the protos.
-    EfficientNetB0: the two loads are 3.5 of 13 profiled seconds of a conversion. During
-    `to_tflite`'s conversion the converter's loader reads the protos instead
-    (`_SavedModelProtos`): the converter sees the same keys, endpoints and (empty) debug info,
-    so it writes the same bytes (`tests/test_export.py::
-    test_lean_saved_model_writes_the_same_file` compares with the real loader).
-    TensorFlow-private (`tensorflow.lite.python.lite._load`): if that name is gone, or the
-    SavedModel has debug info, the converter loads it as before."""
+    again only for its graph debug info, and imports its whole graph into a Python graph only
+    for the input and output tensors its SavedModel path never reads; the conversion itself
+    reads the graph from the protos. EfficientNetB0: the two loads are 3.5 of 13 profiled
+    seconds of a conversion, the import ~0.1 s CPU. During `to_tflite`'s conversion the
+    converter's loader reads the protos instead (`_SavedModelProtos`): the converter sees the
+    same keys, endpoints, (empty) debug info and graph, so it writes the same bytes
+    (`tests/test_export.py::test_lean_saved_model_writes_the_same_file` compares with the real
+    loader). TensorFlow-private (`tensorflow.lite.python.lite._load` and
+    `TFLiteConverterBaseV2._load_saved_model`): if a name is gone, or the SavedModel has debug
+    info, or the converter leaves its SavedModel path, the converter loads it as before."""
     try:
         from tensorflow.lite.python import lite as tflite_lib
 
         real = tflite_lib._load
-    except (ImportError, AttributeError):
+        base = tflite_lib.TFLiteConverterBaseV2
+        real_graph = base.__dict__["_load_saved_model"]
+    except (ImportError, AttributeError, KeyError):
         yield
         return
 
@@ -368,11 +381,25 @@ def _converter_reads_protos_only():
             view = None
         return real(export_dir, tags, options) if view is None else view
 
+    def load_graph(self, saved_model_dir, saved_model_tags):
+        # the tensors are read only where the converter falls back to a frozen graph
+        if not (self.saved_model_dir and self.experimental_new_converter):
+            return real_graph(self, saved_model_dir, saved_model_tags)
+        try:
+            graph_def = _SavedModelProtos.graph_def(saved_model_dir, saved_model_tags)
+        except (ImportError, AttributeError):
+            graph_def = None
+        if graph_def is None:
+            return real_graph(self, saved_model_dir, saved_model_tags)
+        return graph_def, [], []
+
     tflite_lib._load = load
+    base._load_saved_model = load_graph
     try:
         yield
     finally:
         tflite_lib._load = real
+        base._load_saved_model = real_graph
 
 
 @contextlib.contextmanager
