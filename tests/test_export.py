@@ -343,10 +343,10 @@ def test_converter_reads_the_saved_model_protos_instead_of_loading_it(monkeypatc
 
 
 def test_lean_saved_model_saver_only_restores(tmp_path):
-    # The SavedModel `to_tflite` writes describes its saver by the restore function alone (the
-    # converter runs only that; speed, issues 13 and 17). The bytes are pinned by the test above;
-    # here: the restore-only saver is what got written (not TensorFlow's fallback), and it
-    # restores the variables' values from the checkpoint written beside it.
+    # The SavedModel `to_tflite` writes describes its saver by its restore operations alone
+    # (the converter runs only those; speed, issues 13 and 17). The bytes are pinned by the test
+    # above; here: the restore-only saver is what got written (not TensorFlow's fallback), and
+    # it restores the variables' values from the checkpoint written beside it.
     import tensorflow as tf
     from tensorflow.python.saved_model import loader_impl
 
