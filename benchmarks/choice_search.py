@@ -65,6 +65,8 @@ def main(argv=None):
     p.add_argument("--channels-from", default=None,
                    help="grid CSV of the same --seed: channels-only rows are read from it "
                         "instead of being run again")
+    p.add_argument("--choice-mode", default="gumbel", choices=("gumbel", "softmax"),
+                   help="kd.prepare(choice_mode=...): how the Choice blocks train")
     p.add_argument("--quick", action="store_true", help="1 epoch per phase (no accuracy claim)")
     p.add_argument("--out", default=None, help="JSON lines file for the rows (appended "
                                                 "after each run)")
@@ -134,7 +136,8 @@ def main(argv=None):
                                           alternatives=alternatives,
                                           callback_options={
                                               "warmup_epochs": warmup,
-                                              "choice_warmup": args.choice_warmup_mode})
+                                              "choice_warmup": args.choice_warmup_mode},
+                                          choice_mode=args.choice_mode)
                 measured = evaluate.measure(result["model"], data)
                 row = {"point": label, "seed": args.seed, "method": name,
                        "int8_acc": measured["int8_acc"], "float_acc": measured["float_acc"], "flash": measured["flash"],

@@ -206,7 +206,7 @@ def _block_of(layers, x_shape, name):
     return keras.Sequential([keras.Input(batch_shape=x_shape)] + layers, name=name)
 
 
-def add_choices(model, alternatives):
+def add_choices(model, alternatives, mode="gumbel"):
     """``model`` (flat, functional) with Choice blocks where ``alternatives`` says.
 
     Args:
@@ -214,6 +214,7 @@ def add_choices(model, alternatives):
         alternatives: ``"paper_b"`` or ``fn(layer) -> list | None`` (the alternatives of that
             layer: Keras layers, Sequential / Functional blocks or ``"identity"``; the layer
             itself may be one of them and keeps its weights).
+        mode: the Choice blocks' training mode (``kd.layers.Choice(mode=...)``).
 
     Returns:
         ``(new model, number of blocks)``.
@@ -281,7 +282,7 @@ def add_choices(model, alternatives):
             ids, alts, name, kept, reference = replace[id(gnode.node)]
             skip.update(ids)
             x = tensor_map[id(gnode.inputs[0])]
-            out = Choice(alts, reference=reference, name=name)(x)
+            out = Choice(alts, mode=mode, reference=reference, name=name)(x)
             # the block itself keeps the seed's weights
             if kept:
                 for new, old_id in zip(kept, ids):

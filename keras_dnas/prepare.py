@@ -10,7 +10,7 @@ import keras
 from keras_dnas import _keras, masks
 from keras_dnas.graph import analyze, bind, walk
 from keras_dnas.layers import taps
-from keras_dnas.layers.choice import is_choice
+from keras_dnas.layers.choice import MODES, is_choice
 from keras_dnas.layers.masked import MASKED_OF, plain_class
 
 L = keras.layers
@@ -96,7 +96,7 @@ class SearchableModel(keras.Model):
         return model
 
 
-def prepare(model, exclude=None, search=("channels",), alternatives=None):
+def prepare(model, exclude=None, search=("channels",), alternatives=None, choice_mode="gumbel"):
     """A searchable copy of ``model``: masked Conv/Dense layers, tied channel masks.
 
     Every Conv1D/Conv2D/Dense that reads or writes a searchable channel group
@@ -143,6 +143,12 @@ def prepare(model, exclude=None, search=("channels",), alternatives=None):
             the argmax, so put the layer itself first to start from the seed. With a
             time axis in ``search``, the alternatives' Conv1D / DepthwiseConv1D are
             searched on it too.
+        choice_mode: how the Choice blocks mix their alternatives while training:
+            ``"gumbel"`` (hard Gumbel-softmax: one sampled alternative per step,
+            straight-through gradient) or ``"softmax"`` (every alternative, weighted by
+            the softmax of the logits at the annealed temperature; on MNIST ResNet-8 at
+            tight flash budgets it kept the shared layers trainable where sampling did
+            not, BENCHMARKS.md "Choice blocks"). Inference uses the argmax either way.
 
     Returns:
         A :class:`SearchableModel`.
@@ -166,11 +172,14 @@ def prepare(model, exclude=None, search=("channels",), alternatives=None):
         raise ValueError(f"prepare() expects a keras.Model. Received: {type(model).__name__}")
     exclude = set(exclude or ())
     time_axes = _check_search(search)
+    if choice_mode not in MODES:
+        raise ValueError(f"prepare(): choice_mode must be one of {MODES}. "
+                         f"Received: choice_mode={choice_mode!r}")
     model = walk.flatten(model, keep=exclude)
     if alternatives is not None:
         from keras_dnas import choices
 
-        model, n_blocks = choices.add_choices(model, alternatives)
+        model, n_blocks = choices.add_choices(model, alternatives, mode=choice_mode)
         if not n_blocks:
             warnings.warn(f"kd.prepare(alternatives={alternatives!r}): no layer of model "
                           f"'{model.name}' got alternatives (no eligible conv block); only "

@@ -402,6 +402,25 @@ def test_prepare_with_a_callable():
         kd.prepare(seed, alternatives="paper_c")
 
 
+def test_prepare_choice_mode():
+    """``choice_mode`` sets how every Choice block trains (and is saved with it); a wrong value
+    is refused before any work, naming the modes."""
+    seed = conv_block_model()
+    x = np.random.default_rng(0).random((2, 8, 8, 1)).astype("float32")
+    chosen = {}
+    for mode in ("gumbel", "softmax"):
+        search = kd.prepare(seed, alternatives="paper_b", choice_mode=mode)
+        blocks = [layer for layer in search.layers if kd.layers.is_choice(layer)]
+        assert blocks and {b.mode for b in blocks} == {mode}
+        assert {b.get_config()["mode"] for b in blocks} == {mode}
+        np.testing.assert_allclose(search(x), seed(x), atol=1e-5)  # inference: the argmax
+        # training: the softmax mixes every alternative (a sample would be one of them)
+        chosen[mode] = keras.ops.convert_to_numpy(search(x, training=True))
+    assert not np.allclose(chosen["softmax"], seed(x, training=True), atol=1e-3)
+    with pytest.raises(ValueError, match="choice_mode must be one of"):
+        kd.prepare(seed, alternatives="paper_b", choice_mode="hard")
+
+
 def test_latency_budget_search_picks_cheaper_alternatives():
     """Two blocks of conv 3x3 / separable 3x3 / identity whose channels are frozen (the stem is
     excluded and each identity ties a block's output to its input): no channel count can meet

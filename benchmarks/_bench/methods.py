@@ -221,7 +221,7 @@ def l1_finetune(task, data, epochs, warm, pruned):
 
 def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=None,
          observers=None, verbose=0, arena_plan="tflm", search=("channels",),
-         alternatives=None, freeze_options=None):
+         alternatives=None, freeze_options=None, choice_mode="gumbel"):
     """(d) keras_dnas: warm-up checkpoint, search with DNASCallback, certified freeze, fine-tune.
 
     ``callback_options``: extra ``DNASCallback`` arguments (e.g. ``centred_gradients``);
@@ -232,15 +232,16 @@ def dnas(task, data, epochs, warm, target, budgets, memory, callback_options=Non
     ``kd.prepare`` (with the time axis the searchable model has its own flash / RAM model,
     built here with the same 8-byte pointers); ``alternatives``: passed to ``kd.prepare``
     (choice blocks; the seed's ``memory`` does not describe that model, so the callback and
-    freeze build their own); ``freeze_options``: extra ``kd.freeze`` arguments
-    (``energy_front.py`` passes ``fill=False``: reopening channels into the unused memory
+    freeze build their own) with ``choice_mode``; ``freeze_options``: extra ``kd.freeze``
+    arguments (``energy_front.py`` passes ``fill=False``: reopening channels into the unused memory
     budget would undo a ``Minimize`` objective).
     """
     keras.utils.set_random_seed(tasks.SEED)
     start = time.perf_counter()
     model = task.build()
     model.set_weights(warm["warm_weights"])
-    search = compile_model(kd.prepare(model, search=search, alternatives=alternatives), task)
+    search = compile_model(kd.prepare(model, search=search, alternatives=alternatives,
+                                      choice_mode=choice_mode), task)
     if alternatives is not None:
         # the supernet's own flash / RAM model, with the same 8-byte pointers as the seed's
         from keras_dnas.choice_memory import ChoiceMemory
