@@ -246,7 +246,8 @@ def _write_saved_model(model, path, signature):
       concrete function of the one trace instead;
     - a gradient function traced per custom-gradient op (49 for EfficientNetB0's swish):
       inference never reads them (`experimental_custom_gradients=False`);
-    - the checkpoint's save function (`_saver_restores_only`): the converter only restores.
+    - the saver's save and restore functions (`_saver_restores_only`): the converter only
+      restores, which operations in the exported graph do.
     The converter reads the same signature graph, so the file is byte for byte the one
     `model.export` gives (`tests/test_export.py::test_lean_saved_model_writes_the_same_file`).
     Without a signature (a subclassed model, float32, no data) `model.export` infers one.
