@@ -90,6 +90,7 @@ __all__ = [
     "elementwise_add_as_add",
     "in_stateless_scope",
     "inbound_node_count",
+    "initial_weights",
     "inputs_struct",
     "nodes_by_depth",
     "outputs_struct",
@@ -141,6 +142,58 @@ def inbound_node_count(layer):
 def unsafe_deserialization():
     """Context in which ``from_config`` may rebuild lambdas (a clone of the user's own layer)."""
     return serialization_lib.SafeModeScope(False)
+
+
+@contextlib.contextmanager
+def initial_weights(values):
+    """While active, the layers in ``values`` (``{id(layer): {weight name: array}}``) create
+    those weights with the given values instead of running their initializers.
+
+    Rebuilding a model whose weights are set right after (``slicing.rebuild_with``) then skips
+    the initializers' random draws and the assignment that overwrites them (EfficientNetB0: ~310
+    variables). Yields the set of ``(id(layer), name)`` created so; a weight whose shape differs
+    from its value's, or a layer not listed, is created as usual. If Keras' `Layer.add_weight`
+    moved, nothing changes (the caller assigns what was not created so).
+    """
+    import inspect
+
+    import numpy as np
+
+    from keras.src.layers import layer as layer_module
+
+    made = set()
+    real = getattr(layer_module.Layer, "add_weight", None)
+    try:
+        signature = inspect.signature(real)
+        signature.parameters["initializer"], signature.parameters["shape"]
+    except (TypeError, ValueError, KeyError):
+        yield made
+        return
+
+    def add_weight(self, *args, **kwargs):
+        given = values.get(id(self))
+        if given is None:
+            return real(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        name = bound.arguments.get("name")
+        value = given.get(name)
+        shape = bound.arguments.get("shape")
+        if value is None or shape is None or tuple(shape) != tuple(np.shape(value)):
+            return real(self, *args, **kwargs)
+
+        def initializer(shape, dtype=None):
+            return np.asarray(value, dtype=keras.backend.standardize_dtype(dtype) if dtype
+                              else None)
+
+        bound.arguments["initializer"] = initializer
+        made.add((id(self), name))
+        return real(*bound.args, **bound.kwargs)
+
+    layer_module.Layer.add_weight = add_weight
+    try:
+        yield made
+    finally:
+        layer_module.Layer.add_weight = real
 
 
 @contextlib.contextmanager

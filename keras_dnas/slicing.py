@@ -8,7 +8,7 @@ import numpy as np
 
 import keras
 
-from keras_dnas import masks
+from keras_dnas import _keras, masks
 from keras_dnas.graph import analyze, walk
 from keras_dnas.layers.masked import plain_class
 
@@ -109,6 +109,7 @@ def rebuild_with(model, plan, keep, full_taps=False):
     for info in plan.layers:
         first.setdefault(info.name, info)
     taps = tap_plans(model, plan, full=full_taps)
+    sliced = {}  # id(new layer) -> {weight name: its value}
 
     def replace(op):
         if not isinstance(op, keras.layers.Layer):
@@ -117,9 +118,15 @@ def rebuild_with(model, plan, keep, full_taps=False):
         update = _config_update(op, info, keep) if info.role != "opaque" else {}
         if "dnas_time" in op.get_config() or op.name in taps:
             return _clone_timed(op, plain_class(op), update, taps.get(op.name))
-        return walk.clone_layer(op, plain_class(op), update)
+        new = walk.clone_layer(op, plain_class(op), update)
+        if op.weights and not isinstance(op, keras.Model):
+            sliced[id(new)] = _sliced_weights(op, info, keep, taps)
+        return new
 
-    frozen, replaced = walk.rebuild(model, replace)
+    # the new layers create their weights with the sliced values (no initializer to run, no
+    # assignment after); the others are assigned below
+    with _keras.initial_weights(sliced) as made:
+        frozen, replaced = walk.rebuild(model, replace)
     for layer in walk.functional_of(model).layers:
         new = replaced.get(id(layer))
         new = getattr(new, "dnas_layer", new)  # a conv behind explicit padding
@@ -128,21 +135,32 @@ def rebuild_with(model, plan, keep, full_taps=False):
         if isinstance(layer, keras.Model):
             new.set_weights(layer.get_weights())
             continue
-        info = first[layer.name]
-        in_keep = _view_keep(info.inputs[0], keep) if info.inputs else None
-        out_keep = _view_keep(info.output, keep)
-        op = info.op if info.role != "opaque" else "other"
-        if op in ("prelu", "normalization") and not info.geometry.get("channel_params"):
-            op = "other"  # parameters shared over the channel axis
-        src = {w.name: w for w in layer.weights if w.name != masks.ALPHA_NAME}
+        values = sliced.get(id(new)) or _sliced_weights(layer, first[layer.name], keep, taps)
         for w in new.weights:
-            value = keras.ops.convert_to_numpy(src[w.name])
-            if w.name == "kernel" and layer.name in taps:
-                value = value[taps[layer.name]["kernel_index"]]
-            w.assign(_slice(op, w.name, value, in_keep, out_keep))
+            if (id(new), w.name) not in made:
+                w.assign(values[w.name])
         if isinstance(new, L.Normalization):
             new.finalize_state()  # its mean / variance constants come from its weights
     return frozen
+
+
+def _sliced_weights(layer, info, keep, taps):
+    """``{weight name: value}`` of ``layer``'s weights sliced to the kept channels (and the
+    kept taps of a searched kernel)."""
+    in_keep = _view_keep(info.inputs[0], keep) if info.inputs else None
+    out_keep = _view_keep(info.output, keep)
+    op = info.op if info.role != "opaque" else "other"
+    if op in ("prelu", "normalization") and not info.geometry.get("channel_params"):
+        op = "other"  # parameters shared over the channel axis
+    values = {}
+    for w in layer.weights:
+        if w.name == masks.ALPHA_NAME:
+            continue
+        value = keras.ops.convert_to_numpy(w)
+        if w.name == "kernel" and layer.name in taps:
+            value = value[taps[layer.name]["kernel_index"]]
+        values[w.name] = _slice(op, w.name, value, in_keep, out_keep)
+    return values
 
 
 # ------------------------------------------------------------------ searched taps (PIT)

@@ -275,8 +275,9 @@ def test_multi_input_model_keeps_input_order():
 def test_lean_saved_model_writes_the_same_file(monkeypatch, quantization):
     # `to_tflite` writes the serving function's SavedModel without `model.export`'s walk of the
     # layers, its second trace of the model and its gradient functions (issues 13 and 17: most
-    # of a conversion's time). The file must stay the one `model.export` gave: the same bytes,
-    # on a residual model with BN and swish (a custom-gradient op) and on two inputs.
+    # of a conversion's time) and without its saver's save function. The file must stay the
+    # one `model.export` gave: the same bytes, on a residual model with BN and swish (a
+    # custom-gradient op) and on two inputs.
     from keras_dnas.export import convert
 
     keras.utils.set_random_seed(5)
@@ -292,6 +293,7 @@ def test_lean_saved_model_writes_the_same_file(monkeypatch, quantization):
              (double, [rng.normal(size=(16, 6)).astype("f"),
                        rng.normal(size=(16, 3)).astype("f")])]
     lean = [kx.to_tflite(m, x, quantization=quantization) for m, x in cases]
+    lean_write = convert._write_saved_model
 
     def with_model_export(model, path, signature):
         model.export(path, format="tf_saved_model", verbose=False, input_signature=signature)
@@ -301,6 +303,12 @@ def test_lean_saved_model_writes_the_same_file(monkeypatch, quantization):
     # and the converter reading the protos instead of loading the SavedModel twice changes
     # nothing either: the same bytes with TensorFlow's own loader
     monkeypatch.setattr(convert, "_converter_reads_protos_only", contextlib.nullcontext)
+    assert [kx.to_tflite(m, x, quantization=quantization) for m, x in cases] == lean
+    # nor does a SavedModel whose saver has only its restore function (the converter restores
+    # the variables from it: int8 calibration would see other weights if it did not)
+    monkeypatch.setattr(convert, "_write_saved_model", lean_write)
+    assert [kx.to_tflite(m, x, quantization=quantization) for m, x in cases] == lean
+    monkeypatch.setattr(convert, "_saver_restores_only", contextlib.nullcontext)
     assert [kx.to_tflite(m, x, quantization=quantization) for m, x in cases] == lean
 
 
@@ -318,10 +326,49 @@ def test_converter_reads_the_saved_model_protos_instead_of_loading_it(monkeypatc
         return views[-1]
 
     monkeypatch.setattr(convert._SavedModelProtos, "read", staticmethod(spy))
+    graphs = []
+    graph_def = convert._SavedModelProtos.graph_def
+
+    def graph_spy(export_dir, tags):
+        graphs.append(graph_def(export_dir, tags))
+        return graphs[-1]
+
+    monkeypatch.setattr(convert._SavedModelProtos, "graph_def", staticmethod(graph_spy))
     model = conv2d()
     kx.to_tflite(model, _data(model, 8, 0))
     assert len(views) == 2 and all(isinstance(v, convert._SavedModelProtos) for v in views)
     assert set(views[0].signatures) == {"serve", "serving_default"}
+    # and the graph `convert()` reads for its statistics comes from the protos too, once
+    assert len(graphs) == 1 and graphs[0] is not None and len(graphs[0].node) > 0
+
+
+def test_lean_saved_model_saver_only_restores(tmp_path):
+    # The SavedModel `to_tflite` writes describes its saver by its restore operations alone
+    # (the converter runs only those; speed, issues 13 and 17). The bytes are pinned by the test
+    # above; here: the restore-only saver is what got written (not TensorFlow's fallback), and
+    # it restores the variables' values from the checkpoint written beside it.
+    import tensorflow as tf
+    from tensorflow.python.saved_model import loader_impl
+
+    from keras_dnas.export import convert
+
+    model = conv2d()
+    signature, _ = convert._input_signature(model)
+    convert._write_saved_model(model, str(tmp_path), signature)
+    meta_graph = loader_impl.parse_saved_model(str(tmp_path)).meta_graphs[0]
+    saver = meta_graph.saver_def
+    assert saver.save_tensor_name == saver.filename_tensor_name
+    assert saver.restore_op_name.split(":")[0] in {n.name for n in meta_graph.graph_def.node}
+    assert not any("traced_save" in f.signature.name
+                   for f in meta_graph.graph_def.library.function)
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        tf.compat.v1.saved_model.loader.load(session, ["serve"], str(tmp_path))  # runs the restore
+        signature_def = meta_graph.signature_def["serving_default"]
+        (inp,) = signature_def.inputs.values()
+        outputs = [t.name for t in signature_def.outputs.values()]
+        x = np.random.default_rng(0).normal(size=(1,) + tuple(model.inputs[0].shape[1:]))
+        got = session.run(outputs, {inp.name: x.astype("float32")})[0]
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 class SubclassedNet(keras.Model):

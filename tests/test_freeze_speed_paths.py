@@ -135,6 +135,19 @@ def test_arena_replay_equals_the_replay_of_the_rescaled_model(memory):
         assert memory.ram_mass(counts) == sum(b["size"] for b in report["buffers"])
 
 
+def test_flash_at_integer_counts_is_the_sum_term_by_term(memory):
+    # the vectorised flash (integer counts) against the sum over every changing vector, its
+    # paddings, the zero vectors and the shape constants
+    rng = np.random.default_rng(3)
+    values = set()
+    for trial in range(60):
+        counts = _random_counts(memory.plan, rng)
+        value = memory.flash(counts)
+        assert isinstance(value, int) and value == memory._flash_terms(counts), counts
+        values.add(value)
+    assert len(values) > 10
+
+
 def test_causal_tcn_shape_constants_split_in_the_replay():
     """The premise of the causal case: random counts do change the tensor count (one shape
     constant per distinct width), so the replay's tensor count is exercised."""
@@ -208,6 +221,55 @@ def test_budgeted_freeze_returns_the_model_its_certificate_converted(monkeypatch
     slim.save(path)
     np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0),
                                slim.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_rebuild_creates_the_sliced_weights_it_would_assign(monkeypatch):
+    """``rebuild_with`` lets the new layers create their weights with the sliced values
+    (``_keras.initial_weights``): the same weights, bit for bit, as creating them with their
+    initializers and assigning the slices after; every sliced weight is created so."""
+    import contextlib
+
+    from keras_dnas import _keras, slicing
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((12, 12, 3))
+    h = L.BatchNormalization()(L.Conv2D(8, 3, padding="same", name="c1")(x))
+    h = L.DepthwiseConv2D(3, padding="same", name="dw")(L.ReLU()(h))
+    h = L.Add()([h, L.Conv2D(8, 1, name="skip")(x)])
+    model = keras.Model(x, L.Dense(3)(L.Dense(6)(L.Flatten()(L.Conv2D(4, 3, strides=2)(h)))))
+    search = kd.prepare(model)
+    rng = np.random.default_rng(0)
+    for layer in search.layers:
+        alpha = getattr(layer, "dnas_alpha", None)
+        if alpha is not None and alpha.trainable:
+            alpha.assign(rng.uniform(0.05, 1.0, alpha.shape).astype("float32"))
+    for w in search.weights:  # non-trivial BN statistics too
+        if w.name != "dnas_alpha":
+            w.assign(rng.normal(size=w.shape).astype("float32") + 0.5)
+    plan, keep = slicing.kept_channels(search)
+    created = []
+    real = _keras.initial_weights
+
+    @contextlib.contextmanager
+    def spy(values):
+        with real(values) as made:
+            yield made
+        created.append(len(made))
+
+    monkeypatch.setattr(_keras, "initial_weights", spy)
+    fast = slicing.rebuild_with(search, plan, keep)
+    assert created == [len(fast.weights)]
+
+    @contextlib.contextmanager
+    def none(values):
+        yield set()
+
+    monkeypatch.setattr(_keras, "initial_weights", none)
+    assigned = slicing.rebuild_with(search, plan, keep)
+    assert [w.path for w in fast.weights] == [w.path for w in assigned.weights]
+    for a, b in zip(fast.get_weights(), assigned.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(not k.all() for k in keep)
 
 
 def test_conversion_leaves_the_garbage_collector_as_it_was():

@@ -43,6 +43,8 @@ the default under-counts the head on such a build. Only the first subgraph is pl
 with control flow are rejected).
 """
 
+import operator
+
 import keras
 
 from keras_dnas import _flatbuffer
@@ -86,8 +88,6 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None, overla
     ([0, 112, 0], 224)
     """
     sizes = [align_up(s, alignment) for s, _, _ in buffers]
-    first = [int(f) for _, f, _ in buffers]
-    last = [int(l) for _, _, l in buffers]
     n = len(sizes)
     if n == 0:
         return [], 0
@@ -99,17 +99,25 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None, overla
                 f"{len(offline_offsets)} offsets for {n} buffers"
             )
         fixed = [None if (o is None or o < 0) else int(o) for o in offline_offsets]
+    if overlaps is None:
+        overlaps = _overlapping([int(f) for _, f, _ in buffers], [int(l) for _, _, l in buffers])
+    return plan_aligned(sizes, fixed, overlaps, memo)
 
+
+def plan_aligned(sizes, fixed, overlaps, memo=None):
+    """`greedy_plan` on sizes already aligned, with the fixed offsets (`None`: the planner
+    places the buffer) and the overlaps given (a caller replaying the same lifetimes)."""
+    n = len(sizes)
     # Order: offline buffers first in add order; online buffers in reverse add order, then a
-    # stable sort by size, descending (TFLM's ReverseSortInPlace only swaps on strictly smaller).
+    # stable sort by size, descending (TFLM's ReverseSortInPlace only swaps on strictly smaller;
+    # Python's sort is stable, also with reverse=True).
     head_ids = [i for i in range(n) if fixed[i] is not None]
     online = [i for i in reversed(range(n)) if fixed[i] is None]
-    online.sort(key=lambda i: -sizes[i])  # Python's sort is stable, like the bubble sort.
+    online.sort(key=sizes.__getitem__, reverse=True)
     order = head_ids + online
 
-    offsets = _place(sizes, order, fixed, _overlapping(first, last) if overlaps is None
-                     else overlaps, memo)
-    head = max(offsets[i] + sizes[i] for i in range(n))
+    offsets = _place(sizes, order, fixed, overlaps, memo)
+    head = max(map(operator.add, offsets, sizes))
     return offsets, head
 
 
@@ -367,43 +375,67 @@ def tflite_tail(tflite, pointer_bytes=8, scratch=None, tensor_count=None):
     Returns:
         The tail size in bytes (int).
     """
-    if pointer_bytes not in TAIL_STRUCTS:
-        raise ValueError(f"`pointer_bytes` must be 4 or 8. Received: pointer_bytes={pointer_bytes}")
     model = _flatbuffer.read_tflite(tflite)
-    st = TAIL_STRUCTS[pointer_bytes]
-    ptr = st["pointer"]
-    scratch = REFERENCE_SCRATCH if scratch is None else scratch
-    tail = _Tail(st["fixed"])
-    n_tensors = len(model.tensors) if tensor_count is None else tensor_count
-    tail.alloc(st["eval_tensor"] * n_tensors, ptr)
-    tail.alloc(st["node"] * len(model.operators), ptr)
-    rows = [TAIL_OPS.get(op.name, _UNKNOWN_OP) for op in model.operators]
-    for row in rows:  # builtin options, parsed from the flatbuffer
-        tail.alloc(row[2], row[3])
-    for row in rows:  # OpData, allocated in Init
-        tail.alloc(row[0] if pointer_bytes == 8 else row[1], ARENA_ALIGNMENT)
-    n_scratch = 0
-    for op, row in zip(model.operators, rows):  # Prepare
-        if row[4]:
-            n = _per_channel_count(model, op)
+    return TailReplay(model, pointer_bytes, scratch)(model, tensor_count)
+
+
+class TailReplay:
+    """`tflite_tail` of models that differ from ``model`` only in tensor shapes (the same
+    operators, the same number of scratch requests per operator), replayed many times.
+
+    Up to the operators' OpData the allocations depend only on the operators and the tensor
+    count, so that part is replayed once per tensor count; each call replays the rest (the
+    per-channel arrays and what follows) on the model it is given. A projection computes the
+    tail of a rescaled model about 2,000 times (EfficientNetB0).
+    """
+
+    def __init__(self, model, pointer_bytes=8, scratch=None):
+        if pointer_bytes not in TAIL_STRUCTS:
+            raise ValueError(
+                f"`pointer_bytes` must be 4 or 8. Received: pointer_bytes={pointer_bytes}")
+        self.pointer_bytes = pointer_bytes
+        st = self.structs = TAIL_STRUCTS[pointer_bytes]
+        scratch = REFERENCE_SCRATCH if scratch is None else scratch
+        rows = [TAIL_OPS.get(op.name, _UNKNOWN_OP) for op in model.operators]
+        # after the tensors: nodes, builtin options (parsed from the flatbuffer), OpData (Init)
+        self.fixed_allocs = [(st["node"] * len(model.operators), st["pointer"])]
+        self.fixed_allocs += [(row[2], row[3]) for row in rows]
+        self.fixed_allocs += [(row[0] if pointer_bytes == 8 else row[1], ARENA_ALIGNMENT)
+                              for row in rows]
+        self.per_channel_ops = [i for i, row in enumerate(rows) if row[4]]
+        self.n_scratch = sum(len(scratch[op.name](model, op)) for op in model.operators
+                             if op.name in scratch)
+        self.variables = [t.index for t in model.tensors if t.is_variable]
+        self.tops = {}  # tensor count -> the tail's top after the OpData
+
+    def __call__(self, model, tensor_count=None):
+        """The tail bytes of ``model`` (one like the model given at construction)."""
+        st, ptr = self.structs, self.structs["pointer"]
+        n_tensors = len(model.tensors) if tensor_count is None else tensor_count
+        tail = _Tail(st["fixed"])
+        top = self.tops.get(n_tensors)
+        if top is None:
+            tail.alloc(st["eval_tensor"] * n_tensors, ptr)
+            for size, align in self.fixed_allocs:
+                tail.alloc(size, align)
+            top = self.tops[n_tensors] = tail.top
+        tail.top = top
+        for i in self.per_channel_ops:  # Prepare
+            n = _per_channel_count(model, model.operators[i])
             tail.alloc(4 * n, ARENA_ALIGNMENT)
             tail.alloc(4 * n, ARENA_ALIGNMENT)
-        rule = scratch.get(op.name)
-        if rule is not None:
-            n_scratch += len(rule(model, op))
-    tail.alloc(ptr * n_scratch, ptr)  # ScratchBufferHandle {void* data}
-    for t in model.tensors:  # variable tensors (state) live in the tail, 16-byte aligned
-        if t.is_variable:
-            tail.alloc(t.nbytes, ARENA_ALIGNMENT)
-    for io in (model.inputs, model.outputs):
-        tail.alloc(ptr * len(io), ARENA_ALIGNMENT)
-        for t in io:
-            tail.alloc(st["tflite_tensor"], ptr)
-            tensor = model.tensors[t]
-            if tensor.n_scales and tensor.n_zero_points:  # quantised: params + zero points
-                tail.alloc(st["quantization"], ptr)
-                tail.alloc(4 + 4 * tensor.n_scales, 4)  # TfLiteIntArray of zero points
-    return tail.used
+        tail.alloc(ptr * self.n_scratch, ptr)  # ScratchBufferHandle {void* data}
+        for i in self.variables:  # variable tensors (state) live in the tail, 16-byte aligned
+            tail.alloc(model.tensors[i].nbytes, ARENA_ALIGNMENT)
+        for io in (model.inputs, model.outputs):
+            tail.alloc(ptr * len(io), ARENA_ALIGNMENT)
+            for t in io:
+                tail.alloc(st["tflite_tensor"], ptr)
+                tensor = model.tensors[t]
+                if tensor.n_scales and tensor.n_zero_points:  # quantised: params + zero points
+                    tail.alloc(st["quantization"], ptr)
+                    tail.alloc(4 + 4 * tensor.n_scales, 4)  # TfLiteIntArray of zero points
+        return tail.used
 
 
 def tflite_arena(tflite, pointer_bytes=8, scratch=None):
