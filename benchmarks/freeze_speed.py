@@ -65,6 +65,10 @@ MODELS = {
         L.GlobalAveragePooling2D(), L.Dense(10)], name="mobilenet_v2_035_96"),
     "efficientnet_b0_48": lambda: keras.applications.EfficientNetB0(
         weights=None, input_shape=(48, 48, 3), classes=10),
+    "mobilenet_v3_small_32": lambda: keras.applications.MobileNetV3Small(
+        weights=None, input_shape=(32, 32, 3), classes=10, include_preprocessing=False),
+    "densenet121_32": lambda: keras.applications.DenseNet121(
+        weights=None, input_shape=(32, 32, 3), classes=10),
     "deep_cnn": deep_cnn,
 }
 
