@@ -1,0 +1,393 @@
+"""Soft costs recorded once as plain data, then evaluated with a few vectorised ops.
+
+The cost functions (``costs.compute``, ``costs.latency``, ``costs.arena``, ``memory``) are
+scalar Python: on Keras tensors each ``+`` and ``*`` is one op, so a metric is a graph of
+thousands of scalar ops that the search's train step traces, differentiates and runs. Here
+they run **once** on :class:`Value` counts instead (:func:`record`), and what they compute is
+kept as data:
+
+- a :class:`Value` is a polynomial, ``sum(coefficient * product of nodes)``;
+- a node is an input (one soft count) or a non-linear function of polynomials of earlier
+  nodes: a straight-through ``ceil`` / ``floor`` of a quotient, an alignment, a step, an
+  equality, ``round``, ``mod``, ``relu``, ``max`` (the few the cost functions use on tensors,
+  through the helpers below, which give today's ops on tensors).
+
+:class:`Recording` evaluates it stage by stage (a stage: the nodes whose arguments are known):
+per stage one gather, product and segment sum for every polynomial argument, then one short
+op chain per node kind. Forward values and straight-through gradients are those of the
+scalar functions on tensors (``tests/test_recorded.py``), in a few dozen ops instead of
+thousands; exact (integer) costs never pass here.
+"""
+
+import numpy as np
+from keras import ops
+
+_NUMBERS = (int, float, np.integer, np.floating)
+#: A product of two polynomials with more terms than this is taken as a node first, so
+#: expanding never blows up (a concatenation of many groups times a width).
+MAX_TERMS = 64
+
+
+class NotRecordable(TypeError):
+    """A cost function asked a :class:`Value` for something it cannot record (a truth value,
+    a comparison, a Python number)."""
+
+
+def _number(x):
+    return isinstance(x, _NUMBERS) or (isinstance(x, np.ndarray) and x.ndim == 0)
+
+
+class _Tape:
+    """The nodes of one recording, in creation order (arguments come before their node)."""
+
+    def __init__(self):
+        self.nodes = []  # (kind, args: tuple of term tuples, param)
+        self._index = {}
+
+    def node(self, kind, args, param=None):
+        key = (kind, tuple(tuple(sorted(a.items())) for a in args), param)
+        found = self._index.get(key)
+        if found is None:
+            found = self._index[key] = len(self.nodes)
+            self.nodes.append(key)
+        return Value(self, {(found,): 1.0})
+
+
+class Value:
+    """A scalar of a recording: ``{monomial: coefficient}``, a monomial being the sorted
+    tuple of the nodes it multiplies (``()`` for the constant)."""
+
+    __slots__ = ("tape", "terms")
+    __array_ufunc__ = None  # numpy scalars defer to our operators
+
+    def __init__(self, tape, terms):
+        self.tape, self.terms = tape, terms
+
+    # ------------------------------------------------------------------ arithmetic
+    def _lift(self, other):
+        if isinstance(other, Value):
+            if other.tape is not self.tape:
+                raise NotRecordable("Values of two recordings cannot be combined.")
+            return other.terms
+        if _number(other):
+            return {(): float(other)} if other else {}
+        return None
+
+    def __add__(self, other):
+        terms = self._lift(other)
+        if terms is None:
+            return NotImplemented
+        out = dict(self.terms)
+        for m, c in terms.items():
+            c = out.get(m, 0.0) + c
+            if c:
+                out[m] = c
+            else:
+                out.pop(m, None)
+        return Value(self.tape, out)
+
+    __radd__ = __add__
+
+    def __neg__(self):
+        return Value(self.tape, {m: -c for m, c in self.terms.items()})
+
+    def __sub__(self, other):
+        terms = self._lift(other)
+        if terms is None:
+            return NotImplemented
+        return self + Value(self.tape, {m: -c for m, c in terms.items()})
+
+    def __rsub__(self, other):
+        return (-self) + other
+
+    def __mul__(self, other):
+        if _number(other):
+            other = float(other)
+            return Value(self.tape, {m: c * other for m, c in self.terms.items()} if other
+                         else {})
+        if not isinstance(other, Value):
+            return NotImplemented
+        a, b = self._lift(other), self.terms
+        if len(a) * len(b) > MAX_TERMS:  # expand a product of a node instead
+            if len(a) > 1:
+                a = Value(self.tape, a).node().terms
+            if len(b) > 1 and len(a) * len(b) > MAX_TERMS:
+                b = self.node().terms
+        out = {}
+        for ma, ca in a.items():
+            for mb, cb in b.items():
+                m = tuple(sorted(ma + mb))
+                c = out.get(m, 0.0) + ca * cb
+                if c:
+                    out[m] = c
+                else:
+                    out.pop(m, None)
+        return Value(self.tape, out)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        if not _number(other):
+            return NotImplemented
+        return self * (1.0 / float(other))
+
+    def __bool__(self):
+        raise NotRecordable("A recorded cost has no truth value.")
+
+    def __float__(self):
+        raise NotRecordable("A recorded cost has no Python value.")
+
+    __int__ = __index__ = __float__
+
+    # ------------------------------------------------------------------ nodes
+    def node(self, kind="id", param=None, *others):
+        return self.tape.node(kind, (self.terms,) + tuple(
+            Value(self.tape, {}).__add__(o).terms for o in others), param)
+
+
+# ---------------------------------------------------------------------------------- helpers
+# Each takes tensors (today's ops, unchanged) or Values (recorded).
+
+
+def ceil_div(x, n):
+    """``ceil(x / n)``, straight-through: ``q + stop_gradient(ceil(q) - q)``, ``q = x / n``."""
+    return x.node("ceil_div", float(n))
+
+
+def floor_div(x, n):
+    """``floor(x / n)``, straight-through (see :func:`ceil_div`)."""
+    return x.node("floor_div", float(n))
+
+
+def aligned(x, alignment):
+    """``ceil(round(x) / alignment) * alignment``, straight-through (``_ste.aligned``)."""
+    return x.node("aligned", float(alignment))
+
+
+def greater(x, threshold):
+    """1.0 where ``x > threshold`` else 0.0, no gradient."""
+    if isinstance(x, Value):
+        return x.node("greater", float(threshold))
+    return ops.stop_gradient(ops.cast(ops.greater(x, threshold), "float32"))
+
+
+def less(x, threshold):
+    """1.0 where ``x < threshold`` else 0.0, no gradient."""
+    if isinstance(x, Value):
+        return x.node("less", float(threshold))
+    return ops.stop_gradient(ops.cast(ops.less(x, threshold), "float32"))
+
+
+def frozen(x):
+    """``x`` as float32 without a gradient."""
+    if isinstance(x, Value):
+        return x.node("stop")
+    return ops.stop_gradient(ops.cast(x, "float32"))
+
+
+def equal(a, b):
+    """1.0 where ``a == b`` else 0.0 (no gradient)."""
+    if isinstance(a, Value) or isinstance(b, Value):
+        tape = (a if isinstance(a, Value) else b).tape
+        return Value(tape, {}).__add__(a).node("equal", None, b)
+    return ops.cast(ops.equal(frozen(a), frozen(b)), "float32")
+
+
+def round_(x):
+    """``round(x)`` (half to even, as ``keras.ops.round``)."""
+    return x.node("round") if isinstance(x, Value) else ops.round(x)
+
+
+def mod(x, m):
+    """``x mod m`` (sign of ``m``, as ``keras.ops.mod``)."""
+    return x.node("mod", float(m)) if isinstance(x, Value) else ops.mod(x, m)
+
+
+def maximum(values):
+    """The largest of ``values`` (Values)."""
+    values = list(values)
+    tape = next(v.tape for v in values if isinstance(v, Value))
+    lifted = [Value(tape, {}).__add__(v) for v in values]
+    return lifted[0].node("max", None, *lifted[1:])
+
+
+# ---------------------------------------------------------------------------------- record
+
+
+def layout_of(counts):
+    """What a recording of ``counts`` depends on: per entry ``("number", value)`` (recorded as
+    it is), 0 (a scalar tensor: one input) or the length of a vector (one input each)."""
+    layout = []
+    for c in counts:
+        if _number(c):
+            layout.append(("number", c))
+            continue
+        shape = tuple(ops.shape(c))
+        if len(shape) > 1:
+            raise NotRecordable(f"A count entry of shape {shape} cannot be recorded.")
+        layout.append(int(shape[0]) if shape else 0)
+    return tuple(layout)
+
+
+def _leaves(tape, counts, layout):
+    """``counts`` with an input node for every tensor entry (a vector: one per element)."""
+    out, n = [], 0
+    for c, entry in zip(counts, layout):
+        if isinstance(entry, tuple):
+            out.append(c)
+        elif entry == 0:
+            out.append(tape.node("input", (), n))
+            n += 1
+        else:
+            out.append([tape.node("input", (), n + j) for j in range(entry)])
+            n += entry
+    return out
+
+
+def record(fn, counts):
+    """Run ``fn(counts)`` -> ``{name: value}`` once on Values and return its
+    :class:`Recording` (which evaluates it for tensor counts of the same layout)."""
+    tape = _Tape()
+    layout = layout_of(counts)
+    values = fn(_leaves(tape, counts, layout))
+    outputs = {}
+    for name, v in values.items():
+        outputs[name] = Value(tape, {}).__add__(v).terms
+    return Recording(tape, outputs, layout)
+
+
+class Recording:
+    """The recorded costs, evaluated with vectorised keras ops (see the module docstring).
+
+    The value vector is ``[1, inputs..., stage 1 nodes..., stage 2 nodes..., ...]``.
+    """
+
+    def __init__(self, tape, outputs, layout):
+        self.layout = layout
+        self.names = list(outputs)
+        nodes = tape.nodes
+        n_inputs = sum(1 for kind, _, _ in nodes if kind == "input")
+        stage = [0] * len(nodes)
+        for i, (kind, args, _) in enumerate(nodes):
+            if kind != "input":
+                stage[i] = 1 + max((stage[f] for a in args for m, _ in a for f in m), default=0)
+        position = {}
+        for i, (kind, _, param) in enumerate(nodes):
+            if kind == "input":
+                position[i] = 1 + param
+        self.stages = []
+        size = 1 + n_inputs
+        for s in range(1, max(stage, default=0) + 1):
+            by_kind = {}
+            for i, (kind, _, _) in enumerate(nodes):
+                if stage[i] == s:
+                    by_kind.setdefault(kind, []).append(i)
+            polys, kinds = [], []
+            for kind in sorted(by_kind):
+                members = by_kind[kind]
+                arity = max(len(nodes[i][1]) for i in members)
+                index = np.zeros((len(members), arity), dtype="int32")
+                params = np.zeros(len(members), dtype="float32")
+                for r, i in enumerate(members):
+                    _, args, param = nodes[i]
+                    for k, a in enumerate(args):
+                        index[r, k] = len(polys)
+                        polys.append(a)
+                    for k in range(len(args), arity):  # "max": padded with its first argument
+                        index[r, k] = index[r, 0]
+                    params[r] = 0.0 if param is None else param
+                    position[i] = size
+                    size += 1
+                kinds.append((kind, index, params))
+            self.stages.append((self._table(polys, position), kinds))
+        self.output = self._table([dict(outputs[n]) for n in self.names], position)
+
+    @staticmethod
+    def _table(polys, position):
+        """``(factor positions [M, D], coefficients [M], polynomial of each row [M], count)``
+        of the monomials of ``polys`` (``D``: the highest degree; padded with the constant)."""
+        rows = [(p, tuple(position[f] for f in m), c) for p, terms in enumerate(polys)
+                for m, c in (terms.items() if isinstance(terms, dict) else terms)]
+        degree = max((len(f) for _, f, _ in rows), default=1) or 1
+        index = np.zeros((len(rows), degree), dtype="int32")
+        for r, (_, f, _) in enumerate(rows):
+            index[r, :len(f)] = f
+        coefficients = np.array([c for _, _, c in rows], dtype="float32")
+        segments = np.array([p for p, _, _ in rows], dtype="int32")
+        return index, coefficients, segments, len(polys)
+
+    @staticmethod
+    def _polynomials(v, table):
+        index, coefficients, segments, count = table
+        if count == 0:
+            return ops.zeros((0,), "float32")
+        if len(segments) == 0:
+            return ops.zeros((count,), "float32")
+        factors = ops.take(v, index, axis=0)
+        terms = factors[:, 0]
+        for k in range(1, index.shape[1]):
+            terms = terms * factors[:, k]
+        return ops.segment_sum(terms * coefficients, segments, num_segments=count)
+
+    def inputs(self, counts):
+        """The soft counts as one float32 vector (the recorded numbers left out)."""
+        parts = []
+        for c, entry in zip(counts, self.layout):
+            if isinstance(entry, tuple):
+                continue
+            c = ops.cast(c, "float32")
+            parts.append(ops.reshape(c, (1,)) if entry == 0 else c)
+        return ops.concatenate([ops.ones((1,), "float32")] + parts, axis=0)
+
+    def __call__(self, counts):
+        """``{name: scalar tensor}`` for soft ``counts`` of this recording's layout."""
+        v = self.inputs(counts)
+        for table, kinds in self.stages:
+            args = self._polynomials(v, table)
+            v = ops.concatenate([v] + [_KINDS[kind](args, index, params)
+                                       for kind, index, params in kinds], axis=0)
+        out = self._polynomials(v, self.output)
+        return {name: out[k] for k, name in enumerate(self.names)}
+
+
+def _first(args, index):
+    return ops.take(args, index[:, 0], axis=0)
+
+
+def _straight_through(hard, soft):
+    return soft + ops.stop_gradient(hard - soft)
+
+
+def _ceil_div(args, index, params):
+    q = _first(args, index) / params
+    return _straight_through(ops.ceil(q), q)
+
+
+def _floor_div(args, index, params):
+    q = _first(args, index) / params
+    return _straight_through(ops.floor(q), q)
+
+
+def _aligned(args, index, params):
+    x = _first(args, index)
+    return _straight_through(ops.ceil(ops.round(x) / params) * params, x)
+
+
+def _max(args, index, params):
+    return ops.max(ops.take(args, index, axis=0), axis=1)
+
+
+_KINDS = {
+    "id": lambda a, i, p: _first(a, i),
+    "ceil_div": _ceil_div,
+    "floor_div": _floor_div,
+    "aligned": _aligned,
+    "greater": lambda a, i, p: greater(_first(a, i), p),
+    "less": lambda a, i, p: less(_first(a, i), p),
+    "stop": lambda a, i, p: ops.stop_gradient(_first(a, i)),
+    "equal": lambda a, i, p: equal(_first(a, i), ops.take(a, i[:, 1], axis=0)),
+    "round": lambda a, i, p: ops.round(_first(a, i)),
+    "mod": lambda a, i, p: ops.mod(_first(a, i), p),
+    "relu": lambda a, i, p: ops.relu(_first(a, i)),
+    "max": _max,
+}
