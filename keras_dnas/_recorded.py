@@ -358,19 +358,30 @@ def _straight_through(hard, soft):
     return soft + ops.stop_gradient(hard - soft)
 
 
+def _floor_quotient(x, n):
+    """``floor(x / n)``, exact wherever ``x`` and the products below are integers under
+    2**24. Not ``floor(x / n)`` itself: TensorFlow's graph divides by a constant vector through
+    an approximate reciprocal (``48 / 4`` gives 11.999999), where the tensor path's scalar
+    division is exact; ``x * (1 / n)`` is exact for powers of two, the correction for any
+    ``n``."""
+    f = ops.floor(x * (1.0 / n))
+    return f + ops.cast(ops.less_equal((f + 1.0) * n, x), "float32") \
+        - ops.cast(ops.greater(f * n, x), "float32")
+
+
 def _ceil_div(args, index, params):
-    q = _first(args, index) / params
-    return _straight_through(ops.ceil(q), q)
+    x = _first(args, index)
+    return _straight_through(-_floor_quotient(-x, params), x * (1.0 / params))
 
 
 def _floor_div(args, index, params):
-    q = _first(args, index) / params
-    return _straight_through(ops.floor(q), q)
+    x = _first(args, index)
+    return _straight_through(_floor_quotient(x, params), x * (1.0 / params))
 
 
 def _aligned(args, index, params):
     x = _first(args, index)
-    return _straight_through(ops.ceil(ops.round(x) / params) * params, x)
+    return _straight_through(-_floor_quotient(-ops.round(x), params) * params, x)
 
 
 def _max(args, index, params):
