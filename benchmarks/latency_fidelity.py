@@ -88,7 +88,7 @@ def main():
             select=lambda stack, round_: "ONNC" in stack and "CMSIS-NN" in stack)
         print("\n## Informational: ONNC + CMSIS-NN (a different graph compiler; not in the claim)\n")
         print(mlperf_fidelity.format_table(mlperf_fidelity.fidelity(args.base, configs=onnc)))
-    g = latency.model_cycles(mlperf.reference_layers("ic"), "gap8")
+    g = layer_costs.model_cycles(mlperf.reference_layers("ic"), "gap8")
     print(f"\nGAP8 paper-B model, seed ResNet-8: {g:,} cycles (paper: 766,624).")
     print(f"\n({time.perf_counter() - start:.2f} s)")
 

@@ -5,9 +5,10 @@ The task of issue 17: ResNet-8 (MLPerf Tiny, 28x28x1 input) on the 5,000 real MN
 1,000 test), batch 64, Adam(1e-3), 2 warm-up epochs of the seed, 6 search epochs, 3 fine-tune
 epochs, validation every epoch, a search for fewer parameters:
 
-- ``kd-tf`` / ``kd-torch``: keras_dnas on the TensorFlow / PyTorch Keras backend: ``kd.prepare``,
-  ``fit`` with ``kd.DNASCallback(budgets={"params": half the seed's})``, ``kd.freeze`` (certifies
-  the params budget; no conversion is needed for it), fine-tune.
+- ``kd-tf`` / ``kd-jax`` / ``kd-torch``: keras_dnas on the TensorFlow / JAX / PyTorch Keras
+  backend: ``kd.prepare``, ``fit`` with ``kd.DNASCallback(budgets={"params": half the
+  seed's})``, ``kd.freeze`` (certifies the params budget; no conversion is needed for it),
+  fine-tune.
 - ``plinio``: PLiNIO's PIT channel search (``plinio.methods.PIT``, ``cost=params``) on the same
   network written in PyTorch: warm-up, search with ``loss + strength * cost`` (weights and masks
   on the training split, one Adam each), ``export()``, fine-tune. PLiNIO has no hard budget: its
@@ -42,7 +43,7 @@ EPOCHS = {"warmup": 2, "search": 6, "finetune": 3}
 BATCH = 64
 N_VAL = 400
 PHASES = ("data", "warmup", "prepare", "search", "freeze", "finetune")
-VARIANTS = {"kd-tf": "tensorflow", "kd-torch": "torch", "plinio": None}
+VARIANTS = {"kd-tf": "tensorflow", "kd-jax": "jax", "kd-torch": "torch", "plinio": None}
 
 
 class _Clock:
@@ -111,8 +112,8 @@ def child_keras(fraction):
     return {"phases": clock.phases, "total": total, "seed_params": seed_params,
             "params": params, "all_hold": cert.get("all_hold"),
             "test_accuracy": float(slim.evaluate(*test, verbose=0)[1]),
-            "threads": _tf_threads() if keras.backend.backend() == "tensorflow" else
-            _torch_threads()}
+            "threads": {"tensorflow": _tf_threads, "torch": _torch_threads}.get(
+                keras.backend.backend(), dict)()}
 
 
 def _tf_threads():

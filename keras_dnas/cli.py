@@ -156,6 +156,12 @@ def inspect_model(path, target=None):
         raise ValueError(str(e)) from None
 
 
+# What `inspect` reports of `measure`'s flash and arena figures, in this order.
+_MEASURED_ARENA = ("flash_bytes", "ram_bytes", "arena_head_bytes", "arena_tail_bytes",
+                   "pointer_bytes", "host_arena_bytes", "host_arena_head_bytes",
+                   "host_arena_tail_bytes", "arena_plan")
+
+
 def _inspect(path, target_name):
     from keras_dnas.export import offline
     from keras_dnas.export.estimate import estimate
@@ -168,19 +174,9 @@ def _inspect(path, target_name):
                  for row in est["layers"]]
     report = Results({
         "file": os.path.abspath(path),
-        "flash_bytes": measured.flash_bytes,
-        "ram_bytes": measured.ram_bytes,
-        "arena_head_bytes": measured.arena_head_bytes,
-        "arena_tail_bytes": measured.arena_tail_bytes,
-        "pointer_bytes": measured.pointer_bytes,
-        "host_arena_bytes": measured.host_arena_bytes,
-        "host_arena_head_bytes": measured.host_arena_head_bytes,
-        "host_arena_tail_bytes": measured.host_arena_tail_bytes,
-        "arena_plan": offline.carried_plan(data),
+        **{k: measured[k] for k in _MEASURED_ARENA},
         "greedy_arena_head_bytes": _greedy_head(offline, data),
-        "quantization": measured.quantization,
-        "inputs": measured.inputs,
-        "outputs": measured.outputs,
+        **{k: measured[k] for k in ("quantization", "inputs", "outputs")},
         "ops": dict(collections.Counter(measured.ops)),
         "operators": operators,
         "macs": est["macs"],

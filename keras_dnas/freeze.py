@@ -1,5 +1,6 @@
 """freeze(): rebuild a plain Keras model with the kept channels and sliced weights."""
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -949,16 +950,13 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     fn = walk.functional_of(model)
     inputs = input_arrays(x, "x", dtype=None)  # a list: one array per input
     n = len(inputs[0])
-    layers = [layer for layer in fn.layers if isinstance(layer, L.BatchNormalization)]
-    for layer in layers:
-        if _keras.inbound_node_count(layer) != 1:
-            raise ValueError(f"BatchNormalization '{layer.name}' is shared by several calls; "
-                             "its statistics cannot be recalibrated per call.")
+    layers = _batchnorm_layers(fn)
     if n <= batch_size:
         # One forward pass: each BN sets its statistics on its input as the pass reaches it, so
         # it sees the recalibrated ones before it, as the layer-by-layer passes below would
         # (same sums), without re-running every prefix of the network once per BN.
-        _recalibrate_in_one_pass(fn, layers, inputs)
+        with _before_call(layers, lambda layer, z: _MomentSums(layer).add(z).assign()):
+            fn(inputs if len(inputs) > 1 else inputs[0], training=False)
         return len(layers)
     for layer in layers:
         probe = keras.Model(fn.inputs if len(fn.inputs) > 1 else fn.inputs[0], layer.input)
@@ -984,6 +982,7 @@ class _MomentSums:
         self.total = self.total + z.sum(0)
         self.total_sq = self.total_sq + (z * z).sum(0)
         self.rows += z.shape[0]
+        return self
 
     def assign(self):
         mean = self.total / self.rows
@@ -992,14 +991,23 @@ class _MomentSums:
         self.layer.moving_variance.assign(var.astype("float32"))
 
 
-def _recalibrate_in_one_pass(fn, layers, inputs):
+def _batchnorm_layers(fn):
+    layers = [layer for layer in fn.layers if isinstance(layer, L.BatchNormalization)]
+    for layer in layers:
+        if _keras.inbound_node_count(layer) != 1:
+            raise ValueError(f"BatchNormalization '{layer.name}' is shared by several calls; "
+                             "its statistics cannot be recalibrated per call.")
+    return layers
+
+
+@contextlib.contextmanager
+def _before_call(layers, hook):
+    """Inside the block, each layer's ``call`` first runs ``hook(layer, input)``."""
     def hooked(layer):
         original = layer.call
 
         def call(z, *args, **kwargs):
-            stats = _MomentSums(layer)
-            stats.add(z)
-            stats.assign()
+            hook(layer, z)
             return original(z, *args, **kwargs)
 
         return call
@@ -1007,7 +1015,7 @@ def _recalibrate_in_one_pass(fn, layers, inputs):
     try:
         for layer in layers:  # an instance attribute, removed below: the class is untouched
             object.__setattr__(layer, "call", hooked(layer))
-        fn(inputs if len(inputs) > 1 else inputs[0], training=False)
+        yield
     finally:
         for layer in layers:
             layer.__dict__.pop("call", None)
@@ -1038,36 +1046,21 @@ class BatchNormCalibrator:
 
     def __init__(self, model):
         fn = walk.functional_of(model)
-        self.layers = [layer for layer in fn.layers if isinstance(layer, L.BatchNormalization)]
-        for layer in self.layers:
-            if _keras.inbound_node_count(layer) != 1:
-                raise ValueError(f"BatchNormalization '{layer.name}' is shared by several "
-                                 "calls; its statistics cannot be recalibrated per call.")
+        self.layers = _batchnorm_layers(fn)
         self._pass = keras.Model(fn.inputs, fn.outputs, name=f"{fn.name}_bn_calibration")
 
     def __call__(self, x):
         """Set the statistics on ``x`` (all of it is one batch); returns the BN count."""
-        def hooked(layer):
-            original = layer.call
+        def set_moments(layer, z):
             rank = len(layer.input.shape)
             axis = layer.axis if layer.axis >= 0 else rank + layer.axis
-            axes = [a for a in range(rank) if a != axis]
-
-            def call(z, *args, **kwargs):
-                mean, var = keras.ops.moments(z, axes=axes)
-                layer.moving_mean.assign(keras.ops.cast(mean, layer.moving_mean.dtype))
-                layer.moving_variance.assign(keras.ops.cast(var, layer.moving_variance.dtype))
-                return original(z, *args, **kwargs)
-
-            return call
+            mean, var = keras.ops.moments(z, axes=[a for a in range(rank) if a != axis])
+            layer.moving_mean.assign(keras.ops.cast(mean, layer.moving_mean.dtype))
+            layer.moving_variance.assign(keras.ops.cast(var, layer.moving_variance.dtype))
 
         if not self.layers:
             return 0
-        try:  # the hooks are traced into the pass's compiled function on its first call
-            for layer in self.layers:
-                object.__setattr__(layer, "call", hooked(layer))
+        # the hooks are traced into the pass's compiled function on its first call
+        with _before_call(self.layers, set_moments):
             self._pass.predict_on_batch(x)
-        finally:
-            for layer in self.layers:
-                layer.__dict__.pop("call", None)
         return len(self.layers)

@@ -47,27 +47,19 @@ def _view_keep(view, keep):
 
 def _slice(op, name, value, in_keep, out_keep):
     """Slice one weight of a layer along its channel axes."""
-    if op in ("conv", "dense"):
-        if name == "kernel":
-            return value[..., in_keep, :][..., out_keep]
-        if name == "bias":
-            return value[out_keep]
-    elif op == "depthwise":
-        if name == "kernel":
-            return value[..., out_keep, :]
-        if name == "bias":
-            return value[out_keep]
-    elif op == "separable":
-        if name == "depthwise_kernel":  # [..., in, depth_multiplier]
-            return value[..., in_keep, :]
-        if name == "pointwise_kernel":  # [1, (1,) in * depth_multiplier, out], in-major
-            rows = np.repeat(in_keep, value.shape[-2] // len(in_keep))
-            return value[..., rows, :][..., out_keep]
-        if name == "bias":
-            return value[out_keep]
-    elif op == "batchnorm":
+    if op == "batchnorm" or (name == "bias" and op in ("conv", "dense", "depthwise",
+                                                        "separable")):
         return value[out_keep]
-    elif op in ("prelu", "layernorm", "normalization"):
+    if name == "kernel" and op in ("conv", "dense"):
+        return value[..., in_keep, :][..., out_keep]
+    if name == "kernel" and op == "depthwise":
+        return value[..., out_keep, :]
+    if op == "separable" and name == "depthwise_kernel":  # [..., in, depth_multiplier]
+        return value[..., in_keep, :]
+    if op == "separable" and name == "pointwise_kernel":  # [1, (1,) in * mult, out], in-major
+        rows = np.repeat(in_keep, value.shape[-2] // len(in_keep))
+        return value[..., rows, :][..., out_keep]
+    if op in ("prelu", "layernorm", "normalization"):
         # per-channel arrays have the channel axis last; shared ones (size 1) stay
         return _slice_last(value, out_keep)
     return value

@@ -112,7 +112,7 @@ def test_hand_written_layers_match_zoo_and_graph(bench):
     by_hand = sorted(key(*r) for r in compute.layer_records(LAYERS[bench]) if r[1] in COSTED_OPS)
     assert from_graph == by_hand
     for t in ("stm32h743", "gap8"):
-        assert latency.model_cycles(plan, t) == pytest.approx(latency.model_cycles(LAYERS[bench], t))
+        assert layer_costs.model_cycles(plan, t) == pytest.approx(layer_costs.model_cycles(LAYERS[bench], t))
 
 
 def test_layer_record_formats():
@@ -121,24 +121,24 @@ def test_layer_record_formats():
     class Info:  # a ChannelPlan LayerInfo-like object without counts
         name, op, geometry = "fc", "dense", g
 
-    as_tuple = latency.model_cycles([("dense", g, 64, 10)], "stm32h743")
-    as_dict = latency.model_cycles([{"op": "dense", "geometry": g, "cin": 64, "cout": 10}],
+    as_tuple = layer_costs.model_cycles([("dense", g, 64, 10)], "stm32h743")
+    as_dict = layer_costs.model_cycles([{"op": "dense", "geometry": g, "cin": 64, "cout": 10}],
                                    "stm32h743")
-    as_object = latency.model_cycles([Info()], "stm32h743")
+    as_object = layer_costs.model_cycles([Info()], "stm32h743")
     assert as_tuple == as_dict == as_object > 0
     with pytest.raises(ValueError, match=r"\(op, geometry, cin, cout\)"):
-        latency.model_cycles([("dense", g, 64)], "stm32h743")
+        layer_costs.model_cycles([("dense", g, 64)], "stm32h743")
     with pytest.raises(ValueError, match="'op' and 'geometry'"):
-        latency.model_cycles([{"op": "dense"}], "stm32h743")
+        layer_costs.model_cycles([{"op": "dense"}], "stm32h743")
     with pytest.raises(ValueError, match="Unknown hardware target"):
-        latency.model_cycles([Info()], "stm32h7")
+        layer_costs.model_cycles([Info()], "stm32h7")
 
 
 # ----------------------------------------------------------------------------- GAP8 (paper B)
 
 
 def test_gap8_resnet8_is_766624_cycles():
-    cycles = latency.model_cycles(LAYERS["ic"], "gap8")
+    cycles = layer_costs.model_cycles(LAYERS["ic"], "gap8")
     assert cycles == 766_624 and isinstance(cycles, int)
     # H, W are output sizes: with input sizes the seed would cost 1,237,024 cycles.
     as_input = []
@@ -146,13 +146,13 @@ def test_gap8_resnet8_is_766624_cycles():
         g = dict(layer["geometry"])
         g["output_shape"] = list(g["input_shapes"][0][:-1]) + [layer["cout"]]
         as_input.append({**layer, "geometry": g})
-    assert latency.model_cycles(as_input, "gap8") == 1_237_024
+    assert layer_costs.model_cycles(as_input, "gap8") == 1_237_024
 
 
 def test_gap8_resnet8_from_the_zoo_model():
     zoo = pytest.importorskip("keras_dnas.zoo")
     graph = pytest.importorskip("keras_dnas.graph")
-    assert latency.model_cycles(graph.analyze(zoo.resnet8()), "gap8") == 766_624
+    assert layer_costs.model_cycles(graph.analyze(zoo.resnet8()), "gap8") == 766_624
 
 
 def test_gap8_formulas():
@@ -264,7 +264,7 @@ def test_straight_through_ceil_and_model_level_gradient():
 def test_ms_and_energy_follow_cycles(name):
     t = targets.get(name)
     for layers in LAYERS.values():
-        cycles = latency.model_cycles(layers, t)
+        cycles = layer_costs.model_cycles(layers, t)
         assert layer_costs.model_latency_ms(layers, t) == pytest.approx(cycles / (t.clock_mhz * 1e3))
         assert layer_costs.model_energy_uj(layers, t) == pytest.approx(
             cycles * t.energy_nj_per_cycle / 1e3)

@@ -93,6 +93,28 @@ def per_layer_cycles(layers, target):
             for name, op, g, cin, cout in compute.layer_records(layers)]
 
 
+def model_cycles(layers, target):
+    """Cycles of a whole model: the sum of `latency.layer_cycles` over its layer records.
+
+    Args:
+        layers: list of layer records (dicts with `op`, `geometry`, `cin`, `cout`;
+            `(op, geometry, cin, cout)` tuples; or plan `LayerInfo` objects, whose counts
+            default to the full sizes), or a ChannelPlan.
+        target: a `HardwareTarget` or its name.
+
+    Returns:
+        Total cycles (number or tensor, like the counts).
+
+    Example:
+
+    >>> from keras_dnas import graph, zoo
+    >>> from benchmarks._bench import layer_costs
+    >>> layer_costs.model_cycles(graph.analyze(zoo.resnet8()), "gap8")  # MLPerf Tiny's ResNet-8
+    766624
+    """
+    return _model_total(latency.layer_cycles, layers, target=targets.get(target))
+
+
 def model_latency_ms(layers, target):
     """Latency of a whole model in milliseconds.
 
@@ -102,7 +124,7 @@ def model_latency_ms(layers, target):
     >>> round(layer_costs.model_latency_ms(mlperf.reference_layers("ic"), "gap8"), 3)
     7.666
     """
-    return latency.cycles_to_ms(latency.model_cycles(layers, target), target)
+    return latency.cycles_to_ms(model_cycles(layers, target), target)
 
 
 def model_energy_uj(layers, target):
@@ -116,8 +138,8 @@ def model_energy_uj(layers, target):
     >>> from keras_dnas import targets
     >>> from keras_dnas.costs import latency
     >>> t = targets.get("stm32l4r5")
-    >>> cycles = latency.model_cycles(layers, t)
+    >>> cycles = layer_costs.model_cycles(layers, t)
     >>> math.isclose(layer_costs.model_energy_uj(layers, t), cycles * t.energy_nj_per_cycle / 1e3)
     True
     """
-    return latency.cycles_to_uj(latency.model_cycles(layers, target), target)
+    return latency.cycles_to_uj(model_cycles(layers, target), target)

@@ -58,7 +58,7 @@ from keras import ops
 
 from keras_dnas import _recorded
 from keras_dnas._ste import straight_through
-from keras_dnas.costs.compute import _dm, _positions, _taps, layer_records
+from keras_dnas.costs.compute import _dm, _positions, _taps
 from keras_dnas.targets import registry
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
@@ -459,30 +459,3 @@ def cycles_to_uj(cycles, target):
     433.0
     """
     return cycles * (_resolve(target).energy_nj_per_cycle / 1e3)
-
-
-def model_cycles(layers, target):
-    """Cycles of a whole model: the sum of :func:`layer_cycles` over its layer records.
-
-    Args:
-        layers: list of layer records (dicts with ``op``, ``geometry``,
-            ``cin``, ``cout``; ``(op, geometry, cin, cout)`` tuples; or plan
-            ``LayerInfo`` objects, whose counts default to the full sizes), or
-            a ChannelPlan.
-        target: a :class:`~keras_dnas.targets.HardwareTarget` or its name.
-
-    Returns:
-        Total cycles (number or tensor, like the counts).
-
-    Example:
-
-    >>> from keras_dnas import graph, zoo
-    >>> from keras_dnas.costs import latency
-    >>> latency.model_cycles(graph.analyze(zoo.resnet8()), "gap8")  # MLPerf Tiny's ResNet-8
-    766624
-    """
-    target = _resolve(target)
-    total = 0
-    for _, op, g, cin, cout in layer_records(layers):
-        total = total + layer_cycles(op, g, cin, cout, target)
-    return total

@@ -88,7 +88,7 @@ class CostModel:
         return counts
 
     def _model_cycles(self, records):
-        """``latency.model_cycles(records, self.target)``, each layer's cycles kept for its
+        """The sum of ``latency.layer_cycles`` over ``records``, each layer's cycles kept for its
         counts: projection and fill evaluate thousands of trials that each change one group,
         so most layers keep their counts (EfficientNetB0: 239 layers a trial)."""
         # (layer index, cin, cout) -> (its geometry, cycles)

@@ -223,7 +223,7 @@ def with_offline_plan(tflite, scratch=None, max_nodes=DEFAULT_MAX_NODES, reorder
     """`(tflite bytes, plan)`: the model with an offline plan when it beats TFLM's own plan.
 
     With `reorder` the operators are also put in the order with the lowest peak of live
-    buffers (`reorder_operators`) when that gives a smaller head. When nothing beats
+    buffers (`costs.offline_plan.best_operator_order`) when that gives a smaller head. When nothing beats
     TFLite Micro's greedy plan of the file as given, the bytes are returned unchanged (TFLM
     plans the arena itself, at the same head).
 

@@ -256,12 +256,7 @@ def _choice_blocks(graph_nodes, describe):
         for a in ancestors:
             inside = sorted((n for k, n in a.items() if k not in common),
                             key=lambda n: order[id(n)])
-            names = []
-            for n in inside:
-                name = describe(n)[0]
-                if name not in names:
-                    names.append(name)
-            alternatives.append(names)
+            alternatives.append(list(dict.fromkeys(describe(n)[0] for n in inside)))
         blocks.append({"name": describe(node)[0], "alternatives": alternatives})
     return blocks
 

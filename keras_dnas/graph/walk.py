@@ -240,19 +240,20 @@ def flatten(model, keep=(), weights=True):
     if not nested_models(model, keep):
         return model
     names = _flat_names(model, keep)
-    clones = {}  # id(original layer) -> copy
+    clones = {}  # id(original layer) -> (original, copy)
 
     def copy_of(op):
         if id(op) not in clones:
             if isinstance(op, keras.Model):  # a kept sub-model
-                clones[id(op)] = keras.models.clone_model(op)
+                copy = keras.models.clone_model(op)
             elif not isinstance(op, keras.layers.Layer):  # a stateless keras.ops operation
                 name = names.get(id(op), op.name)
-                clones[id(op)] = op if name == op.name else \
+                copy = op if name == op.name else \
                     type(op).from_config({**op.get_config(), "name": name})
             else:
-                clones[id(op)] = clone_layer(op, config_update={"name": names[id(op)]})
-        return clones[id(op)], op
+                copy = clone_layer(op, config_update={"name": names[id(op)]})
+            clones[id(op)] = (op, copy)
+        return clones[id(op)][1]
 
     def inline(m, tensor_map, training):
         for gnode in nodes(m):
@@ -275,7 +276,7 @@ def flatten(model, keep=(), weights=True):
                     tensor_map[id(old)] = inner_map[id(t)]
                 continue
             if hasattr(op, "name"):
-                op, _ = copy_of(op)
+                op = copy_of(op)
             if isinstance(op, keras.layers.Layer):
                 if training is not None and getattr(op, "_call_has_training_arg", False):
                     kwargs["training"] = training
@@ -295,18 +296,7 @@ def flatten(model, keep=(), weights=True):
                                  _keras.outputs_struct(fn))
     flat = keras.Model(new_in, new_out, name=model.name)
     if weights:
-        originals = {}
-
-        def collect(m):
-            for gnode in nodes(m):
-                op = gnode.operation
-                if _is_submodel(op, keep):
-                    collect(op)
-                elif id(op) in clones:
-                    originals[id(op)] = op
-
-        collect(model)
-        for key, op in originals.items():
+        for op, copy in clones.values():
             if getattr(op, "weights", None):  # keras.ops operations have none
-                clones[key].set_weights(op.get_weights())
+                copy.set_weights(op.get_weights())
     return flat

@@ -119,10 +119,6 @@ def _numpy(value, dtype=np.float32):
     return np.asarray(ops.convert_to_numpy(value), dtype)
 
 
-def _quantize_kernel_np(kernel, channel_axes):
-    return _numpy(quantize_kernel(_numpy(kernel), channel_axes))
-
-
 def _check_ranges(ranges, ema_decay):
     if ranges not in _RANGES:
         raise ValueError(f"ranges must be one of {_RANGES}. Received: ranges={ranges!r}")
@@ -438,8 +434,7 @@ def _activation_name(layer):
 
 
 def _function_name(fn):
-    name = getattr(fn, "__name__", None) or type(fn).__name__
-    return {"relu6": "relu6", "linear": "linear", "relu": "relu"}.get(name, name)
+    return getattr(fn, "__name__", None) or type(fn).__name__
 
 
 def _is_foldable_bn(layer, producer):
@@ -871,7 +866,7 @@ def strip(qat_model, keep_activation_ranges=False):
     plain, _ = walk.rebuild(qat_model, operation_fn, name=name)
     for old, new in copies:
         if isinstance(old, _QuantKernel):
-            weights = [_quantize_kernel_np(old.kernel, old._channel_axes)]
+            weights = [_numpy(quantize_kernel(_numpy(old.kernel), old._channel_axes))]
             if old.use_bias:
                 weights.append(_numpy(old.bias))
             new.set_weights(weights)

@@ -8,9 +8,9 @@ with the largest share of the metric, marking the frozen ones and why they are f
 """
 
 from keras_dnas.costs import compute, latency
-from keras_dnas.costs.compute import layer_records
 from keras_dnas.costs.model import to_python
 from keras_dnas.report.format import fmt_quantity
+from keras_dnas.vocabulary import METRICS
 
 # metric -> (per-layer quantity, its unit, what it stands for)
 _LAYER_METRIC = {
@@ -41,7 +41,7 @@ def layer_rows(plan, counts, target):
     ('c', 112, 3888, 144)
     """
     rows, seen = [], set()
-    for info, (_, op, geo, cin, cout) in zip(plan.layers, layer_records(plan, counts)):
+    for info, (_, op, geo, cin, cout) in zip(plan.layers, compute.layer_records(plan, counts)):
         first = info.name not in seen
         seen.add(info.name)
         rows.append({
@@ -122,7 +122,7 @@ def budget_floor(cost_model, budgets, counts=None, top=5):
         ranked = sorted(candidates, key=lambda r: -r[key])[:top]
         out.append({
             "metric": b.metric, "limit": float(b.limit), "floor": values[b.metric],
-            "unit": _unit(b.metric), "what": what, "fixed": _fixed_part(
+            "unit": METRICS.get(b.metric, ""), "what": what, "fixed": _fixed_part(
                 cost_model, b.metric, counts, values[b.metric], sum(r[key] for r in rows)),
             "layers": [{"name": r["name"], "op": r["op"], "value": r[key],
                         "share": r[key] / total, "frozen": r["frozen"], "unit": unit}
@@ -147,12 +147,6 @@ def _fixed_part(cost_model, metric, counts, floor, layer_total):
                 f"{fmt_quantity(parts['tail'], 'bytes')} (TFLite Micro structs per tensor and "
                 "operator)")
     return None
-
-
-def _unit(metric):
-    from keras_dnas.vocabulary import METRICS
-
-    return METRICS.get(metric, "")
 
 
 def describe_floor(cost_model, budgets, counts=None, top=5):

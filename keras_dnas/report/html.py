@@ -152,7 +152,7 @@ def write_report(path, *, seed, frozen, target=None, callback=None, budgets=None
         data = (np.asarray(x), y)
     if title is not None and not isinstance(title, str):
         raise ValueError(f"title must be a string or None. Received: title={title!r}")
-    figure_cls, canvas_cls = _matplotlib()  # fail before the slow part
+    classes = _matplotlib()  # fail before the slow part
 
     s_seed = summary_fn(seed, target)
     s_frozen = summary_fn(frozen, target)
@@ -176,26 +176,22 @@ def write_report(path, *, seed, frozen, target=None, callback=None, budgets=None
         "history": history,
         "certificate": _clean(certificate) if certificate is not None else None,
     }
-    draw = _Drawer(figure_cls, canvas_cls)
-    figures = []
-    if budget_rows:
-        figures.append(("budgets", "Budgets: seed and final value against each limit",
-                        draw.budgets(budget_rows)))
-    if accuracy is not None:
-        figures.append(("accuracy", "Accuracy before and after (float Keras, int8 TFLite Micro)",
-                        draw.accuracy(accuracy)))
-    figures.append(("channels", "Output channels per layer", draw.channels(layers)))
-    figures.append(("costs", "Cost per layer, before and after", draw.costs(layers)))
-    search_keys = _search_keys(history)
-    if search_keys:
-        figures.append(("search", "Search history: exact cost of the hard masks per epoch",
-                        draw.search(history, search_keys, budget_list,
-                                    getattr(callback, "warmup_epochs", 0))))
-    train_groups = _training_groups(history)
-    if train_groups:
-        figures.append(("training", "Training curves",
-                        draw.training(history, train_groups,
-                                      getattr(callback, "warmup_epochs", 0))))
+    warmup = getattr(callback, "warmup_epochs", 0)
+    search_keys, train_groups = _search_keys(history), _training_groups(history)
+    charts = [  # (id, title, whether it is drawn, drawing function and its arguments)
+        ("budgets", "Budgets: seed and final value against each limit", budget_rows,
+         _draw_budgets, budget_rows),
+        ("accuracy", "Accuracy before and after (float Keras, int8 TFLite Micro)",
+         accuracy is not None, _draw_accuracy, accuracy),
+        ("channels", "Output channels per layer", True, _draw_channels, layers),
+        ("costs", "Cost per layer, before and after", True, _draw_costs, layers),
+        ("search", "Search history: exact cost of the hard masks per epoch", search_keys,
+         _draw_search, history, search_keys, budget_list, warmup),
+        ("training", "Training curves", train_groups, _draw_training, history, train_groups,
+         warmup),
+    ]
+    figures = [(fid, title, _render(classes, *draw)) for fid, title, shown, *draw in charts
+               if shown]
     report["figures"] = [{"id": f, "title": t, "png_bytes": len(png)} for f, t, png in figures]
     report["json_file"] = html_path.with_suffix(".json").name
 
@@ -226,17 +222,11 @@ def _resolve_budgets(budgets, callback, certificate):
             return [Budget(r["metric"], r["limit"]) for r in certificate["budgets"]]
         return []
     if isinstance(budgets, dict):
-        items = budget_list(budgets)
-    elif isinstance(budgets, (list, tuple)) and all(isinstance(b, Budget) for b in budgets):
-        items = list(budgets)
-    else:
-        raise ValueError("budgets must be a dict {metric: limit}, a list of kd.Budget or None. "
-                         f"Received: budgets={budgets!r}")
-    for b in items:
-        if b.metric not in METRICS:
-            raise ValueError(f"Unknown budget metric. Known metrics: {sorted(METRICS)}. "
-                             f"Received: {b.metric!r}")
-    return items
+        return budget_list(budgets)  # Budget() rejects an unknown metric
+    if isinstance(budgets, (list, tuple)) and all(isinstance(b, Budget) for b in budgets):
+        return list(budgets)
+    raise ValueError("budgets must be a dict {metric: limit}, a list of kd.Budget or None. "
+                     f"Received: budgets={budgets!r}")
 
 
 def _matplotlib():
@@ -368,8 +358,7 @@ def _fmt(value, unit=None):
     if unit in ("ms", "uJ"):
         text = f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.1f}"
     if unit:
-        unit = {"uJ": "µJ", "parameters": "params"}.get(unit, unit)
-        text += f" {unit}"
+        text += f" {_unit_label(unit)}"
     return text
 
 
@@ -390,47 +379,19 @@ def _change(before, after):
 
 
 # ------------------------------------------------------------------- charts
-class _Drawer:
-    """Draws figures on private Agg canvases (no pyplot); every method returns PNG bytes."""
+def _render(classes, draw, *args):
+    """PNG bytes of ``draw(fig, *args)`` on a private Agg canvas (no pyplot); ``draw`` sizes
+    the figure."""
+    import matplotlib
 
-    def __init__(self, figure_cls, canvas_cls):
-        self._figure_cls = figure_cls
-        self._canvas_cls = canvas_cls
-
-    def _render(self, size, draw, *args):
-        import matplotlib
-
-        with matplotlib.rc_context(_RC):
-            fig = self._figure_cls(figsize=size, dpi=_DPI, layout="constrained")
-            self._canvas_cls(fig)
-            draw(fig, *args)
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
-        return buf.getvalue()
-
-    def budgets(self, rows):
-        return self._render((7.2, 0.5 + 1.05 * len(rows)), _draw_budgets, rows)
-
-    def accuracy(self, acc):
-        return self._render((5.2, 2.5), _draw_accuracy, acc)
-
-    def channels(self, layers):
-        n = len([r for r in layers if r["params_before"]] or _chart_layers(layers))
-        return self._render((7.2, 0.9 + 0.27 * n), _draw_channels, layers)
-
-    def costs(self, layers):
-        n = len(_chart_layers(layers))
-        return self._render((7.6, 1.3 + 0.44 * n), _draw_costs, layers)
-
-    def search(self, history, keys, budgets, warmup):
-        ncols = min(3, len(keys))
-        nrows = math.ceil(len(keys) / ncols)
-        return self._render((2.6 * ncols + 0.4, 0.55 + 2.0 * nrows), _draw_search, history,
-                            keys, budgets, warmup, ncols, nrows)
-
-    def training(self, history, groups, warmup):
-        return self._render((3.3 * len(groups) + 0.3, 2.4), _draw_training, history, groups,
-                            warmup)
+    figure_cls, canvas_cls = classes
+    with matplotlib.rc_context(_RC):
+        fig = figure_cls(dpi=_DPI, layout="constrained")
+        canvas_cls(fig)
+        draw(fig, *args)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
+    return buf.getvalue()
 
 
 def _eng(axis):
@@ -451,15 +412,24 @@ def _metric_label(metric):
         f"{metric} ({unit})"
 
 
-def _shade_epochs(ax, epochs, feasible, warmup):
-    for ep, ok in zip(epochs, feasible):
-        if ok:
+def _epoch_axis(ax, history, warmup):
+    """Integer epochs on the x axis, the epochs where every budget held and the warm-up
+    shaded; returns the epochs (1-based)."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [int(e.get("epoch", i)) + 1 for i, e in enumerate(history)]
+    for ep, entry in zip(epochs, history):
+        if entry.get("dnas/feasible"):
             ax.axvspan(ep - 0.5, ep + 0.5, color=_HOLDS_COLOR, alpha=0.15, linewidth=0)
     if warmup:
         ax.axvspan(0.5, warmup + 0.5, color="#999999", alpha=0.15, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    return epochs
 
 
 def _draw_budgets(fig, rows):
+    fig.set_size_inches(7.2, 0.5 + 1.05 * len(rows))
     axes = fig.subplots(len(rows), 1, squeeze=False)[:, 0]
     for ax, r in zip(axes, rows):
         color = _HOLDS_COLOR if r["holds"] else _EXCEEDED_COLOR
@@ -486,6 +456,7 @@ def _draw_budgets(fig, rows):
 def _draw_accuracy(fig, acc):
     from matplotlib.ticker import PercentFormatter
 
+    fig.set_size_inches(5.2, 2.5)
     regression = acc.get("task") == "regression"
     keys = (("float_mse", "float (Keras)"), ("int8_mse", "int8 (TFLite Micro)")) if regression \
         else (("float_accuracy", "float (Keras)"), ("int8_accuracy", "int8 (TFLite Micro)"))
@@ -523,6 +494,7 @@ def _overlay_bars(ax, y, before, after):
 
 def _draw_channels(fig, layers):
     rows = [r for r in layers if r["params_before"]] or _chart_layers(layers)
+    fig.set_size_inches(7.2, 0.9 + 0.27 * len(rows))
     before = [r["channels_before"] for r in rows]
     after = [r["channels_after"] or 0 for r in rows]
     ax = fig.subplots()
@@ -539,6 +511,7 @@ def _draw_channels(fig, layers):
 
 def _draw_costs(fig, layers):
     rows = _chart_layers(layers)
+    fig.set_size_inches(7.6, 1.3 + 0.44 * len(rows))
     y = np.arange(len(rows))[::-1]
     axes = fig.subplots(2, 2, sharey=True).ravel()
     for ax, (key, label) in zip(axes, COST_COLUMNS):
@@ -558,20 +531,20 @@ def _draw_costs(fig, layers):
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper right", ncols=2)
 
 
-def _draw_search(fig, history, keys, budgets, warmup, ncols, nrows):
+def _draw_search(fig, history, keys, budgets, warmup):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
-    from matplotlib.ticker import MaxNLocator
 
+    ncols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig.set_size_inches(2.6 * ncols + 0.4, 0.55 + 2.0 * nrows)
     limits = {f"dnas/{b.metric}": b.limit for b in budgets}
-    epochs = [int(e.get("epoch", i)) + 1 for i, e in enumerate(history)]
-    feasible = [bool(e.get("dnas/feasible")) for e in history]
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[len(keys):]:
         ax.set_visible(False)
     for ax, key in zip(axes, keys):
         metric = key[len("dnas/"):]
-        _shade_epochs(ax, epochs, feasible, warmup)
+        epochs = _epoch_axis(ax, history, warmup)
         values = [e.get(key) for e in history]
         ax.plot(epochs, [np.nan if v is None else v for v in values], "o-", color=_FINAL_COLOR,
                 markersize=3.5, linewidth=1.5)
@@ -585,8 +558,6 @@ def _draw_search(fig, history, keys, budgets, warmup, ncols, nrows):
             ax.set_ylim(min(0.0, lo) if lo - pad < 0 else lo - pad, hi + pad)
         ax.set_title(_metric_label(metric), loc="left")
         _eng(ax.yaxis)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     for i, ax in enumerate(axes[:len(keys)]):
         if i + ncols >= len(keys):  # nothing below it
             ax.set_xlabel("epoch")
@@ -600,13 +571,10 @@ def _draw_search(fig, history, keys, budgets, warmup, ncols, nrows):
 
 
 def _draw_training(fig, history, groups, warmup):
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [int(e.get("epoch", i)) + 1 for i, e in enumerate(history)]
-    feasible = [bool(e.get("dnas/feasible")) for e in history]
+    fig.set_size_inches(3.3 * len(groups) + 0.3, 2.4)
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for ax, (base, keys) in zip(axes, groups.items()):
-        _shade_epochs(ax, epochs, feasible, warmup)
+        epochs = _epoch_axis(ax, history, warmup)
         for key in keys:
             val = key.startswith("val_")
             ax.plot(epochs, [np.nan if e.get(key) is None else e[key] for e in history],
@@ -615,8 +583,6 @@ def _draw_training(fig, history, groups, warmup):
                     label="validation" if val else "training")
         ax.set_title(base + (" (with DNAS penalty)" if base == "loss" else ""), loc="left")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.legend()
 
 

@@ -374,9 +374,14 @@ class DNASCallback(keras.callbacks.Callback):
         return self.choice_warmup == "distill" and any(
             c.reference is not None and c.students for c in self._choices)
 
-    def _choice_logits(self):
-        """``[(dnas_choice, its SearchHooks)]`` of the choice blocks."""
-        return [(c.dnas_choice, c.__dict__[masks.HOOKS_ATTR]) for c in self._choices]
+    def _searched_variables(self):
+        """``[(variable, its SearchHooks, learning-rate multiplier)]``: the channel masks, the
+        tap masks, the choice logits, in the order of the state's anchors."""
+        return ([(o.dnas_alpha, o.__dict__[masks.HOOKS_ATTR], self.mask_lr_multiplier)
+                 for o in self._owners]
+                + [(v, h, self.mask_lr_multiplier) for v, h in self._time_masks]
+                + [(c.dnas_choice, c.__dict__[masks.HOOKS_ATTR], self.choice_lr_multiplier)
+                   for c in self._choices])
 
     def _needs_memory(self):
         metrics = {o.metric for o in self.objectives}
@@ -436,18 +441,9 @@ class DNASCallback(keras.callbacks.Callback):
         if optimizer is not None:
             masks.exclude_from_weight_decay(optimizer)
         # the masks' learning rate: the gate reads anchor + multiplier * (alpha - anchor)
-        for owner, anchor in zip(self._owners, self._state.anchors):
-            hooks = owner.__dict__[masks.HOOKS_ATTR]
-            hooks.anchor, hooks.lr_scale = anchor, self.mask_lr_multiplier
-            hooks.restart(owner.dnas_alpha)
-        n = len(self._owners)
-        for (variable, hooks), anchor in zip(self._time_masks,
-                                             self._state.anchors[n:n + len(self._time_masks)]):
-            hooks.anchor, hooks.lr_scale = anchor, self.mask_lr_multiplier
-            hooks.restart(variable)
-        for (variable, hooks), anchor in zip(self._choice_logits(),
-                                             self._state.anchors[n + len(self._time_masks):]):
-            hooks.anchor, hooks.lr_scale = anchor, self.choice_lr_multiplier
+        for (variable, hooks, lr_scale), anchor in zip(self._searched_variables(),
+                                                       self._state.anchors, strict=True):
+            hooks.anchor, hooks.lr_scale = anchor, lr_scale
             hooks.restart(variable)
         # the compiled step must see the search state as the model's (JAX passes only the
         # model's variables into its jitted step; others would be traced as constants)
@@ -485,10 +481,8 @@ class DNASCallback(keras.callbacks.Callback):
         self._grad_scale.assign(1.0 if searching else 0.0)
         self._temperature.assign(self.temperature_at(epoch))
         self._state.distill.assign(0.0 if searching else 1.0)
-        for owner in self._owners:  # the gate reads alpha itself at the start of each epoch
-            owner.__dict__[masks.HOOKS_ATTR].restart(owner.dnas_alpha)
-        for variable, hooks in self._time_masks + self._choice_logits():
-            hooks.restart(variable)
+        for variable, hooks, _ in self._searched_variables():  # the gate reads the variable
+            hooks.restart(variable)  # itself at the start of each epoch
         self._folded = False
         self._assign_strengths(epoch)
         self._penalty_sum.assign(0.0)
@@ -551,9 +545,10 @@ class DNASCallback(keras.callbacks.Callback):
                 self._calibrator(sample if len(sample) > 1 else sample[0])
 
     def on_test_end(self, logs=None):
-        if getattr(self, "_fitting", False):
-            self._regularized.regularizer = self._tracked_penalty
-        if getattr(self, "_fitting", False) and getattr(self, "_saved_strengths", None):
+        if not getattr(self, "_fitting", False):
+            return
+        self._regularized.regularizer = self._tracked_penalty
+        if getattr(self, "_saved_strengths", None):
             for var, value in zip(self._strengths, self._saved_strengths):
                 var.assign(value)
             self._saved_strengths = None
@@ -580,9 +575,7 @@ class DNASCallback(keras.callbacks.Callback):
     def _fold_masks(self):
         if getattr(self, "_folded", True):
             return
-        for owner in self._owners:
-            owner.__dict__[masks.HOOKS_ATTR].fold(owner.dnas_alpha)
-        for variable, hooks in self._time_masks + self._choice_logits():
+        for variable, hooks, _ in self._searched_variables():
             hooks.fold(variable)
         self._folded = True
 

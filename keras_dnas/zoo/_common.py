@@ -81,6 +81,19 @@ def l2(weight_decay):
     return None if weight_decay is None else keras.regularizers.L2(weight_decay)
 
 
+def conv(x, filters, kernel_size, weight_decay, name, use_bias=False, initializer="he_normal",
+         **kwargs):
+    """A channels-last ``Conv1D`` (on a sequence) or ``Conv2D``, L2-regularised, on ``x``.
+
+    ``use_bias`` only where no normalisation follows (a folded BatchNormalization provides the
+    bias); ``kwargs`` are the layer's other arguments (``strides``, ``padding``, ...).
+    """
+    cls = keras.layers.Conv1D if len(x.shape) == 3 else keras.layers.Conv2D
+    return cls(filters, kernel_size, use_bias=use_bias, kernel_initializer=initializer,
+               kernel_regularizer=l2(weight_decay), data_format=DATA_FORMAT, name=name,
+               **kwargs)(x)
+
+
 def add_classifier(x, num_classes, classifier_activation, kernel_initializer="glorot_uniform"):
     """Append the classification head: ``Dense(num_classes)`` and an optional activation layer.
 
@@ -108,10 +121,8 @@ def separable_block(x, filters, strides, weight_decay, prefix, initializer="glor
         data_format=DATA_FORMAT, name=f"{prefix}_dw",
     )(x)
     x = bn_relu(x, f"{prefix}_dw")
-    x = keras.layers.Conv2D(
-        filters, 1, padding="same", use_bias=False, kernel_initializer=initializer,
-        kernel_regularizer=l2(weight_decay), data_format=DATA_FORMAT, name=f"{prefix}_pw",
-    )(x)
+    x = conv(x, filters, 1, weight_decay, f"{prefix}_pw", initializer=initializer,
+             padding="same")
     return bn_relu(x, f"{prefix}_pw")
 
 

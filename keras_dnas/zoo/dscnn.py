@@ -3,14 +3,13 @@
 import keras
 
 from keras_dnas.zoo._common import (
-    DATA_FORMAT,
     add_classifier,
     average_pool_head,
     bn_relu,
     check_input_shape,
     check_positive_int,
     check_weight_decay,
-    l2,
+    conv,
     separable_block,
 )
 
@@ -72,16 +71,8 @@ def ds_cnn(
     weight_decay = check_weight_decay(weight_decay, builder)
 
     inputs = keras.Input(shape=input_shape, name="input")
-    x = keras.layers.Conv2D(
-        _FILTERS,
-        (10, 4),
-        strides=(2, 2),
-        padding="same",
-        use_bias=False,  # folded BatchNormalization provides the bias
-        kernel_regularizer=l2(weight_decay),
-        data_format=DATA_FORMAT,
-        name="stem_conv",
-    )(inputs)
+    x = conv(inputs, _FILTERS, (10, 4), weight_decay, "stem_conv", initializer="glorot_uniform",
+             strides=(2, 2), padding="same")
     x = bn_relu(x, "stem")
     x = keras.layers.Dropout(0.2, name="stem_dropout")(x)
 

@@ -5,14 +5,13 @@ import numbers
 import keras
 
 from keras_dnas.zoo._common import (
-    DATA_FORMAT,
     add_classifier,
     average_pool_head,
     bn_relu,
     check_input_shape,
     check_positive_int,
     check_weight_decay,
-    l2,
+    conv,
     separable_block,
 )
 
@@ -100,17 +99,8 @@ def mobilenet_v1(
     weight_decay = check_weight_decay(weight_decay, builder)
 
     inputs = keras.Input(shape=input_shape, name="input")
-    x = keras.layers.Conv2D(
-        _width(_STEM_FILTERS, alpha),
-        3,
-        strides=2,
-        padding="same",
-        use_bias=False,  # folded BatchNormalization provides the bias
-        kernel_initializer="he_normal",
-        kernel_regularizer=l2(weight_decay),
-        data_format=DATA_FORMAT,
-        name="stem_conv",
-    )(inputs)
+    x = conv(inputs, _width(_STEM_FILTERS, alpha), 3, weight_decay, "stem_conv", strides=2,
+             padding="same")
     x = bn_relu(x, "stem")
 
     for index, (filters, strides) in enumerate(_BLOCKS, start=1):

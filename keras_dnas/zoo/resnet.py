@@ -3,34 +3,18 @@
 import keras
 
 from keras_dnas.zoo._common import (
-    DATA_FORMAT,
     add_classifier,
     average_pool_head,
     bn_relu,
     check_input_shape,
     check_positive_int,
     check_weight_decay,
-    l2,
+    conv,
 )
 
 # (filters, stride of the first convolution) of the three residual stacks.
 _STACKS = ((16, 1), (32, 2), (64, 2))
 _STEM_FILTERS = 16
-
-
-def _conv(x, filters, strides, weight_decay, name, kernel_size=3, use_bias=False):
-    # use_bias only where no BatchNormalization follows (it becomes the bias after folding)
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=use_bias,
-        kernel_initializer="he_normal",
-        kernel_regularizer=l2(weight_decay),
-        data_format=DATA_FORMAT,
-        name=name,
-    )(x)
 
 
 def resnet8(
@@ -87,19 +71,19 @@ def resnet8(
     weight_decay = check_weight_decay(weight_decay, builder)
 
     inputs = keras.Input(shape=input_shape, name="input")
-    x = _conv(inputs, _STEM_FILTERS, 1, weight_decay, "stem_conv")
+    x = conv(inputs, _STEM_FILTERS, 3, weight_decay, "stem_conv", padding="same")
     x = bn_relu(x, "stem")
 
     for index, (filters, strides) in enumerate(_STACKS, start=1):
         prefix = f"stack{index}"
-        y = _conv(x, filters, strides, weight_decay, f"{prefix}_conv1")
+        y = conv(x, filters, 3, weight_decay, f"{prefix}_conv1", strides=strides, padding="same")
         y = bn_relu(y, f"{prefix}_block1")
-        y = _conv(y, filters, 1, weight_decay, f"{prefix}_conv2")
+        y = conv(y, filters, 3, weight_decay, f"{prefix}_conv2", padding="same")
         y = keras.layers.BatchNormalization(name=f"{prefix}_block2_bn")(y)
         if strides != 1 or x.shape[-1] != filters:
             # no BatchNormalization on the reference's projection shortcut: it has a bias
-            shortcut = _conv(x, filters, strides, weight_decay, f"{prefix}_shortcut",
-                             kernel_size=1, use_bias=True)
+            shortcut = conv(x, filters, 1, weight_decay, f"{prefix}_shortcut", use_bias=True,
+                            strides=strides, padding="same")
         else:
             shortcut = x
         x = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])

@@ -11,7 +11,7 @@ from keras_dnas.zoo._common import (
     check_input_shape,
     check_positive_int,
     check_weight_decay,
-    l2,
+    conv,
 )
 
 _PADDINGS = ("same", "causal")
@@ -115,33 +115,21 @@ def tcn(
         )
     weight_decay = check_weight_decay(weight_decay, builder)
 
-    def conv(x, channels, dilation, conv_name, kernel=kernel_size, pad=padding, use_bias=False):
-        # use_bias only where no BatchNormalization follows (it becomes the bias after folding)
-        return keras.layers.Conv1D(
-            channels,
-            kernel,
-            padding=pad,
-            dilation_rate=dilation,
-            use_bias=use_bias,
-            kernel_initializer="he_normal",
-            kernel_regularizer=l2(weight_decay),
-            data_format=DATA_FORMAT,
-            name=conv_name,
-        )(x)
-
     inputs = keras.Input(shape=input_shape, name="input")
-    x = conv(inputs, filters[0], 1, "stem_conv")
+    x = conv(inputs, filters[0], kernel_size, weight_decay, "stem_conv", padding=padding)
     x = bn_relu(x, "stem")
 
     for index, (channels, dilation) in enumerate(zip(filters, dilations), start=1):
         prefix = f"block{index}"
-        y = conv(x, channels, dilation, f"{prefix}_conv1")
+        y = conv(x, channels, kernel_size, weight_decay, f"{prefix}_conv1", padding=padding,
+                 dilation_rate=dilation)
         y = bn_relu(y, f"{prefix}_block1")
-        y = conv(y, channels, dilation, f"{prefix}_conv2")
+        y = conv(y, channels, kernel_size, weight_decay, f"{prefix}_conv2", padding=padding,
+                 dilation_rate=dilation)
         y = keras.layers.BatchNormalization(name=f"{prefix}_block2_bn")(y)
         if x.shape[-1] != channels:
-            shortcut = conv(x, channels, 1, f"{prefix}_shortcut", kernel=1, pad="valid",
-                            use_bias=True)
+            shortcut = conv(x, channels, 1, weight_decay, f"{prefix}_shortcut", use_bias=True,
+                            padding="valid")
         else:
             shortcut = x
         x = keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
