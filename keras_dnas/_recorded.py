@@ -256,10 +256,18 @@ def record(fn, counts):
     return Recording(tape, outputs, layout)
 
 
+#: Largest selection and sum matrices (float32 entries) a stage evaluates with matmuls; a
+#: bigger one is evaluated with a gather and a segment sum. Matmuls make the gradient two
+#: small dense ops where a gather's (sparse slices into a concatenation) takes dozens.
+DENSE_ENTRIES = 1 << 20
+
+
 class Recording:
     """The recorded costs, evaluated with vectorised keras ops (see the module docstring).
 
-    The value vector is ``[1, inputs..., stage 1 nodes..., stage 2 nodes..., ...]``.
+    The value vector is ``[1, inputs..., stage 1 nodes..., stage 2 nodes..., ...]``. A stage
+    evaluates all its nodes' argument polynomials at once, laid out kind by kind (each
+    argument position of a kind one contiguous block), then each kind on its block.
     """
 
     def __init__(self, tape, outputs, layout):
@@ -286,26 +294,25 @@ class Recording:
             for kind in sorted(by_kind):
                 members = by_kind[kind]
                 arity = max(len(nodes[i][1]) for i in members)
-                index = np.zeros((len(members), arity), dtype="int32")
-                params = np.zeros(len(members), dtype="float32")
-                for r, i in enumerate(members):
-                    _, args, param = nodes[i]
-                    for k, a in enumerate(args):
-                        index[r, k] = len(polys)
-                        polys.append(a)
-                    for k in range(len(args), arity):  # "max": padded with its first argument
-                        index[r, k] = index[r, 0]
-                    params[r] = 0.0 if param is None else param
+                block = len(polys)
+                for k in range(arity):  # "max": padded with its first argument
+                    polys += [nodes[i][1][k if k < len(nodes[i][1]) else 0] for i in members]
+                params = np.array([0.0 if nodes[i][2] is None else nodes[i][2]
+                                   for i in members], dtype="float32")
+                kinds.append((kind, block, len(members), arity, params))
+            table = self._table(polys, position, size)
+            for kind in sorted(by_kind):
+                for i in by_kind[kind]:
                     position[i] = size
                     size += 1
-                kinds.append((kind, index, params))
-            self.stages.append((self._table(polys, position), kinds))
-        self.output = self._table([dict(outputs[n]) for n in self.names], position)
+            self.stages.append((table, kinds))
+        self.output = self._table([outputs[n] for n in self.names], position, size)
 
     @staticmethod
-    def _table(polys, position):
-        """``(factor positions [M, D], coefficients [M], polynomial of each row [M], count)``
-        of the monomials of ``polys`` (``D``: the highest degree; padded with the constant)."""
+    def _table(polys, position, width):
+        """How to evaluate ``polys`` on a value vector of ``width`` entries: the monomials'
+        factor positions ``[M, D]`` (padded with the constant), coefficients and polynomial of
+        each; as matrices (selection ``[D * M, width]``, sums ``[count, M]``) when small."""
         rows = [(p, tuple(position[f] for f in m), c) for p, terms in enumerate(polys)
                 for m, c in (terms.items() if isinstance(terms, dict) else terms)]
         degree = max((len(f) for _, f, _ in rows), default=1) or 1
@@ -314,20 +321,35 @@ class Recording:
             index[r, :len(f)] = f
         coefficients = np.array([c for _, _, c in rows], dtype="float32")
         segments = np.array([p for p, _, _ in rows], dtype="int32")
-        return index, coefficients, segments, len(polys)
+        table = {"index": index, "coefficients": coefficients, "segments": segments,
+                 "count": len(polys)}
+        if rows and len(rows) * (degree * width + len(polys)) <= DENSE_ENTRIES:
+            select = np.zeros((degree, len(rows), width), dtype="float32")
+            for k in range(degree):
+                select[k, np.arange(len(rows)), index[:, k]] = 1.0
+            sums = np.zeros((len(polys), len(rows)), dtype="float32")
+            sums[segments, np.arange(len(rows))] = coefficients
+            table.update(select=select.reshape(degree * len(rows), width), sums=sums)
+        return table
 
     @staticmethod
     def _polynomials(v, table):
-        index, coefficients, segments, count = table
-        if count == 0:
-            return ops.zeros((0,), "float32")
-        if len(segments) == 0:
+        count, index = table["count"], table["index"]
+        if not count or not len(index):
             return ops.zeros((count,), "float32")
+        if "select" in table:
+            factors = ops.reshape(ops.matmul(table["select"], ops.reshape(v, (-1, 1))),
+                                  (index.shape[1], len(index)))
+            terms = factors[0]
+            for k in range(1, index.shape[1]):
+                terms = terms * factors[k]
+            return ops.reshape(ops.matmul(table["sums"], ops.reshape(terms, (-1, 1))), (-1,))
         factors = ops.take(v, index, axis=0)
         terms = factors[:, 0]
         for k in range(1, index.shape[1]):
             terms = terms * factors[:, k]
-        return ops.segment_sum(terms * coefficients, segments, num_segments=count)
+        return ops.segment_sum(terms * table["coefficients"], table["segments"],
+                               num_segments=count)
 
     def inputs(self, counts):
         """The soft counts as one float32 vector (the recorded numbers left out)."""
@@ -344,14 +366,13 @@ class Recording:
         v = self.inputs(counts)
         for table, kinds in self.stages:
             args = self._polynomials(v, table)
-            v = ops.concatenate([v] + [_KINDS[kind](args, index, params)
-                                       for kind, index, params in kinds], axis=0)
+            results = []
+            for kind, block, n, arity, params in kinds:
+                x = ops.reshape(ops.slice(args, [block], [n * arity]), (arity, n))
+                results.append(_KINDS[kind](x, params))
+            v = ops.concatenate([v] + results, axis=0)
         out = self._polynomials(v, self.output)
         return {name: out[k] for k, name in enumerate(self.names)}
-
-
-def _first(args, index):
-    return ops.take(args, index[:, 0], axis=0)
 
 
 def _straight_through(hard, soft):
@@ -369,36 +390,30 @@ def _floor_quotient(x, n):
         - ops.cast(ops.greater(f * n, x), "float32")
 
 
-def _ceil_div(args, index, params):
-    x = _first(args, index)
-    return _straight_through(-_floor_quotient(-x, params), x * (1.0 / params))
+def _ceil_div(x, params):
+    return _straight_through(-_floor_quotient(-x[0], params), x[0] * (1.0 / params))
 
 
-def _floor_div(args, index, params):
-    x = _first(args, index)
-    return _straight_through(_floor_quotient(x, params), x * (1.0 / params))
+def _floor_div(x, params):
+    return _straight_through(_floor_quotient(x[0], params), x[0] * (1.0 / params))
 
 
-def _aligned(args, index, params):
-    x = _first(args, index)
-    return _straight_through(-_floor_quotient(-ops.round(x), params) * params, x)
+def _aligned(x, params):
+    return _straight_through(-_floor_quotient(-ops.round(x[0]), params) * params, x[0])
 
 
-def _max(args, index, params):
-    return ops.max(ops.take(args, index, axis=0), axis=1)
-
-
+#: Node kind -> fn(arguments [arity, nodes], params [nodes]) -> values [nodes].
 _KINDS = {
-    "id": lambda a, i, p: _first(a, i),
+    "id": lambda x, p: x[0],
     "ceil_div": _ceil_div,
     "floor_div": _floor_div,
     "aligned": _aligned,
-    "greater": lambda a, i, p: greater(_first(a, i), p),
-    "less": lambda a, i, p: less(_first(a, i), p),
-    "stop": lambda a, i, p: ops.stop_gradient(_first(a, i)),
-    "equal": lambda a, i, p: equal(_first(a, i), ops.take(a, i[:, 1], axis=0)),
-    "round": lambda a, i, p: ops.round(_first(a, i)),
-    "mod": lambda a, i, p: ops.mod(_first(a, i), p),
-    "relu": lambda a, i, p: ops.relu(_first(a, i)),
-    "max": _max,
+    "greater": lambda x, p: greater(x[0], p),
+    "less": lambda x, p: less(x[0], p),
+    "stop": lambda x, p: ops.stop_gradient(x[0]),
+    "equal": lambda x, p: equal(x[0], x[1]),
+    "round": lambda x, p: ops.round(x[0]),
+    "mod": lambda x, p: ops.mod(x[0], p),
+    "relu": lambda x, p: ops.relu(x[0]),
+    "max": lambda x, p: ops.max(x, axis=0),
 }

@@ -150,18 +150,33 @@ def test_quotients_are_exact_inside_a_tf_function(n):
     """TensorFlow's graph divides by a constant vector through an approximate reciprocal
     (48 / 4 -> 11.999999, floor 11); the recorded ceil / floor / alignment must not."""
     x = np.arange(0, 4000, dtype="float32")
-    index = np.zeros((len(x), 1), "int32")
-    index[:, 0] = np.arange(len(x))
     params = np.full(len(x), n, "float32")
 
     @tf.function(autograph=False)
     def run(args):
-        return (_recorded._KINDS["floor_div"](args, index, params),
-                _recorded._KINDS["ceil_div"](args, index, params),
-                _recorded._KINDS["aligned"](args, index, params))
+        args = tf.reshape(args, (1, -1))  # one argument per node
+        return tuple(_recorded._KINDS[kind](args, params)
+                     for kind in ("floor_div", "ceil_div", "aligned"))
 
     floor, ceil, aligned = (np.asarray(t) for t in run(tf.constant(x)))
     xi = x.astype(np.int64)
     np.testing.assert_array_equal(floor, xi // n)
     np.testing.assert_array_equal(ceil, -(-xi // n))
     np.testing.assert_array_equal(aligned, -(-xi // n) * n)
+
+
+def test_large_stages_gather_instead_of_matmul(monkeypatch):
+    """Stages too large for selection matrices take the gather / segment-sum path: same values
+    and gradients."""
+    monkeypatch.setattr(_recorded, "DENSE_ENTRIES", 0)
+    search = _searchable("tcn_taps")
+    plan = search.rebind()
+    variables = _search_variables(search)
+    cm = CostModel(plan, "stm32h743", memory=_memory(search, plan, "stm32h743"))
+    _randomize(search, 2)
+    metrics = cm.available()
+    _check(tf.function(lambda: _both(cm, search, plan, metrics, variables),
+                       autograph=False)(), variables)
+    recording = cm._recordings[next(iter(cm._recordings))][0][0]
+    assert not any("select" in table for table, _ in recording.stages)
+    assert cm.unrecorded == []
