@@ -146,7 +146,8 @@ class Value:
 
 
 # ---------------------------------------------------------------------------------- helpers
-# Each takes tensors (today's ops, unchanged) or Values (recorded).
+# ceil_div, floor_div and aligned record a Value (their tensor forms are costs.latency's and
+# _ste's); the others take tensors (the ops the cost functions always used) or Values.
 
 
 def ceil_div(x, n):
@@ -187,6 +188,8 @@ def frozen(x):
 
 def equal(a, b):
     """1.0 where ``a == b`` else 0.0 (no gradient)."""
+    if _number(a) and _number(b):
+        return float(a == b)
     if isinstance(a, Value) or isinstance(b, Value):
         tape = (a if isinstance(a, Value) else b).tape
         return Value(tape, {}).__add__(a).node("equal", None, b)
@@ -348,7 +351,7 @@ class Recording:
         terms = factors[:, 0]
         for k in range(1, index.shape[1]):
             terms = terms * factors[:, k]
-        return ops.segment_sum(terms * table["coefficients"], table["segments"],
+        return ops.segment_sum(ops.multiply(terms, table["coefficients"]), table["segments"],
                                num_segments=count)
 
     def inputs(self, counts):
@@ -385,21 +388,29 @@ def _floor_quotient(x, n):
     an approximate reciprocal (``48 / 4`` gives 11.999999), where the tensor path's scalar
     division is exact; ``x * (1 / n)`` is exact for powers of two, the correction for any
     ``n``."""
-    f = ops.floor(x * (1.0 / n))
-    return f + ops.cast(ops.less_equal((f + 1.0) * n, x), "float32") \
-        - ops.cast(ops.greater(f * n, x), "float32")
+    f = ops.floor(ops.multiply(x, _reciprocal(n)))
+    return f + ops.cast(ops.less_equal(ops.multiply(f + 1.0, n), x), "float32") \
+        - ops.cast(ops.greater(ops.multiply(f, n), x), "float32")
+
+
+def _reciprocal(n):
+    # in NumPy (correctly rounded): TensorFlow would fold 1 / n into an approximate reciprocal
+    return (1.0 / n).astype("float32")
 
 
 def _ceil_div(x, params):
-    return _straight_through(-_floor_quotient(-x[0], params), x[0] * (1.0 / params))
+    return _straight_through(-_floor_quotient(-x[0], params),
+                             ops.multiply(x[0], _reciprocal(params)))
 
 
 def _floor_div(x, params):
-    return _straight_through(_floor_quotient(x[0], params), x[0] * (1.0 / params))
+    return _straight_through(_floor_quotient(x[0], params),
+                             ops.multiply(x[0], _reciprocal(params)))
 
 
 def _aligned(x, params):
-    return _straight_through(-_floor_quotient(-ops.round(x[0]), params) * params, x[0])
+    return _straight_through(ops.multiply(-_floor_quotient(-ops.round(x[0]), params), params),
+                             x[0])
 
 
 #: Node kind -> fn(arguments [arity, nodes], params [nodes]) -> values [nodes].
