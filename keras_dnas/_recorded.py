@@ -13,10 +13,11 @@ kept as data:
   through the helpers below, which give today's ops on tensors).
 
 :class:`Recording` evaluates it stage by stage (a stage: the nodes whose arguments are known):
-per stage one gather, product and segment sum for every polynomial argument, then one short
-op chain per node kind. Forward values and straight-through gradients are those of the
-scalar functions on tensors (``tests/test_recorded.py``), in a few dozen ops instead of
-thousands; exact (integer) costs never pass here.
+per stage one selection matmul, product and sum matmul for every polynomial argument (a gather
+and a segment sum for a large stage), then one short op chain per node kind. Forward values
+and straight-through gradients are those of the scalar functions on tensors
+(``tests/test_recorded.py``), in a few hundred ops with the gradient instead of thousands
+(``benchmarks/penalty_cost.py``); exact (integer) costs never pass here.
 """
 
 import numpy as np
@@ -379,6 +380,7 @@ class Recording:
 
 
 def _straight_through(hard, soft):
+    # _ste.straight_through's formula (_ste imports this module, not the other way round)
     return soft + ops.stop_gradient(hard - soft)
 
 
