@@ -13,8 +13,8 @@ kept as data:
   through the helpers below, which give today's ops on tensors).
 
 :class:`Recording` evaluates it stage by stage (a stage: the nodes whose arguments are known):
-per stage one selection matmul, product and sum matmul for every polynomial argument (a gather
-and a segment sum for a large stage), then one short op chain per node kind. Forward values
+per stage one gather, product and segment sum for every polynomial argument, then one short
+op chain per node kind on its contiguous block of arguments. Forward values
 and straight-through gradients are those of the scalar functions on tensors
 (``tests/test_recorded.py``), in a few hundred ops with the gradient instead of thousands
 (``benchmarks/penalty_cost.py``); exact (integer) costs never pass here.
@@ -260,12 +260,6 @@ def record(fn, counts):
     return Recording(tape, outputs, layout)
 
 
-#: Largest selection and sum matrices (float32 entries) a stage evaluates with matmuls; a
-#: bigger one is evaluated with a gather and a segment sum. Matmuls make the gradient two
-#: small dense ops where a gather's (sparse slices into a concatenation) takes dozens.
-DENSE_ENTRIES = 1 << 20
-
-
 class Recording:
     """The recorded costs, evaluated with vectorised keras ops (see the module docstring).
 
@@ -304,19 +298,20 @@ class Recording:
                 params = np.array([0.0 if nodes[i][2] is None else nodes[i][2]
                                    for i in members], dtype="float32")
                 kinds.append((kind, block, len(members), arity, params))
-            table = self._table(polys, position, size)
+            table = self._table(polys, position)
             for kind in sorted(by_kind):
                 for i in by_kind[kind]:
                     position[i] = size
                     size += 1
             self.stages.append((table, kinds))
-        self.output = self._table([outputs[n] for n in self.names], position, size)
+        self.output = self._table([outputs[n] for n in self.names], position)
 
     @staticmethod
-    def _table(polys, position, width):
-        """How to evaluate ``polys`` on a value vector of ``width`` entries: the monomials'
-        factor positions ``[M, D]`` (padded with the constant), coefficients and polynomial of
-        each; as matrices (selection ``[D * M, width]``, sums ``[count, M]``) when small."""
+    def _table(polys, position):
+        """How to evaluate ``polys``: the monomials' factor positions in the value vector
+        ``[M, D]`` (padded with the constant), their coefficients and polynomials. (Not
+        matmuls with selection matrices: fewer ops in the gradient, but in the flow's steady
+        search epochs TensorFlow ran them slower, ~0.05 s per digits epoch.)"""
         rows = [(p, tuple(position[f] for f in m), c) for p, terms in enumerate(polys)
                 for m, c in (terms.items() if isinstance(terms, dict) else terms)]
         degree = max((len(f) for _, f, _ in rows), default=1) or 1
@@ -325,29 +320,14 @@ class Recording:
             index[r, :len(f)] = f
         coefficients = np.array([c for _, _, c in rows], dtype="float32")
         segments = np.array([p for p, _, _ in rows], dtype="int32")
-        table = {"index": index, "coefficients": coefficients, "segments": segments,
-                 "count": len(polys)}
-        if rows and len(rows) * (degree * width + len(polys)) <= DENSE_ENTRIES:
-            select = np.zeros((degree, len(rows), width), dtype="float32")
-            for k in range(degree):
-                select[k, np.arange(len(rows)), index[:, k]] = 1.0
-            sums = np.zeros((len(polys), len(rows)), dtype="float32")
-            sums[segments, np.arange(len(rows))] = coefficients
-            table.update(select=select.reshape(degree * len(rows), width), sums=sums)
-        return table
+        return {"index": index, "coefficients": coefficients, "segments": segments,
+                "count": len(polys)}
 
     @staticmethod
     def _polynomials(v, table):
         count, index = table["count"], table["index"]
         if not count or not len(index):
             return ops.zeros((count,), "float32")
-        if "select" in table:
-            factors = ops.reshape(ops.matmul(table["select"], ops.reshape(v, (-1, 1))),
-                                  (index.shape[1], len(index)))
-            terms = factors[0]
-            for k in range(1, index.shape[1]):
-                terms = terms * factors[k]
-            return ops.reshape(ops.matmul(table["sums"], ops.reshape(terms, (-1, 1))), (-1,))
         factors = ops.take(v, index, axis=0)
         terms = factors[:, 0]
         for k in range(1, index.shape[1]):

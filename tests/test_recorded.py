@@ -164,19 +164,3 @@ def test_quotients_are_exact_inside_a_tf_function(n):
     np.testing.assert_array_equal(ceil, -(-xi // n))
     np.testing.assert_array_equal(aligned, -(-xi // n) * n)
 
-
-def test_large_stages_gather_instead_of_matmul(monkeypatch):
-    """Stages too large for selection matrices take the gather / segment-sum path: same values
-    and gradients."""
-    monkeypatch.setattr(_recorded, "DENSE_ENTRIES", 0)
-    search = _searchable("tcn_taps")
-    plan = search.rebind()
-    variables = _search_variables(search)
-    cm = CostModel(plan, "stm32h743", memory=_memory(search, plan, "stm32h743"))
-    _randomize(search, 2)
-    metrics = cm.available()
-    _check(tf.function(lambda: _both(cm, search, plan, metrics, variables),
-                       autograph=False)(), variables)
-    recording = cm._recordings[next(iter(cm._recordings))][0][0]
-    assert not any("select" in table for table, _ in recording.stages)
-    assert cm.unrecorded == []
