@@ -16,8 +16,9 @@ kept as data:
 per stage one gather, product and segment sum for every polynomial argument, then one short
 op chain per node kind on its contiguous block of arguments. Forward values
 and straight-through gradients are those of the scalar functions on tensors
-(``tests/test_recorded.py``), in a few hundred ops with the gradient instead of thousands
-(``benchmarks/penalty_cost.py``); exact (integer) costs never pass here.
+(``tests/test_recorded.py``), in a few hundred ops instead of thousands (HAPT's TCN: 577
+against 2,496 forward, 1,415 against 3,255 with the gradient; ``benchmarks/penalty_cost.py``);
+exact (integer) costs never pass here.
 """
 
 import numpy as np
