@@ -19,6 +19,8 @@ import math
 import numpy as np
 from keras import ops
 
+from keras_dnas import _recorded
+
 
 def straight_through(hard, soft):
     """``hard`` in the forward pass, the gradient of ``soft`` in the backward pass."""
@@ -47,6 +49,8 @@ def aligned(size, alignment):
         return align_up(size, alignment)
     if alignment <= 1:
         return size
+    if isinstance(size, _recorded.Value):
+        return _recorded.aligned(size, alignment)
     if isinstance(size, float):
         return float(math.ceil(round(size) / alignment) * alignment)
     x = ops.convert_to_tensor(size, dtype="float32")

@@ -80,6 +80,7 @@ import warnings
 import numpy as np
 from keras import ops
 
+from keras_dnas import _recorded
 from keras_dnas.costs import arena
 from keras_dnas import _flatbuffer
 from keras_dnas._data import input_arrays
@@ -978,8 +979,7 @@ class MemoryModel:
                 continue
             new = 1.0
             for m in sizes[:i]:
-                same = ops.cast(ops.equal(ops.stop_gradient(ops.cast(n, "float32")),
-                                          ops.stop_gradient(ops.cast(m, "float32"))), "float32")
+                same = _recorded.equal(n, m)
                 new = new * (1.0 - same)
             total = total + new * (_aligned(n, BUFFER_ALIGNMENT) + BUFFER_ENTRY_BYTES)
         return total
@@ -1015,7 +1015,7 @@ class MemoryModel:
         if not symbolic:
             return sum(len({tuple(d.count(counts) for d in e) for e in bucket})
                        for bucket in self._shape_constants)
-        counts = [ops.stop_gradient(ops.cast(c, "float32")) if not isinstance(
+        counts = [_recorded.frozen(c) if not isinstance(
             c, (int, np.integer)) else float(c) for c in counts]
         total = 0.0
         for bucket in self._shape_constants:
@@ -1028,7 +1028,7 @@ class MemoryModel:
                         if _is_number(a) and _is_number(b):
                             same = same * float(a == b)  # both fixed
                         else:
-                            same = same * ops.cast(ops.equal(a, b), "float32")
+                            same = same * _recorded.equal(a, b)
                     new = new * (1.0 - same)
                 total = total + new
         return total
@@ -1250,8 +1250,8 @@ class _ZeroPointPadding:
             if isinstance(moved, (int, np.integer)):
                 total += (old - moved) % ZERO_POINT_ALIGNMENT - old
             else:
-                quarters = ops.round(ops.stop_gradient(ops.cast(moved, "float32")) / 4.0)
-                total = total + 4.0 * ops.mod(old // 4 - quarters, 2.0) - old
+                quarters = _recorded.round_(_recorded.frozen(moved) / 4.0)
+                total = total + 4.0 * _recorded.mod(old // 4 - quarters, 2.0) - old
         return total
 
 
@@ -1290,7 +1290,7 @@ def _step(n, above):
     """1 when ``n > above`` else 0 (ints), or its tensor with a zero gradient."""
     if isinstance(n, (int, np.integer)):
         return int(n > above)
-    return ops.stop_gradient(ops.cast(ops.greater(n, above + 0.5), "float32"))
+    return _recorded.greater(n, above + 0.5)
 
 
 def _fingerprint(model):

@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "keras_dnas"
 # unless FACADES says otherwise.
 LAYERS = [
     ("base", ["keras_dnas._keras", "keras_dnas._flatbuffer", "keras_dnas._data", "keras_dnas._ste",
-              "keras_dnas.vocabulary",
+              "keras_dnas._recorded", "keras_dnas.vocabulary",
               "keras_dnas.masks", "keras_dnas.targets",
               "keras_dnas.report.format", "keras_dnas.datasets",
               "keras_dnas.zoo"]),
@@ -45,7 +45,7 @@ FACADES = {"keras_dnas.export": "report", "keras_dnas.targets": "objectives", "k
 # .tflite. They never read Keras layers or models, nor the code that converts them.
 COSTS_MAY_IMPORT = ("keras_dnas.costs", "keras_dnas.graph.plan", "keras_dnas.targets.target",
                     "keras_dnas.targets.registry", "keras_dnas._flatbuffer", "keras_dnas._ste",
-                    "keras_dnas.vocabulary")
+                    "keras_dnas._recorded", "keras_dnas.vocabulary")
 
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
 LAYER_NAMES = [name for name, _ in LAYERS]

@@ -47,7 +47,7 @@ import operator
 
 import keras
 
-from keras_dnas import _flatbuffer
+from keras_dnas import _flatbuffer, _recorded
 from keras_dnas._ste import align_up, aligned
 
 ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment() in TFLM.
@@ -554,6 +554,8 @@ def liveness_bound(buffers, alignment=ARENA_ALIGNMENT):
     live = [[1.0 if f <= t <= l else 0.0 for (_, f, l) in buffers] for t in scopes]
     if all(_is_number(s) for s in sizes):
         return max(sum(m * s for m, s in zip(row, sizes)) for row in live)
+    if any(isinstance(s, _recorded.Value) for s in sizes):
+        return _recorded.maximum(sum(s for m, s in zip(row, sizes) if m) for row in live)
     vec = keras.ops.stack([keras.ops.cast(keras.ops.reshape(s, ()), "float32") for s in sizes])
     totals = keras.ops.matmul(keras.ops.convert_to_tensor(live, dtype="float32"), vec)
     return keras.ops.max(totals)

@@ -56,6 +56,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_dnas import _recorded
 from keras_dnas._ste import straight_through
 from keras_dnas.costs.compute import _dm, _positions, _taps
 from keras_dnas.targets import registry
@@ -91,6 +92,8 @@ def ceil_ste(x):
     """
     if _is_number(x):
         return math.ceil(float(x))
+    if isinstance(x, _recorded.Value):
+        return _recorded.ceil_div(x, 1)
     x = _as_float_tensor(x)
     return straight_through(ops.ceil(x), x)
 
@@ -106,6 +109,8 @@ def floor_ste(x):
     """
     if _is_number(x):
         return math.floor(float(x))
+    if isinstance(x, _recorded.Value):
+        return _recorded.floor_div(x, 1)
     x = _as_float_tensor(x)
     return straight_through(ops.floor(x), x)
 
@@ -123,6 +128,8 @@ def ceil_div(x, n):
         return -(-int(x) // int(n))
     if _is_number(x):
         return ceil_ste(float(x) / n)
+    if isinstance(x, _recorded.Value):  # the quotient as the tensor path computes it
+        return _recorded.ceil_div(x, n)
     return ceil_ste(_as_float_tensor(x) / n)
 
 
@@ -139,6 +146,8 @@ def floor_div(x, n):
         return int(x) // int(n)
     if _is_number(x):
         return floor_ste(float(x) / n)
+    if isinstance(x, _recorded.Value):
+        return _recorded.floor_div(x, n)
     return floor_ste(_as_float_tensor(x) / n)
 
 
@@ -178,7 +187,7 @@ def _cmsis_conv(g, cin, cout, t):
             feats["im2col"] = pos * taps * cin
         return feats
     # searched taps (a tensor): the 1x1 kernel once one tap is left, as the frozen model
-    one = ops.stop_gradient(ops.cast(ops.less(taps, 1.5), "float32"))
+    one = _recorded.less(taps, 1.5)
     feats["conv1x1"] = one * (pos * cout * simd_length(cin, m, p))
     feats["conv"] = (1.0 - one) * (pos * cout * simd_length(taps * cin, m, p))
     feats["im2col"] = (1.0 - one) * (pos * taps * cin)

@@ -16,6 +16,7 @@ chosen alternative's at a one-hot.
 import numpy as np
 from keras import ops
 
+from keras_dnas import _recorded
 from keras_dnas.costs import compute, latency
 from keras_dnas.targets import registry
 from keras_dnas.vocabulary import Results, canonical
@@ -48,6 +49,9 @@ class CostModel:
         self.target = registry.get(target)
         self.memory = memory
         self._seen = self._first_calls()
+        self._recordings = {}  # (counts layout, metrics) -> [(Recording or None, metrics)]
+        #: metrics whose soft value :meth:`soft_evaluate` could not record (evaluated directly)
+        self.unrecorded = []
 
     def _first_calls(self):
         seen, first = set(), []
@@ -170,6 +174,50 @@ class CostModel:
                 raise ValueError(f"Unknown metric '{m}'. Available: {self.available()}")
         out.pop("_cycles", None)
         return Results({asked.get(k, k): v for k, v in out.items()})
+
+
+    def soft_evaluate(self, counts, metrics):
+        """``evaluate(counts, metrics, exact=False)`` for soft (tensor) counts, in a few
+        vectorised ops.
+
+        The first call with counts of a layout runs :meth:`evaluate` once on recorded values
+        (:mod:`keras_dnas._recorded`): the same functions give the same values and
+        straight-through gradients, as plain data that later calls (the search's train step)
+        evaluate with a gather, a product and a segment sum per stage instead of thousands of
+        scalar ops. A metric whose functions cannot be recorded is evaluated directly and
+        listed in :attr:`unrecorded`.
+        """
+        metrics = list(metrics)
+        key = (_recorded.layout_of(counts), tuple(metrics))
+        if key not in self._recordings:
+            self._recordings[key] = self._record(counts, metrics)
+        out = {}
+        for recording, names in self._recordings[key]:
+            if recording is None:
+                out.update(self.evaluate(counts, names, exact=False))
+            else:
+                out.update(recording(counts))
+        return Results({m: out[m] for m in metrics})
+
+    def _record(self, counts, metrics):
+        """``[(Recording, metrics)]``, one for all metrics, else one per metric, with
+        ``(None, [metric])`` for a metric that could not be recorded."""
+
+        def soft(names):
+            return lambda c: dict(self.evaluate(c, names, exact=False))
+
+        try:
+            return [(_recorded.record(soft(metrics), counts), metrics)]
+        except Exception:  # noqa: BLE001 -- a cost we cannot record is evaluated directly
+            pass
+        parts = []
+        for m in metrics:
+            try:
+                parts.append((_recorded.record(soft([m]), counts), [m]))
+            except Exception:  # noqa: BLE001
+                parts.append((None, [m]))
+                self.unrecorded.append(m)
+        return parts
 
 
 def one_hot(index, n):

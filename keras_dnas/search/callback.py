@@ -400,7 +400,7 @@ class DNASCallback(keras.callbacks.Callback):
         """The penalty tensor (differentiable in the masks), for custom loops."""
         model = self._model_for_costs()
         counts = counts_lib.soft_counts(model, self.cost_model.plan)
-        values = self.cost_model.evaluate(counts, self.metrics, exact=False)
+        values = self.cost_model.soft_evaluate(counts, self.metrics)
         total = 0.0
         for obj, strength in zip(self.objectives, self._strengths):
             value = ops.cast(values[obj.metric], "float32")
