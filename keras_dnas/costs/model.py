@@ -175,7 +175,6 @@ class CostModel:
         out.pop("_cycles", None)
         return Results({asked.get(k, k): v for k, v in out.items()})
 
-
     def soft_evaluate(self, counts, metrics):
         """``evaluate(counts, metrics, exact=False)`` for soft (tensor) counts, in a few
         vectorised ops.
