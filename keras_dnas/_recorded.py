@@ -55,6 +55,15 @@ class _Tape:
         return Value(self, {(found,): 1.0})
 
 
+def _accumulate(terms, monomial, coefficient):
+    """Add ``coefficient`` to ``terms[monomial]``, dropping the monomial when it cancels."""
+    c = terms.get(monomial, 0.0) + coefficient
+    if c:
+        terms[monomial] = c
+    else:
+        terms.pop(monomial, None)
+
+
 class Value:
     """A scalar of a recording: ``{monomial: coefficient}``, a monomial being the sorted
     tuple of the nodes it multiplies (``()`` for the constant)."""
@@ -81,11 +90,7 @@ class Value:
             return NotImplemented
         out = dict(self.terms)
         for m, c in terms.items():
-            c = out.get(m, 0.0) + c
-            if c:
-                out[m] = c
-            else:
-                out.pop(m, None)
+            _accumulate(out, m, c)
         return Value(self.tape, out)
 
     __radd__ = __add__
@@ -118,12 +123,7 @@ class Value:
         out = {}
         for ma, ca in a.items():
             for mb, cb in b.items():
-                m = tuple(sorted(ma + mb))
-                c = out.get(m, 0.0) + ca * cb
-                if c:
-                    out[m] = c
-                else:
-                    out.pop(m, None)
+                _accumulate(out, tuple(sorted(ma + mb)), ca * cb)
         return Value(self.tape, out)
 
     __rmul__ = __mul__
