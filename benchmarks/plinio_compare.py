@@ -20,8 +20,9 @@ seconds (every thread) and their ratio (how many cores it kept busy on average) 
 
 PLiNIO is not a dependency of keras_dnas and is not in this repository: install it yourself,
 e.g. ``git clone https://github.com/eml-eda/plinio && pip install --no-deps ./plinio
-torchinfo tdigest networkx`` (PyTorch CPU must be installed); without it the ``plinio`` variant
-is reported as skipped.
+torchinfo tdigest accumulation_tree pyudorandom networkx`` (PyTorch CPU must be installed;
+``tdigest`` imports the last two without declaring them to ``--no-deps``); without it the
+``plinio`` variant is reported as skipped.
 
 Usage::
 
