@@ -365,6 +365,7 @@ def _layer_kwargs(cls, config, name, base=None):
 def _rebuild(spec, weights, tf_keras, tf):
     """The tf_keras functional model described by `spec`, with the Keras 3 weights."""
     tensors = {}
+    pending = list(enumerate(spec["layers"]))
 
     def resolve(ref):
         if "tensor" in ref:
@@ -375,39 +376,56 @@ def _rebuild(spec, weights, tf_keras, tf):
             return {k: resolve(r) for k, r in ref["dict"].items() if r.get("value", 0) is not None}
         return ref["value"]
 
-    # Keras lists a functional model's layers in graph order: every input is made before use
-    for k, entry in enumerate(spec["layers"]):
-        name, class_name, config = entry["name"], entry["class_name"], entry["config"]
-        if class_name == "InputLayer":
-            tensors[(name, 0, 0)] = tf_keras.Input(
-                batch_shape=tuple(config["batch_shape"]), dtype=config.get("dtype"), name=name)
-            continue
-        cls = getattr(tf_keras.layers, class_name, None)
-        if cls is None:
-            raise _ChildError(
-                f"Layer {name!r} ({class_name}) has no tf_keras counterpart; "
-                "to_tflite_tfmot() cannot rebuild it. Use keras_dnas.qat.quantize_aware "
-                "(native QAT) instead."
-            )
-        try:
-            layer = cls(**_layer_kwargs(cls, config, name, tf_keras.layers.Layer))
-        except (TypeError, ValueError) as e:
-            raise _ChildError(f"Layer {name!r} ({class_name}) could not be rebuilt with "
-                              f"tf_keras: {e}") from e
-        for node_index, node in enumerate(entry["nodes"]):
-            out = layer(*resolve(node["args"]), **resolve(node["kwargs"]))
-            for t, tensor in enumerate(tf.nest.flatten(out)):
-                tensors[(name, node_index, t)] = tensor
-        n_saved = sum(1 for key in weights.files if key.startswith(f"{k}/"))
-        values = [weights[f"{k}/{j}"] for j in range(n_saved)]
-        if n_saved != len(layer.weights) or any(
-                tuple(v.shape) != tuple(w.shape) for v, w in zip(values, layer.weights)):
-            raise _ChildError(
-                f"Layer {name!r} ({class_name}): its tf_keras weights "
-                f"{[tuple(w.shape) for w in layer.weights]} do not match the Keras 3 ones; "
-                "to_tflite_tfmot() cannot rebuild it."
-            )
-        layer.set_weights(values)
+    def ready(ref):
+        if "tensor" in ref:
+            return tuple(ref["tensor"]) in tensors
+        children = ref.get("list") or list(ref.get("dict", {}).values())
+        return all(ready(r) for r in children)
+
+    while pending:
+        progress = False
+        for item in list(pending):
+            k, entry = item
+            name, class_name, config = entry["name"], entry["class_name"], entry["config"]
+            if class_name == "InputLayer":
+                tensors[(name, 0, 0)] = tf_keras.Input(
+                    batch_shape=tuple(config["batch_shape"]), dtype=config.get("dtype"), name=name)
+                pending.remove(item)
+                progress = True
+                continue
+            if not all(ready(n["args"]) and ready(n["kwargs"]) for n in entry["nodes"]):
+                continue
+            cls = getattr(tf_keras.layers, class_name, None)
+            if cls is None:
+                raise _ChildError(
+                    f"Layer {name!r} ({class_name}) has no tf_keras counterpart; "
+                    "to_tflite_tfmot() cannot rebuild it. Use keras_dnas.qat.quantize_aware "
+                    "(native QAT) instead."
+                )
+            try:
+                layer = cls(**_layer_kwargs(cls, config, name, tf_keras.layers.Layer))
+            except (TypeError, ValueError) as e:
+                raise _ChildError(f"Layer {name!r} ({class_name}) could not be rebuilt with "
+                                  f"tf_keras: {e}") from e
+            for node_index, node in enumerate(entry["nodes"]):
+                out = layer(*resolve(node["args"]), **resolve(node["kwargs"]))
+                for t, tensor in enumerate(tf.nest.flatten(out)):
+                    tensors[(name, node_index, t)] = tensor
+            n_saved = sum(1 for key in weights.files if key.startswith(f"{k}/"))
+            values = [weights[f"{k}/{j}"] for j in range(n_saved)]
+            if n_saved != len(layer.weights) or any(
+                    tuple(v.shape) != tuple(w.shape) for v, w in zip(values, layer.weights)):
+                raise _ChildError(
+                    f"Layer {name!r} ({class_name}): its tf_keras weights "
+                    f"{[tuple(w.shape) for w in layer.weights]} do not match the Keras 3 ones; "
+                    "to_tflite_tfmot() cannot rebuild it."
+                )
+            layer.set_weights(values)
+            pending.remove(item)
+            progress = True
+        if not progress:
+            raise _ChildError("The model graph could not be rebuilt (unresolved layer inputs: "
+                              + ", ".join(repr(e["name"]) for _, e in pending) + ").")
     inputs = [tensors[(e["name"], 0, 0)] for e in spec["layers"] if e["class_name"] == "InputLayer"]
     return tf_keras.Model(inputs, tensors[tuple(spec["output"])], name=spec["name"])
 
