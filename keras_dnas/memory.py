@@ -1056,9 +1056,7 @@ class _ArenaReplay:
         self.overlaps = arena._overlapping([f for f, _ in self.spans], [e for _, e in self.spans])
         self.plan_memo = {}  # the last placement: the next call re-places only what changed
         self.tail = None  # arena.TailReplay, on first use
-        # fixed offsets as `arena.greedy_plan` reads `offline_offsets` (None: planned)
-        self.fixed = [None if (b["offline"] is None or b["offline"] < 0) else int(b["offline"])
-                      for b in buffers]
+        self.fixed = arena.fixed_offsets([b["offline"] for b in buffers])
         self.itemsize = np.array([full.tensors[i].itemsize for i in self.tensor_ids],
                                  dtype=np.int64)
         self._dims_by_width = {}  # len(counts) -> (coefficients, constants)

@@ -98,10 +98,16 @@ def greedy_plan(buffers, alignment=ARENA_ALIGNMENT, offline_offsets=None, overla
                 "`offline_offsets` needs one entry per buffer. Received: "
                 f"{len(offline_offsets)} offsets for {n} buffers"
             )
-        fixed = [None if (o is None or o < 0) else int(o) for o in offline_offsets]
+        fixed = fixed_offsets(offline_offsets)
     if overlaps is None:
         overlaps = _overlapping([int(f) for _, f, _ in buffers], [int(l) for _, _, l in buffers])
     return plan_aligned(sizes, fixed, overlaps, memo)
+
+
+def fixed_offsets(offline_offsets):
+    """The planner's view of offline offsets: an int where the buffer is placed offline,
+    ``None`` where the planner places it (no entry, or a negative one)."""
+    return [None if (o is None or o < 0) else int(o) for o in offline_offsets]
 
 
 def plan_aligned(sizes, fixed, overlaps, memo=None):
