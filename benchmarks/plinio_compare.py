@@ -45,6 +45,8 @@ BATCH = 64
 N_VAL = 400
 PHASES = ("data", "warmup", "prepare", "search", "freeze", "finetune")
 VARIANTS = {"kd-tf": "tensorflow", "kd-jax": "jax", "kd-torch": "torch", "plinio": None}
+# the same keras_dnas runs with Keras' ``steps_per_execution`` (see --steps-per-execution)
+VARIANTS.update({f"{name}-spe": backend for name, backend in list(VARIANTS.items()) if backend})
 
 
 class _Clock:
@@ -73,7 +75,7 @@ def _data():
     return (x[:-N_VAL], y[:-N_VAL]), (x[-N_VAL:], y[-N_VAL:]), (xt, yt)
 
 
-def child_keras(fraction):
+def child_keras(fraction, steps_per_execution=1):
     clock = _Clock()
     start = (time.process_time(), time.perf_counter())
     with clock("data"):
@@ -86,7 +88,7 @@ def child_keras(fraction):
     def compiled(model):
         model.compile(keras.optimizers.Adam(1e-3),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
+                      metrics=["accuracy"], steps_per_execution=steps_per_execution)
         return model
 
     fit = dict(batch_size=BATCH, validation_data=val, verbose=0)
@@ -229,7 +231,8 @@ def run_child(variant, args):
     if backend:
         env["KERAS_BACKEND"] = backend
     cmd = [sys.executable, os.path.abspath(__file__), "--child", variant,
-           "--fraction", str(args.fraction), "--plinio-strength", str(args.plinio_strength)]
+           "--fraction", str(args.fraction), "--plinio-strength", str(args.plinio_strength),
+           "--steps-per-execution", str(args.steps_per_execution)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     for line in proc.stdout.splitlines()[::-1]:
         if line.startswith("RESULT "):
@@ -281,13 +284,16 @@ def main(argv=None):
                         help="keras_dnas params budget as a fraction of the seed's")
     parser.add_argument("--plinio-strength", type=float, default=1e-5,
                         help="PLiNIO's cost regularisation strength (per parameter)")
+    parser.add_argument("--steps-per-execution", type=int, default=16,
+                        help="Keras' compile(steps_per_execution=...) of the '-spe' variants")
     parser.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         if args.child == "plinio":
             result = child_plinio(args.plinio_strength)
         else:
-            result = child_keras(args.fraction)
+            result = child_keras(args.fraction, args.steps_per_execution
+                                 if args.child.endswith("-spe") else 1)
         print("RESULT " + json.dumps(result), flush=True)
         return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]

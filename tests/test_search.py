@@ -174,6 +174,33 @@ def test_search_fit_traces_the_train_step_once(trained_seed):
     assert all(np.isfinite(history.history["loss"]))
 
 
+def test_steps_per_execution_searches_step_for_step_the_same(trained_seed):
+    # Keras runs N steps per call and calls the batch hooks once per call: the mask folding at
+    # the epoch's last step and the penalty's per-step sums must not depend on it
+    if keras.backend.backend() == "torch":
+        pytest.skip("Keras' PyTorch trainer runs one step per call")
+    (x, y), (xv, yv) = digits()
+    runs = []
+    for steps in (1, 4):
+        keras.utils.set_random_seed(1)
+        search = kd.prepare(trained_seed)
+        search.compile(keras.optimizers.Adam(1e-2), LOSS, steps_per_execution=steps)
+        cb = kd.DNASCallback("stm32h743", budgets={"macs": 1.5e5}, warmup_epochs=1, verbose=0)
+        search.fit(x[:600], y[:600], epochs=3, batch_size=64, verbose=0, callbacks=[cb],
+                   validation_data=(xv[:100], yv[:100]))  # 10 steps: a last, partial call
+        slim = kd.freeze(search, verbose=0)
+        runs.append((cb.history, [v.numpy() for v in kd.masks.mask_variables(search)], slim))
+    (history, masks, slim), (history4, masks4, slim4) = runs
+    assert history[-1]["dnas/macs"] < history[0]["dnas/macs"]  # the masks did move
+    for epoch, epoch4 in zip(history, history4, strict=True):
+        for key in ("loss", "val_loss", "dnas/penalty", "dnas/macs"):
+            assert epoch4[key] == pytest.approx(epoch[key], rel=1e-6), key
+    for a, b in zip(masks, masks4, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6)
+    assert slim4.get_compile_config()["steps_per_execution"] == 4
+    assert slim.count_params() == slim4.count_params()
+
+
 def test_warmup_keeps_masks_frozen_and_no_callback_means_no_penalty(trained_seed):
     (x, y), _ = digits()
     search = kd.prepare(trained_seed)
