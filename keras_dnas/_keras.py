@@ -89,6 +89,7 @@ __all__ = [
     "check_version",
     "elementwise_add_as_add",
     "in_stateless_scope",
+    "accepts_training",
     "inbound_node_count",
     "initial_weights",
     "inputs_struct",
@@ -132,6 +133,11 @@ def sequential_graph(model):
     """The Functional graph Keras builds behind a Sequential model (``None`` before it knows
     its input shape)."""
     return getattr(model, "_functional", None)
+
+
+def accepts_training(operation):
+    """Whether ``operation`` (a layer) takes a ``training`` argument in its ``call``."""
+    return bool(getattr(operation, "_call_has_training_arg", False))
 
 
 def inbound_node_count(layer):

@@ -958,15 +958,89 @@ def recalibrate_batchnorm(model, x, batch_size=256):
         with _before_call(layers, lambda layer, z: _MomentSums(layer).add(z).assign()):
             fn(inputs if len(inputs) > 1 else inputs[0], training=False)
         return len(layers)
-    for layer in layers:
-        probe = keras.Model(fn.inputs if len(fn.inputs) > 1 else fn.inputs[0], layer.input)
+    # Each BN's statistics need every sample through the recalibrated BNs before it: one pass
+    # per BN. A pass starts where the last one ended, from the values (all samples, on the
+    # host) of the tensors the later steps read there, not from the inputs again: the passes
+    # together cost one forward pass, not one per BN. Where those values would exceed
+    # REPLAY_CACHE_BYTES, a pass starts at an earlier, narrower point.
+    steps, cuts = _replay_points(fn, layers, n)
+    batches = range(0, n, batch_size)
+    known = {id(t): [a[b:b + batch_size] for b in batches] for t, a in zip(fn.inputs, inputs)}
+    point = -1
+    for at, layer in sorted((steps.index(_step_of(steps, layer)), layer) for layer in layers):
+        cut_at, cut = cuts[id(layer)]
+        if cut_at > point:  # the BNs before the cut are final, so are the values there
+            known = _forward(steps[point + 1:cut_at + 1], known, cut)
+            point = cut_at
         stats = _MomentSums(layer)
-        for start in range(0, n, batch_size):
-            batch = [a[start:start + batch_size] for a in inputs]
-            # compiled (traced once per probe): an eager pass costs more than the tracing
-            stats.add(probe.predict_on_batch(batch if len(batch) > 1 else batch[0]))
+        for z in _forward(steps[point + 1:at], known, [layer.input])[id(layer.input)]:
+            stats.add(z)
         stats.assign()
     return len(layers)
+
+
+#: Float bytes of activations (all calibration samples) that ``recalibrate_batchnorm`` may
+#: keep on the host between its per-BN passes (128 MiB).
+REPLAY_CACHE_BYTES = 128 * 2**20
+
+
+def _step_of(steps, layer):
+    return next(step for step in steps if step.operation is layer)
+
+
+def _replay_points(fn, layers, n):
+    """The steps towards the BN inputs, and for each BN ``(position, tensors)``: the latest
+    point before it in ``steps`` whose tensors read later (their values for ``n`` samples
+    within :data:`REPLAY_CACHE_BYTES`) are all a pass needs to go on (-1: the inputs)."""
+    order = walk.nodes(fn)
+    made_by = {id(t): g for g in order for t in g.outputs}
+    needed, frontier = set(), [_step_of(order, layer) for layer in layers]
+    while frontier:  # the steps the BN inputs depend on
+        step = frontier.pop()
+        if id(step) not in needed:
+            needed.add(id(step))
+            frontier.extend(made_by[id(t)] for t in step.inputs if id(t) in made_by)
+    steps = [g for g in order if id(g) in needed]
+    made_at = {id(t): -1 for t in fn.inputs}
+    last_read = {}
+    for i, step in enumerate(steps):
+        made_at.update((id(t), i) for t in step.outputs)
+        last_read.update((id(t), (i, t)) for t in step.inputs)
+    fits = {-1: list(fn.inputs)}
+    for i in range(len(steps)):
+        live = [t for k, (j, t) in last_read.items() if made_at[k] <= i < j]
+        if live and n * sum(_sample_bytes(t) for t in live) <= REPLAY_CACHE_BYTES:
+            fits[i] = live
+    cuts = {}
+    for layer in layers:
+        at = steps.index(_step_of(steps, layer))
+        i = max(i for i in fits if i < at)
+        cuts[id(layer)] = (i, fits[i])
+    return steps, cuts
+
+
+def _sample_bytes(tensor):
+    dims = tensor.shape[1:]
+    if any(d is None for d in dims):  # a variable length: no bound known before the data
+        return float("inf")
+    return int(np.prod(dims)) * np.dtype(tensor.dtype).itemsize
+
+
+def _forward(steps, known, targets):
+    """Run ``steps`` eagerly, batch by batch, from ``known`` (``{id(tensor): [one value per
+    batch]}``: what they read from earlier steps); the ``targets``' values the same way."""
+    out = {id(t): [] for t in targets}
+    for i in range(len(next(iter(known.values())))):
+        values = {k: v[i] for k, v in known.items()}
+        for step in steps:
+            args, kwargs = _keras.call_arguments(step.node, values)
+            if _keras.accepts_training(step.operation):
+                kwargs["training"] = False
+            values.update(zip([id(t) for t in step.outputs],
+                              keras.tree.flatten(step.operation(*args, **kwargs))))
+        for t in targets:
+            out[id(t)].append(values[id(t)])
+    return out
 
 
 class _MomentSums:

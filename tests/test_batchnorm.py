@@ -3,6 +3,7 @@ import pytest
 
 import keras
 import keras_dnas as kd
+from keras_dnas import _keras
 
 from tests import toys
 
@@ -72,3 +73,31 @@ def test_compiled_calibrator_matches_recalibrate_and_reuses_its_trace():
             np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-4, atol=1e-5)
             assert "call" not in layer.__dict__
+
+
+def test_recalibrate_passes_resume_where_the_graph_narrows(monkeypatch):
+    # chunked: each BN's pass starts from the host-kept values of the tensors the later steps
+    # read (the residual stream's skip included), not from the inputs; same statistics
+    import importlib
+
+    freeze_module = importlib.import_module("keras_dnas.freeze")
+    search = kd.prepare(toys.residual_ds())
+    toys.close_random_masks(search, seed=1)
+    x = toys.sample(search, n=64, seed=2)
+    bns = [layer for layer in search.layers if isinstance(layer, L.BatchNormalization)]
+    steps, cuts = freeze_module._replay_points(search, bns, len(x))
+    assert [cuts[id(layer)][0] for layer in bns] == [
+        steps.index(next(s for s in steps if s.operation is layer)) - 1 for layer in bns]
+    assert max(len(cuts[id(layer)][1]) for layer in bns) == 2  # a BN input and the skip
+    kd.recalibrate_batchnorm(search, x, batch_size=16)
+    resumed = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in bns]
+    monkeypatch.setattr(freeze_module, "REPLAY_CACHE_BYTES", 0)  # every pass from the inputs
+    assert all(cut == (-1, search.inputs) for cut in
+               freeze_module._replay_points(search, bns, len(x))[1].values())
+    for layer in bns:
+        layer.moving_mean.assign(np.full(layer.moving_mean.shape, 3.0, "float32"))
+    kd.recalibrate_batchnorm(search, x, batch_size=16)
+    for layer, (mean, var) in zip(bns, resumed):
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-6, atol=1e-7)
+    assert all(_keras.inbound_node_count(layer) == 1 for layer in search.layers[1:])

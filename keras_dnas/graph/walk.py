@@ -278,7 +278,7 @@ def flatten(model, keep=(), weights=True):
             if hasattr(op, "name"):
                 op = copy_of(op)
             if isinstance(op, keras.layers.Layer):
-                if training is not None and getattr(op, "_call_has_training_arg", False):
+                if training is not None and _keras.accepts_training(op):
                     kwargs["training"] = training
             out = op(*args, **kwargs)
             for old, new in zip(gnode.outputs, tree.flatten(out)):
