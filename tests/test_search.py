@@ -185,7 +185,8 @@ def test_steps_per_execution_searches_step_for_step_the_same(trained_seed):
         keras.utils.set_random_seed(1)
         search = kd.prepare(trained_seed)
         search.compile(keras.optimizers.Adam(1e-2), LOSS, steps_per_execution=steps)
-        cb = kd.DNASCallback("stm32h743", budgets={"macs": 1.5e5}, warmup_epochs=1, verbose=0)
+        cb = kd.DNASCallback("stm32h743", budgets={"macs": 1.5e5}, warmup_epochs=1, verbose=0,
+                             calibration_data=x[:300])
         search.fit(x[:600], y[:600], epochs=3, batch_size=64, verbose=0, callbacks=[cb],
                    validation_data=(xv[:100], yv[:100]))  # 10 steps: a last, partial call
         slim = kd.freeze(search, verbose=0)
