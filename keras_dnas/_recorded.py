@@ -144,10 +144,18 @@ class Value:
     # ------------------------------------------------------------------ nodes
     def node(self, kind="id", param=None, *others):
         return self.tape.node(kind, (self.terms,) + tuple(
-            Value(self.tape, {}).__add__(o).terms for o in others), param)
+            as_value(self.tape, o).terms for o in others), param)
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+def as_value(tape, x):
+    """``x`` (a number, or a Value of ``tape``) as a Value of ``tape``."""
+    terms = Value(tape, {})._lift(x)
+    if terms is None:
+        raise NotRecordable(f"A {type(x).__name__} is not a number of the recording.")
+    return Value(tape, dict(terms))
+
 # ceil_div, floor_div and aligned record a Value (their tensor forms are costs.latency's and
 # _ste's); the others take tensors (the ops the cost functions always used) or Values.
 
@@ -194,7 +202,7 @@ def equal(a, b):
         return float(a == b)
     if isinstance(a, Value) or isinstance(b, Value):
         tape = (a if isinstance(a, Value) else b).tape
-        return Value(tape, {}).__add__(a).node("equal", None, b)
+        return as_value(tape, a).node("equal", None, b)
     return ops.cast(ops.equal(frozen(a), frozen(b)), "float32")
 
 
@@ -212,7 +220,7 @@ def maximum(values):
     """The largest of ``values`` (Values)."""
     values = list(values)
     tape = next(v.tape for v in values if isinstance(v, Value))
-    lifted = [Value(tape, {}).__add__(v) for v in values]
+    lifted = [as_value(tape, v) for v in values]
     return lifted[0].node("max", None, *lifted[1:])
 
 
@@ -257,7 +265,7 @@ def record(fn, counts):
     values = fn(_leaves(tape, counts, layout))
     outputs = {}
     for name, v in values.items():
-        outputs[name] = Value(tape, {}).__add__(v).terms
+        outputs[name] = as_value(tape, v).terms
     return Recording(tape, outputs, layout)
 
 
