@@ -980,8 +980,8 @@ def recalibrate_batchnorm(model, x, batch_size=256):
 
 
 #: Float bytes of activations (all calibration samples) that ``recalibrate_batchnorm`` may
-#: keep on the host between its per-BN passes (128 MiB).
-REPLAY_CACHE_BYTES = 128 * 2**20
+#: keep on the host between its per-BN passes (64 MiB).
+REPLAY_CACHE_BYTES = 64 * 2**20
 
 
 def _step_of(steps, layer):
