@@ -395,13 +395,14 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
     raising = set()  # groups whose next channel raised the arena last round
     full = set()  # groups whose next channel breaks a budget other than RAM: these costs only
     while True:   # grow with channels, so such a group never fits again
-        counts = {g: int(keep[g].sum()) for g in order}
+        # opening the next channel of group g (keep[g] follows order[g]) adds 1 to its count
+        counts = _counts(keep)
         open_ = [g for g in order if counts[g] < plan.groups[g].size and g not in full]
         trials = {}
         for g in open_:
             t_costs = dict(costs)
             if cheap:
-                values = cost_model.evaluate(_counts(with_counts({g: counts[g] + 1})),
+                values = cost_model.evaluate(_plus_one(counts, [g]),
                                              [b.metric for b in cheap], exact=True)
                 t_costs.update({m: float(_number(v)) for m, v in values.items()})
                 if not all(b.holds(t_costs[b.metric]) for b in cheap):
@@ -409,8 +410,8 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
                     continue
             trials[g] = t_costs
         if ram is not None and trials:
-            rises = _ram_rises(cost_model, keep, with_counts, counts, list(trials),
-                               costs["ram_bytes"], hot=raising)
+            rises = _ram_rises(cost_model, counts, list(trials), costs["ram_bytes"],
+                               hot=raising)
             raising = set(rises)
             for g, rise in rises.items():
                 trials[g]["ram_bytes"] = costs["ram_bytes"] + rise
@@ -456,16 +457,24 @@ def _counts(keep):
     return [int(k.sum()) for k in keep]
 
 
-def _ram_rises(cost_model, keep, with_counts, counts, groups, ram_now, hot=()):
-    """``{g: exact arena rise}`` of opening one more channel in group g, by group testing:
-    opening one channel in every group of a set at once and splitting only the sets that raise
-    the arena (groups off its peak leave it as it is), so few planner replays are needed.
+def _plus_one(counts, groups):
+    """``counts`` with one more channel in each of ``groups``."""
+    trial = list(counts)
+    for g in groups:
+        trial[g] += 1
+    return trial
+
+
+def _ram_rises(cost_model, counts, groups, ram_now, hot=()):
+    """``{g: exact arena rise}`` of opening one more channel in group g (from ``counts``, one
+    per group), by group testing: opening one channel in every group of a set at once and
+    splitting only the sets that raise the arena (groups off its peak leave it as it is), so
+    few planner replays are needed.
     ``hot``: the groups that raised it last round (the peak stays among the same few scopes),
     tried one by one first; the others start as one set."""
     def rise_of(subset):
-        trial = with_counts({g: counts[g] + 1 for g in subset})
-        return float(_number(cost_model.evaluate(_counts(trial), ["ram_bytes"])["ram_bytes"])) \
-            - ram_now
+        trial = _plus_one(counts, subset)
+        return float(_number(cost_model.evaluate(trial, ["ram_bytes"])["ram_bytes"])) - ram_now
 
     hot = [g for g in groups if g in hot]
     found = {}
