@@ -904,8 +904,8 @@ class MemoryModel:
         total = len(self.full_bytes) + int((data - v["full_data"]).sum()) + \
             QUANT_BYTES_PER_CHANNEL * int((scales - v["scale_full"]).sum())
         if self._zero:
-            sizes = [self._tensor_bytes(i, counts) for i in self._zero]
-            delta = self._zero_bytes([int(n) for n in sizes]) - self._zero_full
+            sizes = v["zero_itemsize"] * np.prod(v["zero_a"] @ counts + v["zero_c"], axis=1)
+            delta = self._zero_bytes(sizes.tolist()) - self._zero_full
             moved[v["zero_segment"]] += delta
             total += delta
         old = v["old_padding"]
@@ -953,6 +953,9 @@ class MemoryModel:
         }
         if self._zero:
             v["zero_segment"] = segment(pad.data_at[tensors[self._zero[0]].buffer])
+            v["zero_a"], v["zero_c"] = _linear_dims([self._dims[i] for i in self._zero], width)
+            v["zero_itemsize"] = np.array([tensors[i].itemsize for i in self._zero],
+                                          dtype=np.int64)
         cache[width] = v
         return v
 
@@ -969,14 +972,11 @@ class MemoryModel:
         """Flash of all-zero vectors of byte ``sizes`` stored once per distinct size (ints, or
         tensors: the forward value is exact at integer counts; which sizes are equal has a zero
         gradient)."""
-        symbolic = not all(isinstance(n, (int, np.integer)) for n in sizes)
+        if all(isinstance(n, (int, np.integer)) for n in sizes):  # each distinct size once
+            return sum(_aligned(n, BUFFER_ALIGNMENT) + BUFFER_ENTRY_BYTES
+                       for n in dict.fromkeys(int(n) for n in sizes))
         total = 0
         for i, n in enumerate(sizes):
-            if not symbolic:
-                if n in sizes[:i]:
-                    continue
-                total += _aligned(n, BUFFER_ALIGNMENT) + BUFFER_ENTRY_BYTES
-                continue
             new = 1.0
             for m in sizes[:i]:
                 same = _recorded.equal(n, m)
@@ -1075,6 +1075,11 @@ class _ArenaReplay:
         self.read_groups = [sorted({g for d in list(memory._dims[i]) + [memory._scales[i]]
                                     for g, _ in d.terms}) for i in self.read]
         self.memo = [{} for _ in self.read]
+        self.readers = {}  # group -> positions in self.read of the tensors that follow it
+        for k, groups in enumerate(self.read_groups):
+            for g in groups:
+                self.readers.setdefault(g, []).append(k)
+        self._last_read = None  # (counts, tensors) of the last call of model()
         self.requests = {}  # operator -> number of scratch requests at full width
         for b in self.scratch:
             self.requests[b["op"]] = self.requests.get(b["op"], 0) + 1
@@ -1116,9 +1121,18 @@ class _ArenaReplay:
     def model(self, counts):
         """The full-width model with the tensors the tail and the scratch rules read rescaled
         to ``counts`` (nothing here reads the others)."""
-        tensors = list(self.memory.full.tensors)
         width = len(counts)
-        for i, groups, memo in zip(self.read, self.read_groups, self.memo):
+        last = self._last_read
+        if last is not None and len(last[0]) == width:
+            # only the tensors following a group whose count changed since the last call
+            tensors = list(last[1])
+            moved = [g for g, (a, b) in enumerate(zip(counts, last[0])) if a != b]
+            todo = sorted({k for g in moved for k in self.readers.get(g, ())})
+        else:
+            tensors = list(self.memory.full.tensors)
+            todo = range(len(self.read))
+        for k in todo:
+            i, groups, memo = self.read[k], self.read_groups[k], self.memo[k]
             # a tensor follows a few groups: a projection's trials mostly leave them as they
             # were, so its copy at those counts is reused (the copies are never modified)
             key = (width,) + tuple(counts[g] if g < width else -1 for g in groups)
@@ -1128,6 +1142,7 @@ class _ArenaReplay:
                     memo.clear()
                 t = memo[key] = self.memory._scaled_tensor(i, counts)
             tensors[i] = t
+        self._last_read = (list(counts), tensors)
         return dataclasses.replace(self.memory.full, tensors=tensors)
 
     def tensor_count(self, counts):

@@ -152,12 +152,15 @@ def _place(sizes, order, fixed, overlaps, memo=None):
         else:
             off = 0
             size = sizes[b]
-            active = [p for p in overlaps[b] if offsets[p] is not None]
-            active.sort(key=lambda p: offsets[p] * n + rank[p])  # (offset, rank) order
-            for p in active:
-                if offsets[p] - off >= size:
+            # the placed buffers that overlap b, in (offset, rank) order: one int each (offset
+            # * n + rank) sorts without a key function
+            keys = [offsets[p] * n + rank[p] for p in overlaps[b] if offsets[p] is not None]
+            keys.sort()
+            for key in keys:
+                at = key // n
+                if at - off >= size:
                     break  # the gap before this buffer fits
-                end = offsets[p] + sizes[p]
+                end = at + sizes[order[key - at * n]]
                 if end > off:
                     off = end
         offsets[b] = off
