@@ -893,18 +893,18 @@ class MemoryModel:
         every quantised tensor."""
         v = self._flash_vectors(len(counts))
         counts = np.asarray(counts, dtype=np.int64)
-        dims = v["a"] @ counts + v["c"] if v["a"].size else v["c"]
+        dims = v["dims"](counts)
         size = v["itemsize"] * np.prod(dims, axis=1)
         data = (size + v["skew"] + BUFFER_ALIGNMENT - 1) // BUFFER_ALIGNMENT * BUFFER_ALIGNMENT \
             - v["skew"]
-        scales = v["scale_a"] @ counts + v["scale_c"] if v["scale_a"].size else v["scale_c"]
+        scales = v["scales"](counts)[:, 0]
         moved = np.zeros(v["segments"], dtype=np.int64)  # per padding segment (last: the front)
         np.add.at(moved, v["data_segment"], data - v["full_data"])
         np.add.at(moved, v["scale_segment"], QUANT_BYTES_PER_CHANNEL * (scales - v["scale_full"]))
         total = len(self.full_bytes) + int((data - v["full_data"]).sum()) + \
             QUANT_BYTES_PER_CHANNEL * int((scales - v["scale_full"]).sum())
         if self._zero:
-            sizes = v["zero_itemsize"] * np.prod(v["zero_a"] @ counts + v["zero_c"], axis=1)
+            sizes = v["zero_itemsize"] * np.prod(v["zero_dims"](counts), axis=1)
             delta = self._zero_bytes(sizes.tolist()) - self._zero_full
             moved[v["zero_segment"]] += delta
             total += delta
@@ -929,12 +929,11 @@ class MemoryModel:
             k = bisect.bisect_left(positions, at) - 1
             return k if k >= 0 else len(positions)  # the last entry: the front padding
 
-        a, c = _linear_dims([self._dims[i] for i in self._constants], width)
-        scale_a, scale_c = _linear_dims([[self._scales[i]] for i in self._quantized], width,
-                                        rank=1)
+        dims = _linear_dims([self._dims[i] for i in self._constants], width)
+        scales = _linear_dims([[self._scales[i]] for i in self._quantized], width, rank=1)
         old = [pad._pads[at] for at in positions] + [pad._front]
         v = {
-            "a": a, "c": c,
+            "dims": dims,
             "itemsize": np.array([tensors[i].itemsize for i in self._constants], dtype=np.int64),
             "skew": np.array([pad.data_skew.get(tensors[i].buffer, 0) for i in self._constants],
                              dtype=np.int64),
@@ -942,7 +941,7 @@ class MemoryModel:
                                    for i in self._constants], dtype=np.int64),
             "data_segment": np.array([segment(pad.data_at[tensors[i].buffer])
                                       for i in self._constants], dtype=np.int64),
-            "scale_a": scale_a[:, 0], "scale_c": scale_c[:, 0],
+            "scales": scales,
             "scale_full": np.array([self._scales[i].value for i in self._quantized],
                                    dtype=np.int64),
             "scale_segment": np.array([segment(pad.scale_at[i]) for i in self._quantized],
@@ -953,7 +952,7 @@ class MemoryModel:
         }
         if self._zero:
             v["zero_segment"] = segment(pad.data_at[tensors[self._zero[0]].buffer])
-            v["zero_a"], v["zero_c"] = _linear_dims([self._dims[i] for i in self._zero], width)
+            v["zero_dims"] = _linear_dims([self._dims[i] for i in self._zero], width)
             v["zero_itemsize"] = np.array([tensors[i].itemsize for i in self._zero],
                                           dtype=np.int64)
         cache[width] = v
@@ -1092,8 +1091,8 @@ class _ArenaReplay:
             self.read_without_shapes |= set(inputs + op.outputs + op.intermediates)
 
     def _dims(self, width):
-        """``(A, c)``: the planned tensors' dimensions are ``A @ counts + c`` (padded with 1s
-        to one rank), for ``width`` counts."""
+        """:class:`_Linear`: the planned tensors' dimensions (padded with 1s to one rank) at
+        ``width`` counts."""
         if width not in self._dims_by_width:
             self._dims_by_width[width] = _linear_dims(
                 [self.memory._dims[i] for i in self.tensor_ids], width)
@@ -1102,8 +1101,7 @@ class _ArenaReplay:
     def sizes(self, counts, model=None):
         """Bytes of every planned buffer (tensors, then scratch) at ``counts``, or None when a
         tensor's is 0 (the full replay then drops it). ``model``: ``self.model(counts)``."""
-        a, c = self._dims(len(counts))
-        dims = a @ np.asarray(counts, dtype=np.int64) + c if a.size else c
+        dims = self._dims(len(counts))(counts)
         tensor_bytes = self.itemsize * np.prod(dims, axis=1)
         if np.any(tensor_bytes <= 0):
             return None
@@ -1268,10 +1266,27 @@ class _ZeroPointPadding:
         return total
 
 
+class _Linear:
+    """``A @ counts + c`` at integer counts (an int64 array of one row per entry), as one
+    float64 matrix product: every coefficient and count is a small integer, so the product is
+    exact, and a BLAS product of DenseNet121's ~600 constants costs a fifth of NumPy's int64
+    one (flash is evaluated thousands of times in a fill)."""
+
+    def __init__(self, a, c):
+        self.c = c
+        self.a = a.reshape(-1, a.shape[-1]).astype(np.float64) if a.size else None
+
+    def __call__(self, counts):
+        if self.a is None:
+            return self.c
+        product = self.a @ np.asarray(counts, dtype=np.float64)
+        return product.astype(np.int64).reshape(self.c.shape) + self.c
+
+
 def _linear_dims(rows, width, rank=None):
-    """``(A, c)`` with ``A @ counts + c`` the dimensions of each row of :class:`_Dim` (rows
-    padded with 1s to one rank) for ``width`` counts; a dimension following a tap count not
-    given (beyond ``width``) keeps its full value, as in :meth:`_Dim.count`."""
+    """:class:`_Linear` of ``(A, c)``, with ``A @ counts + c`` the dimensions of each row of
+    :class:`_Dim` (rows padded with 1s to one rank) for ``width`` counts; a dimension following
+    a tap count not given (beyond ``width``) keeps its full value, as in :meth:`_Dim.count`."""
     rank = max((len(r) for r in rows), default=0) if rank is None else rank
     a = np.zeros((len(rows), rank, width), dtype=np.int64)
     c = np.ones((len(rows), rank), dtype=np.int64)
@@ -1283,7 +1298,7 @@ def _linear_dims(rows, width, rank=None):
             c[row, axis] = d.const
             for g, k in d.terms:
                 a[row, axis, g] += k
-    return a, c
+    return _Linear(a, c)
 
 
 def _representative(model):

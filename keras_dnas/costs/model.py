@@ -51,6 +51,7 @@ class CostModel:
         self._seen = self._first_calls()
         self._views = compute.ViewCounts(plan)  # cin / cout of every layer at int counts
         self._fixed_geometry = not plan.tap_layers() and not plan.choices
+        self._width = len(plan.groups) + len(plan.tap_layers())  # counts with their taps
         self._recordings = {}  # (counts layout, metrics) -> [(Recording or None, metrics)]
         #: metrics whose soft value :meth:`soft_evaluate` could not record (evaluated directly)
         self.unrecorded = []
@@ -165,7 +166,8 @@ class CostModel:
         """
         metrics = list(metrics or self.available())
         names = [canonical(m) for m in metrics]
-        counts = compute.with_taps(self.plan, counts, self.taps)
+        if len(counts) < self._width:
+            counts = compute.with_taps(self.plan, counts, self.taps)
         out = {}
         if self._fixed_geometry and any(m in _LATENCY for m in names) and \
                 all(type(c) is int for c in counts):
