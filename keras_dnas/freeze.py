@@ -862,7 +862,7 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4, ful
     rebuilt with ``keep``, the one converted (``freeze`` returns it: no second rebuild).
     """
     from keras_dnas.costs import arena
-    from keras_dnas.export.convert import to_tflite
+    from keras_dnas.export.convert import _to_tflite_decoded
     from keras_dnas.search.objectives import Budget
 
     frozen = rebuild_with(model, plan, keep, full_taps=full_taps)
@@ -878,11 +878,12 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4, ful
     x = np.random.default_rng(0).normal(size=(8,) + shape).astype("float32")
 
     def measured(frozen):
-        blob = to_tflite(frozen, representative_data=x, arena_plan=arena_plan)
+        # the file kd.export.to_tflite writes, and its decoding (read once)
+        blob, info = _to_tflite_decoded(frozen, x, "int8", False, arena_plan)
         values = {"flash_bytes": float(len(blob))}
         if "ram_bytes" in metrics:
             values["ram_bytes"] = float(
-                arena.tflite_arena(blob, pointer_bytes=pointer_bytes)["total"])
+                arena.tflite_arena(info, pointer_bytes=pointer_bytes)["total"])
         return values
 
     removed, working = [], list(budgets)
