@@ -625,6 +625,7 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     certificate, full_taps, frozen = None, False, None
     if budgets:
         from keras_dnas.export import offline
+        from keras_dnas.export.convert import _collector_skips_older_objects
 
         offline.check_arena_plan(arena_plan)
         if arena_plan == "offline" and memory is None and target is not None and set(
@@ -633,18 +634,21 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
         memory = offline.memory_for(memory, arena_plan)
-        try:
-            keep, certificate, frozen = _certify(model, plan, keep, target, budgets, memory,
-                                                 fill, verbose)
-        except _ShortTapsOverBudget as error:
-            # the shorter kernels' explicit padding costs flash the search's flash model does
-            # not count; the full kernels (the seed's structure) are what the model prices
-            # exactly, so certify those rather than give up after a whole search
-            warnings.warn(str(error), stacklevel=2)
-            full_taps = True
-            keep, certificate, frozen = _certify(model, plan, keep, target, budgets, memory,
-                                                 fill, verbose, full_taps=True)
-            certificate["taps_reopened"] = error.layers
+        # the collector walks only what certifying makes, not the whole process (the
+        # rebuild and the conversion make enough objects to start full collections)
+        with _collector_skips_older_objects():
+            try:
+                keep, certificate, frozen = _certify(model, plan, keep, target, budgets,
+                                                     memory, fill, verbose)
+            except _ShortTapsOverBudget as error:
+                # the shorter kernels' explicit padding costs flash the search's flash model
+                # does not count; the full kernels (the seed's structure) are what the model
+                # prices exactly, so certify those rather than give up after a whole search
+                warnings.warn(str(error), stacklevel=2)
+                full_taps = True
+                keep, certificate, frozen = _certify(model, plan, keep, target, budgets,
+                                                     memory, fill, verbose, full_taps=True)
+                certificate["taps_reopened"] = error.layers
     if frozen is None:  # else: the model the certificate converted, rebuilt once only
         frozen = rebuild_with(model, plan, keep, full_taps=full_taps)
     if certificate is not None:
