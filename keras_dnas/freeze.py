@@ -1,6 +1,7 @@
 """freeze(): rebuild a plain Keras model with the kept channels and sliced weights."""
 
 import contextlib
+import gc
 import warnings
 
 import numpy as np
@@ -625,7 +626,6 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     certificate, full_taps, frozen = None, False, None
     if budgets:
         from keras_dnas.export import offline
-        from keras_dnas.export.convert import _collector_skips_older_objects
 
         offline.check_arena_plan(arena_plan)
         if arena_plan == "offline" and memory is None and target is not None and set(
@@ -634,9 +634,10 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
         memory = offline.memory_for(memory, arena_plan)
-        # the collector walks only what certifying makes, not the whole process (the
-        # rebuild and the conversion make enough objects to start full collections)
-        with _collector_skips_older_objects():
+        # no automatic collection while certifying: the rebuild and the conversion make enough
+        # objects to start full collections of the whole process; the converter's own full
+        # collection at its end (see export.convert) frees what they leave
+        with _collector_paused():
             try:
                 keep, certificate, frozen = _certify(model, plan, keep, target, budgets,
                                                      memory, fill, verbose)
@@ -774,6 +775,20 @@ def _compile_like(frozen, model):
         warnings.warn(f"keras_dnas.freeze could not compile the frozen model as the searched "
                       f"one ({type(error).__name__}: {error}); compile it before evaluate or "
                       "fit.", stacklevel=3)
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """No automatic garbage collection inside the block (explicit ``gc.collect`` still runs);
+    left as it was on exit."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class _ShortTapsOverBudget(ValueError):
