@@ -1,6 +1,7 @@
 """freeze(): rebuild a plain Keras model with the kept channels and sliced weights."""
 
 import contextlib
+import gc
 import warnings
 
 import numpy as np
@@ -395,13 +396,14 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
     raising = set()  # groups whose next channel raised the arena last round
     full = set()  # groups whose next channel breaks a budget other than RAM: these costs only
     while True:   # grow with channels, so such a group never fits again
-        counts = {g: int(keep[g].sum()) for g in order}
+        # opening the next channel of group g (keep[g] follows order[g]) adds 1 to its count
+        counts = _counts(keep)
         open_ = [g for g in order if counts[g] < plan.groups[g].size and g not in full]
         trials = {}
         for g in open_:
             t_costs = dict(costs)
             if cheap:
-                values = cost_model.evaluate(_counts(with_counts({g: counts[g] + 1})),
+                values = cost_model.evaluate(_plus_one(counts, [g]),
                                              [b.metric for b in cheap], exact=True)
                 t_costs.update({m: float(_number(v)) for m, v in values.items()})
                 if not all(b.holds(t_costs[b.metric]) for b in cheap):
@@ -409,8 +411,8 @@ def grow(model, cost_model, budgets, plan=None, keep=None):
                     continue
             trials[g] = t_costs
         if ram is not None and trials:
-            rises = _ram_rises(cost_model, keep, with_counts, counts, list(trials),
-                               costs["ram_bytes"], hot=raising)
+            rises = _ram_rises(cost_model, counts, list(trials), costs["ram_bytes"],
+                               hot=raising)
             raising = set(rises)
             for g, rise in rises.items():
                 trials[g]["ram_bytes"] = costs["ram_bytes"] + rise
@@ -456,16 +458,24 @@ def _counts(keep):
     return [int(k.sum()) for k in keep]
 
 
-def _ram_rises(cost_model, keep, with_counts, counts, groups, ram_now, hot=()):
-    """``{g: exact arena rise}`` of opening one more channel in group g, by group testing:
-    opening one channel in every group of a set at once and splitting only the sets that raise
-    the arena (groups off its peak leave it as it is), so few planner replays are needed.
+def _plus_one(counts, groups):
+    """``counts`` with one more channel in each of ``groups``."""
+    trial = list(counts)
+    for g in groups:
+        trial[g] += 1
+    return trial
+
+
+def _ram_rises(cost_model, counts, groups, ram_now, hot=()):
+    """``{g: exact arena rise}`` of opening one more channel in group g (from ``counts``, one
+    per group), by group testing: opening one channel in every group of a set at once and
+    splitting only the sets that raise the arena (groups off its peak leave it as it is), so
+    few planner replays are needed.
     ``hot``: the groups that raised it last round (the peak stays among the same few scopes),
     tried one by one first; the others start as one set."""
     def rise_of(subset):
-        trial = with_counts({g: counts[g] + 1 for g in subset})
-        return float(_number(cost_model.evaluate(_counts(trial), ["ram_bytes"])["ram_bytes"])) \
-            - ram_now
+        trial = _plus_one(counts, subset)
+        return float(_number(cost_model.evaluate(trial, ["ram_bytes"])["ram_bytes"])) - ram_now
 
     hot = [g for g in groups if g in hot]
     found = {}
@@ -624,18 +634,22 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
 
             memory = memory_lib.MemoryModel.from_model(model, plan, target=target)
         memory = offline.memory_for(memory, arena_plan)
-        try:
-            keep, certificate, frozen = _certify(model, plan, keep, target, budgets, memory,
-                                                 fill, verbose)
-        except _ShortTapsOverBudget as error:
-            # the shorter kernels' explicit padding costs flash the search's flash model does
-            # not count; the full kernels (the seed's structure) are what the model prices
-            # exactly, so certify those rather than give up after a whole search
-            warnings.warn(str(error), stacklevel=2)
-            full_taps = True
-            keep, certificate, frozen = _certify(model, plan, keep, target, budgets, memory,
-                                                 fill, verbose, full_taps=True)
-            certificate["taps_reopened"] = error.layers
+        # no automatic collection while certifying: the rebuild and the conversion make enough
+        # objects to start full collections of the whole process; the converter's own full
+        # collection at its end (see export.convert) frees what they leave
+        with _collector_paused():
+            try:
+                keep, certificate, frozen = _certify(model, plan, keep, target, budgets,
+                                                     memory, fill, verbose)
+            except _ShortTapsOverBudget as error:
+                # the shorter kernels' explicit padding costs flash the search's flash model
+                # does not count; the full kernels (the seed's structure) are what the model
+                # prices exactly, so certify those rather than give up after a whole search
+                warnings.warn(str(error), stacklevel=2)
+                full_taps = True
+                keep, certificate, frozen = _certify(model, plan, keep, target, budgets,
+                                                     memory, fill, verbose, full_taps=True)
+                certificate["taps_reopened"] = error.layers
     if frozen is None:  # else: the model the certificate converted, rebuilt once only
         frozen = rebuild_with(model, plan, keep, full_taps=full_taps)
     if certificate is not None:
@@ -763,6 +777,20 @@ def _compile_like(frozen, model):
                       "fit.", stacklevel=3)
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """No automatic garbage collection inside the block (explicit ``gc.collect`` still runs);
+    left as it was on exit."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 class _ShortTapsOverBudget(ValueError):
     """The searched (shorter) kernels cannot meet the flash / RAM budgets on the converted file."""
 
@@ -853,7 +881,7 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4, ful
     rebuilt with ``keep``, the one converted (``freeze`` returns it: no second rebuild).
     """
     from keras_dnas.costs import arena
-    from keras_dnas.export.convert import to_tflite
+    from keras_dnas.export.convert import _to_tflite_decoded
     from keras_dnas.search.objectives import Budget
 
     frozen = rebuild_with(model, plan, keep, full_taps=full_taps)
@@ -869,11 +897,12 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4, ful
     x = np.random.default_rng(0).normal(size=(8,) + shape).astype("float32")
 
     def measured(frozen):
-        blob = to_tflite(frozen, representative_data=x, arena_plan=arena_plan)
+        # the file kd.export.to_tflite writes, and its decoding (read once)
+        blob, info = _to_tflite_decoded(frozen, x, "int8", False, arena_plan)
         values = {"flash_bytes": float(len(blob))}
         if "ram_bytes" in metrics:
             values["ram_bytes"] = float(
-                arena.tflite_arena(blob, pointer_bytes=pointer_bytes)["total"])
+                arena.tflite_arena(info, pointer_bytes=pointer_bytes)["total"])
         return values
 
     removed, working = [], list(budgets)

@@ -893,19 +893,19 @@ class MemoryModel:
         every quantised tensor."""
         v = self._flash_vectors(len(counts))
         counts = np.asarray(counts, dtype=np.int64)
-        dims = v["a"] @ counts + v["c"] if v["a"].size else v["c"]
+        dims = v["dims"](counts)
         size = v["itemsize"] * np.prod(dims, axis=1)
         data = (size + v["skew"] + BUFFER_ALIGNMENT - 1) // BUFFER_ALIGNMENT * BUFFER_ALIGNMENT \
             - v["skew"]
-        scales = v["scale_a"] @ counts + v["scale_c"] if v["scale_a"].size else v["scale_c"]
+        scales = v["scales"](counts)[:, 0]
         moved = np.zeros(v["segments"], dtype=np.int64)  # per padding segment (last: the front)
         np.add.at(moved, v["data_segment"], data - v["full_data"])
         np.add.at(moved, v["scale_segment"], QUANT_BYTES_PER_CHANNEL * (scales - v["scale_full"]))
         total = len(self.full_bytes) + int((data - v["full_data"]).sum()) + \
             QUANT_BYTES_PER_CHANNEL * int((scales - v["scale_full"]).sum())
         if self._zero:
-            sizes = [self._tensor_bytes(i, counts) for i in self._zero]
-            delta = self._zero_bytes([int(n) for n in sizes]) - self._zero_full
+            sizes = v["zero_itemsize"] * np.prod(v["zero_dims"](counts), axis=1)
+            delta = self._zero_bytes(sizes.tolist()) - self._zero_full
             moved[v["zero_segment"]] += delta
             total += delta
         old = v["old_padding"]
@@ -929,12 +929,11 @@ class MemoryModel:
             k = bisect.bisect_left(positions, at) - 1
             return k if k >= 0 else len(positions)  # the last entry: the front padding
 
-        a, c = _linear_dims([self._dims[i] for i in self._constants], width)
-        scale_a, scale_c = _linear_dims([[self._scales[i]] for i in self._quantized], width,
-                                        rank=1)
+        dims = _linear_dims([self._dims[i] for i in self._constants], width)
+        scales = _linear_dims([[self._scales[i]] for i in self._quantized], width, rank=1)
         old = [pad._pads[at] for at in positions] + [pad._front]
         v = {
-            "a": a, "c": c,
+            "dims": dims,
             "itemsize": np.array([tensors[i].itemsize for i in self._constants], dtype=np.int64),
             "skew": np.array([pad.data_skew.get(tensors[i].buffer, 0) for i in self._constants],
                              dtype=np.int64),
@@ -942,7 +941,7 @@ class MemoryModel:
                                    for i in self._constants], dtype=np.int64),
             "data_segment": np.array([segment(pad.data_at[tensors[i].buffer])
                                       for i in self._constants], dtype=np.int64),
-            "scale_a": scale_a[:, 0], "scale_c": scale_c[:, 0],
+            "scales": scales,
             "scale_full": np.array([self._scales[i].value for i in self._quantized],
                                    dtype=np.int64),
             "scale_segment": np.array([segment(pad.scale_at[i]) for i in self._quantized],
@@ -953,6 +952,9 @@ class MemoryModel:
         }
         if self._zero:
             v["zero_segment"] = segment(pad.data_at[tensors[self._zero[0]].buffer])
+            v["zero_dims"] = _linear_dims([self._dims[i] for i in self._zero], width)
+            v["zero_itemsize"] = np.array([tensors[i].itemsize for i in self._zero],
+                                          dtype=np.int64)
         cache[width] = v
         return v
 
@@ -969,14 +971,11 @@ class MemoryModel:
         """Flash of all-zero vectors of byte ``sizes`` stored once per distinct size (ints, or
         tensors: the forward value is exact at integer counts; which sizes are equal has a zero
         gradient)."""
-        symbolic = not all(isinstance(n, (int, np.integer)) for n in sizes)
+        if all(isinstance(n, (int, np.integer)) for n in sizes):  # each distinct size once
+            return sum(_aligned(n, BUFFER_ALIGNMENT) + BUFFER_ENTRY_BYTES
+                       for n in dict.fromkeys(int(n) for n in sizes))
         total = 0
         for i, n in enumerate(sizes):
-            if not symbolic:
-                if n in sizes[:i]:
-                    continue
-                total += _aligned(n, BUFFER_ALIGNMENT) + BUFFER_ENTRY_BYTES
-                continue
             new = 1.0
             for m in sizes[:i]:
                 same = _recorded.equal(n, m)
@@ -1075,6 +1074,11 @@ class _ArenaReplay:
         self.read_groups = [sorted({g for d in list(memory._dims[i]) + [memory._scales[i]]
                                     for g, _ in d.terms}) for i in self.read]
         self.memo = [{} for _ in self.read]
+        self.readers = {}  # group -> positions in self.read of the tensors that follow it
+        for k, groups in enumerate(self.read_groups):
+            for g in groups:
+                self.readers.setdefault(g, []).append(k)
+        self._last_read = None  # (counts, tensors) of the last call of model()
         self.requests = {}  # operator -> number of scratch requests at full width
         for b in self.scratch:
             self.requests[b["op"]] = self.requests.get(b["op"], 0) + 1
@@ -1087,8 +1091,8 @@ class _ArenaReplay:
             self.read_without_shapes |= set(inputs + op.outputs + op.intermediates)
 
     def _dims(self, width):
-        """``(A, c)``: the planned tensors' dimensions are ``A @ counts + c`` (padded with 1s
-        to one rank), for ``width`` counts."""
+        """:class:`_Linear`: the planned tensors' dimensions (padded with 1s to one rank) at
+        ``width`` counts."""
         if width not in self._dims_by_width:
             self._dims_by_width[width] = _linear_dims(
                 [self.memory._dims[i] for i in self.tensor_ids], width)
@@ -1097,8 +1101,7 @@ class _ArenaReplay:
     def sizes(self, counts, model=None):
         """Bytes of every planned buffer (tensors, then scratch) at ``counts``, or None when a
         tensor's is 0 (the full replay then drops it). ``model``: ``self.model(counts)``."""
-        a, c = self._dims(len(counts))
-        dims = a @ np.asarray(counts, dtype=np.int64) + c if a.size else c
+        dims = self._dims(len(counts))(counts)
         tensor_bytes = self.itemsize * np.prod(dims, axis=1)
         if np.any(tensor_bytes <= 0):
             return None
@@ -1116,9 +1119,18 @@ class _ArenaReplay:
     def model(self, counts):
         """The full-width model with the tensors the tail and the scratch rules read rescaled
         to ``counts`` (nothing here reads the others)."""
-        tensors = list(self.memory.full.tensors)
         width = len(counts)
-        for i, groups, memo in zip(self.read, self.read_groups, self.memo):
+        last = self._last_read
+        if last is not None and len(last[0]) == width:
+            # only the tensors following a group whose count changed since the last call
+            tensors = list(last[1])
+            moved = [g for g, (a, b) in enumerate(zip(counts, last[0])) if a != b]
+            todo = sorted({k for g in moved for k in self.readers.get(g, ())})
+        else:
+            tensors = list(self.memory.full.tensors)
+            todo = range(len(self.read))
+        for k in todo:
+            i, groups, memo = self.read[k], self.read_groups[k], self.memo[k]
             # a tensor follows a few groups: a projection's trials mostly leave them as they
             # were, so its copy at those counts is reused (the copies are never modified)
             key = (width,) + tuple(counts[g] if g < width else -1 for g in groups)
@@ -1128,6 +1140,7 @@ class _ArenaReplay:
                     memo.clear()
                 t = memo[key] = self.memory._scaled_tensor(i, counts)
             tensors[i] = t
+        self._last_read = (list(counts), tensors)
         return dataclasses.replace(self.memory.full, tensors=tensors)
 
     def tensor_count(self, counts):
@@ -1253,10 +1266,27 @@ class _ZeroPointPadding:
         return total
 
 
+class _Linear:
+    """``A @ counts + c`` at integer counts (an int64 array of one row per entry), as one
+    float64 matrix product: every coefficient and count is a small integer, so the product is
+    exact, and a BLAS product of DenseNet121's ~600 constants costs a fifth of NumPy's int64
+    one (flash is evaluated thousands of times in a fill)."""
+
+    def __init__(self, a, c):
+        self.c = c
+        self.a = a.reshape(-1, a.shape[-1]).astype(np.float64) if a.size else None
+
+    def __call__(self, counts):
+        if self.a is None:
+            return self.c
+        product = self.a @ np.asarray(counts, dtype=np.float64)
+        return product.astype(np.int64).reshape(self.c.shape) + self.c
+
+
 def _linear_dims(rows, width, rank=None):
-    """``(A, c)`` with ``A @ counts + c`` the dimensions of each row of :class:`_Dim` (rows
-    padded with 1s to one rank) for ``width`` counts; a dimension following a tap count not
-    given (beyond ``width``) keeps its full value, as in :meth:`_Dim.count`."""
+    """:class:`_Linear` of ``(A, c)``, with ``A @ counts + c`` the dimensions of each row of
+    :class:`_Dim` (rows padded with 1s to one rank) for ``width`` counts; a dimension following
+    a tap count not given (beyond ``width``) keeps its full value, as in :meth:`_Dim.count`."""
     rank = max((len(r) for r in rows), default=0) if rank is None else rank
     a = np.zeros((len(rows), rank, width), dtype=np.int64)
     c = np.ones((len(rows), rank), dtype=np.int64)
@@ -1268,7 +1298,7 @@ def _linear_dims(rows, width, rank=None):
             c[row, axis] = d.const
             for g, k in d.terms:
                 a[row, axis, g] += k
-    return a, c
+    return _Linear(a, c)
 
 
 def _representative(model):

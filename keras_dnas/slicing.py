@@ -116,9 +116,10 @@ def rebuild_with(model, plan, keep, full_taps=False):
             return op
         info = first[op.name]
         update = _config_update(op, info, keep) if info.role != "opaque" else {}
-        if "dnas_time" in op.get_config() or op.name in taps:
+        config = op.get_config()
+        if "dnas_time" in config or op.name in taps:
             return _clone_timed(op, plain_class(op), update, taps.get(op.name))
-        new = walk.clone_layer(op, plain_class(op), update)
+        new = walk.clone_layer(op, plain_class(op), update, config=config)
         if op.weights and not isinstance(op, keras.Model):
             sliced[id(new)] = _sliced_weights(op, info, keep, taps)
         return new

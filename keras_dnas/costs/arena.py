@@ -152,12 +152,15 @@ def _place(sizes, order, fixed, overlaps, memo=None):
         else:
             off = 0
             size = sizes[b]
-            active = [p for p in overlaps[b] if offsets[p] is not None]
-            active.sort(key=lambda p: offsets[p] * n + rank[p])  # (offset, rank) order
-            for p in active:
-                if offsets[p] - off >= size:
+            # the placed buffers that overlap b, in (offset, rank) order: one int each (offset
+            # * n + rank) sorts without a key function
+            keys = [offsets[p] * n + rank[p] for p in overlaps[b] if offsets[p] is not None]
+            keys.sort()
+            for key in keys:
+                at = key // n
+                if at - off >= size:
                     break  # the gap before this buffer fits
-                end = offsets[p] + sizes[p]
+                end = at + sizes[order[key - at * n]]
                 if end > off:
                     off = end
         offsets[b] = off
@@ -425,11 +428,13 @@ class TailReplay:
             for size, align in self.fixed_allocs:
                 tail.alloc(size, align)
             top = self.tops[n_tensors] = tail.top
+        operators = model.operators
+        for i in self.per_channel_ops:  # Prepare: two arrays of n int32 (_Tail.alloc, inlined)
+            size = 4 * _per_channel_count(model, operators[i])
+            if size > 0:
+                top = ((top - size) // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
+                top = ((top - size) // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
         tail.top = top
-        for i in self.per_channel_ops:  # Prepare
-            n = _per_channel_count(model, model.operators[i])
-            tail.alloc(4 * n, ARENA_ALIGNMENT)
-            tail.alloc(4 * n, ARENA_ALIGNMENT)
         tail.alloc(ptr * self.n_scratch, ptr)  # ScratchBufferHandle {void* data}
         for i in self.variables:  # variable tensors (state) live in the tail, 16-byte aligned
             tail.alloc(model.tensors[i].nbytes, ARENA_ALIGNMENT)

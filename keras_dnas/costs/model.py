@@ -49,6 +49,9 @@ class CostModel:
         self.target = registry.get(target)
         self.memory = memory
         self._seen = self._first_calls()
+        self._views = compute.ViewCounts(plan)  # cin / cout of every layer at int counts
+        self._fixed_geometry = not plan.tap_layers() and not plan.choices
+        self._width = len(plan.groups) + len(plan.tap_layers())  # counts with their taps
         self._recordings = {}  # (counts layout, metrics) -> [(Recording or None, metrics)]
         #: metrics whose soft value :meth:`soft_evaluate` could not record (evaluated directly)
         self.unrecorded = []
@@ -107,6 +110,34 @@ class CostModel:
             total = total + hit[1]
         return total
 
+    def _int_cycles(self, counts):
+        """:meth:`_model_cycles` at Python-int counts when every layer's geometry is fixed (no
+        searched taps, no choice blocks): only the layers whose cin / cout differ from the last
+        call's are looked up, and the cycles are summed in the same order (the same number)."""
+        cin, cout = self._views.arrays(counts)
+        layers = self.plan.layers
+        last = self.__dict__.get("_last_cycles")
+        if last is None:
+            changed, cycles = range(len(layers)), [None] * len(layers)
+        else:
+            changed = np.flatnonzero((cin != last[0]) | (cout != last[1])).tolist()
+            cycles = list(last[2])
+        memo = self.__dict__.setdefault("_cycles_memo", {})
+        if len(memo) > 200_000:
+            memo.clear()
+        for i in changed:
+            info, ci, co = layers[i], int(cin[i]), int(cout[i])
+            hit = memo.get((i, ci, co))
+            if hit is None or hit[0] is not info.geometry:
+                hit = memo[(i, ci, co)] = (info.geometry, latency.layer_cycles(
+                    info.op, info.geometry, ci, co, self.target))
+            cycles[i] = hit[1]
+        self._last_cycles = (cin, cout, cycles)
+        total = 0
+        for value in cycles:
+            total = total + value
+        return total
+
     def _weights(self, counts):
         """Per plan layer call: 1, or its alternative's weight inside a choice block."""
         if not self.plan.choices:
@@ -134,16 +165,21 @@ class CostModel:
                 rather than the differentiable liveness bound.
         """
         metrics = list(metrics or self.available())
-        counts = compute.with_taps(self.plan, counts, self.taps)
-        if all(m in ("flash_bytes", "ram_bytes") for m in metrics):
-            records = weights = ()  # the memory model reads the counts only (RAM-only trials)
-        else:
-            records = compute.layer_records(self.plan, counts)
-            weights = self._weights(counts)
+        names = [canonical(m) for m in metrics]
+        if len(counts) < self._width:
+            counts = compute.with_taps(self.plan, counts, self.taps)
         out = {}
+        if self._fixed_geometry and any(m in _LATENCY for m in names) and \
+                all(type(c) is int for c in counts):
+            out["_cycles"] = self._int_cycles(counts)
+        if all(m in ("flash_bytes", "ram_bytes") or (m in _LATENCY and "_cycles" in out)
+               for m in names):
+            records = weights = ()  # not read (RAM-only trials, latency at int counts)
+        else:
+            records = compute.layer_records(self.plan, counts, self._views)
+            weights = self._weights(counts)
         asked = {}
-        for m in metrics:
-            name = canonical(m)
+        for m, name in zip(metrics, names):
             if name != m:
                 asked[name] = m
             m = name
@@ -152,7 +188,7 @@ class CostModel:
                               for r, w, first in zip(records, weights, self._seen) if first)
             elif m == "macs":
                 out[m] = _sum(_weighted(w, compute.macs(*r[1:])) for r, w in zip(records, weights))
-            elif m in ("latency_cycles", "latency_ms", "energy_uj"):
+            elif m in _LATENCY:
                 if "_cycles" not in out and not self.plan.choices:
                     out["_cycles"] = self._model_cycles(records)
                 elif "_cycles" not in out:
@@ -217,6 +253,9 @@ class CostModel:
                 parts.append((None, [m]))
                 self.unrecorded.append(m)
         return parts
+
+
+_LATENCY = ("latency_cycles", "latency_ms", "energy_uj")
 
 
 def one_hot(index, n):

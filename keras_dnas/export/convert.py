@@ -484,6 +484,15 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
     >>> tflite[4:8]
     b'TFL3'
     """
+    return _to_tflite_decoded(model, representative_data, quantization, allow_float_ops,
+                              arena_plan)[0]
+
+
+def _to_tflite_decoded(model, representative_data, quantization, allow_float_ops, arena_plan):
+    """`to_tflite`, and the file decoded once (`_flatbuffer.read_tflite`) for its checks, for a
+    caller that reads it too (`freeze` certifies the arena on it)."""
+    from keras_dnas import _flatbuffer
+
     mode = _mode(quantization)
     from keras_dnas.export import offline as _offline  # imports the cost models: on first use
 
@@ -503,7 +512,8 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
     signature, flat_inputs = _input_signature(model)
     arrays = _calibration_arrays(representative_data, flat_inputs) if mode.needs_data else None
     if _backend() != "tensorflow":  # the converter reads TensorFlow graphs
-        return _convert_in_tensorflow(model, arrays, quantization, allow_float_ops, arena_plan)
+        tflite = _convert_in_tensorflow(model, arrays, quantization, allow_float_ops, arena_plan)
+        return tflite, _flatbuffer.read_tflite(tflite)
     if signature is None and arrays is not None and len(arrays) == 1:
         # Subclassed model: take the (batch-1) input shape from the calibration samples.
         signature = [
@@ -545,8 +555,10 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
     if error is not None:
         raise ValueError(_conversion_error(error, log.text, layer_names)) from error
 
+    tflite = bytes(tflite)
+    info = _flatbuffer.read_tflite(tflite)
     problems = _ops.tflm_problems(
-        tflite,
+        info,
         quantization,
         layer_names=layer_names,
         allow_float_ops=allow_float_ops,
@@ -561,20 +573,20 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
                else ", or pass allow_float_ops=True to keep float layers") + "."
         )
     if quantization == "int8":
-        _warn_tflm_aborts(tflite, model, layer_names)
+        _warn_tflm_aborts(tflite, info, model, layer_names)
     if arena_plan == "offline":
-        tflite, _ = _offline.with_offline_plan(bytes(tflite))
-    return bytes(tflite)
+        tflite, _ = _offline.with_offline_plan(tflite)
+        tflite = bytes(tflite)
+        info = _flatbuffer.read_tflite(tflite)
+    return tflite, info
 
 
-def _warn_tflm_aborts(tflite, model, layer_names):
+def _warn_tflm_aborts(tflite, info, model, layer_names):
     """Warn, naming the layer, when TFLite Micro would abort on the converted model (a kernel
     precondition its quantisation breaks, `runtime.tflm_preflight`): measuring or deploying it
-    would fail, so say so at export, not later."""
-    from keras_dnas import _flatbuffer
+    would fail, so say so at export, not later. ``info``: the file decoded."""
     from keras_dnas.export import runtime
 
-    info = _flatbuffer.read_tflite(tflite)  # decoded once, for the checks and the layer names
     problems = runtime._preflight(tflite, info)
     if not problems:
         return
@@ -587,4 +599,4 @@ def _warn_tflm_aborts(tflite, model, layer_names):
     warnings.warn(
         f"The int8 model {model.name!r} would abort TensorFlow Lite Micro (keras_dnas runs it "
         "in a child process, so measuring it raises RuntimeError instead):\n  - "
-        + "\n  - ".join(lines), stacklevel=3)
+        + "\n  - ".join(lines), stacklevel=4)  # the caller of to_tflite

@@ -109,14 +109,15 @@ def rebuild(model, operation_fn, name=None, model_class=None):
     return new_model, replaced
 
 
-def clone_layer(layer, cls=None, config_update=None):
+def clone_layer(layer, cls=None, config_update=None, config=None):
     """A fresh, unbuilt copy of ``layer`` (optionally as ``cls`` with a changed config).
+    ``config``: ``layer.get_config()``, when the caller has it already.
 
     Raises:
         ValueError: naming the layer, if its config cannot rebuild it.
     """
     cls = cls or type(layer)
-    config = layer.get_config()
+    config = dict(config) if config is not None else layer.get_config()
     if config_update:
         config.update(config_update)
     try:
