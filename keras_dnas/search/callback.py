@@ -105,10 +105,10 @@ class DNASCallback(keras.callbacks.Callback):
     budgets and recalibrates BatchNormalization without repeating them.
 
     The model may be compiled with ``steps_per_execution=N`` (Keras then runs
-    N steps per call; on a CPU that keeps both cores busy on a small model):
-    the search is the same step for step, except that without warm-up epochs
-    the mean task loss of the first N steps, not of the first, sets the
-    strengths. ``kd.freeze`` compiles the frozen model the same way.
+    N steps per call, so on a CPU a core waits less for Python between
+    steps): the search is the same step for step, except that without
+    warm-up epochs the mean task loss of the first N steps, not of the first,
+    sets the strengths. ``kd.freeze`` compiles the frozen model the same way.
 
     Args:
         target: a :class:`~keras_dnas.targets.HardwareTarget` or a built-in
