@@ -1056,19 +1056,30 @@ def _sample_bytes(tensor):
 
 
 def _forward(steps, known, targets):
-    """Run ``steps`` eagerly, batch by batch, from ``known`` (``{id(tensor): [one value per
-    batch]}``: what they read from earlier steps); the ``targets``' values the same way."""
-    out = {id(t): [] for t in targets}
-    for i in range(len(next(iter(known.values())))):
-        values = {k: v[i] for k, v in known.items()}
+    """Run ``steps`` batch by batch from ``known`` (``{id(tensor): [one value per batch]}``:
+    what they read from earlier steps); the ``targets``' values the same way. On TensorFlow
+    the steps run as one traced function (one trace per segment), elsewhere eagerly."""
+    ids = list(known)
+    out_ids = [id(t) for t in targets]
+
+    def run(*arrays):
+        values = dict(zip(ids, arrays))
         for step in steps:
             args, kwargs = _keras.call_arguments(step.node, values)
             if _keras.accepts_training(step.operation):
                 kwargs["training"] = False
             values.update(zip([id(t) for t in step.outputs],
                               keras.tree.flatten(step.operation(*args, **kwargs))))
-        for t in targets:
-            out[id(t)].append(values[id(t)])
+        return [values[k] for k in out_ids]
+
+    if steps and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        run = tf.function(run, autograph=False, reduce_retracing=True)
+    out = {k: [] for k in out_ids}
+    for i in range(len(known[ids[0]])):
+        for k, v in zip(out_ids, run(*[known[k][i] for k in ids])):
+            out[k].append(v)
     return out
 
 
