@@ -1077,10 +1077,19 @@ def _forward(steps, known, targets):
 
         run = tf.function(run, autograph=False, reduce_retracing=True)
     out = {k: [] for k in out_ids}
-    for i in range(len(known[ids[0]])):
-        for k, v in zip(out_ids, run(*[known[k][i] for k in ids])):
-            out[k].append(v)
+    with _no_gradient_record():  # the kept values must not hold PyTorch autograd graphs
+        for i in range(len(known[ids[0]])):
+            for k, v in zip(out_ids, run(*[known[k][i] for k in ids])):
+                out[k].append(v)
     return out
+
+
+def _no_gradient_record():
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
 
 
 class _MomentSums:
