@@ -988,8 +988,8 @@ def recalibrate_batchnorm(model, x, batch_size=256):
             fn(inputs if len(inputs) > 1 else inputs[0], training=False)
         return len(layers)
     # Each BN's statistics need every sample through the recalibrated BNs before it: one pass
-    # per BN. A pass starts where the last one ended, from the values (all samples, on the
-    # host) of the tensors the later steps read there, not from the inputs again: the passes
+    # per BN. A pass starts where the last one ended, from the values (all samples, kept in
+    # memory) of the tensors the later steps read there, not from the inputs again: the passes
     # together cost one forward pass, not one per BN. Where those values would exceed
     # REPLAY_CACHE_BYTES, a pass starts at an earlier, narrower point.
     steps, cuts = _replay_points(fn, layers, n)
@@ -1008,8 +1008,8 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     return len(layers)
 
 
-#: Float bytes of activations (all calibration samples) that ``recalibrate_batchnorm`` may
-#: keep on the host between its per-BN passes (64 MiB).
+#: Bytes of activations (all calibration samples) that ``recalibrate_batchnorm`` may keep
+#: in memory between its per-BN passes (64 MiB).
 REPLAY_CACHE_BYTES = 64 * 2**20
 
 
