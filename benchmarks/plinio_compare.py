@@ -9,6 +9,9 @@ epochs, validation every epoch, a search for fewer parameters:
   backend: ``kd.prepare``, ``fit`` with ``kd.DNASCallback(budgets={"params": half the
   seed's})``, ``kd.freeze`` (certifies the params budget; no conversion is needed for it),
   fine-tune.
+- ``kd-tf-spe`` (and ``kd-jax-spe``, ``kd-torch-spe``): the same, every model compiled with
+  Keras' ``steps_per_execution=--steps-per-execution`` (16): N training steps per call from
+  Python instead of one (Keras' PyTorch trainer refuses N > 1).
 - ``plinio``: PLiNIO's PIT channel search (``plinio.methods.PIT``, ``cost=params``) on the same
   network written in PyTorch: warm-up, search with ``loss + strength * cost`` (weights and masks
   on the training split, one Adam each), ``export()``, fine-tune. PLiNIO has no hard budget: its
@@ -28,6 +31,7 @@ Usage::
 
     python benchmarks/plinio_compare.py --rounds 2
     python benchmarks/plinio_compare.py --variants kd-tf,plinio --rounds 3
+    python benchmarks/plinio_compare.py --variants kd-tf,kd-tf-spe,plinio --rounds 2
 """
 
 import argparse
