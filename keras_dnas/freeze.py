@@ -992,12 +992,11 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     # memory) of the tensors the later steps read there, not from the inputs again: the passes
     # together cost one forward pass, not one per BN. Where those values would exceed
     # REPLAY_CACHE_BYTES, a pass starts at an earlier, narrower point.
-    steps, cuts = _replay_points(fn, layers, n)
+    steps, passes = _replay_points(fn, layers, n)
     batches = range(0, n, batch_size)
     known = {id(t): [a[b:b + batch_size] for b in batches] for t, a in zip(fn.inputs, inputs)}
     point = -1
-    for at, layer in sorted((steps.index(_step_of(steps, layer)), layer) for layer in layers):
-        cut_at, cut = cuts[id(layer)]
+    for layer, at, cut_at, cut in passes:
         if cut_at > point:  # the BNs before the cut are final, so are the values there
             known = _forward(steps[point + 1:cut_at + 1], known, cut)
             point = cut_at
@@ -1013,17 +1012,15 @@ def recalibrate_batchnorm(model, x, batch_size=256):
 REPLAY_CACHE_BYTES = 64 * 2**20
 
 
-def _step_of(steps, layer):
-    return next(step for step in steps if step.operation is layer)
-
-
 def _replay_points(fn, layers, n):
-    """The steps towards the BN inputs, and for each BN ``(position, tensors)``: the latest
-    point before it in ``steps`` whose tensors read later (their values for ``n`` samples
-    within :data:`REPLAY_CACHE_BYTES`) are all a pass needs to go on (-1: the inputs)."""
+    """``(steps, passes)``: the steps towards the BN inputs, in execution order, and one
+    ``(layer, position, cut position, cut tensors)`` per BN in that order. The cut is the latest
+    point before the BN whose tensors read later (their values for ``n`` samples within
+    :data:`REPLAY_CACHE_BYTES`) are all a pass needs to go on (-1: the inputs)."""
     order = walk.nodes(fn)
     made_by = {id(t): g for g in order for t in g.outputs}
-    needed, frontier = set(), [_step_of(order, layer) for layer in layers]
+    bn = {id(layer) for layer in layers}
+    needed, frontier = set(), [g for g in order if id(g.operation) in bn]
     while frontier:  # the steps the BN inputs depend on
         step = frontier.pop()
         if id(step) not in needed:
@@ -1040,12 +1037,12 @@ def _replay_points(fn, layers, n):
         live = [t for k, (j, t) in last_read.items() if made_at[k] <= i < j]
         if live and n * sum(_sample_bytes(t) for t in live) <= REPLAY_CACHE_BYTES:
             fits[i] = live
-    cuts = {}
-    for layer in layers:
-        at = steps.index(_step_of(steps, layer))
-        i = max(i for i in fits if i < at)
-        cuts[id(layer)] = (i, fits[i])
-    return steps, cuts
+    passes = []
+    for at, step in enumerate(steps):
+        if id(step.operation) in bn:
+            i = max(i for i in fits if i < at)
+            passes.append((step.operation, at, i, fits[i]))
+    return steps, passes
 
 
 def _sample_bytes(tensor):

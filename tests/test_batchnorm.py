@@ -86,15 +86,16 @@ def test_recalibrate_passes_resume_where_the_graph_narrows(monkeypatch):
     toys.close_random_masks(search, seed=1)
     x = toys.sample(search, n=64, seed=2)
     bns = [layer for layer in search.layers if isinstance(layer, L.BatchNormalization)]
-    steps, cuts = freeze_module._replay_points(search, bns, len(x))
-    assert [cuts[id(layer)][0] for layer in bns] == [
-        steps.index(next(s for s in steps if s.operation is layer)) - 1 for layer in bns]
-    assert max(len(cuts[id(layer)][1]) for layer in bns) == 2  # a BN input and the skip
+    steps, passes = freeze_module._replay_points(search, bns, len(x))
+    assert [layer for layer, *_ in passes] == bns  # one pass per BN, in execution order
+    assert all(steps[at].operation is layer and cut_at == at - 1  # from just before the BN
+               for layer, at, cut_at, _ in passes)
+    assert max(len(cut) for *_, cut in passes) == 2  # a BN input and the skip
     kd.recalibrate_batchnorm(search, x, batch_size=16)
     resumed = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in bns]
     monkeypatch.setattr(freeze_module, "REPLAY_CACHE_BYTES", 0)  # every pass from the inputs
-    assert all(cut == (-1, search.inputs) for cut in
-               freeze_module._replay_points(search, bns, len(x))[1].values())
+    assert all((cut_at, cut) == (-1, search.inputs) for *_, cut_at, cut in
+               freeze_module._replay_points(search, bns, len(x))[1])
     for layer in bns:
         layer.moving_mean.assign(np.full(layer.moving_mean.shape, 3.0, "float32"))
     kd.recalibrate_batchnorm(search, x, batch_size=16)
