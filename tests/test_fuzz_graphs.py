@@ -18,6 +18,9 @@ import functools
 import numpy as np
 import pytest
 
+import keras
+import keras_dnas as kd
+
 from tests import fuzz_graphs_lib as fz
 
 class KnownFailure(Exception):
@@ -180,3 +183,24 @@ def test_benchmark_keeps_partial_results_and_merges_runs(tmp_path):
     report = bench._merged([str(first), str(rerun)])
     assert report["graphs"] == 2 and report["graphs_failed"] == 0
     assert report["worker_cpu_s"] == 8.0 and report["wall_s"] == 40.0  # 90 s to 130 s
+
+
+@pytest.mark.parametrize("seed", sorted(SAMPLE))
+def test_recalibration_resuming_its_passes_matches_passes_from_the_inputs(seed, monkeypatch):
+    # the random graphs' residual adds, concatenations, squeeze-excite and nested sub-models:
+    # the tensors a pass resumes from must be all that the later steps read
+    import importlib
+
+    freeze_module = importlib.import_module("keras_dnas.freeze")
+    model = fz.build(seed).model
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not bns:
+        pytest.skip("no BatchNormalization in this graph")
+    x = fz.sample(model, n=40, seed=seed)
+    kd.recalibrate_batchnorm(model, x, batch_size=16)  # 3 batches: the per-BN passes
+    resumed = [(b.moving_mean.numpy().copy(), b.moving_variance.numpy().copy()) for b in bns]
+    monkeypatch.setattr(freeze_module, "REPLAY_CACHE_BYTES", 0)  # every pass from the inputs
+    kd.recalibrate_batchnorm(model, x, batch_size=16)
+    for b, (mean, var) in zip(bns, resumed):
+        np.testing.assert_allclose(mean, b.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var, b.moving_variance.numpy(), rtol=1e-5, atol=1e-6)
