@@ -191,6 +191,21 @@ def test_flatten_dense_has_static_reshape():
     ]
 
 
+def test_augmentation_layers_convert_as_inference_identities():
+    # Keras' RandomFlip / RandomRotation default to `training=True`: traced without
+    # `training=False`, their random ops reached the converter, which has no TFLite kernel for
+    # them, so a Sequential with augmentation in front (as tutorials write it) did not convert.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((12, 12, 3)), L.Rescaling(1 / 255.0),
+                              L.RandomFlip("horizontal"), L.RandomRotation(0.1),
+                              L.Conv2D(4, 3, activation="relu"), L.Flatten(), L.Dense(3)])
+    x = np.random.default_rng(0).uniform(0, 255, size=(16, 12, 12, 3)).astype("f")
+    tflite = kx.to_tflite(model, x)
+    assert kx.op_names(tflite) == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]  # Rescaling: folded
+    r = kx.measure(tflite, data=(x, np.argmax(model.predict(x, verbose=0), axis=1)))
+    assert r["accuracy"] >= 0.9  # it computes the inference model (same top-1)
+
+
 def test_one_channel_residual_add_converts():
     # Keras' TensorFlow `add` emits an NCHW BiasAdd for (1, T, 1) + (1, T, 1) at the batch-1
     # export signature, which the converter cannot lower; `to_tflite` exports such sums as ADD.
