@@ -206,6 +206,33 @@ def test_augmentation_layers_convert_as_inference_identities():
     assert r["accuracy"] >= 0.9  # it computes the inference model (same top-1)
 
 
+def test_nearest_upsampling_converts_to_a_resize_tflite_micro_runs():
+    # Keras' nearest UpSampling1D / 2D repeat with `ops.repeat`, which TensorFlow lowers to
+    # TILE: no TFLite Micro kernel, so a U-Net or a decoder did not run there. Exported, each is
+    # one RESIZE_NEAREST_NEIGHBOR copying the same values (float: equal; int8: one scale).
+    keras_methods = (L.UpSampling1D.call, L.UpSampling2D._resize_images)
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    inp = keras.Input((6, 5, 3))
+    h = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    up = L.Conv2D(4, 1)(L.UpSampling2D((2, 3))(L.MaxPooling2D((2, 1))(h)))
+    image = keras.Model(inp, L.Concatenate()([up, L.UpSampling2D((1, 3))(h)]))
+    seq = keras.Input((5, 2))
+    series = keras.Model(seq, L.UpSampling1D(3)(L.Conv1D(3, 2, activation="relu")(seq)))
+    for model, shape in ((image, (16, 6, 5, 3)), (series, (16, 5, 2))):
+        x = rng.normal(size=shape).astype("f")
+        ref = np.asarray(model.predict(x, verbose=0))
+        f32 = kx.to_tflite(model, quantization="float32")
+        assert "TILE" not in kx.op_names(f32) and "RESIZE_NEAREST_NEIGHBOR" in kx.op_names(f32)
+        np.testing.assert_allclose(kx.run_tflm(f32, x), ref, rtol=1e-5, atol=1e-5)
+        int8 = kx.to_tflite(model, x)
+        assert set(kx.op_names(int8)) <= kx.TFLM_BUILTIN_OPS
+        out = kx.run_tflm(int8, x, dequantize=True)
+        assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.99
+    # Keras' own methods are back once exported
+    assert (L.UpSampling1D.call, L.UpSampling2D._resize_images) == keras_methods
+
+
 def test_one_channel_residual_add_converts():
     # Keras' TensorFlow `add` emits an NCHW BiasAdd for (1, T, 1) + (1, T, 1) at the batch-1
     # export signature, which the converter cannot lower; `to_tflite` exports such sums as ADD.
