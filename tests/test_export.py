@@ -855,6 +855,31 @@ def test_measure_regression_mse():
     )
 
 
+def test_measure_scores_the_first_output_of_labels_given_per_output():
+    # A two-output model is fitted with a dict (or a list) of labels; `measure` scores its first
+    # output and took `y` as one array only ("0 labels" for the dict fit was given). It picks
+    # the first output's labels by the name the file's signature gives it.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    h = L.Dense(8, activation="relu")(inp)
+    model = keras.Model(inp, {"cls": L.Dense(4, activation="softmax", name="cls")(h),
+                              "reg": L.Dense(1, name="reg")(h)})
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype("f")
+    pred = model.predict(x, verbose=0)
+    cls = np.argmax(pred["cls"], axis=1)
+    reg = np.random.default_rng(1).normal(size=(32, 1)).astype("f")
+    tflite = kx.to_tflite(model, x)
+    assert _flatbuffer.read_tflite(tflite).output_names == ("cls", "reg")
+    alone = kx.measure(tflite, data=(x, cls), keras_model=model)
+    assert alone.task == "classification" and alone.float_accuracy == 1.0
+    for y in ({"reg": reg, "cls": cls}, [cls, reg]):
+        both = kx.measure(tflite, data=(x, y), keras_model=model)
+        assert (both.task, both.accuracy, both.agreement) == (
+            alone.task, alone.accuracy, alone.agreement)
+    with pytest.raises(ValueError, match=r"first output \('cls'.*keys \['a', 'reg'\]"):
+        kx.measure(tflite, data=(x, {"a": cls, "reg": reg}))
+
+
 def test_measure_target_fit():
     _, _, _, tflite = converted("conv2d")
     arena = kx.arena_usage(tflite)["arena_bytes"]
