@@ -84,12 +84,14 @@ def test_compute_matches_count_params_oracle():
     y = keras.layers.Conv2D(8, 3, strides=2, padding="same")(x)
     y = keras.layers.DepthwiseConv2D(3, padding="same")(y)
     y = keras.layers.Conv2D(6, 1, use_bias=False)(y)
+    y = keras.layers.Conv2D(6, 3, padding="same", groups=2)(y)  # each output reads 3 inputs
     y = keras.layers.Conv1D(5, 3)(keras.layers.Reshape((36, 6))(y))
     y = keras.layers.Dense(4)(keras.layers.Flatten()(y))
     model = keras.Model(x, y)
     graph = pytest.importorskip("keras_dnas.graph")
     plan = graph.analyze(model)
     layers = {layer.name: layer for layer in model.layers}
+    assert {info.op for info in plan.layers} >= {"conv", "depthwise", "dense"}
     for info in plan.layers:
         if info.op in compute.WEIGHTED_OPS:
             g = info.geometry

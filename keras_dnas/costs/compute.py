@@ -13,7 +13,7 @@ the type of the inputs.
 
 | op | weights | biases | MACs |
 |---|---|---|---|
-| conv | ``K * Cin * Cout`` | ``Cout`` | ``K * Cin * Cout * S_out`` |
+| conv | ``K * Cin / groups * Cout`` | ``Cout`` | ``K * Cin / groups * Cout * S_out`` |
 | depthwise | ``K * C * dm`` | ``C * dm`` | ``K * C * dm * S_out`` |
 | dense | ``Cin * Cout`` | ``Cout`` | ``Cin * Cout * S_out`` (``S_out = 1`` for 1-D inputs) |
 | separable | ``K * Cin * dm + Cin * dm * Cout`` | ``Cout`` | weights ``* S_out`` |
@@ -52,12 +52,19 @@ def _positions(geometry, key="out_positions"):
     return 1 if value is None else value
 
 
+def group_inputs(g, cin):
+    """Input channels each output channel reads: ``cin / groups`` of a grouped convolution
+    (``geometry["groups"]``, kept whole: grouped convolutions are never searched)."""
+    groups = g.get("groups") or 1
+    return cin if groups == 1 else cin // groups
+
+
 def _channel_params(g, cin, cout):
     return (g.get("channel_params") or 0) * cout
 
 
 _WEIGHT_RULES = {
-    "conv": lambda g, cin, cout: _taps(g) * cin * cout,
+    "conv": lambda g, cin, cout: _taps(g) * group_inputs(g, cin) * cout,
     "depthwise": lambda g, cin, cout: _taps(g) * cin * _dm(g),
     "dense": lambda g, cin, cout: cin * cout,
     "separable": lambda g, cin, cout: _taps(g) * cin * _dm(g) + cin * _dm(g) * cout,

@@ -308,7 +308,7 @@ def geometry(layer, op, in_shapes, out_shape):
         dilation_rate=getattr(layer, "dilation_rate", ()) or (),
         padding=getattr(layer, "padding", ""),
         use_bias=getattr(layer, "use_bias", False) and op != "batchnorm",
-        depth_multiplier=getattr(layer, "depth_multiplier", 1),
+        depth_multiplier=getattr(layer, "depth_multiplier", 1), groups=getattr(layer, "groups", 1),
         activation=_activation_name(layer), channel_params=_channel_params(layer, op, in0))
 
 
