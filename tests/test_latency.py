@@ -99,6 +99,28 @@ def test_compute_matches_count_params_oracle():
                 layers[info.name].count_params(), info.name
 
 
+def test_transposed_convolutions_are_costed_though_kept_whole():
+    # Conv1DTranspose / Conv2DTranspose have no channel rule (kept whole), but their weights,
+    # MACs and latency count: they were op "other", costed 0 (a U-Net's up-sampling convs were
+    # missing from kd.summary's params, MACs and latency).
+    x = keras.Input((6, 6, 4))
+    y = keras.layers.Conv2DTranspose(8, 3, strides=2, padding="same", name="up2")(x)
+    y = keras.layers.Reshape((144, 8))(y)
+    y = keras.layers.Conv1DTranspose(3, 2, strides=2, use_bias=False, name="up1")(y)
+    model = keras.Model(x, y)
+    graph = pytest.importorskip("keras_dnas.graph")
+    infos = {info.name: info for info in graph.analyze(model).layers}
+    for name, in_positions in (("up2", 36), ("up1", 144)):
+        info, layer = infos[name], model.get_layer(name)
+        g = info.geometry
+        assert info.role == "opaque" and info.op == "transpose_conv"
+        cin, cout = g["in_channels"], g["out_channels"]
+        assert compute.params(info.op, g, cin, cout) == layer.count_params()
+        kernel = np.prod(layer.kernel.shape)
+        assert compute.macs(info.op, g, cin, cout) == kernel * in_positions
+        assert layer_costs.model_cycles([info], "stm32h743") > 0
+
+
 @pytest.mark.parametrize("bench", mlperf.BENCHMARKS)
 def test_hand_written_layers_match_zoo_and_graph(bench):
     zoo = pytest.importorskip("keras_dnas.zoo")

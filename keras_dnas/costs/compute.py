@@ -17,6 +17,7 @@ the type of the inputs.
 | depthwise | ``K * C * dm`` | ``C * dm`` | ``K * C * dm * S_out`` |
 | dense | ``Cin * Cout`` | ``Cout`` | ``Cin * Cout * S_out`` (``S_out = 1`` for 1-D inputs) |
 | separable | ``K * Cin * dm + Cin * dm * Cout`` | ``Cout`` | weights ``* S_out`` |
+| transpose_conv | ``K * Cin * Cout`` | ``Cout`` | ``K * Cin * Cout * S_in`` |
 | prelu, layernorm, rescaling, normalization | ``P * C`` | 0 | 0 |
 | any other op (element-wise, pooling, ...) | 0 | 0 | 0 |
 
@@ -68,6 +69,7 @@ _WEIGHT_RULES = {
     "depthwise": lambda g, cin, cout: _taps(g) * cin * _dm(g),
     "dense": lambda g, cin, cout: cin * cout,
     "separable": lambda g, cin, cout: _taps(g) * cin * _dm(g) + cin * _dm(g) * cout,
+    "transpose_conv": lambda g, cin, cout: _taps(g) * cin * cout,
     **{op: _channel_params for op in ("prelu", "layernorm", "rescaling", "normalization")},
 }
 
@@ -76,6 +78,7 @@ _BIAS_RULES = {
     "depthwise": lambda g, cin, cout: cin * _dm(g),
     "dense": lambda g, cin, cout: cout,
     "separable": lambda g, cin, cout: cout,
+    "transpose_conv": lambda g, cin, cout: cout,
 }
 
 #: Ops that carry weights (the keys of the weight rule table).
@@ -154,6 +157,8 @@ def macs(op, geometry, cin, cout, target=None):
     >>> compute.macs("dense", {}, 64, 10)
     640
     """
+    if op == "transpose_conv":  # every input position scatters its kernel
+        return weights(op, geometry, cin, cout) * _positions(geometry, "in_positions")
     if op not in _MAC_OPS:
         return 0
     return weights(op, geometry, cin, cout) * _positions(geometry)

@@ -195,6 +195,14 @@ def _cmsis_conv(g, cin, cout, t):
     return feats
 
 
+def _cmsis_transpose_conv(g, cin, cout, t):
+    # Not calibrated on a board: priced as a convolution of the same MACs (each input position
+    # times the kernel), requantising every output element.
+    feats = _cmsis_conv(dict(g, out_positions=_positions(g, "in_positions")), cin, cout, t)
+    feats["requant"] = _positions(g) * cout
+    return feats
+
+
 def _cmsis_depthwise(g, cin, cout, t):
     taps, pos, dm = _taps(g), _positions(g), _dm(g)
     if dm == 1:
@@ -256,6 +264,7 @@ _CMSIS_RULES = {
     "global_pool": _cmsis_pool,
     **{op: _cmsis_kernel_only for op in ("concat", "pad", "flatten", "reshape")},
     "separable": _cmsis_separable,
+    "transpose_conv": _cmsis_transpose_conv,
     "scalar": _cmsis_passes(1),
     "prelu": _cmsis_passes(1),
     "rescaling": _cmsis_passes(2),
