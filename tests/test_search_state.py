@@ -105,7 +105,7 @@ def test_reloaded_search_is_compiled_as_saved_without_a_warning(tmp_path):
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((6, 6, 3))
-    h = L.Conv2D(4, 3, activation="relu")(inp)
+    h = L.Conv2D(4, 3, activation="relu", name="conv")(inp)
     search = kd.prepare(keras.Model(inp, L.Dense(3)(L.Flatten()(h))))
     search.compile(keras.optimizers.AdamW(2e-3, weight_decay=0.01), "mse", metrics=["mae"])
     x, y = np.ones((8, 6, 6, 3), "float32"), np.zeros((8, 3), "float32")
@@ -121,7 +121,7 @@ def test_reloaded_search_is_compiled_as_saved_without_a_warning(tmp_path):
     assert int(loaded.optimizer.iterations.numpy()) == 1  # its state loaded too
     assert loaded.get_compile_config() == search.get_compile_config()
     # the masks stay out of weight decay, as after `compile`
-    conv = loaded.get_layer("conv2d")
+    conv = loaded.get_layer("conv")
     assert not loaded.optimizer._use_weight_decay(conv.dnas_alpha)
     assert loaded.optimizer._use_weight_decay(conv.kernel)
     assert kd.freeze(loaded, budgets={}).compiled
