@@ -121,6 +121,13 @@ typical), e.g. `representative_data=x_train[:256]`. Received: an array of shape 
     return arrays
 
 
+def sample_count(x):
+    """Samples in ``x``: an array, or a list / dict of arrays (one per model input)."""
+    first = next(iter(x.values()), None) if isinstance(x, dict) else (
+        x[0] if isinstance(x, (list, tuple)) and x and hasattr(x[0], "shape") else x)
+    return len(first) if hasattr(first, "__len__") else 0
+
+
 def labelled_pair(data, argument="data"):
     """``(x, y)`` -> ``(x, y as an array)``, checked: a pair, as many labels as samples.
 
@@ -140,9 +147,7 @@ Received: ndarray of length 4
                          f"samples first. Received: {type(data).__name__}"
                          + (f" of length {len(data)}" if hasattr(data, "__len__") else ""))
     x, y = data
-    first = next(iter(x.values()), None) if isinstance(x, dict) else (
-        x[0] if isinstance(x, (list, tuple)) and x and hasattr(x[0], "shape") else x)
-    n = len(first) if hasattr(first, "__len__") else 0
+    n = sample_count(x)
     y = _array(y, f"{argument}[1]", None)
     if y.ndim == 0 or len(y) != n or n == 0:
         raise ValueError(f"{argument}=(x, y) needs as many labels as samples, at least one. "

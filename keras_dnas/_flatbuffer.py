@@ -229,6 +229,8 @@ class TFLiteModel:
         activation_bytes: bytes of every non-constant tensor of every subgraph (unknown
             dimensions count 1, types without a NumPy dtype 8 bytes: sizes a host arena).
         num_channel_params: quantisation scales of every subgraph.
+        output_names: the signature's name of each output, in user order (a dict-output
+            model's keys, `output_0`, ... for a list; empty without a signature).
 
     The memory models' rescaled copies (`keras_dnas.memory`) replace `tensors`, `operators`,
     `inputs` and `outputs` only; the whole-file fields after them describe the file as read.
@@ -248,6 +250,7 @@ class TFLiteModel:
     num_tensors: int = 0
     activation_bytes: int = 0
     num_channel_params: int = 0
+    output_names: tuple = ()
 
     def is_constant(self, tensor_index):
         """True when the tensor's data lives in the flatbuffer (weights, biases, shapes)."""
@@ -289,8 +292,9 @@ def _tensor(t, index, type_names, buffer_sizes):
 
 
 def _user_order(model, sub_inputs, sub_outputs):
-    """Positions of the inputs and outputs in user order (see `TFLiteModel.inputs`)."""
-    in_pos, out_pos = list(range(len(sub_inputs))), list(range(len(sub_outputs)))
+    """Positions of the inputs and outputs in user order (see `TFLiteModel.inputs`), and
+    the outputs' signature names in that order (empty without a signature)."""
+    in_pos, out_pos, names = list(range(len(sub_inputs))), list(range(len(sub_outputs))), ()
     for k in range(model.SignatureDefsLength()):
         sig = model.SignatureDefs(k)
         if sig.SubgraphIndex() != 0:
@@ -302,10 +306,11 @@ def _user_order(model, sub_inputs, sub_outputs):
         if (sorted(t for _, t in ins) == sorted(sub_inputs)
                 and sorted(t for _, t in outs) == sorted(sub_outputs)):
             in_pos = [sub_inputs.index(t) for _, t in sorted(ins, key=lambda p: _natural_key(p[0]))]
-            out_pos = [sub_outputs.index(t)
-                       for _, t in sorted(outs, key=lambda p: _natural_key(p[0]))]
+            outs = sorted(outs, key=lambda p: _natural_key(p[0]))
+            out_pos = [sub_outputs.index(t) for _, t in outs]
+            names = tuple(name for name, _ in outs)
         break
-    return in_pos, out_pos
+    return in_pos, out_pos, names
 
 
 def read_tflite(tflite_bytes):
@@ -377,7 +382,7 @@ def read_tflite(tflite_bytes):
     sg = model.Subgraphs(0)
     sub_inputs = _int_vector(sg.InputsLength(), sg.InputsAsNumpy)
     sub_outputs = _int_vector(sg.OutputsLength(), sg.OutputsAsNumpy)
-    in_pos, out_pos = _user_order(model, sub_inputs, sub_outputs)
+    in_pos, out_pos, out_names = _user_order(model, sub_inputs, sub_outputs)
     return TFLiteModel(
         tensors=subgraphs[0],
         operators=[op for op in operators if op.subgraph == 0],
@@ -393,6 +398,7 @@ def read_tflite(tflite_bytes):
         num_tensors=sum(len(t) for t in subgraphs),
         activation_bytes=int(activation_bytes),
         num_channel_params=sum(t.n_scales for ts in subgraphs for t in ts),
+        output_names=out_names,
     )
 
 

@@ -89,6 +89,7 @@ __all__ = [
     "check_version",
     "elementwise_add_as_add",
     "in_stateless_scope",
+    "nearest_upsampling_as_resize",
     "accepts_training",
     "inbound_node_count",
     "initial_weights",
@@ -200,6 +201,51 @@ def initial_weights(values):
         yield made
     finally:
         layer_module.Layer.add_weight = real
+
+
+@contextlib.contextmanager
+def nearest_upsampling_as_resize():
+    """While exporting: `UpSampling1D` / `UpSampling2D` (nearest) become one nearest resize.
+
+    Keras computes nearest up-sampling with `ops.repeat` (for XLA), which TensorFlow lowers to
+    RESHAPE / TILE, an op TensorFlow Lite Micro has no kernel for, so a U-Net or a decoder did
+    not run there. `RESIZE_NEAREST_NEIGHBOR` by an integer factor (no corner alignment, no half-
+    pixel centres: source row = row // factor) copies the same values, also quantised (one
+    scale in and out). UpSampling1D goes through it as a (T, 1) image. Keras' methods are
+    restored on exit, also on an error. No-op on other backends, or if Keras' layout moved.
+    """
+    up1, up2 = keras.layers.UpSampling1D, keras.layers.UpSampling2D
+    real1, real2 = up1.__dict__.get("call"), up2.__dict__.get("_resize_images")
+    if keras.backend.backend() != "tensorflow" or real1 is None or real2 is None:
+        yield
+        return
+    import tensorflow as tf
+
+    def static(x):
+        return tf.is_tensor(x) and x.shape[1:].is_fully_defined()
+
+    def resize(x, fh, fw):  # channels-last, rank 4
+        size = [int(x.shape[1]) * fh, int(x.shape[2]) * fw]
+        return tf.raw_ops.ResizeNearestNeighbor(images=x, size=size, align_corners=False,
+                                                half_pixel_centers=False)
+
+    def resize_images(self, x, height_factor, width_factor, data_format,
+                      interpolation="nearest"):
+        if interpolation != "nearest" or data_format != "channels_last" or not static(x):
+            return real2(self, x, height_factor, width_factor, data_format,
+                         interpolation=interpolation)
+        return resize(x, int(height_factor), int(width_factor))
+
+    def call1(self, inputs):
+        if not static(inputs) or inputs.shape.rank != 3:
+            return real1(self, inputs)
+        return tf.squeeze(resize(tf.expand_dims(inputs, 2), int(self.size), 1), axis=2)
+
+    up1.call, up2._resize_images = call1, resize_images
+    try:
+        yield
+    finally:
+        up1.call, up2._resize_images = real1, real2
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ _OPS = (
     "conv", "depthwise", "dense", "add", "subtract", "multiply", "average", "maximum",
     "minimum", "pool", "global_pool", "concat", "pad", "flatten", "reshape", "batchnorm",
     "activation", "dropout", "input", "other", "separable", "scalar", "prelu", "rescaling",
-    "normalization", "layernorm",
+    "normalization", "layernorm", "transpose_conv",
 )
 
 

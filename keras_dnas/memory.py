@@ -122,12 +122,12 @@ _WEIGHT_OPS = {
 }
 #: Plan ops (``LayerInfo.op``, graph/roles.py) each TFLite weight operator may come from, best
 #: first (tests/test_memory_model.py checks them against the roles and a conversion). A
-#: Conv1DTranspose / Conv2DTranspose has no role: it is opaque, op "other".
+#: Conv1DTranspose / Conv2DTranspose is opaque (no channel rule), op "transpose_conv".
 _KINDS = {
     "CONV_2D": ("conv", "separable", "dense"),
     "DEPTHWISE_CONV_2D": ("depthwise", "separable"),
     "FULLY_CONNECTED": ("dense", "conv"),
-    "TRANSPOSE_CONV": ("other",),
+    "TRANSPOSE_CONV": ("transpose_conv",),
 }
 #: Element-wise operators whose constant operands are data broadcast against the output
 #: (their other constants, e.g. a reshape's shape or a pad's paddings, never scale).

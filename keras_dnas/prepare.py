@@ -63,6 +63,16 @@ class SearchableModel(keras.Model):
         if getattr(self, "optimizer", None) is not None:
             masks.exclude_from_weight_decay(self.optimizer)
 
+    def compile_from_config(self, config):
+        # Keras' own skips a model whose `compile` is overridden (with a warning), which left a
+        # reloaded search uncompiled (and without its optimizer state). `compile` above only
+        # adds the masks' weight-decay exclusion, so loading compiles through it as Keras would.
+        import keras
+
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)  # so the file's slots load into it
+
     # What DNASCallback leaves for kd.freeze (``dnas_search``) is saved in the ``.keras`` file
     # as plain config: the target (its JSON fields), the budgets' limits and the arena plan.
     # The calibration sample and the flash/RAM model are not: freeze rebuilds the latter, and

@@ -191,6 +191,48 @@ def test_flatten_dense_has_static_reshape():
     ]
 
 
+def test_augmentation_layers_convert_as_inference_identities():
+    # Keras' RandomFlip / RandomRotation default to `training=True`: traced without
+    # `training=False`, their random ops reached the converter, which has no TFLite kernel for
+    # them, so a Sequential with augmentation in front (as tutorials write it) did not convert.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((12, 12, 3)), L.Rescaling(1 / 255.0),
+                              L.RandomFlip("horizontal"), L.RandomRotation(0.1),
+                              L.Conv2D(4, 3, activation="relu"), L.Flatten(), L.Dense(3)])
+    x = np.random.default_rng(0).uniform(0, 255, size=(16, 12, 12, 3)).astype("f")
+    tflite = kx.to_tflite(model, x)
+    assert kx.op_names(tflite) == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]  # Rescaling: folded
+    r = kx.measure(tflite, data=(x, np.argmax(model.predict(x, verbose=0), axis=1)))
+    assert r["accuracy"] >= 0.9  # it computes the inference model (same top-1)
+
+
+def test_nearest_upsampling_converts_to_a_resize_tflite_micro_runs():
+    # Keras' nearest UpSampling1D / 2D repeat with `ops.repeat`, which TensorFlow lowers to
+    # TILE: no TFLite Micro kernel, so a U-Net or a decoder did not run there. Exported, each is
+    # one RESIZE_NEAREST_NEIGHBOR copying the same values (float: equal; int8: one scale).
+    keras_methods = (L.UpSampling1D.call, L.UpSampling2D._resize_images)
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    inp = keras.Input((6, 5, 3))
+    h = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    up = L.Conv2D(4, 1)(L.UpSampling2D((2, 3))(L.MaxPooling2D((2, 1))(h)))
+    image = keras.Model(inp, L.Concatenate()([up, L.UpSampling2D((1, 3))(h)]))
+    seq = keras.Input((5, 2))
+    series = keras.Model(seq, L.UpSampling1D(3)(L.Conv1D(3, 2, activation="relu")(seq)))
+    for model, shape in ((image, (16, 6, 5, 3)), (series, (16, 5, 2))):
+        x = rng.normal(size=shape).astype("f")
+        ref = np.asarray(model.predict(x, verbose=0))
+        f32 = kx.to_tflite(model, quantization="float32")
+        assert "TILE" not in kx.op_names(f32) and "RESIZE_NEAREST_NEIGHBOR" in kx.op_names(f32)
+        np.testing.assert_allclose(kx.run_tflm(f32, x), ref, rtol=1e-5, atol=1e-5)
+        int8 = kx.to_tflite(model, x)
+        assert set(kx.op_names(int8)) <= kx.TFLM_BUILTIN_OPS
+        out = kx.run_tflm(int8, x, dequantize=True)
+        assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.99
+    # Keras' own methods are back once exported
+    assert (L.UpSampling1D.call, L.UpSampling2D._resize_images) == keras_methods
+
+
 def test_one_channel_residual_add_converts():
     # Keras' TensorFlow `add` emits an NCHW BiasAdd for (1, T, 1) + (1, T, 1) at the batch-1
     # export signature, which the converter cannot lower; `to_tflite` exports such sums as ADD.
@@ -811,6 +853,31 @@ def test_measure_regression_mse():
     assert result.float_mse == pytest.approx(
         float(np.mean((model.predict(x, verbose=0) - y) ** 2)), rel=1e-5
     )
+
+
+def test_measure_scores_the_first_output_of_labels_given_per_output():
+    # A two-output model is fitted with a dict (or a list) of labels; `measure` scores its first
+    # output and took `y` as one array only ("0 labels" for the dict fit was given). It picks
+    # the first output's labels by the name the file's signature gives it.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    h = L.Dense(8, activation="relu")(inp)
+    model = keras.Model(inp, {"cls": L.Dense(4, activation="softmax", name="cls")(h),
+                              "reg": L.Dense(1, name="reg")(h)})
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype("f")
+    pred = model.predict(x, verbose=0)
+    cls = np.argmax(pred["cls"], axis=1)
+    reg = np.random.default_rng(1).normal(size=(32, 1)).astype("f")
+    tflite = kx.to_tflite(model, x)
+    assert _flatbuffer.read_tflite(tflite).output_names == ("cls", "reg")
+    alone = kx.measure(tflite, data=(x, cls), keras_model=model)
+    assert alone.task == "classification" and alone.float_accuracy == 1.0
+    for y in ({"reg": reg, "cls": cls}, [cls, reg]):
+        both = kx.measure(tflite, data=(x, y), keras_model=model)
+        assert (both.task, both.accuracy, both.agreement) == (
+            alone.task, alone.accuracy, alone.agreement)
+    with pytest.raises(ValueError, match=r"first output \('cls'.*keys \['a', 'reg'\]"):
+        kx.measure(tflite, data=(x, {"a": cls, "reg": reg}))
 
 
 def test_measure_target_fit():

@@ -84,17 +84,41 @@ def test_compute_matches_count_params_oracle():
     y = keras.layers.Conv2D(8, 3, strides=2, padding="same")(x)
     y = keras.layers.DepthwiseConv2D(3, padding="same")(y)
     y = keras.layers.Conv2D(6, 1, use_bias=False)(y)
+    y = keras.layers.Conv2D(6, 3, padding="same", groups=2)(y)  # each output reads 3 inputs
     y = keras.layers.Conv1D(5, 3)(keras.layers.Reshape((36, 6))(y))
     y = keras.layers.Dense(4)(keras.layers.Flatten()(y))
     model = keras.Model(x, y)
     graph = pytest.importorskip("keras_dnas.graph")
     plan = graph.analyze(model)
     layers = {layer.name: layer for layer in model.layers}
+    assert {info.op for info in plan.layers} >= {"conv", "depthwise", "dense"}
     for info in plan.layers:
         if info.op in compute.WEIGHTED_OPS:
             g = info.geometry
             assert compute.params(info.op, g, g["in_channels"], g["out_channels"]) == \
                 layers[info.name].count_params(), info.name
+
+
+def test_transposed_convolutions_are_costed_though_kept_whole():
+    # Conv1DTranspose / Conv2DTranspose have no channel rule (kept whole), but their weights,
+    # MACs and latency count: they were op "other", costed 0 (a U-Net's up-sampling convs were
+    # missing from kd.summary's params, MACs and latency).
+    x = keras.Input((6, 6, 4))
+    y = keras.layers.Conv2DTranspose(8, 3, strides=2, padding="same", name="up2")(x)
+    y = keras.layers.Reshape((144, 8))(y)
+    y = keras.layers.Conv1DTranspose(3, 2, strides=2, use_bias=False, name="up1")(y)
+    model = keras.Model(x, y)
+    graph = pytest.importorskip("keras_dnas.graph")
+    infos = {info.name: info for info in graph.analyze(model).layers}
+    for name, in_positions in (("up2", 36), ("up1", 144)):
+        info, layer = infos[name], model.get_layer(name)
+        g = info.geometry
+        assert info.role == "opaque" and info.op == "transpose_conv"
+        cin, cout = g["in_channels"], g["out_channels"]
+        assert compute.params(info.op, g, cin, cout) == layer.count_params()
+        kernel = np.prod(layer.kernel.shape)
+        assert compute.macs(info.op, g, cin, cout) == kernel * in_positions
+        assert layer_costs.model_cycles([info], "stm32h743") > 0
 
 
 @pytest.mark.parametrize("bench", mlperf.BENCHMARKS)

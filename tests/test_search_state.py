@@ -1,6 +1,7 @@
 """The search's state: model variables during fit, no optimizer patching, masks saved by name."""
 
 import numpy as np
+import pytest
 
 import keras
 import keras_dnas as kd
@@ -94,3 +95,33 @@ def test_masks_are_saved_by_name_and_old_positional_files_load(tmp_path):
     loaded = keras.saving.load_model(path)
     for a, b in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_reloaded_search_is_compiled_as_saved_without_a_warning(tmp_path):
+    # `SearchableModel.compile` is overridden (weight-decay exclusion of the masks), so Keras'
+    # loader skipped its compile config with a warning: a reloaded search was not compiled, and
+    # `kd.freeze` of it gave an uncompiled model.
+    import warnings
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    h = L.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    search = kd.prepare(keras.Model(inp, L.Dense(3)(L.Flatten()(h))))
+    search.compile(keras.optimizers.AdamW(2e-3, weight_decay=0.01), "mse", metrics=["mae"])
+    x, y = np.ones((8, 6, 6, 3), "float32"), np.zeros((8, 3), "float32")
+    search.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "search.keras")
+    search.save(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = keras.models.load_model(path)
+    assert not [w for w in caught if "compile()" in str(w.message)]
+    assert loaded.compiled and isinstance(loaded.optimizer, keras.optimizers.AdamW)
+    assert loaded.optimizer.learning_rate.numpy() == pytest.approx(2e-3)
+    assert int(loaded.optimizer.iterations.numpy()) == 1  # its state loaded too
+    assert loaded.get_compile_config() == search.get_compile_config()
+    # the masks stay out of weight decay, as after `compile`
+    conv = loaded.get_layer("conv")
+    assert not loaded.optimizer._use_weight_decay(conv.dnas_alpha)
+    assert loaded.optimizer._use_weight_decay(conv.kernel)
+    assert kd.freeze(loaded, budgets={}).compiled

@@ -13,10 +13,11 @@ the type of the inputs.
 
 | op | weights | biases | MACs |
 |---|---|---|---|
-| conv | ``K * Cin * Cout`` | ``Cout`` | ``K * Cin * Cout * S_out`` |
+| conv | ``K * Cin / groups * Cout`` | ``Cout`` | ``K * Cin / groups * Cout * S_out`` |
 | depthwise | ``K * C * dm`` | ``C * dm`` | ``K * C * dm * S_out`` |
 | dense | ``Cin * Cout`` | ``Cout`` | ``Cin * Cout * S_out`` (``S_out = 1`` for 1-D inputs) |
 | separable | ``K * Cin * dm + Cin * dm * Cout`` | ``Cout`` | weights ``* S_out`` |
+| transpose_conv | ``K * Cin * Cout`` | ``Cout`` | ``K * Cin * Cout * S_in`` |
 | prelu, layernorm, rescaling, normalization | ``P * C`` | 0 | 0 |
 | any other op (element-wise, pooling, ...) | 0 | 0 | 0 |
 
@@ -52,15 +53,23 @@ def _positions(geometry, key="out_positions"):
     return 1 if value is None else value
 
 
+def group_inputs(g, cin):
+    """Input channels each output channel reads: ``cin / groups`` of a grouped convolution
+    (``geometry["groups"]``, kept whole: grouped convolutions are never searched)."""
+    groups = g.get("groups") or 1
+    return cin if groups == 1 else cin // groups
+
+
 def _channel_params(g, cin, cout):
     return (g.get("channel_params") or 0) * cout
 
 
 _WEIGHT_RULES = {
-    "conv": lambda g, cin, cout: _taps(g) * cin * cout,
+    "conv": lambda g, cin, cout: _taps(g) * group_inputs(g, cin) * cout,
     "depthwise": lambda g, cin, cout: _taps(g) * cin * _dm(g),
     "dense": lambda g, cin, cout: cin * cout,
     "separable": lambda g, cin, cout: _taps(g) * cin * _dm(g) + cin * _dm(g) * cout,
+    "transpose_conv": lambda g, cin, cout: _taps(g) * cin * cout,
     **{op: _channel_params for op in ("prelu", "layernorm", "rescaling", "normalization")},
 }
 
@@ -69,6 +78,7 @@ _BIAS_RULES = {
     "depthwise": lambda g, cin, cout: cin * _dm(g),
     "dense": lambda g, cin, cout: cout,
     "separable": lambda g, cin, cout: cout,
+    "transpose_conv": lambda g, cin, cout: cout,
 }
 
 #: Ops that carry weights (the keys of the weight rule table).
@@ -147,6 +157,8 @@ def macs(op, geometry, cin, cout, target=None):
     >>> compute.macs("dense", {}, 64, 10)
     640
     """
+    if op == "transpose_conv":  # every input position scatters its kernel
+        return weights(op, geometry, cin, cout) * _positions(geometry, "in_positions")
     if op not in _MAC_OPS:
         return 0
     return weights(op, geometry, cin, cout) * _positions(geometry)

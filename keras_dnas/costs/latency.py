@@ -58,7 +58,7 @@ from keras import ops
 
 from keras_dnas import _recorded
 from keras_dnas._ste import straight_through
-from keras_dnas.costs.compute import _dm, _positions, _taps
+from keras_dnas.costs.compute import _dm, _positions, _taps, group_inputs
 from keras_dnas.targets import registry
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
@@ -178,19 +178,28 @@ def _resolve(target):
 def _cmsis_conv(g, cin, cout, t):
     taps, pos = _taps(g), _positions(g)
     m, p = t.channel_multiple, t.scalar_penalty
-    feats = {"requant": pos * cout, "overhead": 1, "flash_bytes": taps * cin * cout}
+    cin_g = group_inputs(g, cin)  # a grouped conv's output channel reads its group only
+    feats = {"requant": pos * cout, "overhead": 1, "flash_bytes": taps * cin_g * cout}
     if _is_number(taps):
         if taps == 1:
-            feats["conv1x1"] = pos * cout * simd_length(cin, m, p)
+            feats["conv1x1"] = pos * cout * simd_length(cin_g, m, p)
         else:
-            feats["conv"] = pos * cout * simd_length(taps * cin, m, p)
+            feats["conv"] = pos * cout * simd_length(taps * cin_g, m, p)
             feats["im2col"] = pos * taps * cin
         return feats
     # searched taps (a tensor): the 1x1 kernel once one tap is left, as the frozen model
     one = _recorded.less(taps, 1.5)
-    feats["conv1x1"] = one * (pos * cout * simd_length(cin, m, p))
-    feats["conv"] = (1.0 - one) * (pos * cout * simd_length(taps * cin, m, p))
+    feats["conv1x1"] = one * (pos * cout * simd_length(cin_g, m, p))
+    feats["conv"] = (1.0 - one) * (pos * cout * simd_length(taps * cin_g, m, p))
     feats["im2col"] = (1.0 - one) * (pos * taps * cin)
+    return feats
+
+
+def _cmsis_transpose_conv(g, cin, cout, t):
+    # Not calibrated on a board: priced as a convolution of the same MACs (each input position
+    # times the kernel), requantising every output element.
+    feats = _cmsis_conv(dict(g, out_positions=_positions(g, "in_positions")), cin, cout, t)
+    feats["requant"] = _positions(g) * cout
     return feats
 
 
@@ -255,6 +264,7 @@ _CMSIS_RULES = {
     "global_pool": _cmsis_pool,
     **{op: _cmsis_kernel_only for op in ("concat", "pad", "flatten", "reshape")},
     "separable": _cmsis_separable,
+    "transpose_conv": _cmsis_transpose_conv,
     "scalar": _cmsis_passes(1),
     "prelu": _cmsis_passes(1),
     "rescaling": _cmsis_passes(2),
@@ -276,8 +286,8 @@ def _output_hw(g):
 
 def _gap8_conv(g, cin, cout, t):
     h, w = _output_hw(g)
-    k = _taps(g)
-    inner = 2 * k * cin + ceil_div(cout, 4) * (5 + 14 * ceil_div(k * cin, 4) + 10)
+    k, cin_g = _taps(g), group_inputs(g, cin)
+    inner = 2 * k * cin + ceil_div(cout, 4) * (5 + 14 * ceil_div(k * cin_g, 4) + 10)
     return {"gap8": ceil_div(h, 2) * ceil_div(w, 8) * inner}
 
 

@@ -235,8 +235,8 @@ def _write_saved_model(model, path, signature):
     """The SavedModel the converter reads: what `model.export(path, format="tf_saved_model")`
     writes for the converter, with the model traced once.
 
-    The serving function is `model.__call__` under the batch-1 input signature, as `model.export`
-    makes it, saved with the same `serve` / `serving_default` signatures and the variables the
+    The serving function is `model.__call__` in inference mode (`training=False`) under the
+    batch-1 input signature, as `model.export` makes it, saved with the same `serve` / `serving_default` signatures and the variables the
     function uses. Three things `model.export` spends most of a conversion's time on are left
     out (issues 13 and 17; EfficientNetB0: 17 of 28 profiled seconds):
     - its walk of every tracked layer looking for lookup tables (tracing each layer's
@@ -261,7 +261,13 @@ def _write_saved_model(model, path, signature):
 
     specs = keras.tree.map_structure(
         lambda s: tf.TensorSpec(s.shape, s.dtype, name=s.name), signature)
-    serve = tf.function(model.__call__, input_signature=specs, autograph=False)
+    def __call__(inputs):  # named as `model.export`'s traced method is
+        # Inference: left to its default, a layer whose call defaults to `training=True`
+        # (Keras' RandomFlip / RandomRotation / ... augmentation) would put its random ops in
+        # the file, which TFLite cannot run; Dropout and BN already read None as inference.
+        return model(inputs, training=False)
+
+    serve = tf.function(__call__, input_signature=specs, autograph=False)
     concrete = serve.get_concrete_function()
     root = tf.Module()
     root.serve = concrete
@@ -538,7 +544,7 @@ def _to_tflite_decoded(model, representative_data, quantization, allow_float_ops
                 import tensorflow as tf
 
                 with _collector_skips_older_objects():
-                    with _keras.elementwise_add_as_add():
+                    with _keras.elementwise_add_as_add(), _keras.nearest_upsampling_as_resize():
                         _write_saved_model(model, tmp, signature)
                     with _converter_reads_protos_only():
                         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)

@@ -33,11 +33,11 @@ _REDUCTIONS = {"MEAN": "global_pool", "REDUCE_MAX": "global_pool", "SUM": "globa
 _SHAPE_ONLY = {**_ELEMENTWISE, **_KERNEL_ONLY, **_POOLS, **_REDUCTIONS}  # costed from shapes
 
 
-def _geometry(inp, out, kernel=(), use_bias=False, depth_multiplier=1):
+def _geometry(inp, out, kernel=(), use_bias=False, depth_multiplier=1, groups=1):
     """The geometry record of an operator from its (batch-first) tensor shapes."""
     return layer_geometry([[int(d) for d in inp.shape[1:]]], [int(d) for d in out.shape[1:]],
                           kernel_size=kernel, use_bias=use_bias,
-                          depth_multiplier=depth_multiplier)
+                          depth_multiplier=depth_multiplier, groups=groups)
 
 
 def _record(op, info):
@@ -49,9 +49,10 @@ def _record(op, info):
         return None
     x, y = ins[0], outs[0]
     has_bias = len(ins) > 2
-    if op.name == "CONV_2D" and len(ins) >= 2:  # filter (Cout, kh, kw, Cin)
-        cout, kh, kw, cin = (int(d) for d in ins[1].shape)
-        geometry = _geometry(x, y, (kh, kw), has_bias)
+    if op.name == "CONV_2D" and len(ins) >= 2:  # filter (Cout, kh, kw, Cin / groups)
+        cout, kh, kw, group_cin = (int(d) for d in ins[1].shape)
+        cin = int(x.shape[-1])
+        geometry = _geometry(x, y, (kh, kw), has_bias, groups=max(cin // max(group_cin, 1), 1))
         return {"op": "conv", "geometry": geometry, "cin": cin, "cout": cout}
     if op.name == "DEPTHWISE_CONV_2D" and len(ins) >= 2:  # filter (1, kh, kw, C * dm)
         _, kh, kw, channels_out = (int(d) for d in ins[1].shape)

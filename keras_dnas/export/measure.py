@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from keras_dnas import _flatbuffer
-from keras_dnas._data import labelled_pair
+from keras_dnas._data import labelled_pair, sample_count
 from keras_dnas.export import runtime as _runtime
 from keras_dnas.vocabulary import Results, canonical
 
@@ -191,7 +191,28 @@ def _labels(y, out):
     return labels.astype(np.int64)
 
 
-def _evaluate(out, data, keras_model, task):
+def _scored_labels(y, info, samples):
+    """``y`` -> the labels of the output `measure` scores (the first in user order), when
+    ``y`` gives a model with several outputs one label array per output: a dict by output name
+    (the name in the file's signature: the model's dict key, ``output_0``, ...) or a list."""
+    names, several = list(info.output_names), len(info.outputs) > 1
+    if isinstance(y, dict):
+        if several and names and names[0] in y:
+            return y[names[0]]
+        if len(y) == 1:
+            return next(iter(y.values()))
+        first = repr(names[0]) if names else "the first"
+        raise ValueError(
+            f"data=(x, y): `measure` scores the model's first output ({first} in the "
+            f"converted file; outputs: {names}); give its labels as y, or a dict with that "
+            f"key. Received: y with keys {sorted(y)}")
+    if (several and isinstance(y, (list, tuple)) and len(y) == len(info.outputs)
+            and all(getattr(v, "ndim", 0) >= 1 and len(v) == samples for v in y)):
+        return y[0]
+    return y
+
+
+def _evaluate(out, data, keras_model, task, output_name=None):
     x, y = data
     if isinstance(out, list):  # several outputs: evaluate the first
         out = out[0]
@@ -212,7 +233,7 @@ def _evaluate(out, data, keras_model, task):
         if isinstance(reference, (list, tuple)):
             reference = reference[0]
         elif isinstance(reference, dict):
-            reference = next(iter(reference.values()))
+            reference = reference.get(output_name, next(iter(reference.values())))
         reference = np.asarray(reference, dtype=np.float32).reshape(out.shape)
     if task == "regression":
         target = y.astype(np.float32).reshape(out.shape)
@@ -249,6 +270,9 @@ def measure(
     (float inputs are quantised with the input scale / zero point; outputs are dequantised)
     and is scored against `y`: top-1 accuracy for class indices or one-hot labels (a single
     output unit is thresholded at 0.5), mean squared error when `y` has the output's shape.
+    Of a model with several outputs the first (in the file's order, `outputs`) is scored; `y`
+    may hold every output's labels, as a list in that order or a dict by output name (a
+    dict-output model's keys), as given to `fit`.
 
     Args:
         tflite_bytes: The model as `bytes` (e.g. from `to_tflite`) or a path to a `.tflite`.
@@ -302,6 +326,8 @@ def measure(
     pointer_bytes = DEFAULT_POINTER_BYTES if resolved is None else resolved[3]
     # One TFLite Micro child process: the inference on `x` (if any) and the arena report.
     arrays, count, batch = None, 0, 1
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        data = (data[0], _scored_labels(data[1], info, sample_count(data[0])))
     if data is not None:
         arrays, count, batch = _runtime._prepare_inputs(info, labelled_pair(data)[0])
     reply = _runtime._tflm_child_run(data_bytes, info, arrays, count, batch, arena_size,
@@ -320,5 +346,6 @@ def measure(
         )
     if data is not None:
         out = _runtime._finish_outputs(info, reply["outputs"], True)
-        fields.update(_evaluate(out, data, keras_model, task))
+        name = info.output_names[0] if info.output_names else None
+        fields.update(_evaluate(out, labelled_pair(data), keras_model, task, name))
     return MeasureResult(**fields)

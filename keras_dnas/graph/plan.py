@@ -67,7 +67,7 @@ def _positions(shape):
 
 def layer_geometry(input_shapes, output_shape, *, kernel_size=(), strides=(), dilation_rate=(),
                    padding="", use_bias=False, depth_multiplier=1, activation=None,
-                   channel_params=0, in_positions=None, out_positions=None):
+                   channel_params=0, in_positions=None, out_positions=None, groups=1):
     """The geometry record of one layer (``LayerInfo.geometry``): plain data the costs read.
 
     The one builder of this dict: the graph reader (`graph.roles`), the `.tflite` reader
@@ -93,6 +93,7 @@ def layer_geometry(input_shapes, output_shape, *, kernel_size=(), strides=(), di
         "padding": str(padding),
         "use_bias": bool(use_bias),
         "depth_multiplier": int(depth_multiplier or 1),
+        "groups": int(groups or 1),
         "activation": activation,
         "input_shapes": [list(s) for s in input_shapes],
         "output_shape": output_shape,

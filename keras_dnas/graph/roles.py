@@ -48,6 +48,11 @@ def _depthwise(layer, in_shapes, out_shape):
     return _channels_last(layer, in_shapes, out_shape)
 
 
+def _transposed(layer, in_shapes, out_shape):
+    # costed (weights, MACs, latency) but kept whole: no channel rule slices it yet
+    return "transposed convolution has no channel rule"
+
+
 def _batchnorm(layer, in_shapes, out_shape):
     if layer.axis not in (-1, len(in_shapes[0]) - 1):
         return f"normalises axis {layer.axis}, not the channel axis"
@@ -153,6 +158,7 @@ ROLES = {
     L.BatchNormalization: ("propagating", "batchnorm", _batchnorm),
     L.SeparableConv1D: ("defining", "separable", _channels_last),
     L.SeparableConv2D: ("defining", "separable", _channels_last),
+    **_entries([L.Conv1DTranspose, L.Conv2DTranspose], "defining", "transpose_conv", _transposed),
     **_entries([L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax], "propagating",
                "activation"),
     L.PReLU: ("propagating", "prelu", _prelu),
@@ -308,7 +314,7 @@ def geometry(layer, op, in_shapes, out_shape):
         dilation_rate=getattr(layer, "dilation_rate", ()) or (),
         padding=getattr(layer, "padding", ""),
         use_bias=getattr(layer, "use_bias", False) and op != "batchnorm",
-        depth_multiplier=getattr(layer, "depth_multiplier", 1),
+        depth_multiplier=getattr(layer, "depth_multiplier", 1), groups=getattr(layer, "groups", 1),
         activation=_activation_name(layer), channel_params=_channel_params(layer, op, in0))
 
 
