@@ -63,6 +63,14 @@ class SearchableModel(keras.Model):
         if getattr(self, "optimizer", None) is not None:
             masks.exclude_from_weight_decay(self.optimizer)
 
+    def compile_from_config(self, config):
+        # Keras skips (with a warning) the saved compile of a model whose `compile` is
+        # overridden; ours only adds to Keras', so a reloaded search is compiled as saved
+        # (and its optimizer state restored) like a plain model.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     # What DNASCallback leaves for kd.freeze (``dnas_search``) is saved in the ``.keras`` file
     # as plain config: the target (its JSON fields), the budgets' limits and the arena plan.
     # The calibration sample and the flash/RAM model are not: freeze rebuilds the latter, and
