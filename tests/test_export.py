@@ -433,6 +433,24 @@ def test_conversion_failure_names_op_and_layer():
         kx.to_tflite(model, np.random.default_rng(0).normal(size=(8, 8)).astype("f"))
 
 
+
+def test_a_looping_recurrent_layer_is_refused_before_int8_conversion():
+    # TensorFlow's int8 calibration of a Keras RNN's WHILE loop kills the process (a segfault):
+    # it is refused, naming the layer, before the converter runs; unrolled, it converts
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5, 3)).astype("f")
+    for layer, name in ((L.LSTM(4, name="my_lstm"), "my_lstm"),
+                        (L.Bidirectional(L.GRU(4), name="my_bi"), "my_bi"),
+                        (L.SimpleRNN(4, return_sequences=True, name="my_rnn"), "my_rnn")):
+        inputs = keras.Input((5, 3))
+        nested = keras.Sequential([keras.Input((5, 3)), layer], name="inner")
+        model = keras.Model(inputs, L.Dense(2)(L.Flatten()(nested(inputs))))
+        with pytest.raises(ValueError, match=rf"(?s)Layer '{name}' .*unroll=True"):
+            kx.to_tflite(model, x)
+    inputs = keras.Input((5, 3))
+    unrolled = keras.Model(inputs, L.Dense(2)(L.SimpleRNN(4, unroll=True)(inputs)))
+    assert "FULLY_CONNECTED" in kx.op_names(kx.to_tflite(unrolled, x))
+
 def test_allow_list_names_are_builtin_operators():
     builtins = set(vars(_flatbuffer.schema().BuiltinOperator))
     assert kx.TFLM_BUILTIN_OPS <= builtins
