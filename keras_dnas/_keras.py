@@ -239,6 +239,42 @@ def elementwise_add_as_add():
         tf_numpy.add = keras_add
 
 
+@contextlib.contextmanager
+def take_without_index_wrap():
+    """While exporting: `ops.take` with computed integer indices becomes a plain `tf.gather`.
+
+    Keras' TensorFlow `take` (what `Embedding` calls) first maps negative indices to the end
+    (`tf.where(i < 0, i + n, i)`, as JAX does), which the converter emits as a `SELECT`
+    operator that TFLite Micro has no kernel for: an `Embedding` model could not be exported.
+    TFLite Micro's GATHER rejects a negative index at run time anyway, so for every index it
+    can run the result is the same. Constant indices (folded by the converter) keep Keras'
+    path. Restored on exit, also on an error; no-op on other backends or another Keras layout.
+    """
+    try:
+        from keras.src.backend.tensorflow import numpy as tf_numpy
+
+        keras_take = tf_numpy.take
+    except (ImportError, AttributeError):
+        keras_take = None
+    if keras.backend.backend() != "tensorflow" or keras_take is None:
+        yield
+        return
+    import tensorflow as tf
+
+    def take(x, indices, axis=None):
+        if (axis is not None and tf.is_tensor(indices) and indices.dtype.is_integer
+                and not isinstance(indices, (tf.SparseTensor, tf.RaggedTensor))
+                and tf.get_static_value(indices) is None):
+            return tf.gather(tf.convert_to_tensor(x), indices, axis=axis)
+        return keras_take(x, indices, axis=axis)
+
+    tf_numpy.take = take
+    try:
+        yield
+    finally:
+        tf_numpy.take = keras_take
+
+
 def forget_sublayer(owner, attribute):
     """Drop the sub-layer ``owner.<attribute>`` and stop ``owner`` tracking its variables.
 

@@ -619,7 +619,7 @@ class MemoryModel:
 
         if own_weights:
             rep = representative_data
-            return to_tflite(model, representative_data=_representative(model)
+            return to_tflite(model, representative_data=representative_inputs(model)
                              if rep is None else rep)
         keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
         return MemoryModel.convert_structure(
@@ -635,7 +635,7 @@ class MemoryModel:
 
         _generic_weights(structure)
         rep = representative_data
-        return to_tflite(structure, representative_data=_representative(structure)
+        return to_tflite(structure, representative_data=representative_inputs(structure)
                          if rep is None else rep)
 
     # ----------------------------------------------------------------- parts (ChoiceMemory)
@@ -1301,10 +1301,28 @@ def _linear_dims(rows, width, rank=None):
     return _Linear(a, c)
 
 
-def _representative(model):
-    """Eight normal samples per input of ``model`` (calibration of a structure's conversion)."""
+def representative_inputs(model):
+    """Eight normal samples per input of ``model`` (calibration of a structure's conversion);
+    an input of indices (integer, or read by an ``Embedding``) gets 0s and 1s, valid for any
+    table of two rows or more (the exported GATHER rejects an index out of its table)."""
+    import keras
+
     rng = np.random.default_rng(0)
-    rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
+    looked_up = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Embedding):
+            try:
+                looked_up.add(id(layer.input))
+            except (AttributeError, ValueError):  # called on several tensors
+                pass
+
+    def sample(x):
+        shape = (8,) + tuple(x.shape[1:])
+        if np.issubdtype(np.dtype(x.dtype), np.integer) or id(x) in looked_up:
+            return rng.integers(0, 2, size=shape).astype(x.dtype)
+        return rng.normal(size=shape).astype("float32")
+
+    rep = [sample(x) for x in model.inputs]
     return rep[0] if len(rep) == 1 else rep
 
 

@@ -222,3 +222,21 @@ def test_export_add_patch_is_scoped():
             assert tf_numpy.add is not original
             raise RuntimeError("conversion failed")
     assert tf_numpy.add is original
+
+
+def test_export_take_patch_is_scoped():
+    """The TensorFlow `take` fix is active only inside the export and restored after it."""
+    import keras
+
+    from keras_dnas import _keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the fix is for the TensorFlow backend")
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    original = tf_numpy.take
+    with pytest.raises(RuntimeError):
+        with _keras.take_without_index_wrap():
+            assert tf_numpy.take is not original
+            raise RuntimeError("conversion failed")
+    assert tf_numpy.take is original

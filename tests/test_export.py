@@ -451,6 +451,28 @@ def test_a_looping_recurrent_layer_is_refused_before_int8_conversion():
     unrolled = keras.Model(inputs, L.Dense(2)(L.SimpleRNN(4, unroll=True)(inputs)))
     assert "FULLY_CONNECTED" in kx.op_names(kx.to_tflite(unrolled, x))
 
+
+def test_an_embedding_converts_to_a_gather_tflite_micro_runs():
+    # Keras' TensorFlow `take` wraps negative indices with a `tf.where`: a SELECT operator,
+    # which TFLite Micro has no kernel for; the export gathers directly
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 50, size=(16, 10)).astype("int32")
+    inputs = keras.Input((10,), dtype="int32")
+    h = L.GlobalAveragePooling1D()(L.Conv1D(4, 3)(L.Embedding(50, 8, name="emb")(inputs)))
+    model = keras.Model(inputs, L.Dense(2)(h))
+    tflite = kx.to_tflite(model, tokens)
+    assert "GATHER" in kx.op_names(tflite) and "SELECT" not in kx.op_names(tflite)
+    measured = kx.measure(tflite, data=(tokens, rng.integers(0, 2, 16)), keras_model=model)
+    assert measured["agreement"] >= 0.9
+    # token ids into a float input (Keras' Embedding casts them): the samples the flash / RAM
+    # model and freeze's certificate convert with are valid ids too, not negative normals
+    inputs = keras.Input((10,))
+    h = L.GlobalAveragePooling1D()(L.Conv1D(4, 3)(L.Embedding(50, 8)(inputs)))
+    search = kd.prepare(keras.Model(inputs, L.Dense(2)(h)))
+    assert kd.summary(search, "stm32h743")["flash_bytes"] > 400  # the table's 50 x 8 int8
+    slim = kd.freeze(search, target="stm32h743", budgets={"flash_bytes": 10**6}, verbose=0)
+    assert slim.dnas_certificate["budgets"][0]["holds"]
+
 def test_allow_list_names_are_builtin_operators():
     builtins = set(vars(_flatbuffer.schema().BuiltinOperator))
     assert kx.TFLM_BUILTIN_OPS <= builtins
