@@ -93,6 +93,25 @@ def test_freeze_equals_masked_model_and_params_follow_the_masks(name, seed):
     assert not kd.masks.mask_variables(slim, trainable_only=False)
 
 
+
+def test_freeze_keeps_the_weights_of_layers_whose_sub_layers_share_weight_names():
+    # a Bidirectional's two RNNs both have a `kernel`, MultiHeadAttention's four projections
+    # too: each must get its own values back, not the last one of that name
+    L = keras.layers
+    x = keras.Input((6, 4))
+    h = L.Bidirectional(L.SimpleRNN(3, return_sequences=True), name="bi")(x)
+    h = L.MultiHeadAttention(num_heads=2, key_dim=3, name="mha")(h, h)
+    h = L.Dense(8, activation="relu")(L.GlobalAveragePooling1D()(h))
+    model = keras.Model(x, L.Dense(2)(h))
+    search = kd.prepare(model)
+    toys.close_random_masks(search, seed=0, keep=0.5)
+    slim = kd.freeze(search, budgets={})
+    xs = toys.sample(model)
+    np.testing.assert_allclose(slim(xs), search(xs), atol=1e-5)
+    for name in ("bi", "mha"):
+        for a, b in zip(search.get_layer(name).weights, slim.get_layer(name).weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
 def test_freeze_keeps_at_least_one_channel_per_group():
     search = kd.prepare(toys.residual())
     for v in kd.masks.mask_variables(search):
