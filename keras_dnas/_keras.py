@@ -275,6 +275,59 @@ def take_without_index_wrap():
         tf_numpy.take = keras_take
 
 
+@contextlib.contextmanager
+def layer_normalization_as_centred():
+    """While exporting: `LayerNormalization` computes `(x - mean) * rsqrt(var + eps)`.
+
+    Keras computes `x * inv + (-mean * inv)` (`keras.src.ops.nn._layer_normalization`); the
+    converter keeps that `-mean` as a NEG operator the int8 quantiser leaves in float, so a
+    model with LayerNormalization (a transformer block) could not be converted to int8 for
+    TFLite Micro. The centred form is the same function and becomes SUB, MUL, RSQRT and
+    MEAN, which quantise. RMS scaling keeps Keras' path. Restored on exit, also on an error;
+    no-op on other backends or another Keras layout.
+    """
+    try:
+        from keras.src.ops import nn as ops_nn
+
+        keras_layer_norm = ops_nn._layer_normalization
+    except (ImportError, AttributeError):
+        keras_layer_norm = None
+    if keras.backend.backend() != "tensorflow" or keras_layer_norm is None:
+        yield
+        return
+    import tensorflow as tf
+
+    def layer_normalization(x, gamma=None, beta=None, axis=-1, epsilon=None,
+                            rms_scaling=False):
+        x = tf.convert_to_tensor(x)
+        if rms_scaling or x.dtype != tf.float32:
+            return keras_layer_norm(x, gamma=gamma, beta=beta, axis=axis, epsilon=epsilon,
+                                    rms_scaling=rms_scaling)
+        axes = sorted([axis] if isinstance(axis, int) else list(axis))
+        shape = [1] * x.shape.rank
+        for a in axes:
+            shape[a] = x.shape[a]
+
+        def broadcast(v):  # as Keras: a per-feature vector over every normalised axis
+            v = tf.convert_to_tensor(v, x.dtype)
+            return tf.reshape(v, shape) if axes != [x.shape.rank - 1] else v
+
+        mean, variance = tf.nn.moments(x, axes=axes, keepdims=True)
+        out = (x - mean) * tf.math.rsqrt(variance + (keras.backend.epsilon()
+                                                     if epsilon is None else epsilon))
+        if gamma is not None:
+            out = out * broadcast(gamma)
+        if beta is not None:
+            out = out + broadcast(beta)
+        return out
+
+    ops_nn._layer_normalization = layer_normalization
+    try:
+        yield
+    finally:
+        ops_nn._layer_normalization = keras_layer_norm
+
+
 def forget_sublayer(owner, attribute):
     """Drop the sub-layer ``owner.<attribute>`` and stop ``owner`` tracking its variables.
 

@@ -240,3 +240,21 @@ def test_export_take_patch_is_scoped():
             assert tf_numpy.take is not original
             raise RuntimeError("conversion failed")
     assert tf_numpy.take is original
+
+
+def test_export_layer_normalization_patch_is_scoped():
+    """The LayerNormalization fix is active only inside the export and restored after it."""
+    import keras
+
+    from keras_dnas import _keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the fix is for the TensorFlow backend")
+    from keras.src.ops import nn as ops_nn
+
+    original = ops_nn._layer_normalization
+    with pytest.raises(RuntimeError):
+        with _keras.layer_normalization_as_centred():
+            assert ops_nn._layer_normalization is not original
+            raise RuntimeError("conversion failed")
+    assert ops_nn._layer_normalization is original

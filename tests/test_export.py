@@ -473,6 +473,24 @@ def test_an_embedding_converts_to_a_gather_tflite_micro_runs():
     slim = kd.freeze(search, target="stm32h743", budgets={"flash_bytes": 10**6}, verbose=0)
     assert slim.dnas_certificate["budgets"][0]["holds"]
 
+
+def test_layer_normalization_converts_to_int8_and_runs_on_tflite_micro():
+    # Keras' `x * inv + (-mean * inv)` left a float NEG in the int8 file; the export centres it
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6, 8)).astype("f")
+    inputs = keras.Input((6, 8))
+    h = L.LayerNormalization(name="ln")(L.Dense(8)(inputs))
+    h = L.LayerNormalization(axis=(1, 2), name="ln2d")(h)  # two axes: gamma over both
+    h = L.GlobalAveragePooling1D()(h)
+    model = keras.Model(inputs, L.Dense(3)(h))
+    for layer in ("ln", "ln2d"):  # trained-looking scale and offset, one per normalised value
+        for w in model.get_layer(layer).weights:
+            w.assign(rng.uniform(0.5, 1.5, w.shape).astype("f"))
+    tflite = kx.to_tflite(model, x)
+    assert "NEG" not in kx.op_names(tflite)
+    measured = kx.measure(tflite, data=(x, rng.integers(0, 3, 32)), keras_model=model)
+    assert measured["agreement"] >= 0.9
+
 def test_allow_list_names_are_builtin_operators():
     builtins = set(vars(_flatbuffer.schema().BuiltinOperator))
     assert kx.TFLM_BUILTIN_OPS <= builtins
