@@ -258,3 +258,19 @@ def test_export_layer_normalization_patch_is_scoped():
             assert ops_nn._layer_normalization is not original
             raise RuntimeError("conversion failed")
     assert ops_nn._layer_normalization is original
+
+
+def test_export_time_distributed_patch_is_scoped():
+    """The TimeDistributed fix is active only inside the export and restored after it."""
+    import keras
+
+    from keras_dnas import _keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the fix is for the TensorFlow backend")
+    original = keras.layers.TimeDistributed.call
+    with pytest.raises(RuntimeError):
+        with _keras.time_distributed_as_one_call():
+            assert keras.layers.TimeDistributed.call is not original
+            raise RuntimeError("conversion failed")
+    assert keras.layers.TimeDistributed.call is original

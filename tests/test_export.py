@@ -491,6 +491,19 @@ def test_layer_normalization_converts_to_int8_and_runs_on_tflite_micro():
     measured = kx.measure(tflite, data=(x, rng.integers(0, 3, 32)), keras_model=model)
     assert measured["agreement"] >= 0.9
 
+
+def test_time_distributed_converts_to_one_operator():
+    # Keras loops over a fixed number of steps: one FULLY_CONNECTED per step and a PACK
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 12, 6)).astype("f")
+    inputs = keras.Input((12, 6))
+    h = L.TimeDistributed(L.Dense(8, activation="relu"), name="td")(inputs)
+    model = keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling1D()(h)))
+    tflite = kx.to_tflite(model, x)
+    assert kx.op_names(tflite).count("FULLY_CONNECTED") == 2 and "PACK" not in kx.op_names(tflite)
+    measured = kx.measure(tflite, data=(x, rng.integers(0, 3, 32)), keras_model=model)
+    assert measured["agreement"] >= 0.9
+
 def test_allow_list_names_are_builtin_operators():
     builtins = set(vars(_flatbuffer.schema().BuiltinOperator))
     assert kx.TFLM_BUILTIN_OPS <= builtins

@@ -572,7 +572,8 @@ def _to_tflite_decoded(model, representative_data, quantization, allow_float_ops
 
                 with _collector_skips_older_objects():
                     with _keras.elementwise_add_as_add(), _keras.take_without_index_wrap(), \
-                            _keras.layer_normalization_as_centred():
+                            _keras.layer_normalization_as_centred(), \
+                            _keras.time_distributed_as_one_call():
                         _write_saved_model(model, tmp, signature)
                     with _converter_reads_protos_only():
                         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
