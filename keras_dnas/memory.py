@@ -533,6 +533,9 @@ class MemoryModel:
             if arena.TAIL_OPS.get(op.name, arena._UNKNOWN_OP)[4]
             and arena._per_channel_count(self.full, op) > 0
         ]
+        # operands TFLite Micro's BATCH_MATMUL copies, transposed, into the tail
+        self._tail_copies = [t for op in self.full.operators
+                             for t in arena.batch_matmul_copies(self.full, op)]
         self._shape_constants = self._find_shape_constants()
         self._full_distinct = self._distinct_shape_constants(
             [g.size for g in plan.groups])
@@ -824,6 +827,9 @@ class MemoryModel:
                 n_scales = self._scales[op.inputs[1]].count(counts)
                 per_channel = per_channel * _step(n_scales, 1)
             tail = tail + per_channel - 2 * _aligned(4 * d.value, arena.ARENA_ALIGNMENT)
+        for t in self._tail_copies:
+            tail = tail + (_aligned(self._tensor_bytes(t, counts), arena.ARENA_ALIGNMENT)
+                           - _aligned(self.full.tensors[t].nbytes, arena.ARENA_ALIGNMENT))
         return tail
 
     def _data_bytes(self, buffer, size):

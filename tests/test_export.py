@@ -931,6 +931,25 @@ def test_measure_arena_equals_the_certified_arena_on_ds_cnn():
     assert m.host_arena_bytes > m.ram_bytes  # 8-byte pointers on the host
 
 
+
+def test_tail_replay_counts_batch_matmul_copies_as_tflite_micro_allocates_them():
+    # TFLite Micro's BATCH_MATMUL keeps a transposed copy of the LHS (adj_x) and of the RHS
+    # (unless adj_y) in the tail, and a writable copy of the output's dims: an attention
+    # block's arena was 272 B over its certificate on the host (304 B on the board)
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(16, 8, 6)).astype("f")
+    inputs = keras.Input((8, 6))
+    a, b = L.Dense(5)(inputs), L.Dense(5)(inputs)
+    both = keras.ops.matmul(keras.ops.transpose(a, (0, 2, 1)), b)  # adj_x, no adj_y
+    attention = L.MultiHeadAttention(num_heads=2, key_dim=3)(inputs, inputs)
+    for h in (both, attention):
+        model = keras.Model(inputs, L.Dense(3)(L.Flatten()(h)))
+        tflite = kx.to_tflite(model, x)
+        info = _flatbuffer.read_tflite(tflite)
+        assert any(arena.batch_matmul_copies(info, op) for op in info.operators)
+        measured = kx.measure(tflite)
+        assert arena.tflite_tail(info, pointer_bytes=8) == measured.host_arena_tail_bytes
+
 def _degenerate_softmax_tflite():
     """An int8 model whose softmax input is constant zero: its scale (~8e-9) is below 2**-26,
     and TFLite Micro's softmax Prepare aborts the process (issue 19)."""
