@@ -103,6 +103,15 @@ def _fused_activation(sch, op, op_name):
     return _enum_names(sch.ActivationFunctionType).get(options.FusedActivationFunction(), "NONE")
 
 
+def _adjoint(sch, op, op_name):
+    table = op.BuiltinOptions() if op_name == "BATCH_MATMUL" else None
+    if table is None:
+        return (False, False)
+    options = sch.BatchMatMulOptions()
+    options.Init(table.Bytes, table.Pos)
+    return (bool(options.AdjX()), bool(options.AdjY()))
+
+
 def _operator_names(sch, model):
     """The name of every operator code: the builtin code is the larger of `builtin_code` and
     `deprecated_builtin_code`; custom operators are named `"CUSTOM:<custom_code>"`."""
@@ -195,6 +204,7 @@ class Operator:
         index: position in its subgraph's operator list.
         subgraph: the subgraph it belongs to (0: the main one).
         fused_activation: the fused activation of its options (`"NONE"`, `"RELU"`, ...).
+        adjoint: BATCH_MATMUL's `(adj_x, adj_y)` options (which operands come transposed).
     """
 
     name: str
@@ -204,6 +214,7 @@ class Operator:
     index: int = 0
     subgraph: int = 0
     fused_activation: str = "NONE"
+    adjoint: tuple = (False, False)
 
 
 @dataclasses.dataclass
@@ -378,6 +389,7 @@ def read_tflite(tflite_bytes):
                 index=k,
                 subgraph=s,
                 fused_activation=_fused_activation(sch, op, name),
+                adjoint=_adjoint(sch, op, name),
             ))
     sg = model.Subgraphs(0)
     sub_inputs = _int_vector(sg.InputsLength(), sg.InputsAsNumpy)

@@ -88,8 +88,12 @@ __all__ = [
     "call_arguments",
     "check_version",
     "elementwise_add_as_add",
+    "export_rewrites",
     "in_stateless_scope",
+    "layer_normalization_as_centred",
     "nearest_upsampling_as_resize",
+    "take_without_index_wrap",
+    "time_distributed_as_one_call",
     "accepts_training",
     "inbound_node_count",
     "initial_weights",
@@ -283,6 +287,140 @@ def elementwise_add_as_add():
         yield
     finally:
         tf_numpy.add = keras_add
+
+
+@contextlib.contextmanager
+def take_without_index_wrap():
+    """While exporting: `ops.take` with computed integer indices becomes a plain `tf.gather`.
+
+    Keras' TensorFlow `take` (what `Embedding` calls) first maps negative indices to the end
+    (`tf.where(i < 0, i + n, i)`, as JAX does), which the converter emits as a `SELECT`
+    operator that TFLite Micro has no kernel for: an `Embedding` model could not be exported.
+    TFLite Micro's GATHER rejects a negative index at run time anyway, so for every index it
+    can run the result is the same. Constant indices (folded by the converter) keep Keras'
+    path. Restored on exit, also on an error; no-op on other backends or another Keras layout.
+    """
+    try:
+        from keras.src.backend.tensorflow import numpy as tf_numpy
+
+        keras_take = tf_numpy.take
+    except (ImportError, AttributeError):
+        keras_take = None
+    if keras.backend.backend() != "tensorflow" or keras_take is None:
+        yield
+        return
+    import tensorflow as tf
+
+    def take(x, indices, axis=None):
+        if (axis is not None and tf.is_tensor(indices) and indices.dtype.is_integer
+                and not isinstance(indices, (tf.SparseTensor, tf.RaggedTensor))
+                and tf.get_static_value(indices) is None):
+            return tf.gather(tf.convert_to_tensor(x), indices, axis=axis)
+        return keras_take(x, indices, axis=axis)
+
+    tf_numpy.take = take
+    try:
+        yield
+    finally:
+        tf_numpy.take = keras_take
+
+
+@contextlib.contextmanager
+def layer_normalization_as_centred():
+    """While exporting: `LayerNormalization` computes `(x - mean) * rsqrt(var + eps)`.
+
+    Keras computes `x * inv + (-mean * inv)` (`keras.src.ops.nn._layer_normalization`); the
+    converter keeps that `-mean` as a NEG operator the int8 quantiser leaves in float, so a
+    model with LayerNormalization (a transformer block) could not be converted to int8 for
+    TFLite Micro. The centred form is the same function and becomes SUB, MUL, RSQRT and
+    MEAN, which quantise. RMS scaling keeps Keras' path. Restored on exit, also on an error;
+    no-op on other backends or another Keras layout.
+    """
+    try:
+        from keras.src.ops import nn as ops_nn
+
+        keras_layer_norm = ops_nn._layer_normalization
+    except (ImportError, AttributeError):
+        keras_layer_norm = None
+    if keras.backend.backend() != "tensorflow" or keras_layer_norm is None:
+        yield
+        return
+    import tensorflow as tf
+
+    def layer_normalization(x, gamma=None, beta=None, axis=-1, epsilon=None,
+                            rms_scaling=False):
+        x = tf.convert_to_tensor(x)
+        if rms_scaling or x.dtype != tf.float32:
+            return keras_layer_norm(x, gamma=gamma, beta=beta, axis=axis, epsilon=epsilon,
+                                    rms_scaling=rms_scaling)
+        axes = sorted([axis] if isinstance(axis, int) else list(axis))
+        shape = [1] * x.shape.rank
+        for a in axes:
+            shape[a] = x.shape[a]
+
+        def broadcast(v):  # as Keras: a per-feature vector over every normalised axis
+            v = tf.convert_to_tensor(v, x.dtype)
+            return tf.reshape(v, shape) if axes != [x.shape.rank - 1] else v
+
+        mean, variance = tf.nn.moments(x, axes=axes, keepdims=True)
+        out = (x - mean) * tf.math.rsqrt(variance + (keras.backend.epsilon()
+                                                     if epsilon is None else epsilon))
+        if gamma is not None:
+            out = out * broadcast(gamma)
+        if beta is not None:
+            out = out + broadcast(beta)
+        return out
+
+    ops_nn._layer_normalization = layer_normalization
+    try:
+        yield
+    finally:
+        ops_nn._layer_normalization = keras_layer_norm
+
+
+@contextlib.contextmanager
+def time_distributed_as_one_call():
+    """While exporting: `TimeDistributed(layer)` calls `layer` once on the time steps merged
+    into the batch, not once per step.
+
+    With a fixed number of steps Keras calls the inner layer in a Python loop and stacks the
+    results, so a `TimeDistributed(Dense(16))` over 32 steps converts to 32 FULLY_CONNECTED
+    operators with their tensors and a PACK (a 6 x 16 Dense: 38 KB of flash, 17 KB of arena
+    on TFLite Micro). Merged, it is one operator; the function is the same for a layer that
+    treats samples independently, as at inference. A mask, or a shape not fixed, keeps Keras'
+    path. Restored on exit, also on an error; no-op on other backends.
+    """
+    keras_call = keras.layers.TimeDistributed.call
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+
+    def call(self, inputs, training=None, mask=None):
+        steps = tuple(inputs.shape[1:])
+        if mask is not None or not steps or any(d is None for d in steps):
+            return keras_call(self, inputs, training=training, mask=mask)
+        kwargs = {"training": training} if accepts_training(self.layer) else {}
+        outputs = self.layer.call(tf.reshape(inputs, (-1,) + steps[1:]), **kwargs)
+        return tf.reshape(outputs, (-1, steps[0]) + tuple(outputs.shape[1:]))
+
+    keras.layers.TimeDistributed.call = call
+    try:
+        yield
+    finally:
+        keras.layers.TimeDistributed.call = keras_call
+
+
+@contextlib.contextmanager
+def export_rewrites():
+    """While exporting: every rewrite above, so the traced model converts to operators
+    TensorFlow Lite Micro runs in int8 (each restores Keras on exit, also on an error)."""
+    with contextlib.ExitStack() as stack:
+        for rewrite in (elementwise_add_as_add, nearest_upsampling_as_resize,
+                        take_without_index_wrap, layer_normalization_as_centred,
+                        time_distributed_as_one_call):
+            stack.enter_context(rewrite())
+        yield
 
 
 def forget_sublayer(owner, attribute):

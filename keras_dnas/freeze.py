@@ -894,7 +894,9 @@ def _verify_flash(model, plan, keep, costs, budgets, cost_model, attempts=4, ful
     # flash) and TFLite Micro uses its offsets (less RAM), so certify that file, not TFLM's
     arena_plan = getattr(cost_model.memory, "arena_plan", "tflm")
     checked = [b for b in budgets if b.metric in metrics]
-    x = np.random.default_rng(0).normal(size=(8,) + shape).astype("float32")
+    from keras_dnas.memory import representative_inputs
+
+    x = representative_inputs(frozen)  # the memory model's: the same samples
 
     def measured(frozen):
         # the file kd.export.to_tflite writes, and its decoding (read once)

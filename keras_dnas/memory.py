@@ -533,6 +533,9 @@ class MemoryModel:
             if arena.TAIL_OPS.get(op.name, arena._UNKNOWN_OP)[4]
             and arena._per_channel_count(self.full, op) > 0
         ]
+        # operands TFLite Micro's BATCH_MATMUL copies, transposed, into the tail
+        self._tail_copies = [t for op in self.full.operators
+                             for t in arena.batch_matmul_copies(self.full, op)]
         self._shape_constants = self._find_shape_constants()
         self._full_distinct = self._distinct_shape_constants(
             [g.size for g in plan.groups])
@@ -619,7 +622,7 @@ class MemoryModel:
 
         if own_weights:
             rep = representative_data
-            return to_tflite(model, representative_data=_representative(model)
+            return to_tflite(model, representative_data=representative_inputs(model)
                              if rep is None else rep)
         keep_full = [np.ones(g.size, dtype=bool) for g in plan.groups]
         return MemoryModel.convert_structure(
@@ -635,7 +638,7 @@ class MemoryModel:
 
         _generic_weights(structure)
         rep = representative_data
-        return to_tflite(structure, representative_data=_representative(structure)
+        return to_tflite(structure, representative_data=representative_inputs(structure)
                          if rep is None else rep)
 
     # ----------------------------------------------------------------- parts (ChoiceMemory)
@@ -824,6 +827,9 @@ class MemoryModel:
                 n_scales = self._scales[op.inputs[1]].count(counts)
                 per_channel = per_channel * _step(n_scales, 1)
             tail = tail + per_channel - 2 * _aligned(4 * d.value, arena.ARENA_ALIGNMENT)
+        for t in self._tail_copies:
+            tail = tail + (_aligned(self._tensor_bytes(t, counts), arena.ARENA_ALIGNMENT)
+                           - _aligned(self.full.tensors[t].nbytes, arena.ARENA_ALIGNMENT))
         return tail
 
     def _data_bytes(self, buffer, size):
@@ -1301,10 +1307,28 @@ def _linear_dims(rows, width, rank=None):
     return _Linear(a, c)
 
 
-def _representative(model):
-    """Eight normal samples per input of ``model`` (calibration of a structure's conversion)."""
+def representative_inputs(model):
+    """Eight normal samples per input of ``model`` (calibration of a structure's conversion);
+    an input of indices (integer, or read by an ``Embedding``) gets 0s and 1s, valid for any
+    table of two rows or more (the exported GATHER rejects an index out of its table)."""
+    import keras
+
     rng = np.random.default_rng(0)
-    rep = [rng.normal(size=(8,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
+    looked_up = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Embedding):
+            try:
+                looked_up.add(id(layer.input))
+            except (AttributeError, ValueError):  # called on several tensors
+                pass
+
+    def sample(x):
+        shape = (8,) + tuple(x.shape[1:])
+        if np.issubdtype(np.dtype(x.dtype), np.integer) or id(x) in looked_up:
+            return rng.integers(0, 2, size=shape).astype(x.dtype)
+        return rng.normal(size=shape).astype("float32")
+
+    rep = [sample(x) for x in model.inputs]
     return rep[0] if len(rep) == 1 else rep
 
 

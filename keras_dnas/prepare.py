@@ -64,14 +64,12 @@ class SearchableModel(keras.Model):
             masks.exclude_from_weight_decay(self.optimizer)
 
     def compile_from_config(self, config):
-        # Keras' own skips a model whose `compile` is overridden (with a warning), which left a
-        # reloaded search uncompiled (and without its optimizer state). `compile` above only
-        # adds the masks' weight-decay exclusion, so loading compiles through it as Keras would.
-        import keras
-
+        # Keras skips (with a warning) the saved compile of a model whose `compile` is
+        # overridden; ours only adds to Keras', so a reloaded search is compiled as saved
+        # (and its optimizer state restored) like a plain model.
         self.compile(**keras.saving.deserialize_keras_object(config))
         if getattr(self, "optimizer", None) is not None and self.built:
-            self.optimizer.build(self.trainable_variables)  # so the file's slots load into it
+            self.optimizer.build(self.trainable_variables)
 
     # What DNASCallback leaves for kd.freeze (``dnas_search``) is saved in the ``.keras`` file
     # as plain config: the target (its JSON fields), the budgets' limits and the arena plan.

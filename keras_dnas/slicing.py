@@ -137,9 +137,9 @@ def rebuild_with(model, plan, keep, full_taps=False):
             new.set_weights(layer.get_weights())
             continue
         values = sliced.get(id(new)) or _sliced_weights(layer, first[layer.name], keep, taps)
-        for w in new.weights:
+        for position, w in enumerate(new.weights):
             if (id(new), w.name) not in made:
-                w.assign(values[w.name])
+                w.assign(values[w.name] if w.name in values else values[position])
         if isinstance(new, L.Normalization):
             new.finalize_state()  # its mean / variance constants come from its weights
     return frozen
@@ -147,20 +147,21 @@ def rebuild_with(model, plan, keep, full_taps=False):
 
 def _sliced_weights(layer, info, keep, taps):
     """``{weight name: value}`` of ``layer``'s weights sliced to the kept channels (and the
-    kept taps of a searched kernel)."""
+    kept taps of a searched kernel); ``{position: value}`` where two of its weights share a
+    name (a Bidirectional's two RNNs, MultiHeadAttention's projections: sub-layers' weights)."""
     in_keep = _view_keep(info.inputs[0], keep) if info.inputs else None
     out_keep = _view_keep(info.output, keep)
     op = info.op if info.role != "opaque" else "other"
     if op in ("prelu", "normalization") and not info.geometry.get("channel_params"):
         op = "other"  # parameters shared over the channel axis
+    weights = [w for w in layer.weights if w.name != masks.ALPHA_NAME]
+    by_name = len({w.name for w in weights}) == len(weights)
     values = {}
-    for w in layer.weights:
-        if w.name == masks.ALPHA_NAME:
-            continue
+    for position, w in enumerate(weights):
         value = keras.ops.convert_to_numpy(w)
         if w.name == "kernel" and layer.name in taps:
             value = value[taps[layer.name]["kernel_index"]]
-        values[w.name] = _slice(op, w.name, value, in_keep, out_keep)
+        values[w.name if by_name else position] = _slice(op, w.name, value, in_keep, out_keep)
     return values
 
 

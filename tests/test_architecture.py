@@ -206,19 +206,26 @@ def test_untested_keras_minor_is_refused_unless_allowed(monkeypatch):
         _keras.check_version(newer)
 
 
-def test_export_add_patch_is_scoped():
-    """The TensorFlow `add` fix is active only inside the export and restored after it."""
+def test_export_rewrites_are_scoped():
+    """Each of the export's rewrites of Keras is active only inside the export and restored
+    after it, also when the conversion fails."""
     import keras
 
     from keras_dnas import _keras
 
     if keras.backend.backend() != "tensorflow":
-        pytest.skip("the fix is for the TensorFlow backend")
+        pytest.skip("the rewrites are for the TensorFlow backend")
     from keras.src.backend.tensorflow import numpy as tf_numpy
+    from keras.src.ops import nn as ops_nn
 
-    original = tf_numpy.add
+    patched = [(tf_numpy, "add"), (tf_numpy, "take"), (ops_nn, "_layer_normalization"),
+               (keras.layers.TimeDistributed, "call"), (keras.layers.UpSampling1D, "call"),
+               (keras.layers.UpSampling2D, "_resize_images")]
+    originals = [getattr(owner, name) for owner, name in patched]
     with pytest.raises(RuntimeError):
-        with _keras.elementwise_add_as_add():
-            assert tf_numpy.add is not original
+        with _keras.export_rewrites():
+            for (owner, name), original in zip(patched, originals):
+                assert getattr(owner, name) is not original, name
             raise RuntimeError("conversion failed")
-    assert tf_numpy.add is original
+    for (owner, name), original in zip(patched, originals):
+        assert getattr(owner, name) is original, name

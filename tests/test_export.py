@@ -475,6 +475,77 @@ def test_conversion_failure_names_op_and_layer():
         kx.to_tflite(model, np.random.default_rng(0).normal(size=(8, 8)).astype("f"))
 
 
+
+def test_a_looping_recurrent_layer_is_refused_before_int8_conversion():
+    # TensorFlow's int8 calibration of a Keras RNN's WHILE loop kills the process (a segfault):
+    # it is refused, naming the layer, before the converter runs; unrolled, it converts
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5, 3)).astype("f")
+    for layer, name in ((L.LSTM(4, name="my_lstm"), "my_lstm"),
+                        (L.Bidirectional(L.GRU(4), name="my_bi"), "my_bi"),
+                        (L.SimpleRNN(4, return_sequences=True, name="my_rnn"), "my_rnn")):
+        inputs = keras.Input((5, 3))
+        nested = keras.Sequential([keras.Input((5, 3)), layer], name="inner")
+        model = keras.Model(inputs, L.Dense(2)(L.Flatten()(nested(inputs))))
+        with pytest.raises(ValueError, match=rf"(?s)Layer '{name}' .*unroll=True"):
+            kx.to_tflite(model, x)
+    inputs = keras.Input((5, 3))
+    unrolled = keras.Model(inputs, L.Dense(2)(L.SimpleRNN(4, unroll=True)(inputs)))
+    assert "FULLY_CONNECTED" in kx.op_names(kx.to_tflite(unrolled, x))
+
+
+def test_an_embedding_converts_to_a_gather_tflite_micro_runs():
+    # Keras' TensorFlow `take` wraps negative indices with a `tf.where`: a SELECT operator,
+    # which TFLite Micro has no kernel for; the export gathers directly
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 50, size=(16, 10)).astype("int32")
+    inputs = keras.Input((10,), dtype="int32")
+    h = L.GlobalAveragePooling1D()(L.Conv1D(4, 3)(L.Embedding(50, 8, name="emb")(inputs)))
+    model = keras.Model(inputs, L.Dense(2)(h))
+    tflite = kx.to_tflite(model, tokens)
+    assert "GATHER" in kx.op_names(tflite) and "SELECT" not in kx.op_names(tflite)
+    measured = kx.measure(tflite, data=(tokens, rng.integers(0, 2, 16)), keras_model=model)
+    assert measured["agreement"] >= 0.9
+    # token ids into a float input (Keras' Embedding casts them): the samples the flash / RAM
+    # model and freeze's certificate convert with are valid ids too, not negative normals
+    inputs = keras.Input((10,))
+    h = L.GlobalAveragePooling1D()(L.Conv1D(4, 3)(L.Embedding(50, 8)(inputs)))
+    search = kd.prepare(keras.Model(inputs, L.Dense(2)(h)))
+    assert kd.summary(search, "stm32h743")["flash_bytes"] > 400  # the table's 50 x 8 int8
+    slim = kd.freeze(search, target="stm32h743", budgets={"flash_bytes": 10**6}, verbose=0)
+    assert slim.dnas_certificate["budgets"][0]["holds"]
+
+
+def test_layer_normalization_converts_to_int8_and_runs_on_tflite_micro():
+    # Keras' `x * inv + (-mean * inv)` left a float NEG in the int8 file; the export centres it
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6, 8)).astype("f")
+    inputs = keras.Input((6, 8))
+    h = L.LayerNormalization(name="ln")(L.Dense(8)(inputs))
+    h = L.LayerNormalization(axis=(1, 2), name="ln2d")(h)  # two axes: gamma over both
+    h = L.GlobalAveragePooling1D()(h)
+    model = keras.Model(inputs, L.Dense(3)(h))
+    for layer in ("ln", "ln2d"):  # trained-looking scale and offset, one per normalised value
+        for w in model.get_layer(layer).weights:
+            w.assign(rng.uniform(0.5, 1.5, w.shape).astype("f"))
+    tflite = kx.to_tflite(model, x)
+    assert "NEG" not in kx.op_names(tflite)
+    measured = kx.measure(tflite, data=(x, rng.integers(0, 3, 32)), keras_model=model)
+    assert measured["agreement"] >= 0.9
+
+
+def test_time_distributed_converts_to_one_operator():
+    # Keras loops over a fixed number of steps: one FULLY_CONNECTED per step and a PACK
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 12, 6)).astype("f")
+    inputs = keras.Input((12, 6))
+    h = L.TimeDistributed(L.Dense(8, activation="relu"), name="td")(inputs)
+    model = keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling1D()(h)))
+    tflite = kx.to_tflite(model, x)
+    assert kx.op_names(tflite).count("FULLY_CONNECTED") == 2 and "PACK" not in kx.op_names(tflite)
+    measured = kx.measure(tflite, data=(x, rng.integers(0, 3, 32)), keras_model=model)
+    assert measured["agreement"] >= 0.9
+
 def test_allow_list_names_are_builtin_operators():
     builtins = set(vars(_flatbuffer.schema().BuiltinOperator))
     assert kx.TFLM_BUILTIN_OPS <= builtins
@@ -926,6 +997,25 @@ def test_measure_arena_equals_the_certified_arena_on_ds_cnn():
     assert m.fits_ram == s["fits_ram"]
     assert m.host_arena_bytes > m.ram_bytes  # 8-byte pointers on the host
 
+
+
+def test_tail_replay_counts_batch_matmul_copies_as_tflite_micro_allocates_them():
+    # TFLite Micro's BATCH_MATMUL keeps a transposed copy of the LHS (adj_x) and of the RHS
+    # (unless adj_y) in the tail, and a writable copy of the output's dims: an attention
+    # block's arena was 272 B over its certificate on the host (304 B on the board)
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(16, 8, 6)).astype("f")
+    inputs = keras.Input((8, 6))
+    a, b = L.Dense(5)(inputs), L.Dense(5)(inputs)
+    both = keras.ops.matmul(keras.ops.transpose(a, (0, 2, 1)), b)  # adj_x, no adj_y
+    attention = L.MultiHeadAttention(num_heads=2, key_dim=3)(inputs, inputs)
+    for h in (both, attention):
+        model = keras.Model(inputs, L.Dense(3)(L.Flatten()(h)))
+        tflite = kx.to_tflite(model, x)
+        info = _flatbuffer.read_tflite(tflite)
+        assert any(arena.batch_matmul_copies(info, op) for op in info.operators)
+        measured = kx.measure(tflite)
+        assert arena.tflite_tail(info, pointer_bytes=8) == measured.host_arena_tail_bytes
 
 def _degenerate_softmax_tflite():
     """An int8 model whose softmax input is constant zero: its scale (~8e-9) is below 2**-26,

@@ -1,6 +1,7 @@
 """prepare() and freeze() invariants (DESIGN.md invariants 1, 2 and 5)."""
 
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -92,6 +93,25 @@ def test_freeze_equals_masked_model_and_params_follow_the_masks(name, seed):
     assert not kd.masks.mask_variables(slim, trainable_only=False)
 
 
+
+def test_freeze_keeps_the_weights_of_layers_whose_sub_layers_share_weight_names():
+    # a Bidirectional's two RNNs both have a `kernel`, MultiHeadAttention's four projections
+    # too: each must get its own values back, not the last one of that name
+    L = keras.layers
+    x = keras.Input((6, 4))
+    h = L.Bidirectional(L.SimpleRNN(3, return_sequences=True), name="bi")(x)
+    h = L.MultiHeadAttention(num_heads=2, key_dim=3, name="mha")(h, h)
+    h = L.Dense(8, activation="relu")(L.GlobalAveragePooling1D()(h))
+    model = keras.Model(x, L.Dense(2)(h))
+    search = kd.prepare(model)
+    toys.close_random_masks(search, seed=0, keep=0.5)
+    slim = kd.freeze(search, budgets={})
+    xs = toys.sample(model)
+    np.testing.assert_allclose(slim(xs), search(xs), atol=1e-5)
+    for name in ("bi", "mha"):
+        for a, b in zip(search.get_layer(name).weights, slim.get_layer(name).weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
 def test_freeze_keeps_at_least_one_channel_per_group():
     search = kd.prepare(toys.residual())
     for v in kd.masks.mask_variables(search):
@@ -152,6 +172,31 @@ def test_searchable_model_round_trips_with_ties(tmp_path):
         [v.path for v in kd.masks.mask_variables(search)]
     np.testing.assert_allclose(kd.freeze(loaded)(x), kd.freeze(search)(x), atol=1e-6)
 
+
+
+def test_a_reloaded_search_is_compiled_as_saved_with_its_optimizer_state(tmp_path):
+    # Keras skips, with a warning, the saved compile of a model that overrides `compile`
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3)])
+    search = kd.prepare(model)
+    search.compile(keras.optimizers.Adam(2e-3),
+                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 8)).astype("float32"), rng.integers(0, 3, 32)
+    search.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    path = tmp_path / "search.keras"
+    search.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = keras.models.load_model(path)
+    assert loaded.compiled and isinstance(loaded.optimizer, keras.optimizers.Adam)
+    assert loaded.get_compile_config() == search.get_compile_config()
+    assert int(loaded.optimizer.iterations.numpy()) == 2
+    for a, b in zip(loaded.optimizer.variables, search.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), search.evaluate(x, y, verbose=0),
+                               rtol=1e-6)
 
 RELOAD = textwrap.dedent(
     """

@@ -335,8 +335,33 @@ TAIL_OPS = {
     "BATCH_TO_SPACE_ND": (0, 0, 0, 1, False),
     "QUANTIZE": (32, 28, 0, 1, False),
     "DEQUANTIZE": (16, 16, 0, 1, False),
+    # OpData: three pointers and three flags; options: three bools (adj_x, adj_y, asymmetric)
+    "BATCH_MATMUL": (32, 16, 3, 1, False),
 }
 _UNKNOWN_OP = (64, 48, 16, 4, False)  # an unlisted operator: a rough guess
+
+_BATCH_MATMUL_QUANTIZATION = 28  # int8 / int16: multiplier, shift, min, max, 3 zero points
+
+
+def batch_matmul_copies(model, op):
+    """The input tensors TFLite Micro's BATCH_MATMUL keeps a transposed copy of in the tail
+    (Prepare): the LHS with ``adj_x``, the RHS without ``adj_y`` (its kernel multiplies a
+    transposed RHS). Each copy is a `TfLiteEvalTensor`, its dims and all of its data."""
+    if op.name != "BATCH_MATMUL":
+        return []
+    adj_x, adj_y = op.adjoint
+    return ([op.inputs[0]] if adj_x else []) + ([op.inputs[1]] if not adj_y else [])
+
+
+def _batch_matmul_prepare(model, op, eval_tensor_bytes):
+    """Bytes BATCH_MATMUL's Prepare takes from the tail, one 16-byte aligned request each."""
+    sizes = [4 + 4 * len(model.tensors[op.outputs[0]].shape)]  # the output's writable dims
+    if model.tensors[op.inputs[0]].dtype in ("INT8", "INT16"):
+        sizes.append(_BATCH_MATMUL_QUANTIZATION)
+    for t in batch_matmul_copies(model, op):
+        tensor = model.tensors[t]
+        sizes += [eval_tensor_bytes, 4 + 4 * len(tensor.shape), tensor.nbytes]
+    return sizes
 
 
 class _Tail:
@@ -412,6 +437,8 @@ class TailReplay:
         self.fixed_allocs += [(row[0] if pointer_bytes == 8 else row[1], ARENA_ALIGNMENT)
                               for row in rows]
         self.per_channel_ops = [i for i, row in enumerate(rows) if row[4]]
+        self.batch_matmuls = [i for i, op in enumerate(model.operators)
+                              if op.name == "BATCH_MATMUL"]
         self.n_scratch = sum(len(scratch[op.name](model, op)) for op in model.operators
                              if op.name in scratch)
         self.variables = [t.index for t in model.tensors if t.is_variable]
@@ -433,6 +460,9 @@ class TailReplay:
             size = 4 * _per_channel_count(model, operators[i])
             if size > 0:
                 top = ((top - size) // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
+                top = ((top - size) // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
+        for i in self.batch_matmuls:  # Prepare: quantisation data, transposed operand copies
+            for size in _batch_matmul_prepare(model, operators[i], st["eval_tensor"]):
                 top = ((top - size) // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
         tail.top = top
         tail.alloc(ptr * self.n_scratch, ptr)  # ScratchBufferHandle {void* data}

@@ -115,6 +115,37 @@ def _layer_names(model):
     return names
 
 
+def _check_no_recurrent_loop(model):
+    """Refuse, before converting, a recurrent layer that loops over time steps (int8 only).
+
+    TensorFlow's int8 calibration runs the converted `WHILE` loop of a Keras `LSTM` / `GRU` /
+    `SimpleRNN` (`unroll=False`) and crashes the whole process on it (segmentation fault,
+    TensorFlow 2.21), so no Python error could name the layer afterwards.
+    """
+    import keras
+
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        for sub in getattr(layer, "layers", None) or []:
+            stack.append(sub)
+            inner = [sub]
+            if isinstance(sub, keras.layers.Bidirectional):
+                inner = [sub.forward_layer, sub.backward_layer]
+            elif isinstance(sub, keras.layers.Wrapper):  # e.g. TimeDistributed
+                inner = [sub.layer]
+            for rnn in inner:
+                if isinstance(rnn, keras.layers.RNN) and not rnn.unroll:
+                    raise ValueError(
+                        f"Layer {sub.name!r} ({type(sub).__name__}) runs its time steps in a "
+                        "loop (`unroll=False`), which the int8 converter cannot quantise "
+                        "(TensorFlow's calibration of the loop crashes the process). Build it "
+                        f"with `keras.layers.{type(rnn).__name__}(..., unroll=True)` (a fixed "
+                        "number of time steps; the weights load unchanged), or convert with "
+                        "quantization='float32'."
+                    )
+
+
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_convert_child.py")
 # `python -c`: drop the current directory from sys.path, then run the child file as __main__.
 _BOOT = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
@@ -515,6 +546,8 @@ def _to_tflite_decoded(model, representative_data, quantization, allow_float_ops
             f"The model {model.name!r} is not built yet; give it a `keras.Input` or call "
             "it on a batch of data before converting."
         )
+    if mode.integer_io:
+        _check_no_recurrent_loop(model)
     signature, flat_inputs = _input_signature(model)
     arrays = _calibration_arrays(representative_data, flat_inputs) if mode.needs_data else None
     if _backend() != "tensorflow":  # the converter reads TensorFlow graphs
@@ -544,7 +577,7 @@ def _to_tflite_decoded(model, representative_data, quantization, allow_float_ops
                 import tensorflow as tf
 
                 with _collector_skips_older_objects():
-                    with _keras.elementwise_add_as_add(), _keras.nearest_upsampling_as_resize():
+                    with _keras.export_rewrites():
                         _write_saved_model(model, tmp, signature)
                     with _converter_reads_protos_only():
                         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
