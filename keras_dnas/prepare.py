@@ -63,6 +63,15 @@ class SearchableModel(keras.Model):
         if getattr(self, "optimizer", None) is not None:
             masks.exclude_from_weight_decay(self.optimizer)
 
+    def compile_from_config(self, config):
+        # Keras skips (with a warning) the compile of a reloaded model whose class overrides
+        # `compile`; ours only adds the weight-decay exclusion, so a reloaded search is compiled
+        # as it was saved (and its optimizer state restored), ready to resume or to freeze.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     # What DNASCallback leaves for kd.freeze (``dnas_search``) is saved in the ``.keras`` file
     # as plain config: the target (its JSON fields), the budgets' limits and the arena plan.
     # The calibration sample and the flash/RAM model are not: freeze rebuilds the latter, and

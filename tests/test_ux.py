@@ -248,7 +248,15 @@ def test_the_search_settings_survive_a_keras_file_and_freeze_reuses_them(tmp_pat
     search, cb, (x, _), _ = _searched(calibrate=True)
     path = str(tmp_path / "search.keras")
     search.save(path)
-    loaded = keras.saving.load_model(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "compile() was not called" from Keras
+        loaded = keras.saving.load_model(path)
+    # compiled as saved, with the optimizer's state: the search resumes where it stopped
+    assert loaded.compiled and loaded.get_compile_config() == search.get_compile_config()
+    assert int(loaded.optimizer.iterations) == int(search.optimizer.iterations) > 0
+    for a, b in zip(loaded.optimizer.variables, search.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                      keras.ops.convert_to_numpy(b))
     saved = loaded.dnas_search
     assert saved["target"] == cb.target and saved["arena_plan"] == "tflm"
     assert saved["budgets"] == {b.metric: b.limit for b in cb.budgets}
@@ -259,6 +267,7 @@ def test_the_search_settings_survive_a_keras_file_and_freeze_reuses_them(tmp_pat
     assert again.dnas_certificate["target"] == "nrf52840"
     for a, b in zip(again.get_weights(), first.get_weights()):
         np.testing.assert_array_equal(a, b)
+    assert again.get_compile_config() == first.get_compile_config()  # compiled as the search
     # kd.summary of the frozen model defaults to the target it was certified on
     assert kd.summary(first, memory=None)["target"] == "nrf52840"
     assert kd.summary(search, memory=None)["target"] == "nrf52840"
