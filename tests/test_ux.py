@@ -153,7 +153,8 @@ def test_no_feasible_epoch_restores_the_least_violating_one():
             snapshots.append([np.array(w) for w in self.model.get_weights()])
 
     with pytest.warns(UserWarning, match=r"no search epoch met every budget\. Restored the "
-                                         r"least violating epoch, 2 \(params="):
+                                         r"least violating epoch, 2 \(params=[0-9,]+ "
+                                         r"parameters > [0-9,]+ parameters;"):
         search.fit(x, y, validation_data=(xv, yv), epochs=3, batch_size=64, verbose=0,
                    callbacks=[SetMasks(), cb, Snapshot()])
     params = [h["dnas/params"] for h in cb.history]
