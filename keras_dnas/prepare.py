@@ -64,10 +64,11 @@ class SearchableModel(keras.Model):
             masks.exclude_from_weight_decay(self.optimizer)
 
     def compile_from_config(self, config):
-        # Keras skips (with a warning) the saved compile of a model whose `compile` is
-        # overridden; ours only adds to Keras', so a reloaded search is compiled as saved
-        # (and its optimizer state restored) like a plain model.
-        self.compile(**keras.saving.deserialize_keras_object(config))
+        # Keras skips (with a warning) the compile of a reloaded model whose class overrides
+        # `compile`; ours only adds the weight-decay exclusion, so a reloaded search is compiled
+        # as it was saved (and its optimizer state restored), ready to resume or to freeze.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 

@@ -137,9 +137,12 @@ def rebuild_with(model, plan, keep, full_taps=False):
             new.set_weights(layer.get_weights())
             continue
         values = sliced.get(id(new)) or _sliced_weights(layer, first[layer.name], keep, taps)
-        for position, w in enumerate(new.weights):
+        names = list(values)  # the old layer's weights in order, without the masks
+        for i, w in enumerate(new.weights):
             if (id(new), w.name) not in made:
-                w.assign(values[w.name] if w.name in values else values[position])
+                # a weight made by `add_weight` without a name (e.g. ConvNeXt's LayerScale) is
+                # auto-named anew in the clone: it is the one at the same position
+                w.assign(values[w.name] if w.name in values else values[names[i]])
         if isinstance(new, L.Normalization):
             new.finalize_state()  # its mean / variance constants come from its weights
     return frozen

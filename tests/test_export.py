@@ -468,6 +468,19 @@ def test_op_without_tflm_kernel_is_named():
         kx.to_tflite(model, np.random.default_rng(0).normal(size=(8, 8)).astype("f"))
 
 
+def test_repeated_problems_are_folded_into_one_line_naming_their_layers():
+    x = keras.Input((8,))
+    h = x
+    for k in range(5):
+        h = L.Activation("gelu", name=f"gelu_{k}")(L.Dense(4)(h))
+    with pytest.raises(ValueError) as raised:
+        kx.to_tflite(keras.Model(x, h), np.random.default_rng(0).normal(size=(8, 8)).astype("f"))
+    lines = str(raised.value).splitlines()
+    assert sum("layer 'gelu_" in line for line in lines) == 2  # the first two in full
+    assert "  - 3 more GELU operator(s), the same problem: layers 'gelu_2', 'gelu_3', " \
+           "'gelu_4'" in lines
+
+
 def test_conversion_failure_names_op_and_layer():
     x = keras.Input((8,))
     model = keras.Model(x, L.Lambda(keras.ops.erf, name="my_erf")(L.Dense(4)(x)))

@@ -144,6 +144,35 @@ def test_lambda_is_kept_and_warned_about():
     np.testing.assert_allclose(search(xs), model(xs), atol=1e-6)
 
 
+class _UnnamedScale(keras.layers.Layer):
+    """A per-channel scale whose weight has no name (as ConvNeXt's LayerScale): Keras names
+    it "variable_N" from a global counter, so the clone's weight has another name."""
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.gamma
+
+
+def test_freeze_copies_a_weight_added_without_a_name():
+    x = keras.Input((6, 6, 2))
+    a = keras.layers.Conv2D(4, 3, name="a")(x)
+    b = _UnnamedScale(name="scale")(a)
+    y = keras.layers.Dense(2, name="fc")(keras.layers.Flatten()(keras.layers.Conv2D(3, 1)(b)))
+    model = keras.Model(x, y)
+    gamma = np.random.default_rng(0).uniform(0.5, 2.0, 4).astype("float32")
+    model.get_layer("scale").gamma.assign(gamma)
+    with pytest.warns(UserWarning, match=r"touches layer 'scale'"):  # no channel rule: frozen
+        search = kd.prepare(model)
+    frozen = kd.freeze(search, budgets={}, verbose=0)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(frozen.get_layer("scale").weights[0]), gamma)
+    xs = toys.sample(model)
+    np.testing.assert_allclose(frozen(xs), search(xs), atol=1e-6)
+    np.testing.assert_allclose(frozen(xs), model(xs), atol=1e-6)
+
+
 def test_nested_model_is_flattened_and_excluding_it_leaves_nothing_to_search():
     # nested models used to need exclude=; kd.prepare now inlines them (tests/test_nested.py)
     inner_in = keras.Input((8,))

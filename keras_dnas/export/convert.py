@@ -146,6 +146,43 @@ def _check_no_recurrent_loop(model):
                     )
 
 
+# One line of `ops.tflm_problems` about an operator: its kind, its layer and the reason.
+_PROBLEM_RE = re.compile(r"^operator (?P<op>\S+) \(operator #\d+.*?(?:, layer (?P<layer>'[^']*'))?\) "
+                         r"(?P<reason>.*)$")
+_SHOWN_PER_KIND = 2  # problems written out in full per (operator, reason); then their layers
+
+
+def _grouped(problems):
+    """``problems`` with the repeats of an (operator, reason) pair folded into one line that
+    names their layers: a ConvNeXt has 18 GELU and 23 LayerNormalization problems."""
+    kinds, lines = {}, []
+    for text in problems:
+        m = _PROBLEM_RE.match(text)
+        if m is None:
+            lines.append(text)
+            continue
+        key = (m["op"], m["reason"])
+        if key not in kinds:
+            kinds[key] = []
+            lines.append(key)
+        kinds[key].append((text, m["layer"]))
+    out = []
+    for line in lines:
+        if isinstance(line, str):
+            out.append(line)
+            continue
+        found = kinds[line]
+        out.extend(text for text, _ in found[:_SHOWN_PER_KIND])
+        rest = found[_SHOWN_PER_KIND:]
+        if rest:
+            layers = list(dict.fromkeys(layer for _, layer in rest if layer))
+            named = ", ".join(layers[:6]) + (f", ... ({len(layers) - 6} more)"
+                                             if len(layers) > 6 else "")
+            out.append(f"{len(rest)} more {line[0]} operator(s), the same problem"
+                       + (f": layers {named}" if named else ""))
+    return out
+
+
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_convert_child.py")
 # `python -c`: drop the current directory from sys.path, then run the child file as __main__.
 _BOOT = "import runpy, sys; sys.path.pop(0); runpy.run_path(sys.argv[1], run_name='__main__')"
@@ -606,7 +643,8 @@ def _to_tflite_decoded(model, representative_data, quantization, allow_float_ops
     if problems:
         raise ValueError(
             f"The converted model {model.name!r} (quantization={quantization!r}) cannot run "
-            "as is on TensorFlow Lite Micro:\n  - " + "\n  - ".join(problems) + "\nReplace these "
+            "as is on TensorFlow Lite Micro:\n  - " + "\n  - ".join(_grouped(problems))
+            + "\nReplace these "
             "layers with TFLite Micro-friendly ones (see keras_dnas.export.TFLM_BUILTIN_OPS)"
             + ("" if allow_float_ops or quantization != "int8"
                else ", or pass allow_float_ops=True to keep float layers") + "."

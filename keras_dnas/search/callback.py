@@ -681,7 +681,12 @@ class DNASCallback(keras.callbacks.Callback):
             (violation, _), epoch, weights, over = self._least
             self._set_model_weights(weights)
             self.restored_epoch = epoch
-            excess = ", ".join(f"{m}={v:,.6g} > {self._limit(m):,.6g}" for m, v in over.items())
+            from keras_dnas.report.format import fmt_quantity
+
+            # the units and separators of the start-of-search line (`:g` gave 3.0577e+06 B)
+            excess = ", ".join(f"{m}={fmt_quantity(v, METRICS[m])} > "
+                               f"{fmt_quantity(self._limit(m), METRICS[m])}"
+                               for m, v in over.items())
             message += (f" Restored the least violating epoch, {epoch + 1} ({excess}; summed "
                         f"relative excess {violation:.3g}).")
         message += (" kd.freeze(model) closes channels until every budget holds; more search "
