@@ -13,7 +13,7 @@ import tempfile
 import warnings
 
 from keras_dnas import _keras
-from keras_dnas._data import input_arrays
+from keras_dnas._data import ENDLESS_REPRESENTATIVE_SAMPLES, input_arrays
 from keras_dnas.export import ops as _ops
 from keras_dnas.export._quiet import captured_fds
 
@@ -97,8 +97,10 @@ def _calibration_arrays(representative_data, flat_inputs):
             "Received: representative_data=None"
         )
     if not flat_inputs:  # subclassed model: one input, shape unknown
-        return input_arrays(representative_data, "representative_data", names=[None])
+        return input_arrays(representative_data, "representative_data", names=[None],
+                            endless_samples=ENDLESS_REPRESENTATIVE_SAMPLES)
     arrays = input_arrays(representative_data, "representative_data",
+                          endless_samples=ENDLESS_REPRESENTATIVE_SAMPLES,
                           names=[t.name for t in flat_inputs],
                           shapes=[tuple(t.shape[1:]) for t in flat_inputs])
     # the signature's dtype (float32 unless the model says otherwise)
