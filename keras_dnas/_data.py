@@ -18,6 +18,10 @@ import numpy as np
 #: Largest calibration sample kept (a few thousand samples fix BN statistics well).
 CALIBRATION_SAMPLES = 2048
 
+#: Samples read from an endless dataset (``tf.data`` ``.repeat()``) given as representative
+#: data: the usual ``x[:256]``.
+ENDLESS_REPRESENTATIVE_SAMPLES = 256
+
 _FORMS = ("an array of input samples (samples first), a list of arrays or a dict by input name "
           "for a model with several inputs, or an iterable of batches (tf.data.Dataset, "
           "generator, keras.utils.PyDataset)")
@@ -48,9 +52,21 @@ def _parts(data, n_inputs, names, argument):
     return [data]
 
 
-def _collect(batches, n_inputs, names, argument, dtype):
-    """An iterable of batches -> one concatenated array per input."""
-    per_input = None
+def _endless(data):
+    """Whether ``data`` is a ``tf.data.Dataset`` that never ends (``.repeat()`` without a
+    count). Other iterables cannot say, so they are read to their end."""
+    cardinality = getattr(data, "cardinality", None)
+    if cardinality is None or not callable(cardinality):
+        return False
+    try:
+        return int(cardinality()) == -1  # tf.data.INFINITE_CARDINALITY
+    except (TypeError, ValueError):
+        return False
+
+
+def _collect(batches, n_inputs, names, argument, dtype, max_samples=None):
+    """An iterable of batches -> one concatenated array per input (the first ``max_samples``)."""
+    per_input, count = None, 0
     for element in batches:
         if isinstance(element, tuple) and (n_inputs == 1 or len(element) in (2, 3)):
             element = element[0]  # (x, y) or (x, y, sample_weight)
@@ -62,13 +78,18 @@ def _collect(batches, n_inputs, names, argument, dtype):
                              f"Received: {len(parts)}")
         for k, part in enumerate(parts):
             per_input[k].append(part)
+        count += len(parts[0]) if parts[0].ndim else 1
+        if max_samples is not None and count >= max_samples:
+            break
     if per_input is None:
         raise ValueError(f"{argument} is empty: it needs at least one batch of samples. "
                          "Received: an empty iterable")
-    return [np.concatenate(p, axis=0) for p in per_input]
+    arrays = [np.concatenate(p, axis=0) for p in per_input]
+    return arrays if max_samples is None else [a[:max_samples] for a in arrays]
 
 
-def input_arrays(data, argument, *, names=None, shapes=None, dtype=np.float32, allow_empty=False):
+def input_arrays(data, argument, *, names=None, shapes=None, dtype=np.float32, allow_empty=False,
+                 endless_samples=None):
     """Input samples in any accepted form -> a list of NumPy arrays, one per model input.
 
     Args:
@@ -81,6 +102,8 @@ def input_arrays(data, argument, *, names=None, shapes=None, dtype=np.float32, a
         shapes: the per-sample shape of each input (``None`` entries are free), checked.
         dtype: the arrays' dtype (``None``: as given).
         allow_empty: accept zero samples.
+        endless_samples: how many samples to read from an endless ``tf.data.Dataset``
+            (``.repeat()`` without a count); ``None``: such a dataset is refused.
 
     Example:
 
@@ -97,7 +120,15 @@ typical), e.g. `representative_data=x_train[:256]`. Received: an array of shape 
     if isinstance(data, (dict, list, tuple)) or hasattr(data, "__array__"):
         arrays = [_array(a, argument, dtype) for a in _parts(data, n_inputs, names, argument)]
     elif hasattr(data, "__iter__"):
-        arrays = _collect(data, n_inputs, names, argument, dtype)
+        limit = None
+        if _endless(data):
+            if endless_samples is None:
+                raise ValueError(f"{argument} is an endless dataset (`.repeat()` without a "
+                                 "count) and all of it is read: pass a finite one, e.g. "
+                                 f"`{argument}=dataset.take(8)`. Received: a dataset of "
+                                 "infinite cardinality")
+            limit = endless_samples
+        arrays = _collect(data, n_inputs, names, argument, dtype, limit)
     else:
         raise ValueError(f"{argument} must be {_FORMS}. Received: {type(data).__name__}")
     if n_inputs is not None and len(arrays) != n_inputs:
@@ -156,7 +187,8 @@ Received: ndarray of length 4
 
 
 def calibration_sample(data, limit, seed=0):
-    """Up to ``limit`` samples of ``data`` (input samples, as `input_arrays` reads them).
+    """Up to ``limit`` samples of ``data`` (input samples, as `input_arrays` reads them; of an
+    endless ``tf.data.Dataset``, its first ``limit``).
 
     A random subset in random order, drawn with a fixed seed (so any prefix of it is a random
     subset too), because training sets are often sorted by class and BN statistics of one
@@ -176,6 +208,6 @@ def calibration_sample(data, limit, seed=0):
         raise ValueError("calibration_data takes input samples only (an array, or a list of "
                          "arrays for several inputs), not (x, y) or a dict. Received: a "
                          f"{type(data).__name__}; pass x.")
-    arrays = input_arrays(data, "calibration_data", dtype=None)
+    arrays = input_arrays(data, "calibration_data", dtype=None, endless_samples=limit)
     idx = np.random.default_rng(seed).permutation(len(arrays[0]))[:limit]
     return [a[idx] for a in arrays]

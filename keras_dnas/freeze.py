@@ -1,6 +1,7 @@
 """freeze(): rebuild a plain Keras model with the kept channels and sliced weights."""
 
 import contextlib
+import functools
 import gc
 import warnings
 
@@ -1074,7 +1075,10 @@ def _forward(steps, known, targets):
     if steps and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        run = tf.function(run, autograph=False, reduce_retracing=True)
+        # TensorFlow counts traces per code object, so each segment's (and each later
+        # recalibration's) own trace of ``run`` would read as retracing one function and log
+        # "triggered tf.function retracing" after five: a partial is a key of its own.
+        run = tf.function(functools.partial(run), autograph=False, reduce_retracing=True)
     out = {k: [] for k in out_ids}
     with _no_gradient_record():  # the kept values must not hold PyTorch autograd graphs
         for i in range(len(known[ids[0]])):

@@ -143,6 +143,10 @@ class SearchHooks:
             self.anchor.assign(np.array(ops.convert_to_numpy(alpha)))
 
 
+SEARCH_STATE_ATTR = "dnas_search_state"
+"""Attribute of a model holding ``DNASCallback``'s state layer while ``fit`` runs (its
+variables are the model's then, so the compiled step reads them as state on every backend)."""
+
 HOOKS_ATTR = "_dnas_search"
 """Attribute of a mask owner holding its :class:`SearchHooks` while a search runs."""
 

@@ -83,7 +83,7 @@ from keras import ops
 from keras_dnas import _recorded
 from keras_dnas.costs import arena
 from keras_dnas import _flatbuffer
-from keras_dnas._data import input_arrays
+from keras_dnas._data import ENDLESS_REPRESENTATIVE_SAMPLES, input_arrays
 from keras_dnas._ste import aligned as _aligned
 
 #: Flatbuffer bytes per output channel of a per-channel quantised tensor:
@@ -598,7 +598,8 @@ class MemoryModel:
             pointer_bytes = targets_lib.get(target).pointer_bytes if target is not None else 4
         if representative_data is not None:  # read once (a generator is consumed here)
             arrays = input_arrays(representative_data, "representative_data",
-                                  names=[t.name for t in model.inputs])
+                                  names=[t.name for t in model.inputs],
+                                  endless_samples=ENDLESS_REPRESENTATIVE_SAMPLES)
             representative_data = arrays[0] if len(arrays) == 1 else arrays
         cache = model.__dict__.setdefault(_CACHE_ATTR, {})
         # A plain model's conversion depends on its weights (the converter drops all-zero

@@ -103,3 +103,15 @@ def test_recalibrate_passes_resume_where_the_graph_narrows(monkeypatch):
         np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-6, atol=1e-7)
     assert all(_keras.inbound_node_count(layer) == 1 for layer in search.layers[1:])
+
+
+def test_repeated_recalibration_logs_no_tf_function_retracing(caplog):
+    # Each recalibration (every freeze, every validation of a search with calibration_data) and
+    # each of its per-BN segments traces its own function; TensorFlow keys its retracing count by
+    # code object, so these used to log "triggered tf.function retracing" from the sixth on.
+    model = toys.residual()
+    x = toys.sample(model, n=32, seed=0)
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        for _ in range(4):
+            kd.recalibrate_batchnorm(model, x, batch_size=16)  # 2 chunks: per-BN segments
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]

@@ -79,3 +79,22 @@ def test_qat_calibration_is_the_same_for_an_array_and_a_generator():
     from_array = calibrate(q, X, batch_size=2)
     from_batches = calibrate(q, (X[i:i + 4] for i in range(0, 6, 4)), batch_size=2)
     assert from_array == from_batches and from_array["x_fq"] == (0.0, 23.0)
+
+
+def test_endless_datasets_are_read_to_a_bound_or_refused():
+    # a `.repeat()`ed tf.data.Dataset (fit's steps_per_epoch idiom) passed as calibration or
+    # representative data was read forever: the process grew until the OS killed it
+    import tensorflow as tf
+
+    x = np.arange(40 * 3, dtype="float32").reshape(40, 3)
+    endless = tf.data.Dataset.from_tensor_slices((x, np.zeros(40))).batch(16).repeat()
+    (sample,) = _data.calibration_sample(endless, 100)
+    assert sample.shape == (100, 3)  # the first 100 samples (two and a half passes), shuffled
+    assert sorted(sample[:, 0].tolist()) == sorted(np.concatenate([x, x, x])[:100, 0].tolist())
+    (rep,) = _data.input_arrays(endless, "representative_data",
+                                endless_samples=_data.ENDLESS_REPRESENTATIVE_SAMPLES)
+    assert rep.shape == (_data.ENDLESS_REPRESENTATIVE_SAMPLES, 3)
+    with pytest.raises(ValueError, match=r"x is an endless dataset.*dataset.take\(8\)"):
+        _data.input_arrays(endless, "x")
+    (finite,) = _data.input_arrays(endless.take(2), "x")  # finite: read to its end, as before
+    np.testing.assert_array_equal(finite, x[:32])

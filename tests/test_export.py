@@ -1091,3 +1091,31 @@ def test_a_child_crash_without_known_cause_is_reported(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"SIGABRT while running the model \(sample 3\)"
                        r"(.|\n)*Operator 0 \(CONV_2D\)(.|\n)*failed to invoke"):
         kx.run_tflm(tflite, x[:4])
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_model_converts_as_its_float32_copy(policy):
+    # a model built under a mixed precision policy computes in float16 / bfloat16: the
+    # converter failed deep inside TensorFlow ("'tf.Conv2D' op is neither a custom op nor a
+    # flex op"), so kd.summary of the seed, the search's flash / RAM model and to_tflite did too
+    def build():
+        inp = keras.Input((8, 8, 3))
+        h = keras.layers.Conv2D(4, 3, activation="relu", name="c")(inp)
+        h = keras.layers.BatchNormalization(name="bn")(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model(inp, keras.layers.Dense(3, name="out")(h))
+
+    try:
+        keras.mixed_precision.set_global_policy(policy)
+        mixed = build()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert mixed.get_layer("c").compute_dtype != "float32"
+    reference = build()
+    reference.set_weights(mixed.get_weights())
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
+    tflite = kd.export.to_tflite(mixed, representative_data=x)
+    expected = kd.export.to_tflite(reference, representative_data=x)
+    assert abs(len(tflite) - len(expected)) <= 64  # the same file up to its tensors' names
+    np.testing.assert_array_equal(kd.export.run_litert(tflite, x), kd.export.run_litert(expected, x))
+    assert mixed.get_layer("c").compute_dtype != "float32"  # the user's model is left as it was

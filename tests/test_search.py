@@ -70,6 +70,8 @@ def test_budget_hinge_and_validation():
     assert b.violation(2.5) == pytest.approx(0.25) and b.holds(2.0)
     with pytest.raises(ValueError, match="Unknown metric 'flash_kb'.*Known metrics"):
         Budget("flash_kb", 10)
+    with pytest.raises(ValueError, match="'ram_byte'. Did you mean 'ram_bytes'.*Known metrics"):
+        kd.DNASCallback("stm32h743", budgets={"ram_byte": 10_000})
     with pytest.raises(ValueError, match="positive finite limit"):
         Budget("ram_bytes", 0)
     with pytest.raises(ValueError, match="strength >= 0"):

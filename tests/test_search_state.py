@@ -125,3 +125,34 @@ def test_reloaded_search_is_compiled_as_saved_without_a_warning(tmp_path):
     assert not loaded.optimizer._use_weight_decay(conv.dnas_alpha)
     assert loaded.optimizer._use_weight_decay(conv.kernel)
     assert kd.freeze(loaded, budgets={}).compiled
+
+
+@pytest.mark.parametrize("dnas_first", [True, False])
+def test_early_stopping_restores_best_weights_around_the_search_state(dnas_first):
+    # EarlyStopping(restore_best_weights=True) takes get_weights() while the state is attached
+    # and sets them after DNASCallback detached it (or before, in the other order): it raised
+    # "set_weights ... length 30, but the layer was expecting 20" at the end of fit.
+    x, y = _data()
+    keras.utils.set_random_seed(1)
+    search = kd.prepare(_seed())
+    search.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    n_weights = len(search.get_weights())
+    cb = kd.DNASCallback("stm32h743", budgets={"params": 200}, verbose=0)
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=5, restore_best_weights=True)
+    seen = {}
+
+    def look(epoch, logs):
+        seen[epoch] = (len(search.weights), len(search.get_weights()))
+
+    probe = keras.callbacks.LambdaCallback(on_epoch_end=look)
+    callbacks = [cb, stop, probe] if dnas_first else [stop, cb, probe]
+    search.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=callbacks)
+    assert len(search.weights) == n_weights  # the state is gone after fit
+    assert all(total > own == n_weights for total, own in seen.values())  # attached during fit
+    best = np.argmin(stop.model.history.history["loss"])
+    assert stop.best_epoch == best and stop.best_weights is not None
+    if dnas_first:  # the last to restore wins: EarlyStopping's weights are the model's
+        for w, v in zip(stop.best_weights, search.get_weights()):
+            np.testing.assert_array_equal(w, v)
+    with pytest.raises(ValueError, match="weight list of length 1"):
+        search.set_weights([np.zeros(1)])

@@ -13,7 +13,7 @@ import tempfile
 import warnings
 
 from keras_dnas import _keras
-from keras_dnas._data import input_arrays
+from keras_dnas._data import ENDLESS_REPRESENTATIVE_SAMPLES, input_arrays
 from keras_dnas.export import ops as _ops
 from keras_dnas.export._quiet import captured_fds
 
@@ -97,8 +97,10 @@ def _calibration_arrays(representative_data, flat_inputs):
             "Received: representative_data=None"
         )
     if not flat_inputs:  # subclassed model: one input, shape unknown
-        return input_arrays(representative_data, "representative_data", names=[None])
+        return input_arrays(representative_data, "representative_data", names=[None],
+                            endless_samples=ENDLESS_REPRESENTATIVE_SAMPLES)
     arrays = input_arrays(representative_data, "representative_data",
+                          endless_samples=ENDLESS_REPRESENTATIVE_SAMPLES,
                           names=[t.name for t in flat_inputs],
                           shapes=[tuple(t.shape[1:]) for t in flat_inputs])
     # the signature's dtype (float32 unless the model says otherwise)
@@ -562,6 +564,43 @@ def to_tflite(model, representative_data=None, quantization="int8", *, allow_flo
                               arena_plan)[0]
 
 
+def _computing_in_float32(model):
+    """``model``, or a float32 copy with its weights if a mixed precision policy makes layers
+    compute in float16 / bfloat16: the converter quantises float32 graphs, and a float16 graph's
+    ops are 'neither a custom op nor a flex op' to it. The variables of a mixed policy are
+    float32 already, so the copy computes what the model would in float32."""
+    import keras
+
+    mixed = sorted({layer.dtype_policy.name for layer in _all_layers(model)
+                    if getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32")
+                    in ("float16", "bfloat16")})
+    if not mixed:
+        return model
+
+    def float32_layer(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=float32_layer, recursive=True)
+        copy.set_weights(model.get_weights())
+    except Exception as e:  # e.g. a subclassed model: no graph to clone
+        raise ValueError(
+            f"Model {model.name!r} computes in {mixed} (a mixed precision policy) and a float32 "
+            "copy of it could not be built for the int8 converter. Build or load the model under "
+            "keras.mixed_precision.set_global_policy('float32') before converting. "
+            f"Received: {type(e).__name__}: {e}") from e
+    return copy
+
+
+def _all_layers(model):
+    layers, stack = [], [model]
+    while stack:
+        layer = stack.pop()
+        layers.append(layer)
+        stack.extend(getattr(layer, "layers", None) or [])
+    return layers
+
+
 def _to_tflite_decoded(model, representative_data, quantization, allow_float_ops, arena_plan):
     """`to_tflite`, and the file decoded once (`_flatbuffer.read_tflite`) for its checks, for a
     caller that reads it too (`freeze` certifies the arena on it)."""
@@ -585,6 +624,7 @@ def _to_tflite_decoded(model, representative_data, quantization, allow_float_ops
         )
     if mode.integer_io:
         _check_no_recurrent_loop(model)
+    model = _computing_in_float32(model)
     signature, flat_inputs = _input_signature(model)
     arrays = _calibration_arrays(representative_data, flat_inputs) if mode.needs_data else None
     if _backend() != "tensorflow":  # the converter reads TensorFlow graphs

@@ -54,7 +54,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from keras_dnas._data import input_arrays
+from keras_dnas._data import ENDLESS_REPRESENTATIVE_SAMPLES, input_arrays
 from keras_dnas._ste import straight_through
 from keras_dnas.graph import walk
 
@@ -786,6 +786,7 @@ def calibrate(qat_model, data, batch_size=128):
     for fq in quantizers:
         fq._calibration = [np.inf, -np.inf]
     arrays = input_arrays(data, "representative_data", names=[t.name for t in qat_model.inputs],
+                          endless_samples=ENDLESS_REPRESENTATIVE_SAMPLES,
                           shapes=[tuple(t.shape[1:]) for t in qat_model.inputs])
     try:
         for start in range(0, len(arrays[0]), batch_size):

@@ -30,9 +30,6 @@ def _as_objectives(budgets, objectives):
     return out
 
 
-_STATE_ATTR = "dnas_search_state"
-
-
 class _SearchState(keras.layers.Layer):
     """The variables a search changes between steps, as one non-trainable layer.
 
@@ -46,7 +43,7 @@ class _SearchState(keras.layers.Layer):
     """
 
     def __init__(self, n_strengths, mask_shapes):
-        super().__init__(name=_STATE_ATTR, trainable=False)
+        super().__init__(name=masks.SEARCH_STATE_ATTR, trainable=False)
 
         def variable(name, shape=(), initializer="zeros", aggregation="none"):
             return self.add_weight(shape=shape, initializer=initializer, trainable=False,
@@ -65,11 +62,11 @@ class _SearchState(keras.layers.Layer):
 
 
 def _attach_state(model, state):
-    setattr(model, _STATE_ATTR, state)  # Layer.__setattr__ tracks it
+    setattr(model, masks.SEARCH_STATE_ATTR, state)  # Layer.__setattr__ tracks it
 
 
 def _detach_state(model):
-    _keras.forget_sublayer(model, _STATE_ATTR)
+    _keras.forget_sublayer(model, masks.SEARCH_STATE_ATTR)
 
 
 class DNASCallback(keras.callbacks.Callback):

@@ -1,6 +1,7 @@
 """Search objectives: hard budgets and soft minimisation terms, and their strengths."""
 
 import dataclasses
+import difflib
 import math
 
 from keras import ops
@@ -13,8 +14,10 @@ def _check_metric(obj):
     metric = canonical(obj.metric)
     object.__setattr__(obj, "metric", metric)
     if metric not in METRICS:
+        close = difflib.get_close_matches(str(metric), list(METRICS), n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ValueError(
-            f"Unknown metric '{metric}'. Known metrics: {sorted(METRICS)}. Received: "
+            f"Unknown metric '{metric}'.{hint} Known metrics: {sorted(METRICS)}. Received: "
             f"metric={metric!r}"
         )
 
