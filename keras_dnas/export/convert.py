@@ -107,14 +107,18 @@ def _calibration_arrays(representative_data, flat_inputs):
     return [arr.astype(t.dtype, copy=False) for arr, t in zip(arrays, flat_inputs)]
 
 
-def _layer_names(model):
-    names, stack = [], [model]
+def _all_layers(model):
+    """``model`` and every layer inside it, nested models' layers included."""
+    layers, stack = [], [model]
     while stack:
         layer = stack.pop()
-        for sub in getattr(layer, "layers", None) or []:
-            names.append(sub.name)
-            stack.append(sub)
-    return names
+        layers.append(layer)
+        stack.extend(getattr(layer, "layers", None) or [])
+    return layers
+
+
+def _layer_names(model):
+    return [layer.name for layer in _all_layers(model)[1:]]
 
 
 def _check_no_recurrent_loop(model):
@@ -126,26 +130,22 @@ def _check_no_recurrent_loop(model):
     """
     import keras
 
-    stack = [model]
-    while stack:
-        layer = stack.pop()
-        for sub in getattr(layer, "layers", None) or []:
-            stack.append(sub)
-            inner = [sub]
-            if isinstance(sub, keras.layers.Bidirectional):
-                inner = [sub.forward_layer, sub.backward_layer]
-            elif isinstance(sub, keras.layers.Wrapper):  # e.g. TimeDistributed
-                inner = [sub.layer]
-            for rnn in inner:
-                if isinstance(rnn, keras.layers.RNN) and not rnn.unroll:
-                    raise ValueError(
-                        f"Layer {sub.name!r} ({type(sub).__name__}) runs its time steps in a "
-                        "loop (`unroll=False`), which the int8 converter cannot quantise "
-                        "(TensorFlow's calibration of the loop crashes the process). Build it "
-                        f"with `keras.layers.{type(rnn).__name__}(..., unroll=True)` (a fixed "
-                        "number of time steps; the weights load unchanged), or convert with "
-                        "quantization='float32'."
-                    )
+    for sub in _all_layers(model)[1:]:
+        inner = [sub]
+        if isinstance(sub, keras.layers.Bidirectional):
+            inner = [sub.forward_layer, sub.backward_layer]
+        elif isinstance(sub, keras.layers.Wrapper):  # e.g. TimeDistributed
+            inner = [sub.layer]
+        for rnn in inner:
+            if isinstance(rnn, keras.layers.RNN) and not rnn.unroll:
+                raise ValueError(
+                    f"Layer {sub.name!r} ({type(sub).__name__}) runs its time steps in a "
+                    "loop (`unroll=False`), which the int8 converter cannot quantise "
+                    "(TensorFlow's calibration of the loop crashes the process). Build it "
+                    f"with `keras.layers.{type(rnn).__name__}(..., unroll=True)` (a fixed "
+                    "number of time steps; the weights load unchanged), or convert with "
+                    "quantization='float32'."
+                )
 
 
 # One line of `ops.tflm_problems` about an operator: its kind, its layer and the reason.
@@ -590,15 +590,6 @@ def _computing_in_float32(model):
             "keras.mixed_precision.set_global_policy('float32') before converting. "
             f"Received: {type(e).__name__}: {e}") from e
     return copy
-
-
-def _all_layers(model):
-    layers, stack = [], [model]
-    while stack:
-        layer = stack.pop()
-        layers.append(layer)
-        stack.extend(getattr(layer, "layers", None) or [])
-    return layers
 
 
 def _to_tflite_decoded(model, representative_data, quantization, allow_float_ops, arena_plan):
