@@ -87,13 +87,8 @@ __all__ = [
     "build_before_first_step",
     "call_arguments",
     "check_version",
-    "elementwise_add_as_add",
     "export_rewrites",
     "in_stateless_scope",
-    "layer_normalization_as_centred",
-    "nearest_upsampling_as_resize",
-    "take_without_index_wrap",
-    "time_distributed_as_one_call",
     "accepts_training",
     "inbound_node_count",
     "initial_weights",
@@ -207,54 +202,38 @@ def initial_weights(values):
         layer_module.Layer.add_weight = real
 
 
-@contextlib.contextmanager
-def nearest_upsampling_as_resize():
-    """While exporting: `UpSampling1D` / `UpSampling2D` (nearest) become one nearest resize.
-
-    Keras computes nearest up-sampling with `ops.repeat` (for XLA), which TensorFlow lowers to
-    RESHAPE / TILE, an op TensorFlow Lite Micro has no kernel for, so a U-Net or a decoder did
-    not run there. `RESIZE_NEAREST_NEIGHBOR` by an integer factor (no corner alignment, no half-
-    pixel centres: source row = row // factor) copies the same values, also quantised (one
-    scale in and out). UpSampling1D goes through it as a (T, 1) image. Keras' methods are
-    restored on exit, also on an error. No-op on other backends, or if Keras' layout moved.
-    """
-    up1, up2 = keras.layers.UpSampling1D, keras.layers.UpSampling2D
-    real1, real2 = up1.__dict__.get("call"), up2.__dict__.get("_resize_images")
-    if keras.backend.backend() != "tensorflow" or real1 is None or real2 is None:
-        yield
-        return
-    import tensorflow as tf
-
-    def static(x):
-        return tf.is_tensor(x) and x.shape[1:].is_fully_defined()
-
-    def resize(x, fh, fw):  # channels-last, rank 4
-        size = [int(x.shape[1]) * fh, int(x.shape[2]) * fw]
-        return tf.raw_ops.ResizeNearestNeighbor(images=x, size=size, align_corners=False,
-                                                half_pixel_centers=False)
-
-    def resize_images(self, x, height_factor, width_factor, data_format,
-                      interpolation="nearest"):
-        if interpolation != "nearest" or data_format != "channels_last" or not static(x):
-            return real2(self, x, height_factor, width_factor, data_format,
-                         interpolation=interpolation)
-        return resize(x, int(height_factor), int(width_factor))
-
-    def call1(self, inputs):
-        if not static(inputs) or inputs.shape.rank != 3:
-            return real1(self, inputs)
-        return tf.squeeze(resize(tf.expand_dims(inputs, 2), int(self.size), 1), axis=2)
-
-    up1.call, up2._resize_images = call1, resize_images
-    try:
-        yield
-    finally:
-        up1.call, up2._resize_images = real1, real2
+# ---------------------------------------------------------------- the export's rewrites
+# While a model is traced for the TFLite converter, a few Keras functions are replaced by the
+# same function written with TensorFlow ops the converter lowers to operators TensorFlow Lite
+# Micro runs in int8. Each entry: where the function lives, its name there, and a maker that
+# gets Keras' function and returns the replacement (which falls back to Keras' for any case it
+# does not cover). `export_rewrites` applies them all and restores Keras' on exit.
+_EXPORT_REWRITES = []
 
 
-@contextlib.contextmanager
-def elementwise_add_as_add():
-    """While exporting: `x + y` of two tensors of one static shape becomes `tf.add`.
+def _rewrite(owner, name):
+    """Register the decorated maker as the export's rewrite of ``owner().<name>``."""
+    def register(make):
+        _EXPORT_REWRITES.append((owner, name, make))
+        return make
+    return register
+
+
+def _tf_numpy():
+    from keras.src.backend.tensorflow import numpy as tf_numpy
+
+    return tf_numpy
+
+
+def _ops_nn():
+    from keras.src.ops import nn as ops_nn
+
+    return ops_nn
+
+
+@_rewrite(_tf_numpy, "add")
+def _add_as_add(keras_add):
+    """`x + y` of two tensors of one static shape becomes `tf.add`.
 
     Keras' TensorFlow `add` turns `x + y` into `tf.nn.bias_add` whenever `y` squeezes to a
     vector as long as `x.shape[1]` (NCHW) or `x.shape[-1]`. The export signature has batch 1,
@@ -262,18 +241,8 @@ def elementwise_add_as_add():
     BiasAdd on a rank-3 tensor, which the TFLite converter cannot lower (it inserts a rank-4
     transpose: "'tf.Transpose' op x should be of the same rank with y"). For operands of equal
     shape the sum is the same; only the op differs. Conv / Dense biases (different shapes) keep
-    the fused path. Keras' function is restored on exit, also on an error. No-op on other
-    backends, or if Keras' module layout is not the expected one.
+    the fused path.
     """
-    try:
-        from keras.src.backend.tensorflow import numpy as tf_numpy
-
-        keras_add = tf_numpy.add
-    except (ImportError, AttributeError):
-        keras_add = None
-    if keras.backend.backend() != "tensorflow" or keras_add is None:
-        yield
-        return
     import tensorflow as tf
 
     def add(x1, x2):
@@ -282,33 +251,20 @@ def elementwise_add_as_add():
             return tf.add(x1, x2)
         return keras_add(x1, x2)
 
-    tf_numpy.add = add
-    try:
-        yield
-    finally:
-        tf_numpy.add = keras_add
+    return add
 
 
-@contextlib.contextmanager
-def take_without_index_wrap():
-    """While exporting: `ops.take` with computed integer indices becomes a plain `tf.gather`.
+@_rewrite(_tf_numpy, "take")
+def _take_without_index_wrap(keras_take):
+    """`ops.take` with computed integer indices becomes a plain `tf.gather`.
 
     Keras' TensorFlow `take` (what `Embedding` calls) first maps negative indices to the end
     (`tf.where(i < 0, i + n, i)`, as JAX does), which the converter emits as a `SELECT`
     operator that TFLite Micro has no kernel for: an `Embedding` model could not be exported.
     TFLite Micro's GATHER rejects a negative index at run time anyway, so for every index it
     can run the result is the same. Constant indices (folded by the converter) keep Keras'
-    path. Restored on exit, also on an error; no-op on other backends or another Keras layout.
+    path.
     """
-    try:
-        from keras.src.backend.tensorflow import numpy as tf_numpy
-
-        keras_take = tf_numpy.take
-    except (ImportError, AttributeError):
-        keras_take = None
-    if keras.backend.backend() != "tensorflow" or keras_take is None:
-        yield
-        return
     import tensorflow as tf
 
     def take(x, indices, axis=None):
@@ -318,33 +274,19 @@ def take_without_index_wrap():
             return tf.gather(tf.convert_to_tensor(x), indices, axis=axis)
         return keras_take(x, indices, axis=axis)
 
-    tf_numpy.take = take
-    try:
-        yield
-    finally:
-        tf_numpy.take = keras_take
+    return take
 
 
-@contextlib.contextmanager
-def layer_normalization_as_centred():
-    """While exporting: `LayerNormalization` computes `(x - mean) * rsqrt(var + eps)`.
+@_rewrite(_ops_nn, "_layer_normalization")
+def _layer_normalization_centred(keras_layer_norm):
+    """`LayerNormalization` computes `(x - mean) * rsqrt(var + eps)`.
 
     Keras computes `x * inv + (-mean * inv)` (`keras.src.ops.nn._layer_normalization`); the
     converter keeps that `-mean` as a NEG operator the int8 quantiser leaves in float, so a
     model with LayerNormalization (a transformer block) could not be converted to int8 for
     TFLite Micro. The centred form is the same function and becomes SUB, MUL, RSQRT and
-    MEAN, which quantise. RMS scaling keeps Keras' path. Restored on exit, also on an error;
-    no-op on other backends or another Keras layout.
+    MEAN, which quantise. RMS scaling keeps Keras' path.
     """
-    try:
-        from keras.src.ops import nn as ops_nn
-
-        keras_layer_norm = ops_nn._layer_normalization
-    except (ImportError, AttributeError):
-        keras_layer_norm = None
-    if keras.backend.backend() != "tensorflow" or keras_layer_norm is None:
-        yield
-        return
     import tensorflow as tf
 
     def layer_normalization(x, gamma=None, beta=None, axis=-1, epsilon=None,
@@ -371,29 +313,21 @@ def layer_normalization_as_centred():
             out = out + broadcast(beta)
         return out
 
-    ops_nn._layer_normalization = layer_normalization
-    try:
-        yield
-    finally:
-        ops_nn._layer_normalization = keras_layer_norm
+    return layer_normalization
 
 
-@contextlib.contextmanager
-def time_distributed_as_one_call():
-    """While exporting: `TimeDistributed(layer)` calls `layer` once on the time steps merged
-    into the batch, not once per step.
+@_rewrite(lambda: keras.layers.TimeDistributed, "call")
+def _time_distributed_as_one_call(keras_call):
+    """`TimeDistributed(layer)` calls `layer` once on the time steps merged into the batch,
+    not once per step.
 
     With a fixed number of steps Keras calls the inner layer in a Python loop and stacks the
     results, so a `TimeDistributed(Dense(16))` over 32 steps converts to 32 FULLY_CONNECTED
     operators with their tensors and a PACK (a 6 x 16 Dense: 38 KB of flash, 17 KB of arena
     on TFLite Micro). Merged, it is one operator; the function is the same for a layer that
     treats samples independently, as at inference. A mask, or a shape not fixed, keeps Keras'
-    path. Restored on exit, also on an error; no-op on other backends.
+    path.
     """
-    keras_call = keras.layers.TimeDistributed.call
-    if keras.backend.backend() != "tensorflow":
-        yield
-        return
     import tensorflow as tf
 
     def call(self, inputs, training=None, mask=None):
@@ -404,23 +338,76 @@ def time_distributed_as_one_call():
         outputs = self.layer.call(tf.reshape(inputs, (-1,) + steps[1:]), **kwargs)
         return tf.reshape(outputs, (-1, steps[0]) + tuple(outputs.shape[1:]))
 
-    keras.layers.TimeDistributed.call = call
-    try:
-        yield
-    finally:
-        keras.layers.TimeDistributed.call = keras_call
+    return call
+
+
+# `UpSampling1D` / `UpSampling2D` (nearest) become one nearest resize. Keras computes nearest
+# up-sampling with `ops.repeat` (for XLA), which TensorFlow lowers to RESHAPE / TILE, an op
+# TensorFlow Lite Micro has no kernel for, so a U-Net or a decoder did not run there.
+# `RESIZE_NEAREST_NEIGHBOR` by an integer factor (no corner alignment, no half-pixel centres:
+# source row = row // factor) copies the same values, also quantised (one scale in and out).
+# UpSampling1D goes through it as a (T, 1) image.
+def _static(x):
+    import tensorflow as tf
+
+    return tf.is_tensor(x) and x.shape[1:].is_fully_defined()
+
+
+def _nearest_resize(x, fh, fw):  # channels-last, rank 4
+    import tensorflow as tf
+
+    size = [int(x.shape[1]) * fh, int(x.shape[2]) * fw]
+    return tf.raw_ops.ResizeNearestNeighbor(images=x, size=size, align_corners=False,
+                                            half_pixel_centers=False)
+
+
+@_rewrite(lambda: keras.layers.UpSampling2D, "_resize_images")
+def _upsampling2d_as_resize(keras_resize):
+    def resize_images(self, x, height_factor, width_factor, data_format,
+                      interpolation="nearest"):
+        if interpolation != "nearest" or data_format != "channels_last" or not _static(x):
+            return keras_resize(self, x, height_factor, width_factor, data_format,
+                                interpolation=interpolation)
+        return _nearest_resize(x, int(height_factor), int(width_factor))
+
+    return resize_images
+
+
+@_rewrite(lambda: keras.layers.UpSampling1D, "call")
+def _upsampling1d_as_resize(keras_call):
+    import tensorflow as tf
+
+    def call(self, inputs):
+        if not _static(inputs) or inputs.shape.rank != 3:
+            return keras_call(self, inputs)
+        return tf.squeeze(_nearest_resize(tf.expand_dims(inputs, 2), int(self.size), 1), axis=2)
+
+    return call
 
 
 @contextlib.contextmanager
 def export_rewrites():
     """While exporting: every rewrite above, so the traced model converts to operators
-    TensorFlow Lite Micro runs in int8 (each restores Keras on exit, also on an error)."""
-    with contextlib.ExitStack() as stack:
-        for rewrite in (elementwise_add_as_add, nearest_upsampling_as_resize,
-                        take_without_index_wrap, layer_normalization_as_centred,
-                        time_distributed_as_one_call):
-            stack.enter_context(rewrite())
+    TensorFlow Lite Micro runs in int8.
+
+    Keras' functions are restored on exit, also on an error. No-op on other backends; a
+    function Keras no longer defines where it is looked for keeps Keras' own.
+    """
+    done = []
+    try:
+        if keras.backend.backend() == "tensorflow":
+            for owner, name, make in _EXPORT_REWRITES:
+                try:
+                    target = owner()
+                    original = vars(target)[name]
+                except (ImportError, AttributeError, KeyError):
+                    continue
+                setattr(target, name, make(original))
+                done.append((target, name, original))
         yield
+    finally:
+        for target, name, original in reversed(done):
+            setattr(target, name, original)
 
 
 def forget_sublayer(owner, attribute):
