@@ -67,3 +67,15 @@ def test_unreachable_budget_error_names_the_floor(search):
     assert "c1 (conv, searchable, at one channel)" in text
     assert "frozen: " in text and "latency_ms: limit 0.000001 ms" in text
     assert not re.search(r"\de[+-]\d", text)  # no exponent notation
+
+
+def test_floor_says_why_a_layer_is_plain_in_a_searchable_model():
+    # A layer kd.prepare left plain (here excluded; a layer without a channel rule next to it does
+    # the same) is frozen in the searchable model: the floor points to prepare's reason, not to
+    # "not kd.layers.Masked*", which reads as if the user had built the search wrongly.
+    search = kd.prepare(toys.randomize_bn(toys.plain_cnn()), exclude=["c1"])
+    cm = CostModel(search.dnas_plan, "stm32h743")
+    (row,) = budget_floor(cm, [Budget("macs", 10)])
+    frozen = {layer["name"]: layer["frozen"] for layer in row["layers"]}
+    assert "kd.prepare left it unmasked" in frozen["c1"]
+    assert "Masked*" not in frozen["c1"]

@@ -117,7 +117,10 @@ def analyze(model, exclude=None, masked_only=False):
         if name in exclude:
             role, reason = "opaque", "excluded by the user (exclude=)"
         elif role == "defining" and masked_only and not is_masked(layer):
-            role, reason = "opaque", "plain layer in a searchable model (not kd.layers.Masked*)"
+            # kd.prepare leaves a layer plain for a reason its warning named; say where to look
+            role, reason = "opaque", ("plain layer in a searchable model (kd.prepare left it "
+                                      "unmasked: excluded, or its channels reach a layer without "
+                                      "a channel rule, as kd.prepare's warning says)")
         if role != "opaque" and (len(node.outputs) != 1 or not in_views):
             role, reason = "opaque", "multiple outputs"
         # a one-channel operand broadcast over every channel (spatial attention) joins nothing
