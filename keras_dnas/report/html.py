@@ -148,7 +148,7 @@ def write_report(path, *, seed, frozen, target=None, callback=None, budgets=None
     certificate = getattr(frozen, "dnas_certificate", None)
     budget_list = _resolve_budgets(budgets, callback, certificate)
     if data is not None:
-        x, y = labelled_pair(data)
+        x, y = labelled_pair(data, several_outputs=len(frozen.outputs) > 1)
         data = (np.asarray(x), y)
     if title is not None and not isinstance(title, str):
         raise ValueError(f"title must be a string or None. Received: title={title!r}")
