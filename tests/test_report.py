@@ -212,7 +212,7 @@ def test_labels_of_a_model_with_several_outputs(tmp_path):
     # Keras flattens a dict of outputs by sorted key: the file's first output is 'aux', and
     # the page says so (a bare "accuracy" did not say which head it was)
     assert report["accuracy"]["scored_output"] == "aux"
-    assert "Scored: the first output, &#x27;aux&#x27;" in (tmp_path / "r.html").read_text()
+    assert "Scored: the first output, 'aux'." in (tmp_path / "r.html").read_text()
     with pytest.raises(ValueError, match="48 samples and 47 labels for output 'aux'"):
         kd.report.write_report(tmp_path / "r.html", seed=model, frozen=model, target=TARGET,
                                data=(x, {"cls": y["cls"], "aux": y["aux"][:47]}))
