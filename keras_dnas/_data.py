@@ -159,10 +159,12 @@ def sample_count(x):
     return len(first) if hasattr(first, "__len__") else 0
 
 
-def labelled_pair(data, argument="data"):
+def labelled_pair(data, argument="data", several_outputs=False):
     """``(x, y)`` -> ``(x, y as an array)``, checked: a pair, as many labels as samples.
 
-    ``x`` is returned as given (an array, or a list / dict for several inputs).
+    ``x`` is returned as given (an array, or a list / dict for several inputs). With
+    ``several_outputs``, ``y`` may also be one label array per model output, as ``fit`` takes
+    them (a dict by output name or a list); each is checked and ``y`` is returned as given.
 
     Example:
 
@@ -179,6 +181,16 @@ Received: ndarray of length 4
                          + (f" of length {len(data)}" if hasattr(data, "__len__") else ""))
     x, y = data
     n = sample_count(x)
+    if several_outputs and isinstance(y, (dict, list, tuple)) and y and not np.isscalar(
+            next(iter(y.values())) if isinstance(y, dict) else y[0]):
+        items = y.items() if isinstance(y, dict) else enumerate(y)
+        for key, labels in items:
+            labels = _array(labels, f"{argument}[1][{key!r}]", None)
+            if labels.ndim == 0 or len(labels) != n or n == 0:
+                raise ValueError(f"{argument}=(x, y) needs as many labels as samples for every "
+                                 f"output. Received: {n} samples and "
+                                 f"{len(labels) if labels.ndim else 0} labels for output {key!r}")
+        return x, y
     y = _array(y, f"{argument}[1]", None)
     if y.ndim == 0 or len(y) != n or n == 0:
         raise ValueError(f"{argument}=(x, y) needs as many labels as samples, at least one. "

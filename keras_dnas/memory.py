@@ -337,9 +337,9 @@ class _Attribution:
         parts = _name_parts(tensor.name)
         named = {}
         best = 0
-        for info in self.plan.layers:
+        for info in self.plan.layers:  # frozen layers too: a tensor named after one is fixed
             d = _view_dim(self.plan, info.output)
-            if d.value != value or not d.terms:
+            if d.value != value:
                 continue
             s = _name_score(parts, info.name)
             if s > best:
@@ -347,7 +347,10 @@ class _Attribution:
             elif s == best and s > 0:
                 named[d.key] = d
         if len(named) == 1:
-            return next(iter(named.values()))
+            d = next(iter(named.values()))
+            # an Embedding's output (GATHER: no channel operator) of a searchable group's size
+            # was given that group's channels: the kernel after it shrank with the wrong group
+            return d if d.terms else self._fixed(value)
         if len(candidates) == 1:
             return next(iter(candidates.values()))
         return None

@@ -587,3 +587,27 @@ def test_weight_operator_kinds_are_the_plans_ops():
     assert seen == {("CONV_2D", "conv"), ("DEPTHWISE_CONV_2D", "dw"),
                     ("DEPTHWISE_CONV_2D", "sep"), ("CONV_2D", "sep"),
                     ("TRANSPOSE_CONV", "up"), ("FULLY_CONNECTED", "head")}, seen
+
+
+def test_embedding_output_keeps_its_width_beside_a_searchable_group_of_that_size():
+    # The Embedding's GATHER output (16 channels, frozen) has no channel operator; it took the
+    # only searchable group of size 16 (the Dense after the conv), so the conv kernel's input
+    # axis shrank with that Dense: 1,176 B of flash under the real file at freeze, which
+    # then closed channels against a wrong budget and raised "cannot hold".
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    L = keras.layers
+    model = keras.Sequential([
+        keras.Input((40,), dtype="int32"), L.Embedding(1000, 16), L.Conv1D(32, 3),
+        L.GlobalAveragePooling1D(), L.Dense(16, activation="relu"), L.Dense(2)])
+    searchable = kd.prepare(model)
+    memory = MemoryModel.from_model(searchable, pointer_bytes=HOST)
+    keep = [40, 16, 28, 2, 2]
+    assert [g.size for g in memory.plan.groups] == [40, 16, 32, 16, 2]
+    plain = keras.Sequential([
+        keras.Input((40,), dtype="int32"), L.Embedding(1000, 16), L.Conv1D(28, 3),
+        L.GlobalAveragePooling1D(), L.Dense(2, activation="relu"), L.Dense(2)])
+    non_zero(plain)
+    tflite = kd.export.to_tflite(plain, representative_data=rng.integers(0, 1000, (8, 40)))
+    # within the tensor names' lengths (another model name); it was 1,264 B under
+    assert abs(memory.flash(keep) - len(tflite)) <= 100

@@ -79,3 +79,24 @@ def test_floor_says_why_a_layer_is_plain_in_a_searchable_model():
     frozen = {layer["name"]: layer["frozen"] for layer in row["layers"]}
     assert "kd.prepare left it unmasked" in frozen["c1"]
     assert "Masked*" not in frozen["c1"]
+
+
+def test_flash_floor_names_an_embedding_table():
+    # The table of an Embedding (no channel rule) is most of the flash floor: the message names
+    # it with its parameters; it read as the flatbuffer's "fixed part" before.
+    import keras
+
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((40,), dtype="int32"), L.Embedding(1000, 16, name="table"),
+        L.Conv1D(8, 3, activation="relu"), L.GlobalAveragePooling1D(), L.Dense(2)])
+    search = kd.prepare(model)
+    plan = search.dnas_plan
+    cm = CostModel(plan, "stm32h743", memory=MemoryModel.from_model(search, plan,
+                                                                    target="stm32h743"))
+    text = describe_floor(cm, [Budget("flash_bytes", 1000)])
+    assert re.search(r"table \(other, frozen: [^)]*\) 16,000 parameters", text), text
+    fixed = int(re.search(r"([\d,]+) B of it is the flatbuffer's fixed part", text)[1]
+                .replace(",", ""))
+    assert fixed < 16_000

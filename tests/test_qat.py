@@ -285,3 +285,24 @@ def test_qat_trains_and_exports_under_jax():
     proc = child.run(JAX_SCRIPT, "jax", timeout=300)  # the session's JAX child
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "JAX OK" in proc.stdout
+
+
+def test_integer_inputs_are_not_fake_quantised():
+    # Token ids of an Embedding model: a fake-quant on the int32 input would make the
+    # exported file start with a float CAST (refused as not int8). The ids stay integers.
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 50, (64, 12)).astype("int32")
+    ids = keras.Input((12,), dtype="int32", name="ids")
+    h = keras.layers.Embedding(50, 8)(ids)
+    h = keras.layers.Conv1D(8, 3, activation="relu")(h)
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(h))
+    q = qat.quantize_aware(keras.Model(ids, out), x)
+    assert "ids_fq" not in [layer.name for layer in q.layers]
+    tflite = to_tflite_qat(q, x)
+    assert "CAST" not in op_names(tflite) and tflm_problems(tflite, "int8") == []
+    info = _flatbuffer.read_tflite(tflite)
+    assert [t.dtype for t in info.input_tensors] == ["INT32"]
+    step = info.output_tensors[0].scales[0]
+    out_tflm = run_tflm(tflite, x[:16], dequantize=True)
+    assert np.max(np.abs(out_tflm - q.predict(x[:16], verbose=0))) <= 3 * step + 1e-6

@@ -190,3 +190,29 @@ def test_docstring_examples():
 
     result = doctest.testmod(html, verbose=False, report=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_labels_of_a_model_with_several_outputs(tmp_path):
+    # fit's form for a two-output model: one label array per output, by name. The report
+    # scores the first output as kd.export.measure does (it read the dict as 0 labels).
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 8, 8, 1)).astype("float32")
+    y = {"cls": rng.integers(0, 3, 48), "aux": rng.integers(0, 2, 48)}
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(inp))
+    model = keras.Model(inp, {"cls": keras.layers.Dense(3, name="cls")(h),
+                              "aux": keras.layers.Dense(2, name="aux")(h)})
+    report = kd.report.write_report(tmp_path / "r.html", seed=model, frozen=model,
+                                    target=TARGET, data=(x, y))
+    tflite = kd.export.to_tflite(model, representative_data=x)
+    measured = kd.export.measure(tflite, target=TARGET, data=(x, y), keras_model=model)
+    assert report["accuracy"]["frozen"]["int8_accuracy"] == measured.accuracy
+    assert report["accuracy"]["frozen"]["float_accuracy"] == measured.float_accuracy
+    # Keras flattens a dict of outputs by sorted key: the file's first output is 'aux', and
+    # the page says so (a bare "accuracy" did not say which head it was)
+    assert report["accuracy"]["scored_output"] == "aux"
+    assert "Scored: the first output, 'aux'." in (tmp_path / "r.html").read_text()
+    with pytest.raises(ValueError, match="48 samples and 47 labels for output 'aux'"):
+        kd.report.write_report(tmp_path / "r.html", seed=model, frozen=model, target=TARGET,
+                               data=(x, {"cls": y["cls"], "aux": y["aux"][:47]}))

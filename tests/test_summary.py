@@ -47,3 +47,19 @@ def test_summary_macs_match_a_numpy_count():
     # c1: K=5, 3->8 over 32 steps; c2: K=3, 8->8 over 32 steps; fc: 8->4
     assert s["macs"] == 5 * 3 * 8 * 32 + 3 * 8 * 8 * 32 + 8 * 4
     assert np.isclose(s["latency_ms"], s["latency_cycles"] / 64e3)
+
+
+def test_params_count_the_weights_of_layers_without_a_channel_rule():
+    # An Embedding's table is most of a text model's parameters (and flash); kd.summary and
+    # the params budget left it out (2,130 of 18,130). It is counted, never searched.
+    L = keras.layers
+    model = keras.Sequential([
+        keras.Input((40,), dtype="int32"), L.Embedding(1000, 16, name="embedding"),
+        L.Conv1D(32, 3, activation="relu"), L.GlobalAveragePooling1D(), L.Dense(2)])
+    plan = kd.graph.analyze(model)
+    info = next(layer for layer in plan.layers if layer.name == "embedding")
+    assert info.role == "opaque" and info.geometry["fixed_params"] == 16_000
+    assert kd.graph.ChannelPlan.from_json(plan.to_json()) == plan
+    s = kd.summary(model, target="stm32h743", memory=None, print_fn=lambda *a: None)
+    assert s["params"] == model.count_params() == 16_000 + 1_568 + 66
+    assert [r["params"] for r in s["layers"] if r["name"] == "embedding"] == [16_000]

@@ -340,6 +340,13 @@ TAIL_OPS = {
     "DEQUANTIZE": (16, 16, 0, 1, False),
     # OpData: three pointers and three flags; options: three bools (adj_x, adj_y, asymmetric)
     "BATCH_MATMUL": (32, 16, 3, 1, False),
+    # OpDataAbsRsqrt: four int32, a bool, two enums; no options
+    "ABS": (28, 28, 0, 1, False),
+    "RSQRT": (28, 28, 0, 1, False),
+    # OpData {bool; ArithmeticParams (int64 members: 8-byte aligned)}; no options
+    "SQUARED_DIFFERENCE": (112, 112, 0, 1, False),
+    # no OpData; options {axis, batch_dims}; Prepare copies the output dims (_gather_prepare)
+    "GATHER": (0, 0, 8, 4, False),
 }
 _UNKNOWN_OP = (64, 48, 16, 4, False)  # an unlisted operator: a rough guess
 
@@ -365,6 +372,15 @@ def _batch_matmul_prepare(model, op, eval_tensor_bytes):
         tensor = model.tensors[t]
         sizes += [eval_tensor_bytes, 4 + 4 * len(tensor.shape), tensor.nbytes]
     return sizes
+
+
+def _gather_prepare(model, op, eval_tensor_bytes):
+    """GATHER's Prepare copies its output's dims to the tail (writable dims)."""
+    return [4 + 4 * len(model.tensors[op.outputs[0]].shape)]
+
+
+# Operators whose Prepare takes more from the tail: name -> sizes of its 16-byte aligned requests.
+_PREPARE_ALLOCATIONS = {"BATCH_MATMUL": _batch_matmul_prepare, "GATHER": _gather_prepare}
 
 
 class _Tail:
@@ -441,8 +457,8 @@ class TailReplay:
         self.fixed_allocs += [(row[0] if pointer_bytes == 8 else row[1], ARENA_ALIGNMENT)
                               for row in rows]
         self.per_channel_ops = [i for i, row in enumerate(rows) if row[4]]
-        self.batch_matmuls = [i for i, op in enumerate(model.operators)
-                              if op.name == "BATCH_MATMUL"]
+        self.prepare_ops = [i for i, op in enumerate(model.operators)
+                            if op.name in _PREPARE_ALLOCATIONS]
         self.n_scratch = sum(len(scratch[op.name](model, op)) for op in model.operators
                              if op.name in scratch)
         self.variables = [t.index for t in model.tensors if t.is_variable]
@@ -465,8 +481,9 @@ class TailReplay:
             if size > 0:
                 top = ((top - size) // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
                 top = ((top - size) // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
-        for i in self.batch_matmuls:  # Prepare: quantisation data, transposed operand copies
-            for size in _batch_matmul_prepare(model, operators[i], st["eval_tensor"]):
+        for i in self.prepare_ops:  # Prepare: writable dims, quantisation data, copies
+            op = operators[i]
+            for size in _PREPARE_ALLOCATIONS[op.name](model, op, st["eval_tensor"]):
                 top = ((top - size) // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
         tail.top = top
         tail.alloc(ptr * self.n_scratch, ptr)  # ScratchBufferHandle {void* data}

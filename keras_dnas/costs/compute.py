@@ -139,7 +139,7 @@ def params(op, geometry, cin, cout, target=None, include_bias=True):
     >>> compute.params("depthwise", {"taps": 9, "use_bias": True}, 64, 64)
     640
     """
-    total = weights(op, geometry, cin, cout)
+    total = weights(op, geometry, cin, cout) + ((geometry or {}).get("fixed_params") or 0)
     if include_bias:
         total = total + biases(op, geometry, cin, cout)
     return total

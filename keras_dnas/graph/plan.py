@@ -67,7 +67,8 @@ def _positions(shape):
 
 def layer_geometry(input_shapes, output_shape, *, kernel_size=(), strides=(), dilation_rate=(),
                    padding="", use_bias=False, depth_multiplier=1, activation=None,
-                   channel_params=0, in_positions=None, out_positions=None, groups=1):
+                   channel_params=0, in_positions=None, out_positions=None, groups=1,
+                   fixed_params=0):
     """The geometry record of one layer (``LayerInfo.geometry``): plain data the costs read.
 
     The one builder of this dict: the graph reader (`graph.roles`), the `.tflite` reader
@@ -84,7 +85,9 @@ def layer_geometry(input_shapes, output_shape, *, kernel_size=(), strides=(), di
     """
     in0 = list(input_shapes[0]) if input_shapes else []
     output_shape = list(output_shape)
-    return {
+    # parameters of a layer without a channel rule (an Embedding's table): counted, not searched
+    fixed = {"fixed_params": int(fixed_params)} if fixed_params else {}
+    return {**fixed,
         "channel_params": int(channel_params),
         "kernel_size": [int(k) for k in kernel_size],
         "taps": int(math.prod(kernel_size)) if len(kernel_size) else 1,

@@ -315,7 +315,9 @@ def geometry(layer, op, in_shapes, out_shape):
         padding=getattr(layer, "padding", ""),
         use_bias=getattr(layer, "use_bias", False) and op != "batchnorm",
         depth_multiplier=getattr(layer, "depth_multiplier", 1), groups=getattr(layer, "groups", 1),
-        activation=_activation_name(layer), channel_params=_channel_params(layer, op, in0))
+        activation=_activation_name(layer), channel_params=_channel_params(layer, op, in0),
+        fixed_params=layer.count_params() if op == "other" and getattr(layer, "weights", None)
+        else 0)
 
 
 def _activation_name(layer):

@@ -689,7 +689,10 @@ def quantize_aware(model, representative_data=None, *, ranges="ema", ema_decay=0
 
             def maybe_quantize(t):
                 k = next(position, None)
-                if k is not None and id(g.inputs[k]) in input_ids:
+                # integer inputs (token ids of an Embedding) stay as they are: the int8
+                # file keeps them integer, a fake-quant would convert to a float CAST
+                if (k is not None and id(g.inputs[k]) in input_ids
+                        and keras.backend.is_float_dtype(t.dtype)):
                     return quantize_input(t)
                 return t
 

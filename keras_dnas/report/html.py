@@ -24,6 +24,7 @@ import keras
 
 from keras_dnas import targets as targets_lib
 from keras_dnas._data import labelled_pair
+from keras_dnas._flatbuffer import read_tflite
 from keras_dnas.report.summary import summary as summary_fn
 from keras_dnas.report.summary import target_of
 from keras_dnas.search.objectives import Budget, budget_list
@@ -148,7 +149,7 @@ def write_report(path, *, seed, frozen, target=None, callback=None, budgets=None
     certificate = getattr(frozen, "dnas_certificate", None)
     budget_list = _resolve_budgets(budgets, callback, certificate)
     if data is not None:
-        x, y = labelled_pair(data)
+        x, y = labelled_pair(data, several_outputs=len(frozen.outputs) > 1)
         data = (np.asarray(x), y)
     if title is not None and not isinstance(title, str):
         raise ValueError(f"title must be a string or None. Received: title={title!r}")
@@ -310,6 +311,9 @@ def _measure_accuracy(seed, frozen, target, data):
         tflite = export.to_tflite(model, representative_data=x[:_REPRESENTATIVE_SAMPLES])
         m = export.measure(tflite, target=target, data=(x, y), keras_model=model)
         out["task"] = m["task"]
+        names = read_tflite(tflite).output_names
+        if len(names) > 1:  # measure scores the first output: say which
+            out["scored_output"] = names[0]
         out[key] = Results(_clean({
             "float_accuracy": m["float_accuracy"], "int8_accuracy": m["accuracy"],
             "agreement": m["agreement"], "float_mse": m["float_mse"], "int8_mse": m["mse"],
@@ -750,7 +754,9 @@ def _render_html(report, figures, budgets):
         parts.append(f'<p class="note">{acc["num_samples"]:,} samples; int8 calibrated on the '
                      f'first {acc["representative_samples"]:,}. Float: the Keras model; int8: '
                      "<code>kd.export.to_tflite</code> run by <code>kd.export.measure</code> "
-                     "on the TensorFlow Lite Micro interpreter.</p>")
+                     "on the TensorFlow Lite Micro interpreter."
+                     + (f" Scored: the first output, {html.escape(acc['scored_output'])!r}."
+                        if acc.get("scored_output") else "") + "</p>")
 
     # channels and per-layer costs
     parts.append("<h2>Channels per layer</h2>")
