@@ -97,12 +97,14 @@ def main(argv=None):
                           f"{summ['latency_ms']:.2f}", f"{acc:.3f}", f"{m['accuracy']:.3f}"]))
     slim_m = rows[1][2]
     print("\nBudgets on the final int8 model:")
-    checks = [("flash_bytes", slim_m["flash_bytes"], "measured: len(.tflite)"),
-              ("ram_bytes", after["ram_bytes"], "TFLM planner replay (head exact) + 32-bit tail model"),
-              ("latency_ms", after["latency_ms"], f"{args.target} latency model (estimated)")]
-    for metric, value, how in checks:
+    checks = [("flash_bytes", slim_m["flash_bytes"], "B", "measured: len(.tflite)"),
+              ("ram_bytes", after["ram_bytes"], "B",
+               "TFLM planner replay (head exact) + 32-bit tail model"),
+              ("latency_ms", after["latency_ms"], "ms", f"{args.target} latency model (estimated)")]
+    for metric, value, unit, how in checks:
         ok = "holds" if value <= budgets[metric] else "EXCEEDED"
-        print(f"  {metric:>10}: {value:,.4g} <= {budgets[metric]:,.4g}  {ok}  ({how})")
+        print(f"  {metric:>11}: {value:,.{0 if unit == 'B' else 2}f} <= "
+              f"{budgets[metric]:,.{0 if unit == 'B' else 2}f} {unit}  {ok}  ({how})")
     print(f"\nTotal wall time {time.time() - t_start:.0f} s")
 
 
