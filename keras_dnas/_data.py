@@ -204,7 +204,8 @@ def calibration_sample(data, limit, seed=0):
 
     A random subset in random order, drawn with a fixed seed (so any prefix of it is a random
     subset too), because training sets are often sorted by class and BN statistics of one
-    class are wrong for the others. Returns a list of NumPy arrays (one per model input), or
+    class are wrong for the others. Returns a list of NumPy arrays (one per model input), a
+    dict of them when ``data`` is a dict by input name (`by_input` orders it for a model), or
     ``None``.
 
     Example:
@@ -215,11 +216,22 @@ def calibration_sample(data, limit, seed=0):
     """
     if data is None:
         return None
-    if isinstance(data, dict) or (isinstance(data, tuple) and len(data) == 2
-                                  and np.ndim(data[1]) == 1):
+    if isinstance(data, tuple) and len(data) == 2 and np.ndim(data[1]) == 1:
         raise ValueError("calibration_data takes input samples only (an array, or a list of "
-                         "arrays for several inputs), not (x, y) or a dict. Received: a "
-                         f"{type(data).__name__}; pass x.")
-    arrays = input_arrays(data, "calibration_data", dtype=None, endless_samples=limit)
+                         "arrays or a dict by input name for several inputs), not (x, y). "
+                         f"Received: a {type(data).__name__}; pass x.")
+    names = sorted(data) if isinstance(data, dict) else None
+    arrays = input_arrays(data, "calibration_data", names=names, dtype=None,
+                          endless_samples=limit)
     idx = np.random.default_rng(seed).permutation(len(arrays[0]))[:limit]
-    return [a[idx] for a in arrays]
+    arrays = [a[idx] for a in arrays]
+    return dict(zip(names, arrays)) if names is not None else arrays
+
+
+def by_input(sample, keys):
+    """A `calibration_sample` -> one array per model input, in the order of ``keys`` (the
+    model's, `_keras.input_keys`): a dict by input name (as ``fit`` takes a dict-input model's
+    ``x``) is ordered; a list is returned as it is."""
+    if isinstance(sample, dict):
+        return _by_name(sample, keys, "calibration_data")
+    return sample

@@ -10,7 +10,7 @@ import numpy as np
 import keras
 
 from keras_dnas import _keras
-from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample, input_arrays
+from keras_dnas._data import CALIBRATION_SAMPLES, by_input, calibration_sample, input_arrays
 from keras_dnas.graph import walk
 from keras_dnas.report.format import fmt_quantity
 from keras_dnas.slicing import kept_channels, rebuild_with
@@ -614,7 +614,8 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     if arena_plan == "tflm" and memory is not None and hasattr(memory, "base"):
         memory = memory.base  # the search budgeted an offline plan; certify TFLM's own
     if calibration_data is not None:
-        calibration_data = calibration_sample(calibration_data, CALIBRATION_SAMPLES)
+        calibration_data = by_input(calibration_sample(calibration_data, CALIBRATION_SAMPLES),
+                                    _keras.input_keys(walk.functional_of(searched)))
     else:
         calibration_data = search.get("calibration_data")
     swapped = []
@@ -980,7 +981,9 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     1
     """
     fn = walk.functional_of(model)
-    inputs = input_arrays(x, "x", dtype=None)  # a list: one array per input
+    # a list: one array per input (a dict by input name read in the model's order)
+    inputs = input_arrays(x, "x", dtype=None,
+                          names=_keras.input_keys(fn) if isinstance(x, dict) else None)
     n = len(inputs[0])
     layers = _batchnorm_layers(fn)
     if n <= batch_size:
@@ -988,7 +991,7 @@ def recalibrate_batchnorm(model, x, batch_size=256):
         # it sees the recalibrated ones before it, as the layer-by-layer passes below would
         # (same sums), without re-running every prefix of the network once per BN.
         with _before_call(layers, lambda layer, z: _MomentSums(layer).add(z).assign()):
-            fn(inputs if len(inputs) > 1 else inputs[0], training=False)
+            fn(_keras.call_inputs(fn, inputs), training=False)
         return len(layers)
     # Each BN's statistics need every sample through the recalibrated BNs before it: one pass
     # per BN. A pass starts where the last one ended, from the values (all samples, kept in

@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from keras_dnas import _keras, masks, targets
-from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample
+from keras_dnas._data import CALIBRATION_SAMPLES, by_input, calibration_sample
 from keras_dnas.costs import model as cost_model
 from keras_dnas.graph import counts as counts_lib
 from keras_dnas.graph import bind
@@ -156,7 +156,7 @@ class DNASCallback(keras.callbacks.Callback):
             penalties are not centred.
         memory: a flash/RAM model (built from the model if omitted).
         calibration_data: training inputs (no labels; an array, or a list of
-            arrays for several inputs). Up to ``CALIBRATION_SAMPLES`` of them,
+            arrays or a dict by input name for several inputs: ``fit``'s ``x``). Up to ``CALIBRATION_SAMPLES`` of them,
             drawn with a fixed seed, set BatchNormalization statistics
             before each validation and in :func:`keras_dnas.freeze`. Without
             it, validation uses the lagging moving averages.
@@ -276,6 +276,11 @@ class DNASCallback(keras.callbacks.Callback):
                 minimum reachable value).
         """
         plan = model.rebind() if hasattr(model, "rebind") else bind(model)
+        from keras_dnas.graph import walk
+
+        # a dict by input name (a dict-input model's x): one array per input, in the model's order
+        self.calibration_data = by_input(self.calibration_data,
+                                         _keras.input_keys(walk.functional_of(model)))
         if not plan.searchable_groups():
             raise ValueError(
                 f"Model '{model.name}' has no searchable channels. Use kd.prepare(model) or build "
