@@ -17,8 +17,30 @@ from tests import child, toys
 # keeps its BN statistics: freeze must not recalibrate here, so its warning is expected.
 pytestmark = pytest.mark.filterwarnings("ignore:keras_dnas.freeze. closing channels:UserWarning")
 
+def positional_joins():
+    """Layers and keras.ops that move positions, not channels (robustness round 2): Permute
+    with the channel axis kept last, Concatenate along rows / columns (a join: channel c of
+    each input is channel c of the output), keras.ops.concatenate on the channel axis and on
+    a spatial one, Resizing and CenterCrop inside the network."""
+    L = keras.layers
+    x = keras.Input((12, 12, 3))
+    h = L.BatchNormalization(name="bn0")(L.Conv2D(8, 3, padding="same", name="c0")(x))
+    h = L.Permute((2, 1, 3), name="swap_hw")(L.ReLU()(h))
+    a = L.Conv2D(6, 3, padding="same", name="ca")(h)
+    b = L.Conv2D(6, 1, name="cb")(h)
+    rows = L.Concatenate(axis=1, name="rows")([a, b])                      # 24 x 12 x 6
+    cols = keras.ops.concatenate([a, b], axis=2)                            # 12 x 24 x 6
+    chans = keras.ops.concatenate([L.Conv2D(4, 1, name="cc")(h), a], axis=-1)  # 12 x 12 x 10
+    rows = L.Resizing(12, 12, name="resize")(rows)
+    cols = L.CenterCrop(12, 12, name="crop")(cols)
+    h = L.Conv2D(8, 3, padding="same", name="c1")(L.Add()([rows, cols]))
+    h = L.Concatenate()([h, L.Conv2D(5, 1, name="c2")(chans)])
+    return keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(h)))
+
+
 MODELS = dict(toys.TOYS)
 MODELS.update({
+    "positional_joins": positional_joins,
     "resnet8": zoo.resnet8,
     "ds_cnn": zoo.ds_cnn,
     "mobilenet_v1": zoo.mobilenet_v1,
@@ -54,6 +76,8 @@ def predicted_params(plan, keep, model):
         if info.name in seen:
             continue
         seen.add(info.name)
+        if info.class_name.startswith("keras.ops."):
+            continue  # an operation has no weights
         layer = model.get_layer(info.name)
         weights = [w for w in layer.weights if w.name != kd.masks.ALPHA_NAME]
         if not weights:
@@ -92,6 +116,23 @@ def test_freeze_equals_masked_model_and_params_follow_the_masks(name, seed):
         assert type(layer).__module__.startswith("keras."), type(layer)
     assert not kd.masks.mask_variables(slim, trainable_only=False)
 
+
+
+def test_layers_that_move_positions_leave_every_group_searchable():
+    # Permute((2, 1, 3)), Concatenate(axis=1), keras.ops.concatenate (any axis but the batch),
+    # Resizing and CenterCrop had no channel rule: every conv around them was kept whole
+    plan = kd.graph.analyze(positional_joins())
+    frozen = {name for g in plan.groups if g.frozen for name in g.defined_by}
+    assert frozen == {"head"}, [(g.defined_by, g.reason) for g in plan.groups if g.frozen]
+    assert {"c0", "ca", "cb", "cc", "c1", "c2"} <= {
+        name for g in plan.searchable_groups() for name in g.defined_by}
+    L = keras.layers
+    x = keras.Input((6, 6, 4))
+    h = L.Conv2D(4, 1, name="c")(x)
+    for moving in (L.Permute((3, 1, 2)), L.Concatenate(axis=0)):
+        y = moving(h) if isinstance(moving, L.Permute) else moving([h, h])
+        plan = kd.graph.analyze(keras.Model(x, L.Dense(2)(L.Flatten()(y))))
+        assert all(g.frozen for g in plan.groups if "c" in g.defined_by)
 
 
 def test_freeze_keeps_the_weights_of_layers_whose_sub_layers_share_weight_names():
