@@ -38,9 +38,31 @@ def positional_joins():
     return keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(h)))
 
 
+def tiny_unet():
+    """A U-Net's decoder: Conv2DTranspose and Conv1DTranspose (searched since robustness
+    round 2), skip Concatenates, bilinear and nearest up-sampling, per-pixel softmax."""
+    L = keras.layers
+    x = keras.Input((16, 16, 3))
+    c1 = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 3, padding="same", name="e1")(x)))
+    c2 = L.Conv2D(12, 3, padding="same", activation="relu", name="e2")(L.MaxPooling2D()(c1))
+    b = L.Conv2D(16, 3, padding="same", activation="relu", name="mid")(L.MaxPooling2D()(c2))
+    u2 = L.Conv2DTranspose(10, 2, strides=2, name="up2")(b)
+    u2 = L.Conv2D(10, 3, padding="same", activation="relu", name="d2")(
+        L.Concatenate()([u2, c2]))
+    u1 = L.Concatenate()([L.UpSampling2D(interpolation="bilinear")(u2),
+                          L.Conv2DTranspose(6, 3, strides=2, padding="same", use_bias=False,
+                                            name="up1")(u2), c1])
+    u1 = L.UpSampling2D(interpolation="nearest")(
+        L.Conv2D(8, 3, padding="same", activation="relu", name="d1")(u1))
+    t = L.Reshape((32 * 32, 8))(u1)
+    t = L.Conv1DTranspose(5, 3, padding="same", name="up_t")(t)
+    return keras.Model(x, L.Conv1D(3, 1, activation="softmax", name="pixels")(t))
+
+
 MODELS = dict(toys.TOYS)
 MODELS.update({
     "positional_joins": positional_joins,
+    "tiny_unet": tiny_unet,
     "resnet8": zoo.resnet8,
     "ds_cnn": zoo.ds_cnn,
     "mobilenet_v1": zoo.mobilenet_v1,
@@ -89,7 +111,7 @@ def predicted_params(plan, keep, model):
         geo, bias = info.geometry, int(info.geometry["use_bias"])
         if info.role == "opaque":
             total += sum(int(np.prod(w.shape)) for w in weights)
-        elif info.op in ("conv", "dense"):
+        elif info.op in ("conv", "dense", "transpose_conv"):
             total += geo["taps"] * cin * cout + bias * cout
         elif info.op == "depthwise":
             total += geo["taps"] * cout + bias * cout
@@ -133,6 +155,22 @@ def test_layers_that_move_positions_leave_every_group_searchable():
         y = moving(h) if isinstance(moving, L.Permute) else moving([h, h])
         plan = kd.graph.analyze(keras.Model(x, L.Dense(2)(L.Flatten()(y))))
         assert all(g.frozen for g in plan.groups if "c" in g.defined_by)
+
+
+def test_transposed_convolutions_are_searched(tmp_path):
+    # Conv2DTranspose / Conv1DTranspose had no channel rule: a U-Net's decoder, and every conv
+    # whose channels reach one through a skip Concatenate, was kept whole
+    search = kd.prepare(tiny_unet())
+    toys.close_random_masks(search, seed=2)
+    search.save(tmp_path / "unet.keras")  # masks saved by name, as a separable conv's
+    loaded = keras.models.load_model(tmp_path / "unet.keras")
+    x = toys.sample(search)
+    np.testing.assert_allclose(loaded(x), search(x), atol=1e-6)
+    assert {"up2", "up1", "up_t"} <= {layer.name for layer in search.layers
+                                      if kd.layers.is_masked(layer)}
+    plan = kd.graph.analyze(tiny_unet())
+    frozen = {name for g in plan.groups if g.frozen for name in g.defined_by}
+    assert frozen == {"pixels"}, [(g.defined_by, g.reason) for g in plan.groups if g.frozen]
 
 
 def test_freeze_keeps_the_weights_of_layers_whose_sub_layers_share_weight_names():

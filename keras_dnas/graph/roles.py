@@ -48,11 +48,6 @@ def _depthwise(layer, in_shapes, out_shape):
     return _channels_last(layer, in_shapes, out_shape)
 
 
-def _transposed(layer, in_shapes, out_shape):
-    # costed (weights, MACs, latency) but kept whole: no channel rule slices it yet
-    return "transposed convolution has no channel rule"
-
-
 def _batchnorm(layer, in_shapes, out_shape):
     if layer.axis not in (-1, len(in_shapes[0]) - 1):
         return f"normalises axis {layer.axis}, not the channel axis"
@@ -164,7 +159,8 @@ ROLES = {
     L.BatchNormalization: ("propagating", "batchnorm", _batchnorm),
     L.SeparableConv1D: ("defining", "separable", _channels_last),
     L.SeparableConv2D: ("defining", "separable", _channels_last),
-    **_entries([L.Conv1DTranspose, L.Conv2DTranspose], "defining", "transpose_conv", _transposed),
+    **_entries([L.Conv1DTranspose, L.Conv2DTranspose], "defining", "transpose_conv",
+               _channels_last),
     **_entries([L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax], "propagating",
                "activation"),
     L.PReLU: ("propagating", "prelu", _prelu),
@@ -203,7 +199,8 @@ ROLES = {
 
 #: Layers whose weights are sliced along channels at freeze (all others in a
 #: searchable group must be weightless).
-SLICEABLE = (L.Conv1D, L.Conv2D, L.Dense, L.DepthwiseConv1D, L.DepthwiseConv2D,
+SLICEABLE = (L.Conv1D, L.Conv2D, L.Conv1DTranspose, L.Conv2DTranspose, L.Dense,
+             L.DepthwiseConv1D, L.DepthwiseConv2D,
              L.BatchNormalization, L.SeparableConv1D, L.SeparableConv2D, L.PReLU,
              L.LayerNormalization, L.Normalization)
 
