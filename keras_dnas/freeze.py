@@ -614,7 +614,8 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     if arena_plan == "tflm" and memory is not None and hasattr(memory, "base"):
         memory = memory.base  # the search budgeted an offline plan; certify TFLM's own
     if calibration_data is not None:
-        calibration_data = calibration_sample(calibration_data, CALIBRATION_SAMPLES)
+        calibration_data = calibration_sample(calibration_data, CALIBRATION_SAMPLES,
+                                              names=[t.name for t in searched.inputs])
     else:
         calibration_data = search.get("calibration_data")
     swapped = []
