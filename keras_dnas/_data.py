@@ -65,15 +65,16 @@ def _endless(data):
 
 
 def _labelled(element, n_inputs):
-    """Whether a batch is ``(x, y[, sample_weight])`` rather than ``x``.
+    """Whether a batch is ``(x, y[, sample_weight])`` (or ``(x,)``) rather than ``x``.
 
-    For a model with several inputs, ``x`` is itself a tuple, list or dict, so a tuple of
-    ``n_inputs`` arrays is the inputs (a ``tf.data`` dataset of ``(image, meta)``), not
-    ``(image, labels)``.
+    A list counts as a tuple, as in Keras' ``fit``: a PyTorch ``DataLoader`` collates the
+    samples of a ``TensorDataset`` into a list ``[x, y]`` (``[x]`` without labels). For a
+    model with several inputs, ``x`` is itself a tuple, list or dict, so ``n_inputs`` arrays
+    are the inputs (a ``tf.data`` dataset of ``(image, meta)``), not ``(image, labels)``.
     """
-    if not isinstance(element, tuple):
+    if not isinstance(element, (tuple, list)):
         return False
-    if n_inputs == 1:
+    if n_inputs == 1 or len(element) == 1:
         return True
     if n_inputs is not None and len(element) == n_inputs \
             and not isinstance(element[0], (tuple, list, dict)):
@@ -236,7 +237,7 @@ def _pairs(batches, argument):
                          "dataset.take(8)`. Received: a dataset of infinite cardinality")
     xs, ys = [], []
     for element in batches:
-        if not (isinstance(element, tuple) and len(element) in (2, 3)):
+        if not (isinstance(element, (tuple, list)) and len(element) in (2, 3)):
             raise ValueError(f"{argument} as an iterable of batches must yield (x, y) pairs. "
                              f"Received: a batch of type {type(element).__name__}")
         xs.append(element[0])

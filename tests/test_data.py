@@ -150,3 +150,18 @@ def test_labelled_pair_reads_batches_of_x_and_y():
     endless = tf.data.Dataset.from_tensor_slices((X, y)).batch(4).repeat()
     with pytest.raises(ValueError, match=r"endless dataset.*take\(8\)"):
         _data.labelled_pair(endless)
+
+
+def test_list_batches_as_a_pytorch_dataloader_collates_them():
+    # DataLoader(TensorDataset(x, y)) yields [x, y] lists, DataLoader(TensorDataset(x)) [x]:
+    # the first could not be read, the second was stacked into (batches, batch, ...) and
+    # crashed inside Keras at the BatchNormalization recalibration
+    y = np.zeros(6)
+    for batches in ([[X[:4], y[:4]], [X[4:], y[4:]]], [[X[:4]], [X[4:]]]):
+        (got,) = _data.input_arrays(iter(batches), "calibration_data", names=["x"])
+        np.testing.assert_array_equal(got, X)
+        (got,) = _data.calibration_sample(_data.read_batches(iter(batches), 100), 100,
+                                          names=["x"])
+        assert sorted(got[:, 0].tolist()) == sorted(X[:, 0].tolist())
+    x, labels = _data.labelled_pair(iter([[X[:4], y[:4]], [X[4:], y[4:]]]))
+    np.testing.assert_array_equal(x, X)
