@@ -112,9 +112,12 @@ class DNASCallback(keras.callbacks.Callback):
     sets the strengths. ``kd.freeze`` compiles the frozen model the same way.
 
     Args:
-        target: a :class:`~keras_dnas.targets.HardwareTarget` or a built-in
-            name (``"stm32h743"``, ``"nrf52840"``, ...).
-        budgets: ``{metric: limit}`` with metrics from
+        target: a :class:`~keras_dnas.targets.HardwareTarget` (any board: name, clock,
+            flash and RAM; ``energy_nj_per_cycle`` for energy) or a registered name
+            (``"stm32h743"``, ``"nrf52840"``, ...).
+        budgets: ``{metric: limit}`` (or a list of :class:`Budget`), limits absolute
+            numbers in the metric's unit (numpy numbers too; a fraction of the seed's cost
+            is ``0.6 * kd.summary(seed)["flash_bytes"]``), with metrics from
             :data:`keras_dnas.search.METRICS` (``flash_bytes``, ``ram_bytes``,
             ``latency_ms``, ``latency_cycles``, ``energy_uj``, ``params``,
             ``macs``). Default: the target's flash and RAM.
@@ -159,8 +162,11 @@ class DNASCallback(keras.callbacks.Callback):
             features mean larger logits and lower cross-entropy. Budget
             penalties are not centred.
         memory: a flash/RAM model (built from the model if omitted).
-        calibration_data: training inputs (no labels; an array, or a list of
-            arrays for several inputs). Up to ``CALIBRATION_SAMPLES`` of them,
+        calibration_data: training inputs: an array, a list or a dict by input
+            name for several inputs, or batches (``tf.data``, a generator, a PyTorch
+            ``DataLoader``) of them or of ``(x, y)``, whose labels are dropped; dicts and
+            batches are read by the model's inputs when ``fit`` starts, and
+            ``(x, y)`` as the argument itself is refused. Up to ``CALIBRATION_SAMPLES`` of them,
             drawn with a fixed seed, set BatchNormalization statistics
             before each validation and in :func:`keras_dnas.freeze`. Without
             it, validation uses the lagging moving averages.
