@@ -31,7 +31,8 @@ COEFFICIENTS = {
 #: :mod:`keras_dnas.costs.latency`).
 LATENCY_MODELS = ("cmsis_nn", "gap8_paper")
 
-_POINTER_BYTES = (2, 4, 8)
+# the arena's persistent tail is modelled (costs/arena.py) for 32- and 64-bit pointers only
+_POINTER_BYTES = (4, 8)
 
 
 def _field_names():
@@ -154,8 +155,9 @@ class HardwareTarget:
         set_(self, "ram_bytes", _positive_int(self.ram_bytes, "ram_bytes"))
         if self.pointer_bytes not in _POINTER_BYTES or isinstance(self.pointer_bytes, bool):
             raise ValueError(
-                f"HardwareTarget field 'pointer_bytes' must be one of {list(_POINTER_BYTES)}. "
-                f"Received: pointer_bytes={self.pointer_bytes!r}"
+                f"HardwareTarget field 'pointer_bytes' must be one of {list(_POINTER_BYTES)} "
+                "(TFLite Micro's persistent arena structs are modelled for 32- and 64-bit "
+                f"pointers). Received: pointer_bytes={self.pointer_bytes!r}"
             )
         set_(self, "channel_multiple", _positive_int(self.channel_multiple, "channel_multiple"))
         if self.latency_model not in LATENCY_MODELS:
