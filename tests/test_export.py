@@ -459,6 +459,12 @@ def test_missing_representative_data():
 def test_unknown_quantization():
     with pytest.raises(ValueError, match=r"Received: quantization='int4'"):
         kx.to_tflite(dense(), np.zeros((4, 12), "float32"), quantization="int4")
+    with pytest.raises(ValueError, match=r"TensorFlow Lite Micro runs int8.*'float16'"):
+        kx.to_tflite(dense(), np.zeros((4, 12), "float32"), quantization="float16")
+    # spelt as in TensorFlow's constants (tf.int8.name is 'int8', but users write "INT8")
+    x = np.random.default_rng(0).normal(size=(8, 12)).astype("float32")
+    model = dense()
+    assert kx.to_tflite(model, x, quantization="INT8") == kx.to_tflite(model, x)
 
 
 def test_op_without_tflm_kernel_is_named():

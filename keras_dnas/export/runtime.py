@@ -40,6 +40,12 @@ def dequantize(q, tensor):
 
 def _prepare_inputs(info, x):
     """User inputs (array, list of arrays or dict by name) -> arrays in user order, typed."""
+    names = [t.name for t in info.input_tensors]
+    if isinstance(x, dict) and set(x) != set(names):
+        # the converter names a file's inputs input_000, ...: a Keras model's names are gone
+        raise ValueError(f"The .tflite file's inputs are {names}, in the Keras model's input "
+                         "order; its Keras input names are not in the file. Pass x as a list "
+                         f"of arrays in that order. Received: a dict with keys {sorted(x)}")
     arrays = input_arrays(x, "x", names=[t.name for t in info.input_tensors],
                           shapes=[tuple(t.shape[1:]) for t in info.input_tensors], dtype=None,
                           allow_empty=True)
