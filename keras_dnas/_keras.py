@@ -242,7 +242,7 @@ def _tf_nn():
 # and SELU into a SELECT, which TensorFlow Lite Micro lacks, and CELU's expm1 into an EXP, whose
 # TFLite Micro kernel is float only. For y <= 0, exp(y) - 1 = 2 t / (1 - t) with t = tanh(y / 2)
 # (the same function; 1 - t is in [1, 2)), so elu(x) = relu(x) + alpha * expm1(min(x, 0)) is
-# RELU, SUB, MUL, TANH, DIV and ADD, all int8 kernels of TensorFlow Lite Micro.
+# MUL, TANH, SUB, DIV and ADD, all int8 kernels of TensorFlow Lite Micro.
 def _float_tensor(x):
     import tensorflow as tf
 
@@ -252,11 +252,13 @@ def _float_tensor(x):
 def _elu(x, alpha):
     import tensorflow as tf
 
-    positive = tf.nn.relu(x)
-    # min(x, 0) as x - relu(x): the converter gives a MINIMUM's input the range of its output
-    # (it ties their scales), which here would clip every positive input to 0
-    t = tf.math.tanh(0.5 * (x - positive))
-    return positive + (2.0 * float(alpha)) * t / (1.0 - t)
+    # q = -min(x, 0) = relu(-x), a MUL with the RELU fused. Not min(x, 0): the converter gives a
+    # MINIMUM's input the range of its output (their scales are tied), which clipped every
+    # positive input to 0. Not relu(x): the converter fuses a RELU into the conv or dense before
+    # it, and as x is read twice it duplicated that layer (twice its MACs)
+    q = tf.nn.relu(x * -1.0)
+    t = tf.math.tanh(-0.5 * q)  # tanh(min(x, 0) / 2)
+    return (x + q) + (2.0 * float(alpha)) * t / (1.0 - t)  # relu(x) + alpha * expm1(min(x, 0))
 
 
 @_rewrite(_tf_nn, "elu")

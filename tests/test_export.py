@@ -569,6 +569,7 @@ def test_elu_family_and_tanh_gelu_convert_to_int8_tflite_micro_runs():
     names = kx.op_names(int8)
     assert not {"ELU", "SELECT", "SELECT_V2", "EXP", "GELU", "DEQUANTIZE"} & set(names)
     assert "DIV" in names and "LOGISTIC" in names
+    assert names.count("CONV_2D") == 2  # a RELU fused into a conv read twice duplicated it
     out = kx.run_tflm(int8, x, dequantize=True)
     scale = _flatbuffer.read_tflite(int8).output_tensors[0].scales[0]
     # every branch within a few output steps (measured: at most 3.9, 0.4-0.8 on average; the
