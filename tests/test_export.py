@@ -586,7 +586,9 @@ def test_activations_tflite_micro_has_no_int8_kernel_for_are_named():
     # the file at Prepare ("failed to allocate tensors"); the exact (erf) GELU has no kernel
     inp = keras.Input((5,))
     h = L.Dense(4, name="dense")(inp)
-    model = keras.Model(inp, [L.Activation("softplus", name="soft")(h),
+    # "soft_1" is also the scope TensorFlow gives layer "soft" in the export's trace: the
+    # error named the next layer (as with Keras' default names conv2d, conv2d_1, ...)
+    model = keras.Model(inp, [L.Dense(2, name="soft_1")(L.Activation("softplus", name="soft")(h)),
                               L.Activation("gelu", name="gelu_erf")(h)])
     with pytest.raises(ValueError) as e:
         kx.to_tflite(model, np.random.default_rng(0).normal(size=(16, 5)).astype("f"))

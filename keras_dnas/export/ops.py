@@ -71,20 +71,29 @@ def op_names(tflite_bytes):
 
 
 def _layer_hint(tensor_name, layer_names):
-    """Best guess of the Keras layer behind a TF graph tensor name like `model/conv_1/Relu`."""
+    """Best guess of the Keras layer behind a TF graph tensor name like `model/conv_1/Relu`.
+
+    The export traces the model's call again in one graph, and TensorFlow makes every scope of
+    that trace unique with a suffix: layer `conv2d` is scope `conv2d_1`, layer `conv2d_1` is
+    `conv2d_1_2`, the model `functional` is `functional_1`. Where the first scope (the model's)
+    carries such a suffix, a scope is matched without its suffix first, so a model with Keras'
+    default names (`conv2d`, `conv2d_1`, ...) gets the right layer named, not the next one.
+    """
     if not layer_names:
         return None
+    parts = [p for p in re.split(r"[/;@:]", tensor_name) if p]
+    suffixed = bool(parts) and parts[0] not in layer_names and re.search(r"_\d+$", parts[0])
     best = None
-    for part in re.split(r"[/;@:]", tensor_name):
-        candidate = part
-        for _ in range(3):
-            if candidate in layer_names:
-                best = candidate
+    for part in parts:
+        candidates = [part]
+        for _ in range(2):
+            stripped = re.sub(r"_\d+$", "", candidates[-1])
+            if stripped == candidates[-1]:
                 break
-            stripped = re.sub(r"_\d+$", "", candidate)
-            if stripped == candidate:
-                break
-            candidate = stripped
+            candidates.append(stripped)
+        if suffixed and len(candidates) > 1:
+            candidates = candidates[1:] + candidates[:1]
+        best = next((c for c in candidates if c in layer_names), best)
     return best
 
 
