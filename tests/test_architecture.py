@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "keras_dnas"
 # unless FACADES says otherwise.
 LAYERS = [
     ("base", ["keras_dnas._keras", "keras_dnas._flatbuffer", "keras_dnas._data", "keras_dnas._ste",
-              "keras_dnas._recorded", "keras_dnas._light", "keras_dnas.vocabulary",
+              "keras_dnas._recorded", "keras_dnas.vocabulary",
               "keras_dnas.masks", "keras_dnas.targets",
               "keras_dnas.report.format", "keras_dnas.datasets",
               "keras_dnas.zoo"]),
