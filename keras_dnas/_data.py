@@ -64,11 +64,69 @@ def _endless(data):
         return False
 
 
+def _labelled(element, n_inputs):
+    """Whether a batch is ``(x, y[, sample_weight])`` (or ``(x,)``) rather than ``x``.
+
+    A list counts as a tuple, as in Keras' ``fit``: a PyTorch ``DataLoader`` collates the
+    samples of a ``TensorDataset`` into a list ``[x, y]`` (``[x]`` without labels). For a
+    model with several inputs, ``x`` is itself a tuple, list or dict, so ``n_inputs`` arrays
+    are the inputs (a ``tf.data`` dataset of ``(image, meta)``), not ``(image, labels)``.
+    """
+    if not isinstance(element, (tuple, list)):
+        return False
+    if n_inputs == 1 or len(element) == 1:
+        return True
+    if n_inputs is not None and len(element) == n_inputs \
+            and not isinstance(element[0], (tuple, list, dict)):
+        return False
+    return len(element) in (2, 3)
+
+
+def _first_leaf(element):
+    while isinstance(element, (tuple, list, dict)) and element:
+        element = next(iter(element.values())) if isinstance(element, dict) else element[0]
+    return element
+
+
+def read_batches(data, limit):
+    """The batches of an iterable (``tf.data``, a generator, ``PyDataset``), kept as given,
+    up to ``limit`` samples; arrays, lists and dicts pass through.
+
+    For data read before the model is known (``DNASCallback(calibration_data=...)``): a
+    generator can be read once only, and which part of a batch is ``x`` depends on the
+    model's inputs, so the batches are split later by `input_arrays`.
+
+    >>> import numpy as np
+    >>> len(read_batches(iter([np.zeros((2, 3))] * 5), limit=3))
+    2
+    """
+    if data is None or isinstance(data, (dict, list, tuple)) or hasattr(data, "__array__") \
+            or not hasattr(data, "__iter__"):
+        return data
+    kept, count = [], 0
+    for element in data:
+        kept.append(element)
+        leaf = _first_leaf(element[0] if _labelled(element, None) else element)
+        count += len(leaf) if np.ndim(leaf) else 1
+        if count >= limit:
+            break
+    return _Batches(kept)
+
+
+class _Batches(list):
+    """Batches already read (`read_batches`): still an iterable of batches, not one sample."""
+
+
+def needs_input_names(data):
+    """Whether reading ``data`` as inputs needs the model's input names (a dict, or batches)."""
+    return isinstance(data, (dict, _Batches))
+
+
 def _collect(batches, n_inputs, names, argument, dtype, max_samples=None):
     """An iterable of batches -> one concatenated array per input (the first ``max_samples``)."""
     per_input, count = None, 0
     for element in batches:
-        if isinstance(element, tuple) and (n_inputs == 1 or len(element) in (2, 3)):
+        if _labelled(element, n_inputs):
             element = element[0]  # (x, y) or (x, y, sample_weight)
         parts = [_array(p, f"a batch of {argument}", dtype)
                  for p in _parts(element, n_inputs, names, argument)]
@@ -117,7 +175,9 @@ def input_arrays(data, argument, *, names=None, shapes=None, dtype=np.float32, a
 typical), e.g. `representative_data=x_train[:256]`. Received: an array of shape (0, 3)
     """
     n_inputs = len(names) if names is not None else len(shapes) if shapes is not None else None
-    if isinstance(data, (dict, list, tuple)) or hasattr(data, "__array__"):
+    if isinstance(data, _Batches):
+        arrays = _collect(data, n_inputs, names, argument, dtype)
+    elif isinstance(data, (dict, list, tuple)) or hasattr(data, "__array__"):
         arrays = [_array(a, argument, dtype) for a in _parts(data, n_inputs, names, argument)]
     elif hasattr(data, "__iter__"):
         limit = None
@@ -159,8 +219,40 @@ def sample_count(x):
     return len(first) if hasattr(first, "__len__") else 0
 
 
+def _concatenate(parts):
+    """Batches of one structure (an array, a list / tuple or a dict of arrays) -> one."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return [np.concatenate([np.asarray(p[k]) for p in parts]) for k in range(len(first))]
+    return np.concatenate([np.asarray(p) for p in parts])
+
+
+def _pairs(batches, argument):
+    """An iterable of ``(x, y[, sample_weight])`` batches -> ``(x, y)``, concatenated."""
+    if _endless(batches):
+        raise ValueError(f"{argument} is an endless dataset (`.repeat()` without a count) and "
+                         f"all of it is read: pass a finite one, e.g. `{argument}="
+                         "dataset.take(8)`. Received: a dataset of infinite cardinality")
+    xs, ys = [], []
+    for element in batches:
+        if not (isinstance(element, (tuple, list)) and len(element) in (2, 3)):
+            raise ValueError(f"{argument} as an iterable of batches must yield (x, y) pairs. "
+                             f"Received: a batch of type {type(element).__name__}")
+        xs.append(element[0])
+        ys.append(element[1])
+    if not xs:
+        raise ValueError(f"{argument} is empty: it needs at least one batch of (x, y). "
+                         "Received: an empty iterable")
+    return _concatenate(xs), _concatenate(ys)
+
+
 def labelled_pair(data, argument="data", several_outputs=False):
     """``(x, y)`` -> ``(x, y as an array)``, checked: a pair, as many labels as samples.
+
+    ``data`` may also be an iterable of ``(x, y)`` batches (a batched ``tf.data`` dataset, a
+    generator), concatenated.
 
     ``x`` is returned as given (an array, or a list / dict for several inputs). With
     ``several_outputs``, ``y`` may also be one label array per model output, as ``fit`` takes
@@ -175,6 +267,9 @@ def labelled_pair(data, argument="data", several_outputs=False):
     ValueError: data must be a pair (x, y) of inputs and labels (or targets), samples first. \
 Received: ndarray of length 4
     """
+    if not isinstance(data, (tuple, list, dict)) and hasattr(data, "__iter__") \
+            and not hasattr(data, "__array__"):
+        data = _pairs(data, argument)  # a tf.data dataset / generator of (x, y) batches
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ValueError(f"{argument} must be a pair (x, y) of inputs and labels (or targets), "
                          f"samples first. Received: {type(data).__name__}"
@@ -198,15 +293,17 @@ Received: ndarray of length 4
     return x, y
 
 
-def calibration_sample(data, limit, seed=0):
+def calibration_sample(data, limit, seed=0, names=None):
     """Up to ``limit`` samples of ``data`` (input samples, as `input_arrays` reads them; of an
     endless ``tf.data.Dataset``, its first ``limit``).
 
     A random subset in random order, drawn with a fixed seed (so any prefix of it is a random
     subset too), because training sets are often sorted by class and BN statistics of one
-    class are wrong for the others. Returns a list of NumPy arrays (one per model input), a
-    dict of them when ``data`` is a dict by input name (`by_input` orders it for a model), or
+    class are wrong for the others. Returns a list of NumPy arrays (one per model input), or
     ``None``.
+
+    ``names``: the model's input names (a dict of arrays, or batches of dicts, are read by
+    them; a tuple of one array per input is the inputs); ``None`` when the model is not known.
 
     Example:
 
@@ -216,22 +313,22 @@ def calibration_sample(data, limit, seed=0):
     """
     if data is None:
         return None
-    if isinstance(data, tuple) and len(data) == 2 and np.ndim(data[1]) == 1:
-        raise ValueError("calibration_data takes input samples only (an array, or a list of "
-                         "arrays or a dict by input name for several inputs), not (x, y). "
-                         f"Received: a {type(data).__name__}; pass x.")
-    names = sorted(data) if isinstance(data, dict) else None
+    check_calibration_data(data, names)
+    if names is None and (isinstance(data, dict) or isinstance(data, _Batches) and data
+                          and isinstance(data[0], dict)):
+        raise ValueError("calibration_data by input name needs the model's input names: pass "
+                         "it where the model is known (DNASCallback reads it when fit "
+                         "starts). Received: a dict")
     arrays = input_arrays(data, "calibration_data", names=names, dtype=None,
                           endless_samples=limit)
     idx = np.random.default_rng(seed).permutation(len(arrays[0]))[:limit]
-    arrays = [a[idx] for a in arrays]
-    return dict(zip(names, arrays)) if names is not None else arrays
+    return [a[idx] for a in arrays]
 
 
-def by_input(sample, keys):
-    """A `calibration_sample` -> one array per model input, in the order of ``keys`` (the
-    model's, `_keras.input_keys`): a dict by input name (as ``fit`` takes a dict-input model's
-    ``x``) is ordered; a list is returned as it is."""
-    if isinstance(sample, dict):
-        return _by_name(sample, keys, "calibration_data")
-    return sample
+def check_calibration_data(data, names=None):
+    """Refuse ``(x, y)`` as calibration data, before anything is read."""
+    several = names is not None and len(names) > 1
+    if isinstance(data, tuple) and len(data) == 2 and np.ndim(data[1]) == 1 and not several:
+        raise ValueError("calibration_data takes input samples only (an array, or a list or a "
+                         "dict by input name for several inputs), not (x, y). Received: a "
+                         f"{type(data).__name__}; pass x.")

@@ -250,6 +250,86 @@ def _ops_nn():
     return ops_nn
 
 
+def _tf_nn():
+    from keras.src.backend.tensorflow import nn as tf_nn
+
+    return tf_nn
+
+
+# ELU, SELU and CELU become TANH, DIV and arithmetic. The converter leaves TensorFlow's ELU in
+# float (its quantiser has no ELU rule: DEQUANTIZE, ELU, QUANTIZE), turns ELU with alpha != 1
+# and SELU into a SELECT, which TensorFlow Lite Micro lacks, and CELU's expm1 into an EXP, whose
+# TFLite Micro kernel is float only. For y <= 0, exp(y) - 1 = 2 t / (1 - t) with t = tanh(y / 2)
+# (the same function; 1 - t is in [1, 2)), so elu(x) = relu(x) + alpha * expm1(min(x, 0)) is
+# MUL, TANH, SUB, DIV and ADD, all int8 kernels of TensorFlow Lite Micro.
+def _float_tensor(x):
+    import tensorflow as tf
+
+    return tf.is_tensor(x) and x.dtype in (tf.float32, tf.float16, tf.bfloat16)
+
+
+def _elu(x, alpha):
+    import tensorflow as tf
+
+    # q = -min(x, 0) = relu(-x), a MUL with the RELU fused. Not min(x, 0): the converter gives a
+    # MINIMUM's input the range of its output (their scales are tied), which clipped every
+    # positive input to 0. Not relu(x): the converter fuses a RELU into the conv or dense before
+    # it, and as x is read twice it duplicated that layer (twice its MACs)
+    q = tf.nn.relu(x * -1.0)
+    t = tf.math.tanh(-0.5 * q)  # tanh(min(x, 0) / 2)
+    return (x + q) + (2.0 * float(alpha)) * t / (1.0 - t)  # relu(x) + alpha * expm1(min(x, 0))
+
+
+@_rewrite(_tf_nn, "elu")
+def _elu_as_tanh(keras_elu):
+    def elu(x, alpha=1.0):
+        if not _float_tensor(x):
+            return keras_elu(x, alpha=alpha)
+        return _elu(x, alpha)
+
+    return elu
+
+
+@_rewrite(_tf_nn, "selu")
+def _selu_as_tanh(keras_selu):
+    def selu(x):
+        if not _float_tensor(x):
+            return keras_selu(x)
+        # scale * elu(x, alpha), TensorFlow's constants (`tf.nn.selu`)
+        return 1.0507009873554804934193349852946 * _elu(x, 1.6732632423543772848170429916717)
+
+    return selu
+
+
+@_rewrite(_tf_nn, "celu")
+def _celu_as_tanh(keras_celu):
+    def celu(x, alpha=1.0):
+        if not _float_tensor(x) or float(alpha) <= 0:
+            return keras_celu(x, alpha=alpha)
+        return float(alpha) * _elu(x / float(alpha), 1.0)  # max(x,0) + a expm1(min(x,0) / a)
+
+    return celu
+
+
+@_rewrite(_tf_nn, "gelu")
+def _gelu_tanh_as_sigmoid(keras_gelu):
+    """GELU's tanh approximation becomes `x * sigmoid(2 z)` (= x (1 + tanh z) / 2), z =
+    sqrt(2 / pi) (x + 0.044715 x^3): TensorFlow lowers it to a GELU operator TensorFlow Lite
+    Micro has no kernel for; these are MUL, ADD and LOGISTIC. The exact GELU (erf) has no
+    such form: it keeps Keras' path and the export names the layer."""
+    import math
+
+    import tensorflow as tf
+
+    def gelu(x, approximate=True):
+        if not approximate or not _float_tensor(x):
+            return keras_gelu(x, approximate=approximate)
+        z = (2.0 * math.sqrt(2.0 / math.pi)) * x * (1.0 + 0.044715 * (x * x))
+        return x * tf.math.sigmoid(z)
+
+    return gelu
+
+
 @_rewrite(_tf_numpy, "add")
 def _add_as_add(keras_add):
     """`x + y` of two tensors of one static shape becomes `tf.add`.

@@ -76,12 +76,28 @@ def coefficient_source(target):
 
 
 def _target(name):
+    """A registered target's name, or the path of a JSON file describing a board
+    (``HardwareTarget.to_json()``): a board that is not built in, on the command line."""
     from keras_dnas import targets
 
     try:
+        if isinstance(name, str) and (name.lower().endswith(".json") or os.path.isfile(name)):
+            if not os.path.isfile(name):
+                raise ValueError(f"No such target file: '{name}'. Received: --target {name!r}")
+            with open(name, encoding="utf-8") as f:
+                text = f.read()
+            try:
+                return targets.HardwareTarget.from_json(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"Target file '{name}' is not JSON ({e}). Received: "
+                                 f"--target {name!r}") from None
         return targets.get(name)
     except ValueError as e:
-        raise _CLIError(str(e)) from None
+        message = str(e).replace("pass kd.targets.HardwareTarget(...) or register one "
+                                 "(kd.targets.register)",
+                                 "pass a JSON file of its fields (kd.targets.HardwareTarget"
+                                 "(...).to_json(), e.g. keras_dnas/targets/data/nrf52840.json)")
+        raise _CLIError(message) from None
 
 
 # ------------------------------------------------------------------------------ inspect
@@ -102,7 +118,12 @@ def _read_model(path):
     try:
         return _flatbuffer.as_model_bytes(data)
     except ValueError as e:
-        raise _CLIError(f"'{path}' is not a TFLite model: {e}") from None
+        keras_file = data[:4] == b"PK\x03\x04" or data[:8] == b"\x89HDF\r\n\x1a\n"
+        hint = (" It is a Keras model file: the command line reads the int8 .tflite that "
+                "TFLite Micro runs, which needs your representative data to convert: "
+                "open(path, 'wb').write(kd.export.to_tflite(keras.models.load_model("
+                f"'{path}'), representative_data=x[:256]))") if keras_file else ""
+        raise _CLIError(f"'{path}' is not a TFLite model: {e}{hint}") from None
 
 
 def _measure(path, data, target):
@@ -260,9 +281,10 @@ def _format_inspect(r):
     if has_cycles:
         t = r["target"]
         verdict = {True: "fits", False: "DOES NOT FIT"}
+        board = ", ".join(filter(None, [t["core"], f"{t['clock_mhz']:g} MHz"]))  # core: optional
         lines += [
             "",
-            f"Target {t['name']} ({t['core']}, {t['clock_mhz']:g} MHz)",
+            f"Target {t['name']} ({board})",
             f"  flash    {r['flash_bytes']:>12,} B of {t['flash_bytes']:>12,} B  "
             f"{t['flash_percent']:6.1f} %  {verdict[t['fits_flash']]}",
             f"  RAM      {r['ram_bytes']:>12,} B of {t['ram_bytes']:>12,} B  "
@@ -389,7 +411,8 @@ def _parser():
         "--target, compare with the target's flash and RAM and estimate the latency.",
     )
     p.add_argument("model", help="path to a .tflite file")
-    p.add_argument("--target", "-t", help="hardware target name (see `keras-dnas targets`)")
+    p.add_argument("--target", "-t", help="hardware target name (see `keras-dnas targets`) or "
+                   "a JSON file describing a board (HardwareTarget.to_json())")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_inspect)
     p = sub.add_parser(
@@ -401,8 +424,8 @@ def _parser():
         "a macro registering exactly the model's operators in a MicroMutableOpResolver.",
     )
     p.add_argument("model", help="path to a .tflite file")
-    p.add_argument("--target", "-t", help="hardware target name (see `keras-dnas targets`); "
-                   "default: a 32-bit MCU")
+    p.add_argument("--target", "-t", help="hardware target name (see `keras-dnas targets`) or "
+                   "a JSON file describing a board; default: a 32-bit MCU")
     p.add_argument("--out", "-o", default=".", help="output directory (default: .)")
     p.add_argument("--name", default="model",
                    help="C identifier for the files and symbols (default: model)")

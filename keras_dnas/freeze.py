@@ -9,8 +9,8 @@ import numpy as np
 
 import keras
 
-from keras_dnas import _keras
-from keras_dnas._data import CALIBRATION_SAMPLES, by_input, calibration_sample, input_arrays
+from keras_dnas import _keras, targets
+from keras_dnas._data import CALIBRATION_SAMPLES, calibration_sample, input_arrays
 from keras_dnas.graph import walk
 from keras_dnas.report.format import fmt_quantity
 from keras_dnas.slicing import kept_channels, rebuild_with
@@ -602,7 +602,8 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
         supernet_memory = search.get("memory")
         search = {k: v for k, v in search.items() if k != "memory"}  # the supernet's
     searched_target = search.get("target")
-    target = target if target is not None else searched_target
+    # resolved first: a misspelt name fails here, and "STM32H743" is the search's target
+    target = targets.get(target) if target is not None else searched_target
     budgets = budgets if budgets is not None else search.get("budgets")
     if budgets:  # an old metric spelling ("ram") warns here, once
         budgets = {canonical(m): b for m, b in budgets.items()}
@@ -614,8 +615,8 @@ def freeze(model, target=None, budgets=None, memory=None, fill=True, verbose=1,
     if arena_plan == "tflm" and memory is not None and hasattr(memory, "base"):
         memory = memory.base  # the search budgeted an offline plan; certify TFLM's own
     if calibration_data is not None:
-        calibration_data = by_input(calibration_sample(calibration_data, CALIBRATION_SAMPLES),
-                                    _keras.input_keys(walk.functional_of(searched)))
+        calibration_data = calibration_sample(calibration_data, CALIBRATION_SAMPLES,
+                                              names=[t.name for t in searched.inputs])
     else:
         calibration_data = search.get("calibration_data")
     swapped = []

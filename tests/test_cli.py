@@ -137,6 +137,24 @@ def test_unknown_target_lists_the_known_ones(runs):
     assert proc.stdout == ""
 
 
+def test_a_board_that_is_not_built_in_as_a_json_file(tiny_tflite, tmp_path, capsys):
+    board = targets.get("nrf52840").replace(name="my_user_board", clock_mhz=32)
+    path = tmp_path / "my_user_board.json"
+    path.write_text(board.to_json())
+    assert cli.main(["inspect", tiny_tflite["path"], "--target", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["target"]["name"] == "my_user_board"
+    assert report == cli._inspect(tiny_tflite["path"], board)
+    text = cli._format_inspect(cli._inspect(tiny_tflite["path"], board.replace(core="")))
+    assert "Target my_user_board (32 MHz)" in text  # no empty core: "(, 32 MHz)"
+    assert cli.main(["inspect", tiny_tflite["path"], "--target", "esp32"]) == 1
+    err = capsys.readouterr().err
+    assert "For a board not listed, pass a JSON file of its fields" in err
+    assert "kd.targets.register" not in err  # Python advice does not help on the command line
+    assert cli.main(["export-c", tiny_tflite["path"], "-t", str(tmp_path / "no.json")]) == 1
+    assert "No such target file" in capsys.readouterr().err
+
+
 def test_missing_and_invalid_files_are_clear_errors(tmp_path, capsys):
     assert cli.main(["inspect", str(tmp_path / "missing.tflite")]) == 1
     assert "keras-dnas: error: No such file" in capsys.readouterr().err
@@ -146,6 +164,10 @@ def test_missing_and_invalid_files_are_clear_errors(tmp_path, capsys):
     assert "is not a TFLite model" in capsys.readouterr().err
     assert cli.main(["inspect", str(tmp_path)]) == 1
     assert "not a directory" in capsys.readouterr().err
+    saved = tmp_path / "slim.keras"  # a zip: what model.save writes
+    saved.write_bytes(b"PK\x03\x04" + bytes(60))
+    assert cli.main(["inspect", str(saved)]) == 1
+    assert "It is a Keras model file" in capsys.readouterr().err
     with pytest.raises(ValueError, match="No such file"):
         cli.inspect_model(str(tmp_path / "missing.tflite"))
 

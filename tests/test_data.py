@@ -100,11 +100,10 @@ def test_endless_datasets_are_read_to_a_bound_or_refused():
     np.testing.assert_array_equal(finite, x[:32])
 
 
-def test_a_dict_input_model_takes_its_fit_x_everywhere():
-    # keras.Model({"image": ..., "meta": ...}) is fit on a dict x; DNASCallback's and freeze's
-    # calibration_data refused that dict, `measure` did not know the file's inputs by those
-    # keys (to_tflite names them input_000, ...), and BN recalibration called the model with a
-    # list (Keras: "The structure of `inputs` doesn't match the expected structure")
+def test_a_dict_input_model_takes_its_fit_x_for_calibration_and_recalibration():
+    # keras.Model({"zimage": ..., "meta": ...}) is fit on a dict x. BN recalibration called the
+    # model with a list (Keras: "The structure of `inputs` doesn't match the expected
+    # structure") and `kd.recalibrate_batchnorm(model, x_dict)` was refused
     import warnings
 
     import keras_dnas as kd
@@ -125,8 +124,6 @@ def test_a_dict_input_model_takes_its_fit_x_everywhere():
                                calibration_data=x, verbose=0)
     search.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[callback])
     meta_first = [x["meta"], x["zimage"]]  # the model's input order
-    for got, expected in zip(search.dnas_search["calibration_data"], meta_first):
-        assert got.shape[1:] == expected.shape[1:]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         slim = kd.freeze(search, budgets={}, verbose=0)
@@ -136,8 +133,73 @@ def test_a_dict_input_model_takes_its_fit_x_everywhere():
     kd.recalibrate_batchnorm(slim, meta_first)
     np.testing.assert_allclose(slim.get_layer("bn").moving_mean.numpy(), by_dict, rtol=1e-6)
     tflite = kd.export.to_tflite(slim, representative_data=x)
-    from_dict = kd.export.measure(tflite, data=(x, y))
-    from_list = kd.export.measure(tflite, data=(meta_first, y["cls"]))
-    assert from_dict["num_samples"] == 64 and from_dict["accuracy"] == from_list["accuracy"]
-    with pytest.raises(ValueError, match=r"map every model input name"):
-        kd.export.measure(tflite, data=({"zimage": x["zimage"]}, y))
+    assert kd.export.measure(tflite, data=(meta_first, y["cls"]))["num_samples"] == 64
+    with pytest.raises(ValueError, match=r"Pass x as a list"):
+        kd.export.measure(tflite, data=(x, y))
+
+
+def test_a_tuple_of_one_array_per_input_is_the_inputs_of_a_model_with_several():
+    # tf.data.Dataset.from_tensor_slices((image, meta)).batch(n) for a two-input model yields
+    # (image, meta) tuples: read as (x=image, y=meta) it lost the second input ("Received: 1
+    # arrays"), and as calibration_data silently calibrated on the first only
+    a, b = X, 2 * X[:, :2]
+    batches = [(a[:3], b[:3]), (a[3:], b[3:])]
+    got = _data.input_arrays(iter(batches), "representative_data", names=["a", "b"])
+    np.testing.assert_array_equal(got[0], a)
+    np.testing.assert_array_equal(got[1], b)
+    # ((a, b), y) and (x, y) for one input are still (x, y)
+    got = _data.input_arrays(iter([((a, b), np.zeros(6))]), "x", names=["a", "b"])
+    np.testing.assert_array_equal(got[1], b)
+    (one,) = _data.input_arrays(iter([(a, np.zeros(6))]), "x", names=["a"])
+    np.testing.assert_array_equal(one, a)
+
+
+def test_callback_reads_dicts_and_batches_by_the_models_input_names():
+    import keras_dnas as kd
+
+    a, b = X, 2 * X[:, :2]
+    ia, ib = keras.Input((4,), name="a"), keras.Input((2,), name="b")
+    h = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([ia, ib]))
+    search = kd.prepare(keras.Model([ia, ib], keras.layers.Dense(2)(h)))
+    order = np.random.default_rng(0).permutation(6)  # calibration_sample's fixed-seed subset
+    for data in ({"b": b, "a": a}, iter([(a[:3], b[:3]), (a[3:], b[3:])]),
+                 iter([{"a": a[:4], "b": b[:4]}, {"a": a[4:], "b": b[4:]}]),
+                 iter([((a, b), np.zeros(6))])):
+        cb = kd.DNASCallback("stm32h743", budgets={"params": 60}, calibration_data=data,
+                             verbose=0)
+        cb.bind(search)
+        np.testing.assert_array_equal(cb.calibration_data[0], a[order])
+        np.testing.assert_array_equal(cb.calibration_data[1], b[order])
+    with pytest.raises(ValueError, match=r"input samples only.*pass x"):
+        kd.DNASCallback("stm32h743", calibration_data=(a, np.zeros(6)))
+
+
+def test_labelled_pair_reads_batches_of_x_and_y():
+    import tensorflow as tf
+
+    y = np.arange(6)
+    x, labels = _data.labelled_pair(tf.data.Dataset.from_tensor_slices((X, y)).batch(4))
+    np.testing.assert_array_equal(x, X)
+    np.testing.assert_array_equal(labels, y)
+    x, labels = _data.labelled_pair(iter([({"a": X[:2]}, y[:2]), ({"a": X[2:]}, y[2:])]))
+    np.testing.assert_array_equal(x["a"], X)
+    with pytest.raises(ValueError, match=r"must yield \(x, y\) pairs"):
+        _data.labelled_pair(iter([X]))
+    endless = tf.data.Dataset.from_tensor_slices((X, y)).batch(4).repeat()
+    with pytest.raises(ValueError, match=r"endless dataset.*take\(8\)"):
+        _data.labelled_pair(endless)
+
+
+def test_list_batches_as_a_pytorch_dataloader_collates_them():
+    # DataLoader(TensorDataset(x, y)) yields [x, y] lists, DataLoader(TensorDataset(x)) [x]:
+    # the first could not be read, the second was stacked into (batches, batch, ...) and
+    # crashed inside Keras at the BatchNormalization recalibration
+    y = np.zeros(6)
+    for batches in ([[X[:4], y[:4]], [X[4:], y[4:]]], [[X[:4]], [X[4:]]]):
+        (got,) = _data.input_arrays(iter(batches), "calibration_data", names=["x"])
+        np.testing.assert_array_equal(got, X)
+        (got,) = _data.calibration_sample(_data.read_batches(iter(batches), 100), 100,
+                                          names=["x"])
+        assert sorted(got[:, 0].tolist()) == sorted(X[:, 0].tolist())
+    x, labels = _data.labelled_pair(iter([[X[:4], y[:4]], [X[4:], y[4:]]]))
+    np.testing.assert_array_equal(x, X)

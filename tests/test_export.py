@@ -459,6 +459,12 @@ def test_missing_representative_data():
 def test_unknown_quantization():
     with pytest.raises(ValueError, match=r"Received: quantization='int4'"):
         kx.to_tflite(dense(), np.zeros((4, 12), "float32"), quantization="int4")
+    with pytest.raises(ValueError, match=r"TensorFlow Lite Micro runs int8.*'float16'"):
+        kx.to_tflite(dense(), np.zeros((4, 12), "float32"), quantization="float16")
+    # spelt as in TensorFlow's constants (tf.int8.name is 'int8', but users write "INT8")
+    x = np.random.default_rng(0).normal(size=(8, 12)).astype("float32")
+    model = dense()
+    assert kx.to_tflite(model, x, quantization="INT8") == kx.to_tflite(model, x)
 
 
 def test_op_without_tflm_kernel_is_named():
@@ -545,6 +551,56 @@ def test_layer_normalization_converts_to_int8_and_runs_on_tflite_micro():
     assert "NEG" not in kx.op_names(tflite)
     measured = kx.measure(tflite, data=(x, rng.integers(0, 3, 32)), keras_model=model)
     assert measured["agreement"] >= 0.9
+
+
+def test_elu_family_and_tanh_gelu_convert_to_int8_tflite_micro_runs():
+    # The converter left ELU in float (DEQUANTIZE, ELU, QUANTIZE), made ELU(alpha != 1) and
+    # SELU a SELECT and CELU an EXP (no int8 kernel on TFLite Micro), and the tanh GELU a GELU
+    # (no kernel): exported, each is the same function in RELU / SUB / MUL / TANH / DIV / ADD
+    # (GELU: MUL / ADD / LOGISTIC)
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = (2 * rng.normal(size=(32, 6, 6, 3))).astype("f")
+    inp = keras.Input((6, 6, 3))
+    h = L.Conv2D(4, 1, name="conv")(inp)
+    branches = [L.ELU(name="elu")(h), L.ELU(alpha=0.5, name="elu_half")(h),
+                L.Activation("selu", name="selu")(h), L.Activation("celu", name="celu")(h),
+                L.Conv2D(4, 1, activation="elu", name="conv_elu")(inp),
+                L.Lambda(lambda t: keras.ops.gelu(t, approximate=True), name="gelu_tanh")(h)]
+    model = keras.Model(inp, L.Concatenate()(branches))
+    ref = np.asarray(model.predict(x, verbose=0))
+    f32 = kx.to_tflite(model, quantization="float32")  # the rewrites compute Keras' function
+    np.testing.assert_allclose(kx.run_tflm(f32, x), ref, rtol=1e-5, atol=1e-5)
+    int8 = kx.to_tflite(model, x)
+    names = kx.op_names(int8)
+    assert not {"ELU", "SELECT", "SELECT_V2", "EXP", "GELU", "DEQUANTIZE"} & set(names)
+    assert "DIV" in names and "LOGISTIC" in names
+    assert names.count("CONV_2D") == 2  # a RELU fused into a conv read twice duplicated it
+    out = kx.run_tflm(int8, x, dequantize=True)
+    scale = _flatbuffer.read_tflite(int8).output_tensors[0].scales[0]
+    # every branch within a few output steps (measured: at most 3.9, 0.4-0.8 on average; the
+    # tanh GELU, all one-op kernels, 2.7 and 0.4), as int8 computes a conv and an activation
+    for k, layer in enumerate(branches):
+        err = np.abs(out[..., 4 * k:4 * k + 4] - ref[..., 4 * k:4 * k + 4]) / scale
+        assert err.max() <= 5 and err.mean() <= 1, (layer.name, err.max(), err.mean())
+    # what TFLite Micro runs is what the memory model prices (DIV's tail row)
+    assert arena.tflite_tail(int8, pointer_bytes=8) == kx.measure(int8)["host_arena_tail_bytes"]
+
+
+def test_activations_tflite_micro_has_no_int8_kernel_for_are_named():
+    # softplus converts to EXP, whose TFLite Micro kernel is float only: TFLite Micro refused
+    # the file at Prepare ("failed to allocate tensors"); the exact (erf) GELU has no kernel
+    inp = keras.Input((5,))
+    h = L.Dense(4, name="dense")(inp)
+    # "soft_1" is also the scope TensorFlow gives layer "soft" in the export's trace: the
+    # error named the next layer (as with Keras' default names conv2d, conv2d_1, ...)
+    model = keras.Model(inp, [L.Dense(2, name="soft_1")(L.Activation("softplus", name="soft")(h)),
+                              L.Activation("gelu", name="gelu_erf")(h)])
+    with pytest.raises(ValueError) as e:
+        kx.to_tflite(model, np.random.default_rng(0).normal(size=(16, 5)).astype("f"))
+    text = str(e.value)
+    assert re.search(r"EXP .*layer 'soft'.*float only", text), text
+    assert re.search(r"GELU .*layer 'gelu_erf'.*not supported.*approximate=True", text), text
 
 
 def test_time_distributed_converts_to_one_operator():

@@ -415,6 +415,42 @@ def test_flash_exact_when_frozen_has_the_rescaled_tensors(kind, alphas):
     assert float(memory.flash(as_tensors)) == len(tflite)
 
 
+def test_equal_biases_of_a_projection_shortcut_stay_equal_in_the_conversion_copy():
+    """Two biased convs into one Add (a projection shortcut, ResNetV2) get the same gradients
+    from Keras' zero biases, so a trained model has them equal; the converter stores equal
+    float constants once and names the int8 biases quantised from it `arith.constant`. The
+    conversion copy drew them apart and its file was longer by their names (ResNet50V2: the
+    search's seed flash 1,344 B above len(.tflite)). At full width and with channels closed
+    (the Add ties both convs' outputs, so the kept biases stay equal), flash is len(.tflite)."""
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    rng = np.random.default_rng(0)
+    x = keras.Input((8, 8, 4))
+    h = layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(x)
+    h = layers.Add()([layers.Conv2D(12, 1, name="proj")(h),
+                      layers.Conv2D(12, 3, padding="same", name="conv")(h)])
+    model = keras.Model(x, layers.Dense(3)(layers.GlobalAveragePooling2D()(layers.ReLU()(h))))
+    data = rng.normal(size=(32, 8, 8, 4)).astype("float32")
+    model.compile("adam", "mse")
+    model.fit(data, rng.normal(size=(32, 3)), epochs=1, batch_size=8, verbose=0)
+    bias = model.get_layer("proj").bias.numpy()
+    assert bias.any() and np.array_equal(bias, model.get_layer("conv").bias.numpy())
+    rep = data[:8]
+    search = kd.prepare(model)
+    memory = MemoryModel.from_model(search, pointer_bytes=4)
+    assert memory.flash([g.size for g in memory.plan.groups]) == len(
+        kd.export.to_tflite(model, representative_data=rep))
+    group = next(i for i, g in enumerate(memory.plan.groups) if g.size == 12)
+    for name in ("proj", "conv"):
+        if hasattr(search.get_layer(name), "dnas_alpha"):
+            search.get_layer(name).dnas_alpha.assign(np.where(np.arange(12) < 7, 1.0, 0.0)
+                                                     .astype("float32"))
+    counts = counts_lib.hard_counts(search, memory.plan)
+    assert counts[group] == 7
+    frozen = kd.freeze(search, budgets={}, fill=False, verbose=0)
+    assert memory.flash(counts) == len(kd.export.to_tflite(frozen, representative_data=rep))
+
+
 def test_tail_counts_the_shape_constants_of_the_frozen_widths():
     """Equal causal Conv1D widths share one RESHAPE shape constant at full width; at other
     widths the converter stores one per distinct value, one more tensor each, and TFLite Micro's

@@ -223,6 +223,22 @@ def test_lambda_is_kept_and_warned_about():
     np.testing.assert_allclose(search(xs), model(xs), atol=1e-6)
 
 
+def test_a_lambda_calling_a_module_function_survives_prepare_and_freeze():
+    # `lambda t: keras.activations.gelu(...)` rebuilt from its bytecode lost the module globals
+    # it reads (`keras`): Keras could not infer the Lambda's output shape and kd.prepare raised
+    # NotImplementedError from inside clone_model
+    x = keras.Input((6, 6, 2))
+    a = keras.layers.Conv2D(4, 3, name="a")(x)
+    b = keras.layers.Lambda(lambda t: keras.activations.gelu(t, approximate=True), name="g")(a)
+    y = keras.layers.Dense(2, name="fc")(keras.layers.Flatten()(keras.layers.Conv2D(3, 1)(b)))
+    model = keras.Model(x, y)
+    with pytest.warns(UserWarning, match=r"touches layer 'g'"):
+        search = kd.prepare(model)
+    xs = toys.sample(model)
+    np.testing.assert_allclose(search(xs), model(xs), atol=1e-6)
+    np.testing.assert_allclose(kd.freeze(search, budgets={}, verbose=0)(xs), model(xs), atol=1e-6)
+
+
 class _UnnamedScale(keras.layers.Layer):
     """A per-channel scale whose weight has no name (as ConvNeXt's LayerScale): Keras names
     it "variable_N" from a global counter, so the clone's weight has another name."""

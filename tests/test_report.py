@@ -216,3 +216,27 @@ def test_labels_of_a_model_with_several_outputs(tmp_path):
     with pytest.raises(ValueError, match="48 samples and 47 labels for output 'aux'"):
         kd.report.write_report(tmp_path / "r.html", seed=model, frozen=model, target=TARGET,
                                data=(x, {"cls": y["cls"], "aux": y["aux"][:47]}))
+
+
+@pytest.mark.parametrize("form", ["list", "dict"])
+def test_a_model_with_two_inputs(tmp_path, form):
+    # data=([image, vector], y) as fit takes it: the report made one array of the inputs
+    # (np.asarray of two shapes) and sliced samples off it as if there were one input
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    image, vector = keras.Input((8, 8, 1), name="image"), keras.Input((5,), name="vector")
+    h = L.GlobalAveragePooling2D()(L.Conv2D(6, 3, activation="relu", name="conv")(image))
+    h = L.Concatenate()([h, L.Dense(4, activation="relu", name="fc")(vector)])
+    model = keras.Model([image, vector], L.Dense(3, name="logits")(h))
+    xs = [rng.normal(size=(40, 8, 8, 1)).astype("float32"),
+          rng.normal(size=(40, 5)).astype("float32")]
+    y = rng.integers(0, 3, 40)
+    x = xs if form == "list" else {"image": xs[0], "vector": xs[1]}
+    report = kd.report.write_report(tmp_path / "r.html", seed=model, frozen=model,
+                                    target=TARGET, data=(x, y))
+    tflite = kd.export.to_tflite(model, representative_data=xs)
+    measured = kd.export.measure(tflite, target=TARGET, data=(xs, y), keras_model=model)
+    assert report["accuracy"]["num_samples"] == 40
+    assert report["accuracy"]["frozen"]["int8_accuracy"] == measured.accuracy
+    assert report["accuracy"]["frozen"]["float_accuracy"] == measured.float_accuracy
+    assert report["accuracy"]["frozen"]["flash_bytes"] == len(tflite)

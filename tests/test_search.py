@@ -79,6 +79,57 @@ def test_budget_hinge_and_validation():
     assert kd.search.objectives.objective_from_dict(b.to_dict()) == b
 
 
+def test_budget_limits_as_users_write_them():
+    """numpy numbers are budgets; strings, bools and fractions of a byte are refused, saying how."""
+    budgets = kd.DNASCallback("stm32h743", budgets={
+        "flash_bytes": np.int64(48_000), "ram_bytes": np.float32(2e4),
+        "latency_ms": np.array(0.5)}).budgets
+    assert [(b.metric, b.limit) for b in budgets] == [
+        ("flash_bytes", 48_000), ("ram_bytes", 20_000.0), ("latency_ms", 0.5)]
+    assert all(type(b.limit) in (int, float) for b in budgets)  # JSON-ready when saved
+    with pytest.raises(ValueError, match=r"'flash_bytes' must be a number in bytes \(e\.g\. "
+                                         r"65_536 for 64 KiB\), not str.*'64KB'"):
+        Budget("flash_bytes", "64KB")
+    with pytest.raises(ValueError, match="not bool"):
+        Budget("flash_bytes", True)
+    with pytest.raises(ValueError, match=r"positive finite limit \(in bytes\).*=-5"):
+        Budget("ram_bytes", -5)
+    with pytest.raises(ValueError, match=r"0\.5 reads like a fraction of the seed.*"
+                                         r"int\(0\.5 \* kd\.summary\(seed\)\['ram_bytes'\]\)"):
+        Budget("ram_bytes", 0.5)
+    assert Budget("latency_ms", 0.5).limit == 0.5  # half a millisecond is a budget
+    assert Minimize("energy_uj", np.float32(0.5)).strength == 0.5
+    # a list of Budgets, a single Minimize; a dict key that contradicts its Budget is refused
+    cb = kd.DNASCallback("stm32h743", budgets=[Budget("flash_bytes", 4e4)],
+                         objectives=Minimize("energy_uj"))
+    assert [type(o).__name__ for o in cb.objectives] == ["Budget", "Minimize"]
+    with pytest.raises(ValueError, match=r"budgets\['flash_bytes'\] is a Budget of 'ram_bytes'"):
+        kd.DNASCallback("stm32h743", budgets={"flash_bytes": Budget("ram_bytes", 5_000)})
+    with pytest.raises(ValueError, match=r"budgets= takes a dict \{metric: limit\}"):
+        kd.DNASCallback("stm32h743", budgets=[("flash_bytes", 4e4)])
+    with pytest.raises(ValueError, match=r"hard limits go in budgets="):
+        kd.DNASCallback("stm32h743", objectives=[Budget("flash_bytes", 4e4)])
+
+
+def test_energy_on_a_target_without_energy_per_cycle_is_refused_before_training():
+    """A user board defaults to energy_nj_per_cycle=0: an energy budget would hold and
+    Minimize('energy_uj') would vanish at every width, silently."""
+    seed = keras.Sequential([keras.Input((16,)), L.Dense(32, activation="relu"), L.Dense(2)])
+    search = kd.prepare(seed)
+    board = kd.targets.HardwareTarget(name="user_board", clock_mhz=64, flash_bytes=1 << 20,
+                                      ram_bytes=1 << 18)
+    for kwargs in ({"budgets": {"energy_uj": 5.0}},
+                   {"budgets": {"params": 300}, "objectives": [Minimize("energy_uj")]}):
+        with pytest.raises(ValueError, match=r"'energy_uj' is 0 for this model on 'user_board' "
+                                             r"at every width because its energy_nj_per_cycle "
+                                             r"is 0.*energy_nj_per_cycle=0\.3"):
+            kd.DNASCallback(board, verbose=0, **kwargs).bind(search)
+    cb = kd.DNASCallback(board.replace(energy_nj_per_cycle=0.3), budgets={"energy_uj": 5.0},
+                         verbose=0)
+    cb.bind(search)
+    assert cb.seed_costs["energy_uj"] > 0
+
+
 def test_strength_schedule_matches_method():
     # lambda_i = L_task / (C_seed / T - 1) for the normalised hinge
     assert base_strength(1.2, seed_cost=300.0, limit=100.0) == pytest.approx(0.6)

@@ -85,6 +85,7 @@ def test_builtin_files_are_exactly_the_registry_builtins():
     ("flash_bytes", -1),
     ("ram_bytes", 1.5),
     ("pointer_bytes", 3),
+    ("pointer_bytes", 2),  # accepted here once, then refused by every arena model
     ("channel_multiple", 0),
     ("latency_model", "tflm_magic"),
     ("cycles", {"conv": 1.0}),
@@ -144,6 +145,19 @@ def test_get_typo_lists_known_names():
         assert f"'{name}'" in message
     with pytest.raises(ValueError, match="Received: name=3 of type int"):
         targets.get(3)
+    # a board that is not built in: the message says how to describe it
+    with pytest.raises(ValueError, match=r"For a board not listed, pass "
+                                         r"kd\.targets\.HardwareTarget\(\.\.\.\)"):
+        targets.get("esp32s3")
+    with pytest.raises(ValueError, match=r"HardwareTarget\.from_dict\(d\)"):
+        targets.get({"name": "esp32s3", "clock_mhz": 240, "flash_bytes": 1, "ram_bytes": 1})
+
+
+def test_numpy_numbers_are_target_fields():
+    t = HardwareTarget(name="np_board", clock_mhz=np.float32(64), flash_bytes=np.int64(1 << 20),
+                       ram_bytes=np.int32(1 << 18), channel_multiple=np.int64(4))
+    assert (t.flash_bytes, t.ram_bytes, t.channel_multiple) == (1 << 20, 1 << 18, 4)
+    assert type(t.flash_bytes) is int and HardwareTarget.from_json(t.to_json()) == t
 
 
 @pytest.fixture

@@ -345,6 +345,9 @@ TAIL_OPS = {
     "RSQRT": (28, 28, 0, 1, False),
     # OpData {bool; ArithmeticParams (int64 members: 8-byte aligned)}; no options
     "SQUARED_DIFFERENCE": (112, 112, 0, 1, False),
+    # OpDataDiv: seven int32 (zero points, activation range, multiplier, shift); options:
+    # the fused activation (the export's ELU / SELU / CELU rewrite has one DIV each)
+    "DIV": (28, 28, 4, 4, False),
     # no OpData; options {axis, batch_dims}; Prepare copies the output dims (_gather_prepare)
     "GATHER": (0, 0, 8, 4, False),
     # a U-Net's up-sampling. OpData {ConvParams, buffer indices, the two per-channel pointers,

@@ -35,12 +35,14 @@ _INPUT_NAME = "input_{:03d}"  # signature names; natural order = model order
 
 
 def _mode(quantization):
-    if not isinstance(quantization, str) or quantization not in _MODES:
+    key = quantization.strip().lower() if isinstance(quantization, str) else quantization
+    if key not in _MODES:
         raise ValueError(
-            f"Unknown quantization. Expected one of {sorted(_MODES)}. "
+            f"Unknown quantization. Expected one of {sorted(_MODES)} (TensorFlow Lite Micro "
+            "runs int8 models; float32 for a reference). "
             f"Received: quantization={quantization!r}"
         )
-    return _MODES[quantization]
+    return _MODES[key]
 
 
 def _model_inputs(model):
@@ -598,6 +600,7 @@ def _to_tflite_decoded(model, representative_data, quantization, allow_float_ops
     from keras_dnas import _flatbuffer
 
     mode = _mode(quantization)
+    quantization = quantization.strip().lower()  # "INT8" is "int8"
     from keras_dnas.export import offline as _offline  # imports the cost models: on first use
 
     _offline.check_arena_plan(arena_plan)

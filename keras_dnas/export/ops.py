@@ -31,6 +31,19 @@ TFLM_BUILTIN_OPS = frozenset(
     }
 )  # fmt: skip
 
+# Operators TensorFlow Lite Micro runs in float only (its kernels refuse an int8 input at
+# Prepare: "input->type != kTfLiteFloat32"): in an int8 model they stop the interpreter.
+# EXP is what softplus, mish, CELU and exponential activations convert to.
+TFLM_FLOAT_ONLY_OPS = frozenset({"EXP", "LOG", "SIN", "COS", "SQRT", "SQUARE"})
+
+# What to use instead, for the operators activations users pick convert to.
+_FIXES = {
+    "GELU": "the exact (erf) GELU has no TFLite Micro kernel; its tanh approximation "
+            "(`keras.activations.gelu(x, approximate=True)`) exports to int8 operators",
+    "EXP": "softplus, mish and exponential activations compute exp; ELU, SELU, CELU, "
+           "swish / silu, hard_swish, tanh and sigmoid export to int8 operators",
+}
+
 # Operators that may legitimately produce a float tensor inside an int8 model: none. A float
 # tensor between int8 input and int8 output means some layer has no int8 kernel.
 _FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64")
@@ -58,20 +71,29 @@ def op_names(tflite_bytes):
 
 
 def _layer_hint(tensor_name, layer_names):
-    """Best guess of the Keras layer behind a TF graph tensor name like `model/conv_1/Relu`."""
+    """Best guess of the Keras layer behind a TF graph tensor name like `model/conv_1/Relu`.
+
+    The export traces the model's call again in one graph, and TensorFlow makes every scope of
+    that trace unique with a suffix: layer `conv2d` is scope `conv2d_1`, layer `conv2d_1` is
+    `conv2d_1_2`, the model `functional` is `functional_1`. Where the first scope (the model's)
+    carries such a suffix, a scope is matched without its suffix first, so a model with Keras'
+    default names (`conv2d`, `conv2d_1`, ...) gets the right layer named, not the next one.
+    """
     if not layer_names:
         return None
+    parts = [p for p in re.split(r"[/;@:]", tensor_name) if p]
+    suffixed = bool(parts) and parts[0] not in layer_names and re.search(r"_\d+$", parts[0])
     best = None
-    for part in re.split(r"[/;@:]", tensor_name):
-        candidate = part
-        for _ in range(3):
-            if candidate in layer_names:
-                best = candidate
+    for part in parts:
+        candidates = [part]
+        for _ in range(2):
+            stripped = re.sub(r"_\d+$", "", candidates[-1])
+            if stripped == candidates[-1]:
                 break
-            stripped = re.sub(r"_\d+$", "", candidate)
-            if stripped == candidate:
-                break
-            candidate = stripped
+            candidates.append(stripped)
+        if suffixed and len(candidates) > 1:
+            candidates = candidates[1:] + candidates[:1]
+        best = next((c for c in candidates if c in layer_names), best)
     return best
 
 
@@ -144,6 +166,7 @@ def tflm_problems(
         if op.name not in TFLM_BUILTIN_OPS:
             problems.append(
                 f"operator {describe(op)} is not supported by TensorFlow Lite Micro"
+                + (f" ({_FIXES[op.name]})" if op.name in _FIXES else "")
             )
     if quantization == "int8":
         # An integer input (token ids into an Embedding's GATHER) stays what the model takes:
@@ -157,6 +180,14 @@ def tflm_problems(
                 problems.append(f"model output {t.name!r} is {t.dtype}, not INT8")
         for op in () if allow_float_ops else info.operators:
             if op.name == "DEQUANTIZE":
+                continue
+            if op.name in TFLM_FLOAT_ONLY_OPS and any(
+                    0 <= t < len(info.tensors) and info.tensors[t].dtype == "INT8"
+                    for t in op.inputs):
+                problems.append(
+                    f"operator {describe(op)} has no int8 kernel in TensorFlow Lite Micro (its "
+                    "kernel is float only" + (f"; {_FIXES[op.name]})" if op.name in _FIXES else ")")
+                )
                 continue
             float_out = [
                 t for t in op.outputs

@@ -38,19 +38,15 @@ def dequantize(q, tensor):
     )
 
 
-#: The input tensors `to_tflite` writes (``input_000``, ... in the Keras model's input order).
-_TO_TFLITE_INPUT = re.compile(r"(serving_default_)?input_\d{3}(:0)?")
-
-
 def _prepare_inputs(info, x):
     """User inputs (array, list of arrays or dict by name) -> arrays in user order, typed."""
     names = [t.name for t in info.input_tensors]
-    if isinstance(x, dict) and not set(names) <= set(x) and len(x) == len(names) and all(
-            _TO_TFLITE_INPUT.fullmatch(n) for n in names):
-        # a dict-input Keras model's x: `to_tflite` numbered its inputs in the order Keras
-        # flattens that dict (sorted keys), the keys themselves are not in the file
-        x = dict(zip(names, (x[k] for k in sorted(x))))
-    arrays = input_arrays(x, "x", names=names,
+    if isinstance(x, dict) and set(x) != set(names):
+        # the converter names a file's inputs input_000, ...: a Keras model's names are gone
+        raise ValueError(f"The .tflite file's inputs are {names}, in the Keras model's input "
+                         "order; its Keras input names are not in the file. Pass x as a list "
+                         f"of arrays in that order. Received: a dict with keys {sorted(x)}")
+    arrays = input_arrays(x, "x", names=[t.name for t in info.input_tensors],
                           shapes=[tuple(t.shape[1:]) for t in info.input_tensors], dtype=None,
                           allow_empty=True)
     prepared, count = [], len(arrays[0])

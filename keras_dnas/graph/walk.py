@@ -126,12 +126,21 @@ def clone_layer(layer, cls=None, config_update=None, config=None):
         with _keras.unsafe_deserialization():
             if isinstance(layer, keras.Model):
                 return keras.models.clone_model(layer)
-            return cls.from_config(config)
+            copy = cls.from_config(config)
     except Exception as e:  # noqa: BLE001 - re-raised with the layer's name
         raise ValueError(
             f"Layer '{layer.name}' ({type(layer).__name__}) cannot be rebuilt from its "
             f"get_config(): {e}. Give the layer a complete get_config()."
         ) from e
+    if isinstance(layer, keras.layers.Lambda) and isinstance(copy, keras.layers.Lambda):
+        # The user's function objects themselves: a Python lambda rebuilt from its bytecode
+        # lost the module globals it reads (`lambda t: keras.activations.gelu(t)`: no
+        # `keras`), and Keras, failing to infer the Lambda's output shape, raised
+        # NotImplementedError while kd.prepare or kd.freeze rebuilt the model.
+        for attribute in ("function", "_output_shape", "mask"):
+            if callable(getattr(layer, attribute, None)):
+                setattr(copy, attribute, getattr(layer, attribute))
+    return copy
 
 
 # ---------------------------------------------------------------------------------------------

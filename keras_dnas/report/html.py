@@ -23,7 +23,7 @@ import numpy as np
 import keras
 
 from keras_dnas import targets as targets_lib
-from keras_dnas._data import labelled_pair
+from keras_dnas._data import input_arrays, labelled_pair
 from keras_dnas._flatbuffer import read_tflite
 from keras_dnas.report.summary import summary as summary_fn
 from keras_dnas.report.summary import target_of
@@ -150,7 +150,8 @@ def write_report(path, *, seed, frozen, target=None, callback=None, budgets=None
     budget_list = _resolve_budgets(budgets, callback, certificate)
     if data is not None:
         x, y = labelled_pair(data, several_outputs=len(frozen.outputs) > 1)
-        data = (np.asarray(x), y)
+        # one array per model input (a list or a dict by input name, as fit takes them)
+        data = (input_arrays(x, "data[0]", names=[t.name for t in frozen.inputs], dtype=None), y)
     if title is not None and not isinstance(title, str):
         raise ValueError(f"title must be a string or None. Received: title={title!r}")
     classes = _matplotlib()  # fail before the slow part
@@ -304,11 +305,14 @@ def _budget_rows(budgets, s_seed, s_frozen, certificate, accuracy):
 def _measure_accuracy(seed, frozen, target, data):
     from keras_dnas import export
 
-    x, y = data
-    out = {"num_samples": int(len(x)), "representative_samples":
-           int(min(len(x), _REPRESENTATIVE_SAMPLES))}
+    arrays, y = data  # one array per input
+    n = len(arrays[0])
+    x = arrays[0] if len(arrays) == 1 else arrays
+    out = {"num_samples": n, "representative_samples": min(n, _REPRESENTATIVE_SAMPLES)}
+    representative = [a[:_REPRESENTATIVE_SAMPLES] for a in arrays]
     for key, model in (("seed", seed), ("frozen", frozen)):
-        tflite = export.to_tflite(model, representative_data=x[:_REPRESENTATIVE_SAMPLES])
+        tflite = export.to_tflite(model, representative_data=representative[0]
+                                  if len(arrays) == 1 else representative)
         m = export.measure(tflite, target=target, data=(x, y), keras_model=model)
         out["task"] = m["task"]
         names = read_tflite(tflite).output_names

@@ -10,7 +10,8 @@ import keras
 from keras import ops
 
 from keras_dnas import _keras, masks, targets
-from keras_dnas._data import CALIBRATION_SAMPLES, by_input, calibration_sample
+from keras_dnas._data import (CALIBRATION_SAMPLES, calibration_sample, check_calibration_data,
+                              needs_input_names, read_batches)
 from keras_dnas.costs import model as cost_model
 from keras_dnas.graph import counts as counts_lib
 from keras_dnas.graph import bind
@@ -19,12 +20,15 @@ from keras_dnas.search.objectives import (METRICS, Budget, Minimize, base_streng
 
 
 def _as_objectives(budgets, objectives):
-    out = budget_list(budgets or {})
+    out = budget_list(budgets if budgets is not None else {})
+    if isinstance(objectives, (str, Minimize)):
+        objectives = [objectives]
     for obj in objectives or ():
         if isinstance(obj, str):
             obj = Minimize(obj)
         if not isinstance(obj, Minimize):
-            raise ValueError(f"objectives= takes Minimize objects or metric names. "
+            hint = " (hard limits go in budgets=)" if isinstance(obj, Budget) else ""
+            raise ValueError(f"objectives= takes Minimize objects or metric names{hint}. "
                              f"Received: {obj!r}")
         out.append(obj)
     return out
@@ -108,9 +112,12 @@ class DNASCallback(keras.callbacks.Callback):
     sets the strengths. ``kd.freeze`` compiles the frozen model the same way.
 
     Args:
-        target: a :class:`~keras_dnas.targets.HardwareTarget` or a built-in
-            name (``"stm32h743"``, ``"nrf52840"``, ...).
-        budgets: ``{metric: limit}`` with metrics from
+        target: a :class:`~keras_dnas.targets.HardwareTarget` (any board: name, clock,
+            flash and RAM; ``energy_nj_per_cycle`` for energy) or a registered name
+            (``"stm32h743"``, ``"nrf52840"``, ...).
+        budgets: ``{metric: limit}`` (or a list of :class:`Budget`), limits absolute
+            numbers in the metric's unit (numpy numbers too; a fraction of the seed's cost
+            is ``0.6 * kd.summary(seed)["flash_bytes"]``), with metrics from
             :data:`keras_dnas.search.METRICS` (``flash_bytes``, ``ram_bytes``,
             ``latency_ms``, ``latency_cycles``, ``energy_uj``, ``params``,
             ``macs``). Default: the target's flash and RAM.
@@ -155,8 +162,11 @@ class DNASCallback(keras.callbacks.Callback):
             features mean larger logits and lower cross-entropy. Budget
             penalties are not centred.
         memory: a flash/RAM model (built from the model if omitted).
-        calibration_data: training inputs (no labels; an array, or a list of
-            arrays or a dict by input name for several inputs: ``fit``'s ``x``). Up to ``CALIBRATION_SAMPLES`` of them,
+        calibration_data: training inputs: an array, a list or a dict by input
+            name for several inputs, or batches (``tf.data``, a generator, a PyTorch
+            ``DataLoader``) of them or of ``(x, y)``, whose labels are dropped; dicts and
+            batches are read by the model's inputs when ``fit`` starts, and
+            ``(x, y)`` as the argument itself is refused. Up to ``CALIBRATION_SAMPLES`` of them,
             drawn with a fixed seed, set BatchNormalization statistics
             before each validation and in :func:`keras_dnas.freeze`. Without
             it, validation uses the lagging moving averages.
@@ -209,6 +219,13 @@ class DNASCallback(keras.callbacks.Callback):
         self._budgets_arg = budgets
         self._objectives_arg = objectives
         self.objectives = _as_objectives(budgets, objectives)
+        # which part of a batch or dict is which input is known once the model is: an array or
+        # a list of arrays is read now, batches (read once here: a generator) and dicts at bind
+        check_calibration_data(calibration_data)
+        calibration_data = read_batches(calibration_data, self.CALIBRATION_SAMPLES)
+        self._calibration_pending = None
+        if needs_input_names(calibration_data):
+            self._calibration_pending, calibration_data = calibration_data, None
         self.calibration_data = calibration_sample(calibration_data, self.CALIBRATION_SAMPLES)
         if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an int >= 0. Received: "
@@ -276,11 +293,10 @@ class DNASCallback(keras.callbacks.Callback):
                 minimum reachable value).
         """
         plan = model.rebind() if hasattr(model, "rebind") else bind(model)
-        from keras_dnas.graph import walk
-
-        # a dict by input name (a dict-input model's x): one array per input, in the model's order
-        self.calibration_data = by_input(self.calibration_data,
-                                         _keras.input_keys(walk.functional_of(model)))
+        if self._calibration_pending is not None:
+            self.calibration_data = calibration_sample(
+                self._calibration_pending, self.CALIBRATION_SAMPLES,
+                names=[t.name for t in model.inputs])
         if not plan.searchable_groups():
             raise ValueError(
                 f"Model '{model.name}' has no searchable channels. Use kd.prepare(model) or build "
@@ -310,6 +326,7 @@ class DNASCallback(keras.callbacks.Callback):
             if o.metric not in available:
                 raise ValueError(f"Metric '{o.metric}' is not available. Available: {available}")
         self.metrics = list(dict.fromkeys(o.metric for o in self.objectives))
+        self._check_not_vacuous()
         minimum = self.cost_model.evaluate(self.cost_model.min_counts(), self.metrics)
         for b in self.budgets:
             if not b.holds(minimum[b.metric]):
@@ -376,6 +393,21 @@ class DNASCallback(keras.callbacks.Callback):
             "memory": memory, "calibration_data": self.calibration_data,
             "arena_plan": self.arena_plan})
         return plan
+
+    def _check_not_vacuous(self):
+        """A metric that is 0 at every width (energy on a target without energy per cycle)
+        would make its budget hold and its Minimize term vanish without a word."""
+        full = self.cost_model.evaluate(self.cost_model.full_counts(), self.metrics)
+        for metric in self.metrics:
+            if float(full[metric]) > 0:
+                continue
+            why = (f" because its energy_nj_per_cycle is {self.target.energy_nj_per_cycle:g}; "
+                   "give the board's energy per cycle, e.g. kd.targets.HardwareTarget(..., "
+                   "energy_nj_per_cycle=0.3)" if metric == "energy_uj" else "")
+            raise ValueError(
+                f"Metric '{metric}' is 0 for this model on '{self.target.name}' at every width"
+                f"{why}, so its budget or objective cannot steer the search. Received: "
+                f"{[o for o in self.objectives if o.metric == metric][0]!r}")
 
     def _distilling(self):
         """Whether warm-up epochs distill into some Choice block's alternatives."""

@@ -3,6 +3,7 @@
 import dataclasses
 import difflib
 import math
+import numbers
 
 from keras import ops
 
@@ -47,10 +48,7 @@ class Budget:
 
     def __post_init__(self):
         _check_metric(self)
-        if not isinstance(self.limit, (int, float)) or not math.isfinite(self.limit) \
-                or self.limit <= 0:
-            raise ValueError(f"A budget needs a positive finite limit. Received: "
-                             f"{self.metric}={self.limit!r}")
+        object.__setattr__(self, "limit", _limit(self.metric, self.limit))
 
     def penalty(self, value):
         """Normalised hinge ``max(0, value / limit - 1)`` (keras.ops)."""
@@ -88,23 +86,84 @@ class Minimize:
 
     def __post_init__(self):
         _check_metric(self)
-        if not isinstance(self.strength, (int, float)) or not math.isfinite(self.strength) \
-                or self.strength < 0:
+        strength = _plain_number(self.strength)
+        if strength is None or not math.isfinite(strength) or strength < 0:
             raise ValueError(f"Minimize needs a finite strength >= 0. Received: "
                              f"strength={self.strength!r}")
+        object.__setattr__(self, "strength", strength)
 
     def to_dict(self):
         return {"type": "Minimize", **dataclasses.asdict(self)}
 
 
+#: Metrics that count whole units: a limit below one of them cannot be met by any model.
+_WHOLE_UNITS = ("flash_bytes", "ram_bytes", "params", "macs", "latency_cycles")
+
+
+def _plain_number(value):
+    """``value`` as a Python int / float (numpy scalars and 0-d arrays too), else ``None``.
+
+    Budgets are often computed with numpy (``0.6 * summary["flash_bytes"]`` of an array,
+    ``np.int64``); bools and strings are not numbers here.
+    """
+    if hasattr(value, "shape") and tuple(value.shape) == () and hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def _limit(metric, value):
+    """The limit of a budget as a plain positive number, or a ValueError saying how to write it."""
+    unit = METRICS[metric]
+    limit = _plain_number(value)
+    if limit is None:
+        example = {"bytes": "65_536 for 64 KiB", "ms": "8.0", "uJ": "50.0"}.get(unit, "10_000")
+        raise ValueError(
+            f"Budget '{metric}' must be a number in {unit} (e.g. {example}), not "
+            f"{type(value).__name__}. Received: {metric}={value!r}")
+    if not math.isfinite(limit) or limit <= 0:
+        raise ValueError(f"A budget needs a positive finite limit (in {unit}). Received: "
+                         f"{metric}={value!r}")
+    if metric in _WHOLE_UNITS and limit < 1:
+        raise ValueError(
+            f"Budget '{metric}' is an absolute number of {unit}, and no model has less than "
+            f"one: {limit!r} reads like a fraction of the seed. For a fraction, multiply the "
+            f"seed's cost, e.g. {metric}=int({limit!r} * kd.summary(seed)['{metric}']). "
+            f"Received: {metric}={value!r}")
+    return limit
+
+
 def budget_list(budgets):
-    """``{metric: limit}`` (a limit may already be a :class:`Budget`) as a list of budgets.
+    """Budgets as a list: ``{metric: limit}`` (a limit may be a :class:`Budget`), or Budgets.
 
     >>> from keras_dnas.search.objectives import budget_list
     >>> budget_list({"flash_bytes": 48_000, "ram_bytes": Budget("ram_bytes", 20_000)})
     [Budget(metric='flash_bytes', limit=48000), Budget(metric='ram_bytes', limit=20000)]
+    >>> budget_list([Budget("latency_ms", 8.0)])
+    [Budget(metric='latency_ms', limit=8.0)]
     """
-    return [b if isinstance(b, Budget) else Budget(m, b) for m, b in budgets.items()]
+    if isinstance(budgets, Budget):
+        return [budgets]
+    if isinstance(budgets, (list, tuple)) and all(isinstance(b, Budget) for b in budgets):
+        return list(budgets)
+    if not isinstance(budgets, dict):
+        raise ValueError(
+            "budgets= takes a dict {metric: limit}, e.g. {'flash_bytes': 48_000, "
+            "'ram_bytes': 24_000}, or a list of kd.Budget. Received: "
+            f"budgets={budgets!r}")
+    out = []
+    for metric, limit in budgets.items():
+        if isinstance(limit, Budget):
+            if canonical(metric) != limit.metric:
+                raise ValueError(
+                    f"budgets[{metric!r}] is a Budget of '{limit.metric}'. Use the same "
+                    f"metric as key, or pass a list of kd.Budget. Received: "
+                    f"{metric!r}: {limit!r}")
+            out.append(limit)
+        else:
+            out.append(Budget(metric, limit))
+    return out
 
 
 def objective_from_dict(d):

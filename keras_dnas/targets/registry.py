@@ -95,13 +95,15 @@ def get(name):
     >>> targets.get("stm32h7")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: Unknown hardware target. Did you mean 'stm32h743'? Known targets: ['gap8', ...]. Received: name='stm32h7'
+    ValueError: Unknown hardware target. Did you mean 'stm32h743'? Known targets: ['gap8', ...]. For a board not listed, pass kd.targets.HardwareTarget(...) or register one (kd.targets.register). Received: name='stm32h7'
     """
     if isinstance(name, HardwareTarget):
         return name
     if not isinstance(name, str):
+        hint = (" For a dict of target fields, pass kd.targets.HardwareTarget.from_dict(d)."
+                if isinstance(name, dict) else "")
         raise ValueError(
-            "Expected a target name (str) or a HardwareTarget. "
+            f"Expected a target name (str) or a HardwareTarget.{hint} "
             f"Received: name={name!r} of type {type(name).__name__}"
         )
     _load_builtins()
@@ -111,7 +113,9 @@ def get(name):
     close = difflib.get_close_matches(key, list(_REGISTRY), n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     raise ValueError(
-        f"Unknown hardware target.{hint} Known targets: {sorted(_REGISTRY)}. Received: name={name!r}"
+        f"Unknown hardware target.{hint} Known targets: {sorted(_REGISTRY)}. For a board not "
+        "listed, pass kd.targets.HardwareTarget(...) or register one (kd.targets.register). Received: "
+        f"name={name!r}"
     )
 
 

@@ -10,6 +10,7 @@ or derive one from measurements with :func:`keras_dnas.targets.calibrate`.
 import dataclasses
 import json
 import math
+import numbers
 import types
 
 #: Per-op cycle coefficients of the ``"cmsis_nn"`` latency model (keys of
@@ -30,7 +31,8 @@ COEFFICIENTS = {
 #: :mod:`keras_dnas.costs.latency`).
 LATENCY_MODELS = ("cmsis_nn", "gap8_paper")
 
-_POINTER_BYTES = (2, 4, 8)
+# the arena's persistent tail is modelled (costs/arena.py) for 32- and 64-bit pointers only
+_POINTER_BYTES = (4, 8)
 
 
 def _field_names():
@@ -42,7 +44,7 @@ def _source_keys():
 
 
 def _finite_number(value, field, minimum=None, strict=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars too
         raise ValueError(
             f"HardwareTarget field '{field}' must be a number. Received: {field}={value!r}"
         )
@@ -57,11 +59,11 @@ def _finite_number(value, field, minimum=None, strict=False):
 
 
 def _positive_int(value, field):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(
             f"HardwareTarget field '{field}' must be a positive integer. Received: {field}={value!r}"
         )
-    return value
+    return int(value)  # a numpy integer would not serialise to JSON
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -149,14 +151,15 @@ class HardwareTarget:
                 )
         set_ = object.__setattr__
         set_(self, "clock_mhz", _finite_number(self.clock_mhz, "clock_mhz", 0, strict=True))
-        _positive_int(self.flash_bytes, "flash_bytes")
-        _positive_int(self.ram_bytes, "ram_bytes")
+        set_(self, "flash_bytes", _positive_int(self.flash_bytes, "flash_bytes"))
+        set_(self, "ram_bytes", _positive_int(self.ram_bytes, "ram_bytes"))
         if self.pointer_bytes not in _POINTER_BYTES or isinstance(self.pointer_bytes, bool):
             raise ValueError(
-                f"HardwareTarget field 'pointer_bytes' must be one of {list(_POINTER_BYTES)}. "
-                f"Received: pointer_bytes={self.pointer_bytes!r}"
+                f"HardwareTarget field 'pointer_bytes' must be one of {list(_POINTER_BYTES)} "
+                "(TFLite Micro's persistent arena structs are modelled for 32- and 64-bit "
+                f"pointers). Received: pointer_bytes={self.pointer_bytes!r}"
             )
-        _positive_int(self.channel_multiple, "channel_multiple")
+        set_(self, "channel_multiple", _positive_int(self.channel_multiple, "channel_multiple"))
         if self.latency_model not in LATENCY_MODELS:
             raise ValueError(
                 f"HardwareTarget field 'latency_model' must be one of {list(LATENCY_MODELS)}. "
