@@ -254,6 +254,25 @@ def test_a_training_wrapper_with_its_own_train_step_is_searched_through():
     slim = kd.freeze(search, verbose=0)
     assert slim.dnas_certificate["budgets"][0]["holds"]
 
+    class OwnLoss(Trainer):  # a loss without `self.losses`: the penalty never reaches it
+        def train_step(self, data):
+            inputs, labels = data
+            with tf.GradientTape() as tape:
+                loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+                    labels, self(inputs, training=True), from_logits=True))
+            grads = tape.gradient(loss, self.trainable_variables)
+            self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+            return {"loss": loss}
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        trainer = OwnLoss(kd.prepare(_seed()))
+        trainer.compile("adam")
+        with pytest.warns(UserWarning, match="penalty never reached the loss"):
+            trainer.fit(x, y, epochs=1, verbose=0,
+                        callbacks=[kd.DNASCallback("stm32h743", budgets={"params": 200})])
+
     class Pair(keras.Model):
         def __init__(self, a, b):
             super().__init__()

@@ -714,6 +714,8 @@ class DNASCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         values = self._close_epoch(epoch, logs)  # (at the last step when steps are known)
+        if self._counts() != self._epoch_counts:  # a callback before this one set masks
+            values = self.costs()
         penalty = self._train_penalty if self._train_penalty is not None else self._mean_penalty()
         if "loss" in logs:
             logs["dnas/task_loss"] = float(logs["loss"]) - penalty
@@ -733,7 +735,7 @@ class DNASCallback(keras.callbacks.Callback):
             self._keep_if_best(logs, epoch)
         elif searching and self._best is None:
             self._keep_if_least_violating(logs, epoch, values)
-        counts = tuple(counts_lib.hard_counts(self._bound_model, self.cost_model.plan))
+        counts = self._counts()
         stable = counts == self._last_counts
         self._last_counts = counts
         self._feasible_streak = self._feasible_streak + 1 if (feasible and stable and ramp_done) \
@@ -750,6 +752,14 @@ class DNASCallback(keras.callbacks.Callback):
             return self._epoch_values
         self._closed_epoch = epoch
         self._fold_masks()  # the masks' variables hold the masks again
+        if not float(keras.ops.convert_to_numpy(self._penalty_steps)) and not getattr(
+                self, "_warned_no_penalty", False):
+            self._warned_no_penalty = True
+            warnings.warn(
+                f"DNASCallback: the budget penalty never reached the loss of model "
+                f"'{self.model.name}' this epoch, so the budgets do not steer the search. A "
+                "custom `train_step` must add the model's regularization losses (`model.losses`) "
+                "to its loss, as `self.compute_loss(x, y, y_pred)` does.", stacklevel=2)
         if epoch == self.warmup_epochs - 1 and logs and "loss" in logs \
                 and not self._distilling():
             # (a distilling warm-up's loss holds the imitation losses: the first search
@@ -763,8 +773,11 @@ class DNASCallback(keras.callbacks.Callback):
                 if isinstance(obj, Budget) and not obj.holds(values[obj.metric]):
                     self._boost[i] *= self.BOOST
         self._save_progress(epoch)
-        self._epoch_values = values
+        self._epoch_values, self._epoch_counts = values, self._counts()
         return values
+
+    def _counts(self):
+        return tuple(counts_lib.hard_counts(self._bound_model, self.cost_model.plan))
 
     def _score(self, logs):
         """Monitor value as "higher is better"."""
