@@ -479,7 +479,9 @@ class DNASCallback(keras.callbacks.Callback):
             _detach_state(model, masks.SEARCH_PROGRESS_ATTR)  # another callback's, left
             n = len(_as_objectives(self._budgets_arg, self._objectives_arg)) + (
                 2 if self._budgets_arg is None else 0)
-            self._progress = _SearchProgress(n)
+            strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's trainer only
+            with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                self._progress = _SearchProgress(n)
             _attach_state(model, self._progress, masks.SEARCH_PROGRESS_ATTR)
 
     def _detach_progress(self):
