@@ -62,8 +62,8 @@ class SearchableModel(keras.Model):
     # a callback takes then (EarlyStopping(restore_best_weights=True), ...) must fit the model
     # after it, so get_weights / set_weights leave the state out.
     def _dnas_own_variables(self):
-        attached = [self.__dict__.get(a) for a in (masks.SEARCH_STATE_ATTR,
-                                                   masks.SEARCH_PROGRESS_ATTR)]
+        attached = [_keras.sublayer(self, a) for a in (masks.SEARCH_STATE_ATTR,
+                                                       masks.SEARCH_PROGRESS_ATTR)]
         skip = {id(v) for layer in attached if layer is not None for v in layer.weights}
         if not skip:
             return self.weights

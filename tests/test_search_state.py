@@ -237,9 +237,9 @@ def test_a_training_wrapper_with_its_own_train_step_is_searched_through():
         def call(self, inputs, training=False):
             return self.net(inputs, training=training)
 
-        def train_step(self, data):
+        def train_step(self, *args):  # (data), or (state, data) on JAX
             self.steps += 1  # traced: counts traces, enough to see it is ours
-            return super().train_step(data)
+            return super().train_step(*args)
 
     search = kd.prepare(_seed())
     trainer = Trainer(search)
@@ -247,6 +247,7 @@ def test_a_training_wrapper_with_its_own_train_step_is_searched_through():
     cb = kd.DNASCallback("stm32h743", budgets={"params": 200}, verbose=0)
     history = trainer.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[cb]).history
     assert trainer.steps >= 1 and history["dnas/penalty"][-1] > 0
+    trainer.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[cb])  # built: locked
     assert history["dnas/params"][-1] == kd.summary(search, memory=None)["params"]
     assert search.dnas_search["budgets"]["params"].limit == 200
     attached = (masks.SEARCH_STATE_ATTR, masks.SEARCH_PROGRESS_ATTR)  # detached after fit

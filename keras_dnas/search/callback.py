@@ -114,7 +114,7 @@ class _SearchProgress(keras.layers.Layer):
 
 
 def _attach_state(model, state, attribute=masks.SEARCH_STATE_ATTR):
-    setattr(model, attribute, state)  # Layer.__setattr__ tracks it
+    _keras.attach_sublayer(model, attribute, state)
 
 
 def _detach_state(model, attribute=masks.SEARCH_STATE_ATTR):
@@ -486,7 +486,7 @@ class DNASCallback(keras.callbacks.Callback):
 
     def _detach_progress(self):
         if self._progress is not None and self.model is not None and \
-                self.model.__dict__.get(masks.SEARCH_PROGRESS_ATTR) is self._progress:
+                _keras.sublayer(self.model, masks.SEARCH_PROGRESS_ATTR) is self._progress:
             _detach_state(self.model, masks.SEARCH_PROGRESS_ATTR)
 
     def on_test_end(self, logs=None):
