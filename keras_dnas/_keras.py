@@ -509,6 +509,21 @@ def export_rewrites():
             setattr(target, name, original)
 
 
+def attach_sublayer(owner, attribute, layer):
+    """``owner.<attribute> = layer``, tracked as a sub-layer even when ``owner`` is a built
+    subclassed layer, whose tracker Keras locks after ``build`` (a training wrapper around the
+    searchable model: built before the callbacks on JAX, or by an earlier ``fit``)."""
+    tracker = getattr(owner, "_tracker", None)
+    locked = bool(getattr(tracker, "locked", False))
+    if locked:
+        tracker.unlock()
+    try:
+        setattr(owner, attribute, layer)  # Layer.__setattr__ tracks it
+    finally:
+        if locked:
+            tracker.lock()
+
+
 def forget_sublayer(owner, attribute):
     """Drop the sub-layer ``owner.<attribute>`` and stop ``owner`` tracking its variables.
 
@@ -516,11 +531,23 @@ def forget_sublayer(owner, attribute):
     forget it; ``del`` forgets variables only. The search attaches its state to the model for
     the length of ``fit`` and detaches it here.
     """
-    sub = owner.__dict__.get(attribute)
+    sub = sublayer(owner, attribute)
     if sub is None:
         return
     owner._tracker.untrack(sub)
-    object.__delattr__(owner, attribute)
+    if attribute in owner.__dict__:
+        object.__delattr__(owner, attribute)
+    owner.__dict__.get("_modules", {}).pop(attribute, None)
+
+
+def sublayer(owner, attribute):
+    """The sub-layer ``owner.<attribute>`` set by :func:`attach_sublayer`, or None. On the
+    PyTorch backend a layer is a ``torch.nn.Module`` and keeps it in ``_modules``, not in
+    its ``__dict__``."""
+    sub = owner.__dict__.get(attribute)
+    if sub is None:
+        sub = (owner.__dict__.get("_modules") or {}).get(attribute)
+    return sub
 
 
 def build_before_first_step(model):

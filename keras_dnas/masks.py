@@ -147,6 +147,10 @@ SEARCH_STATE_ATTR = "dnas_search_state"
 """Attribute of a model holding ``DNASCallback``'s state layer while ``fit`` runs (its
 variables are the model's then, so the compiled step reads them as state on every backend)."""
 
+SEARCH_PROGRESS_ATTR = "dnas_search_progress"
+"""Attribute of a model holding ``DNASCallback``'s progress layer while ``fit`` runs (the
+strengths' bases and boosts, saved with the weights so a resumed search continues)."""
+
 HOOKS_ATTR = "_dnas_search"
 """Attribute of a mask owner holding its :class:`SearchHooks` while a search runs."""
 

@@ -62,10 +62,11 @@ class SearchableModel(keras.Model):
     # a callback takes then (EarlyStopping(restore_best_weights=True), ...) must fit the model
     # after it, so get_weights / set_weights leave the state out.
     def _dnas_own_variables(self):
-        state = self.__dict__.get(masks.SEARCH_STATE_ATTR)
-        if state is None:
+        attached = [_keras.sublayer(self, a) for a in (masks.SEARCH_STATE_ATTR,
+                                                       masks.SEARCH_PROGRESS_ATTR)]
+        skip = {id(v) for layer in attached if layer is not None for v in layer.weights}
+        if not skip:
             return self.weights
-        skip = {id(v) for v in state.weights}
         return [v for v in self.weights if id(v) not in skip]
 
     def get_weights(self):
@@ -114,6 +115,8 @@ class SearchableModel(keras.Model):
                             for m, b in (search.get("budgets") or {}).items()},
                 "arena_plan": search.get("arena_plan"),
             }
+            if search.get("progress"):  # where a resumed search continues (DNASCallback)
+                config["dnas_search"]["progress"] = search["progress"]
         return config
 
     @classmethod
@@ -128,7 +131,7 @@ class SearchableModel(keras.Model):
             object.__setattr__(model, "dnas_search", {
                 "target": None if target is None else HardwareTarget.from_dict(target),
                 "budgets": dict(saved.get("budgets") or {}),
-                "arena_plan": saved.get("arena_plan")})
+                "arena_plan": saved.get("arena_plan"), "progress": saved.get("progress")})
         return model
 
 
@@ -206,6 +209,7 @@ def prepare(model, exclude=None, search=("channels",), alternatives=None, choice
     """
     if not isinstance(model, keras.Model):
         raise ValueError(f"prepare() expects a keras.Model. Received: {type(model).__name__}")
+    _warn_own_training(model)
     exclude = set(exclude or ())
     time_axes = _check_search(search)
     if choice_mode not in MODES:
@@ -250,6 +254,26 @@ def prepare(model, exclude=None, search=("channels",), alternatives=None, choice
     for gnode in walk.nodes(model):
         _copy_weights(gnode.operation, replaced[id(gnode.operation)])
     return searchable_model
+
+
+_TRAINING_METHODS = ("train_step", "test_step", "predict_step", "compute_loss",
+                     "compute_metrics")
+
+
+def _warn_own_training(model):
+    """A Functional / Sequential subclass's own training methods are not the searchable
+    model's (a SearchableModel runs Keras' own): say so, and how to keep them."""
+    base = next(c for c in (SearchableModel, keras.Sequential, _keras.Functional, keras.Model)
+                if isinstance(model, c))
+    own = [n for n in _TRAINING_METHODS if getattr(type(model), n, None) is not getattr(base, n)]
+    if own:
+        warnings.warn(
+            f"kd.prepare: model '{model.name}' is a {type(model).__name__} with its own "
+            f"{', '.join(own)}; the searchable model is a kd.SearchableModel and runs Keras' "
+            f"own. To train with yours, wrap it: a keras.Model subclass whose `call` calls "
+            f"the searchable model and which defines {', '.join(own)}; fit the wrapper with "
+            "kd.DNASCallback (it searches the model wrapped) and kd.freeze the searchable "
+            "model.", stacklevel=3)
 
 
 def _check_search(search):

@@ -66,6 +66,9 @@ def main():
     hist = search.fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[cb])
     masks = [np.asarray(keras.ops.convert_to_numpy(v)).tolist()
              for v in kd.masks.mask_variables(search)]
+    # the search's state and progress layers are detached after fit (on PyTorch they stayed:
+    # a torch Module keeps sub-layers in `_modules`)
+    attached = [v.path for v in search.weights if v.path.startswith("dnas_search_")]
     times["fit"] = time.time() - t0
     seed.predict(x[:4], verbose=0)  # the seed is untouched (JAX: its buffers are not donated)
     slim = kd.freeze(search, verbose=0)
@@ -76,7 +79,7 @@ def main():
            "seed_costs": cb.seed_costs, "history": [{k: v for k, v in h.items()
                                                      if k.startswith("dnas/")}
                                                     for h in cb.history],
-           "masks": masks, "certificate": cert, "summary_type": type(table).__name__}
+           "masks": masks, "certificate": cert, "attached_after_fit": attached, "summary_type": type(table).__name__}
     if os.environ.get("KD_FLOW_REPORT", "1") == "1":
         with tempfile.TemporaryDirectory() as tmp:
             kd.report.write_report(os.path.join(tmp, "r.html"), seed=seed_model(), frozen=slim,

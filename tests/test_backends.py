@@ -64,5 +64,6 @@ def test_budgeted_search_certifies_on_every_backend(backend, tensorflow_seed_cos
     cert = out["certificate"]
     assert cert["all_hold"] and cert["flash_source"].startswith("int8 TFLite conversion")
     assert {r["metric"] for r in cert["budgets"]} == set(backend_flow.BUDGETS)
+    assert out["attached_after_fit"] == []
     assert out["summary_type"] == "Summary"
     assert out["report_bytes"] > 10_000 and out["qat_tflite_bytes"] > 1_000

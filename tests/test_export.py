@@ -995,6 +995,47 @@ def test_measure_regression_mse():
     )
 
 
+def test_measure_scores_regression_binary_and_multi_label_outputs_by_their_labels():
+    # One output unit with labels of shape (n,) was taken for class indices (a regression got
+    # an "accuracy", its targets cast to int), 0 / 1 labels of shape (n, 1) or (n, 4) for a
+    # regression (the MSE of a binary or multi-label classifier), and a logit was thresholded
+    # at 0.5 like a probability.
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(32, 6)).astype("f")
+    inputs = keras.Input((6,))
+    h = L.Dense(8, activation="relu")(inputs)
+    scored = {}
+    for name, units, activation in (("logit", 1, None), ("sigmoid", 1, "sigmoid"),
+                                    ("multi", 4, "sigmoid")):
+        model = keras.Model(inputs, L.Dense(units, activation=activation)(h))
+        tflite = kx.to_tflite(model, x)
+        scored[name] = (model, tflite, kx.run_tflm(tflite, x, dequantize=True))
+    model, tflite, out = scored["logit"]
+    target = out[:, 0] + rng.normal(size=32).astype("f")  # a regression target, shape (n,)
+    result = kx.measure(tflite, data=(x, target))
+    assert result.task == "regression" and result.accuracy is None
+    assert result.mse == pytest.approx(float(np.mean((out[:, 0] - target) ** 2)), rel=1e-6)
+    labels = (rng.random(32) > 0.5).astype("f")
+    for y in (labels, labels[:, None]):  # binary labels, as (n,) or (n, 1): logits at 0
+        result = kx.measure(tflite, data=(x, y), keras_model=model)
+        assert result.task == "classification" and result.mse is None
+        assert result.accuracy == pytest.approx(np.mean((out[:, 0] > 0) == labels))
+        keras_pred = model.predict(x, verbose=0)[:, 0] > 0
+        assert result.agreement == pytest.approx(np.mean(keras_pred == (out[:, 0] > 0)))
+    assert kx.measure(tflite, data=(x, labels), task="regression").mse == pytest.approx(
+        float(np.mean((out[:, 0] - labels) ** 2)), rel=1e-6)
+    _, tflite, out = scored["sigmoid"]
+    assert kx.measure(tflite, data=(x, labels)).accuracy == pytest.approx(
+        np.mean((out[:, 0] > 0.5) == labels))
+    _, tflite, out = scored["multi"]
+    multi = (rng.random((32, 4)) > 0.5).astype("f")
+    result = kx.measure(tflite, data=(x, multi))
+    assert result.task == "classification"
+    assert result.accuracy == pytest.approx(np.mean((out > 0.5) == multi))
+    with pytest.raises(ValueError, match="not class indices"):
+        kx.measure(tflite, data=(x, rng.normal(size=32)))
+
+
 def test_measure_scores_the_first_output_of_labels_given_per_output():
     # A two-output model is fitted with a dict (or a list) of labels; `measure` scores its first
     # output and took `y` as one array only ("0 labels" for the dict fit was given). It picks

@@ -156,3 +156,142 @@ def test_early_stopping_restores_best_weights_around_the_search_state(dnas_first
             np.testing.assert_array_equal(w, v)
     with pytest.raises(ValueError, match="weight list of length 1"):
         search.set_weights([np.zeros(1)])
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+
+class _Strengths(keras.callbacks.Callback):
+    def __init__(self, cb):
+        super().__init__()
+        self.cb, self.rows = cb, []
+
+    def on_epoch_begin(self, epoch, logs=None):  # the strengths this epoch trains with
+        self.rows.append((epoch, [float(v.numpy()) for v in self.cb._strengths]))
+
+
+@pytest.mark.parametrize("how", ["backup_first", "dnas_first", "checkpoint"])
+def test_a_resumed_search_continues_the_interrupted_one(how, tmp_path):
+    # The resumed fit's new DNASCallback set its strengths from scratch: bases from the
+    # resumed model's loss and costs, boosts back to 1 (BENCHMARKS: 4.9 / 7.6 uninterrupted,
+    # 5.9 / 14.6 or 3.1 / 4.8 resumed, by callback order); with BackupAndRestore first, its
+    # backup was even taken before the epoch's boosts. Now the progress is saved with the
+    # weights (and in the .keras config), and the resumed search is the uninterrupted one.
+    x, y = _data()
+    seed = _seed()
+
+    def run(callbacks, search=None, **fit):
+        if search is None:
+            keras.utils.set_random_seed(1)
+            search = kd.prepare(seed)
+            search.compile(keras.optimizers.Adam(1e-2),
+                           keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        cb = kd.DNASCallback("stm32h743", budgets={"params": 150}, warmup_epochs=1,
+                             restore_best_weights=False, verbose=0)
+        rec = _Strengths(cb)
+        try:
+            search.fit(x, y, epochs=6, batch_size=16, shuffle=False, verbose=0,
+                       callbacks=callbacks(cb) + [rec], **fit)
+        except KeyboardInterrupt:
+            pass
+        return search, rec.rows
+
+    straight, rows = run(lambda cb: [cb])
+    assert rows[-1][1][0] > rows[2][1][0] > 0 and len(rows) == 6
+    if how == "checkpoint":  # the whole model saved each epoch, reloaded, fit from epoch 3
+        path = str(tmp_path / "e{epoch}.keras")
+        _, first = run(lambda cb: [cb, keras.callbacks.ModelCheckpoint(path), _Interrupt()])
+        reloaded = keras.models.load_model(str(tmp_path / "e3.keras"))
+        resumed, second = run(lambda cb: [cb], search=reloaded, initial_epoch=3)
+    else:
+        def callbacks(cb, interrupt):
+            backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+            order = [backup, cb] if how == "backup_first" else [cb, backup]
+            return order + ([_Interrupt()] if interrupt else [])
+
+        _, first = run(lambda cb: callbacks(cb, True))
+        resumed, second = run(lambda cb: callbacks(cb, False))
+    assert [r[0] for r in second] == [3, 4, 5]
+    for (epoch, strengths), (_, expected) in zip(first + second, rows, strict=True):
+        np.testing.assert_allclose(strengths, expected, rtol=1e-6, err_msg=f"epoch {epoch}")
+    for a, b in zip(masks.mask_variables(resumed), masks.mask_variables(straight), strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    assert not any(masks.SEARCH_PROGRESS_ATTR in v.path for v in resumed.weights)
+
+
+def test_a_training_wrapper_with_its_own_train_step_is_searched_through():
+    # A keras.Model subclass whose train_step wraps the searchable model: DNASCallback refused
+    # it ("subclassed model"); it now searches the model wrapped, the penalty reaching the
+    # wrapper's loss through `losses`. kd.prepare of a Functional subclass with its own
+    # train_step dropped it silently: it now says so and how to keep it.
+    x, y = _data()
+
+    class Trainer(keras.Model):
+        def __init__(self, net, **kwargs):
+            super().__init__(**kwargs)
+            self.net, self.steps = net, 0
+
+        def call(self, inputs, training=False):
+            return self.net(inputs, training=training)
+
+        def train_step(self, *args):  # (data), or (state, data) on JAX
+            self.steps += 1  # traced: counts traces, enough to see it is ours
+            return super().train_step(*args)
+
+    search = kd.prepare(_seed())
+    trainer = Trainer(search)
+    trainer.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cb = kd.DNASCallback("stm32h743", budgets={"params": 200}, verbose=0)
+    history = trainer.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[cb]).history
+    assert trainer.steps >= 1 and history["dnas/penalty"][-1] > 0
+    trainer.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[cb])  # built: locked
+    assert history["dnas/params"][-1] == kd.summary(search, memory=None)["params"]
+    assert search.dnas_search["budgets"]["params"].limit == 200
+    attached = (masks.SEARCH_STATE_ATTR, masks.SEARCH_PROGRESS_ATTR)  # detached after fit
+    assert not [v.path for v in trainer.weights if any(a in v.path for a in attached)]
+    slim = kd.freeze(search, verbose=0)
+    assert slim.dnas_certificate["budgets"][0]["holds"]
+
+    class OwnLoss(Trainer):  # a loss without `self.losses`: the penalty never reaches it
+        def train_step(self, data):
+            inputs, labels = data
+            with tf.GradientTape() as tape:
+                loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+                    labels, self(inputs, training=True), from_logits=True))
+            grads = tape.gradient(loss, self.trainable_variables)
+            self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+            return {"loss": loss}
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        trainer = OwnLoss(kd.prepare(_seed()))
+        trainer.compile("adam")
+        with pytest.warns(UserWarning, match="penalty never reached the loss"):
+            trainer.fit(x, y, epochs=1, verbose=0,
+                        callbacks=[kd.DNASCallback("stm32h743", budgets={"params": 200})])
+
+    class Pair(keras.Model):
+        def __init__(self, a, b):
+            super().__init__()
+            self.a, self.b = a, b
+
+        def call(self, inputs):
+            return self.a(inputs) + self.b(inputs)
+
+    pair = Pair(kd.prepare(_seed()), kd.prepare(_seed()))
+    pair.compile("adam", "mse")
+    with pytest.raises(ValueError, match="wraps 2 searchable models"):
+        pair.fit(x, np.zeros((len(x), 3)), epochs=1, verbose=0,
+                 callbacks=[kd.DNASCallback("stm32h743", budgets={"params": 200})])
+
+    class Own(keras.Model):
+        def compute_loss(self, *args, **kwargs):
+            return super().compute_loss(*args, **kwargs)
+
+    seed = _seed()
+    with pytest.warns(UserWarning, match="with its own compute_loss.*wrap it"):
+        kd.prepare(Own(seed.inputs, seed.outputs))

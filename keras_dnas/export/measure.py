@@ -172,10 +172,26 @@ def _is_one_hot(y):
 
 
 def _predictions(out):
-    """Class predictions: argmax over the last axis, or a 0.5 threshold for one sigmoid unit."""
-    if out.shape[-1] == 1:
-        return (out[..., 0] > 0.5).astype(np.int64)
+    """Class predictions of several units: argmax over the last axis."""
     return np.argmax(out, axis=-1)
+
+
+def _probability_output(info):
+    """Whether the scored output comes out of a sigmoid (LOGISTIC): its units are then
+    thresholded at 0.5, any other single unit at 0 (a logit, as ``from_logits=True`` trains
+    it). Quantize, dequantize and reshape operators after it are looked through."""
+    if not info.outputs:
+        return False
+    tensor = info.outputs[0]
+    producers = {t: op for op in info.operators if op.subgraph == 0 for t in op.outputs}
+    op = producers.get(tensor)
+    while op is not None and op.name in ("QUANTIZE", "DEQUANTIZE", "RESHAPE") and op.inputs:
+        op = producers.get(op.inputs[0])
+    return op is not None and op.name == "LOGISTIC"
+
+
+def _binary_labels(y):
+    return y.size > 0 and np.isin(y, (0, 1)).all()
 
 
 def _labels(y, out):
@@ -188,6 +204,11 @@ def _labels(y, out):
             f"{out.shape}: give class indices of shape {out.shape[:-1]} or one-hot labels of "
             "the output's shape."
         )
+    if np.issubdtype(labels.dtype, np.floating) and not np.array_equal(labels, np.round(labels)):
+        raise ValueError(
+            f"Cannot score outputs of shape {out.shape} against labels of shape {y.shape} that "
+            "are not class indices: give class indices or one-hot labels, or, for a "
+            "regression, targets of the output's shape.")
     return labels.astype(np.int64)
 
 
@@ -212,7 +233,7 @@ def _scored_labels(y, info, samples):
     return y
 
 
-def _evaluate(out, data, keras_model, task, output_name=None):
+def _evaluate(out, data, keras_model, task, output_name=None, probabilities=False):
     x, y = data
     if isinstance(out, list):  # several outputs: evaluate the first
         out = out[0]
@@ -222,10 +243,16 @@ def _evaluate(out, data, keras_model, task, output_name=None):
             f"x and y must have the same number of samples. Received: {out.shape[0]} inputs "
             f"and {y.shape[0]} labels"
         )
-    if task is None:
-        task = "regression" if y.shape == out.shape and not _is_one_hot(y) else "classification"
-    elif task not in _TASKS:
+    if task is not None and task not in _TASKS:
         raise ValueError(f"task must be one of {_TASKS} or None. Received: task={task!r}")
+    # one value per output unit (a regression, a binary or multi-label classifier, an
+    # autoencoder): y as (n,) for (n, 1) outputs is the same labels
+    per_unit = (y.size == out.size and not (y.shape == out.shape and _is_one_hot(y))
+                and (out.shape[-1] == 1 or y.shape == out.shape))
+    if task is None:
+        # 0/1 labels per unit are a binary / multi-label classification; other values per
+        # unit a regression; class indices or one-hot labels of several units a classification
+        task = ("classification" if not per_unit or _binary_labels(y) else "regression")
     fields = {"task": task, "num_samples": int(out.shape[0])}
     reference = None
     if keras_model is not None:
@@ -240,14 +267,22 @@ def _evaluate(out, data, keras_model, task, output_name=None):
         fields["mse"] = float(np.mean((out - target) ** 2))
         if reference is not None:
             fields["float_mse"] = float(np.mean((reference - target) ** 2))
+        return fields
+    if per_unit and (out.shape[-1] == 1 or _binary_labels(y)):
+        # each unit a yes/no: Keras' binary accuracy, at 0.5 after a sigmoid, else at 0
+        labels = y.reshape(out.shape).astype(np.int64)
+        threshold = 0.5 if probabilities else 0.0
+
+        def predict(values):
+            return (values > threshold).astype(np.int64)
     else:
-        labels = _labels(y, out)
-        pred = _predictions(out)
-        fields["accuracy"] = float(np.mean(pred == labels))
-        if reference is not None:
-            ref_pred = _predictions(reference)
-            fields["float_accuracy"] = float(np.mean(ref_pred == labels))
-            fields["agreement"] = float(np.mean(ref_pred == pred))
+        labels, predict = _labels(y, out), _predictions
+    pred = predict(out)
+    fields["accuracy"] = float(np.mean(pred == labels))
+    if reference is not None:
+        ref_pred = predict(reference)
+        fields["float_accuracy"] = float(np.mean(ref_pred == labels))
+        fields["agreement"] = float(np.mean(ref_pred == pred))
     return fields
 
 
@@ -268,8 +303,11 @@ def measure(
     `RuntimeError` (naming the operator and the reason) instead of ending this process.
     With `data=(x, y)` the model runs in TFLite Micro on `x`
     (float inputs are quantised with the input scale / zero point; outputs are dequantised)
-    and is scored against `y`: top-1 accuracy for class indices or one-hot labels (a single
-    output unit is thresholded at 0.5), mean squared error when `y` has the output's shape.
+    and is scored against `y`: top-1 accuracy for class indices or one-hot labels of several
+    output units; with one label per output unit (`y` of the output's shape, or `(n,)` for one
+    unit), binary accuracy per unit when the labels are 0 / 1 (a binary or multi-label
+    classifier: a sigmoid output thresholded at 0.5, any other at 0, a logit) and mean squared
+    error for other values (a regression, an autoencoder); `task=` overrides the choice.
     Of a model with several outputs the first (in the file's order, `outputs`) is scored; `y`
     may hold every output's labels, as a list in that order or a dict by output name (a
     dict-output model's keys), as given to `fit`.
@@ -347,5 +385,6 @@ def measure(
     if data is not None:
         out = _runtime._finish_outputs(info, reply["outputs"], True)
         name = info.output_names[0] if info.output_names else None
-        fields.update(_evaluate(out, labelled_pair(data), keras_model, task, name))
+        fields.update(_evaluate(out, labelled_pair(data), keras_model, task, name,
+                                     probabilities=_probability_output(info)))
     return MeasureResult(**fields)

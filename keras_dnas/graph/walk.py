@@ -48,7 +48,11 @@ def functional_of(model):
             f"Model '{model.name}' ({type(model).__name__}) is a subclassed model: its graph "
             "is Python code that keras_dnas cannot read. Build it as a Functional or "
             "Sequential model, or write it with `kd.layers.Masked*` layers inside a "
-            "Functional model and add `kd.DNASCallback` directly."
+            "Functional model and add `kd.DNASCallback` directly. A subclass that adds "
+            "training logic (`train_step`, `compute_loss`) around a Functional model: "
+            "kd.prepare that model and wrap the result in your subclass; `fit` the wrapper "
+            "with kd.DNASCallback (it searches the model wrapped) and kd.freeze the result "
+            "of kd.prepare."
         )
     raise ValueError(f"Expected a keras.Model. Received: {type(model).__name__}")
 

@@ -65,12 +65,64 @@ class _SearchState(keras.layers.Layer):
         self.built = True
 
 
-def _attach_state(model, state):
-    setattr(model, masks.SEARCH_STATE_ATTR, state)  # Layer.__setattr__ tracks it
+def searched_model(model):
+    """The model whose masks a search moves: ``model`` itself when it is Functional or
+    Sequential, else the one such model with ``kd.layers.Masked*`` layers that a subclassed
+    model wraps (a training wrapper with its own ``train_step`` or ``compute_loss`` around
+    the result of ``kd.prepare``). Its regularizer's penalty reaches the wrapper's loss
+    through ``model.losses``, as Keras' ``compute_loss`` adds them.
+
+    Raises:
+        ValueError: a subclassed model wrapping no searchable model, or several.
+    """
+    from keras_dnas.graph import walk
+    from keras_dnas.layers.masked import is_masked
+
+    if isinstance(model, (_keras.Functional, keras.Sequential)) or not isinstance(
+            model, keras.Model):
+        return model
+    found, todo = [], list(model.layers)
+    while todo:
+        layer = todo.pop(0)
+        if isinstance(layer, (_keras.Functional, keras.Sequential)):
+            if any(is_masked(inner) for inner in walk.functional_of(layer).layers):
+                found.append(layer)
+        elif isinstance(layer, keras.Model):
+            todo.extend(layer.layers)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ValueError(
+            f"Model '{model.name}' ({type(model).__name__}) wraps {len(found)} searchable "
+            f"models ({', '.join(repr(m.name) for m in found)}); DNASCallback searches one. "
+            "Search them one at a time, or build one Functional model of both and "
+            "kd.prepare it.")
+    walk.functional_of(model)  # the subclassed-model error, naming what to do
+    return model
 
 
-def _detach_state(model):
-    _keras.forget_sublayer(model, masks.SEARCH_STATE_ATTR)
+class _SearchProgress(keras.layers.Layer):
+    """Where the search is, as variables saved with the model's weights: per objective its
+    strength's base (NaN before it is set), boost, the seed's cost and the limit, and the
+    epochs done. ``BackupAndRestore`` saves and loads them with the weights, so a resumed
+    search continues with the strengths of the interrupted one. Attached in ``set_model``,
+    before any callback's ``on_train_begin`` (``BackupAndRestore`` loads there)."""
+
+    def __init__(self, n_objectives):
+        super().__init__(name=masks.SEARCH_PROGRESS_ATTR, trainable=False)
+        self.table = self.add_weight(shape=(max(n_objectives, 1), 4), initializer="zeros",
+                                     trainable=False, autocast=False, name="objectives")
+        self.epochs = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                      autocast=False, name="epochs")
+        self.built = True
+
+
+def _attach_state(model, state, attribute=masks.SEARCH_STATE_ATTR):
+    _keras.attach_sublayer(model, attribute, state)
+
+
+def _detach_state(model, attribute=masks.SEARCH_STATE_ATTR):
+    _keras.forget_sublayer(model, attribute)
 
 
 class DNASCallback(keras.callbacks.Callback):
@@ -275,6 +327,7 @@ class DNASCallback(keras.callbacks.Callback):
         self._bound_model = None
         self._state = None
         self._state_model = None
+        self._progress = None
 
     # ------------------------------------------------------------------ setup
     @property
@@ -292,6 +345,7 @@ class DNASCallback(keras.callbacks.Callback):
                 below the smallest reachable model (naming the metric and the
                 minimum reachable value).
         """
+        model = searched_model(model)  # a training wrapper: the searchable model inside
         plan = model.rebind() if hasattr(model, "rebind") else bind(model)
         if self._calibration_pending is not None:
             self.calibration_data = calibration_sample(
@@ -388,10 +442,12 @@ class DNASCallback(keras.callbacks.Callback):
         self._base = None
         self._bound_model = model
         # what kd.freeze(model) reuses when its arguments are not given
+        saved = (getattr(model, "dnas_search", None) or {}).get("progress")
         object.__setattr__(model, "dnas_search", {
             "target": self.target, "budgets": {b.metric: b for b in self.budgets},
             "memory": memory, "calibration_data": self.calibration_data,
-            "arena_plan": self.arena_plan})
+            "arena_plan": self.arena_plan,
+            "progress": saved})  # a fit from epoch > 0 resumes from it
         return plan
 
     def _check_not_vacuous(self):
@@ -451,9 +507,81 @@ class DNASCallback(keras.callbacks.Callback):
             total = total + strength * term
         return total
 
+    # ------------------------------------------------------------ resuming
+    def set_model(self, model):
+        super().set_model(model)
+        # `fit` calls this before any callback's on_train_begin: the progress layer is then
+        # the model's when BackupAndRestore loads the backed-up weights, whatever the order
+        if isinstance(model, keras.Model):
+            _detach_state(model, masks.SEARCH_PROGRESS_ATTR)  # another callback's, left
+            n = len(_as_objectives(self._budgets_arg, self._objectives_arg)) + (
+                2 if self._budgets_arg is None else 0)
+            strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's trainer only
+            with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                self._progress = _SearchProgress(n)
+            _attach_state(model, self._progress, masks.SEARCH_PROGRESS_ATTR)
+
+    def _detach_progress(self):
+        if self._progress is not None and self.model is not None and \
+                _keras.sublayer(self.model, masks.SEARCH_PROGRESS_ATTR) is self._progress:
+            _detach_state(self.model, masks.SEARCH_PROGRESS_ATTR)
+
+    def on_test_end(self, logs=None):
+        if not getattr(self, "_fitting", False):  # evaluate() with this callback
+            self._detach_progress()
+            return
+        self._end_validation()
+
+    def on_predict_end(self, logs=None):
+        if not getattr(self, "_fitting", False):
+            self._detach_progress()
+
+    def _save_progress(self, epoch):
+        """Write where the search is: to the progress variables (saved with the weights) and
+        to ``model.dnas_search["progress"]`` (saved in the ``.keras`` config)."""
+        rows = [[float("nan") if self._base is None else self._base[i], self._boost[i],
+                 float(self.seed_costs[o.metric]), float(getattr(o, "limit", 0.0))]
+                for i, o in enumerate(self.objectives)]
+        if self._progress is not None and len(rows) == self._progress.table.shape[0]:
+            self._progress.table.assign(np.array(rows, dtype="float32"))
+            self._progress.epochs.assign(float(epoch + 1))
+        self._bound_model.dnas_search["progress"] = {
+            "epochs": epoch + 1, "base": None if self._base is None else list(self._base),
+            "boost": list(self._boost), "seed_costs": dict(self.seed_costs),
+            "limits": [r[3] for r in rows]}
+
+    def _resume(self, epoch):
+        """A fit that starts at ``epoch`` > 0 (``initial_epoch``, ``BackupAndRestore``)
+        continues the search saved with the model: the strengths' bases and boosts and the
+        seed's costs of the interrupted search, not new ones from the resumed model."""
+        saved = None
+        if self._progress is not None and float(
+                keras.ops.convert_to_numpy(self._progress.epochs)) > 0:
+            table = np.array(keras.ops.convert_to_numpy(self._progress.table), dtype="float64")
+            if len(table) == len(self.objectives):
+                saved = {"base": None if np.isnan(table[:, 0]).any() else list(table[:, 0]),
+                         "boost": list(table[:, 1]),
+                         "seed_costs": {o.metric: cost_model.to_python(v)
+                                        for o, v in zip(self.objectives, table[:, 2])},
+                         "limits": list(table[:, 3])}
+        if saved is None:
+            saved = (getattr(self._bound_model, "dnas_search", None) or {}).get("progress")
+        limits = [float(getattr(o, "limit", 0.0)) for o in self.objectives]
+        if not saved or len(saved["boost"]) != len(limits) or not np.allclose(
+                saved["limits"], limits, rtol=1e-6):
+            return False
+        self._base = None if saved["base"] is None else [float(b) for b in saved["base"]]
+        self._boost = [float(b) for b in saved["boost"]]
+        self.seed_costs = {**self.seed_costs, **saved["seed_costs"]}
+        return True
+
     # -------------------------------------------------------------- callbacks
     def on_train_begin(self, logs=None):
-        self.bind(self.model)
+        try:
+            self.bind(self.model)
+        except Exception:
+            self._detach_progress()  # the model is the user's again
+            raise
         self._epochs = self.params.get("epochs") or 1
         self._search_epochs = max(self._epochs - self.warmup_epochs, 1)
         self._best = None
@@ -464,6 +592,8 @@ class DNASCallback(keras.callbacks.Callback):
         self._last_counts = None
         self._first_feasible = None
         self._fitting = True
+        self._resumed = None  # decided at the first epoch (its number is known then)
+        self._closed_epoch = None
         self._folded = True
         self._train_penalty = None
         self._calibrator = None
@@ -491,7 +621,7 @@ class DNASCallback(keras.callbacks.Callback):
         self._state_model = self.model
         self._saved_momentum = {}
         if self.bn_momentum is not None:
-            for layer in self.model.layers:
+            for layer in self._bound_model.layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
                     self._saved_momentum[layer] = layer.momentum
                     layer.momentum = self.bn_momentum
@@ -517,6 +647,8 @@ class DNASCallback(keras.callbacks.Callback):
         return value
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._resumed is None:
+            self._resumed = epoch > 0 and self._resume(epoch)
         searching = epoch >= self.warmup_epochs
         self._grad_scale.assign(1.0 if searching else 0.0)
         self._temperature.assign(self.temperature_at(epoch))
@@ -540,18 +672,18 @@ class DNASCallback(keras.callbacks.Callback):
                                          / (self._search_epochs - 1))
 
     def on_train_batch_end(self, batch, logs=None):
-        steps = self.params.get("steps")
-        if steps and batch + 1 >= steps and (self.mask_lr_multiplier != 1.0
-                                             or self.choice_lr_multiplier != 1.0):
-            # the last step of the epoch: the masks' variables hold the masks again before any
-            # callback's on_epoch_end reads or sets them
-            self._jax_sync()
-            self._fold_masks()
         # Without warm-up, the first batch's task loss (no penalty yet) sets the strengths.
         if self._base is None and self._epoch >= self.warmup_epochs and logs and "loss" in logs:
             self._set_base(float(logs["loss"]))
             self._jax_sync()
             self._assign_strengths(self._epoch)
+        steps = self.params.get("steps")
+        if steps and batch + 1 >= steps:
+            # the last step of the epoch: close it before any callback's on_epoch_end reads,
+            # sets or saves the model (ModelCheckpoint, BackupAndRestore): the masks' variables
+            # hold the masks again and the progress variables this epoch's boosts
+            self._jax_sync()
+            self._close_epoch(self._epoch, logs)
 
     def _jax_sync(self):
         # JAX keeps the state outside the variables during an epoch: write it back first, so
@@ -579,14 +711,12 @@ class DNASCallback(keras.callbacks.Callback):
             if getattr(self, "_calibrator", None) is None:  # traced once per fit, then reused
                 from keras_dnas.freeze import BatchNormCalibrator
 
-                self._calibrator = BatchNormCalibrator(self.model)
+                self._calibrator = BatchNormCalibrator(self._bound_model)
             sample = [a[:self.VALIDATION_CALIBRATION_SAMPLES] for a in self.calibration_data]
             with masks.one_gate_per_group():  # its pass is one forward pass of the model
                 self._calibrator(sample if len(sample) > 1 else sample[0])
 
-    def on_test_end(self, logs=None):
-        if not getattr(self, "_fitting", False):
-            return
+    def _end_validation(self):
         self._regularized.regularizer = self._tracked_penalty
         if getattr(self, "_saved_strengths", None):
             for var, value in zip(self._strengths, self._saved_strengths):
@@ -598,10 +728,11 @@ class DNASCallback(keras.callbacks.Callback):
         self._base = []
         for obj in self.objectives:
             if isinstance(obj, Budget):
-                self._base.append(base_strength(task_loss, self.seed_costs[obj.metric],
-                                                obj.limit))
+                base = base_strength(task_loss, self.seed_costs[obj.metric], obj.limit)
             else:
-                self._base.append(task_loss * obj.strength)
+                base = task_loss * obj.strength
+            # as the progress variables keep it: a search resumed from them is the same
+            self._base.append(float(np.float32(base)))
 
     def _assign_strengths(self, epoch):
         self._epoch = epoch
@@ -621,16 +752,13 @@ class DNASCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        self._fold_masks()  # the masks' variables hold the masks again
+        values = self._close_epoch(epoch, logs)  # (at the last step when steps are known)
+        if self._counts() != self._epoch_counts:  # a callback before this one set masks
+            values = self.costs()
         penalty = self._train_penalty if self._train_penalty is not None else self._mean_penalty()
         if "loss" in logs:
             logs["dnas/task_loss"] = float(logs["loss"]) - penalty
         logs["dnas/penalty"] = penalty
-        if epoch == self.warmup_epochs - 1 and "loss" in logs and not self._distilling():
-            # (a distilling warm-up's loss holds the imitation losses: the first search
-            # step's task loss sets the strengths instead, as without warm-up)
-            self._set_base(float(logs["loss"]))
-        values = self.costs()
         feasible = all(b.holds(values[b.metric]) for b in self.budgets)
         for metric, value in values.items():
             logs[f"dnas/{metric}"] = float(value)
@@ -638,10 +766,6 @@ class DNASCallback(keras.callbacks.Callback):
         self.history.append(dict(logs, epoch=epoch))
         searching = epoch >= self.warmup_epochs
         ramp_done = epoch - self.warmup_epochs + 1 >= self._search_epochs / 2.0
-        if searching and ramp_done:  # after the ramp, raise what still fails
-            for i, obj in enumerate(self.objectives):
-                if isinstance(obj, Budget) and not obj.holds(values[obj.metric]):
-                    self._boost[i] *= self.BOOST
         if searching and feasible:
             if self._first_feasible is None:
                 self._first_feasible = epoch
@@ -650,13 +774,49 @@ class DNASCallback(keras.callbacks.Callback):
             self._keep_if_best(logs, epoch)
         elif searching and self._best is None:
             self._keep_if_least_violating(logs, epoch, values)
-        counts = tuple(counts_lib.hard_counts(self.model, self.cost_model.plan))
+        counts = self._counts()
         stable = counts == self._last_counts
         self._last_counts = counts
         self._feasible_streak = self._feasible_streak + 1 if (feasible and stable and ramp_done) \
             else (1 if feasible and ramp_done else 0)
         if self.stop_when_feasible and self._feasible_streak >= self.stop_when_feasible:
             self.model.stop_training = True
+
+    def _close_epoch(self, epoch, logs):
+        """Once per epoch, before every callback's on_epoch_end when the steps are known:
+        fold the masks, set the strengths' base at the end of warm-up, raise the strengths of
+        budgets that still fail after the ramp, and save that progress. Returns the exact
+        costs of the epoch's masks."""
+        if self._closed_epoch == epoch:
+            return self._epoch_values
+        self._closed_epoch = epoch
+        self._fold_masks()  # the masks' variables hold the masks again
+        if not float(keras.ops.convert_to_numpy(self._penalty_steps)) and not getattr(
+                self, "_warned_no_penalty", False):
+            self._warned_no_penalty = True
+            warnings.warn(
+                f"DNASCallback: the budget penalty never reached the loss of model "
+                f"'{self.model.name}' this epoch, so the budgets do not steer the search. A "
+                "custom `train_step` must add the model's regularization losses (`model.losses`) "
+                "to its loss, as `self.compute_loss(x, y, y_pred)` does.", stacklevel=2)
+        if epoch == self.warmup_epochs - 1 and logs and "loss" in logs \
+                and not self._distilling():
+            # (a distilling warm-up's loss holds the imitation losses: the first search
+            # step's task loss sets the strengths instead, as without warm-up)
+            self._set_base(float(logs["loss"]))
+        values = self.costs()
+        searching = epoch >= self.warmup_epochs
+        ramp_done = epoch - self.warmup_epochs + 1 >= self._search_epochs / 2.0
+        if searching and ramp_done:  # after the ramp, raise what still fails
+            for i, obj in enumerate(self.objectives):
+                if isinstance(obj, Budget) and not obj.holds(values[obj.metric]):
+                    self._boost[i] *= self.BOOST
+        self._save_progress(epoch)
+        self._epoch_values, self._epoch_counts = values, self._counts()
+        return values
+
+    def _counts(self):
+        return tuple(counts_lib.hard_counts(self._bound_model, self.cost_model.plan))
 
     def _score(self, logs):
         """Monitor value as "higher is better"."""
@@ -701,6 +861,7 @@ class DNASCallback(keras.callbacks.Callback):
             layer.__dict__.pop("_dnas_distill", None)
         self._state.distill.assign(0.0)
         _detach_state(self.model)
+        self._detach_progress()
         self._state_model = None
         self.model.make_train_function(force=True)
         if getattr(self.model, "test_function", None) is not None:
@@ -730,7 +891,8 @@ class DNASCallback(keras.callbacks.Callback):
             print(f"\nkeras_dnas: {message[len('DNASCallback: '):]}")
 
     def _model_variables(self):
-        state = {id(v) for v in self._state.weights} if self._state is not None else set()
+        state = {id(v) for layer in (self._state, self._progress) if layer is not None
+                 for v in layer.weights}
         return [v for v in self.model.weights if id(v) not in state]
 
     def _model_weights(self):
