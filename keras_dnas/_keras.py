@@ -124,6 +124,25 @@ def inputs_struct(fn):
     return getattr(fn, "_inputs_struct", fn.inputs)
 
 
+def input_keys(fn):
+    """The keys by which a Functional model takes its inputs, in the order of ``fn.inputs``:
+    a model built on a dict of inputs takes them by the dict's keys (flattened sorted, as
+    ``fn.inputs`` is), any other by its input tensors' names."""
+    struct = inputs_struct(fn)
+    if isinstance(struct, dict):
+        return sorted(struct)
+    return [t.name for t in fn.inputs]
+
+
+def call_inputs(fn, arrays):
+    """One array per input (``fn.inputs`` order) -> what calling ``fn`` takes without Keras'
+    "structure of `inputs` doesn't match" warning: a dict for a model built on a dict."""
+    struct = inputs_struct(fn)
+    if isinstance(struct, dict):
+        return dict(zip(sorted(struct), arrays))
+    return list(arrays) if len(arrays) > 1 else arrays[0]
+
+
 def outputs_struct(fn):
     """A Functional model's outputs in the nested structure it was built with."""
     return getattr(fn, "_outputs_struct", fn.outputs)

@@ -982,7 +982,9 @@ def recalibrate_batchnorm(model, x, batch_size=256):
     1
     """
     fn = walk.functional_of(model)
-    inputs = input_arrays(x, "x", dtype=None)  # a list: one array per input
+    # a list: one array per input (a dict by input name read in the model's order)
+    inputs = input_arrays(x, "x", dtype=None,
+                          names=_keras.input_keys(fn) if isinstance(x, dict) else None)
     n = len(inputs[0])
     layers = _batchnorm_layers(fn)
     if n <= batch_size:
@@ -990,7 +992,7 @@ def recalibrate_batchnorm(model, x, batch_size=256):
         # it sees the recalibrated ones before it, as the layer-by-layer passes below would
         # (same sums), without re-running every prefix of the network once per BN.
         with _before_call(layers, lambda layer, z: _MomentSums(layer).add(z).assign()):
-            fn(inputs if len(inputs) > 1 else inputs[0], training=False)
+            fn(_keras.call_inputs(fn, inputs), training=False)
         return len(layers)
     # Each BN's statistics need every sample through the recalibrated BNs before it: one pass
     # per BN. A pass starts where the last one ended, from the values (all samples, kept in

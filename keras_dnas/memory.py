@@ -122,7 +122,7 @@ _WEIGHT_OPS = {
 }
 #: Plan ops (``LayerInfo.op``, graph/roles.py) each TFLite weight operator may come from, best
 #: first (tests/test_memory_model.py checks them against the roles and a conversion). A
-#: Conv1DTranspose / Conv2DTranspose is opaque (no channel rule), op "transpose_conv".
+#: Conv1DTranspose / Conv2DTranspose is op "transpose_conv".
 _KINDS = {
     "CONV_2D": ("conv", "separable", "dense"),
     "DEPTHWISE_CONV_2D": ("depthwise", "separable"),

@@ -48,10 +48,12 @@ def _view_keep(view, keep):
 def _slice(op, name, value, in_keep, out_keep):
     """Slice one weight of a layer along its channel axes."""
     if op == "batchnorm" or (name == "bias" and op in ("conv", "dense", "depthwise",
-                                                        "separable")):
+                                                        "separable", "transpose_conv")):
         return value[out_keep]
     if name == "kernel" and op in ("conv", "dense"):
         return value[..., in_keep, :][..., out_keep]
+    if name == "kernel" and op == "transpose_conv":  # [..., out, in]
+        return value[..., out_keep, :][..., in_keep]
     if name == "kernel" and op == "depthwise":
         return value[..., out_keep, :]
     if op == "separable" and name == "depthwise_kernel":  # [..., in, depth_multiplier]

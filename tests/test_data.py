@@ -100,6 +100,44 @@ def test_endless_datasets_are_read_to_a_bound_or_refused():
     np.testing.assert_array_equal(finite, x[:32])
 
 
+def test_a_dict_input_model_takes_its_fit_x_for_calibration_and_recalibration():
+    # keras.Model({"zimage": ..., "meta": ...}) is fit on a dict x. BN recalibration called the
+    # model with a list (Keras: "The structure of `inputs` doesn't match the expected
+    # structure") and `kd.recalibrate_batchnorm(model, x_dict)` was refused
+    import warnings
+
+    import keras_dnas as kd
+
+    keras.utils.set_random_seed(0)
+    # keys out of alphabetical order: Keras orders a dict-input model's inputs by sorted key
+    image, meta = keras.Input((6,), name="zimage"), keras.Input((3,), name="meta")
+    h = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(8, name="fc")(image))
+    h = keras.layers.Concatenate()([keras.layers.ReLU()(h), meta])
+    model = keras.Model({"zimage": image, "meta": meta}, {"cls": keras.layers.Dense(3)(h)})
+    rng = np.random.default_rng(0)
+    x = {"zimage": rng.normal(size=(64, 6)).astype("float32"),
+         "meta": rng.normal(size=(64, 3)).astype("float32")}
+    y = {"cls": rng.integers(0, 3, size=64)}
+    search = kd.prepare(model)
+    search.compile("adam", {"cls": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
+    callback = kd.DNASCallback("stm32h743", budgets={"flash_bytes": 10**6},
+                               calibration_data=x, verbose=0)
+    search.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[callback])
+    meta_first = [x["meta"], x["zimage"]]  # the model's input order
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        slim = kd.freeze(search, budgets={}, verbose=0)
+        kd.recalibrate_batchnorm(slim, x)
+    assert not [w for w in caught if "structure" in str(w.message)]
+    by_dict = slim.get_layer("bn").moving_mean.numpy()
+    kd.recalibrate_batchnorm(slim, meta_first)
+    np.testing.assert_allclose(slim.get_layer("bn").moving_mean.numpy(), by_dict, rtol=1e-6)
+    tflite = kd.export.to_tflite(slim, representative_data=x)
+    assert kd.export.measure(tflite, data=(meta_first, y["cls"]))["num_samples"] == 64
+    with pytest.raises(ValueError, match=r"Pass x as a list"):
+        kd.export.measure(tflite, data=(x, y))
+
+
 def test_a_tuple_of_one_array_per_input_is_the_inputs_of_a_model_with_several():
     # tf.data.Dataset.from_tensor_slices((image, meta)).batch(n) for a two-input model yields
     # (image, meta) tuples: read as (x=image, y=meta) it lost the second input ("Received: 1

@@ -591,7 +591,7 @@ def test_weight_operator_kinds_are_the_plans_ops():
     643 (``"separable_conv"`` where the plan says ``"separable"``: a SeparableConv2D's pointwise
     CONV_2D went to a later Conv2D of the same width, +336 B). Every kind is a plan op, and in a
     converted model with every weighted layer type each weight operator's own layer has an op
-    its kinds list (a Conv2DTranspose is opaque, no channel rule: op "transpose_conv")."""
+    its kinds list (a Conv2DTranspose: op "transpose_conv")."""
     from keras_dnas import memory
     from keras_dnas.graph import analyze, roles
 

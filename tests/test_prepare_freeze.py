@@ -17,8 +17,52 @@ from tests import child, toys
 # keeps its BN statistics: freeze must not recalibrate here, so its warning is expected.
 pytestmark = pytest.mark.filterwarnings("ignore:keras_dnas.freeze. closing channels:UserWarning")
 
+def positional_joins():
+    """Layers and keras.ops that move positions, not channels (robustness round 2): Permute
+    with the channel axis kept last, Concatenate along rows / columns (a join: channel c of
+    each input is channel c of the output), keras.ops.concatenate on the channel axis and on
+    a spatial one, Resizing and CenterCrop inside the network."""
+    L = keras.layers
+    x = keras.Input((12, 12, 3))
+    h = L.BatchNormalization(name="bn0")(L.Conv2D(8, 3, padding="same", name="c0")(x))
+    h = L.Permute((2, 1, 3), name="swap_hw")(L.ReLU()(h))
+    a = L.Conv2D(6, 3, padding="same", name="ca")(h)
+    b = L.Conv2D(6, 1, name="cb")(h)
+    rows = L.Concatenate(axis=1, name="rows")([a, b])                      # 24 x 12 x 6
+    cols = keras.ops.concatenate([a, b], axis=2)                            # 12 x 24 x 6
+    chans = keras.ops.concatenate([L.Conv2D(4, 1, name="cc")(h), a], axis=-1)  # 12 x 12 x 10
+    rows = L.Resizing(12, 12, name="resize")(rows)
+    cols = L.CenterCrop(12, 12, name="crop")(cols)
+    h = L.Conv2D(8, 3, padding="same", name="c1")(L.Add()([rows, cols]))
+    h = L.Concatenate()([h, L.Conv2D(5, 1, name="c2")(chans)])
+    return keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(h)))
+
+
+def tiny_unet():
+    """A U-Net's decoder: Conv2DTranspose and Conv1DTranspose (searched since robustness
+    round 2), skip Concatenates, bilinear and nearest up-sampling, per-pixel softmax."""
+    L = keras.layers
+    x = keras.Input((16, 16, 3))
+    c1 = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 3, padding="same", name="e1")(x)))
+    c2 = L.Conv2D(12, 3, padding="same", activation="relu", name="e2")(L.MaxPooling2D()(c1))
+    b = L.Conv2D(16, 3, padding="same", activation="relu", name="mid")(L.MaxPooling2D()(c2))
+    u2 = L.Conv2DTranspose(10, 2, strides=2, name="up2")(b)
+    u2 = L.Conv2D(10, 3, padding="same", activation="relu", name="d2")(
+        L.Concatenate()([u2, c2]))
+    u1 = L.Concatenate()([L.UpSampling2D(interpolation="bilinear")(u2),
+                          L.Conv2DTranspose(6, 3, strides=2, padding="same", use_bias=False,
+                                            name="up1")(u2), c1])
+    u1 = L.UpSampling2D(interpolation="nearest")(
+        L.Conv2D(8, 3, padding="same", activation="relu", name="d1")(u1))
+    t = L.Reshape((32 * 32, 8))(u1)
+    t = L.Conv1DTranspose(5, 3, padding="same", name="up_t")(t)
+    return keras.Model(x, L.Conv1D(3, 1, activation="softmax", name="pixels")(t))
+
+
 MODELS = dict(toys.TOYS)
 MODELS.update({
+    "positional_joins": positional_joins,
+    "tiny_unet": tiny_unet,
     "resnet8": zoo.resnet8,
     "ds_cnn": zoo.ds_cnn,
     "mobilenet_v1": zoo.mobilenet_v1,
@@ -54,6 +98,8 @@ def predicted_params(plan, keep, model):
         if info.name in seen:
             continue
         seen.add(info.name)
+        if info.class_name.startswith("keras.ops."):
+            continue  # an operation has no weights
         layer = model.get_layer(info.name)
         weights = [w for w in layer.weights if w.name != kd.masks.ALPHA_NAME]
         if not weights:
@@ -65,7 +111,7 @@ def predicted_params(plan, keep, model):
         geo, bias = info.geometry, int(info.geometry["use_bias"])
         if info.role == "opaque":
             total += sum(int(np.prod(w.shape)) for w in weights)
-        elif info.op in ("conv", "dense"):
+        elif info.op in ("conv", "dense", "transpose_conv"):
             total += geo["taps"] * cin * cout + bias * cout
         elif info.op == "depthwise":
             total += geo["taps"] * cout + bias * cout
@@ -92,6 +138,39 @@ def test_freeze_equals_masked_model_and_params_follow_the_masks(name, seed):
         assert type(layer).__module__.startswith("keras."), type(layer)
     assert not kd.masks.mask_variables(slim, trainable_only=False)
 
+
+
+def test_layers_that_move_positions_leave_every_group_searchable():
+    # Permute((2, 1, 3)), Concatenate(axis=1), keras.ops.concatenate (any axis but the batch),
+    # Resizing and CenterCrop had no channel rule: every conv around them was kept whole
+    plan = kd.graph.analyze(positional_joins())
+    frozen = {name for g in plan.groups if g.frozen for name in g.defined_by}
+    assert frozen == {"head"}, [(g.defined_by, g.reason) for g in plan.groups if g.frozen]
+    assert {"c0", "ca", "cb", "cc", "c1", "c2"} <= {
+        name for g in plan.searchable_groups() for name in g.defined_by}
+    L = keras.layers
+    x = keras.Input((6, 6, 4))
+    h = L.Conv2D(4, 1, name="c")(x)
+    for moving in (L.Permute((3, 1, 2)), L.Concatenate(axis=0)):
+        y = moving(h) if isinstance(moving, L.Permute) else moving([h, h])
+        plan = kd.graph.analyze(keras.Model(x, L.Dense(2)(L.Flatten()(y))))
+        assert all(g.frozen for g in plan.groups if "c" in g.defined_by)
+
+
+def test_transposed_convolutions_are_searched(tmp_path):
+    # Conv2DTranspose / Conv1DTranspose had no channel rule: a U-Net's decoder, and every conv
+    # whose channels reach one through a skip Concatenate, was kept whole
+    search = kd.prepare(tiny_unet())
+    toys.close_random_masks(search, seed=2)
+    search.save(tmp_path / "unet.keras")  # masks saved by name, as a separable conv's
+    loaded = keras.models.load_model(tmp_path / "unet.keras")
+    x = toys.sample(search)
+    np.testing.assert_allclose(loaded(x), search(x), atol=1e-6)
+    assert {"up2", "up1", "up_t"} <= {layer.name for layer in search.layers
+                                      if kd.layers.is_masked(layer)}
+    plan = kd.graph.analyze(tiny_unet())
+    frozen = {name for g in plan.groups if g.frozen for name in g.defined_by}
+    assert frozen == {"pixels"}, [(g.defined_by, g.reason) for g in plan.groups if g.frozen]
 
 
 def test_freeze_keeps_the_weights_of_layers_whose_sub_layers_share_weight_names():

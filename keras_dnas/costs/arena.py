@@ -350,6 +350,13 @@ TAIL_OPS = {
     "DIV": (28, 28, 4, 4, False),
     # no OpData; options {axis, batch_dims}; Prepare copies the output dims (_gather_prepare)
     "GATHER": (0, 0, 8, 4, False),
+    # a U-Net's up-sampling. OpData {ConvParams, buffer indices, the two per-channel pointers,
+    # activation range}; options {padding, stride_w, stride_h, activation}; 64-bit measured on
+    # Cout 4 / 12 / 21, 32-bit the 64-bit size less two 4-byte pointers
+    "TRANSPOSE_CONV": (96, 88, 16, 4, True),
+    # no OpData, no options struct in the tail (measured)
+    "RESIZE_BILINEAR": (0, 0, 0, 1, False),
+    "RESIZE_NEAREST_NEIGHBOR": (0, 0, 0, 1, False),
 }
 _UNKNOWN_OP = (64, 48, 16, 4, False)  # an unlisted operator: a rough guess
 

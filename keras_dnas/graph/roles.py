@@ -48,11 +48,6 @@ def _depthwise(layer, in_shapes, out_shape):
     return _channels_last(layer, in_shapes, out_shape)
 
 
-def _transposed(layer, in_shapes, out_shape):
-    # costed (weights, MACs, latency) but kept whole: no channel rule slices it yet
-    return "transposed convolution has no channel rule"
-
-
 def _batchnorm(layer, in_shapes, out_shape):
     if layer.axis not in (-1, len(in_shapes[0]) - 1):
         return f"normalises axis {layer.axis}, not the channel axis"
@@ -81,8 +76,14 @@ def mixes_channels(layer, rank=None):
 
 
 def _concat(layer, in_shapes, out_shape):
-    if layer.axis not in (-1, len(out_shape) - 1):
-        return f"concatenates axis {layer.axis}, not the channel axis"
+    if layer.axis == 0 or layer.axis == -len(out_shape):
+        return "concatenates the batch axis"
+    return None
+
+
+def _permute(layer, in_shapes, out_shape):
+    if layer.dims[-1] != len(layer.dims):
+        return f"permutes the channel axis (dims={tuple(layer.dims)})"
     return None
 
 
@@ -158,7 +159,8 @@ ROLES = {
     L.BatchNormalization: ("propagating", "batchnorm", _batchnorm),
     L.SeparableConv1D: ("defining", "separable", _channels_last),
     L.SeparableConv2D: ("defining", "separable", _channels_last),
-    **_entries([L.Conv1DTranspose, L.Conv2DTranspose], "defining", "transpose_conv", _transposed),
+    **_entries([L.Conv1DTranspose, L.Conv2DTranspose], "defining", "transpose_conv",
+               _channels_last),
     **_entries([L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.Softmax], "propagating",
                "activation"),
     L.PReLU: ("propagating", "prelu", _prelu),
@@ -175,8 +177,11 @@ ROLES = {
     **_entries([L.GlobalAveragePooling1D, L.GlobalAveragePooling2D,
                 L.GlobalMaxPooling1D, L.GlobalMaxPooling2D],
                "propagating", "global_pool", _channels_last),
+    # spatial only, each channel on its own (Resizing / CenterCrop: also inside a network)
+    L.Permute: ("propagating", "pad", _permute),  # positions only: channels stay last
     **_entries([L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D,
-                L.Cropping2D, L.Cropping3D, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D],
+                L.Cropping2D, L.Cropping3D, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
+                L.Resizing, L.CenterCrop],
                "propagating", "pad", _channels_last),
     L.Add: ("joining", "add", None),
     # a choice block's merge joins its alternatives' outputs like an Add (and costs nothing:
@@ -194,7 +199,8 @@ ROLES = {
 
 #: Layers whose weights are sliced along channels at freeze (all others in a
 #: searchable group must be weightless).
-SLICEABLE = (L.Conv1D, L.Conv2D, L.Dense, L.DepthwiseConv1D, L.DepthwiseConv2D,
+SLICEABLE = (L.Conv1D, L.Conv2D, L.Conv1DTranspose, L.Conv2DTranspose, L.Dense,
+             L.DepthwiseConv1D, L.DepthwiseConv2D,
              L.BatchNormalization, L.SeparableConv1D, L.SeparableConv2D, L.PReLU,
              L.LayerNormalization, L.Normalization)
 
@@ -249,6 +255,13 @@ def _op_role(op, arguments, in_shapes, out_shape):
         if axis is None or _channel_axis(axis, rank):
             return "opaque", "other", f"keras.ops '{cls}' reduces the channel axis"
         return "propagating", "global_pool", None
+    if cls == "Concatenate" and len(tensors) > 1:  # keras.ops.concatenate([a, b], axis=-1)
+        axis = getattr(op, "axis", 0)
+        if axis == 0 or axis == -len(out_shape):
+            return "opaque", "other", f"keras.ops '{cls}' concatenates the batch axis"
+        if not _channel_axis(axis, len(out_shape)):
+            return "joining", "concat", None  # along positions, as the layer
+        return "concatenating", "concat", None
     if cls in AXIS_OPS and len(tensors) == 1:
         if not keeps_channels_last(in_shapes[0], out_shape):
             return "opaque", "other", f"keras.ops '{cls}' moves the channel axis"
@@ -294,6 +307,8 @@ def role_of(layer, in_shapes, out_shape, arguments=None):
     reason = check(layer, in_shapes, out_shape) if check else None
     if cls is L.Reshape and reason is None and keeps_channels_last(in_shapes[0], out_shape):
         role = "propagating"
+    if cls is L.Concatenate and reason is None and not _channel_axis(layer.axis, len(out_shape)):
+        role = "joining"  # along positions: channel c of every input is channel c of the output
     if reason is None and role == "propagating":
         if len(in_shapes) != 1 or in_shapes[0][-1] != out_shape[-1]:
             reason = "changes the channel count"

@@ -217,7 +217,30 @@ class _DefiningMixin(_GateMixin):
             self.dnas_alpha.assign(store[key])
 
 
-class _SeparableMixin(_DefiningMixin):
+class _SavedByPositionMixin(_DefiningMixin):
+    """Keras' separable and transposed convs save every variable by position (Layer's
+    default); the mask is saved by name, the others keep their positions. Older files hold
+    the mask by position."""
+
+    def _dnas_others(self):
+        return [v for v in self.weights if v is not self.__dict__.get("dnas_alpha")]
+
+    def save_own_variables(self, store):
+        if not self.built:
+            return super(_DefiningMixin, self).save_own_variables(store)
+        for i, v in enumerate(self._dnas_others()):
+            store[str(i)] = v
+        store[masks.ALPHA_NAME] = self.dnas_alpha
+
+    def load_own_variables(self, store):
+        if not self.built or masks.ALPHA_NAME not in store:
+            return super(_DefiningMixin, self).load_own_variables(store)
+        for i, v in enumerate(self._dnas_others()):
+            v.assign(store[str(i)])
+        self.dnas_alpha.assign(store[masks.ALPHA_NAME])
+
+
+class _SeparableMixin(_SavedByPositionMixin):
     """Separable conv: the input gate scales the depthwise kernel's channels, the
     output gate the pointwise kernel's columns and the bias."""
 
@@ -237,25 +260,6 @@ class _SeparableMixin(_DefiningMixin):
             if self.use_bias:
                 subs.append((self.bias, _folded(self.bias, gout, -1)))
         return subs, fin, fout
-
-    # Keras' separable convs save every variable by position (Layer's default); the mask is
-    # saved by name, the others keep their positions. Older files hold the mask by position.
-    def _dnas_others(self):
-        return [v for v in self.weights if v is not self.__dict__.get("dnas_alpha")]
-
-    def save_own_variables(self, store):
-        if not self.built:
-            return super(_DefiningMixin, self).save_own_variables(store)
-        for i, v in enumerate(self._dnas_others()):
-            store[str(i)] = v
-        store[masks.ALPHA_NAME] = self.dnas_alpha
-
-    def load_own_variables(self, store):
-        if not self.built or masks.ALPHA_NAME not in store:
-            return super(_DefiningMixin, self).load_own_variables(store)
-        for i, v in enumerate(self._dnas_others()):
-            v.assign(store[str(i)])
-        self.dnas_alpha.assign(store[masks.ALPHA_NAME])
 
 
 class _FollowingMixin(_GateMixin):
@@ -310,6 +314,63 @@ class MaskedConv2D(_DefiningMixin, keras.layers.Conv2D):
     >>> y = kd.layers.MaskedConv2D(16, 3, padding="same")(x)
     >>> tuple(y.shape)
     (None, 32, 32, 16)
+    """
+
+    def call(self, inputs):
+        return self._dnas_gated_call(super().call, inputs)
+
+
+class _TransposedMixin(_SavedByPositionMixin):
+    """Transposed conv: its kernel is (..., out, in), so the gates fold the other way round."""
+
+    def _dnas_fold_plan(self, gin, gout, inputs):
+        kernel = self.__dict__.get("_kernel")
+        if not isinstance(kernel, keras.Variable) or len(kernel.shape) < 2:
+            return [], False, False
+        fin = gin is not None and _static_len(gin) == kernel.shape[-1]
+        fout = (gout is not None and _is_linear(self.activation)
+                and _static_len(gout) == kernel.shape[-2])
+        if not (fin or fout):
+            return [], False, False
+        value = _folded(kernel, gin, -1) if fin else kernel
+        subs = [(kernel, _folded(value, gout, -2) if fout else value)]
+        if fout and self.use_bias:
+            subs.append((self.bias, _folded(self.bias, gout, -1)))
+        return subs, fin, fout
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedConv2DTranspose(_TransposedMixin, keras.layers.Conv2DTranspose):
+    """``keras.layers.Conv2DTranspose`` with a searchable mask over its output channels.
+
+    Same constructor as ``keras.layers.Conv2DTranspose`` (a U-Net's up-sampling path).
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> x = keras.Input((8, 8, 4))
+    >>> y = kd.layers.MaskedConv2DTranspose(6, 2, strides=2)(x)
+    >>> tuple(y.shape)
+    (None, 16, 16, 6)
+    """
+
+    def call(self, inputs):
+        return self._dnas_gated_call(super().call, inputs)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedConv1DTranspose(_TransposedMixin, keras.layers.Conv1DTranspose):
+    """``keras.layers.Conv1DTranspose`` with a searchable mask over its output channels.
+
+    Same constructor as ``keras.layers.Conv1DTranspose``.
+
+    Example:
+
+    >>> import keras, keras_dnas as kd
+    >>> x = keras.Input((16, 4))
+    >>> y = kd.layers.MaskedConv1DTranspose(6, 3, strides=2, padding="same")(x)
+    >>> tuple(y.shape)
+    (None, 32, 6)
     """
 
     def call(self, inputs):
@@ -491,6 +552,8 @@ class MaskedLayerNormalization(_FollowingMixin, keras.layers.LayerNormalization)
 MASKED_CLASSES = (
     MaskedConv1D,
     MaskedConv2D,
+    MaskedConv1DTranspose,
+    MaskedConv2DTranspose,
     MaskedDense,
     MaskedDepthwiseConv2D,
     MaskedDepthwiseConv1D,
