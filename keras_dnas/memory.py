@@ -1373,6 +1373,12 @@ def _data_fingerprint(data):
     return digest.hexdigest()
 
 
+def nonzero_values(rng, shape):
+    """Random values with |value| in [0.05, 0.35]: never zero, so the converter drops nothing
+    as all-zero, and distinct, so it shares nothing."""
+    return rng.uniform(0.05, 0.35, shape) * rng.choice([-1.0, 1.0], shape)
+
+
 def _generic_weights(model, seed=0):
     """Give a throwaway copy random, distinct, non-zero weights before converting it.
 
@@ -1414,8 +1420,7 @@ def _generic_weights(model, seed=0):
         if name in ("gamma", "moving_variance", "variance"):
             value = rng.uniform(0.5, 1.5, shape)
         else:
-            # |value| in [0.05, 0.35]: never zero, so nothing is dropped as all-zero.
-            value = rng.uniform(0.05, 0.35, shape) * rng.choice([-1.0, 1.0], shape)
+            value = nonzero_values(rng, shape)
             if name.endswith("kernel") and len(shape) >= 2:
                 # depthwise kernels (kh, kw, C, multiplier) sum over kh * kw inputs only
                 fan_in = int(np.prod(shape[:-2] if name == "depthwise_kernel" else shape[:-1]))

@@ -417,10 +417,35 @@ def test_freeze_fills_the_budget_the_search_left_unused():
     assert seed_costs(plain, ["params"])["params"] < seed_costs(slim, ["params"])["params"]
 
 
+def test_freeze_certifies_the_file_of_the_fine_tuned_model_when_biases_are_all_zero():
+    # the converter drops an all-zero bias: an untrained (or never-moved) layer converts
+    # smaller than it will after the first step of fine-tuning, so the certificate converts
+    # the frozen model with such biases given values, and gives the zeros back
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    h = L.Conv2D(16, 3, activation="relu")(inputs)
+    h = L.GlobalAveragePooling2D()(L.Conv2D(16, 3, activation="relu")(h))
+    model = keras.Model(inputs, L.Dense(4)(L.Dense(8, activation="relu")(h)))
+    x = np.random.default_rng(0).random((32, 16, 16, 3)).astype("float32")
+    search = kd.prepare(model)
+    slim = kd.freeze(search, target="stm32h743", budgets={"flash_bytes": 4300},
+                     calibration_data=x, verbose=0)
+    cert = slim.dnas_certificate
+    assert cert["all_hold"] and "4 all-zero bias vectors" in cert["flash_source"]
+    biases = [layer.bias for layer in slim.layers if getattr(layer, "bias", None) is not None]
+    assert len(biases) == 4 and not any(np.asarray(b.numpy()).any() for b in biases)  # given back
+    untrained = len(kd.export.to_tflite(slim, representative_data=x))
+    rng = np.random.default_rng(1)
+    for b in biases:  # what fine-tuning does to them
+        b.assign(rng.normal(0.0, 0.1, b.shape).astype("float32"))
+    tuned = len(kd.export.to_tflite(slim, representative_data=x))
+    assert untrained < tuned == cert["budgets"][0]["value"] <= 4300
+
+
 def test_freeze_certifies_flash_by_conversion_even_if_the_flash_model_is_optimistic():
     from keras_dnas.memory import MemoryModel
 
-    search = kd.prepare(toys.randomize_bn(toys.plain_cnn()))
+    search = kd.prepare(toys.randomize_biases(toys.randomize_bn(toys.plain_cnn())))
     memory = MemoryModel.from_model(search, search.dnas_plan, target="stm32h743")
     honest = memory.flash
     memory.flash = lambda counts, exact=True: honest(counts, exact) - 1000  # 1 kB too low

@@ -118,6 +118,16 @@ def randomize_bn(model, seed=0):
     return model
 
 
+def randomize_biases(model, seed=0):
+    """Non-zero biases, as training leaves them (the converter drops all-zero ones, and
+    ``kd.freeze`` certifies the file of the trained layout)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.assign(rng.uniform(0.05, 0.3, layer.bias.shape).astype("float32"))
+    return model
+
+
 def sample(model, n=4, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n,) + tuple(model.inputs[0].shape[1:])).astype("float32")
