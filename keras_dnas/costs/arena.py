@@ -351,12 +351,15 @@ TAIL_OPS = {
     # no OpData; options {axis, batch_dims}; Prepare copies the output dims (_gather_prepare)
     "GATHER": (0, 0, 8, 4, False),
     # a U-Net's up-sampling. OpData {ConvParams, buffer indices, the two per-channel pointers,
-    # activation range}; options {padding, stride_w, stride_h, activation}; 64-bit measured on
-    # Cout 4 / 12 / 21, 32-bit the 64-bit size less two 4-byte pointers
-    "TRANSPOSE_CONV": (96, 88, 16, 4, True),
-    # no OpData, no options struct in the tail (measured)
-    "RESIZE_BILINEAR": (0, 0, 0, 1, False),
-    "RESIZE_NEAREST_NEIGHBOR": (0, 0, 0, 1, False),
+    # activation range}: 88 B, the recording allocator's requested persistent bytes (a tail total
+    # cannot tell 88 from 96 behind a 16-byte alignment); options {padding, stride_w, stride_h,
+    # activation, quantized_bias_type}; 32-bit the 64-bit OpData less two 4-byte pointers
+    "TRANSPOSE_CONV": (88, 80, 20, 4, True),
+    # no OpData; options {align_corners, half_pixel_centers}: two bools, 1-byte aligned. A
+    # one-resize model cannot show them (the next 16-byte aligned OpData absorbs 2 B); two or
+    # more resizes can push the tail across a 16-byte boundary (16 B of a U-Net's tail missed)
+    "RESIZE_BILINEAR": (0, 0, 2, 1, False),
+    "RESIZE_NEAREST_NEIGHBOR": (0, 0, 2, 1, False),
 }
 _UNKNOWN_OP = (64, 48, 16, 4, False)  # an unlisted operator: a rough guess
 
