@@ -158,6 +158,48 @@ def test_early_stopping_restores_best_weights_around_the_search_state(dnas_first
         search.set_weights([np.zeros(1)])
 
 
+@pytest.mark.parametrize("dnas_first", [True, False])
+def test_early_stopping_restores_best_weights_of_a_training_wrapper(dnas_first):
+    # The state layers are attached to the model fitted; a training wrapper's own get_weights
+    # counted them, so EarlyStopping(restore_best_weights=True) listed after DNASCallback set
+    # "a weight list of length 15" into a wrapper that has 6 again after fit.
+    x, y = _data()
+
+    class Trainer(keras.Model):
+        def __init__(self, net, **kwargs):
+            super().__init__(**kwargs)
+            self.net = net
+
+        def call(self, inputs, training=False):
+            return self.net(inputs, training=training)
+
+    keras.utils.set_random_seed(1)
+    search = kd.prepare(_seed())
+    trainer = Trainer(search)
+    trainer.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer(x[:1])
+    n_weights = len(trainer.get_weights())
+    cb = kd.DNASCallback("stm32h743", budgets={"params": 200}, verbose=0)
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=5, restore_best_weights=True)
+    seen = {}
+
+    def look(epoch, logs):
+        seen[epoch] = (len(trainer.weights), len(trainer.get_weights()))
+
+    probe = keras.callbacks.LambdaCallback(on_epoch_end=look)
+    callbacks = [cb, stop, probe] if dnas_first else [stop, cb, probe]
+    trainer.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=callbacks)
+    assert all(total > own == n_weights for total, own in seen.values())  # attached during fit
+    assert len(trainer.weights) == len(trainer.get_weights()) == n_weights
+    assert "get_weights" not in trainer.__dict__  # the wrapper's own methods again
+    assert stop.best_weights is not None and len(stop.best_weights) == n_weights
+    if dnas_first:  # EarlyStopping restored last: its weights are the wrapper's
+        for w, v in zip(stop.best_weights, trainer.get_weights(), strict=True):
+            np.testing.assert_array_equal(w, v)
+    with pytest.raises(ValueError, match="weight list of length 1"):
+        trainer.set_weights([np.zeros(1)])  # Keras' own check, after fit
+
+
 class _Interrupt(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 2:

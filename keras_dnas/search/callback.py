@@ -1,6 +1,7 @@
 """DNASCallback: hardware budgets as differentiable penalties inside ``model.fit``."""
 
 import contextlib
+import functools
 import math
 import warnings
 
@@ -520,11 +521,22 @@ class DNASCallback(keras.callbacks.Callback):
             with strategy.scope() if strategy is not None else contextlib.nullcontext():
                 self._progress = _SearchProgress(n)
             _attach_state(model, self._progress, masks.SEARCH_PROGRESS_ATTR)
+            # a training wrapper's own get_weights / set_weights would count the state layers
+            # attached to it, so EarlyStopping(restore_best_weights=True) took a longer list
+            # during fit than the model has after it: while attached, they leave them out (as
+            # the searchable model's always do)
+            object.__setattr__(model, "get_weights",
+                               functools.partial(masks.get_user_weights, model))
+            object.__setattr__(model, "set_weights",
+                               functools.partial(masks.set_user_weights, model))
 
     def _detach_progress(self):
         if self._progress is not None and self.model is not None and \
                 _keras.sublayer(self.model, masks.SEARCH_PROGRESS_ATTR) is self._progress:
             _detach_state(self.model, masks.SEARCH_PROGRESS_ATTR)
+            for name in ("get_weights", "set_weights"):
+                if isinstance(self.model.__dict__.get(name), functools.partial):
+                    del self.model.__dict__[name]
 
     def on_test_end(self, logs=None):
         if not getattr(self, "_fitting", False):  # evaluate() with this callback
@@ -890,18 +902,12 @@ class DNASCallback(keras.callbacks.Callback):
         if self.verbose:
             print(f"\nkeras_dnas: {message[len('DNASCallback: '):]}")
 
-    def _model_variables(self):
-        state = {id(v) for layer in (self._state, self._progress) if layer is not None
-                 for v in layer.weights}
-        return [v for v in self.model.weights if id(v) not in state]
-
     def _model_weights(self):
         """The model's weights without the search state (which is attached during ``fit``)."""
-        return [np.array(keras.ops.convert_to_numpy(v)) for v in self._model_variables()]
+        return masks.get_user_weights(self.model)
 
     def _set_model_weights(self, weights):
-        for variable, value in zip(self._model_variables(), weights, strict=True):
-            variable.assign(value)
+        masks.set_user_weights(self.model, weights)
 
     def _limit(self, metric):
         return next(b.limit for b in self.budgets if b.metric == metric)
