@@ -532,14 +532,14 @@ class DNASCallback(keras.callbacks.Callback):
             with strategy.scope() if strategy is not None else contextlib.nullcontext():
                 self._progress = _SearchProgress(n)
             _attach_state(model, self._progress, masks.SEARCH_PROGRESS_ATTR)
-            # a training wrapper's own get_weights / set_weights would count the state layers
-            # attached to it, so EarlyStopping(restore_best_weights=True) took a longer list
-            # during fit than the model has after it: while attached, they leave them out (as
-            # the searchable model's always do)
-            object.__setattr__(model, "get_weights",
-                               functools.partial(masks.get_user_weights, model))
-            object.__setattr__(model, "set_weights",
-                               functools.partial(masks.set_user_weights, model))
+            # Keras' get_weights / set_weights of a training wrapper would count the state
+            # layers attached to it, so EarlyStopping(restore_best_weights=True) took a longer
+            # list during fit than the model has after it: while attached, they leave them out
+            # (as the searchable model's always do; a class's own methods are left alone)
+            for name, method in (("get_weights", masks.get_user_weights),
+                                 ("set_weights", masks.set_user_weights)):
+                if getattr(type(model), name) is getattr(keras.layers.Layer, name):
+                    object.__setattr__(model, name, functools.partial(method, model))
 
     def _detach_progress(self):
         if self._progress is not None and self.model is not None and \
