@@ -20,6 +20,7 @@ import threading
 import numpy as np
 from keras import ops
 
+from keras_dnas import _keras
 from keras_dnas._ste import scale_gradient
 
 ALPHA_NAME = "dnas_alpha"
@@ -150,6 +151,37 @@ variables are the model's then, so the compiled step reads them as state on ever
 SEARCH_PROGRESS_ATTR = "dnas_search_progress"
 """Attribute of a model holding ``DNASCallback``'s progress layer while ``fit`` runs (the
 strengths' bases and boosts, saved with the weights so a resumed search continues)."""
+
+def user_variables(model):
+    """``model.weights`` without the search's layers ``DNASCallback`` attaches to ``model``
+    for the length of ``fit`` (:data:`SEARCH_STATE_ATTR`, :data:`SEARCH_PROGRESS_ATTR`): the
+    weights a user or a callback takes during ``fit`` (``EarlyStopping(restore_best_weights=
+    True)``) must fit the model after it."""
+    attached = [_keras.sublayer(model, a) for a in (SEARCH_STATE_ATTR, SEARCH_PROGRESS_ATTR)]
+    skip = {id(v) for layer in attached if layer is not None for v in layer.weights}
+    return [v for v in model.weights if id(v) not in skip] if skip else model.weights
+
+
+def get_user_weights(model):
+    """``model.get_weights()`` of :func:`user_variables`."""
+    return [np.array(ops.convert_to_numpy(v)) for v in user_variables(model)]
+
+
+def set_user_weights(model, weights):
+    """``model.set_weights(weights)`` of :func:`user_variables`."""
+    variables = user_variables(model)
+    if len(weights) != len(variables):
+        raise ValueError(
+            f"You called `set_weights(weights)` on model '{model.name}' with a weight list of "
+            f"length {len(weights)}, but it has {len(variables)} weights (the search state "
+            "DNASCallback attaches during fit is not one of them).")
+    for variable, value in zip(variables, weights):
+        if tuple(variable.shape) != tuple(np.shape(value)):
+            raise ValueError(
+                f"Weight {variable.path} has shape {tuple(variable.shape)}; received a value "
+                f"of shape {tuple(np.shape(value))} from `set_weights(weights)`.")
+        variable.assign(value)
+
 
 HOOKS_ATTR = "_dnas_search"
 """Attribute of a mask owner holding its :class:`SearchHooks` while a search runs."""

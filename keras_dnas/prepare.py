@@ -61,30 +61,11 @@ class SearchableModel(keras.Model):
     # DNASCallback attaches its state layer for the length of ``fit``; the weights a user or
     # a callback takes then (EarlyStopping(restore_best_weights=True), ...) must fit the model
     # after it, so get_weights / set_weights leave the state out.
-    def _dnas_own_variables(self):
-        attached = [_keras.sublayer(self, a) for a in (masks.SEARCH_STATE_ATTR,
-                                                       masks.SEARCH_PROGRESS_ATTR)]
-        skip = {id(v) for layer in attached if layer is not None for v in layer.weights}
-        if not skip:
-            return self.weights
-        return [v for v in self.weights if id(v) not in skip]
-
     def get_weights(self):
-        return [np.array(keras.ops.convert_to_numpy(v)) for v in self._dnas_own_variables()]
+        return masks.get_user_weights(self)
 
     def set_weights(self, weights):
-        variables = self._dnas_own_variables()
-        if len(weights) != len(variables):
-            raise ValueError(
-                f"You called `set_weights(weights)` on searchable model '{self.name}' with a "
-                f"weight list of length {len(weights)}, but it has {len(variables)} weights "
-                "(the search state DNASCallback attaches during fit is not one of them).")
-        for variable, value in zip(variables, weights):
-            if tuple(variable.shape) != tuple(np.shape(value)):
-                raise ValueError(
-                    f"Weight {variable.path} has shape {tuple(variable.shape)}; received a "
-                    f"value of shape {tuple(np.shape(value))} from `set_weights(weights)`.")
-            variable.assign(value)
+        masks.set_user_weights(self, weights)
 
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)

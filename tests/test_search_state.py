@@ -158,6 +158,48 @@ def test_early_stopping_restores_best_weights_around_the_search_state(dnas_first
         search.set_weights([np.zeros(1)])
 
 
+@pytest.mark.parametrize("dnas_first", [True, False])
+def test_early_stopping_restores_best_weights_of_a_training_wrapper(dnas_first):
+    # The state layers are attached to the model fitted; a training wrapper's own get_weights
+    # counted them, so EarlyStopping(restore_best_weights=True) listed after DNASCallback set
+    # "a weight list of length 15" into a wrapper that has 6 again after fit.
+    x, y = _data()
+
+    class Trainer(keras.Model):
+        def __init__(self, net, **kwargs):
+            super().__init__(**kwargs)
+            self.net = net
+
+        def call(self, inputs, training=False):
+            return self.net(inputs, training=training)
+
+    keras.utils.set_random_seed(1)
+    search = kd.prepare(_seed())
+    trainer = Trainer(search)
+    trainer.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer(x[:1])
+    n_weights = len(trainer.get_weights())
+    cb = kd.DNASCallback("stm32h743", budgets={"params": 200}, verbose=0)
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=5, restore_best_weights=True)
+    seen = {}
+
+    def look(epoch, logs):
+        seen[epoch] = (len(trainer.weights), len(trainer.get_weights()))
+
+    probe = keras.callbacks.LambdaCallback(on_epoch_end=look)
+    callbacks = [cb, stop, probe] if dnas_first else [stop, cb, probe]
+    trainer.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=callbacks)
+    assert all(total > own == n_weights for total, own in seen.values())  # attached during fit
+    assert len(trainer.weights) == len(trainer.get_weights()) == n_weights
+    assert "get_weights" not in trainer.__dict__  # the wrapper's own methods again
+    assert stop.best_weights is not None and len(stop.best_weights) == n_weights
+    if dnas_first:  # EarlyStopping restored last: its weights are the wrapper's
+        for w, v in zip(stop.best_weights, trainer.get_weights(), strict=True):
+            np.testing.assert_array_equal(w, v)
+    with pytest.raises(ValueError, match="weight list of length 1"):
+        trainer.set_weights([np.zeros(1)])  # Keras' own check, after fit
+
+
 class _Interrupt(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 2:
@@ -220,6 +262,71 @@ def test_a_resumed_search_continues_the_interrupted_one(how, tmp_path):
     for a, b in zip(masks.mask_variables(resumed), masks.mask_variables(straight), strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
     assert not any(masks.SEARCH_PROGRESS_ATTR in v.path for v in resumed.weights)
+
+
+class _Score(keras.callbacks.Callback):
+    """Listed first: writes a made-up monitor value per epoch into the logs."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = scores
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["score"] = self.scores[epoch]
+
+
+@pytest.mark.parametrize("how", ["backup_first", "dnas_first", "checkpoint"])
+@pytest.mark.parametrize("scores,best,restored", [
+    ((5.0, 1.0, 4.0, 3.0, 2.0, 6.0), 1, 4),  # the interrupted fit's epoch 2 stays the best
+    ((5.0, 4.0, 4.0, 3.0, 0.5, 6.0), 4, 4),  # the resumed fit finds a better one
+])
+def test_a_resumed_search_knows_the_best_epoch_before_the_resume(how, scores, best, restored,
+                                                                 tmp_path):
+    # A resumed fit ranked only its own epochs: the interrupted fit's best feasible epoch was
+    # forgotten. Its number and score are now saved with the progress: best_epoch is the
+    # whole search's, and when it lies before the resume (its weights are not saved) the
+    # callback restores its own best and says which epoch was better.
+    x, y = _data()
+
+    def run(extra, search=None, **fit):
+        if search is None:
+            keras.utils.set_random_seed(1)
+            search = kd.prepare(_seed())
+            search.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        cb = kd.DNASCallback("stm32h743", budgets={"params": 10_000}, monitor="score",
+                             verbose=0)  # every epoch feasible
+        try:
+            search.fit(x, y, epochs=6, batch_size=32, verbose=0,
+                       callbacks=[_Score(scores)] + extra(cb), **fit)
+        except KeyboardInterrupt:
+            pass
+        return search, cb
+
+    if how == "checkpoint":
+        path = str(tmp_path / "e{epoch}.keras")
+        run(lambda cb: [cb, keras.callbacks.ModelCheckpoint(path), _Interrupt()])
+        reloaded = keras.models.load_model(str(tmp_path / "e3.keras"))
+        resume = lambda: run(lambda cb: [cb], search=reloaded, initial_epoch=3)  # noqa: E731
+    else:
+        def callbacks(cb, interrupt):
+            backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+            order = [backup, cb] if how == "backup_first" else [cb, backup]
+            return order + ([_Interrupt()] if interrupt else [])
+
+        run(lambda cb: callbacks(cb, True))
+        resume = lambda: run(lambda cb: callbacks(cb, False))  # noqa: E731
+    if best < 3:
+        with pytest.warns(UserWarning, match="by 'score' is epoch 2 .score=1., before the "
+                                             "search was resumed.*epoch 5 is restored"):
+            _, cb = resume()
+    else:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            _, cb = resume()
+    assert [h["epoch"] for h in cb.history] == [3, 4, 5]
+    assert (cb.best_epoch, cb.restored_epoch) == (best, restored)
 
 
 def test_a_training_wrapper_with_its_own_train_step_is_searched_through():

@@ -1,6 +1,7 @@
 """DNASCallback: hardware budgets as differentiable penalties inside ``model.fit``."""
 
 import contextlib
+import functools
 import math
 import warnings
 
@@ -103,8 +104,9 @@ def searched_model(model):
 
 class _SearchProgress(keras.layers.Layer):
     """Where the search is, as variables saved with the model's weights: per objective its
-    strength's base (NaN before it is set), boost, the seed's cost and the limit, and the
-    epochs done. ``BackupAndRestore`` saves and loads them with the weights, so a resumed
+    strength's base (NaN before it is set), boost, the seed's cost and the limit, the
+    epochs done, and the best feasible epoch so far (its number + 1, 0 for none, and its
+    score). ``BackupAndRestore`` saves and loads them with the weights, so a resumed
     search continues with the strengths of the interrupted one. Attached in ``set_model``,
     before any callback's ``on_train_begin`` (``BackupAndRestore`` loads there)."""
 
@@ -114,6 +116,8 @@ class _SearchProgress(keras.layers.Layer):
                                      trainable=False, autocast=False, name="objectives")
         self.epochs = self.add_weight(shape=(), initializer="zeros", trainable=False,
                                       autocast=False, name="epochs")
+        self.best = self.add_weight(shape=(2,), initializer="zeros", trainable=False,
+                                    autocast=False, name="best")
         self.built = True
 
 
@@ -145,6 +149,13 @@ class DNASCallback(keras.callbacks.Callback):
     the best feasible epoch by ``monitor``, restored at the end of training.
     If no search epoch meets every budget, it restores the least violating
     one (summed relative excess; ties broken by ``monitor``) and says so.
+    A resumed search (``BackupAndRestore``, ``initial_epoch`` > 0 with a reloaded
+    ``.keras`` checkpoint) ranks the interrupted fit's epochs too: their best
+    feasible epoch's number and ``monitor`` value are saved with the progress,
+    and ``best_epoch`` is the whole search's. Their weights are not saved: when
+    the best epoch lies before the resume, the resumed fit restores its own best
+    (``restored_epoch``) and warns naming the better one. A backup written by a
+    callback listed before this one precedes the ranking of its epoch.
 
     Validation during the search measures the searched network as it would be
     frozen: the penalty is left out of ``val_loss``, and with
@@ -189,8 +200,9 @@ class DNASCallback(keras.callbacks.Callback):
         monitor: log key ranking feasible epochs (default ``val_loss``, which
             excludes the penalty, when validation data is given, else
             ``dnas/task_loss``).
-        restore_best_weights: restore the best feasible epoch at the end (the
-            least violating one if none is feasible).
+        restore_best_weights: restore the best feasible epoch of this ``fit`` at the end
+            (the least violating one if none is feasible); its number is then
+            ``restored_epoch``, and ``best_epoch`` the best feasible epoch of the whole search.
         stop_when_feasible: stop after this many consecutive feasible epochs
             with unchanged channel counts once the ramp is complete
             (``None``: never).
@@ -520,11 +532,22 @@ class DNASCallback(keras.callbacks.Callback):
             with strategy.scope() if strategy is not None else contextlib.nullcontext():
                 self._progress = _SearchProgress(n)
             _attach_state(model, self._progress, masks.SEARCH_PROGRESS_ATTR)
+            # Keras' get_weights / set_weights of a training wrapper would count the state
+            # layers attached to it, so EarlyStopping(restore_best_weights=True) took a longer
+            # list during fit than the model has after it: while attached, they leave them out
+            # (as the searchable model's always do; a class's own methods are left alone)
+            for name, method in (("get_weights", masks.get_user_weights),
+                                 ("set_weights", masks.set_user_weights)):
+                if getattr(type(model), name) is getattr(keras.layers.Layer, name):
+                    object.__setattr__(model, name, functools.partial(method, model))
 
     def _detach_progress(self):
         if self._progress is not None and self.model is not None and \
                 _keras.sublayer(self.model, masks.SEARCH_PROGRESS_ATTR) is self._progress:
             _detach_state(self.model, masks.SEARCH_PROGRESS_ATTR)
+            for name in ("get_weights", "set_weights"):
+                if isinstance(self.model.__dict__.get(name), functools.partial):
+                    del self.model.__dict__[name]
 
     def on_test_end(self, logs=None):
         if not getattr(self, "_fitting", False):  # evaluate() with this callback
@@ -549,6 +572,26 @@ class DNASCallback(keras.callbacks.Callback):
             "epochs": epoch + 1, "base": None if self._base is None else list(self._base),
             "boost": list(self._boost), "seed_costs": dict(self.seed_costs),
             "limits": [r[3] for r in rows]}
+        self._save_best()
+
+    def _search_best(self):
+        """``(epoch, score)`` of the best feasible epoch of the whole search (a resumed one
+        counts the interrupted fit's epochs, :attr:`best_epoch`), or None."""
+        own = None if self._best is None else (self._best_epoch, self._best_value)
+        earlier = self._earlier_best
+        if earlier is not None and (own is None or np.float32(earlier[1]) > np.float32(own[1])):
+            return earlier
+        return own
+
+    def _save_best(self):
+        # ranked in on_epoch_end, after the epoch's progress was saved at its last step
+        best = self._search_best()
+        if self._progress is not None:
+            self._progress.best.assign(np.array([0.0, 0.0] if best is None else
+                                                [best[0] + 1, best[1]], dtype="float32"))
+        progress = self._bound_model.dnas_search.get("progress")
+        if progress is not None:
+            progress["best"] = None if best is None else [int(best[0]), float(best[1])]
 
     def _resume(self, epoch):
         """A fit that starts at ``epoch`` > 0 (``initial_epoch``, ``BackupAndRestore``)
@@ -559,11 +602,13 @@ class DNASCallback(keras.callbacks.Callback):
                 keras.ops.convert_to_numpy(self._progress.epochs)) > 0:
             table = np.array(keras.ops.convert_to_numpy(self._progress.table), dtype="float64")
             if len(table) == len(self.objectives):
+                best = keras.ops.convert_to_numpy(self._progress.best)
                 saved = {"base": None if np.isnan(table[:, 0]).any() else list(table[:, 0]),
                          "boost": list(table[:, 1]),
                          "seed_costs": {o.metric: cost_model.to_python(v)
                                         for o, v in zip(self.objectives, table[:, 2])},
-                         "limits": list(table[:, 3])}
+                         "limits": list(table[:, 3]),
+                         "best": [int(best[0]) - 1, float(best[1])] if best[0] > 0 else None}
         if saved is None:
             saved = (getattr(self._bound_model, "dnas_search", None) or {}).get("progress")
         limits = [float(getattr(o, "limit", 0.0)) for o in self.objectives]
@@ -573,6 +618,8 @@ class DNASCallback(keras.callbacks.Callback):
         self._base = None if saved["base"] is None else [float(b) for b in saved["base"]]
         self._boost = [float(b) for b in saved["boost"]]
         self.seed_costs = {**self.seed_costs, **saved["seed_costs"]}
+        best = saved.get("best")  # (absent from a search saved before it was kept)
+        self._earlier_best = None if best is None else (int(best[0]), float(best[1]))
         return True
 
     # -------------------------------------------------------------- callbacks
@@ -588,6 +635,8 @@ class DNASCallback(keras.callbacks.Callback):
         self._best_value = None
         self._least = None
         self.restored_epoch = None
+        self.best_epoch = None
+        self._earlier_best = None  # a resumed search's best feasible epoch before the resume
         self._feasible_streak = 0
         self._last_counts = None
         self._first_feasible = None
@@ -821,6 +870,7 @@ class DNASCallback(keras.callbacks.Callback):
     def _score(self, logs):
         """Monitor value as "higher is better"."""
         monitor = self.monitor or ("val_loss" if "val_loss" in logs else "dnas/task_loss")
+        self._monitor_used = monitor
         value = logs.get(monitor)
         if value is None:
             if not getattr(self, "_warned_monitor", False):
@@ -837,6 +887,7 @@ class DNASCallback(keras.callbacks.Callback):
             self._best_value = score
             self._best = self._model_weights()
             self._best_epoch = epoch
+            self._save_best()
 
     def _keep_if_least_violating(self, logs, epoch, values):
         violation = sum(b.violation(values[b.metric]) for b in self.budgets)
@@ -866,12 +917,19 @@ class DNASCallback(keras.callbacks.Callback):
         self.model.make_train_function(force=True)
         if getattr(self.model, "test_function", None) is not None:
             self.model.make_test_function(force=True)
+        best = self._search_best()
+        self.best_epoch = None if best is None else best[0]
+        if best is not None and best is self._earlier_best and self.restore_best_weights:
+            self._warn_earlier_best(best)
         if self._best is not None:
             if self.restore_best_weights:
                 self._set_model_weights(self._best)
                 self.restored_epoch = self._best_epoch
             return
-        message = "DNASCallback: no search epoch met every budget."
+        if best is not None:  # feasible before the resume: the least violating of this fit
+            message = "DNASCallback: no epoch of this resumed fit met every budget."
+        else:
+            message = "DNASCallback: no search epoch met every budget."
         if self._least is not None and self.restore_best_weights:
             (violation, _), epoch, weights, over = self._least
             self._set_model_weights(weights)
@@ -890,18 +948,25 @@ class DNASCallback(keras.callbacks.Callback):
         if self.verbose:
             print(f"\nkeras_dnas: {message[len('DNASCallback: '):]}")
 
-    def _model_variables(self):
-        state = {id(v) for layer in (self._state, self._progress) if layer is not None
-                 for v in layer.weights}
-        return [v for v in self.model.weights if id(v) not in state]
+    def _warn_earlier_best(self, best):
+        monitor = getattr(self, "_monitor_used", None) or self.monitor or "monitor"
+        higher_is_better = "acc" in monitor or "auc" in monitor
+        value = best[1] if higher_is_better else -best[1]
+        instead = (f"the best of this fit, epoch {self._best_epoch + 1}" if self._best is not None
+                   else "the least violating epoch of this fit")
+        warnings.warn(
+            f"DNASCallback: the best feasible epoch of this search by '{monitor}' is epoch "
+            f"{best[0] + 1} ({monitor}={value:.6g}), before the search was resumed; its weights "
+            f"are not saved with the model, so {instead} is restored. To keep that epoch's "
+            "weights, save the model every epoch (keras.callbacks.ModelCheckpoint with "
+            "'{epoch}' in its path) and load that epoch's file.", stacklevel=3)
 
     def _model_weights(self):
         """The model's weights without the search state (which is attached during ``fit``)."""
-        return [np.array(keras.ops.convert_to_numpy(v)) for v in self._model_variables()]
+        return masks.get_user_weights(self.model)
 
     def _set_model_weights(self, weights):
-        for variable, value in zip(self._model_variables(), weights, strict=True):
-            variable.assign(value)
+        masks.set_user_weights(self.model, weights)
 
     def _limit(self, metric):
         return next(b.limit for b in self.budgets if b.metric == metric)
