@@ -127,77 +127,52 @@ def test_reloaded_search_is_compiled_as_saved_without_a_warning(tmp_path):
     assert kd.freeze(loaded, budgets={}).compiled
 
 
+class TrainingWrapper(keras.Model):
+    """A training wrapper around the searchable model (users' own train_step lives here)."""
+
+    def __init__(self, net, **kwargs):
+        super().__init__(**kwargs)
+        self.net = net
+
+    def call(self, inputs, training=False):
+        return self.net(inputs, training=training)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
 @pytest.mark.parametrize("dnas_first", [True, False])
-def test_early_stopping_restores_best_weights_around_the_search_state(dnas_first):
+def test_early_stopping_restores_best_weights_around_the_search_state(dnas_first, wrapped):
     # EarlyStopping(restore_best_weights=True) takes get_weights() while the state is attached
     # and sets them after DNASCallback detached it (or before, in the other order): it raised
-    # "set_weights ... length 30, but the layer was expecting 20" at the end of fit.
+    # "set_weights ... length 30, but the layer was expecting 20" at the end of fit. The state
+    # layers are attached to the model fitted; a training wrapper's own get_weights counted
+    # them ("a weight list of length 15" into a wrapper that has 6 again after fit).
     x, y = _data()
     keras.utils.set_random_seed(1)
     search = kd.prepare(_seed())
-    search.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    n_weights = len(search.get_weights())
+    model = TrainingWrapper(search) if wrapped else search
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model(x[:1])
+    n_weights = len(model.get_weights())
     cb = kd.DNASCallback("stm32h743", budgets={"params": 200}, verbose=0)
     stop = keras.callbacks.EarlyStopping(monitor="loss", patience=5, restore_best_weights=True)
     seen = {}
 
     def look(epoch, logs):
-        seen[epoch] = (len(search.weights), len(search.get_weights()))
+        seen[epoch] = (len(model.weights), len(model.get_weights()))
 
     probe = keras.callbacks.LambdaCallback(on_epoch_end=look)
     callbacks = [cb, stop, probe] if dnas_first else [stop, cb, probe]
-    search.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=callbacks)
-    assert len(search.weights) == n_weights  # the state is gone after fit
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=callbacks)
+    assert len(model.weights) == len(model.get_weights()) == n_weights  # the state is gone
     assert all(total > own == n_weights for total, own in seen.values())  # attached during fit
+    assert "get_weights" not in model.__dict__  # the class's own methods again
     best = np.argmin(stop.model.history.history["loss"])
-    assert stop.best_epoch == best and stop.best_weights is not None
+    assert stop.best_epoch == best and len(stop.best_weights) == n_weights
     if dnas_first:  # the last to restore wins: EarlyStopping's weights are the model's
-        for w, v in zip(stop.best_weights, search.get_weights()):
+        for w, v in zip(stop.best_weights, model.get_weights(), strict=True):
             np.testing.assert_array_equal(w, v)
     with pytest.raises(ValueError, match="weight list of length 1"):
-        search.set_weights([np.zeros(1)])
-
-
-@pytest.mark.parametrize("dnas_first", [True, False])
-def test_early_stopping_restores_best_weights_of_a_training_wrapper(dnas_first):
-    # The state layers are attached to the model fitted; a training wrapper's own get_weights
-    # counted them, so EarlyStopping(restore_best_weights=True) listed after DNASCallback set
-    # "a weight list of length 15" into a wrapper that has 6 again after fit.
-    x, y = _data()
-
-    class Trainer(keras.Model):
-        def __init__(self, net, **kwargs):
-            super().__init__(**kwargs)
-            self.net = net
-
-        def call(self, inputs, training=False):
-            return self.net(inputs, training=training)
-
-    keras.utils.set_random_seed(1)
-    search = kd.prepare(_seed())
-    trainer = Trainer(search)
-    trainer.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    trainer(x[:1])
-    n_weights = len(trainer.get_weights())
-    cb = kd.DNASCallback("stm32h743", budgets={"params": 200}, verbose=0)
-    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=5, restore_best_weights=True)
-    seen = {}
-
-    def look(epoch, logs):
-        seen[epoch] = (len(trainer.weights), len(trainer.get_weights()))
-
-    probe = keras.callbacks.LambdaCallback(on_epoch_end=look)
-    callbacks = [cb, stop, probe] if dnas_first else [stop, cb, probe]
-    trainer.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=callbacks)
-    assert all(total > own == n_weights for total, own in seen.values())  # attached during fit
-    assert len(trainer.weights) == len(trainer.get_weights()) == n_weights
-    assert "get_weights" not in trainer.__dict__  # the wrapper's own methods again
-    assert stop.best_weights is not None and len(stop.best_weights) == n_weights
-    if dnas_first:  # EarlyStopping restored last: its weights are the wrapper's
-        for w, v in zip(stop.best_weights, trainer.get_weights(), strict=True):
-            np.testing.assert_array_equal(w, v)
-    with pytest.raises(ValueError, match="weight list of length 1"):
-        trainer.set_weights([np.zeros(1)])  # Keras' own check, after fit
+        model.set_weights([np.zeros(1)])  # a wrapper: Keras' own check, after fit
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -336,13 +311,8 @@ def test_a_training_wrapper_with_its_own_train_step_is_searched_through():
     # train_step dropped it silently: it now says so and how to keep it.
     x, y = _data()
 
-    class Trainer(keras.Model):
-        def __init__(self, net, **kwargs):
-            super().__init__(**kwargs)
-            self.net, self.steps = net, 0
-
-        def call(self, inputs, training=False):
-            return self.net(inputs, training=training)
+    class Trainer(TrainingWrapper):
+        steps = 0
 
         def train_step(self, *args):  # (data), or (state, data) on JAX
             self.steps += 1  # traced: counts traces, enough to see it is ours
