@@ -334,6 +334,8 @@ TAIL_OPS = {
     "SHAPE": (0, 0, 4, 4, False),
     "STRIDED_SLICE": (84, 84, 24, 4, False),
     "PACK": (0, 0, 8, 4, False),
+    # an unrolled RNN's time steps. No OpData; options {num, axis}
+    "UNPACK": (0, 0, 8, 4, False),
     "SPACE_TO_BATCH_ND": (4, 4, 0, 1, False),
     "BATCH_TO_SPACE_ND": (0, 0, 0, 1, False),
     "QUANTIZE": (32, 28, 0, 1, False),
