@@ -376,6 +376,37 @@ def _take_without_index_wrap(keras_take):
     return take
 
 
+@_rewrite(_tf_numpy, "split")
+def _split_as_slices(keras_split):
+    """`ops.split(x, n, axis)` of a float tensor into equal parts becomes n static slices.
+
+    An unrolled `LSTM` / `GRU` cell splits its gate pre-activations with `ops.split` (a SPLIT
+    per step). The converter's int8 quantiser left one of those SPLITs in float in about a
+    third of the conversions of one model with the same calibration data (not deterministic),
+    so the export refused the file, and a search could fail at `kd.freeze`'s certificate.
+    Slices of the same bounds are the same function and quantise every time: `tf.slice`, a
+    SLICE operator (int8 in TensorFlow Lite Micro, no persistent data; a STRIDED_SLICE keeps
+    108 B per operator in the arena tail). Uneven or non-static splits keep Keras' path.
+    """
+    import tensorflow as tf
+
+    def split(x, indices_or_sections, axis=0):
+        if (not _float_tensor(x) or not isinstance(indices_or_sections, int)
+                or x.shape.rank is None or not -x.shape.rank <= axis < x.shape.rank):
+            return keras_split(x, indices_or_sections, axis=axis)
+        axis %= x.shape.rank
+        size = x.shape[axis]
+        if size is None or indices_or_sections <= 0 or size % indices_or_sections:
+            return keras_split(x, indices_or_sections, axis=axis)
+        step = size // indices_or_sections
+        begin, width = [0] * x.shape.rank, [-1] * x.shape.rank
+        width[axis] = step
+        return [tf.slice(x, begin[:axis] + [k * step] + begin[axis + 1:], width)
+                for k in range(indices_or_sections)]
+
+    return split
+
+
 @_rewrite(_ops_nn, "_layer_normalization")
 def _layer_normalization_centred(keras_layer_norm):
     """`LayerNormalization` computes `(x - mean) * rsqrt(var + eps)`.

@@ -218,7 +218,8 @@ def test_export_rewrites_are_scoped():
     from keras.src.backend.tensorflow import numpy as tf_numpy
     from keras.src.ops import nn as ops_nn
 
-    patched = [(tf_numpy, "add"), (tf_numpy, "take"), (ops_nn, "_layer_normalization"),
+    patched = [(tf_numpy, "add"), (tf_numpy, "take"), (tf_numpy, "split"),
+               (ops_nn, "_layer_normalization"),
                (keras.layers.TimeDistributed, "call"), (keras.layers.UpSampling1D, "call"),
                (keras.layers.UpSampling2D, "_resize_images")]
     originals = [getattr(owner, name) for owner, name in patched]

@@ -333,7 +333,11 @@ TAIL_OPS = {
     "EXPAND_DIMS": (0, 0, 0, 1, False),
     "SHAPE": (0, 0, 4, 4, False),
     "STRIDED_SLICE": (84, 84, 24, 4, False),
+    # an unrolled LSTM / GRU's gates (the export's split rewrite): no OpData, no options
+    "SLICE": (0, 0, 0, 1, False),
     "PACK": (0, 0, 8, 4, False),
+    # an unrolled RNN's time steps. No OpData; options {num, axis}
+    "UNPACK": (0, 0, 8, 4, False),
     "SPACE_TO_BATCH_ND": (4, 4, 0, 1, False),
     "BATCH_TO_SPACE_ND": (0, 0, 0, 1, False),
     "QUANTIZE": (32, 28, 0, 1, False),
