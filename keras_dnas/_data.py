@@ -64,6 +64,12 @@ def _endless(data):
         return False
 
 
+def _endless_error(argument):
+    return ValueError(f"{argument} is an endless dataset (`.repeat()` without a count) and all "
+                      f"of it is read: pass a finite one, e.g. `{argument}=dataset.take(8)`. "
+                      "Received: a dataset of infinite cardinality")
+
+
 def _labelled(element, n_inputs):
     """Whether a batch is ``(x, y[, sample_weight])`` (or ``(x,)``) rather than ``x``.
 
@@ -183,10 +189,7 @@ typical), e.g. `representative_data=x_train[:256]`. Received: an array of shape 
         limit = None
         if _endless(data):
             if endless_samples is None:
-                raise ValueError(f"{argument} is an endless dataset (`.repeat()` without a "
-                                 "count) and all of it is read: pass a finite one, e.g. "
-                                 f"`{argument}=dataset.take(8)`. Received: a dataset of "
-                                 "infinite cardinality")
+                raise _endless_error(argument)
             limit = endless_samples
         arrays = _collect(data, n_inputs, names, argument, dtype, limit)
     else:
@@ -232,9 +235,7 @@ def _concatenate(parts):
 def _pairs(batches, argument):
     """An iterable of ``(x, y[, sample_weight])`` batches -> ``(x, y)``, concatenated."""
     if _endless(batches):
-        raise ValueError(f"{argument} is an endless dataset (`.repeat()` without a count) and "
-                         f"all of it is read: pass a finite one, e.g. `{argument}="
-                         "dataset.take(8)`. Received: a dataset of infinite cardinality")
+        raise _endless_error(argument)
     xs, ys = [], []
     for element in batches:
         if not (isinstance(element, (tuple, list)) and len(element) in (2, 3)):
