@@ -498,6 +498,9 @@ class DNASCallback(keras.callbacks.Callback):
     def costs(self, exact=True):
         """Exact costs of the current hard masks, ``{metric: number}``."""
         counts = counts_lib.hard_counts(self._model_for_costs(), self.cost_model.plan)
+        return self._costs_at(counts, exact)
+
+    def _costs_at(self, counts, exact=True):
         values = self.cost_model.evaluate(counts, self.metrics, exact=exact)
         return {k: cost_model.to_python(v) for k, v in values.items()}
 
@@ -802,8 +805,9 @@ class DNASCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         values = self._close_epoch(epoch, logs)  # (at the last step when steps are known)
-        if self._counts() != self._epoch_counts:  # a callback before this one set masks
-            values = self.costs()
+        counts = self._counts()
+        if counts != self._epoch_counts:  # a callback before this one set masks
+            values = self._costs_at(counts)
         penalty = self._train_penalty if self._train_penalty is not None else self._mean_penalty()
         if "loss" in logs:
             logs["dnas/task_loss"] = float(logs["loss"]) - penalty
@@ -823,7 +827,6 @@ class DNASCallback(keras.callbacks.Callback):
             self._keep_if_best(logs, epoch)
         elif searching and self._best is None:
             self._keep_if_least_violating(logs, epoch, values)
-        counts = self._counts()
         stable = counts == self._last_counts
         self._last_counts = counts
         self._feasible_streak = self._feasible_streak + 1 if (feasible and stable and ramp_done) \
@@ -853,7 +856,8 @@ class DNASCallback(keras.callbacks.Callback):
             # (a distilling warm-up's loss holds the imitation losses: the first search
             # step's task loss sets the strengths instead, as without warm-up)
             self._set_base(float(logs["loss"]))
-        values = self.costs()
+        counts = self._counts()
+        values = self._costs_at(counts)
         searching = epoch >= self.warmup_epochs
         ramp_done = epoch - self.warmup_epochs + 1 >= self._search_epochs / 2.0
         if searching and ramp_done:  # after the ramp, raise what still fails
@@ -861,7 +865,7 @@ class DNASCallback(keras.callbacks.Callback):
                 if isinstance(obj, Budget) and not obj.holds(values[obj.metric]):
                     self._boost[i] *= self.BOOST
         self._save_progress(epoch)
-        self._epoch_values, self._epoch_counts = values, self._counts()
+        self._epoch_values, self._epoch_counts = values, counts
         return values
 
     def _counts(self):
