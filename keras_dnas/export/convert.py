@@ -34,7 +34,8 @@ _MODES = {
 _INPUT_NAME = "input_{:03d}"  # signature names; natural order = model order
 
 
-def _mode(quantization):
+def _quantization_key(quantization):
+    """The `_MODES` key of a `quantization=` value ("INT8" is "int8")."""
     key = quantization.strip().lower() if isinstance(quantization, str) else quantization
     if key not in _MODES:
         raise ValueError(
@@ -42,7 +43,7 @@ def _mode(quantization):
             "runs int8 models; float32 for a reference). "
             f"Received: quantization={quantization!r}"
         )
-    return _MODES[key]
+    return key
 
 
 def _model_inputs(model):
@@ -599,8 +600,8 @@ def _to_tflite_decoded(model, representative_data, quantization, allow_float_ops
     caller that reads it too (`freeze` certifies the arena on it)."""
     from keras_dnas import _flatbuffer
 
-    mode = _mode(quantization)
-    quantization = quantization.strip().lower()  # "INT8" is "int8"
+    quantization = _quantization_key(quantization)
+    mode = _MODES[quantization]
     from keras_dnas.export import offline as _offline  # imports the cost models: on first use
 
     _offline.check_arena_plan(arena_plan)
