@@ -380,20 +380,25 @@ def batch_matmul_copies(model, op):
     return ([op.inputs[0]] if adj_x else []) + ([op.inputs[1]] if not adj_y else [])
 
 
+def _dims_bytes(tensor):
+    """A TfLiteIntArray of the tensor's dims: its size, then one int32 per dimension."""
+    return 4 + 4 * len(tensor.shape)
+
+
 def _batch_matmul_prepare(model, op, eval_tensor_bytes):
     """Bytes BATCH_MATMUL's Prepare takes from the tail, one 16-byte aligned request each."""
-    sizes = [4 + 4 * len(model.tensors[op.outputs[0]].shape)]  # the output's writable dims
+    sizes = [_dims_bytes(model.tensors[op.outputs[0]])]  # the output's writable dims
     if model.tensors[op.inputs[0]].dtype in ("INT8", "INT16"):
         sizes.append(_BATCH_MATMUL_QUANTIZATION)
     for t in batch_matmul_copies(model, op):
         tensor = model.tensors[t]
-        sizes += [eval_tensor_bytes, 4 + 4 * len(tensor.shape), tensor.nbytes]
+        sizes += [eval_tensor_bytes, _dims_bytes(tensor), tensor.nbytes]
     return sizes
 
 
 def _gather_prepare(model, op, eval_tensor_bytes):
     """GATHER's Prepare copies its output's dims to the tail (writable dims)."""
-    return [4 + 4 * len(model.tensors[op.outputs[0]].shape)]
+    return [_dims_bytes(model.tensors[op.outputs[0]])]
 
 
 # Operators whose Prepare takes more from the tail: name -> sizes of its 16-byte aligned requests.
